@@ -1,0 +1,24 @@
+"""The ``tunewise`` command line: a thin layer over the library."""
+
+from __future__ import annotations
+
+import importlib
+
+from tunewise.cli.app import app
+
+# One module per area; each registers its commands on `app` when imported.
+_COMMAND_MODULES = ["score", "select", "efficiency", "train", "weights", "plan", "demo"]
+
+
+def _register_commands() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            importlib.import_module(f"tunewise.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"tunewise.cli.{name}":
+                raise
+
+
+def main() -> None:
+    _register_commands()
+    app()

@@ -1,0 +1,51 @@
+"""The Typer application every command module registers on.
+
+Commands live one area per module (``cli/score.py``, ``cli/select.py`` …); this module only owns
+the app object and the error handling shared by all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import typer
+from rich.console import Console
+
+from tunewise.errors import TunewiseError
+
+app = typer.Typer(
+    name="tunewise",
+    help="How many labelled examples does each task need, and which should they be?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Progress and messages go to stderr so that stdout stays clean for --json output.
+console = Console(stderr=True)
+stdout = Console()
+
+
+def user_errors_exit_2(func):
+    """Turn a TunewiseError into a clear message and exit code 2, with no traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except TunewiseError as error:
+            console.print("[bold red]error:[/] ", end="")
+            console.print(str(error), markup=False, highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def command(*args, **kwargs):
+    """``@command()`` registers a CLI command with the shared error handling."""
+
+    def decorate(func):
+        return app.command(*args, **kwargs)(user_errors_exit_2(func))
+
+    return decorate
