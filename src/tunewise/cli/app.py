@@ -49,3 +49,15 @@ def command(*args, **kwargs):
         return app.command(*args, **kwargs)(user_errors_exit_2(func))
 
     return decorate
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """How many labelled examples does each task need, and which should they be?"""
+    if version:
+        from tunewise import __version__
+
+        stdout.print(f"tunewise {__version__}")
+        raise typer.Exit()

