@@ -135,16 +135,15 @@ def round_robin_order(task_budgets) -> np.ndarray:
     total = sum(budgets)
     order: list[int] = []
     taken = [0] * len(budgets)
-    # `ready`: tasks whose next pick is allowed now, keyed by that pick's deadline (the deadline
-    # of pick j is ceil(j·total / b), written -(-x // b)); `waiting`: tasks keyed by the step
-    # at which their next pick is released.
+    # `ready`: a heap of the tasks whose next pick is allowed now, keyed by that pick's deadline
+    # (pick j's deadline ceil(j·total / b) is written -(-j·total // b)). `released_at`: step →
+    # the tasks whose next pick becomes allowed at that step.
     ready = [(-(-total // size), task) for task, size in enumerate(budgets) if size > 0]
     heapq.heapify(ready)
-    waiting: list[tuple[int, int]] = []
+    released_at: dict[int, list[int]] = {}
     pop, push, replace, append = heapq.heappop, heapq.heappush, heapq.heapreplace, order.append
     for step in range(1, total + 1):
-        while waiting and waiting[0][0] <= step:
-            task = pop(waiting)[1]
+        for task in released_at.pop(step, ()):
             push(ready, (-(-(taken[task] + 1) * total // budgets[task]), task))
         task = ready[0][1]
         append(task)
@@ -152,11 +151,13 @@ def round_robin_order(task_budgets) -> np.ndarray:
         size = budgets[task]
         if done == size:
             pop(ready)
-        elif done * total // size + 1 <= step + 1:
+            continue
+        release = done * total // size + 1
+        if release <= step + 1:
             replace(ready, (-(-(done + 1) * total // size), task))
         else:
             pop(ready)
-            push(waiting, (done * total // size + 1, task))
+            released_at.setdefault(release, []).append(task)
     return np.array(order, dtype=np.int64)
 
 

@@ -154,7 +154,9 @@ def export_examples(examples: Iterable, export_format: str) -> bytes:
     ``system`` and ``history`` when the conversation has them. Every example needs a response.
     """
     if export_format not in EXPORT_FORMATS:
-        raise TunewiseError(f"unknown export format '{export_format}'", field="export", fix="choose messages or alpaca")
+        raise TunewiseError(
+            f"unknown export format '{export_format}'", field="export", fix="choose messages or alpaca"
+        )
     examples = list(examples)
     unlabelled = [example.id for example in examples if example.response is None]
     if unlabelled:
@@ -190,13 +192,16 @@ def _alpaca(example) -> dict:
     if system:
         record["system"] = "\n\n".join(system)
     if len(dialogue) > 1:
-        record["history"] = [[dialogue[i]["content"], dialogue[i + 1]["content"]] for i in range(0, len(dialogue) - 1, 2)]
+        record["history"] = [
+            [dialogue[i]["content"], dialogue[i + 1]["content"]] for i in range(0, len(dialogue) - 1, 2)
+        ]
     return record
 
 
 def encode_jsonl(records: Iterable[Mapping]) -> bytes:
     """One compact JSON object per line, UTF-8."""
-    return "".join(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records).encode("utf-8")
+    lines = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
+    return "".join(lines).encode("utf-8")
 
 
 def encode_json(value) -> bytes:

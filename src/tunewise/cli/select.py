@@ -11,13 +11,14 @@ from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
 from tunewise.errors import TunewiseError
+from tunewise.strategies import available_strategies
 
 
 @command("select")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
-    strategy: str = typer.Option(..., "--strategy", "-s", help="Selection strategy (e.g. task_diversity)."),
+    strategy: str = typer.Option(..., "--strategy", "-s", help="One of: " + ", ".join(available_strategies()) + "."),
     budget: Optional[int] = typer.Option(None, "--budget", "-n", help="Number of examples to select."),
     fraction: Optional[float] = typer.Option(None, help="Fraction of the pool to select, in (0, 1]."),
     seed: int = typer.Option(0, min=0, help="Seed for every random choice."),
@@ -43,8 +44,7 @@ def select_command(
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.scores import read_scores
     from tunewise.selection import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
-    from tunewise.strategies import get_strategy
-    from tunewise.strategies.indicators import read_indicator_weights
+    from tunewise.strategies import get_strategy, read_indicator_weights
 
     if (budget is None) == (fraction is None):
         raise TunewiseError("give exactly one of --budget and --fraction", fix="e.g. --budget 500 or --fraction 0.1")
@@ -54,9 +54,13 @@ def select_command(
         raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
     if export is not None:
         if export not in EXPORT_FORMATS:
-            raise TunewiseError(f"unknown export format '{export}'", field="export", fix="use --export messages or alpaca")
+            raise TunewiseError(
+                f"unknown export format '{export}'", field="export", fix="use --export messages or alpaca"
+            )
         if pool is None:
-            raise TunewiseError("--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)")
+            raise TunewiseError(
+                "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
+            )
 
     flags = {
         "within": within, "indicator": indicator, "direction": direction, "gamma": gamma, "epsilon": epsilon,
@@ -85,7 +89,9 @@ def select_command(
     for note in selection.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     stdout.print(allocation_table(meta))
-    stdout.print(f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written)))
+    stdout.print(
+        f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written))
+    )
 
 
 def route_parameters(strategy: str, given: dict) -> dict:
@@ -103,7 +109,9 @@ def route_parameters(strategy: str, given: dict) -> dict:
         params["within_params"] = {name: value for name, value in rest.items() if name in inner}
         rest = {name: value for name, value in rest.items() if name not in inner}
     if rest:
-        flags = sorted({"--weights" if name in ("weights", "orientation") else "--" + name.replace("_", "-") for name in rest})
+        flags = sorted(
+            {"--weights" if name in ("weights", "orientation") else "--" + name.replace("_", "-") for name in rest}
+        )
         used_by = f"--strategy {strategy}" + (f" --within {within}" if "within_params" in declared else "")
         raise TunewiseError(
             f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {used_by}",
@@ -139,5 +147,6 @@ def allocation_table(meta: dict) -> Table:
     for task, counts in meta["tasks"].items():
         share = counts["selected"] / meta["selected"] if meta["selected"] else 0.0
         table.add_row(task, str(counts["pool"]), str(counts["selected"]), f"{share:.1%}")
-    table.add_row("total", str(meta["pool"]), str(meta["selected"]), "100.0%" if meta["selected"] else "0.0%", style="bold")
+    total_share = "100.0%" if meta["selected"] else "0.0%"
+    table.add_row("total", str(meta["pool"]), str(meta["selected"]), total_share, style="bold")
     return table

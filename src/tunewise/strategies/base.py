@@ -7,6 +7,7 @@ checks the score columns it needs, and returns a :class:`Selection`.
 
 from __future__ import annotations
 
+import difflib
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.scores import embedding_matrix
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Selection:
     """An ordered selection: row positions into the scores table, best first.
 
@@ -55,7 +56,7 @@ def invalid_parameter(strategy: str, name: str, value: Any, expected: str, detai
     message = f"strategy '{strategy}': invalid parameter {name}={value!r}: expected {expected}"
     if detail:
         message += f" ({detail})"
-    return TunewiseError(message, field=name)
+    return TunewiseError(message)
 
 
 def real(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable:
@@ -85,12 +86,13 @@ def integer(low: int) -> Callable:
 
 
 def one_of(*choices: str) -> Callable:
-    """Check: one of the given strings."""
+    """Check: one of the given strings (a near miss gets "did you mean")."""
 
     def check(value: Any) -> str | None:
-        if not isinstance(value, str) or value not in choices:
-            return did_you_mean(value, choices) if isinstance(value, str) else ""
-        return None
+        if isinstance(value, str) and value in choices:
+            return None
+        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
+        return f"did you mean '{close[0]}'?" if close else ""
 
     return check
 
@@ -181,7 +183,8 @@ def check_column(scores: pd.DataFrame, column: str) -> None:
         raise TunewiseError(
             f"the scores have no '{column}' column",
             field=column,
-            fix=did_you_mean(column, [str(name) for name in scores.columns]),
+            fix=f"score the pool with the '{column}' indicator, or name another column "
+            f"({did_you_mean(column, [str(name) for name in scores.columns])})",
         )
     if column == "embedding":
         return  # a vector column: checked when the matrix is built (embeddings_without_nan)
@@ -230,11 +233,6 @@ def rank_quantile(values: np.ndarray, groups: np.ndarray | None = None) -> np.nd
     sizes = np.bincount(groups)[groups]
     spread = np.maximum(sizes - 1, 1)
     return np.where(sizes > 1, (ranks - 1.0) / spread, 0.5)
-
-
-def freeze(mapping: Mapping | None) -> dict | None:
-    """A plain-dict copy, so stored parameters never alias the caller's objects."""
-    return None if mapping is None else dict(mapping)
 
 
 class GroupRanker:

@@ -13,8 +13,9 @@ class RandomSelection(GroupRanker, Strategy):
     name = "random"
 
     def rank_in_groups(self, scores, groups, group_budgets, rng):
-        # A random permutation as the tie-free secondary key shuffles each group independently.
-        order = np.lexsort((rng.permutation(len(scores)), groups))
+        # Shuffle, then bring each group together with a stable sort: random within each group.
+        shuffled = rng.permutation(len(scores))
+        order = shuffled[np.argsort(groups[shuffled], kind="stable")]
         return order, lambda picked: ["random order"] * len(picked)
 
 

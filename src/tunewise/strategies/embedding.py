@@ -38,8 +38,10 @@ class KCenter(Strategy):
         reasons = ["first centre, drawn at random"]
         while len(picked) < budget:
             newest = picked[-1]
-            # ‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖², in place to avoid (rows × dim) temporaries.
-            np.dot(embeddings, embeddings[newest], out=distances)
+            # ‖x − c‖² = ‖x‖² − 2·x·c + ‖c‖², in place to avoid (rows × dim) temporaries. einsum
+            # rather than BLAS: as fast here (one pass over memory either way), and free of
+            # BLAS thread pools fighting over shared cores.
+            np.einsum("ij,j->i", embeddings, embeddings[newest], out=distances)
             distances *= -2.0
             distances += squared_norms
             distances += squared_norms[newest]
@@ -90,9 +92,8 @@ class FacilityLocation(Strategy):
         def gains(similarities: np.ndarray) -> np.ndarray:
             return np.maximum(similarities - coverage, 0.0).sum(axis=1, dtype=np.float64)
 
-        first_gains = np.concatenate(
-            [gains(similarity(np.arange(start, min(start + _BLOCK_ROWS, rows)))) for start in range(0, rows, _BLOCK_ROWS)]
-        )
+        blocks = (np.arange(start, min(start + _BLOCK_ROWS, rows)) for start in range(0, rows, _BLOCK_ROWS))
+        first_gains = np.concatenate([gains(similarity(block)) for block in blocks])
         rounding_slack = 1e-6 * len(reference_rows)
         queue = [(-gain, row) for row, gain in enumerate(first_gains.tolist())]
         heapq.heapify(queue)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tunewise.errors import TunewiseError
-from tunewise.strategies.base import GroupRanker, Param, Strategy, freeze, invalid_parameter, rank_quantile
+from tunewise.strategies.base import GroupRanker, Param, Strategy, invalid_parameter, rank_quantile
 
 ORIENTATIONS = ("higher", "lower")
 _PREFER_LOWER = frozenset({"confidence"})
@@ -103,9 +103,11 @@ class WeightedIndicators(GroupRanker, Strategy):
         "orientation": Param(_ORIENTATION_EXPECTED, orientation_problem),
     }
 
-    def __init__(self, weights: Mapping[str, float] | None = None, orientation: Mapping[str, str] | None = None) -> None:
-        self.weights = freeze(weights)
-        self.orientation = freeze(orientation)
+    def __init__(
+        self, weights: Mapping[str, float] | None = None, orientation: Mapping[str, str] | None = None
+    ) -> None:
+        self.weights = weights
+        self.orientation = orientation
 
     def _check_params(self) -> None:
         stray = sorted(set(self.orientation or {}) - set(self.weights))

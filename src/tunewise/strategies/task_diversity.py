@@ -19,7 +19,6 @@ from tunewise.strategies.base import (
     Strategy,
     build_strategy,
     column_name,
-    freeze,
     one_of,
     real,
     task_codes,
@@ -59,7 +58,7 @@ class TaskDiversity(Strategy):
 
     def __init__(self, within: str = "random", within_params: Mapping | None = None) -> None:
         self.within = within
-        self.within_params = freeze(within_params)
+        self.within_params = within_params
 
     def _check_params(self) -> None:
         self._within_strategy()
@@ -90,7 +89,8 @@ class TaskDiversity(Strategy):
         sequence = round_robin_order(task_budgets)
         by_task = np.argsort(sequence, kind="stable")
         occurrence = np.empty(len(sequence), dtype=np.int64)
-        occurrence[by_task] = np.arange(len(sequence)) - np.repeat(np.cumsum(task_budgets) - task_budgets, task_budgets)
+        first_of_task = np.cumsum(task_budgets) - task_budgets
+        occurrence[by_task] = np.arange(len(sequence)) - np.repeat(first_of_task, task_budgets)
         group_start = np.cumsum(sizes) - sizes
         picked = ranked[group_start[sequence] + occurrence]
 
@@ -149,6 +149,7 @@ class WeightedTaskDiversity(TaskDiversity):
 
     def _task_weights(self, scores, codes, names):
         sizes = np.bincount(codes, minlength=len(names))
-        totals = np.bincount(codes, weights=scores[self.confidence_column].to_numpy(dtype=np.float64), minlength=len(names))
+        confidence = scores[self.confidence_column].to_numpy(dtype=np.float64)
+        totals = np.bincount(codes, weights=confidence, minlength=len(names))
         mean_confidence = dict(zip(names, (totals / np.maximum(sizes, 1)).tolist()))
         return inverse_confidence_weights(mean_confidence, self.gamma, self.epsilon)

@@ -1,0 +1,264 @@
+"""`tunewise select` end to end on small generated scores files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import tunewise.cli
+from tunewise.cli.app import app
+from tunewise.pool import read_pool
+from tunewise.scores import SCALAR_INDICATORS, write_scores
+from tunewise.selection import read_selection
+
+PROVENANCE = {"model": "fake-model", "indicators": {"loss": 1}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def commands():
+    tunewise.cli._register_commands()
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["select", *map(str, args)])
+
+
+def write_generated_scores(path, ids=None, tasks=None, rows=40, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = ids or [f"ex{i:03d}" for i in range(rows)]
+    tasks = tasks or [("arith", "code", "qa")[i % 3] for i in range(len(ids))]
+    frame = pd.DataFrame({"id": ids, "task": tasks})
+    for name in SCALAR_INDICATORS:
+        frame[name] = rng.random(len(ids))
+    frame["ppl"] = np.nan
+    frame["embedding"] = list(rng.standard_normal((len(ids), 4)).astype(np.float32))
+    write_scores(frame, path, PROVENANCE)
+    return frame
+
+
+@pytest.fixture
+def scores_file(tmp_path):
+    path = tmp_path / "scores.parquet"
+    write_generated_scores(path)
+    return path
+
+
+def test_select_writes_one_row_per_pick_and_the_provenance(tmp_path, scores_file):
+    output = tmp_path / "out" / "selection.jsonl"
+    result = invoke(scores_file, "--budget", 12, "--strategy", "task_diversity", "--seed", 3, "-o", output)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert [row["position"] for row in rows] == list(range(12))
+    assert {row["task"] for row in rows} == {"arith", "code", "qa"}
+    assert len({row["id"] for row in rows}) == 12
+    assert set(rows[0]["scores"]) == set(SCALAR_INDICATORS)
+    assert rows[0]["scores"]["ppl"] is None and isinstance(rows[0]["scores"]["loss"], float)
+    assert all(row["reason"].startswith("task '") for row in rows)
+
+    meta = json.loads((tmp_path / "out" / "selection.meta.json").read_text())
+    assert meta["strategy"] == "task_diversity"
+    assert meta["params"] == {"within": "random", "within_params": None}
+    assert (meta["seed"], meta["budget"], meta["selected"], meta["pool"]) == (3, 12, 12, 40)
+    assert meta["tasks"] == {
+        "arith": {"pool": 14, "selected": 4},
+        "code": {"pool": 13, "selected": 4},
+        "qa": {"pool": 13, "selected": 4},
+    }
+    assert meta["scores"]["provenance"] == PROVENANCE
+    assert meta["tunewise_version"] == tunewise.__version__
+    for task in ("arith", "code", "qa", "total"):
+        assert task in result.stdout
+
+
+def test_the_same_seed_gives_byte_identical_files(tmp_path, scores_file):
+    outputs = [tmp_path / f"run{i}" / "selection.jsonl" for i in range(2)]
+    for output in outputs:
+        result = invoke(
+            scores_file, "--budget", 20, "--strategy", "weighted_task_diversity", "--seed", 7, "-o", output
+        )
+        assert result.exit_code == 0, result.output
+    for name in ("selection.jsonl", "selection.meta.json"):
+        assert (tmp_path / "run0" / name).read_bytes() == (tmp_path / "run1" / name).read_bytes()
+
+
+def test_fraction_and_read_selection_round_trip(tmp_path, scores_file):
+    output = tmp_path / "picks.jsonl"
+    result = invoke(
+        scores_file, "--fraction", 0.25, "--strategy", "top_k", "--indicator", "ifd", "--direction", "asc",
+        "-o", output,
+    )
+    assert result.exit_code == 0, result.output
+    frame, meta = read_selection(output)
+    assert len(frame) == 10 and meta["params"] == {"indicator": "ifd", "direction": "asc"}
+    assert frame["ifd"].is_monotonic_increasing
+    assert frame["ppl"].isna().all()
+    assert list(frame.columns[:4]) == ["position", "id", "task", "reason"]
+
+
+def test_a_budget_beyond_the_pool_selects_everything_and_says_so(tmp_path, scores_file):
+    output = tmp_path / "selection.jsonl"
+    result = invoke(scores_file, "--budget", 500, "--strategy", "random", "-o", output)
+    assert result.exit_code == 0, result.output
+    assert len(output.read_text().splitlines()) == 40
+    assert "larger than the pool" in result.stderr
+
+
+def test_flags_reach_the_within_strategy(tmp_path, scores_file):
+    output = tmp_path / "selection.jsonl"
+    result = invoke(
+        scores_file, "--budget", 9, "--strategy", "task_diversity", "--within", "difficulty_window",
+        "--c0", 0.6, "--difficulty", "cot_length", "-o", output,
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "selection.meta.json").read_text())
+    assert meta["params"] == {"within": "difficulty_window", "within_params": {"c0": 0.6, "difficulty": "cot_length"}}
+
+
+def test_weights_file_for_weighted_indicators(tmp_path, scores_file):
+    weights = tmp_path / "weights.json"
+    weights.write_text(json.dumps({"weights": {"loss": 0.7, "confidence": 0.3}}))
+    output = tmp_path / "selection.jsonl"
+    result = invoke(
+        scores_file, "--budget", 5, "--strategy", "weighted_indicators", "--weights", weights, "-o", output
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads((tmp_path / "selection.meta.json").read_text())
+    assert meta["params"] == {"weights": {"loss": 0.7, "confidence": 0.3}, "orientation": None}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--budget", 5, "--fraction", 0.1, "--strategy", "random"], "exactly one of --budget and --fraction"),
+        (["--strategy", "random"], "exactly one of --budget and --fraction"),
+        (["--budget", -3, "--strategy", "random"], "--budget must be"),
+        (["--fraction", 0, "--strategy", "random"], "--fraction must be"),
+        (["--budget", 5, "--strategy", "randon"], "did you mean 'random'"),
+        (["--budget", 5, "--strategy", "random", "--gamma", 2], "--gamma does not apply"),
+        (["--budget", 5, "--strategy", "top_k", "--within", "random"], "--within does not apply"),
+        (["--budget", 5, "--strategy", "task_diversity", "--within", "nope"], "invalid parameter within='nope'"),
+        (["--budget", 5, "--strategy", "difficulty_window", "--c0", 1.5], "invalid parameter c0=1.5"),
+        (["--budget", 5, "--strategy", "top_k", "--indicator", "ppl"], "column 'ppl' is NaN in 40 of 40 rows"),
+        (["--budget", 5, "--strategy", "random", "--export", "messages"], "--export needs the pool"),
+        (["--budget", 5, "--strategy", "random", "--export", "csv", "--pool", "x"], "unknown export format"),
+    ],
+)
+def test_bad_input_exits_2_and_leaves_no_files(tmp_path, scores_file, arguments, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = invoke(scores_file, *arguments, "-o", out / "selection.jsonl")
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert list(out.iterdir()) == []
+
+
+def test_missing_scores_and_bad_weights_files_exit_2(tmp_path, scores_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = invoke(tmp_path / "absent.parquet", "--budget", 5, "--strategy", "random", "-o", out / "s.jsonl")
+    assert result.exit_code == 2 and "no such scores file" in result.stderr
+    weights = tmp_path / "weights.json"
+    weights.write_text(json.dumps({"weights": {"loss": 0.6, "ifd": 0.6}}))
+    result = invoke(
+        scores_file, "--budget", 5, "--strategy", "weighted_indicators", "--weights", weights,
+        "-o", out / "s.jsonl",
+    )
+    assert result.exit_code == 2 and "sum to 1.2" in result.stderr and str(weights) in result.stderr
+    assert list(out.iterdir()) == []
+
+
+def write_pool(path, labelled=True):
+    records = []
+    for i in range(12):
+        task = ("arith", "chat")[i % 2]
+        if task == "arith":
+            answer = str(2 * i) if labelled else None
+            records.append({"instruction": f"Add {i} and {i}.", "input": "", "output": answer, "task": task})
+        else:
+            messages = [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Hi {i}"},
+                {"role": "assistant", "content": f"Hello {i}"},
+                {"role": "user", "content": f"Bye {i}?"},
+            ]
+            if labelled:
+                messages.append({"role": "assistant", "content": f"Bye {i}!"})
+            records.append({"messages": messages, "task": task})
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in records))
+    return read_pool(path, task_field="task")
+
+
+@pytest.fixture
+def pool_and_scores(tmp_path):
+    pool_path = tmp_path / "pool.jsonl"
+    pool = write_pool(pool_path)
+    scores_path = tmp_path / "scores.parquet"
+    write_generated_scores(scores_path, ids=[e.id for e in pool.examples], tasks=[e.task for e in pool.examples])
+    return pool_path, pool, scores_path
+
+
+def test_export_messages_in_selection_order(tmp_path, pool_and_scores):
+    pool_path, pool, scores_path = pool_and_scores
+    output = tmp_path / "selection.jsonl"
+    result = invoke(
+        scores_path, "--budget", 6, "--strategy", "task_diversity", "--pool", pool_path, "--task-field", "task",
+        "--export", "messages", "-o", output,
+    )
+    assert result.exit_code == 0, result.output
+    picks = [json.loads(line)["id"] for line in output.read_text().splitlines()]
+    exported = [json.loads(line) for line in (tmp_path / "selection.messages.jsonl").read_text().splitlines()]
+    by_id = pool.by_id()
+    assert exported == [{"messages": by_id[i].messages} for i in picks]
+    assert all(record["messages"][-1]["role"] == "assistant" for record in exported)
+
+
+def test_export_alpaca_keeps_system_and_history(tmp_path, pool_and_scores):
+    pool_path, pool, scores_path = pool_and_scores
+    target = tmp_path / "train" / "data.json"
+    result = invoke(
+        scores_path, "--budget", 12, "--strategy", "random", "--pool", pool_path, "--task-field", "task",
+        "--export", "alpaca", "--export-path", target, "-o", tmp_path / "selection.jsonl",
+    )
+    assert result.exit_code == 0, result.output
+    records = json.loads(target.read_text())
+    assert len(records) == 12
+    arith = next(r for r in records if r["instruction"] == "Add 2 and 2.")
+    assert arith == {"instruction": "Add 2 and 2.", "input": "", "output": "4"}
+    chat = next(r for r in records if r["instruction"] == "Bye 1?")
+    assert chat == {
+        "instruction": "Bye 1?",
+        "input": "",
+        "output": "Bye 1!",
+        "system": "Be brief.",
+        "history": [["Hi 1", "Hello 1"]],
+    }
+
+
+def test_export_refuses_unlabelled_examples_and_unknown_ids(tmp_path, pool_and_scores):
+    pool_path, _, scores_path = pool_and_scores
+    out = tmp_path / "out"
+    out.mkdir()
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled_pool = write_pool(unlabelled, labelled=False)
+    unlabelled_scores = tmp_path / "unlabelled.parquet"
+    write_generated_scores(
+        unlabelled_scores,
+        ids=[e.id for e in unlabelled_pool.examples],
+        tasks=[e.task for e in unlabelled_pool.examples],
+    )
+    result = invoke(
+        unlabelled_scores, "--budget", 4, "--strategy", "random", "--pool", unlabelled, "--task-field", "task",
+        "--export", "messages", "-o", out / "selection.jsonl",
+    )
+    assert result.exit_code == 2 and "have no response" in result.stderr
+    result = invoke(
+        scores_path, "--budget", 4, "--strategy", "random", "--pool", unlabelled, "--task-field", "task",
+        "--export", "messages", "-o", out / "selection.jsonl",
+    )
+    assert result.exit_code == 2 and "selected ids are not in the pool" in result.stderr
+    assert list(out.iterdir()) == []

@@ -1,0 +1,377 @@
+"""One contract every selection strategy passes, then the behaviour of each strategy."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tunewise.errors import TunewiseError
+from tunewise.scores import SCALAR_INDICATORS
+from tunewise.strategies import (
+    WindowCentre,
+    available_strategies,
+    fit_window_centre,
+    get_strategy,
+    rank_quantile,
+    read_indicator_weights,
+)
+
+WEIGHTS = {"loss": 0.5, "ifd": 0.3, "confidence": 0.2}
+
+# Every registered strategy, and every `within` choice of the task strategies.
+CASES = {
+    "random": ("random", {}),
+    "top_k": ("top_k", {}),
+    "top_k-asc-ifd": ("top_k", {"indicator": "ifd", "direction": "asc"}),
+    "uncertainty": ("uncertainty", {}),
+    "task_diversity": ("task_diversity", {}),
+    "task_diversity-window": ("task_diversity", {"within": "difficulty_window"}),
+    "task_diversity-weights": (
+        "task_diversity",
+        {"within": "weighted_indicators", "within_params": {"weights": WEIGHTS}},
+    ),
+    "weighted_task_diversity": ("weighted_task_diversity", {"gamma": 2.0}),
+    "weighted_task_diversity-window": (
+        "weighted_task_diversity",
+        {"within": "difficulty_window", "within_params": {"difficulty": "cot_length"}},
+    ),
+    "difficulty_window": ("difficulty_window", {}),
+    "difficulty_window-cot": ("difficulty_window", {"difficulty": "cot_length", "c0": 0.6}),
+    "k_center": ("k_center", {}),
+    "facility_location": ("facility_location", {"reference_size": 16}),
+    "weighted_indicators": ("weighted_indicators", {"weights": WEIGHTS}),
+}
+UNIFORM_PARAMETER_ERROR = re.compile(r"^strategy '\w+': invalid parameter \w+=.*: expected .+")
+
+
+def make_scores(rows: int = 40, tasks=("arith", "code", "qa"), seed: int = 0, tied: bool = False) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "id": [f"ex{i:04d}" for i in range(rows)],
+            "task": [tasks[i % len(tasks)] for i in range(rows)],
+        }
+    )
+    for name in SCALAR_INDICATORS:
+        frame[name] = np.full(rows, 0.5) if tied else rng.random(rows)
+    frame["cot_length"] = np.full(rows, 3.0) if tied else rng.integers(1, 12, rows).astype(float)
+    vectors = np.ones((rows, 6), dtype=np.float32) if tied else rng.standard_normal((rows, 6)).astype(np.float32)
+    frame["embedding"] = list(vectors)
+    return frame
+
+
+def build(case: str):
+    name, params = CASES[case]
+    return get_strategy(name, **params)
+
+
+@pytest.fixture(params=list(CASES))
+def case(request):
+    return request.param
+
+
+def assert_valid(selection, rows: int, expected: int) -> None:
+    positions = selection.positions
+    assert positions.dtype == np.int64
+    assert len(positions) == expected == len(selection.reasons)
+    assert len(set(positions.tolist())) == expected
+    assert ((0 <= positions) & (positions < rows)).all()
+    assert all(isinstance(reason, str) and reason for reason in selection.reasons)
+    json.dumps(selection.details)
+
+
+# --- the contract ---------------------------------------------------------------------------
+
+
+def test_every_registered_strategy_is_in_the_contract():
+    assert {name for name, _ in CASES.values()} == set(available_strategies())
+
+
+def test_same_seed_gives_the_same_selection(case):
+    scores = make_scores()
+    first, second = build(case).select(scores, 13, seed=5), build(case).select(scores, 13, seed=5)
+    assert first.positions.tolist() == second.positions.tolist()
+    assert first.reasons == second.reasons
+    assert (first.notes, first.details) == (second.notes, second.details)
+
+
+@pytest.mark.parametrize("budget", [0, 1, 40, 45])
+def test_budgets_from_zero_to_beyond_the_pool(case, budget):
+    scores = make_scores(rows=40)
+    selection = build(case).select(scores, budget, seed=1)
+    assert_valid(selection, 40, min(budget, 40))
+    if budget >= 40:
+        assert sorted(selection.positions.tolist()) == list(range(40))
+    if budget > 40:
+        assert any("larger than the pool" in note for note in selection.notes)
+    else:
+        assert selection.notes == []
+
+
+@pytest.mark.parametrize("budget", [0, 3])
+def test_an_empty_pool_gives_an_empty_selection(case, budget):
+    scores = make_scores(rows=0)
+    assert_valid(build(case).select(scores, budget, seed=0), 0, 0)
+
+
+@pytest.mark.parametrize("budget", [1, 3, 7])
+def test_tasks_of_a_single_example(case, budget):
+    scores = make_scores(rows=7, tasks=tuple(f"task{i}" for i in range(7)))
+    assert_valid(build(case).select(scores, budget, seed=2), 7, budget)
+
+
+@pytest.mark.parametrize("budget", [1, 10, 30])
+def test_all_scores_tied(case, budget):
+    scores = make_scores(rows=30, tied=True)
+    first = build(case).select(scores, budget, seed=3)
+    assert_valid(first, 30, budget)
+    assert first.positions.tolist() == build(case).select(scores, budget, seed=3).positions.tolist()
+
+
+def test_nan_in_a_column_it_needs_is_refused_naming_the_column(case):
+    strategy = build(case)
+    needed = strategy.required_columns()
+    if not needed:
+        scores = make_scores()
+        for name in SCALAR_INDICATORS:
+            scores[name] = np.nan
+        assert_valid(strategy.select(scores, 5, seed=0), 40, 5)
+        return
+    for column in needed:
+        scores = make_scores()
+        if column == "embedding":
+            scores.at[3, "embedding"] = np.full(6, np.nan, dtype=np.float32)
+            scores.at[8, "embedding"] = np.array([0, np.nan, 0, 0, 0, 0], dtype=np.float32)
+        else:
+            scores.loc[[3, 8], column] = np.nan if column != "task" else None
+        with pytest.raises(TunewiseError) as error:
+            strategy.select(scores, 5, seed=0)
+        assert f"column '{column}' is NaN in 2 of 40 rows" in str(error.value)
+
+
+def test_a_missing_column_is_refused_with_a_suggestion(case):
+    strategy = build(case)
+    for column in strategy.required_columns():
+        scores = make_scores().drop(columns=[column])
+        with pytest.raises(TunewiseError, match=f"no '{column}' column"):
+            strategy.select(scores, 5, seed=0)
+
+
+def test_unknown_and_invalid_parameters_get_the_uniform_message(case):
+    name, params = CASES[case]
+    with pytest.raises(TunewiseError) as error:
+        get_strategy(name, **params, no_such_parameter=1)
+    assert UNIFORM_PARAMETER_ERROR.match(str(error.value))
+    for parameter in type(build(case)).parameters:
+        with pytest.raises(TunewiseError) as error:
+            get_strategy(name, **{**params, parameter: object()})
+        assert UNIFORM_PARAMETER_ERROR.match(str(error.value)), str(error.value)
+        assert f"invalid parameter {parameter}=" in str(error.value)
+
+
+def test_invalid_parameters_are_also_refused_by_select(case):
+    strategy = build(case)
+    for parameter in type(strategy).parameters:
+        setattr(strategy, parameter, object())
+        with pytest.raises(TunewiseError) as error:
+            strategy.select(make_scores(), 3)
+        assert UNIFORM_PARAMETER_ERROR.match(str(error.value))
+        strategy = build(case)
+
+
+@pytest.mark.parametrize("budget", [-1, 2.0, True, "3"])
+def test_a_budget_that_is_not_a_whole_number_at_least_zero_is_refused(case, budget):
+    with pytest.raises(TunewiseError, match="budget"):
+        build(case).select(make_scores(), budget)
+
+
+def test_a_negative_seed_is_refused(case):
+    with pytest.raises(TunewiseError, match="seed"):
+        build(case).select(make_scores(), 3, seed=-1)
+
+
+# --- behaviour of individual strategies ----------------------------------------------------
+
+
+def test_unknown_strategy_names_get_did_you_mean():
+    with pytest.raises(TunewiseError, match="did you mean 'k_center'"):
+        get_strategy("k_centre")
+
+
+def test_get_params_round_trips_through_get_strategy(case):
+    strategy = build(case)
+    assert get_strategy(strategy.name, **strategy.get_params()).get_params() == strategy.get_params()
+
+
+def test_top_k_in_both_directions_keeps_ties_in_pool_order():
+    scores = make_scores(rows=6)
+    scores["loss"] = [0.2, 0.9, 0.5, 0.9, 0.1, 0.5]
+    assert get_strategy("top_k").select(scores, 4).positions.tolist() == [1, 3, 2, 5]
+    ascending = get_strategy("top_k", indicator="loss", direction="asc")
+    assert ascending.select(scores, 3).positions.tolist() == [4, 0, 2]
+
+
+def test_uncertainty_takes_the_lowest_confidence_first():
+    scores = make_scores(rows=5)
+    scores["confidence"] = [0.9, 0.1, 0.5, 0.3, 0.7]
+    assert get_strategy("uncertainty").select(scores, 3).positions.tolist() == [1, 3, 2]
+
+
+def test_random_differs_between_seeds():
+    scores = make_scores(rows=40)
+    orders = {tuple(get_strategy("random").select(scores, 40, seed=seed).positions) for seed in range(5)}
+    assert len(orders) == 5
+
+
+def test_window_centre_moves_harder_with_the_budget():
+    centre = WindowCentre()
+    assert centre.at([10, 100, 1000, 10**9]).tolist() == pytest.approx([0.2, 0.35, 0.5, 1.0])
+    assert WindowCentre(c0=0.1, beta=0.3).at(1).item() == 0.0
+
+
+def test_difficulty_window_takes_the_rows_nearest_the_centre():
+    scores = make_scores(rows=101, tasks=("only",))
+    scores["loss"] = np.arange(101.0)[::-1]  # quantile of row i is (100 - i) / 100
+    one = get_strategy("difficulty_window").select(scores, 1)
+    assert one.positions.tolist() == [95]  # c(1) = 0.35 - 2 × 0.15 = 0.05
+    hundred = get_strategy("difficulty_window").select(scores, 100)
+    assert hundred.positions[0] == 65  # c(100) = 0.35
+    assert 0 not in hundred.positions  # quantile 1.0 is the farthest from 0.35
+    # Rows 0.05 either side of the centre tie; the easier one comes first.
+    assert hundred.positions[9:11].tolist() == [70, 60]
+
+
+def test_difficulty_window_quantiles_are_within_each_task():
+    scores = make_scores(rows=4, tasks=("easy", "hard"))
+    scores["loss"] = [0.1, 5.0, 0.2, 6.0]  # each task has one easier and one harder row
+    picked = get_strategy("difficulty_window", c0=1.0, beta=0.0).select(scores, 2)
+    assert sorted(picked.positions.tolist()) == [2, 3]
+
+
+def test_fit_window_centre_recovers_c0_and_beta():
+    truth = WindowCentre(c0=0.3, beta=0.2, n0=100)
+    budgets = [50, 50, 200, 200, 800, 800]
+    fitted = fit_window_centre(budgets, truth.at(budgets), n0=100)
+    assert (fitted.c0, fitted.beta) == pytest.approx((0.3, 0.2))
+    with pytest.raises(TunewiseError, match="two or more different budgets"):
+        fit_window_centre([100, 100], [0.3, 0.4])
+
+
+def test_weighted_task_diversity_gives_unsure_tasks_more():
+    scores = make_scores(rows=300, tasks=("sure", "unsure"))
+    scores["confidence"] = np.where(scores["task"] == "sure", 0.9, 0.3)
+    selection = get_strategy("weighted_task_diversity").select(scores, 40)
+    assert selection.details["allocation"] == {"sure": 10, "unsure": 30}
+    assert get_strategy("task_diversity").select(scores, 40).details["allocation"] == {"sure": 20, "unsure": 20}
+
+
+def test_task_diversity_prefixes_keep_the_proportions_and_caps_small_tasks():
+    scores = make_scores(rows=70, tasks=("a",) * 5 + ("b",) * 2)
+    scores.loc[:4, "task"] = "tiny"  # tiny: 5 rows, a: 45, b: 20
+    selection = get_strategy("task_diversity").select(scores, 42, seed=0)
+    tasks = scores["task"].to_numpy()[selection.positions]
+    allocation = selection.details["allocation"]
+    assert allocation["tiny"] == 5 and sum(allocation.values()) == 42
+    for prefix in range(1, 43):
+        for task, share in allocation.items():
+            assert abs((tasks[:prefix] == task).sum() - prefix * share / 42) < 1
+
+
+def test_weighted_indicators_combines_oriented_quantiles():
+    scores = make_scores(rows=3)
+    scores["loss"] = [1.0, 2.0, 3.0]
+    scores["confidence"] = [0.1, 0.5, 0.9]
+    both = get_strategy("weighted_indicators", weights={"loss": 0.5, "confidence": 0.5})
+    # loss prefers row 2, low confidence prefers row 0: a tie of 0.5 each, kept in pool order.
+    assert both.select(scores, 3).positions.tolist() == [0, 1, 2]
+    loss_led = get_strategy("weighted_indicators", weights={"loss": 0.8, "confidence": 0.2})
+    assert loss_led.select(scores, 1).positions.tolist() == [2]
+    flipped = get_strategy("weighted_indicators", weights={"loss": 1.0}, orientation={"loss": "lower"})
+    assert flipped.select(scores, 1).positions.tolist() == [0]
+
+
+def test_weighted_indicators_ignores_zero_weights_even_on_missing_columns():
+    scores = make_scores(rows=5).drop(columns=["ifd"])
+    strategy = get_strategy("weighted_indicators", weights={"loss": 1.0, "ifd": 0.0})
+    assert len(strategy.select(scores, 2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("weights", "detail"),
+    [
+        ({"loss": 0.5, "ifd": 0.4}, "sum to 0.9"),
+        ({"loss": 1.2, "ifd": -0.2}, "'ifd' is negative"),
+        ({}, "at least one indicator"),
+        ({"loss": "1"}, "not a number"),
+    ],
+)
+def test_weights_must_be_non_negative_and_sum_to_one(weights, detail):
+    with pytest.raises(TunewiseError) as error:
+        get_strategy("weighted_indicators", weights=weights)
+    assert UNIFORM_PARAMETER_ERROR.match(str(error.value)) and detail in str(error.value)
+
+
+def test_weights_within_the_tolerance_are_accepted():
+    get_strategy("weighted_indicators", weights={"loss": 0.5, "ifd": 0.5 + 5e-7})
+
+
+def test_orientation_for_an_unweighted_indicator_is_refused():
+    with pytest.raises(TunewiseError, match="'ifd' has no weight"):
+        get_strategy("weighted_indicators", weights={"loss": 1.0}, orientation={"ifd": "lower"})
+
+
+def test_read_indicator_weights(tmp_path):
+    good = tmp_path / "weights.json"
+    good.write_text(json.dumps({"weights": {"loss": 0.25, "ifd": 0.75}, "trials": [1, 2]}))
+    assert read_indicator_weights(good) == {"weights": {"loss": 0.25, "ifd": 0.75}, "orientation": None}
+    bad = tmp_path / "bad.json"
+    for content, message in [
+        ('{"weights": {"loss": 0.3}}', "sum to 0.3"),
+        ('{"loss": 1.0}', "no 'weights' object"),
+        ("{not json", "not a readable JSON"),
+        ('{"weights": {"loss": 1.0}, "orientation": {"loss": "up"}}', "not 'higher' or 'lower'"),
+    ]:
+        bad.write_text(content)
+        with pytest.raises(TunewiseError, match=message) as error:
+            read_indicator_weights(bad)
+        assert error.value.file == str(bad)
+    with pytest.raises(TunewiseError, match="no such weights file"):
+        read_indicator_weights(tmp_path / "absent.json")
+
+
+def clustered_scores(centres, per_cluster: int = 10, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    vectors = np.concatenate([np.asarray(c) + 0.01 * rng.standard_normal((per_cluster, len(c))) for c in centres])
+    scores = make_scores(rows=len(vectors))
+    scores["embedding"] = list(vectors.astype(np.float32))
+    return scores
+
+
+def test_k_center_spreads_its_picks_over_the_clusters():
+    scores = clustered_scores([[10, 0, 0], [0, 10, 0], [0, 0, 10], [-10, 0, 0]])
+    for seed in range(3):
+        picked = get_strategy("k_center").select(scores, 4, seed=seed).positions
+        assert sorted(picked // 10) == [0, 1, 2, 3]
+
+
+def test_k_center_takes_the_farthest_row_next():
+    scores = make_scores(rows=4)
+    scores["embedding"] = list(np.array([[0.0], [1.0], [5.0], [2.0]], dtype=np.float32))
+    picked = get_strategy("k_center").select(scores, 4, seed=0).positions.tolist()
+    expected_after = {0: [2, 1, 3], 1: [2, 0, 3], 2: [0, 1, 3], 3: [2, 0, 1]}
+    assert picked[1:] == expected_after[picked[0]]
+
+
+def test_facility_location_covers_each_cluster_before_repeating_one():
+    scores = clustered_scores([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    picked = get_strategy("facility_location").select(scores, 3, seed=0).positions
+    assert sorted(picked // 10) == [0, 1, 2]
+
+
+def test_rank_quantile_handles_ties_and_single_rows():
+    quantile = rank_quantile([3.0, 1.0, 2.0, 2.0, 7.0], np.array([0, 0, 0, 0, 1]))
+    assert quantile.tolist() == pytest.approx([1.0, 0.0, 0.5, 0.5, 0.5])
