@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from tunewise.errors import TunewiseError
@@ -226,8 +227,10 @@ def _attach_lora(model, rank: int, alpha: int, seed: int):
     )
     device = next(model.parameters()).device
     # Seed A without touching the caller's global random state.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
         torch.manual_seed(seed)
+        # peft probes a transformers attribute that transformers 5 deprecates; nothing to act on.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         try:
             peft_model = get_peft_model(model, config)
         except ValueError as error:

@@ -45,7 +45,9 @@ class TunewiseError(Exception):
         text = (", ".join(where) + ": " if where else "") + self.message
         if self.fix:
             text += f"\n  fix: {self.fix}"
-        return text
+        # The message may quote the user's text; an unpaired surrogate in it must not make the
+        # error itself unprintable.
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def did_you_mean(name: str, choices) -> str:

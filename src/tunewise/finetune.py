@@ -10,6 +10,7 @@ many fine-tunes (a sweep).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -17,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -51,7 +53,7 @@ class FinetuneConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many optimizer steps (overrides epochs)."}
     )
-    batch_size: int = field(default=8, metadata={"help": "Examples per forward pass."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per forward pass (memory grows with it)."})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Forward passes per optimizer step (effective batch = product)."}
     )
@@ -60,6 +62,7 @@ class FinetuneConfig:
     )
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warmup."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this before each step."})
     seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, dropout and data order."})
 
     def __post_init__(self) -> None:
@@ -77,6 +80,7 @@ class FinetuneConfig:
             ("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)"),
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "zero or more"),
+            ("max_grad_norm", self.max_grad_norm > 0, "a positive number"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -101,6 +105,7 @@ class TrainingLog:
     seconds: float = 0.0
     examples: int = 0
     examples_seen: int = 0
+    tokens_seen: int = 0
     truncated_examples: int = 0
 
     @property
@@ -115,10 +120,12 @@ class TrainingLog:
             "seconds": round(self.seconds, 3),
             "examples": self.examples,
             "examples_seen": self.examples_seen,
+            "tokens_seen": self.tokens_seen,
             "truncated_examples": self.truncated_examples,
             "final_loss": self.final_loss,
             "steps_per_second": round(len(self.steps) / seconds, 4),
             "examples_per_second": round(self.examples_seen / seconds, 4),
+            "tokens_per_second": round(self.tokens_seen / seconds, 2),
         }
 
 
@@ -190,6 +197,8 @@ def finetune(
     from peft import LoraConfig, get_peft_model
 
     config = config or FinetuneConfig()
+    if output_dir is not None:
+        check_adapter_output(output_dir)
     if not examples:
         raise TunewiseError("there are no examples to fine-tune on", fix="pass a non-empty pool or selection")
     unlabelled = [example.id for example in examples if example.response is None]
@@ -226,7 +235,8 @@ def finetune(
             task_type="CAUSAL_LM",
         )
         try:
-            model = get_peft_model(copy.deepcopy(loaded_model.model), lora)
+            with _peft_deprecation_silenced():
+                model = get_peft_model(copy.deepcopy(loaded_model.model), lora)
         except ValueError as error:
             raise TunewiseError(f"cannot attach LoRA adapters ({error})", field="target_modules",
                                 fix="use --target-modules all-linear or names of the model's linear layers") from None
@@ -248,20 +258,25 @@ def finetune(
                 # Normalise by the step's completion tokens, so accumulation equals one big batch.
                 step_tokens = sum(encoded[i].completion_tokens for batch in step_batches for i in batch)
                 step_loss = 0.0
+                learning_rate = optimizer.param_groups[0]["lr"]
                 for batch in step_batches:
-                    input_ids, attention_mask, labels = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+                    batch_examples = [encoded[i] for i in batch]
+                    input_ids, attention_mask, labels = pad_batch(batch_examples, tokenizer.pad_token_id, device)
+                    # Position t predicts token t + 1: project to the vocabulary only where that
+                    # token is a response token (the prompt's logits would be thrown away).
+                    targets = labels[:, 1:]
+                    predicts_response = torch.nn.functional.pad(targets != IGNORE_INDEX, (0, 1))
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+                        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                                       logits_to_keep=predicts_response).logits
                     loss = torch.nn.functional.cross_entropy(
-                        logits[:, :-1].flatten(0, 1).float(),
-                        labels[:, 1:].flatten(),
-                        ignore_index=IGNORE_INDEX,
-                        reduction="sum",
+                        logits.float(), targets[targets != IGNORE_INDEX], reduction="sum"
                     ) / max(step_tokens, 1)
                     loss.backward()
                     step_loss += loss.item()
                     log.examples_seen += len(batch)
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                    log.tokens_seen += sum(len(e.input_ids) for e in batch_examples)
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -270,8 +285,8 @@ def finetune(
                     "step": step,
                     "epoch": epoch,
                     "loss": round(step_loss, 6),
-                    "learning_rate": optimizer.param_groups[0]["lr"],
-                    "tokens": int(step_tokens),
+                    "learning_rate": learning_rate,
+                    "completion_tokens": int(step_tokens),
                     "seconds": round(time.perf_counter() - started, 3),
                 })
                 if progress is not None:
@@ -319,16 +334,29 @@ def pad_batch(encoded: Sequence[EncodedExample], pad_token_id: int, device):
     return input_ids.to(device), attention_mask.to(device), labels.to(device)
 
 
-def save_adapter(peft_model, output_dir: str | os.PathLike, loaded_model, config: FinetuneConfig, log: TrainingLog) -> Path:
+def check_adapter_output(output_dir: str | os.PathLike) -> None:
+    """Refuse an adapter destination that would overwrite anything but an earlier adapter."""
+    target = Path(output_dir)
+    earlier_adapter = (target / ADAPTER_INFO_FILE).exists()
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not earlier_adapter)):
+        raise TunewiseError("the output path exists and is not an adapter folder written by tunewise",
+                            file=str(target), fix="pass a new folder with -o (an earlier adapter folder is replaced)")
+
+
+def save_adapter(
+    peft_model, output_dir: str | os.PathLike, loaded_model, config: FinetuneConfig, log: TrainingLog
+) -> Path:
     """Write the adapter with its provenance into ``output_dir``, replacing it whole or not at all."""
     from tunewise import __version__
     from tunewise.models import model_summary
 
+    check_adapter_output(output_dir)
     target = Path(output_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        peft_model.save_pretrained(staging)
+        with _peft_deprecation_silenced():
+            peft_model.save_pretrained(staging)
         info = {
             "tunewise_version": __version__,
             **model_summary(loaded_model),
@@ -368,10 +396,19 @@ def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
             f"not on '{loaded_model.name}' ({_base_fingerprint(loaded_model.fingerprint)})",
             file=adapter_dir, field="model", fix=f"pass --model {info.get('model')}",
         )
-    model = PeftModel.from_pretrained(copy.deepcopy(loaded_model.model), adapter_dir)
+    with _peft_deprecation_silenced():
+        model = PeftModel.from_pretrained(copy.deepcopy(loaded_model.model), adapter_dir)
     merged = model.merge_and_unload()
     merged.eval()
     return merged
+
+
+@contextlib.contextmanager
+def _peft_deprecation_silenced():
+    """PEFT reads a transformers property deprecated for v6: a warning no user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _base_fingerprint(fingerprint: str) -> str:
@@ -379,4 +416,13 @@ def _base_fingerprint(fingerprint: str) -> str:
     return fingerprint.rsplit(":", 1)[0]
 
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "TrainingLog", "finetune", "load_adapter", "prompt_token_ids"]
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "TrainingLog",
+    "check_adapter_output",
+    "finetune",
+    "load_adapter",
+    "prompt_token_ids",
+    "save_adapter",
+]

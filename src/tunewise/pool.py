@@ -13,11 +13,12 @@ import hashlib
 import io
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, did_you_mean
 
 DEFAULT_TASK = "default"
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -179,20 +180,36 @@ def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
 
 def _decode(raw: bytes, path: Path, line: int) -> str:
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # tolerate the byte-order mark some editors write
     except UnicodeDecodeError as error:
         raise TunewiseError(f"not valid UTF-8 (byte {error.start})", file=str(path), line=line,
                             fix="re-encode the file as UTF-8") from None
 
 
+def _parse_json(text: str):
+    """``json.loads`` with every way hostile text can fail turned into ``json.JSONDecodeError``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+    except ValueError as error:  # e.g. an integer with more digits than Python converts
+        raise json.JSONDecodeError(str(error).split(":")[0], text, 0) from None
+
+
 def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            text = _decode(raw, path, number).strip()
+            try:
+                text = _decode(raw, path, number).strip()
+            except TunewiseError as error:
+                yield number, _BadRecord(error.message, error.fix)
+                continue
             if not text:
                 continue
             try:
-                yield number, json.loads(text)
+                yield number, _parse_json(text)
             except json.JSONDecodeError as error:
                 yield number, _BadRecord(f"malformed JSON ({error.msg} at column {error.colno})",
                                          "fix or remove this line")
@@ -201,7 +218,7 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
 def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
     text = _decode(path.read_bytes(), path, 1)
     try:
-        data = json.loads(text)
+        data = _parse_json(text)
     except json.JSONDecodeError as error:
         raise TunewiseError(f"malformed JSON ({error.msg})", file=str(path), line=error.lineno,
                             fix="fix the JSON, or write one record per line as JSONL") from None
@@ -220,9 +237,17 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
 def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
     text = _decode(path.read_bytes(), path, 1)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    for record in reader:
+    # Long prompts are legitimate: lift the csv module's 128 KiB cell limit for this read only.
+    previous_limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
         # line_num counts physical lines, so multi-line quoted cells still report the right place.
-        yield reader.line_num, {k: v for k, v in record.items() if k is not None}
+        rows = [(reader.line_num, {k: v for k, v in record.items() if k is not None}) for record in reader]
+    except csv.Error as error:
+        raise TunewiseError(f"malformed CSV ({error})", file=str(path), line=reader.line_num,
+                            fix="check the quoting of this line, or write the pool as JSONL") from None
+    finally:
+        csv.field_size_limit(previous_limit)
+    yield from rows
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
@@ -233,9 +258,23 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
     except Exception as error:  # pyarrow raises several unrelated types for a bad file
         raise TunewiseError(f"not a readable Parquet file ({error})", file=str(path),
                             fix="check the file is complete") from None
-    number = 0
-    for batch in parquet.iter_batches(batch_size=8192):
-        for record in batch.to_pylist():
+    yield from _numbered_records(parquet.iter_batches(batch_size=8192), path, "Parquet")
+
+
+def _numbered_records(batches, path: Path, kind: str, first: int = 1) -> Iterator[tuple[int, Any]]:
+    """Records of Arrow record batches, numbered from ``first``; a corrupt batch is a TunewiseError."""
+    number = first - 1
+    batches = iter(batches)
+    while True:
+        try:
+            batch = next(batches, None)
+            records = None if batch is None else batch.to_pylist()
+        except Exception as error:  # pyarrow raises several unrelated types for corrupt data
+            raise TunewiseError(f"corrupt {kind} data after record {number} ({error})", file=str(path),
+                                line=number + 1, fix="the file is damaged or incomplete: write it again") from None
+        if records is None:
+            return
+        for record in records:
             number += 1
             yield number, record
 
@@ -245,18 +284,29 @@ def _iter_saved_dataset(path: Path) -> Iterator[tuple[int, Any]]:
     import pyarrow as pa
 
     arrow_files = sorted(path.glob("*.arrow"))
+    not_a_dataset_fix = "pass a pool file, or a folder written by Dataset.save_to_disk"
     if not arrow_files or not (path / "state.json").exists():
         raise TunewiseError("this folder is not a saved Hugging Face dataset (no state.json / *.arrow)",
-                            file=str(path), fix="pass a pool file, or a folder written by Dataset.save_to_disk")
-    state = json.loads((path / "state.json").read_text())
-    ordered = [path / entry["filename"] for entry in state.get("_data_files", [])] or arrow_files
+                            file=str(path), fix=not_a_dataset_fix)
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        ordered = [path / entry["filename"] for entry in state.get("_data_files", [])] or arrow_files
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise TunewiseError(f"unreadable state.json ({type(error).__name__}: {error})", file=str(path / "state.json"),
+                            field="_data_files", fix=not_a_dataset_fix) from None
     number = 0
     for arrow_file in ordered:
+        if not arrow_file.is_file():
+            raise TunewiseError("state.json lists a data file that does not exist", file=str(arrow_file),
+                                fix="copy the whole folder written by Dataset.save_to_disk")
         with pa.memory_map(str(arrow_file)) as source:
-            for batch in pa.ipc.open_stream(source):
-                for record in batch.to_pylist():
-                    number += 1
-                    yield number, record
+            try:
+                stream = pa.ipc.open_stream(source)
+            except Exception as error:  # pyarrow raises several unrelated types for a bad file
+                raise TunewiseError(f"not an Arrow stream file ({error})", file=str(arrow_file),
+                                    fix="the file is damaged or incomplete: save the dataset again") from None
+            for number, record in _numbered_records(stream, arrow_file, "Arrow", first=number + 1):
+                yield number, record
 
 
 @dataclass
@@ -276,14 +326,24 @@ def parse_record(record: Any, task_field: str | None = None) -> Example:
     if task_field is None:
         task = DEFAULT_TASK
     else:
-        if task_field not in record or _is_missing(record[task_field]):
-            raise TunewiseError("the task field is missing or empty", field=task_field,
+        if task_field not in record:
+            raise TunewiseError(f"the record has no task field '{task_field}'", field=task_field,
+                                fix="name a field of the record with --task-field: "
+                                + did_you_mean(task_field, [str(key) for key in record]))
+        if _is_missing(record[task_field]):
+            raise TunewiseError("the task is empty", field=task_field,
                                 fix="give every record a task, or drop --task-field")
         task = str(record[task_field])
         used.add(task_field)
+    try:
+        identifier = example_id(prompt, response)
+        task.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise TunewiseError(f"the text holds {error.object[error.start:error.end]!r}, which is not valid Unicode "
+                            "(an unpaired surrogate)", fix="remove the stray \\ud800-\\udfff escape") from None
     metadata = {k: v for k, v in record.items() if k not in used}
     return Example(
-        id=example_id(prompt, response),
+        id=identifier,
         task=task,
         prompt=tuple(prompt),
         response=response,
@@ -320,10 +380,12 @@ def _prompt_and_response(record: dict) -> tuple[list[dict], str | None, set]:
         content = instruction if not extra else f"{instruction}\n\n{extra}"
         response = _text(record, "output", required=False)
         return [{"role": "user", "content": content}], response, {"instruction", "input", "output"}
-    for prompt_key, response_key in (("prompt", "completion"), ("prompt", "response"), ("question", "answer")):
-        if prompt_key in record:
-            prompt = _prompt_value(record, prompt_key)
-            return prompt, _text(record, response_key, required=False), {prompt_key, response_key}
+    if "prompt" in record:
+        # prompt/completion or prompt/response: the response is whichever of the two is present.
+        response_key = "completion" if "completion" in record else "response"
+        return _prompt_value(record, "prompt"), _text(record, response_key, required=False), {"prompt", response_key}
+    if "question" in record:
+        return _prompt_value(record, "question"), _text(record, "answer", required=False), {"question", "answer"}
     raise TunewiseError(
         f"unrecognised record shape (fields: {', '.join(sorted(map(str, record))) or 'none'})",
         fix="use one of: " + ", ".join(RECORD_SHAPES),

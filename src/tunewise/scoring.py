@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise import __version__
-from tunewise.backends.base import Backend, plan_batches
+from tunewise.backends.base import Backend, EncodedExample, plan_batches
 from tunewise.cache import ScoreCache
 from tunewise.indicators import DEFAULT_INDICATORS, cot_length, ifd_from_losses, resolve_indicators
 from tunewise.models import cache_root
@@ -27,9 +27,19 @@ OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 1, "embeddi
 ProgressCallback = Callable[[int, int], None]
 
 
-def _cache_output_name(output: str, backend: Backend) -> str:
-    # A greedy answer's confidence depends on how many tokens it may run to.
-    return f"confidence@{backend.max_new_tokens}" if output == "confidence" else output
+def cache_output_name(output: str, max_new_tokens: int) -> str:
+    """An output's name in the cache key: a greedy answer's confidence depends on how many tokens
+    it may run to."""
+    return f"confidence@{max_new_tokens}" if output == "confidence" else output
+
+
+def required_outputs(indicators: Sequence[str]) -> list[str]:
+    """The cached outputs (of the model, or token counts) that ``indicators`` are built from."""
+    chosen = resolve_indicators(indicators)
+    outputs = sorted({output for indicator in chosen for output in indicator.model_outputs})
+    if any(indicator.name == "length" for indicator in chosen):
+        outputs += ["length", "prompt_length"]
+    return outputs
 
 
 def score_pool(
@@ -43,21 +53,19 @@ def score_pool(
     """The scores table (see :mod:`tunewise.scores`) for ``examples`` (a list or a ``Pool``).
 
     ``progress(done, total)`` is called after every batch of model work with the number of
-    examples finished out of those that needed the model.
+    examples finished out of those in batches that needed the model.
     """
     examples = list(getattr(examples, "examples", examples))
     chosen = resolve_indicators(indicators)
     ids = [example.id for example in examples]
-    model_outputs = sorted({output for indicator in chosen for output in indicator.model_outputs})
-    if any(indicator.name == "length" for indicator in chosen):
-        model_outputs += ["length", "prompt_length"]
+    model_outputs = required_outputs(indicators)
     values: dict[str, dict[str, object]] = {}
     cache = ScoreCache(cache_dir or cache_root() / "scores")
     try:
         for output in model_outputs:
-            values[output] = cache.get(backend.fingerprint, _cache_output_name(output, backend),
+            values[output] = cache.get(backend.fingerprint, cache_output_name(output, backend.max_new_tokens),
                                        OUTPUT_VERSIONS[output], ids)
-        missing = [i for i, example_id in enumerate(ids) if any(example_id not in values[o] for o in model_outputs)]
+        missing = {i for i, example_id in enumerate(ids) if any(example_id not in values[o] for o in model_outputs)}
         if missing:
             _compute_missing(examples, missing, model_outputs, backend, cache, values, progress, max_batch_tokens)
     finally:
@@ -66,25 +74,44 @@ def score_pool(
 
 
 def _compute_missing(examples, missing, outputs, backend, cache, values, progress, max_batch_tokens) -> None:
-    encoded = backend.encode([examples[i].prompt for i in missing], [examples[i].response for i in missing])
-    model_wanted = {o for o in outputs if o not in ("length", "prompt_length")}
-    generation_room = backend.max_new_tokens if "confidence" in model_wanted else 0
-    lengths = [e.prompt_length + max(e.response_length, generation_room) for e in encoded]
-    budget = max_batch_tokens or getattr(backend, "max_batch_tokens", 4096)
+    # Batches are planned over the whole pool, and a batch with any missing example is run whole:
+    # a float depends slightly on its batch's padding and shape, so a resumed run must see the
+    # same batches as an uninterrupted one to give identical scores.
+    encoded = backend.encode([e.prompt for e in examples], [e.response for e in examples])
+    planned = plan_scoring_batches(backend, encoded, outputs, max_batch_tokens)
+    batches = [batch for batch in planned if not missing.isdisjoint(batch)]
+    total = sum(len(batch) for batch in batches)
     done = 0
-    for batch in plan_batches(lengths, budget):
-        batch_examples = [encoded[p] for p in batch]
-        batch_ids = [examples[missing[p]].id for p in batch]
-        produced = backend.score_batch(batch_examples, model_wanted) if model_wanted else {}
-        produced["length"] = [e.response_length if e.response_ids is not None else None for e in batch_examples]
-        produced["prompt_length"] = [e.prompt_length for e in batch_examples]
+    for batch in batches:
+        batch_ids = [examples[p].id for p in batch]
+        produced = score_encoded_batch(backend, [encoded[p] for p in batch], outputs)
         for output in outputs:
             pairs = list(zip(batch_ids, produced[output]))
-            cache.put(backend.fingerprint, _cache_output_name(output, backend), OUTPUT_VERSIONS[output], pairs)
+            cache.put(backend.fingerprint, cache_output_name(output, backend.max_new_tokens),
+                      OUTPUT_VERSIONS[output], pairs)
             values[output].update(pairs)
         done += len(batch)
         if progress is not None:
-            progress(done, len(missing))
+            progress(done, total)
+
+
+def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], outputs: Sequence[str],
+                         max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Positions of ``encoded`` grouped into token-budgeted batches, each row leaving room for the
+    greedy answer when ``confidence`` is among ``outputs``."""
+    generation_room = backend.max_new_tokens if "confidence" in outputs else 0
+    lengths = [e.prompt_length + max(e.response_length, generation_room) for e in encoded]
+    return plan_batches(lengths, max_batch_tokens or getattr(backend, "max_batch_tokens", 4096))
+
+
+def score_encoded_batch(backend: Backend, batch: Sequence[EncodedExample], outputs: Sequence[str]) -> dict[str, list]:
+    """Every output in ``outputs`` for one batch: the model's in one pass, token counts from the
+    encoding; one list per output, in batch order."""
+    model_wanted = {o for o in outputs if o not in ("length", "prompt_length")}
+    produced = backend.score_batch(batch, model_wanted) if model_wanted else {}
+    produced["length"] = [e.response_length if e.response_ids is not None else None for e in batch]
+    produced["prompt_length"] = [e.prompt_length for e in batch]
+    return produced
 
 
 def _as_float(value) -> float:

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
+from tunewise.errors import TunewiseError
 from tunewise.indicators import DEFAULT_INDICATORS, resolve_indicators
 
 
@@ -36,38 +38,67 @@ def score_command(
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
 ) -> None:
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
+    from tunewise.backends import load_backend
     from tunewise.pool import read_pool
-    from tunewise.scores import write_scores
+    from tunewise.scores import read_scores, write_scores
     from tunewise.scoring import score_pool, scores_provenance
+    from tunewise.streaming import iter_pool_batches, score_pool_streaming, streamable
 
+    check_output_path(output)
     names = [i.name for i in resolve_indicators(parse_list(indicators))]
-    examples = read_pool(pool, task_field, skip_bad=skip_bad, limit=limit)
-    for skipped in examples.skipped:
-        console.print(f"[yellow]skipped[/] {skipped.file}:{skipped.line}: {skipped.reason}", highlight=False)
+    if engine not in ("local", "ray"):
+        raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
     started = time.perf_counter()
-    if engine == "ray":
-        from tunewise.distributed import score_pool_ray
-
-        with progress_bar("scoring") as update:
-            scores, provenance = score_pool_ray(examples, model, names, device=device, dtype=dtype,
-                                                cache_dir=cache_dir, address=address, progress=update,
-                                                max_new_tokens=max_new_tokens, max_batch_tokens=batch_tokens)
-    else:
-        from tunewise.backends import load_backend
-        from tunewise.errors import TunewiseError
-
-        if engine != "local":
-            raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
+    if engine == "local" and streamable(names):
+        # Model-free indicators: read, score and write in batches, so any pool size fits in memory.
+        batches = iter_pool_batches(pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped)
         backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                                max_batch_tokens=batch_tokens)
         with progress_bar("scoring") as update:
-            scores = score_pool(examples, backend, names, cache_dir=cache_dir, progress=update,
-                                max_batch_tokens=batch_tokens)
-        provenance = scores_provenance(backend, names, str(pool))
-    write_scores(scores, output, provenance)
+            score_pool_streaming(batches, backend, names, output, scores_provenance(backend, names, str(pool)),
+                                 cache_dir=cache_dir, progress=update)
+        scores, _ = read_scores(output)
+    else:
+        examples = read_pool(pool, task_field, skip_bad=skip_bad, limit=limit)
+        for skipped in examples.skipped:
+            report_skipped(skipped)
+        if engine == "ray":
+            from tunewise.distributed import score_pool_ray
+
+            with progress_bar("scoring") as update:
+                scores, provenance = score_pool_ray(examples, model, names, device=device, dtype=dtype,
+                                                    cache_dir=cache_dir, address=address, progress=update,
+                                                    max_new_tokens=max_new_tokens, max_batch_tokens=batch_tokens)
+        else:
+            backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                                   max_batch_tokens=batch_tokens)
+            with progress_bar("scoring") as update:
+                scores = score_pool(examples, backend, names, cache_dir=cache_dir, progress=update,
+                                    max_batch_tokens=batch_tokens)
+            provenance = scores_provenance(backend, names, str(pool))
+        write_scores(scores, output, provenance)
     seconds = time.perf_counter() - started
     stdout.print(summary_table(scores))
     stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}")
+
+
+def report_skipped(skipped) -> None:
+    """Print one skipped record. Its reason may quote the record: plain text, never Rich markup."""
+    where = f"{skipped.file}:{skipped.line}: {skipped.reason}".encode("utf-8", "backslashreplace").decode()
+    console.print("[yellow]skipped[/] " + escape(where), highlight=False, soft_wrap=True)
+
+
+def check_output_path(output: Path) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    if output.is_dir():
+        raise TunewiseError("the output path is a folder", file=output, field="output",
+                            fix="give a file name, e.g. -o scores.parquet")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TunewiseError("the output's folder is a file", file=parent, field="output",
+                                    fix="choose an output path inside a folder")
+            break
 
 
 def summary_table(scores) -> Table:

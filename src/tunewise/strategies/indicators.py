@@ -8,7 +8,10 @@ come from a JSON file such as ``tunewise tune-weights`` writes::
      "orientation": {"loss": "higher"}}
 
 ``orientation`` is optional; by default a higher value is preferred for every indicator except
-``confidence``, where the low-confidence example is the informative one.
+``confidence``, where the low-confidence example is the informative one. Besides the scores
+columns, ``diversity`` may be weighted: it is computed from the ``embedding`` column (see
+:mod:`tunewise.features`, which holds the quantile and weighted-sum arithmetic shared with
+``tune-weights``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tunewise.errors import TunewiseError
-from tunewise.strategies.base import GroupRanker, Param, Strategy, invalid_parameter, rank_quantile
+from tunewise.strategies.base import GroupRanker, Param, Strategy, invalid_parameter
 
 ORIENTATIONS = ("higher", "lower")
 _PREFER_LOWER = frozenset({"confidence"})
@@ -121,20 +124,21 @@ class WeightedIndicators(GroupRanker, Strategy):
         return {indicator: weight for indicator, weight in self.weights.items() if weight > 0}
 
     def required_columns(self):
-        return tuple(self._used())
+        # diversity is not a column: it is computed from the embeddings.
+        return tuple(dict.fromkeys("embedding" if name == "diversity" else name for name in self._used()))
 
     def rank_in_groups(self, scores, groups, group_budgets, rng):
+        # Imported here: tunewise.features imports this module.
+        from tunewise.features import feature_values, oriented_quantile, weighted_order
+
         orientation = self.orientation or {}
-        quantiles = {}
-        for indicator in self._used():
-            quantile = rank_quantile(scores[indicator].to_numpy(), groups)
-            prefer = orientation.get(indicator, default_orientation(indicator))
-            quantiles[indicator] = quantile if prefer == "higher" else 1.0 - quantile
-        combined = np.zeros(len(scores))
-        for indicator, weight in self._used().items():
-            combined += weight * quantiles[indicator]
-        # Rounded so that sums equal on paper tie exactly and keep the pool order.
-        order = np.lexsort((np.arange(len(scores)), -np.round(combined, 12), groups))
+        quantiles = {
+            indicator: oriented_quantile(
+                feature_values(scores, indicator), orientation.get(indicator, default_orientation(indicator)), groups
+            )
+            for indicator in self._used()
+        }
+        order, combined = weighted_order(quantiles, self._used(), groups)
 
         def explain(picked: np.ndarray) -> list[str]:
             return [

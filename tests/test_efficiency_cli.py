@@ -1,0 +1,218 @@
+"""``tunewise curve``, ``coslow``, ``estimate`` and ``calibrate`` through the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+import tunewise.cli.efficiency  # noqa: F401  (registers the commands)
+from tunewise.cli.app import app
+from tunewise.curve import curve_auc
+from tunewise.efficiency import labels_needed
+
+runner = CliRunner()
+ANLI = {"0": 0.393, "50": 0.385, "100": 0.412, "200": 0.417, "500": 0.574, "1000": 0.704, "2500": 0.738, "5000": 0.726}
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def write_json(path, data):
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+# -- curve ---------------------------------------------------------------------------------------
+
+
+def test_curve_json_prints_only_json_with_the_auc(tmp_path):
+    path = write_json(tmp_path / "anli.json", ANLI)
+    result = invoke("curve", path, "--ceiling", 0.92, "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["auc"] == pytest.approx(0.18393439255532396, abs=1e-12)
+    assert document["ceiling"] == 0.92 and document["floor"] == 0.385
+
+
+def test_curve_text_output_and_plot(tmp_path):
+    path = write_json(tmp_path / "anli.json", ANLI)
+    plot = tmp_path / "anli.png"
+    result = invoke("curve", path, "--plot", plot, "--max-budget", 1000, "--grid", "50,100,200,500,1000")
+    assert result.exit_code == 0, result.output
+    expected = curve_auc({int(k): v for k, v in ANLI.items()}, max_budget=1000, grid=(50, 100, 200, 500, 1000))
+    assert f"data-efficiency AUC: {expected:.4f}" in result.stdout
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curve_bad_input_exits_2_naming_file_and_key(tmp_path):
+    path = write_json(tmp_path / "bad.json", {"0": 0.4, "fifty": 0.5})
+    result = invoke("curve", path)
+    assert result.exit_code == 2
+    assert str(path) in result.stderr and "'fifty'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+# -- estimate ------------------------------------------------------------------------------------
+
+
+def test_estimate_with_paper_coefficients(tmp_path):
+    result = invoke("estimate", "--coslow", 0.5, "--coefficients", "paper:llama-3.1-8b", "--json")
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    auc = 0.545 * 0.5 + 0.310
+    assert document["predicted_auc"] == pytest.approx(auc)
+    assert document["coefficients"]["source"].startswith("paper:llama-3.1-8b")
+    assert document["labels_needed"] == {str(t): math.ceil(labels_needed(auc, t)) for t in (0.5, 0.8, 0.9)}
+    assert set(document["predicted_curve"]) == {"50", "100", "200", "500", "1000", "2500", "5000"}
+    assert document["predicted_curve"]["5000"] == pytest.approx(1.0)
+
+
+def test_estimate_text_names_the_coefficients(tmp_path):
+    result = invoke("estimate", "--coslow", 0.3, "--coefficients", "paper:qwen2.5-14b", "--targets", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "paper:qwen2.5-14b" in result.stdout and "labels" in result.stdout
+
+
+def test_estimate_refuses_to_invent_coefficients(tmp_path):
+    coslow_file = write_json(tmp_path / "coslow.json", {"coslow": 0.4, "model": "smollm2"})
+    result = invoke("estimate", "--coslow-file", coslow_file)
+    assert result.exit_code == 2
+    assert "tunewise calibrate" in result.stderr and "paper:llama-3.1-8b" in result.stderr
+    result = invoke("estimate", "--coslow", 0.4)
+    assert result.exit_code == 2 and "--coefficients" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--coslow", "0.4", "--coslow-file", "x.json"], "exactly one"), ([], "exactly one"),
+     (["--coslow", "1.5", "--coefficients", "paper:mistral-7b"], "[-1, 1]"),
+     (["--coslow", "0.4", "--coefficients", "paper:mistral-7b", "--targets", "80"], "(0, 1]"),
+     (["--coslow", "0.4", "--coefficients", "paper:gpt"], "choose one of")],
+)
+def test_estimate_argument_errors(args, message):
+    result = invoke("estimate", *args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+# -- calibrate -----------------------------------------------------------------------------------
+
+
+def measured_tasks():
+    """Four tasks whose AUC is exactly 0.5 · CoS-Low + 0.3, and one with a noisy AUC."""
+    tasks = []
+    for name, coslow in (("a", 0.1), ("b", 0.3), ("c", 0.5), ("d", 0.7)):
+        tasks.append({"task": name, "coslow": coslow, "auc": 0.5 * coslow + 0.3})
+    tasks.append({"task": "curve-task", "coslow": 0.4, "ceiling": 0.92, "curve": ANLI})
+    return tasks
+
+
+def test_calibrate_writes_coefficients_and_compares_with_the_mean(tmp_path):
+    measured = write_json(tmp_path / "measured.json", {"model": "smollm2", "tasks": measured_tasks()})
+    output = tmp_path / "calibration.json"
+    result = invoke("calibrate", measured, "-o", output, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["tasks"] == 5
+    assert summary["loto_mae"] > 0 and summary["mean_predictor_mae"] > 0
+    rows = summary["labels_needed"]
+    assert [row["target"] for row in rows] == [0.5, 0.8, 0.9]
+    assert all(row["task"] == "curve-task" for row in rows)
+    # The ANLI curve reaches half of its span (0.385 → 0.92) between 500 and 1000 examples.
+    assert 500 < rows[0]["observed_labels"] <= 1000 and rows[0]["doubling_schedule_labels"] == 800
+    assert rows[2]["observed_labels"] is None and rows[2]["doubling_schedule_labels"] is None
+    calibration = json.loads(output.read_text())
+    assert calibration["model"] == "smollm2"
+    assert calibration["slope"] == pytest.approx(summary["slope"])
+
+    estimate = invoke("estimate", "--coslow", 0.4, "--coefficients", output, "--json")
+    assert estimate.exit_code == 0, estimate.output
+    assert str(output) in json.loads(estimate.stdout)["coefficients"]["source"]
+
+
+def test_calibrate_text_report(tmp_path):
+    measured = write_json(tmp_path / "measured.json", measured_tasks())
+    result = invoke("calibrate", measured, "-o", tmp_path / "calibration.json")
+    assert result.exit_code == 0, result.output
+    assert "leave-one-task-out MAE" in result.stdout and "predicting the mean AUC" in result.stdout
+    assert "doubling schedule" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "tasks, message",
+    [([{"task": "a", "coslow": 0.1, "auc": 0.3}] * 2, "at least 3 tasks"),
+     ([{"task": "a", "coslow": 2, "auc": 0.3}], "[-1, 1]"),
+     ([{"task": "a", "coslow": 0.2}], "'curve' or an 'auc'"),
+     ([{"task": "a", "coslow": 0.2, "curve": {"x": 0.1}}], "tasks[0] (a).x"),
+     ({"tasks": []}, "non-empty list")],
+)
+def test_calibrate_input_errors(tmp_path, tasks, message):
+    measured = write_json(tmp_path / "measured.json", tasks)
+    result = invoke("calibrate", measured, "-o", tmp_path / "calibration.json")
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+# -- coslow --------------------------------------------------------------------------------------
+
+
+def write_pool(path, count: int, labelled: bool = False):
+    with path.open("w", encoding="utf-8") as handle:
+        for i in range(count):
+            record = {"prompt": f"What is {i} times 3?", "task": "times" if i % 5 else "other"}
+            if labelled:
+                record["response"] = str(3 * i)
+            handle.write(json.dumps(record) + "\n")
+    return path
+
+
+@pytest.mark.integration
+def test_coslow_two_steps_on_an_unlabelled_pool(tmp_path):
+    pool = write_pool(tmp_path / "pool.jsonl", 50)
+    out = tmp_path / "out"
+    common = ["--task-field", "task", "--task", "times", "--model", "tiny-random", "-o", out]
+
+    too_small = invoke("coslow", pool, *common)
+    assert too_small.exit_code == 2 and "40 prompts available, 320 needed" in too_small.stderr
+
+    first = invoke("coslow", pool, *common, "--allow-small-pool")
+    assert first.exit_code == 0, first.output
+    to_label = out / "to_label.jsonl"
+    records = [json.loads(line) for line in to_label.read_text().splitlines()]
+    assert len(records) == 32 and all(r["response"] is None and r["task"] == "times" for r in records)
+    assert "--labelled" in first.stderr
+    assert not (out / "coslow.json").exists()
+
+    unanswered = invoke("coslow", pool, "--labelled", to_label, "--model", "tiny-random", "-o", out)
+    assert unanswered.exit_code == 2 and "32 of 32 examples have no response" in unanswered.stderr
+
+    for record in records:
+        record["response"] = str(3 * int(record["prompt"].split()[2]))
+    to_label.write_text("".join(json.dumps(r) + "\n" for r in records))
+    second = invoke("coslow", pool, "--labelled", to_label, "--model", "tiny-random", "-o", out)
+    assert second.exit_code == 0, second.output
+    document = json.loads((out / "coslow.json").read_text())
+    assert -1 <= document["coslow"] <= 1
+    assert document["k"] == 32 and len(document["cosines"]) == 496
+    assert document["task"] == "times" and document["model_fingerprint"].startswith("tiny-random")
+    assert "CoS-Low of task 'times'" in second.stdout
+
+
+@pytest.mark.integration
+def test_coslow_on_a_labelled_pool_goes_straight_to_the_value(tmp_path):
+    pool = write_pool(tmp_path / "pool.jsonl", 40, labelled=True)
+    result = invoke("coslow", pool, "--model", "tiny-random", "--allow-small-pool", "-o", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert -1 <= json.loads((tmp_path / "coslow.json").read_text())["coslow"] <= 1
+
+
+def test_coslow_task_errors(tmp_path):
+    pool = write_pool(tmp_path / "pool.jsonl", 10)
+    several = invoke("coslow", pool, "--task-field", "task", "--model", "tiny-random")
+    assert several.exit_code == 2 and "--task" in several.stderr
+    typo = invoke("coslow", pool, "--task-field", "task", "--task", "time", "--model", "tiny-random")
+    assert typo.exit_code == 2 and "did you mean 'times'" in typo.stderr

@@ -1,0 +1,191 @@
+"""Evaluation: the three metrics, the results layout, and batched generation on tiny-random."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tunewise.errors import TunewiseError
+from tunewise.evaluate import (
+    binomial_stderr,
+    detect_metric,
+    evaluate,
+    extract_choice,
+    extract_final_number,
+    generate_greedy,
+    is_correct,
+    normalise_answer,
+    task_scores,
+)
+from tunewise.finetune import prompt_token_ids
+from tunewise.models import build_tiny_tokenizer, load_model
+from tunewise.pool import parse_record
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models spend their time in thread hand-offs; on a shared 2-core box one thread is faster.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def example(question: str, answer: str | None, task: str = "default"):
+    record = {"question": question, "answer": answer, "task": task}
+    return parse_record(record, task_field="task")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("  Yes.  ", "yes"),
+        ("The  Answer\n is\tTrue", "the answer is true"),
+        ("valid...", "valid"),
+        ("3.5", "3.5"),
+        ("", ""),
+    ],
+)
+def test_normalise_answer(text, expected):
+    assert normalise_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("(B)", "B"),
+        ("The answer is (C).", "C"),
+        ("D) four", "D"),
+        ("answer: J", "J"),
+        ("Because of (E), the answer is A", "E"),
+        ("Apples and (K)", None),
+        ("no letter here, only lowercase a b", None),
+        ("ABC is not a letter", None),
+    ],
+)
+def test_extract_choice(text, expected):
+    assert extract_choice(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("She has 3 + 4 = 7 apples.\n#### 7", "7"),
+        ("#### 1,234", "1234"),
+        ("#### -3.5 dollars, not 9", "-3.5"),
+        ("first 5, then 12, so 18", "18"),
+        ("It costs $1,000.50 in total", "1000.50"),
+        ("no number at all", None),
+        ("#### none", None),
+    ],
+)
+def test_extract_final_number(text, expected):
+    assert extract_final_number(text) == expected
+
+
+def test_is_correct_per_metric():
+    assert is_correct("gsm8k", "so the total is 72.0", "48 + 24 = 72\n#### 72")
+    assert is_correct("gsm8k", "#### 1,000", "#### 1000")
+    assert not is_correct("gsm8k", "#### 71 then 72", "#### 72")
+    assert not is_correct("gsm8k", "I do not know", "#### 72")
+    assert is_correct("multiple_choice", "(A) the blue jay", "(A)")
+    assert not is_correct("multiple_choice", "the blue jay", "(A)")
+    assert is_correct("exact_match", " True. ", "true")
+    assert not is_correct("exact_match", "True because", "True")
+
+
+def test_detect_metric():
+    assert detect_metric(["3 + 4 = 7\n#### 7", "#### 10"]) == "gsm8k"
+    assert detect_metric(["(A)", "(C)", " B "]) == "multiple_choice"
+    assert detect_metric(["(A)", "True"]) == "exact_match"
+    assert detect_metric(["#### 7", "8"]) == "exact_match"
+
+
+def test_binomial_stderr_matches_the_harness_formula():
+    assert binomial_stderr(0.5, 5) == pytest.approx(math.sqrt(0.25 / 4))
+    assert binomial_stderr(1.0, 10) == 0.0
+    assert binomial_stderr(1.0, 1) is None
+
+
+def test_evaluate_scores_known_predictions_per_task(monkeypatch):
+    tokenizer = build_tiny_tokenizer()
+    examples = [
+        example("2 + 2?", "#### 4", "math"),
+        example("3 + 3?", "#### 6", "math"),
+        example("4 + 4?", "#### 8", "math"),
+        example("Pick one: (A) x (B) y", "(B)", "choice"),
+        example("Pick one: (A) z (B) w", "(A)", "choice"),
+        example("Say hi", "hi", "echo"),
+    ]
+    answers = {"2 + 2?": "#### 4", "3 + 3?": "6", "4 + 4?": "#### 9", "Pick one: (A) x (B) y": "(B) y",
+               "Pick one: (A) z (B) w": "B", "Say hi": "Hi."}
+
+    def scripted(model, tokenizer_, prompts, limits, batch_tokens, progress):
+        texts = [tokenizer.decode(ids) for ids in prompts]
+        replies = [next(answer for question, answer in answers.items() if question in text) for text in texts]
+        return [tokenizer(reply, add_special_tokens=False)["input_ids"] for reply in replies]
+
+    monkeypatch.setattr("tunewise.evaluate.generate_greedy", scripted)
+    results = evaluate(None, tokenizer, examples)
+    assert results["config"]["metrics"] == {"math": "gsm8k", "choice": "multiple_choice", "echo": "exact_match"}
+    math_entry = results["results"]["math"]
+    assert math_entry["gsm8k"] == pytest.approx(2 / 3)
+    assert math_entry["gsm8k_stderr"] == pytest.approx(math.sqrt(2 / 3 * 1 / 3 / 2))
+    assert math_entry["n"] == 3 and math_entry["metric"] == "gsm8k"
+    assert task_scores(results) == pytest.approx({"math": 2 / 3, "choice": 0.5, "echo": 1.0})
+    assert results["average"] == pytest.approx((2 / 3 + 0.5 + 1.0) / 3)
+    sample = results["samples"][2]
+    assert sample == {
+        "id": examples[2].id, "task": "math", "prompt": [{"role": "user", "content": "4 + 4?"}],
+        "target": "#### 8", "prediction": "#### 9", "extracted": "9", "correct": False,
+    }
+
+
+def test_evaluate_refuses_bad_requests():
+    tokenizer = build_tiny_tokenizer()
+    with pytest.raises(TunewiseError, match="unknown metric"):
+        evaluate(None, tokenizer, [example("q", "a")], metric="accuracy")
+    with pytest.raises(TunewiseError, match="no gold answer"):
+        evaluate(None, tokenizer, [example("q", None)])
+    with pytest.raises(TunewiseError, match="nothing the 'gsm8k' metric can read"):
+        evaluate(None, tokenizer, [example("q", "seven")], metric="gsm8k")
+
+
+@pytest.fixture(scope="module")
+def lively_tiny_model():
+    """tiny-random with larger seeded weights, so that greedy answers differ from prompt to prompt."""
+    import torch
+
+    loaded = load_model("tiny-random")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return loaded
+
+
+def test_batched_generation_equals_one_by_one(lively_tiny_model):
+    tokenizer = lively_tiny_model.tokenizer
+    questions = [f"What is {a} plus {b}?" + " Think." * a for a in range(4) for b in range(3)]
+    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    limits = [6 + (i % 3) for i in range(len(prompts))]
+    batched = generate_greedy(lively_tiny_model.model, tokenizer, prompts, limits, batch_tokens=100_000)
+    one_by_one = generate_greedy(lively_tiny_model.model, tokenizer, prompts, limits, batch_tokens=1)
+    assert batched == one_by_one
+    assert len({tuple(ids) for ids in batched}) > 1
+    assert all(len(ids) <= limit for ids, limit in zip(batched, limits))
+
+
+def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
+    examples = [example(f"Name {n} things", str(n), task=("a", "b")[n % 2]) for n in range(6)]
+    calls = []
+    big = evaluate(lively_tiny_model.model, lively_tiny_model.tokenizer, examples, max_new_tokens=5,
+                   progress=lambda done, total: calls.append((done, total)))
+    small = evaluate(lively_tiny_model.model, lively_tiny_model.tokenizer, examples, max_new_tokens=5, batch_tokens=40)
+    assert [s["prediction"] for s in big["samples"]] == [s["prediction"] for s in small["samples"]]
+    assert calls[-1] == (6, 6)
+    assert set(big["results"]) == {"a", "b"}
+    assert big["config"]["max_new_tokens"] == {"a": 5, "b": 5}

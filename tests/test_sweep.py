@@ -1,0 +1,173 @@
+"""Sweeps: gains and intervals on hand-made runs, and a resumable end-to-end sweep on tiny-random."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import tunewise.sweep
+from tunewise.curve import curve_auc
+from tunewise.errors import TunewiseError
+from tunewise.evaluate import write_json_atomic
+from tunewise.finetune import FinetuneConfig
+from tunewise.pool import parse_record
+from tunewise.sweep import paired_gain, run_file_name, run_sweep, summarise_sweep
+
+# scipy.stats.t.ppf(0.975, df) for df = 1, 2, written out so the test checks the interval itself.
+T_975 = {1: 12.706204736174694, 2: 4.302652729749462}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models spend their time in thread hand-offs; on a shared 2-core box one thread is faster.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_paired_gain_is_the_mean_difference_with_a_t_interval():
+    gain = paired_gain({0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.4, 1: 0.5, 2: 0.3, 3: 0.9})
+    differences = [0.1, 0.2, 0.3]
+    half_width = T_975[2] * 0.1 / math.sqrt(3)
+    assert gain["mean"] == pytest.approx(sum(differences) / 3)
+    assert gain["ci_low"] == pytest.approx(0.2 - half_width)
+    assert gain["ci_high"] == pytest.approx(0.2 + half_width)
+    assert gain["n_seeds"] == 3 and gain["seeds"] == [0, 1, 2]
+
+    single = paired_gain({0: 0.5}, {0: 0.25})
+    assert single["mean"] == 0.25 and single["ci_low"] is None and single["n_seeds"] == 1
+
+
+def write_run(run_dir, strategy, budget, seed, scores):
+    record = {"strategy": strategy, "budget": budget, "seed": seed, "score": sum(scores.values()) / len(scores),
+              "scores": scores, "results": {}}
+    name = "zero_shot.json" if strategy == "zero_shot" else run_file_name(strategy, budget, seed)
+    write_json_atomic(record, run_dir / "runs" / name)
+
+
+def test_summary_of_hand_made_runs(tmp_path):
+    write_run(tmp_path, "zero_shot", 0, None, {"a": 0.1, "b": 0.3})
+    table = {  # strategy → budget → seed → (score on task a, score on task b)
+        "random": {10: {0: (0.2, 0.4), 1: (0.3, 0.3)}, 40: {0: (0.5, 0.5), 1: (0.4, 0.6)}},
+        "task_diversity": {10: {0: (0.4, 0.4), 1: (0.5, 0.3)}, 40: {0: (0.5, 0.6), 1: (0.7, 0.7)}},
+    }
+    for strategy, budgets in table.items():
+        for budget, seeds in budgets.items():
+            for seed, (a, b) in seeds.items():
+                write_run(tmp_path, strategy, budget, seed, {"a": a, "b": b})
+
+    summary = summarise_sweep(tmp_path)
+    assert json.loads((tmp_path / "sweep.json").read_text()) == summary
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert summary["budgets"] == [10, 40] and summary["seeds"] == [0, 1] and summary["baseline"] == "random"
+    assert list(summary["strategies"]) == ["random", "task_diversity"]
+
+    random_entry = summary["strategies"]["random"]
+    assert random_entry["curve"] == pytest.approx({"0": 0.2, "10": 0.3, "40": 0.5})
+    assert random_entry["per_seed"]["40"] == pytest.approx({"0": 0.5, "1": 0.5})
+    assert random_entry["task_curves"]["a"] == pytest.approx({"0": 0.1, "10": 0.25, "40": 0.45})
+    assert "gain_over_random" not in random_entry
+
+    diverse = summary["strategies"]["task_diversity"]
+    assert diverse["curve"] == pytest.approx({"0": 0.2, "10": 0.4, "40": 0.625})
+    # One ceiling for all strategies (the best mean score), so the AUCs compare.
+    assert summary["ceiling"] == pytest.approx(0.625)
+    grid = dict(max_budget=40, grid=[10, 40], ceiling=0.625)
+    assert random_entry["auc"] == pytest.approx(curve_auc({0: 0.2, 10: 0.3, 40: 0.5}, **grid))
+    assert diverse["auc"] == pytest.approx(curve_auc({0: 0.2, 10: 0.4, 40: 0.625}, **grid))
+
+    # Per-seed paired differences: budget 10: (0.4-0.3, 0.4-0.3); budget 40: (0.55-0.5, 0.7-0.5).
+    gain_10, gain_40 = diverse["gain_over_random"]["10"], diverse["gain_over_random"]["40"]
+    assert gain_10["mean"] == pytest.approx(0.1)
+    assert gain_10["ci_low"] == pytest.approx(0.1) and gain_10["ci_high"] == pytest.approx(0.1)
+    half_width = T_975[1] * math.sqrt(((0.05 - 0.125) ** 2 + (0.2 - 0.125) ** 2) / 1) / math.sqrt(2)
+    assert gain_40["mean"] == pytest.approx(0.125)
+    assert gain_40["ci_low"] == pytest.approx(0.125 - half_width)
+    assert gain_40["ci_high"] == pytest.approx(0.125 + half_width)
+
+
+def test_a_flat_sweep_has_no_auc(tmp_path):
+    write_run(tmp_path, "zero_shot", 0, None, {"a": 0.0})
+    write_run(tmp_path, "random", 5, 0, {"a": 0.0})
+    assert summarise_sweep(tmp_path)["strategies"]["random"]["auc"] is None
+
+
+def generated_examples(count: int, offset: int = 0) -> list:
+    """Two small tasks the tiny model can be fine-tuned and scored on."""
+    examples = []
+    for n in range(offset, offset + count):
+        if n % 2:
+            record = {"question": f"What is {n} + 1?", "answer": str(n + 1), "task": "add"}
+        else:
+            record = {"question": f"Repeat the word w{n}.", "answer": f"w{n}", "task": "echo"}
+        examples.append(parse_record(record, task_field="task"))
+    return examples
+
+
+SWEEP = dict(budgets=[2, 4], strategies=["random", "task_diversity"], seeds=[0, 1], model_name="tiny-random",
+             finetune_config=FinetuneConfig(learning_rate=5e-2, epochs=2, batch_size=2), max_new_tokens=3)
+
+
+def test_sweep_runs_end_to_end_and_resumes_only_what_is_missing(tmp_path, monkeypatch):
+    pool, test = generated_examples(10), generated_examples(4, offset=100)
+    labels = []
+    summary = run_sweep(pool, test, run_dir=tmp_path, progress=lambda done, total, label: labels.append(label),
+                        **SWEEP)
+    run_files = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert run_files == sorted(["zero_shot.json"] + [run_file_name(s, b, seed) for s in ("random", "task_diversity")
+                                                     for b in (2, 4) for seed in (0, 1)])
+    assert labels[0] == "zero-shot" and labels[-1] == "done" and len(labels) == 10
+    assert set(summary["strategies"]) == {"random", "task_diversity"}
+    assert set(summary["strategies"]["task_diversity"]["gain_over_random"]) == {"2", "4"}
+    record = json.loads((tmp_path / "runs" / run_file_name("task_diversity", 4, 1)).read_text())
+    assert len(record["selected_ids"]) == 4
+    assert {e.task for e in pool if e.id in record["selected_ids"]} == {"add", "echo"}
+    assert set(record["scores"]) == {"add", "echo"} and record["training"]["final_loss"] is not None
+
+    removed = tmp_path / "runs" / run_file_name("task_diversity", 4, 1)
+    removed.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    fine_tunes = []
+    real_finetune = tunewise.sweep.finetune
+
+    def counting_finetune(*args, **kwargs):
+        fine_tunes.append(len(args[1]))
+        return real_finetune(*args, **kwargs)
+
+    monkeypatch.setattr(tunewise.sweep, "finetune", counting_finetune)
+    resumed = run_sweep(pool, test, run_dir=tmp_path, **SWEEP)
+    assert fine_tunes == [4]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir() if p.name in before} == before
+    redone = json.loads(removed.read_text())
+    for key in ("score", "scores", "results", "selected_ids"):
+        assert redone[key] == record[key]
+    assert [s["loss"] for s in redone["training"]["steps"]] == [s["loss"] for s in record["training"]["steps"]]
+    assert resumed == summary
+
+
+def test_sweep_refuses_bad_grids_and_changed_settings(tmp_path):
+    pool, test = generated_examples(6), generated_examples(2, offset=100)
+    settings = dict(SWEEP, budgets=[2], strategies=["random"], seeds=[0])
+    with pytest.raises(TunewiseError, match="larger than the pool"):
+        run_sweep(pool, test, run_dir=tmp_path / "a", **dict(settings, budgets=[2, 7]))
+    with pytest.raises(TunewiseError, match="unknown strategy"):
+        run_sweep(pool, test, run_dir=tmp_path / "a", **dict(settings, strategies=["randum"]))
+    with pytest.raises(TunewiseError, match="also appear in the pool"):
+        run_sweep(pool, [pool[0]], run_dir=tmp_path / "a", **settings)
+    with pytest.raises(TunewiseError, match="repeat"):
+        run_sweep(pool, test, run_dir=tmp_path / "a", **dict(settings, seeds=[0, 0]))
+    assert not (tmp_path / "a").exists()
+
+    run_sweep(pool, test, run_dir=tmp_path / "b", **settings)
+    changed = dict(settings, finetune_config=FinetuneConfig(learning_rate=1e-3, epochs=2, batch_size=2))
+    with pytest.raises(TunewiseError, match="finetune_config"):
+        run_sweep(pool, test, run_dir=tmp_path / "b", **changed)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(TunewiseError, match="not a sweep folder"):
+        run_sweep(pool, test, run_dir=tmp_path / "c", **settings)

@@ -1,0 +1,134 @@
+"""`tunewise finetune`, `evaluate` and `sweep` end to end on tiny-random, and their exit-2 cases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import tunewise.cli
+from tunewise.cli.app import app
+from tunewise.pool import read_pool
+
+
+@pytest.fixture(scope="module", autouse=True)
+def commands():
+    tunewise.cli._register_commands()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models spend their time in thread hand-offs; on a shared 2-core box one thread is faster.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [*map(str, args)])
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+def sums(numbers):
+    return [{"question": f"What is {n} + {n}?", "answer": str(2 * n), "task": ("low", "high")[n >= 50]}
+            for n in numbers]
+
+
+@pytest.fixture
+def files(tmp_path):
+    pool = write_jsonl(tmp_path / "pool.jsonl", sums([1, 2, 3, 4, 51, 52, 53, 54]))
+    test = write_jsonl(tmp_path / "test.jsonl", sums([7, 8, 77]))
+    return pool, test
+
+
+TINY = ("--model", "tiny-random")
+
+
+def test_finetune_then_evaluate_with_the_adapter(tmp_path, files):
+    pool, test = files
+    adapter = tmp_path / "adapter"
+    trained = invoke("finetune", pool, *TINY, "--task-field", "task", "--max-steps", 2, "--batch-size", 4,
+                     "--learning-rate", 0.01, "-o", adapter)
+    assert trained.exit_code == 0, trained.output
+    assert "fine-tuned on 8 examples: 2 steps" in trained.output
+    assert (adapter / "adapter_model.safetensors").exists()
+    assert json.loads((adapter / "tunewise_adapter.json").read_text())["finetune_config"]["learning_rate"] == 0.01
+
+    results_path = tmp_path / "out" / "results.json"
+    evaluated = invoke("evaluate", test, *TINY, "--adapter", adapter, "--task-field", "task",
+                       "--max-new-tokens", 3, "-o", results_path)
+    assert evaluated.exit_code == 0, evaluated.output
+    results = json.loads(results_path.read_text())
+    assert set(results["results"]) == {"low", "high"}
+    assert results["results"]["low"]["n"] == 2 and results["results"]["low"]["metric"] == "exact_match"
+    assert results["config"]["adapter"] == str(adapter) and results["config"]["model"] == "tiny-random"
+    assert len(results["samples"]) == 3
+    assert "Evaluation" in evaluated.output and "mean over tasks" in evaluated.output
+
+
+def test_finetune_on_a_selection_trains_on_the_picks_only(tmp_path, files):
+    pool, _ = files
+    examples = read_pool(pool, "task").examples
+    selection = tmp_path / "selection.jsonl"
+    picks = [examples[5], examples[0], examples[2]]
+    write_jsonl(selection, [{"position": k, "id": e.id, "task": e.task, "scores": {}, "reason": "test"}
+                            for k, e in enumerate(picks)])
+    (tmp_path / "selection.meta.json").write_text("{}")
+    adapter = tmp_path / "adapter"
+    result = invoke("finetune", pool, *TINY, "--task-field", "task", "--selection", selection, "--epochs", 1,
+                    "-o", adapter)
+    assert result.exit_code == 0, result.output
+    assert json.loads((adapter / "tunewise_adapter.json").read_text())["training"]["examples"] == 3
+
+    write_jsonl(selection, [{"position": 0, "id": "not-in-the-pool", "task": "low", "scores": {}, "reason": "x"}])
+    missing = invoke("finetune", pool, *TINY, "--task-field", "task", "--selection", selection, "-o", adapter)
+    assert missing.exit_code == 2 and "not in the pool" in missing.output
+
+
+def test_sweep_prints_curves_and_gains(tmp_path, files):
+    pool, test = files
+    run_dir = tmp_path / "sweep"
+    result = invoke("sweep", pool, "--test", test, "--budgets", "2,4", "--strategies", "random,task_diversity",
+                    "--seeds", "0,1", *TINY, "--task-field", "task", "--max-new-tokens", 2, "--epochs", 1,
+                    "--batch-size", 2, "-o", run_dir)
+    assert result.exit_code == 0, result.output
+    assert "Learning curves" in result.output and "Gain over random" in result.output
+    summary = json.loads((run_dir / "sweep.json").read_text())
+    assert summary["budgets"] == [2, 4] and summary["seeds"] == [0, 1]
+    assert (run_dir / "curves.png").exists()
+    assert len(list((run_dir / "runs").glob("*.json"))) == 1 + 2 * 2 * 2
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("finetune", "{unlabelled}", *TINY, "-o", "{tmp}/a"), "no response"),
+        (("finetune", "{pool}", *TINY, "--lora-rank", 0, "-o", "{tmp}/a"), "lora_rank"),
+        (("finetune", "{pool}", *TINY, "-o", "{tmp}"), "not an adapter folder"),
+        (("finetune", "{tmp}/missing.jsonl", *TINY, "-o", "{tmp}/a"), "no such file"),
+        (("evaluate", "{test}", *TINY, "--metric", "accuracy", "-o", "{tmp}/r.json"), "unknown metric"),
+        (("evaluate", "{test}", *TINY, "--adapter", "{tmp}", "-o", "{tmp}/r.json"), "not an adapter folder"),
+        (("evaluate", "{test}", *TINY, "-o", "{tmp}"), "is a folder"),
+        (("sweep", "{pool}", "--test", "{test}", "--budgets", "2,x", *TINY, "-o", "{tmp}/s"), "not a whole number"),
+        (("sweep", "{pool}", "--test", "{test}", "--budgets", "20", *TINY, "-o", "{tmp}/s"), "larger than the pool"),
+        (("sweep", "{pool}", "--test", "{pool}", "--budgets", "2", *TINY, "-o", "{tmp}/s"), "also appear in the pool"),
+    ],
+)
+def test_bad_input_exits_2_without_writing(tmp_path, files, arguments, message):
+    pool, test = files
+    unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl", [{"question": "What is 1 + 1?"}])
+    names = {"pool": pool, "test": test, "unlabelled": unlabelled, "tmp": tmp_path}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke(*(str(a).format(**names) for a in arguments))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
