@@ -182,7 +182,7 @@ def test_batched_generation_equals_one_by_one(lively_tiny_model):
 def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
     examples = [example(f"Name {n} things", str(n), task=("a", "b")[n % 2]) for n in range(6)]
     calls = []
-    big = evaluate(lively_tiny_model.model, lively_tiny_model.tokenizer, examples, max_new_tokens=5,
+    big = evaluate(lively_tiny_model, None, examples, max_new_tokens=5,
                    progress=lambda done, total: calls.append((done, total)))
     small = evaluate(lively_tiny_model.model, lively_tiny_model.tokenizer, examples, max_new_tokens=5, batch_tokens=40)
     assert [s["prediction"] for s in big["samples"]] == [s["prediction"] for s in small["samples"]]

@@ -299,7 +299,10 @@ def weights_file(folder: Path, weights) -> Path:
     return path
 
 
-OWNED_BY_SELECT = "select/read_scores accept it (not in this suite's files to fix); see the test report"
+# Gaps found by this suite in code other areas own; each case turns into an unexpected pass (and
+# so a failure) once its owner refuses the input, as issue 8 asks.
+OWNED_BY_SELECT = "`tunewise select` still accepts it (owned by the selection area)"
+ACCEPTED_BY_TUNE_WEIGHTS = "`tunewise tune-weights` still accepts infinite scores (owned by the weights area)"
 
 SELECT_CASES = [
     select_case("select_negative_budget", lambda f: [scores_file(f), "--strategy", "random", "--budget", "-3"],
@@ -352,21 +355,23 @@ def scores_for_pool(folder: Path, **overrides) -> Path:
     return scores_file(folder, **{"id": ids, **overrides})
 
 
-def tune_weights_case(name: str, options: Callable[[Path], list], words) -> Case:
+def tune_weights_case(name: str, options: Callable[[Path], list], words, marks=()) -> Case:
     def build(folder: Path):
         arguments = [*options(folder), "--pool", labelled_pool(folder), "--dev", dev_pool(folder), "-o", "{out}",
-                     "--model", "tiny-random", "--trials", "2", "--anchors", "2"]
+                     "--model", "tiny-random", "--trials", "2", "--anchors", "2", "--features", "loss,ifd,confidence"]
         return arguments, list(words)
 
     return Case(name, build, command="tune-weights",
-                needs_options=("--pool", "--dev", "--model", "--trials", "--anchors", "--fraction"))
+                needs_options=("--pool", "--dev", "--model", "--trials", "--anchors", "--fraction", "--features"),
+                marks=list(marks))
 
 
 OTHER_COMMAND_CASES = [
     tune_weights_case("tune_weights_nan_scores",
                       lambda f: [scores_for_pool(f, loss=[1.0, np.nan, 2.0, 2.5, 3.0, 3.5])], ["loss", "NaN"]),
     tune_weights_case("tune_weights_infinite_scores",
-                      lambda f: [scores_for_pool(f, ifd=[np.inf, 1.0, 1.1, 0.8, 0.7, 1.2])], ["ifd", "infinite"]),
+                      lambda f: [scores_for_pool(f, ifd=[np.inf, 1.0, 1.1, 0.8, 0.7, 1.2])], ["ifd", "infinite"],
+                      marks=[pytest.mark.xfail(strict=True, reason=ACCEPTED_BY_TUNE_WEIGHTS)]),
     tune_weights_case("tune_weights_negative_fraction",
                       lambda f: [scores_for_pool(f), "--fraction", "-0.3"], ["fraction", "-0.3"]),
     tune_weights_case("tune_weights_scores_of_another_pool", lambda f: [scores_file(f)], ["ex0"]),

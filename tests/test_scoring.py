@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def fake_model_outputs(example: Example) -> dict:
 
 
 def cached_rows(cache_dir: Path) -> pd.DataFrame:
-    with sqlite3.connect(cache_dir / "scores.sqlite") as connection:
+    with closing(sqlite3.connect(cache_dir / "scores.sqlite")) as connection:
         return pd.read_sql_query("SELECT output, example, value FROM scores", connection)
 
 
@@ -271,7 +272,7 @@ def test_two_processes_sharing_a_cache_folder_both_finish_with_identical_tables(
                            cache_dir=tmp_path / "alone", max_batch_tokens=SMALL_BATCH_TOKENS)
     pd.testing.assert_frame_equal(first.drop(columns="embedding"), reference)
 
-    with sqlite3.connect(cache / "scores.sqlite") as connection:
+    with closing(sqlite3.connect(cache / "scores.sqlite")) as connection:
         assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     per_output = cached_rows(cache).groupby("output")["example"].agg(["count", "nunique"])
     assert (per_output["count"] == len(examples)).all() and (per_output["nunique"] == len(examples)).all()

@@ -103,9 +103,10 @@ def coslow(
     Returns
     -------
     dict
-        ``coslow`` (the median), ``cosines`` (the k(k − 1)/2 pairwise values), ``n`` (k),
-        ``rank`` and ``alpha``, ``dimension`` (length of a gradient vector), ``seconds``, ``peak_memory`` (bytes) and
-        ``peak_memory_kind`` (``cuda_max_allocated`` on a GPU, else the process's peak RSS).
+        ``coslow`` (the median), ``cosines`` (the k(k − 1)/2 pairwise values, pair (i, j) with
+        i < j in row order), ``n`` (k), ``rank``, ``alpha``, ``dimension`` (length of a gradient
+        vector), ``seconds``, ``peak_memory`` (bytes) and ``peak_memory_kind``
+        (``cuda_max_allocated`` on a GPU, else the process's peak resident memory).
     """
     import numpy as np
     import torch

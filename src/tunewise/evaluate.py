@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.finetune import prompt_token_ids
+from tunewise.models import LoadedModel
 
 METRICS = ("exact_match", "multiple_choice", "gsm8k")
 DEFAULT_BATCH_TOKENS = 8192
@@ -159,8 +160,8 @@ def generate_greedy(
             )
             for row, index in enumerate(batch):
                 generated = output[row, width:width + max_new_tokens[index]].tolist()
-                ends = [position for position, token in enumerate(generated) if token in stops]
-                continuations[index] = generated[:ends[0]] if ends else generated
+                end = next((position for position, token in enumerate(generated) if token in stops), len(generated))
+                continuations[index] = generated[:end]
             done += len(batch)
             if progress is not None:
                 progress(done, len(prompts))
@@ -181,8 +182,8 @@ def evaluate(
     Parameters
     ----------
     model:
-        A causal LM (a fine-tuned one from :func:`tunewise.finetune.finetune`, or
-        ``LoadedModel.model``) in eval mode.
+        A :class:`~tunewise.models.LoadedModel` (then ``tokenizer`` may be None), or a causal LM
+        in eval mode such as the fine-tuned ``FinetuneResult.model``.
     examples:
         Labelled :class:`~tunewise.pool.Example` s; their ``response`` is the gold answer and
         their prompt is rendered with the chat template exactly as in fine-tuning.
@@ -197,6 +198,9 @@ def evaluate(
 
     Returns the lm-evaluation-harness style results dict described in the module docstring.
     """
+    if isinstance(model, LoadedModel):
+        tokenizer = tokenizer or model.tokenizer
+        model = model.model
     if metric != "auto" and metric not in METRICS:
         raise TunewiseError(f"unknown metric '{metric}'", field="metric",
                             fix=did_you_mean(metric, (*METRICS, "auto")))

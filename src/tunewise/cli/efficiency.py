@@ -36,7 +36,7 @@ def curve_command(
     curve = normalise_curve(points, ceiling=ceiling, max_budget=max_budget, grid=budgets)
     if plot is not None:
         plot_curve(points, plot, ceiling=ceiling, max_budget=max_budget, grid=budgets, title=curve_file.stem)
-        console.print(f"plot → {plot}", highlight=False)
+        console.print(f"plot → {plot}", markup=False, highlight=False)
     if as_json:
         stdout.print_json(json.dumps({
             "auc": curve.auc,
@@ -94,7 +94,7 @@ def coslow_command(
     else:
         examples, task_name = _task_examples(read_pool(pool, task_field), task, pool)
         source = {"pool": str(pool)}
-    console.print(f"loading {model} …", highlight=False)
+    console.print(f"loading {model} …", markup=False, highlight=False)
     backend = load_backend(model, device=device, dtype="fp32")
     if not hasattr(backend, "loaded"):
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model}' has none", field="model",
@@ -109,7 +109,8 @@ def coslow_command(
             console.print(
                 f"wrote the {len(examples)} least confident prompts of task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
-                f"  tunewise coslow {pool} --labelled {path} --model {model} --seed {seed}",
+                f"  tunewise coslow {pool} --labelled {path} --model {model} --seed {seed} -o {output_dir}",
+                markup=False,
                 highlight=False,
             )
             return
@@ -137,8 +138,9 @@ def coslow_command(
     path = output_dir / "coslow.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     stdout.print(f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} "
-                 f"pairwise cosines over {result['n']} examples, {result['seconds']:.1f} s) → {path}")
-    console.print(f"next: tunewise estimate --coslow-file {path}", highlight=False)
+                 f"pairwise cosines over {result['n']} examples, {result['seconds']:.1f} s) → {path}",
+                 markup=False, highlight=False)
+    console.print(f"next: tunewise estimate --coslow-file {path}", markup=False, highlight=False)
 
 
 @command("estimate")
@@ -170,6 +172,7 @@ def estimate_command(
                             fix="pass the value printed by `tunewise coslow`")
     if coefficients is not None:
         chosen = load_coefficients(coefficients)
+        _note_borrowed_paper_coefficients(coefficients, model)
     elif model is not None:
         chosen = coefficients_for(model)
     else:
@@ -191,7 +194,7 @@ def estimate_command(
         }))
         return
     stdout.print(f"coefficients: AUC' = {chosen.slope:g} · CoS-Low + {chosen.intercept:g}   [{chosen.source}]",
-                 highlight=False)
+                 markup=False, highlight=False)
     stdout.print(f"CoS-Low {coslow_value:.4f} → predicted data-efficiency AUC {auc:.4f}")
     table = Table(title="predicted curve (fraction of the way from zero-shot to ceiling)")
     table.add_column("labels", justify="right")
@@ -274,7 +277,7 @@ def calibrate_command(
                      f"{fit.loto_mean_auc:.4f}")
     stdout.print(fits)
     stdout.print(f"AUC' = {calibration.coefficients.slope:.4f} · CoS-Low + {calibration.coefficients.intercept:.4f}"
-                 f"  ({summary['tasks']} tasks) → {output}")
+                 f"  ({summary['tasks']} tasks) → {output}", markup=False, highlight=False)
     stdout.print(f"leave-one-task-out MAE: {calibration.loto_mae:.4f}{_percent(calibration.loto_relative_error)}"
                  f"   predicting the mean AUC: {calibration.mean_mae:.4f}{_percent(calibration.mean_relative_error)}")
     if comparisons:
@@ -287,6 +290,18 @@ def calibrate_command(
             labels.add_row(row["task"], f"{row['target']:.0%}", str(row["predicted_labels"]),
                            "not reached" if row["observed_labels"] is None else str(row["observed_labels"]), schedule)
         stdout.print(labels)
+
+
+def _note_borrowed_paper_coefficients(spec: str, model: str | None) -> None:
+    """Say so when the paper's coefficients for one model are applied to another."""
+    from tunewise.efficiency import PAPER_COEFFICIENTS, PAPER_PREFIX
+
+    paper_model = PAPER_COEFFICIENTS.get(spec.removeprefix(PAPER_PREFIX).lower()) if spec.startswith(PAPER_PREFIX) else None
+    if paper_model is None or model is None:
+        return
+    if paper_model.model_id.lower().split("/")[-1] not in model.lower():
+        console.print(f"note: these coefficients were fitted on {paper_model.model_id}, not on {model}; "
+                      "calibrate them on your own model for a trustworthy estimate", markup=False, highlight=False)
 
 
 def _task_examples(pool, task: str | None, path: Path):

@@ -1,0 +1,127 @@
+"""Kill-and-resume for ``tunewise score`` (issue 8): SIGKILL at several points, run again, and the
+scores equal an uninterrupted run's exactly, with no temporary file left behind.
+
+The kill points are set by progress, not by the clock: the test polls the score cache (SQLite,
+committed batches only) and kills the process once k examples are in. The same cache is killed
+at three growing points in a row, so resuming a resumed run is covered too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tunewise.scores import read_scores
+
+pytestmark = pytest.mark.integration
+
+ENTRY_POINT = Path(sys.executable).with_name("tunewise")
+EXAMPLES = 300
+KILL_AFTER = (1, 100, 200)  # committed examples at which each successive run is killed
+WORDS = "the a model learns from examples tasks budget label select score pool answer why how".split()
+
+
+def write_pool(path: Path) -> Path:
+    rng = random.Random(0)
+    lines = []
+    for i in range(EXAMPLES):
+        question = f"{i}. " + " ".join(rng.choices(WORDS, k=rng.randint(2, 12)))
+        answer = "\n".join(" ".join(rng.choices(WORDS, k=rng.randint(1, 6))) for _ in range(rng.randint(1, 3)))
+        lines.append(json.dumps({"question": question, "answer": answer if i % 10 else None,
+                                 "task": f"task{i % 3}"}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def score_command(pool: Path, output: Path, cache: Path) -> list[str]:
+    return [str(ENTRY_POINT), "score", str(pool), "-o", str(output), "--model", "tiny-random", "--task-field", "task",
+            "--indicators", "loss,ifd,confidence,length,cot_length,embedding", "--batch-tokens", "512",
+            "--max-new-tokens", "4", "--device", "cpu", "--dtype", "fp32", "--cache-dir", str(cache)]
+
+
+def environment() -> dict:
+    # One thread in every run: the thread count must not differ between the runs compared.
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+def committed_examples(database: Path) -> int:
+    """Examples whose loss is committed to the cache; 0 while the cache does not exist yet."""
+    if not database.exists():
+        return 0
+    # Closed explicitly: a reader left open would keep the last writer from removing the WAL files.
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as connection:
+            return connection.execute("SELECT COUNT(*) FROM scores WHERE output = 'loss'").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is being created, or the file is brand new
+        return 0
+
+
+def run_and_kill_after(command: list[str], database: Path, examples: int, timeout: float = 120) -> int:
+    """Start the command, SIGKILL it once ``examples`` are committed; the examples committed then."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment())
+    deadline = time.monotonic() + timeout
+    try:
+        while committed_examples(database) < examples:
+            if process.poll() is not None:
+                pytest.fail(f"the run ended before {examples} examples were committed "
+                            f"(exit {process.returncode}): {process.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"fewer than {examples} examples committed after {timeout} s")
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+    return committed_examples(database)
+
+
+def run_to_completion(command: list[str]) -> None:
+    completed = subprocess.run(command, capture_output=True, env=environment(), timeout=300)
+    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
+
+
+def test_killed_runs_resume_to_exactly_the_uninterrupted_scores(tmp_path):
+    if not ENTRY_POINT.exists():
+        pytest.skip(f"the tunewise entry point is not installed at {ENTRY_POINT}")
+    pool = write_pool(tmp_path / "pool.jsonl")
+
+    reference_output = tmp_path / "reference" / "scores.parquet"
+    run_to_completion(score_command(pool, reference_output, tmp_path / "reference-cache"))
+
+    output_folder, cache = tmp_path / "resumed", tmp_path / "cache"
+    output = output_folder / "scores.parquet"
+    command = score_command(pool, output, cache)
+    committed = [run_and_kill_after(command, cache / "scores.sqlite", k) for k in KILL_AFTER]
+    assert committed == sorted(committed) and committed[-1] < EXAMPLES  # every kill landed mid-run
+    assert not output.exists()  # a killed run never leaves a scores file, whole or partial
+
+    run_to_completion(command)
+
+    expected, expected_provenance = read_scores(reference_output)
+    resumed, provenance = read_scores(output)
+    pd.testing.assert_frame_equal(resumed.drop(columns="embedding"), expected.drop(columns="embedding"),
+                                  check_exact=True)
+    assert all((a == b).all() for a, b in zip(resumed["embedding"], expected["embedding"]))
+    assert len(resumed) == EXAMPLES and resumed["id"].is_unique
+    assert provenance == expected_provenance
+
+    assert sorted(p.name for p in output_folder.iterdir()) == ["scores.parquet"]
+    assert sorted(p.name for p in cache.iterdir()) == ["scores.sqlite"]
+    with closing(sqlite3.connect(cache / "scores.sqlite")) as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        counts = connection.execute("SELECT output, COUNT(*), COUNT(DISTINCT example) FROM scores GROUP BY output")
+        assert {(total, distinct) for _, total, distinct in counts} == {(EXAMPLES, EXAMPLES)}
