@@ -293,9 +293,10 @@ def test_csv_errors_report_the_physical_line_after_a_multi_line_cell(tmp_path):
 def test_csv_cells_longer_than_the_csv_module_default_limit_are_read(tmp_path):
     long_prompt = "word " * 60_000  # 300 KB, over csv's 128 KiB default field limit
     path = write_csv(tmp_path / "pool", [{"prompt": long_prompt, "response": "ok"}])
+    limit_before = csv.field_size_limit()
     (example,) = read_pool(path).examples
     assert example.prompt[0]["content"] == long_prompt
-    assert csv.field_size_limit() == 131072  # the process-wide limit is restored afterwards
+    assert csv.field_size_limit() == limit_before  # the process-wide limit is restored afterwards
 
 
 def test_saved_dataset_numbers_records_across_its_files(tmp_path):
@@ -542,11 +543,31 @@ json_values = st.recursive(
     | st.dictionaries(st.sampled_from(FIELD_NAMES) | st.text(max_size=4), children, max_size=4),
     max_leaves=12,
 )
+# Records of a known shape with odd contents, some fields overwritten by arbitrary values.
+near_valid_records = st.builds(
+    lambda shape, prompt, response, overrides: {**record_in_shape(shape, prompt, response), **overrides},
+    record_shapes, st.text(max_size=8) | ODD_STRINGS, st.none() | st.text(max_size=8) | ODD_STRINGS,
+    st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=2),
+)
 garbage_lines = st.one_of(
     st.binary(max_size=60).map(lambda raw: raw.replace(b"\n", b" ")),
     json_values.map(lambda value: json.dumps(value).encode()),
     json_values.map(lambda value: json.dumps(value)[:-1].encode()),  # truncated
+    near_valid_records.map(lambda value: json.dumps(value).encode()),
 )
+
+
+def read_or_refuse(path: Path, task_field: str | None, skip_bad: bool) -> None:
+    """The property: read_pool returns examples with content ids, or raises a printable TunewiseError."""
+    try:
+        pool = read_pool(path, task_field, skip_bad=skip_bad)
+    except TunewiseError as error:
+        assert error.file is not None
+        str(error).encode("utf-8")  # printable, whatever the input held
+    else:
+        assert len(pool) >= 1
+        for example in pool.examples:
+            assert example.id == example_id(example.prompt, example.response)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -557,12 +578,14 @@ def test_garbage_gives_examples_or_a_tunewise_error_never_another_exception(line
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"pool{suffix}"
         path.write_bytes(b"\n".join(lines))
-        try:
-            pool = read_pool(path, task_field, skip_bad=skip_bad)
-        except TunewiseError as error:
-            assert error.file is not None
-            str(error).encode("utf-8")  # printable, whatever the input held
-        else:
-            assert len(pool) >= 1
-            for example in pool.examples:
-                assert example.id == example_id(example.prompt, example.response)
+        read_or_refuse(path, task_field, skip_bad)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records=st.lists(near_valid_records, min_size=1, max_size=6), task_field=st.sampled_from([None, "task"]))
+def test_odd_values_in_known_shapes_give_examples_or_a_tunewise_error(records, task_field):
+    """Every line parsed (skip_bad), so each odd value reaches the record parser."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pool.jsonl"
+        path.write_text("".join(json.dumps(record) + "\n" for record in records))  # \u-escapes lone surrogates
+        read_or_refuse(path, task_field, skip_bad=True)

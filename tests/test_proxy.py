@@ -111,12 +111,12 @@ def test_cached_prefix_equals_naive_on_smollm2_with_gsm8k():
     from tunewise.backends import load_backend
 
     with path.open() as handle:
-        items = [parse_record(json.loads(next(handle))) for _ in range(6)]
-    demos, anchors = items[:2], items[2:]
-    model = ProxyModel(load_backend("smollm2", device="cpu", dtype="fp32"), max_batch_tokens=1200)
+        items = [parse_record(json.loads(next(handle))) for _ in range(4)]
+    demos, anchors = items[:1], items[1:]
+    model = ProxyModel(load_backend("smollm2", device="cpu", dtype="fp32"), max_batch_tokens=600)
     cached = model.answer_logliks(demos, anchors)
     naive = model.answer_logliks(demos, anchors, naive=True)
     assert np.all(cached > -5) and np.all(cached < 0)
     np.testing.assert_allclose(cached, naive, rtol=0, atol=1e-4)
-    limits = [12] * len(anchors)
+    limits = [6] * len(anchors)
     assert model.greedy_answers(demos, anchors, limits) == model.greedy_answers(demos, anchors, limits, naive=True)

@@ -63,9 +63,18 @@ def test_the_cli_reports_the_missing_extra_without_a_traceback(tmp_path, monkeyp
     assert not output.exists()
 
 
-@pytest.mark.integration
-def test_ray_local_mode_gives_the_local_engines_scores_into_the_same_cache(tmp_path):
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray instance for this module's tests (score_pool_ray uses a running session)."""
+    ray = pytest.importorskip("ray", reason="the Ray engine needs the optional extra: pip install 'tunewise[ray]'")
     pytest.importorskip("ray.data", reason="the Ray engine needs the optional extra: pip install 'tunewise[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_ray_local_mode_gives_the_local_engines_scores_into_the_same_cache(tmp_path, ray_session):
     examples = make_examples()
     backend = load_backend("tiny-random", device="cpu", dtype="fp32", max_new_tokens=MAX_NEW_TOKENS)
     local = score_pool(examples, backend, EVERY_INDICATOR, cache_dir=tmp_path / "local")
@@ -91,3 +100,9 @@ def test_ray_local_mode_gives_the_local_engines_scores_into_the_same_cache(tmp_p
     from_cache = score_pool(examples, CacheOnly(backend.fingerprint, MAX_NEW_TOKENS), EVERY_INDICATOR,
                             cache_dir=tmp_path / "ray")
     pd.testing.assert_frame_equal(from_cache.drop(columns="embedding"), distributed.drop(columns="embedding"))
+
+
+@pytest.mark.integration
+def test_a_model_the_actors_cannot_load_is_a_user_error(tmp_path, ray_session):
+    with pytest.raises(TunewiseError, match="unknown model 'tiny-randm'"):
+        score_pool_ray(make_examples(3), "tiny-randm", ["length"], device="cpu", cache_dir=tmp_path)

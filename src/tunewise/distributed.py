@@ -25,7 +25,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from tunewise.cache import ScoreCache
 from tunewise.errors import TunewiseError
+from tunewise.models import cache_root
 from tunewise.pool import Example
 from tunewise.scoring import (OUTPUT_VERSIONS, ProgressCallback, cache_output_name, plan_scoring_batches,
                               required_outputs, score_encoded_batch, score_pool, scores_provenance)
@@ -82,9 +84,6 @@ def score_pool_ray(
                          "max_new_tokens": max_new_tokens, "max_batch_tokens": max_batch_tokens}
         fingerprint = _remote_fingerprint(ray, model_options, actors)
         cached_model = _CachedModel(fingerprint, max_new_tokens)
-        from tunewise.cache import ScoreCache
-        from tunewise.models import cache_root
-
         cache = ScoreCache(cache_dir or cache_root() / "scores")
         try:
             missing = _missing_examples(pool_examples, outputs, cached_model, cache)
@@ -103,7 +102,7 @@ def score_pool_ray(
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401  (the extra brings Ray Data; plain `ray` lacks it)
+        import ray.data  # noqa: F401  (fails when the [data] extra's dependencies are missing)
     except ImportError:
         raise TunewiseError("the Ray engine needs Ray, which is not installed here", field="engine",
                             fix="pip install 'tunewise[ray]', or use the local engine (--engine local)") from None
@@ -164,7 +163,12 @@ def _remote_fingerprint(ray, model_options: dict, actors: _ActorLayout) -> str:
     probe = ray.remote(num_cpus=actors.cpus_per_actor, num_gpus=actors.gpus_per_actor, max_calls=1)(
         _load_fingerprint
     )
-    return ray.get(probe.remote(model_options))
+    try:
+        return ray.get(probe.remote(model_options))
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, TunewiseError):  # an unknown model, dtype or device: the user's to fix
+            raise error.cause from None
+        raise
 
 
 def _load_fingerprint(model_options: dict) -> str:

@@ -79,11 +79,16 @@ def simplex_weights(draws: Mapping[str, float]) -> dict[str, float]:
 
 
 def _sampler(name: str, seed: int, finished: int):
+    import warnings
+
     import optuna
 
     trial_seed = int(np.random.SeedSequence([seed, finished]).generate_state(1)[0])
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=trial_seed, deterministic_objective=True)
+        with warnings.catch_warnings():
+            # J is deterministic (seeded draws, fixed batches), which this experimental flag exploits.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=trial_seed, deterministic_objective=True)
     return optuna.samplers.TPESampler(seed=trial_seed, constant_liar=False)
 
 
@@ -151,8 +156,9 @@ def search_weights(
     """Maximise ``objective(weights)`` over the simplex of ``features``' weights.
 
     Runs until ``trials`` trials have finished in the run folder (counting those of earlier,
-    interrupted runs) or ``timeout`` seconds have passed. ``progress(finished, trials)`` is
-    called after every trial.
+    interrupted runs), or until a trial ends after ``timeout`` seconds of this call (as Optuna's
+    ``timeout``: the running trial is finished, so every call runs at least one trial when any
+    is left). ``progress(finished, trials)`` is called after every trial.
     """
     if sampler not in SAMPLERS:
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix=did_you_mean(sampler, SAMPLERS))
@@ -162,7 +168,7 @@ def search_weights(
     started = time.monotonic()
     if progress is not None:
         progress(len(records), trials)
-    while len(records) < trials and (timeout is None or time.monotonic() - started < timeout):
+    while len(records) < trials:
         study.sampler = _sampler(sampler, seed, len(records))
         trial = study.ask()
         weights = simplex_weights({name: trial.suggest_float(f"u_{name}", _SMALLEST_DRAW, 1.0) for name in features})
@@ -175,6 +181,8 @@ def search_weights(
         write_trial_log(run_dir, records)
         if progress is not None:
             progress(len(records), trials)
+        if timeout is not None and time.monotonic() - started >= timeout:
+            break
     return SearchResult(trials=records, resumed_from=resumed_from)
 
 
@@ -293,9 +301,6 @@ def tune_weights(
     search = search_weights(lambda weights: proxy(features.top(weights, size)), features.names, run_dir,
                             trials=trials, timeout=timeout, sampler=sampler, seed=seed, settings=settings,
                             progress=progress)
-    if not search.trials:
-        raise TunewiseError("the search finished no trial before the timeout", field="timeout",
-                            fix="allow a longer --timeout (one trial must finish)")
     return TunedWeights(features=features, selection_size=size, search=search, settings=settings)
 
 

@@ -179,7 +179,8 @@ def tune_weights_command(
     from tunewise.scores import embedding_matrix
     from tunewise.weights import tune_weights
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's per-trial log lines would break the progress bar; its notices are not for the user.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     backend = load_backend(model, device=device, dtype=dtype)
     chosen = choose_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
     anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
