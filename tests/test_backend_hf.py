@@ -95,7 +95,8 @@ def naive_greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -
         pad_token_id=tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True,
     )
     tokens = output.sequences[0, len(prompt_ids):].tolist()
-    probabilities = [float(torch.softmax(step[0].double(), dim=-1)[token]) for step, token in zip(output.logits, tokens)]
+    probabilities = [float(torch.softmax(step[0].double(), dim=-1)[token])
+                     for step, token in zip(output.logits, tokens)]
     return tokens, np.array(probabilities)
 
 

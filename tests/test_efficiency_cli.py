@@ -35,7 +35,8 @@ def test_curve_json_prints_only_json_with_the_auc(tmp_path):
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert document["auc"] == pytest.approx(0.18393439255532396, abs=1e-12)
-    assert document["ceiling"] == 0.92 and document["floor"] == 0.385
+    # The dip to 0.385 at 50 examples is lifted to the zero-shot 0.393 by the envelope.
+    assert document["ceiling"] == 0.92 and document["floor"] == 0.393
 
 
 def test_curve_text_output_and_plot(tmp_path):

@@ -166,6 +166,9 @@ def fifty_megabyte_line(folder: Path) -> Path:
     return path
 
 
+MANY_GOOD_LINES = [record({"question": f"Question {i}?", "answer": str(i)}) for i in range(9000)]
+STREAMING = ["--indicators", "length,cot_length"]
+
 SCORE_CASES = [
     # malformed JSON
     score_case("truncated_json_line", [record(GOOD), '{"question": "What is'], ["malformed JSON"], at_line=2),
@@ -260,6 +263,14 @@ SCORE_CASES = [
     option_case("unknown_dtype", ["--dtype", "fp8"], ["unknown dtype 'fp8'"]),
     option_case("unknown_device", ["--device", "tpu7"], ["unknown device 'tpu7'"]),
     option_case("unknown_engine", ["--engine", "spark"], ["unknown engine 'spark'"]),
+    # model-free indicators stream the pool in batches: a bad record after the first batch was
+    # already scored must still leave no output behind
+    score_case("late_malformed_line_while_streaming", [*MANY_GOOD_LINES, '{"question": "cut'], ["malformed JSON"],
+               at_line=len(MANY_GOOD_LINES) + 1, options=STREAMING),
+    score_case("late_duplicate_while_streaming", [*MANY_GOOD_LINES, MANY_GOOD_LINES[0]], ["duplicate", "line 1"],
+               at_line=len(MANY_GOOD_LINES) + 1, options=STREAMING),
+    score_case("unknown_task_field_while_streaming", [record(GOOD)], ["field 'topic'"], at_line=1,
+               options=[*STREAMING, "--task-field", "topic"]),
     Case("output_is_a_folder", lambda f: ([jsonl(f, record(GOOD)), "-o", f, "--model", "tiny-random"],
                                           ["output path is a folder"])),
     Case("output_inside_a_file", lambda f: ([jsonl(f, record(GOOD)), "-o", f / "pool.jsonl" / "s.parquet",

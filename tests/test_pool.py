@@ -237,7 +237,8 @@ def test_ids_do_not_depend_on_the_process(tmp_path):
     import sys
 
     path = write_jsonl(tmp_path / "pool", MIXED_RECORDS)
-    code = "import sys; from tunewise.pool import read_pool; print(' '.join(e.id for e in read_pool(sys.argv[1]).examples))"
+    code = ("import sys; from tunewise.pool import read_pool; "
+            "print(' '.join(e.id for e in read_pool(sys.argv[1]).examples))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     output = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,
                             check=True).stdout.split()

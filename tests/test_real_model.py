@@ -72,7 +72,8 @@ def reference_scores(backend, example) -> dict:
         pad_token_id=tokenizer.pad_token_id, output_logits=True, return_dict_in_generate=True,
     )
     tokens = generated.sequences[0, len(prompt_ids):].tolist()
-    probabilities = [float(torch.softmax(step[0].double(), dim=-1)[token]) for step, token in zip(generated.logits, tokens)]
+    probabilities = [float(torch.softmax(step[0].double(), dim=-1)[token])
+                     for step, token in zip(generated.logits, tokens)]
     loss = mean_nll(prompt_ids, response_ids)
     return {"loss": loss, "ifd": float(np.exp(loss - mean_nll([start], response_ids))),
             "confidence": float(np.mean(probabilities)), "length": len(response_ids), "prompt_length": len(prompt_ids)}

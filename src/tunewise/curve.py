@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,8 +77,11 @@ def normalise_curve(
     """
     _check_grid(grid)
     if max_budget < 2 or max_budget < min(grid):
-        raise TunewiseError(f"the maximum budget {max_budget} is below the smallest grid budget {min(grid)}",
-                            field="max_budget", fix="raise --max-budget or lower the grid")
+        raise TunewiseError(f"the maximum budget {max_budget} must be at least 2 and at least the smallest "
+                            f"grid budget {min(grid)}", field="max_budget", fix="raise --max-budget or lower the grid")
+    if ceiling is not None and not math.isfinite(ceiling):
+        raise TunewiseError(f"the ceiling {ceiling} is not a finite number", field="ceiling",
+                            fix="pass the human or target score, e.g. --ceiling 0.92")
     _check_points(points)
     smallest_grid_budget = min(grid)
     kept = {int(n): float(s) for n, s in points.items() if n == 0 or smallest_grid_budget <= n <= max_budget}
@@ -240,7 +244,7 @@ def _check_points(points: Mapping[int, float]) -> None:
     if not points:
         raise TunewiseError("the curve has no points", fix="give at least the zero-shot score and one budget")
     for budget, score in points.items():
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
             raise TunewiseError(f"budget {budget!r} is not a non-negative whole number", field=str(budget),
                                 fix="use whole-number budgets such as 0, 50, 100")
         if not math.isfinite(score) or score < 0:
@@ -249,7 +253,7 @@ def _check_points(points: Mapping[int, float]) -> None:
 
 
 def _check_grid(grid: Sequence[int]) -> None:
-    if not grid or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in grid):
+    if not grid or any(isinstance(g, bool) or not isinstance(g, numbers.Integral) or g < 1 for g in grid):
         raise TunewiseError(f"the grid {list(grid)} must be a non-empty list of positive whole numbers",
                             field="grid", fix="use e.g. 50,100,200,500,1000,2500,5000")
 

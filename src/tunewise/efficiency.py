@@ -190,13 +190,12 @@ class Calibration:
 
 def fit_coefficients(coslows: Sequence[float], aucs: Sequence[float]) -> Coefficients:
     """Ordinary least squares of AUC on CoS-Low: (slope, intercept)."""
-    count = len(coslows)
-    mean_x = sum(coslows) / max(count, 1)
-    mean_y = sum(aucs) / max(count, 1)
+    mean_x = sum(coslows) / len(coslows) if coslows else 0.0
     spread = sum((x - mean_x) ** 2 for x in coslows)
-    if count < 2 or spread == 0:
+    if spread == 0:
         raise TunewiseError("least squares needs at least two different CoS-Low values", field="coslow",
                             fix="measure tasks whose CoS-Low values differ")
+    mean_y = sum(aucs) / len(aucs)
     slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(coslows, aucs)) / spread
     return Coefficients(slope, mean_y - slope * mean_x)
 

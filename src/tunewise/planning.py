@@ -362,8 +362,8 @@ def _why(task, entry, strategy, tasks, confidence, selected, coefficients, targe
         ranked = sorted(confidence, key=confidence.get)
         position = ranked.index(task) + 1
         standing = ("the lowest" if position == 1 else "the highest" if position == len(ranked)
-                    else f"number {position} from the lowest")
-        sentence = (f"The model's mean confidence here is {confidence[task]:.2f} ({standing} of {len(ranked)} "
+                    else f"the {_ordinal(position)} lowest")
+        sentence = (f"The model's mean confidence here is {confidence[task]:.3f} ({standing} of {len(ranked)} "
                     f"tasks), so it gets weight {entry['weight']:.3f} and {share}.")
     elif strategy == "task_diversity":
         sentence = f"Every task weighs the same, so it gets {share}."
@@ -388,6 +388,11 @@ def _why(task, entry, strategy, tasks, confidence, selected, coefficients, targe
     else:
         sentence += " No learning-curve prediction: CoS-Low was not measured (run with --coslow)."
     return sentence
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
 
 
 def measure_coslow(

@@ -380,7 +380,11 @@ def _measured_curves(sweep: dict) -> str:
     curves = [("all tasks (mean)", {name: entry["curve"] for name, entry in strategies.items()})]
     curves += [(task, {name: entry.get("task_curves", {}).get(task, {}) for name, entry in strategies.items()})
                for task in tasks[: panels - 1]]
+    every_score = [score for _, by_strategy in curves for curve in by_strategy.values() for score in curve.values()]
+    on_unit_scale = all(0 <= score <= 1 for score in every_score)
     for axes, (title, by_strategy) in zip(axes_list, curves):
+        if on_unit_scale:
+            axes.set_ylim(-0.03, 1.03)
         for name, curve in by_strategy.items():
             points = sorted((int(budget), score) for budget, score in curve.items())
             if not points:
@@ -479,24 +483,38 @@ def _weights_section(weights: dict | None) -> str:
 
 
 def _provenance_section(plan: dict, sweep: dict | None, weights: dict | None) -> str:
-    record = {
-        "tunewise_version": plan.get("tunewise_version"),
-        "strategy": plan["strategy"],
-        "params": plan.get("params"),
-        "seed": plan["seed"],
-        "budget": plan["budget"],
-        "target": plan.get("target"),
-        "max_budget": plan.get("max_budget"),
-        "coefficients": plan.get("coefficients"),
-        "pool": plan["pool"],
-        "scores": plan.get("provenance"),
-    }
+    scores = plan.get("provenance") or {}
+    coefficients = plan.get("coefficients")
+    params = ", ".join(f"{key}={value}" for key, value in (plan.get("params") or {}).items()
+                       if key != "predicted_auc" and value is not None)
+    facts = [
+        ("tunewise", plan.get("tunewise_version")),
+        ("pool", plan["pool"].get("source")),
+        ("model", scores.get("model")),
+        ("model fingerprint", scores.get("model_fingerprint")),
+        ("indicators (version)", ", ".join(f"{name} ({version})"
+                                           for name, version in (scores.get("indicators") or {}).items())),
+        ("strategy", f"{plan['strategy']} ({params})" if params else plan["strategy"]),
+        ("seed", plan["seed"]),
+        ("coefficients", "none" if coefficients is None else
+         f"AUC' = {coefficients['slope']:.4g} · CoS-Low + {coefficients['intercept']:.4g} [{coefficients['source']}]"),
+    ]
+    if sweep is not None and sweep.get("settings"):
+        settings = sweep["settings"]
+        facts.append(("sweep", f"budgets {sweep.get('budgets')}, seeds {sweep.get('seeds')}, "
+                               f"metric {settings.get('metric')}, test examples "
+                               f"{(settings.get('test') or {}).get('examples')}"))
+        facts.append(("fine-tune", ", ".join(f"{key}={value}"
+                                             for key, value in (settings.get("finetune_config") or {}).items())))
+    if weights is not None:
+        facts.append(("indicator weights", WEIGHTS_FILE))
+    rows = [[(_e(name), ""), (_e("–" if value in (None, "") else value), "")] for name, value in facts]
+    record = {"plan": {key: value for key, value in plan.items() if key != "tasks"}}
     if sweep is not None:
         record["sweep"] = {key: sweep.get(key) for key in ("settings", "budgets", "seeds", "baseline", "ceiling")}
-    if weights is not None:
-        record["weights_file"] = WEIGHTS_FILE
     text = json.dumps(record, indent=2, ensure_ascii=False, default=str)
-    return f"<h2>Provenance</h2><pre>{_e(text)}</pre>"
+    return ("<h2>Provenance</h2>" + _table(["what", "value"], rows)
+            + f"<details><summary>the full record</summary><pre>{_e(text)}</pre></details>")
 
 
 __all__ = ["REPORT_FILE", "build_report"]

@@ -86,7 +86,7 @@ def coslow_command(
         unanswered = [i for i, e in enumerate(examples, start=1) if e.response is None]
         if unanswered:
             raise TunewiseError(f"{len(unanswered)} of {len(examples)} examples have no response yet "
-                                f"(lines {', '.join(map(str, unanswered[:5]))}{' …' if len(unanswered) > 5 else ''})",
+                                f"(examples {', '.join(map(str, unanswered[:5]))}{' …' if len(unanswered) > 5 else ''})",
                                 file=labelled, field="response",
                                 fix="fill in 'response' on every line, then run this command again")
         task_name = task or examples[0].metadata.get("task") or examples[0].task

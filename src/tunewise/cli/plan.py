@@ -215,9 +215,9 @@ def plan_table(document: dict) -> Table:
     """The per-task plan: pool, labelled, confidence, weight, budget, prediction."""
     target = document["target"]
     table = Table(title=f"Plan: {document['selected']} labels, {document['strategy']}, seed {document['seed']}")
-    for name in ("task", "pool", "labelled", "confidence", "weight", "budget", "share", "AUC'",
-                 f"labels for {target:.0%}"):
-        table.add_column(name, justify="left" if name == "task" else "right")
+    table.add_column("task", no_wrap=True)
+    for name in ("pool", "labelled", "confidence", "weight", "budget", "share", "AUC'", f"labels for {target:.0%}"):
+        table.add_column(name, justify="right")
 
     def cell(value, spec=".3f") -> str:
         return "-" if value is None else format(value, spec)

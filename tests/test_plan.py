@@ -1,0 +1,259 @@
+"""`tunewise plan` end to end on tiny-random, and the planning library on generated scores."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import tunewise.cli
+from tunewise.cli.app import app
+from tunewise.demo_data import DEMO_TASKS, demo_records
+from tunewise.efficiency import Coefficients, paper_coefficients
+from tunewise.errors import TunewiseError
+from tunewise.planning import NO_CALIBRATION, efficiency_allocation, make_plan
+from tunewise.pool import read_pool
+from tunewise.strategies import get_strategy
+
+BUDGET = 17
+
+
+@pytest.fixture(scope="module", autouse=True)
+def commands():
+    tunewise.cli._register_commands()
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def uneven_pool_records() -> list[dict]:
+    """Five tasks of different sizes (one smaller than its fair share of the budget)."""
+    records, _ = demo_records(pool_per_task=9, test_per_task=0, seed=3)
+    sizes = {"addition": 9, "larger_number": 7, "parity": 2, "uppercase": 9, "first_letter": 5}
+    kept, seen = [], Counter()
+    for record in records:
+        if seen[record["task"]] < sizes[record["task"]]:
+            kept.append(record)
+            seen[record["task"]] += 1
+    return kept
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory):
+    """One `tunewise plan` run over a labelled and one over an unlabelled pool, shared by the tests."""
+    folder = tmp_path_factory.mktemp("plan")
+    records = uneven_pool_records()
+    labelled = write_jsonl(folder / "pool.jsonl", records)
+    unlabelled = write_jsonl(folder / "unlabelled.jsonl",
+                             [{k: v for k, v in r.items() if k != "response"} for r in records])
+    with pytest.MonkeyPatch.context() as patch:
+        from tunewise.models import model_cache_root
+
+        patch.setenv("TUNEWISE_MODEL_CACHE", str(model_cache_root()))
+        patch.setenv("TUNEWISE_CACHE", str(folder / "cache"))
+        results = {
+            name: invoke("plan", pool, "--budget", BUDGET, "--task-field", "task", "--model", "tiny-random",
+                         "--max-new-tokens", 4, "--seed", 1, "-o", folder / name)
+            for name, pool in (("labelled", labelled), ("unlabelled", unlabelled))
+        }
+    return folder, records, results
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.mark.integration
+def test_plan_writes_a_consistent_run_folder(planned):
+    folder, records, results = planned
+    result = results["labelled"]
+    assert result.exit_code == 0, result.output
+    run = folder / "labelled"
+    for name in ("scores.parquet", "plan.json", "selection.jsonl", "selection.meta.json", "report.html"):
+        assert (run / name).is_file(), name
+    assert not (run / "to_label.jsonl").exists()
+
+    plan = json.loads((run / "plan.json").read_text())
+    pool_sizes = Counter(record["task"] for record in records)
+    assert list(plan["tasks"]) == list(dict.fromkeys(r["task"] for r in records))
+    assert sum(entry["budget"] for entry in plan["tasks"].values()) == BUDGET == plan["selected"]
+    for task, entry in plan["tasks"].items():
+        assert entry["pool"] == entry["labelled"] == pool_sizes[task]
+        assert 0 <= entry["budget"] <= entry["pool"]
+        assert NO_CALIBRATION in entry["why"] and entry["predicted_auc"] is None
+    assert plan["tasks"]["parity"]["budget"] == 2  # capped at its pool, the surplus shared by the rest
+
+    rows = read_rows(run / "selection.jsonl")
+    assert Counter(row["task"] for row in rows) == {t: e["budget"] for t, e in plan["tasks"].items() if e["budget"]}
+    pool_ids = {example.id for example in read_pool(folder / "pool.jsonl", "task").examples}
+    assert len({row["id"] for row in rows}) == BUDGET and {row["id"] for row in rows} <= pool_ids
+    assert "report →" in result.stdout and "Plan:" in result.stdout
+
+
+@pytest.mark.integration
+def test_plan_report_is_self_contained_and_names_every_task(planned):
+    folder, records, results = planned
+    page = (folder / "labelled" / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    references = re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page)
+    assert references and all(ref.startswith("data:image/png;base64,") for ref in references)
+    assert "http://" not in page and "https://" not in page
+    for task in {record["task"] for record in records}:
+        assert task in page
+
+
+@pytest.mark.integration
+def test_unlabelled_pool_gets_the_picks_to_label_in_annotation_order(planned):
+    folder, _, results = planned
+    assert results["unlabelled"].exit_code == 0, results["unlabelled"].output
+    run = folder / "unlabelled"
+    to_label = read_rows(run / "to_label.jsonl")
+    selection = read_rows(run / "selection.jsonl")
+    assert [row["pool_id"] for row in to_label] == [row["id"] for row in selection]
+    assert len(to_label) == BUDGET and all(row["response"] is None for row in to_label)
+    assert [row["position"] for row in to_label] == list(range(BUDGET))
+    labelled_later = [{**row, "response": "42"} for row in to_label]
+    relabelled = read_pool(write_jsonl(folder / "labelled_later.jsonl", labelled_later), "task")
+    assert relabelled.labelled and len(relabelled) == BUDGET
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["pool"]["labelled"] == 0
+    assert all(entry["labelled"] == 0 for entry in plan["tasks"].values())
+
+
+@pytest.mark.integration
+def test_report_command_rebuilds_the_report(planned):
+    folder, _, _ = planned
+    report = folder / "labelled" / "report.html"
+    before = report.read_text(encoding="utf-8")
+    report.unlink()
+    result = invoke("report", folder / "labelled")
+    assert result.exit_code == 0, result.output
+    assert report.read_text(encoding="utf-8") == before
+
+
+@pytest.mark.parametrize("budget", ["-1", "ten"])
+def test_bad_budget_exits_2_without_a_traceback(tmp_path, budget):
+    pool = write_jsonl(tmp_path / "pool.jsonl", uneven_pool_records())
+    result = invoke("plan", pool, "--budget", budget, "--model", "tiny-random", "-o", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_strategy_and_missing_calibration_exit_2_before_any_model_work(tmp_path):
+    pool = write_jsonl(tmp_path / "pool.jsonl", uneven_pool_records())
+    typo = invoke("plan", pool, "--budget", 5, "--strategy", "weighted_task_divrsity", "-o", tmp_path / "a")
+    assert typo.exit_code == 2 and "did you mean 'weighted_task_diversity'" in typo.stderr
+    efficiency = invoke("plan", pool, "--budget", 5, "--strategy", "efficiency", "--model", "tiny-random",
+                        "-o", tmp_path / "b")
+    assert efficiency.exit_code == 2 and NO_CALIBRATION in efficiency.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.integration
+def test_efficiency_plan_with_coslow_end_to_end(tmp_path):
+    """Two labelled tasks of 32+ examples: CoS-Low is measured on tiny-random, the paper's
+    coefficients turn it into predictions, and the efficiency strategy spends the budget."""
+    records, _ = demo_records(pool_per_task=34, test_per_task=0, seed=5)
+    records = [r for r in records if r["task"] in ("addition", "parity")]
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    result = invoke("plan", pool, "--budget", 40, "--task-field", "task", "--model", "tiny-random",
+                    "--strategy", "efficiency", "--coefficients", "paper:llama-3.1-8b", "--indicators",
+                    "loss,confidence", "--max-new-tokens", 4, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert sum(entry["budget"] for entry in plan["tasks"].values()) == 40
+    for task, entry in plan["tasks"].items():
+        assert -1 <= entry["coslow"] <= 1 and 0 < entry["predicted_auc"] < 1
+        assert entry["labels_needed"] >= 1 and "CoS-Low" in entry["why"]
+        assert plan["coslow"][task]["k"] == 32 and "small task" in plan["coslow"][task]["protocol"]
+    assert plan["coefficients"]["source"].startswith("paper:llama-3.1-8b")
+
+
+# -- the library, on generated scores (no model) ---------------------------------------------------
+
+
+def generated_pool_and_scores(sizes: dict[str, int], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    records = []
+    for task, size in sizes.items():
+        records += [{"task": task, "prompt": f"{task} question {i}", "response": str(i)} for i in range(size)]
+    from tunewise.pool import Pool, parse_record
+
+    examples = [parse_record(record, "task") for record in records]
+    scores = pd.DataFrame({
+        "id": [e.id for e in examples],
+        "task": [e.task for e in examples],
+        "confidence": rng.uniform(0.2, 0.9, len(examples)),
+        "loss": rng.uniform(0.5, 3.0, len(examples)),
+    })
+    return Pool("generated", examples), scores
+
+
+def test_make_plan_matches_tunewise_select_for_the_same_strategy_and_seed():
+    pool, scores = generated_pool_and_scores({"a": 30, "b": 10, "c": 50})
+    plan = make_plan(pool, scores, 25, strategy="weighted_task_diversity", seed=4)
+    expected = get_strategy("weighted_task_diversity", within="random").select(scores, 25, 4)
+    assert plan.selection.positions.tolist() == expected.positions.tolist()
+    assert {t: e["budget"] for t, e in plan.tasks.items()} == expected.details["allocation"]
+    assert plan.tasks["a"]["weight"] == pytest.approx(expected.details["task_weights"]["a"])
+
+
+def test_predictions_need_both_coslow_and_coefficients_and_never_appear_otherwise():
+    pool, scores = generated_pool_and_scores({"a": 40, "b": 40})
+    without = make_plan(pool, scores, 20, coslow_values={"a": 0.3, "b": 0.1})
+    assert all(NO_CALIBRATION in entry["why"] and entry["predicted_auc"] is None for entry in without.tasks.values())
+    coefficients = paper_coefficients("llama-3.1-8b")
+    partial = make_plan(pool, scores, 20, coefficients=coefficients, coslow_values={"a": 0.3}, target=0.8)
+    a, b = partial.tasks["a"], partial.tasks["b"]
+    assert a["predicted_auc"] == pytest.approx(0.545 * 0.3 + 0.310)
+    assert a["labels_needed"] >= 1 and "80% of the way" in a["why"]
+    assert set(a["predicted_curve"]) >= {"50", "5000", str(a["budget"])}
+    assert b["predicted_auc"] is None and "CoS-Low was not measured" in b["why"]
+    assert partial.document["coefficients"]["slope"] == 0.545
+
+
+def test_efficiency_strategy_refuses_tasks_without_a_prediction():
+    pool, scores = generated_pool_and_scores({"a": 40, "b": 12})
+    with pytest.raises(TunewiseError, match="needs a predicted learning curve for every task"):
+        make_plan(pool, scores, 20, strategy="efficiency", coefficients=Coefficients(0.5, 0.3, "test"),
+                  coslow_values={"a": 0.3})
+
+
+def test_efficiency_plan_favours_the_task_whose_curve_rises_faster():
+    pool, scores = generated_pool_and_scores({"fast": 200, "slow": 200})
+    plan = make_plan(pool, scores, 100, strategy="efficiency", coefficients=Coefficients(1.0, 0.0, "test"),
+                     coslow_values={"fast": 0.8, "slow": 0.4}, seed=2)
+    assert plan.tasks["fast"]["budget"] + plan.tasks["slow"]["budget"] == 100
+    assert plan.tasks["fast"]["budget"] > plan.tasks["slow"]["budget"] > 0
+    rows = scores["task"].to_numpy()[plan.selection.positions]
+    assert Counter(rows[:10].tolist())["fast"] >= 5  # round-robin: every prefix keeps the proportions
+
+
+@pytest.mark.parametrize("budget", [0, 1, 7, 60, 500])
+def test_efficiency_allocation_sums_caps_and_is_seeded(budget):
+    sizes = {"a": 5, "b": 40, "c": 0, "d": 12}
+    auc = {"a": 0.7, "b": 0.3, "c": 0.5, "d": 0.5}
+    allocation = efficiency_allocation(sizes, auc, budget, seed=3)
+    assert list(allocation) == list(sizes)
+    assert sum(allocation.values()) == min(budget, sum(sizes.values()))
+    assert all(0 <= allocation[t] <= sizes[t] for t in sizes)
+    assert allocation == efficiency_allocation(sizes, auc, budget, seed=3)
+
+
+def test_efficiency_allocation_breaks_exact_ties_by_seed():
+    sizes = dict.fromkeys(DEMO_TASKS, 10)
+    auc = dict.fromkeys(DEMO_TASKS, 0.5)
+    splits = {tuple(efficiency_allocation(sizes, auc, 3, seed=seed).values()) for seed in range(12)}
+    assert len(splits) > 1 and all(sum(split) == 3 for split in splits)
