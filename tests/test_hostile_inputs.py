@@ -310,10 +310,6 @@ def weights_file(folder: Path, weights) -> Path:
     return path
 
 
-# Gaps found by this suite in code other areas own; each case turns into an unexpected pass (and
-# so a failure) once its owner refuses the input, as issue 8 asks.
-OWNED_BY_SELECT = "`tunewise select` still accepts it (owned by the selection area)"
-ACCEPTED_BY_TUNE_WEIGHTS = "`tunewise tune-weights` still accepts infinite scores (owned by the weights area)"
 
 SELECT_CASES = [
     select_case("select_negative_budget", lambda f: [scores_file(f), "--strategy", "random", "--budget", "-3"],
@@ -325,13 +321,13 @@ SELECT_CASES = [
                 ["confidence", "NaN"]),
     select_case("select_infinite_scores", lambda f: [scores_file(f, loss=[1.0, np.inf, 2.0, 2.5, -np.inf, 3.5]),
                                                      "--strategy", "top_k", "--indicator", "loss", "--budget", "2"],
-                ["loss", "infinite"], marks=[pytest.mark.xfail(strict=True, reason=OWNED_BY_SELECT)]),
+                ["loss", "infinite"]),
     select_case("select_duplicate_ids", lambda f: [scores_file(f, id=["ex0", "ex0", "ex2", "ex3", "ex4", "ex5"]),
                                                    "--strategy", "random", "--budget", "2"],
-                ["duplicate", "ex0"], marks=[pytest.mark.xfail(strict=True, reason=OWNED_BY_SELECT)]),
+                ["duplicate", "ex0"]),
     select_case("select_empty_task_names", lambda f: [scores_file(f, task=["a", "", "a", "b", "b", ""]),
                                                       "--strategy", "task_diversity", "--budget", "2"],
-                ["task", "empty"], marks=[pytest.mark.xfail(strict=True, reason=OWNED_BY_SELECT)]),
+                ["task", "empty"]),
     select_case("select_weights_not_summing_to_one",
                 lambda f: [scores_file(f), "--strategy", "weighted_indicators", "--budget", "2",
                            "--weights", weights_file(f, {"loss": 0.5, "ifd": 0.2})],
@@ -381,8 +377,7 @@ OTHER_COMMAND_CASES = [
     tune_weights_case("tune_weights_nan_scores",
                       lambda f: [scores_for_pool(f, loss=[1.0, np.nan, 2.0, 2.5, 3.0, 3.5])], ["loss", "NaN"]),
     tune_weights_case("tune_weights_infinite_scores",
-                      lambda f: [scores_for_pool(f, ifd=[np.inf, 1.0, 1.1, 0.8, 0.7, 1.2])], ["ifd", "infinite"],
-                      marks=[pytest.mark.xfail(strict=True, reason=ACCEPTED_BY_TUNE_WEIGHTS)]),
+                      lambda f: [scores_for_pool(f, ifd=[np.inf, 1.0, 1.1, 0.8, 0.7, 1.2])], ["ifd", "infinite"]),
     tune_weights_case("tune_weights_negative_fraction",
                       lambda f: [scores_for_pool(f), "--fraction", "-0.3"], ["fraction", "-0.3"]),
     tune_weights_case("tune_weights_scores_of_another_pool", lambda f: [scores_file(f)], ["ex0"]),

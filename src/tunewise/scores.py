@@ -55,6 +55,7 @@ def write_scores(scores: pd.DataFrame, path: str | os.PathLike, provenance: dict
         {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         pq.write_table(table, temporary)
@@ -62,6 +63,17 @@ def write_scores(scores: pd.DataFrame, path: str | os.PathLike, provenance: dict
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries that killed writers of ``path`` left behind (their process is gone)."""
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            os.kill(int(leftover.name.rsplit(".", 2)[-2]), 0)
+        except (ValueError, ProcessLookupError):
+            leftover.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # the writer is alive under another user
 
 
 def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
@@ -90,4 +102,29 @@ def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     frame = table.to_pandas()
     if "embedding" in frame.columns:
         frame["embedding"] = [np.asarray(v, dtype=np.float32) for v in frame["embedding"]]
+    _check_scores(frame, path)
     return frame, provenance
+
+
+def _check_scores(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse what no selector can use: repeated ids, unnamed tasks, infinite scores."""
+    repeated = frame["id"][frame["id"].duplicated()]
+    if len(repeated):
+        raise TunewiseError(
+            f"duplicate id '{repeated.iloc[0]}' ({len(repeated)} repeated rows)",
+            file=path, field="id", fix="score each example once; ids are content hashes of prompt and response",
+        )
+    empty_tasks = int((frame["task"].isna() | (frame["task"].astype(str).str.strip() == "")).sum())
+    if empty_tasks:
+        raise TunewiseError(
+            f"{empty_tasks} rows have an empty task name",
+            file=path, field="task", fix="give every row a task, or re-score the pool without --task-field",
+        )
+    for column in SCALAR_INDICATORS:
+        if column in frame.columns:
+            infinite = int(np.isinf(frame[column].to_numpy(dtype=np.float64, na_value=np.nan)).sum())
+            if infinite:
+                raise TunewiseError(
+                    f"column '{column}' is infinite in {infinite} of {len(frame)} rows",
+                    file=path, field=column, fix="re-score those rows, or drop them from the scores",
+                )
