@@ -16,7 +16,7 @@ from tunewise.cli.app import app
 from tunewise.demo_data import DEMO_TASKS, demo_records
 from tunewise.efficiency import Coefficients, paper_coefficients
 from tunewise.errors import TunewiseError
-from tunewise.planning import NO_CALIBRATION, efficiency_allocation, make_plan
+from tunewise.planning import NO_CALIBRATION, efficiency_allocation, make_plan, next_label_gain
 from tunewise.pool import read_pool
 from tunewise.strategies import get_strategy
 
@@ -231,14 +231,21 @@ def test_efficiency_strategy_refuses_tasks_without_a_prediction():
                   coslow_values={"a": 0.3})
 
 
-def test_efficiency_plan_favours_the_task_whose_curve_rises_faster():
+def test_efficiency_plan_spends_early_labels_on_the_fast_task_and_equalises_marginal_gains():
     pool, scores = generated_pool_and_scores({"fast": 200, "slow": 200})
-    plan = make_plan(pool, scores, 100, strategy="efficiency", coefficients=Coefficients(1.0, 0.0, "test"),
-                     coslow_values={"fast": 0.8, "slow": 0.4}, seed=2)
-    assert plan.tasks["fast"]["budget"] + plan.tasks["slow"]["budget"] == 100
-    assert plan.tasks["fast"]["budget"] > plan.tasks["slow"]["budget"] > 0
-    rows = scores["task"].to_numpy()[plan.selection.positions]
-    assert Counter(rows[:10].tolist())["fast"] >= 5  # round-robin: every prefix keeps the proportions
+    coefficients, coslow = Coefficients(1.0, 0.0, "test"), {"fast": 0.8, "slow": 0.4}
+    small = make_plan(pool, scores, 10, strategy="efficiency", coefficients=coefficients, coslow_values=coslow)
+    assert small.tasks["fast"]["budget"] > small.tasks["slow"]["budget"]
+    large = make_plan(pool, scores, 100, strategy="efficiency", coefficients=coefficients, coslow_values=coslow,
+                      seed=2)
+    budgets = {task: entry["budget"] for task, entry in large.tasks.items()}
+    assert sum(budgets.values()) == 100 and min(budgets.values()) > 2
+    # Greedy optimality: no task's next label would gain more than the last label the other got.
+    for task, other in (("fast", "slow"), ("slow", "fast")):
+        assert next_label_gain(coslow[task], budgets[task]) <= next_label_gain(coslow[other], budgets[other] - 1)
+    rows = scores["task"].to_numpy()[large.selection.positions]
+    share = budgets["fast"] / 100
+    assert abs(Counter(rows[:20].tolist())["fast"] - 20 * share) < 1  # every prefix keeps the proportions
 
 
 @pytest.mark.parametrize("budget", [0, 1, 7, 60, 500])
@@ -257,3 +264,21 @@ def test_efficiency_allocation_breaks_exact_ties_by_seed():
     auc = dict.fromkeys(DEMO_TASKS, 0.5)
     splits = {tuple(efficiency_allocation(sizes, auc, 3, seed=seed).values()) for seed in range(12)}
     assert len(splits) > 1 and all(sum(split) == 3 for split in splits)
+
+
+@pytest.mark.integration
+def test_plan_with_a_dev_set_learns_weights_and_orders_within_tasks_by_them(tmp_path):
+    records, dev_records = demo_records(pool_per_task=6, test_per_task=3, seed=7)
+    pool = write_jsonl(tmp_path / "pool.jsonl", records)
+    dev = write_jsonl(tmp_path / "dev.jsonl", dev_records)
+    result = invoke("plan", pool, "--budget", 10, "--task-field", "task", "--model", "tiny-random", "--dev", dev,
+                    "--trials", 2, "--max-new-tokens", 4, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    weights = json.loads((tmp_path / "run" / "weights.json").read_text())
+    assert sum(weights["weights"].values()) == pytest.approx(1.0) and len(weights["trials"]) == 2
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["within"] == "weighted_indicators"
+    assert plan["params"]["within_params"]["weights"] == weights["weights"]
+    rows = read_rows(tmp_path / "run" / "selection.jsonl")
+    assert all("weighted score" in row["reason"] for row in rows)
+    assert "Learned indicator weights" in (tmp_path / "run" / "report.html").read_text()

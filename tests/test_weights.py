@@ -124,7 +124,7 @@ def test_a_killed_search_resumed_ends_like_an_uninterrupted_one(tmp_path, sample
     resumed = search_weights(distance_to_target, list(TARGET), tmp_path / "b", trials=11, sampler=sampler, seed=7)
     assert resumed.resumed_from == 5
     assert [(r.weights, r.value) for r in resumed.trials] == [(r.weights, r.value) for r in uninterrupted.trials]
-    assert resumed.best == uninterrupted.best or (resumed.best.weights == uninterrupted.best.weights)
+    assert (resumed.best.index, resumed.best.weights) == (uninterrupted.best.index, uninterrupted.best.weights)
 
 
 def test_other_seeds_search_elsewhere_and_a_finished_run_is_not_rerun(tmp_path):

@@ -26,9 +26,11 @@ import numpy as np
 import pandas as pd
 
 from tunewise import __version__
+from tunewise.coslow import DEFAULT_K as COSLOW_K
 from tunewise.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET, normalised_log_budget
+from tunewise.efficiency import labels_needed, predict_auc, predicted_curve
 from tunewise.errors import TunewiseError
-from tunewise.strategies import WITHIN_TASK, Selection, Strategy, get_strategy
+from tunewise.strategies import Selection, Strategy, get_strategy
 from tunewise.strategies.base import Param, build_strategy, integer, task_codes
 from tunewise.strategies.task_diversity import TaskDiversity
 
@@ -94,8 +96,6 @@ def next_label_gain(auc: float, labelled: int, max_budget: int = DEFAULT_MAX_BUD
     gain nothing on any task and the greedy allocation could never start one: the first two labels
     share the step to n = 2 equally instead.
     """
-    from tunewise.efficiency import predicted_curve
-
     if labelled < 2:
         return float(predicted_curve(auc, normalised_log_budget(2, max_budget))) / 2
     return float(predicted_curve(auc, normalised_log_budget(labelled + 1, max_budget))
@@ -212,8 +212,6 @@ def make_plan(
     provenance:
         Where the scores came from (model fingerprint, indicator versions …), copied into the plan.
     """
-    from tunewise.efficiency import labels_needed, predict_auc, predicted_curve
-
     examples = list(getattr(pool, "examples", pool))
     if len(examples) != len(scores) or [e.id for e in examples] != scores["id"].astype(str).tolist():
         raise TunewiseError("the scores do not belong to this pool (ids or order differ)",
@@ -235,7 +233,7 @@ def make_plan(
         predicted = {task: predict_auc(coslow_values[task], coefficients) for task in tasks if task in coslow_values}
 
     chosen = _build_strategy(strategy, within, within_params, strategy_params, predicted, tasks, coefficients,
-                             coslow_values, labelled, max_budget)
+                             labelled, max_budget)
     selection = chosen.select(scores, int(budget), seed)
     picked = Counter(scores["task"].astype(str).to_numpy()[selection.positions].tolist())
     weights = _task_weights(strategy, selection, tasks)
@@ -265,8 +263,7 @@ def make_plan(
                 predicted_at_budget=float(predicted_curve(auc, normalised_log_budget(picked[task], max_budget))),
                 labels_needed=math.ceil(labels_needed(auc, target, max_budget)),
             )
-        entry["why"] = _why(task, entry, strategy, tasks, confidence, len(selection), coefficients, target,
-                            max_budget)
+        entry["why"] = _why(task, entry, strategy, confidence, len(selection), coefficients, target, max_budget)
         entries[task] = entry
 
     document = {
@@ -296,7 +293,7 @@ def make_plan(
 
 
 def _build_strategy(strategy, within, within_params, strategy_params, predicted, tasks, coefficients,
-                    coslow_values, labelled, max_budget) -> Strategy:
+                    labelled, max_budget) -> Strategy:
     params = dict(strategy_params or {})
     if strategy in TASK_STRATEGIES:
         params.update(within=within, within_params=dict(within_params) if within_params else None)
@@ -307,30 +304,23 @@ def _build_strategy(strategy, within, within_params, strategy_params, predicted,
         return get_strategy(strategy, **params)
     missing = [task for task in tasks if task not in predicted]
     if missing:
-        reasons = "; ".join(f"'{task}': {_missing_prediction(task, coefficients, coslow_values, labelled)}"
-                            for task in missing[:5])
+        reasons = "; ".join(f"'{task}': {_missing_prediction(coefficients, labelled[task])}" for task in missing[:5])
         raise TunewiseError(
             f"the efficiency strategy needs a predicted learning curve for every task, and "
             f"{len(missing)} of {len(tasks)} have none ({reasons})",
             field="strategy",
             fix="pass --coefficients (a calibration file or paper:NAME) and a labelled pool with at least "
-            f"{_coslow_k()} examples per task, or use --strategy weighted_task_diversity",
+            f"{COSLOW_K} examples per task, or use --strategy weighted_task_diversity",
         )
     return build_strategy(EfficiencyAllocation, {**params, "predicted_auc": predicted, "max_budget": max_budget})
 
 
-def _coslow_k() -> int:
-    from tunewise.coslow import DEFAULT_K
-
-    return DEFAULT_K
-
-
-def _missing_prediction(task, coefficients, coslow_values, labelled) -> str:
+def _missing_prediction(coefficients, labelled: int) -> str:
     """Why a task has no predicted curve."""
     if coefficients is None:
         return NO_CALIBRATION
-    if labelled[task] < _coslow_k():
-        return f"CoS-Low needs {_coslow_k()} labelled examples and this task has {labelled[task]}"
+    if labelled < COSLOW_K:
+        return f"CoS-Low needs {COSLOW_K} labelled examples and this task has {labelled}"
     return "CoS-Low was not measured (run with --coslow)"
 
 
@@ -354,7 +344,7 @@ def _json_params(strategy: Strategy) -> dict:
     return {key: dict(value) if isinstance(value, Mapping) else value for key, value in params.items()}
 
 
-def _why(task, entry, strategy, tasks, confidence, selected, coefficients, target, max_budget) -> str:
+def _why(task, entry, strategy, confidence, selected, coefficients, target, max_budget) -> str:
     """One or two plain sentences: why this task gets its budget, and what the prediction says."""
     budget, pool_size = entry["budget"], entry["pool"]
     share = f"{budget} of {selected} labels"
@@ -380,13 +370,8 @@ def _why(task, entry, strategy, tasks, confidence, selected, coefficients, targe
         sentence += (f" CoS-Low {entry['coslow']:.3f} predicts an AUC of {entry['predicted_auc']:.2f}: about "
                      f"{entry['labels_needed']} labels reach {target:.0%} of the way from zero-shot to ceiling, "
                      f"and {budget} get about {entry['predicted_at_budget']:.0%}.")
-    elif coefficients is None:
-        sentence += f" No learning-curve prediction: {NO_CALIBRATION}."
-    elif entry["labelled"] < _coslow_k():
-        sentence += (f" No learning-curve prediction: CoS-Low needs {_coslow_k()} labelled examples and this "
-                     f"task has {entry['labelled']}.")
     else:
-        sentence += " No learning-curve prediction: CoS-Low was not measured (run with --coslow)."
+        sentence += f" No learning-curve prediction: {_missing_prediction(coefficients, entry['labelled'])}."
     return sentence
 
 
@@ -411,7 +396,7 @@ def measure_coslow(
     counts gradients over all the tasks measured. Returns task → ``{coslow, k, protocol,
     examples, seconds}``.
     """
-    from tunewise.coslow import DEFAULT_K, coslow, lowest_confidence_prompts, minimum_pool_size
+    from tunewise.coslow import coslow, lowest_confidence_prompts, minimum_pool_size
 
     if "confidence" not in scores.columns:
         raise TunewiseError("CoS-Low picks the least confident examples, and the scores have no 'confidence'",
@@ -422,23 +407,23 @@ def measure_coslow(
     for row, example in enumerate(examples):
         if example.response is not None and np.isfinite(confidence[row]):
             rows_by_task.setdefault(example.task, []).append(row)
-    eligible = {task: rows for task, rows in rows_by_task.items() if len(rows) >= DEFAULT_K}
-    total = DEFAULT_K * len(eligible)
+    eligible = {task: rows for task, rows in rows_by_task.items() if len(rows) >= COSLOW_K}
+    total = COSLOW_K * len(eligible)
     measured = {}
     for done_tasks, (task, rows) in enumerate(eligible.items()):
-        chosen = [rows[i] for i in lowest_confidence_prompts(confidence[rows], k=DEFAULT_K, seed=seed,
+        chosen = [rows[i] for i in lowest_confidence_prompts(confidence[rows], k=COSLOW_K, seed=seed,
                                                              allow_small_pool=True)]
         result = coslow(
             loaded_model.model, loaded_model.tokenizer,
             [list(examples[i].prompt) for i in chosen], [examples[i].response for i in chosen], seed=seed,
             progress=None if progress is None else (
-                lambda done, before=done_tasks * DEFAULT_K: progress(before + done, total)),
+                lambda done, before=done_tasks * COSLOW_K: progress(before + done, total)),
         )
         measured[task] = {
             "coslow": result["coslow"],
             "k": result["n"],
             "protocol": ("paper: sampled from the least confident 10 %" if len(rows) >= minimum_pool_size()
-                         else f"small task: its {DEFAULT_K} least confident examples"),
+                         else f"small task: its {COSLOW_K} least confident examples"),
             "examples": [examples[i].id for i in chosen],
             "seconds": round(result["seconds"], 3),
         }

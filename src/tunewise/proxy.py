@@ -82,7 +82,6 @@ class ProxyModel:
 
     def __init__(self, backend, max_batch_tokens: int | None = None) -> None:
         loaded = backend.loaded
-        self.loaded = loaded
         self.fingerprint = backend.fingerprint
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer

@@ -180,11 +180,25 @@ def _figure(figure, caption: str) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
+def _plain(text: str) -> str:
+    """User text as a matplotlib label: a '$' would otherwise start mathtext (and can fail to parse)."""
+    return str(text).replace("$", r"\$")
+
+
 def _new_figure(width: float, height: float):
     # A bare Figure, not pyplot: no global state and no GUI backend, whatever MPLBACKEND says.
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height))
+
+
+def _horizontal_boxplot_argument() -> dict:
+    # Matplotlib 3.10 replaced boxplot's `vert=False` with `orientation="horizontal"` and 3.11
+    # warns about the old spelling; tunewise supports both sides of that change.
+    import matplotlib
+
+    major, minor = (int(part) for part in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
 def _plotted_tasks(plan: dict) -> tuple[list[str], str]:
@@ -230,8 +244,8 @@ def _summary(plan: dict, sweep: dict | None) -> str:
         lines.append("No learning curve is predicted: there is no calibration for this model (run "
                      "<code>tunewise calibrate</code> or pass <code>--coefficients</code>).")
     if sweep is not None:
-        lines.append("A sweep fine-tuned the model on the selection and on random picks: its measured curves "
-                     "and the gain over random are below.")
+        lines.append("A sweep fine-tuned the model on picks of the strategies it compared, random among them, at "
+                     "several budgets: its measured curves and the gain over random are below.")
     notes = "".join(f"<div class=\"note\">{_e(note)}</div>" for note in plan.get("notes", []))
     card_html = "".join(f"<div class=\"card\"><div class=\"value\">{value}</div><div class=\"label\">{_e(label)}"
                         "</div></div>" for label, value in cards)
@@ -274,7 +288,7 @@ def _allocation_section(plan: dict) -> str:
     axes.barh(positions, budgets, color="#2f6fdf", label="labels planned")
     for y, budget in zip(positions, budgets):
         axes.text(budget, y, f" {budget}", va="center", fontsize=9)
-    axes.set_yticks(positions, tasks)
+    axes.set_yticks(positions, [_plain(task) for task in tasks])
     axes.set_xlabel("examples")
     axes.legend(loc="lower right", fontsize=9)
     axes.set_title("allocation: labels planned per task, against its pool")
@@ -304,7 +318,7 @@ def _distributions_section(plan: dict, scores, selected_ids: set[str]) -> str:
         values = [scores.loc[(task_column == task) & scores[column].notna(), column].to_numpy() for task in tasks]
         kept = [(p, v) for p, v in zip(positions, values) if len(v)]
         if kept:
-            axes.boxplot([v for _, v in kept], positions=[p for p, _ in kept], vert=False, widths=0.6,
+            axes.boxplot([v for _, v in kept], positions=[p for p, _ in kept], **_horizontal_boxplot_argument(), widths=0.6,
                          showfliers=False, patch_artist=True,
                          boxprops={"facecolor": "#e3e8f0", "edgecolor": "#8592a6"},
                          medianprops={"color": "#1d2430"}, whiskerprops={"color": "#8592a6"},
@@ -314,7 +328,7 @@ def _distributions_section(plan: dict, scores, selected_ids: set[str]) -> str:
             picked = scores.loc[mask, column].to_numpy()
             axes.scatter(picked, [position] * len(picked), s=12, color="#2f6fdf", alpha=0.7, zorder=3,
                          label="selected" if position == positions[0] else None)
-        axes.set_yticks(positions, tasks)
+        axes.set_yticks(positions, [_plain(task) for task in tasks])
         axes.set_title(label, fontsize=10)
         if selected_ids:
             axes.legend(loc="lower right", fontsize=8)
@@ -342,7 +356,7 @@ def _curves_section(plan: dict, sweep: dict | None) -> str:
         for task in list(predicted)[:MAX_PLOTTED_TASKS]:
             entry = predicted[task]
             (line,) = axes.plot(budgets, predicted_curve(entry["predicted_auc"], x),
-                                label=f"{task} (AUC' {entry['predicted_auc']:.2f})")
+                                label=_plain(f"{task} (AUC' {entry['predicted_auc']:.2f})"))
             if entry["budget"] > 0:
                 axes.scatter([entry["budget"]], [entry["predicted_at_budget"]], color=line.get_color(), zorder=3)
         axes.axhline(plan["target"], color="grey", linestyle=":", linewidth=1)
@@ -392,9 +406,9 @@ def _measured_curves(sweep: dict) -> str:
             auc = strategies[name].get("auc") if title.startswith("all tasks") else None
             label = name + (f" (AUC {auc:.3f})" if auc is not None else "")
             # Budget 0 (zero-shot) sits at x = 1 on the log axis, as in the AUC's own convention.
-            axes.plot([max(b, 1) for b, _ in points], [s for _, s in points], marker="o", label=label)
+            axes.plot([max(b, 1) for b, _ in points], [s for _, s in points], marker="o", label=_plain(label))
         axes.set_xscale("log")
-        axes.set_title(title, fontsize=10)
+        axes.set_title(_plain(title), fontsize=10)
         axes.set_xlabel("examples (0 = zero-shot, at 1)", fontsize=8)
         axes.set_ylabel("test score", fontsize=8)
         axes.tick_params(labelsize=8)
@@ -447,7 +461,7 @@ def _sweep_section(sweep: dict | None) -> str:
         else:
             axes.plot([mean], [y], "o", color="#2f6fdf")
     axes.axvline(0, color="grey", linestyle="--", linewidth=1)
-    axes.set_yticks(range(len(plotted))[::-1], [f"{name} @ {budget}" for name, budget, *_ in plotted])
+    axes.set_yticks(range(len(plotted))[::-1], [_plain(f"{name} @ {budget}") for name, budget, *_ in plotted])
     axes.set_xlabel("test score minus random's (paired over seeds)")
     axes.set_title(f"gain over random, {level:.0%} confidence intervals")
     parts.append(_figure(figure, f"Mean paired difference with its {level:.0%} Student-t interval over seeds; "
@@ -466,7 +480,7 @@ def _weights_section(weights: dict | None) -> str:
     axes = figure.subplots()
     positions = list(range(len(names)))[::-1]
     axes.barh(positions, [float(values[name]) for name in names], color="#2f6fdf")
-    axes.set_yticks(positions, names)
+    axes.set_yticks(positions, [_plain(name) for name in names])
     axes.set_xlim(0, max(1.0, max(float(v) for v in values.values())))
     axes.set_xlabel("weight (on the simplex)")
     axes.set_title("learned indicator weights")

@@ -411,7 +411,7 @@ def validate_proxy(
         accuracy = evaluate(adapted.model, loaded.tokenizer, dev)["average"]
         points.append({"trial": record.index, "weights": record.weights, "J": record.value,
                        "accuracy": float(accuracy), "finetune_seconds": round(adapted.log.seconds, 3)})
-        del adapted
+        del adapted  # free this adapted copy of the model before the next fine-tune makes another
         if progress is not None:
             progress(done, len(chosen))
     report = rank_correlation([p["J"] for p in points], [p["accuracy"] for p in points])

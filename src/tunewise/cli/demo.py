@@ -93,7 +93,7 @@ def demo_command(
     if len(summary["strategies"]) > 1:
         stdout.print(gains_table(summary))
     stdout.print(f"demo finished in {time.perf_counter() - started:.0f} s; report → {escape(str(report))}",
-                 highlight=False)
+                 highlight=False, soft_wrap=True)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +26,12 @@ def plan_command(
     output: Path = typer.Option(..., "-o", "--output", help="Run folder to write (created if needed)."),
     strategy: str = typer.Option("weighted_task_diversity", "--strategy", "-s", help=PLAN_STRATEGIES_HELP),
     within: str = typer.Option("random", help="Order inside each task: random, difficulty_window, weighted_indicators."),
-    weights: Optional[Path] = typer.Option(None, help="Indicator weights (weights.json) for --within weighted_indicators."),
+    weights: Optional[Path] = typer.Option(None, help="Indicator weights (weights.json of `tunewise tune-weights`) "
+                                                      "to order examples within each task."),
+    dev: Optional[Path] = typer.Option(None, help="Labelled dev file: learn indicator weights on it with the "
+                                                  "in-context proxy (paper D) and order examples within each task "
+                                                  "by them."),
+    trials: int = typer.Option(30, min=1, help="With --dev: trials of the weight search."),
     target: float = typer.Option(0.9, help="Normalised target for 'labels needed': fraction of the way from "
                                            "zero-shot to ceiling."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
@@ -61,19 +67,27 @@ def plan_command(
     if output.exists() and not output.is_dir():
         raise TunewiseError("the output path is a file", file=output, field="output", fix="pass a folder with -o")
     check_strategy(strategy, within)
+    if weights is not None and dev is not None:
+        raise TunewiseError("give --weights or --dev, not both", field="dev",
+                            fix="--dev learns the weights; --weights uses a file learned before")
     chosen_coefficients = resolve_coefficients(coefficients, model)
     names = parse_list(indicators) or list(DEFAULT_INDICATORS)
     pool = read_pool(pool_path, task_field, skip_bad=skip_bad)
+    learning = None
+    if dev is not None:
+        learning = WeightLearning(dev, task_field, trials)
+        learning.check(pool)
+        names = list(dict.fromkeys([*names, *learning.indicators]))
     for skipped in pool.skipped:
         console.print("[yellow]skipped[/] " + escape(f"{skipped.file}:{skipped.line}: {skipped.reason}"),
                       highlight=False)
-    result = run_plan(pool, output, budget=budget, strategy=strategy, within=within, weights=weights,
+    result = run_plan(pool, output, budget=budget, strategy=strategy, within=within, weights=weights, learning=learning,
                       target=target, model=model, coefficients=chosen_coefficients,
                       coslow=coslow, seed=seed, indicators=names, device=device, dtype=dtype,
                       max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, cache_dir=cache_dir)
     print_plan(result.document)
     console.print(f"done in {time.perf_counter() - started:.0f} s", highlight=False)
-    stdout.print(f"report → {escape(str(output / 'report.html'))}", highlight=False)
+    stdout.print(f"report → {escape(str(output / 'report.html'))}", highlight=False, soft_wrap=True)
 
 
 @command("report")
@@ -86,7 +100,7 @@ def report_command(
     if not run_dir.is_dir():
         raise TunewiseError("no such run folder", file=run_dir, fix="pass the -o folder of `tunewise plan`")
     path = build_report(run_dir)
-    stdout.print(f"report → {escape(str(path))}", highlight=False)
+    stdout.print(f"report → {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
 def check_strategy(strategy: str, within: str) -> None:
@@ -115,6 +129,7 @@ def resolve_coefficients(spec: str | None, model: str):
 
 
 def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, weights: Path | None,
+             learning: WeightLearning | None = None,
              target: float, model: str, coefficients, coslow: bool | None, seed: int,
              indicators: list[str], device: str, dtype: str, max_new_tokens: int, batch_tokens: int | None,
              cache_dir: Path | None):
@@ -141,6 +156,8 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
     write_scores(scores, output / "scores.parquet", provenance)
 
     coslow_results = measure_coslow_per_task(pool, scores, backend, model, device, seed) if measure else {}
+    if learning is not None:
+        weights = learning.learn(pool, scores, backend, output, seed)
     within_params = None
     if weights is not None:
         from tunewise.strategies import read_indicator_weights
@@ -154,6 +171,49 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
         plan.document["coslow"] = coslow_results
     write_run_folder(output, pool, scores, plan, provenance, weights)
     return plan
+
+
+@dataclass(frozen=True)
+class WeightLearning:
+    """``--dev``: learn indicator weights on a labelled dev set (DESIGN.md §4), as ``tunewise
+    tune-weights`` does with its defaults, and write them to RUN_DIR/weights.json."""
+
+    dev: Path
+    task_field: str | None
+    trials: int
+    # The features of `tunewise tune-weights`; `diversity` is computed from the embeddings.
+    indicators: tuple[str, ...] = ("loss", "ifd", "length", "cot_length", "confidence", "embedding")
+
+    def check(self, pool) -> None:
+        """The proxy shows pool examples as demonstrations, so each needs its answer."""
+        if not pool.labelled:
+            raise TunewiseError("--dev learns weights from demonstrations of the pool, and the pool has unlabelled "
+                                "examples", file=pool.source, field="dev",
+                                fix="label the pool first, or drop --dev (and pass --weights learned elsewhere)")
+
+    def learn(self, pool, scores, backend, output: Path, seed: int) -> Path:
+        import optuna
+
+        from tunewise.anchors import choose_anchors
+        from tunewise.cli.weights import read_labelled, score_dev
+        from tunewise.features import FEATURES, indicator_features
+        from tunewise.proxy import ProxyModel
+        from tunewise.scores import embedding_matrix
+        from tunewise.selection import encode_json, write_files_atomically
+        from tunewise.weights import tune_weights
+
+        dev = read_labelled(self.dev, self.task_field, "dev")
+        matrix = indicator_features(scores, FEATURES)
+        # Optuna's per-trial log lines would break the progress bar.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        anchors = choose_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), seed=seed)
+        anchor_examples = [dev.examples[int(position)] for position in anchors.positions]
+        with progress_bar("learning indicator weights", unit="trials") as update:
+            tuned = tune_weights(matrix, pool.examples, anchor_examples, anchors, ProxyModel(backend),
+                                 output / "weights.run", trials=self.trials, seed=seed, progress=update)
+        path = output / "weights.json"
+        write_files_atomically({path: encode_json({**tuned.document(), "dev": str(self.dev)})})
+        return path
 
 
 def measure_coslow_per_task(pool, scores, backend, model: str, device: str, seed: int) -> dict:

@@ -12,6 +12,7 @@ from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.score import check_output_path, parse_list
 from tunewise.errors import TunewiseError
+from tunewise.features import FEATURES
 
 
 def read_labelled(path: Path, task_field: str | None, role: str):
@@ -110,8 +111,7 @@ def tune_weights_command(
     dev_path: Path = typer.Option(..., "--dev", help="Labelled dev set the anchors are chosen from."),
     output: Path = typer.Option(..., "-o", "--output", help="Weights file to write (JSON)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and dev)."),
-    features: str = typer.Option("loss,ifd,length,cot_length,confidence,diversity",
-                                 help="Comma-separated features to weigh."),
+    features: str = typer.Option(",".join(FEATURES), help="Comma-separated features to weigh."),
     orientation: Optional[str] = typer.Option(
         None, help="Preferred direction per feature, e.g. length=lower (default: higher, confidence lower)."
     ),
