@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -86,7 +87,7 @@ def test_length_grouped_batches_cover_every_example_once_and_are_seeded():
 def test_first_step_loss_is_the_completion_only_loss_of_the_base_model(tiny, sums):
     import torch
 
-    config = FinetuneConfig(batch_size=len(sums), max_steps=1, lora_dropout=0.0)
+    config = FinetuneConfig(batch_size=len(sums), gradient_accumulation_steps=1, max_steps=1, lora_dropout=0.0)
     result = finetune(tiny, sums, config)
     encoded = [encode_example(tiny.tokenizer, e.prompt, e.response, 512) for e in sums]
     input_ids, attention_mask, labels = pad_batch(encoded, tiny.tokenizer.pad_token_id, tiny.device)
@@ -101,11 +102,11 @@ def test_finetune_learns_is_seeded_and_leaves_the_base_model_alone(tiny, sums):
 
     before = {name: p.detach().clone() for name, p in tiny.model.named_parameters()}
     state = torch.random.get_rng_state()
-    config = FinetuneConfig(learning_rate=3e-2, epochs=6, batch_size=4, seed=3)
+    config = FinetuneConfig(learning_rate=3e-2, epochs=6, batch_size=4, gradient_accumulation_steps=1, seed=3)
     first = finetune(tiny, sums, config)
     assert torch.equal(torch.random.get_rng_state(), state)
     again = finetune(tiny, sums, config)
-    other_seed = finetune(tiny, sums, FinetuneConfig(learning_rate=3e-2, epochs=6, batch_size=4, seed=4))
+    other_seed = finetune(tiny, sums, dataclasses.replace(config, seed=4))
 
     losses = [step["loss"] for step in first.log.steps]
     assert len(losses) == 6 * 3

@@ -171,3 +171,17 @@ def test_sweep_refuses_bad_grids_and_changed_settings(tmp_path):
     (tmp_path / "c" / "notes.txt").write_text("mine")
     with pytest.raises(TunewiseError, match="not a sweep folder"):
         run_sweep(pool, test, run_dir=tmp_path / "c", **settings)
+
+
+def test_a_scored_strategy_scores_the_pool_once_through_the_cache(tmp_path):
+    pool, test = generated_examples(6), generated_examples(2, offset=100)
+    settings = dict(SWEEP, budgets=[2, 3], strategies=["uncertainty"], seeds=[0])
+    labels = []
+    summary = run_sweep(pool, test, run_dir=tmp_path / "first", progress=lambda d, t, label: labels.append(label),
+                        **settings)
+    assert any(label.startswith("scoring the pool") for label in labels)
+    assert set(summary["strategies"]["uncertainty"]["per_seed"]) == {"2", "3"}
+
+    labels.clear()
+    run_sweep(pool, test, run_dir=tmp_path / "second", progress=lambda d, t, label: labels.append(label), **settings)
+    assert not any(label.startswith("scoring the pool") for label in labels)

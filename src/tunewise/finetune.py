@@ -36,8 +36,10 @@ class FinetuneConfig:
     """Hyperparameters of one LoRA fine-tune; every field is also a ``tunewise finetune`` flag.
 
     The defaults suit the small budgets tunewise plans (tens to a few thousand examples) on a
-    135M model on CPU: a learning rate high enough to move a rank-8 adapter in a few dozen steps,
-    and a sequence cap that covers GSM8K- and BBH-length examples without paying for outliers.
+    135M model on CPU: an effective batch of 4 gives small budgets enough optimizer steps, split
+    into micro-batches of 2 because training memory grows with the tokens in a micro-batch
+    (about 4 MB per token for SmolLM2 in fp32); the sequence cap covers GSM8K- and BBH-length
+    examples. On a GPU, raise ``batch_size``.
     """
 
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
@@ -53,9 +55,9 @@ class FinetuneConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many optimizer steps (overrides epochs)."}
     )
-    batch_size: int = field(default=4, metadata={"help": "Examples per forward pass (memory grows with it)."})
+    batch_size: int = field(default=2, metadata={"help": "Examples per forward pass (memory grows with it)."})
     gradient_accumulation_steps: int = field(
-        default=1, metadata={"help": "Forward passes per optimizer step (effective batch = product)."}
+        default=2, metadata={"help": "Forward passes per optimizer step (effective batch = product)."}
     )
     max_seq_length: int = field(
         default=512, metadata={"help": "Tokens per example (prompt + response); longer ones are cut at the end."}

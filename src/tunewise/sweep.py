@@ -123,7 +123,11 @@ def run_sweep(
         write_json_atomic(_run_record(ZERO_SHOT, 0, None, results), zero_shot_path)
         done += 1
 
-    scores = _selection_scores(pool_examples, [chosen[s] for s, _, _ in pending], loaded, model_name, device, dtype)
+    def scoring_progress(scored: int, to_score: int) -> None:
+        if progress is not None:
+            progress(done, total, f"scoring the pool {scored}/{to_score}")
+
+    scores = _selection_scores(pool_examples, [chosen[s] for s, _, _ in pending], loaded, scoring_progress)
     for strategy, budget, seed in pending:
         if progress is not None:
             progress(done, total, f"{strategy} b={budget} s={seed}")
@@ -204,7 +208,7 @@ def _claim_run_dir(run_dir: Path, settings: dict) -> None:
     write_json_atomic(settings, config_path)
 
 
-def _selection_scores(pool_examples, strategies, loaded, model_name, device, dtype):
+def _selection_scores(pool_examples, strategies, loaded, progress):
     """The scores table the strategies need: id and task, plus any indicator they read (scored
     once, through the content-addressed cache)."""
     import pandas as pd
@@ -218,7 +222,7 @@ def _selection_scores(pool_examples, strategies, loaded, model_name, device, dty
     from tunewise.backends.hf import HFBackend
     from tunewise.scoring import score_pool
 
-    return score_pool(pool_examples, HFBackend(loaded), indicators)
+    return score_pool(pool_examples, HFBackend(loaded), indicators, progress=progress)
 
 
 def _run_record(strategy: str, budget: int, seed: int | None, results: dict) -> dict:
