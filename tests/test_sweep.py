@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -13,7 +14,8 @@ from tunewise.errors import TunewiseError
 from tunewise.evaluate import write_json_atomic
 from tunewise.finetune import FinetuneConfig
 from tunewise.pool import parse_record
-from tunewise.sweep import paired_gain, run_file_name, run_sweep, summarise_sweep
+from tunewise.sweep import (paired_gain, parse_strategy_spec, run_file_name, run_sweep, split_strategy_specs,
+                             strategy_from_spec, summarise_sweep)
 
 # scipy.stats.t.ppf(0.975, df) for df = 1, 2, written out so the test checks the interval itself.
 T_975 = {1: 12.706204736174694, 2: 4.302652729749462}
@@ -185,3 +187,51 @@ def test_a_scored_strategy_scores_the_pool_once_through_the_cache(tmp_path):
     labels.clear()
     run_sweep(pool, test, run_dir=tmp_path / "second", progress=lambda d, t, label: labels.append(label), **settings)
     assert not any(label.startswith("scoring the pool") for label in labels)
+
+
+def test_strategy_specs_parse_to_a_name_and_typed_parameters():
+    assert parse_strategy_spec("random") == ("random", {})
+    name, parameters = parse_strategy_spec("difficulty_window:c0=0.15,beta=0,n0=1e3,difficulty=cot_length")
+    assert name == "difficulty_window"
+    assert parameters == {"c0": 0.15, "beta": 0, "n0": 1000.0, "difficulty": "cot_length"}
+    assert isinstance(parameters["beta"], int) and isinstance(parameters["c0"], float)
+    assert parse_strategy_spec("difficulty_window:beta=-0.1")[1] == {"beta": -0.1}
+    strategy = strategy_from_spec("difficulty_window:c0=0.15,beta=0")
+    assert (strategy.c0, strategy.beta, strategy.difficulty) == (0.15, 0, "loss")
+
+
+def test_a_strategy_list_keeps_each_specs_parameters_with_it():
+    text = "random, difficulty_window:c0=0.15,beta=0,task_diversity,difficulty_window:c0=0.85"
+    assert split_strategy_specs(text) == ["random", "difficulty_window:c0=0.15,beta=0", "task_diversity",
+                                          "difficulty_window:c0=0.85"]
+
+
+def test_a_spec_runs_under_a_file_safe_name_and_keeps_its_label(tmp_path):
+    spec = "difficulty_window:c0=0.15,beta=0"
+    assert run_file_name(spec, 8, 1) == "difficulty_window@c0~0.15+beta~0__b8__s1.json"
+    assert run_file_name("random", 8, 1) == "random__b8__s1.json"
+    write_run(tmp_path, "zero_shot", 0, None, {"a": 0.1})
+    write_run(tmp_path, "random", 8, 0, {"a": 0.2})
+    write_run(tmp_path, spec, 8, 0, {"a": 0.5})
+    summary = summarise_sweep(tmp_path)
+    assert list(summary["strategies"]) == ["random", spec]
+    assert summary["strategies"][spec]["gain_over_random"]["8"]["mean"] == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("spec, problem", [
+    ("difficulty_window:c0=2", "c0"),
+    ("difficulty_window:gamma=1", "gamma"),
+    ("difficulty_windw:c0=0.1", "unknown strategy"),
+    ("difficulty_window:c0", "malformed"),
+    ("difficulty_window:c0=0.1,c0=0.2", "malformed"),
+    ("difficulty_window:c0=1e+3", "malformed"),
+    (":c0=0.1", "strategy name"),
+])
+def test_a_bad_spec_is_refused_naming_the_spec(tmp_path, spec, problem):
+    with pytest.raises(TunewiseError, match=problem) as refused:
+        strategy_from_spec(spec)
+    assert f"'{spec}'" in str(refused.value) and refused.value.field == "strategies"
+    pool, test = generated_examples(6), generated_examples(2, offset=100)
+    with pytest.raises(TunewiseError, match=re.escape(f"'{spec}'")):
+        run_sweep(pool, test, run_dir=tmp_path / "sweep", **dict(SWEEP, strategies=["random", spec]))
+    assert not (tmp_path / "sweep").exists()

@@ -62,6 +62,15 @@ def model_cache_root() -> Path:
     return Path(configured) if configured else cache_root() / "models"
 
 
+def apply_thread_setting() -> None:
+    """Honour ``TUNEWISE_THREADS``: on busy shared cores one thread can beat two by far."""
+    threads = os.environ.get("TUNEWISE_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 def choose_device(device: str | None = None):
     import torch
 
@@ -85,6 +94,7 @@ def choose_dtype(dtype: str | None, device) -> Any:
 
 def load_model(name: str = "smollm2", device: str | None = None, dtype: str | None = None) -> LoadedModel:
     """Load a model by name (see the module docstring), in eval mode, on ``device``."""
+    apply_thread_setting()
     torch_device = choose_device(device)
     torch_dtype = choose_dtype(dtype, torch_device)
     if name == "smollm2":

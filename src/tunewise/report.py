@@ -86,7 +86,7 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         _distributions_section(plan, scores, selected_ids),
         _curves_section(plan, sweep),
         _sweep_section(sweep),
-        _weights_section(weights),
+        _weights_section(weights, used=plan.get("within") == "weighted_indicators"),
         _provenance_section(plan, sweep, weights),
     ]
     title = f"tunewise plan: {plan['selected']} labels over {plan['pool']['tasks']} tasks"
@@ -331,7 +331,7 @@ def _distributions_section(plan: dict, scores, selected_ids: set[str]) -> str:
         axes.set_yticks(positions, [_plain(task) for task in tasks])
         axes.set_title(label, fontsize=10)
         if selected_ids:
-            axes.legend(loc="lower right", fontsize=8)
+            axes.legend(loc="best", fontsize=8)
     figure.tight_layout()
     caption = ("Per task: the pool's distribution (box: quartiles, whiskers: 1.5 IQR) and the selected examples "
                "(blue dots).")
@@ -394,6 +394,8 @@ def _measured_curves(sweep: dict) -> str:
     curves = [("all tasks (mean)", {name: entry["curve"] for name, entry in strategies.items()})]
     curves += [(task, {name: entry.get("task_curves", {}).get(task, {}) for name, entry in strategies.items()})
                for task in tasks[: panels - 1]]
+    budgets = sorted({int(budget) for _, by_strategy in curves for curve in by_strategy.values() for budget in curve})
+    ticks = [max(budget, 1) for budget in budgets]
     every_score = [score for _, by_strategy in curves for curve in by_strategy.values() for score in curve.values()]
     on_unit_scale = all(0 <= score <= 1 for score in every_score)
     for axes, (title, by_strategy) in zip(axes_list, curves):
@@ -408,8 +410,10 @@ def _measured_curves(sweep: dict) -> str:
             # Budget 0 (zero-shot) sits at x = 1 on the log axis, as in the AUC's own convention.
             axes.plot([max(b, 1) for b, _ in points], [s for _, s in points], marker="o", label=_plain(label))
         axes.set_xscale("log")
+        axes.set_xticks(ticks, [str(budget) for budget in budgets])
+        axes.minorticks_off()
         axes.set_title(_plain(title), fontsize=10)
-        axes.set_xlabel("examples (0 = zero-shot, at 1)", fontsize=8)
+        axes.set_xlabel("fine-tuning examples (log scale; 0 = zero-shot)", fontsize=8)
         axes.set_ylabel("test score", fontsize=8)
         axes.tick_params(labelsize=8)
         axes.legend(fontsize=7)
@@ -469,7 +473,7 @@ def _sweep_section(sweep: dict | None) -> str:
     return "".join(parts)
 
 
-def _weights_section(weights: dict | None) -> str:
+def _weights_section(weights: dict | None, used: bool) -> str:
     if weights is None:
         return ""
     values = weights.get("weights")
@@ -490,8 +494,10 @@ def _weights_section(weights: dict | None) -> str:
     facts = [(key, value) for key, value in weights.items()
              if key not in ("weights", "orientation") and isinstance(value, (str, int, float, bool))]
     fact_rows = [[(_e(key), ""), (_e(value), "")] for key, value in facts]
-    return ("<h2>Learned indicator weights</h2>" + _figure(figure, "Weights over the rank-normalised indicators, "
-                                                                   "learned with the in-context proxy.")
+    use = ("The plan orders the examples within each task by these weights." if used else
+           "The plan did not use these weights (pass --weights or --dev to <code>tunewise plan</code>).")
+    return ("<h2>Learned indicator weights</h2>" + f"<p>{use}</p>"
+            + _figure(figure, "Weights over the rank-normalised indicators, learned with the in-context proxy.")
             + _table(["indicator", "weight", "orientation"], rows)
             + (_table(["setting", "value"], fact_rows) if fact_rows else ""))
 

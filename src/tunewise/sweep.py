@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,9 +39,78 @@ RUNS_FOLDER = "runs"
 CONFIDENCE_LEVEL = 0.95
 
 
+# A strategy spec's ':' ',' '=' are not portable in file names; these stand in for them there.
+# Spec values may not hold them (see _SPEC_VALUE), so the mapping is one-to-one.
+_FILE_NAME_SAFE = str.maketrans({":": "@", ",": "+", "=": "~"})
+_SPEC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPEC_VALUE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def run_file_name(strategy: str, budget: int, seed: int) -> str:
-    """``<strategy>__b<budget>__s<seed>.json``."""
-    return f"{strategy}__b{budget}__s{seed}.json"
+    """``<strategy>__b<budget>__s<seed>.json``, a strategy spec's ``:`` ``,`` ``=`` written as ``@`` ``+`` ``~``."""
+    return f"{strategy.translate(_FILE_NAME_SAFE)}__b{budget}__s{seed}.json"
+
+
+def split_strategy_specs(text: str) -> list[str]:
+    """Split a comma-separated list of strategy specs, keeping each spec's own parameters with it.
+
+    ``"random,difficulty_window:c0=0.15,beta=0"`` → ``["random", "difficulty_window:c0=0.15,beta=0"]``:
+    a part holding ``=`` but no ``:`` continues the spec before it.
+    """
+    specs: list[str] = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and specs and ":" in specs[-1]:
+            specs[-1] += f",{part}"
+        else:
+            specs.append(part)
+    return specs
+
+
+def parse_strategy_spec(spec: str) -> tuple[str, dict[str, int | float | str]]:
+    """``"difficulty_window:c0=0.15,beta=0"`` → ``("difficulty_window", {"c0": 0.15, "beta": 0})``.
+
+    A spec is a strategy name, optionally followed by a colon and comma-separated ``key=value``
+    parameters; each value becomes an int, else a float, else stays a string. Only the syntax is
+    checked here; :func:`strategy_from_spec` checks the name and parameters.
+    """
+    name, _, parameter_text = spec.partition(":")
+    parameters: dict[str, int | float | str] = {}
+    for assignment in parameter_text.split(",") if parameter_text else ():
+        key, equals, value = (part.strip() for part in assignment.partition("="))
+        if not equals or not _SPEC_NAME.fullmatch(key) or not _SPEC_VALUE.fullmatch(value) or key in parameters:
+            raise TunewiseError(
+                f"strategy spec '{spec}' has a malformed parameter '{assignment}'", field="strategies",
+                fix="write NAME or NAME:key=value,key=value, each key once, values of letters, digits, "
+                    "'.', '_' and '-' (e.g. difficulty_window:c0=0.15,beta=0)",
+            )
+        parameters[key] = _spec_value(value)
+    if not _SPEC_NAME.fullmatch(name.strip()):
+        raise TunewiseError(f"strategy spec '{spec}' does not start with a strategy name", field="strategies",
+                            fix="use a strategy name from `tunewise select --help`, e.g. difficulty_window:c0=0.15")
+    return name.strip(), parameters
+
+
+def _spec_value(text: str) -> int | float | str:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    return text
+
+
+def strategy_from_spec(spec: str):
+    """The :class:`~tunewise.strategies.Strategy` a spec names, its parameters checked by
+    :func:`~tunewise.strategies.get_strategy`; any error names the whole spec."""
+    from tunewise.strategies import get_strategy
+
+    name, parameters = parse_strategy_spec(spec)
+    try:
+        return get_strategy(name, **parameters)
+    except TunewiseError as error:
+        raise TunewiseError(f"strategy spec '{spec}': {error.message}", field="strategies", fix=error.fix) from None
 
 
 def run_sweep(
@@ -68,8 +138,10 @@ def run_sweep(
         Labelled :class:`~tunewise.pool.Pool` s (or lists of examples): the examples to select
         from, and the held-out examples every run is evaluated on.
     budgets, strategies, seeds:
-        The grid. Strategies are names known to :func:`tunewise.strategies.get_strategy` (default
-        parameters); the seed drives both the selection and the fine-tune.
+        The grid. Strategies are specs (:func:`parse_strategy_spec`): a name known to
+        :func:`tunewise.strategies.get_strategy`, optionally with parameters, e.g.
+        ``difficulty_window:c0=0.15,beta=0``; the spec is the runs' strategy label. The seed
+        drives both the selection and the fine-tune.
     model_name:
         The base model (see :func:`tunewise.models.load_model`); every run gets a fresh LoRA on it.
     finetune_config:
@@ -83,13 +155,12 @@ def run_sweep(
     Returns the summary that :func:`summarise_sweep` writes to ``RUN_DIR/sweep.json``.
     """
     from tunewise.models import load_model
-    from tunewise.strategies import get_strategy
 
     pool_examples = list(getattr(pool, "examples", pool))
     test_examples = list(getattr(test, "examples", test))
     finetune_config = finetune_config or FinetuneConfig()
     budgets, strategies, seeds = _check_grid(budgets, strategies, seeds, len(pool_examples))
-    chosen = {name: get_strategy(name) for name in strategies}
+    chosen = {spec: strategy_from_spec(spec) for spec in strategies}
     _check_examples(pool_examples, test_examples)
 
     run_dir = Path(run_dir)
@@ -413,4 +484,14 @@ def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-__all__ = ["run_sweep", "summarise_sweep", "read_runs", "paired_gain", "plot_sweep", "run_file_name"]
+__all__ = [
+    "paired_gain",
+    "parse_strategy_spec",
+    "plot_sweep",
+    "read_runs",
+    "run_file_name",
+    "run_sweep",
+    "split_strategy_specs",
+    "strategy_from_spec",
+    "summarise_sweep",
+]

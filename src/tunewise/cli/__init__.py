@@ -7,7 +7,7 @@ import importlib
 from tunewise.cli.app import app
 
 # One module per area; each registers its commands on `app` when imported.
-_COMMAND_MODULES = ["score", "select", "efficiency", "train", "weights", "plan", "demo"]
+_COMMAND_MODULES = ["score", "select", "efficiency", "train", "calibrate", "weights", "plan", "demo"]
 
 
 def _register_commands() -> None:

@@ -7,6 +7,7 @@ the app object and the error handling shared by all of them.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import typer
@@ -54,8 +55,12 @@ def command(*args, **kwargs):
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
 ) -> None:
     """How many labelled examples does each task need, and which should they be?"""
+    if threads is not None:
+        # Read when a model is loaded, so that importing the CLI never imports torch.
+        os.environ["TUNEWISE_THREADS"] = str(threads)
     if version:
         from tunewise import __version__
 

@@ -21,8 +21,10 @@ _TARGETS_TEXT = "0.5,0.8,0.9"
 
 @command("curve")
 def curve_command(
-    curve_file: Path = typer.Argument(..., metavar="CURVE.json", help='Budgets to scores: {"0": 0.39, "50": 0.41, ...}.'),
-    ceiling: Optional[float] = typer.Option(None, help="Human or target score (the ceiling is at least the best score)."),
+    curve_file: Path = typer.Argument(..., metavar="CURVE.json",
+                                      help='Budgets to scores: {"0": 0.39, "50": 0.41, ...}.'),
+    ceiling: Optional[float] = typer.Option(None,
+                                            help="Human or target score (the ceiling is at least the best score)."),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, help="N: the largest budget counted."),
     grid: str = typer.Option(_GRID_TEXT, help="Budgets the curve should have been measured at."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (key 'auc') and nothing else."),
@@ -65,9 +67,11 @@ def coslow_command(
     task: Optional[str] = typer.Option(None, help="Task to measure (needed when the pool has several)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
-    labelled: Optional[Path] = typer.Option(None, metavar="LABELLED.jsonl", help="to_label.jsonl with responses filled in."),
+    labelled: Optional[Path] = typer.Option(None, metavar="LABELLED.jsonl",
+                                            help="to_label.jsonl with responses filled in."),
     seed: int = typer.Option(0, help="Seeds the sample of prompts and the LoRA A matrices."),
-    output_dir: Path = typer.Option(Path("."), "-o", "--output-dir", help="Where to write to_label.jsonl / coslow.json."),
+    output_dir: Path = typer.Option(Path("."), "-o", "--output-dir",
+                                    help="Where to write to_label.jsonl / coslow.json."),
     allow_small_pool: bool = typer.Option(
         False, help="Accept fewer than 320 prompts: sample from the 32 least confident (not the paper's protocol)."
     ),
@@ -85,8 +89,9 @@ def coslow_command(
         examples = read_pool(labelled).examples
         unanswered = [i for i, e in enumerate(examples, start=1) if e.response is None]
         if unanswered:
+            listed = ", ".join(map(str, unanswered[:5])) + (" …" if len(unanswered) > 5 else "")
             raise TunewiseError(f"{len(unanswered)} of {len(examples)} examples have no response yet "
-                                f"(examples {', '.join(map(str, unanswered[:5]))}{' …' if len(unanswered) > 5 else ''})",
+                                f"(examples {listed})",
                                 file=labelled, field="response",
                                 fix="fill in 'response' on every line, then run this command again")
         task_name = task or examples[0].metadata.get("task") or examples[0].task
@@ -151,7 +156,8 @@ def estimate_command(
         None, help="paper:llama-3.1-8b | paper:mistral-7b | paper:qwen2.5-14b, or a calibration file."
     ),
     model: Optional[str] = typer.Option(None, help="Model the CoS-Low was measured with (default: from the file)."),
-    targets: str = typer.Option(_TARGETS_TEXT, help="Normalised targets τ: fractions of the way from zero-shot to ceiling."),
+    targets: str = typer.Option(_TARGETS_TEXT,
+                                help="Normalised targets τ: fractions of the way from zero-shot to ceiling."),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, help="N: the largest budget of the predicted curve."),
     grid: str = typer.Option(_GRID_TEXT, help="Budgets at which to show the predicted curve."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
@@ -245,7 +251,8 @@ def calibrate_command(
             continue
         for tau in tau_values:
             observed = observed_labels_needed(entry["curve"], tau, entry.get("ceiling"), max_budget, budgets)
-            schedule = doubling_schedule_cost(entry["curve"], tau, schedule_start, entry.get("ceiling"), max_budget, budgets)
+            schedule = doubling_schedule_cost(entry["curve"], tau, schedule_start, entry.get("ceiling"),
+                                              max_budget, budgets)
             comparisons.append({
                 "task": entry["task"],
                 "target": tau,
@@ -296,8 +303,10 @@ def _note_borrowed_paper_coefficients(spec: str, model: str | None) -> None:
     """Say so when the paper's coefficients for one model are applied to another."""
     from tunewise.efficiency import PAPER_COEFFICIENTS, PAPER_PREFIX
 
-    paper_model = PAPER_COEFFICIENTS.get(spec.removeprefix(PAPER_PREFIX).lower()) if spec.startswith(PAPER_PREFIX) else None
-    if paper_model is None or model is None:
+    if not spec.startswith(PAPER_PREFIX) or model is None:
+        return
+    paper_model = PAPER_COEFFICIENTS.get(spec.removeprefix(PAPER_PREFIX).lower())
+    if paper_model is None:
         return
     if paper_model.model_id.lower().split("/")[-1] not in model.lower():
         console.print(f"note: these coefficients were fitted on {paper_model.model_id}, not on {model}; "
@@ -309,8 +318,9 @@ def _task_examples(pool, task: str | None, path: Path):
     tasks = pool.tasks
     if task is None:
         if len(tasks) > 1:
+            listed = ", ".join(tasks[:10]) + (" …" if len(tasks) > 10 else "")
             raise TunewiseError(f"the pool has {len(tasks)} tasks", file=path, field="task",
-                                fix=f"pick one with --task ({', '.join(tasks[:10])}{' …' if len(tasks) > 10 else ''})")
+                                fix=f"pick one with --task ({listed})")
         task = tasks[0]
     elif task not in tasks:
         raise TunewiseError(f"no example has task '{task}'", file=path, field="task", fix=did_you_mean(task, tasks))
@@ -356,7 +366,8 @@ def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]
     """Header fields and per-task entries ``{task, coslow, auc, curve, ceiling}`` with AUCs computed."""
     from tunewise.curve import curve_auc, parse_curve
 
-    fix = 'write a list of {"task": ..., "coslow": ..., "curve": {"0": 0.4, "50": 0.5, ...}} (or "auc" instead of "curve")'
+    fix = ('write a list of {"task": ..., "coslow": ..., "curve": {"0": 0.4, "50": 0.5, ...}} '
+           '(or "auc" instead of "curve")')
     document = _read_json(path, fix)
     header = document if isinstance(document, dict) else {}
     entries = document.get("tasks") if isinstance(document, dict) else document
@@ -375,7 +386,8 @@ def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]
                                 field=f"{where}.coslow", fix=fix)
         ceiling = entry.get("ceiling")
         if ceiling is not None and (isinstance(ceiling, bool) or not isinstance(ceiling, (int, float))):
-            raise TunewiseError(f"the ceiling {ceiling!r} is not a number", file=path, field=f"{where}.ceiling", fix=fix)
+            raise TunewiseError(f"the ceiling {ceiling!r} is not a number", file=path, field=f"{where}.ceiling",
+                                fix=fix)
         try:
             if "curve" in entry:
                 curve = parse_curve(entry["curve"])
@@ -389,7 +401,8 @@ def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]
         except TunewiseError as error:
             field = f"{where} ({name})" + (f".{error.field}" if error.field else "")
             raise TunewiseError(error.message, file=path, field=field, fix=error.fix) from None
-        tasks.append({"task": name, "coslow": float(coslow_value), "auc": float(auc), "curve": curve, "ceiling": ceiling})
+        tasks.append({"task": name, "coslow": float(coslow_value), "auc": float(auc), "curve": curve,
+                      "ceiling": ceiling})
     return header, tasks
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -70,6 +71,9 @@ def plan_command(
     if weights is not None and dev is not None:
         raise TunewiseError("give --weights or --dev, not both", field="dev",
                             fix="--dev learns the weights; --weights uses a file learned before")
+    if (weights is not None or dev is not None) and within not in ("random", "weighted_indicators"):
+        raise TunewiseError(f"--weights and --dev order examples by indicator weights, not by --within {within}",
+                            field="within", fix="drop --within, or drop --weights / --dev")
     chosen_coefficients = resolve_coefficients(coefficients, model)
     names = parse_list(indicators) or list(DEFAULT_INDICATORS)
     pool = read_pool(pool_path, task_field, skip_bad=skip_bad)
@@ -81,10 +85,10 @@ def plan_command(
     for skipped in pool.skipped:
         console.print("[yellow]skipped[/] " + escape(f"{skipped.file}:{skipped.line}: {skipped.reason}"),
                       highlight=False)
-    result = run_plan(pool, output, budget=budget, strategy=strategy, within=within, weights=weights, learning=learning,
-                      target=target, model=model, coefficients=chosen_coefficients,
-                      coslow=coslow, seed=seed, indicators=names, device=device, dtype=dtype,
-                      max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, cache_dir=cache_dir)
+    result = run_plan(pool, output, budget=budget, strategy=strategy, within=within, weights=weights, target=target,
+                      model=model, coefficients=chosen_coefficients, coslow=coslow, seed=seed, indicators=names,
+                      device=device, dtype=dtype, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens,
+                      cache_dir=cache_dir, learning=learning)
     print_plan(result.document)
     console.print(f"done in {time.perf_counter() - started:.0f} s", highlight=False)
     stdout.print(f"report → {escape(str(output / 'report.html'))}", highlight=False, soft_wrap=True)
@@ -128,15 +132,13 @@ def resolve_coefficients(spec: str | None, model: str):
         return None
 
 
-def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, weights: Path | None,
-             learning: WeightLearning | None = None,
-             target: float, model: str, coefficients, coslow: bool | None, seed: int,
-             indicators: list[str], device: str, dtype: str, max_new_tokens: int, batch_tokens: int | None,
-             cache_dir: Path | None):
+def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, weights: Path | None, target: float,
+             model: str, coefficients, coslow: bool | None, seed: int, indicators: list[str], device: str,
+             dtype: str, max_new_tokens: int, batch_tokens: int | None, cache_dir: Path | None,
+             learning: WeightLearning | None = None):
     """Score, measure CoS-Low, plan, and write the run folder; shared by ``plan`` and ``demo``."""
     from tunewise.backends import load_backend
     from tunewise.planning import EFFICIENCY, make_plan
-    from tunewise.scores import write_scores
     from tunewise.scoring import score_pool, scores_provenance
 
     if strategy == EFFICIENCY and coefficients is None:
@@ -153,7 +155,6 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
                             max_batch_tokens=batch_tokens)
     provenance = scores_provenance(backend, indicators, pool.source)
     output.mkdir(parents=True, exist_ok=True)
-    write_scores(scores, output / "scores.parquet", provenance)
 
     coslow_results = measure_coslow_per_task(pool, scores, backend, model, device, seed) if measure else {}
     if learning is not None:
@@ -162,7 +163,7 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
     if weights is not None:
         from tunewise.strategies import read_indicator_weights
 
-        within = "weighted_indicators" if within == "random" else within
+        within = "weighted_indicators"
         within_params = read_indicator_weights(weights)
     plan = make_plan(pool, scores, budget, strategy=strategy, within=within, target=target, coefficients=coefficients,
                      coslow_values={task: value["coslow"] for task, value in coslow_results.items()}, seed=seed,
@@ -235,8 +236,10 @@ def measure_coslow_per_task(pool, scores, backend, model: str, device: str, seed
 
 
 def write_run_folder(output: Path, pool, scores, plan, provenance: dict, weights_file: Path | None) -> None:
-    """plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels, then report.html."""
+    """scores.parquet, plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels, then
+    report.html."""
     from tunewise.report import build_report
+    from tunewise.scores import write_scores
     from tunewise.selection import encode_json, encode_jsonl, selection_meta, write_selection
 
     meta = selection_meta(scores, plan.selection, plan.strategy, seed=plan.document["seed"],
@@ -251,6 +254,7 @@ def write_run_folder(output: Path, pool, scores, plan, provenance: dict, weights
         to_label.unlink()  # left by an earlier plan of an unlabelled pool in this folder
     if weights_file is not None and Path(weights_file).resolve() != (output / "weights.json").resolve():
         extra[output / "weights.json"] = Path(weights_file).read_bytes()
+    write_scores(scores, output / "scores.parquet", provenance)
     write_selection(output / "selection.jsonl", scores, plan.selection, meta, extra)
     build_report(output)
 
@@ -274,9 +278,12 @@ def to_label_records(examples) -> list[dict]:
 def plan_table(document: dict) -> Table:
     """The per-task plan: pool, labelled, confidence, weight, budget, prediction."""
     target = document["target"]
-    table = Table(title=f"Plan: {document['selected']} labels, {document['strategy']}, seed {document['seed']}")
+    # A light box keeps the nine columns within an 80-character terminal.
+    table = Table(title=f"Plan: {document['selected']} labels, {document['strategy']}, seed {document['seed']}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption=f"conf.: mean confidence; AUC': predicted; need: labels to reach "
+                                               f"{target:.0%} of the way to the ceiling")
     table.add_column("task", no_wrap=True)
-    for name in ("pool", "labelled", "confidence", "weight", "budget", "share", "AUC'", f"labels for {target:.0%}"):
+    for name in ("pool", "labelled", "conf.", "weight", "budget", "share", "AUC'", "need"):
         table.add_column(name, justify="right")
 
     def cell(value, spec=".3f") -> str:

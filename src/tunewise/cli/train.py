@@ -216,7 +216,11 @@ def sweep_command(
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
     output: Path = typer.Option(..., "-o", "--output", help="Sweep folder (resumed when it exists)."),
     budgets: str = typer.Option(..., help="Comma-separated training budgets, e.g. 50,100,200."),
-    strategies: str = typer.Option("random,task_diversity", help="Comma-separated strategies to compare."),
+    strategies: str = typer.Option(
+        "random,task_diversity",
+        help="Comma-separated strategies to compare, each optionally with parameters after a colon, "
+             "e.g. random,difficulty_window:c0=0.15,beta=0.",
+    ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (selection and fine-tune)."),
     model: str = typer.Option("smollm2", help=_MODEL_HELP),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and test)."),
@@ -230,11 +234,11 @@ def sweep_command(
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
     gain over random with 95 % confidence intervals."""
     from tunewise.pool import read_pool
-    from tunewise.sweep import PLOT_FILE, SUMMARY_FILE, run_sweep
+    from tunewise.sweep import PLOT_FILE, SUMMARY_FILE, run_sweep, split_strategy_specs
 
     budget_list = parse_int_list(budgets, "budgets")
     seed_list = parse_int_list(seeds, "seeds")
-    strategy_list = [part.strip() for part in strategies.split(",") if part.strip()]
+    strategy_list = split_strategy_specs(strategies)
     pool = read_pool(pool_path, task_field)
     test_set = read_pool(test, task_field)
     with _sweep_progress() as update:

@@ -1,0 +1,84 @@
+"""``tunewise calibrate-difficulty``: fit the difficulty window's c0 and β from real fine-tunes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from tunewise.cli.app import command, stdout
+from tunewise.cli.train import (_DEVICE_HELP, _DTYPE_HELP, _MAX_NEW_TOKENS_HELP, _METRIC_HELP, _MODEL_HELP,
+                                _sweep_progress, parse_int_list, with_config_options)
+from tunewise.errors import TunewiseError
+from tunewise.finetune import FinetuneConfig
+
+
+@command("calibrate-difficulty")
+@with_config_options(FinetuneConfig, exclude=("seed",))
+def calibrate_difficulty_command(
+    pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
+    test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
+    output: Path = typer.Option(..., "-o", "--output", help="Run folder (a sweep; resumed when it exists)."),
+    budgets: str = typer.Option("100,300,1000", help="Three (at least two) comma-separated budgets."),
+    windows: str = typer.Option("0.15,0.5,0.85", help="Fixed window centres (difficulty quantiles in [0, 1])."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds (selection and fine-tune)."),
+    difficulty: str = typer.Option("loss", help="What the windows rank by: loss or cot_length."),
+    model: str = typer.Option("smollm2", help=_MODEL_HELP),
+    task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and test)."),
+    metric: str = typer.Option("auto", help=_METRIC_HELP),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help=_MAX_NEW_TOKENS_HELP),
+    batch_tokens: int = typer.Option(8192, min=1, help="Token budget per generation batch."),
+    device: str = typer.Option("auto", help=_DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=_DTYPE_HELP),
+    config: FinetuneConfig = None,
+) -> None:
+    """Fine-tune on easy, medium and hard windows at each budget, find the best window per budget,
+    and fit the c0 and β that `tunewise select --strategy difficulty_window` takes."""
+    from tunewise.difficulty_calibration import CALIBRATION_FILE, calibrate_difficulty
+    from tunewise.pool import read_pool
+
+    centres = _parse_windows(windows)
+    pool = read_pool(pool_path, task_field)
+    test_set = read_pool(test, task_field)
+    with _sweep_progress() as update:
+        calibration = calibrate_difficulty(
+            pool, test_set, parse_int_list(budgets, "budgets"), model, output, centres,
+            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, device=device, dtype=dtype,
+            metric=metric, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
+        )
+    stdout.print(calibration_table(calibration))
+    stdout.print(f"fitted c0 = {calibration['c0']:.4g}, beta = {calibration['beta']:.4g} per decade, "
+                 f"n0 = {calibration['n0']:.4g}; calibration → {escape(str(output / CALIBRATION_FILE))}",
+                 highlight=False)
+    stdout.print(calibration["select_command"], markup=False, highlight=False)
+
+
+def calibration_table(calibration: dict) -> Table:
+    """Mean score per window and budget (random beside it when run), and the best centre per budget."""
+    budgets = [str(budget) for budget in calibration["budgets"]]
+    table = Table(title="Difficulty window: mean test score over seeds")
+    table.add_column("window centre")
+    for budget in budgets:
+        table.add_column(budget, justify="right")
+    for centre, entry in calibration["grid"].items():
+        table.add_row(centre, *(f"{entry['scores'][b]['score']:.4f}" for b in budgets))
+    if calibration["random"]:
+        table.add_row("random", *(f"{calibration['random'][b]['score']:.4f}" if b in calibration["random"] else "-"
+                                  for b in budgets))
+    table.add_row("best centre", *(f"{calibration['best'][b]['best_centre']:.3g}"
+                                   + (" (tie)" if calibration["best"][b]["tied"] else "") for b in budgets))
+    return table
+
+
+def _parse_windows(text: str) -> list[float]:
+    centres = []
+    for part in (part.strip() for part in text.split(",") if part.strip()):
+        try:
+            centres.append(float(part))
+        except ValueError:
+            raise TunewiseError(f"'{part}' is not a number", field="windows",
+                                fix="write --windows as quantiles in [0, 1], e.g. 0.15,0.5,0.85") from None
+    return centres
