@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -34,6 +35,33 @@ def split_task(test_size: int, seed: int):
     examples = bbh(TASK)
     random.Random(seed).shuffle(examples)
     return examples[test_size:], examples[:test_size]
+
+
+def accuracy_table(calibration: dict) -> str:
+    """Markdown: accuracy per window (and random) and budget, mean over seeds ± the binomial standard
+    error of all the test answers pooled over seeds, the per-seed accuracies after it."""
+    budgets = [str(budget) for budget in calibration["budgets"]]
+    rows = [(f"window {centre}", entry["scores"]) for centre, entry in calibration["grid"].items()]
+    if calibration["random"]:
+        rows.append(("random", calibration["random"]))
+    lines = ["| selection | " + " | ".join(f"budget {b}" for b in budgets) + " |",
+             "|---|" + "---:|" * len(budgets)]
+    for label, scores in rows:
+        cells = []
+        for budget in budgets:
+            if budget not in scores:
+                cells.append("not run")
+                continue
+            entry = scores[budget]
+            answers = entry["n_test"] * len(entry["per_seed"])
+            stderr = math.sqrt(entry["score"] * (1 - entry["score"]) / answers)
+            per_seed = " / ".join(f"{score:.3f}" for score in entry["per_seed"].values())
+            cells.append(f"{entry['score']:.3f} ± {stderr:.3f} (n = {answers}; {per_seed})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    best = " | ".join(f"{calibration['best'][b]['best_centre']:.3g}" + (" (tie)" * calibration["best"][b]["tied"])
+                      for b in budgets)
+    lines.append(f"| best window centre | {best} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -65,6 +93,7 @@ def main() -> None:
     print(json.dumps({key: calibration[key] for key in ("c0", "beta", "n0", "best", "random", "zero_shot")},
                      indent=1))
     print(calibration["select_command"])
+    print(accuracy_table(calibration))
 
 
 if __name__ == "__main__":

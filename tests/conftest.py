@@ -1,4 +1,4 @@
-"""Every test gets its own cache folder; the converted SmolLM2 copy stays shared across tests."""
+"""Every test gets its own cache folder and one torch thread; the converted SmolLM2 copy is shared."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 from tunewise.models import model_cache_root
+
+# Small models spend their time in thread hand-offs; one thread is faster and deterministic.
+# Set at import so that module-scoped fixtures loading a model see it too.
+os.environ["TUNEWISE_THREADS"] = "1"
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

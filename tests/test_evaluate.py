@@ -23,17 +23,6 @@ from tunewise.models import build_tiny_tokenizer, load_model
 from tunewise.pool import parse_record
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models spend their time in thread hand-offs; on a shared 2-core box one thread is faster.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def example(question: str, answer: str | None, task: str = "default"):
     record = {"question": question, "answer": answer, "task": task}
     return parse_record(record, task_field="task")

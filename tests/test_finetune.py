@@ -24,17 +24,6 @@ from tunewise.models import load_model
 from tunewise.pool import parse_record
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models spend their time in thread hand-offs; on a shared 2-core box one thread is faster.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return load_model("tiny-random")

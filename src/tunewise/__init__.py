@@ -16,8 +16,19 @@ _LAZY = {
     "load_backend": "tunewise.backends",
     "score_pool": "tunewise.scoring",
     "curve_auc": "tunewise.curve",
+    "predict_auc": "tunewise.efficiency",
+    "labels_needed": "tunewise.efficiency",
+    "coefficients_for": "tunewise.efficiency",
+    "calibrate": "tunewise.efficiency",
+    "coslow": "tunewise.coslow",
     "allocate_budget": "tunewise.allocation",
     "get_strategy": "tunewise.strategies",
+    "FinetuneConfig": "tunewise.finetune",
+    "finetune": "tunewise.finetune",
+    "evaluate": "tunewise.evaluate",
+    "run_sweep": "tunewise.sweep",
+    "make_plan": "tunewise.planning",
+    "build_report": "tunewise.report",
 }
 
 __all__ = ["__version__", *_LAZY]

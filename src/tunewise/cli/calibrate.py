@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.app import command, stdout
+from tunewise.cli.app import command, console, stdout
 from tunewise.cli.train import (_DEVICE_HELP, _DTYPE_HELP, _MAX_NEW_TOKENS_HELP, _METRIC_HELP, _MODEL_HELP,
                                 _sweep_progress, parse_int_list, with_config_options)
 from tunewise.errors import TunewiseError
@@ -50,6 +50,11 @@ def calibrate_difficulty_command(
             metric=metric, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
         )
     stdout.print(calibration_table(calibration))
+    tied = [budget for budget, entry in calibration["best"].items() if entry["tied"]]
+    if tied:
+        console.print(f"[yellow]note:[/] windows tied for best at budget {', '.join(tied)}; the mean of the tied "
+                      "centres stands in there (a larger --test set or more --seeds separates them)",
+                      highlight=False)
     stdout.print(f"fitted c0 = {calibration['c0']:.4g}, beta = {calibration['beta']:.4g} per decade, "
                  f"n0 = {calibration['n0']:.4g}; calibration → {escape(str(output / CALIBRATION_FILE))}",
                  highlight=False)
@@ -59,7 +64,7 @@ def calibrate_difficulty_command(
 def calibration_table(calibration: dict) -> Table:
     """Mean score per window and budget (random beside it when run), and the best centre per budget."""
     budgets = [str(budget) for budget in calibration["budgets"]]
-    table = Table(title="Difficulty window: mean test score over seeds")
+    table = Table(title="Difficulty window: mean test score over seeds, by budget")
     table.add_column("window centre")
     for budget in budgets:
         table.add_column(budget, justify="right")
