@@ -165,6 +165,7 @@ def search_weights(
     study = open_study(run_dir, settings)
     records = _finished_records(study)
     resumed_from = len(records)
+    write_trial_log(run_dir, records)  # a run killed between a trial's end and its log line
     started = time.monotonic()
     if progress is not None:
         progress(len(records), trials)
@@ -296,6 +297,7 @@ def tune_weights(
         "seed": seed,
         "model_fingerprint": model.fingerprint,
         "pool_digest": _digest(example.id for example in pool),
+        "features_digest": _digest([features.values.tobytes()]),
         "anchor_digest": _digest(f"{e.id}:{members}" for e, members in zip(anchor_examples, anchors.cluster_sizes)),
     }
     search = search_weights(lambda weights: proxy(features.top(weights, size)), features.names, run_dir,
@@ -305,11 +307,12 @@ def tune_weights(
 
 
 def _digest(parts) -> str:
+    """A short content hash of a sequence of strings or bytes (for the run folder's settings)."""
     import hashlib
 
     digest = hashlib.sha256()
     for part in parts:
-        digest.update(str(part).encode())
+        digest.update(part if isinstance(part, bytes) else str(part).encode())
         digest.update(b"\n")
     return digest.hexdigest()[:16]
 
