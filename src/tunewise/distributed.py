@@ -196,6 +196,7 @@ class ModelActor:
         from tunewise.backends import load_backend
 
         if torch_threads is not None:
+            # load_model then applies TUNEWISE_THREADS (--threads) when the user set it: theirs wins.
             torch.set_num_threads(torch_threads)
         self.backend = load_backend(**model_options)
         self.outputs = outputs

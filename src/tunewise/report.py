@@ -77,7 +77,7 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
     scores = _read_scores(run_dir / SCORES_FILE)
     selected_ids = _read_selected_ids(run_dir / SELECTION_FILE)
     sweep = next((_read_json(run_dir / name) for name in SWEEP_FILES if (run_dir / name).is_file()), None)
-    weights = _read_json(run_dir / WEIGHTS_FILE) if (run_dir / WEIGHTS_FILE).is_file() else None
+    weights = _read_json(run_dir / WEIGHTS_FILE)
 
     sections = [
         _summary(plan, sweep),
@@ -97,14 +97,10 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         + "\n".join(section for section in sections if section)
         + "\n</main>\n</body>\n</html>\n"
     )
+    from tunewise.selection import write_files_atomically
+
     path = Path(output) if output is not None else run_dir / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(page, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_files_atomically({path: page.encode("utf-8")})
     return path
 
 
