@@ -6,7 +6,7 @@ anchors; the naive proxy runs every anchor's full conversation. Both project ont
 only at the answer positions, so the measured gain is the prefix cache alone. Demonstrations are
 GSM8K train items drawn from a selection, anchors are GSM8K test items (equal weights).
 
-    python bench/proxy_speed.py --demos 8 --anchors 64 --out bench/out/proxy_speed.json
+    python bench/proxy_speed.py --demos 8 --anchors 64 --threads 1 --out bench/out/proxy_speed.json
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.3)
     parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating cached/naive timings (median reported)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
@@ -60,8 +61,7 @@ def main() -> None:
         return InContextProxy(model, pool, anchor_examples, anchors, repeats=args.repeats, demos=args.demos,
                               seed=args.seed, naive=naive)
 
-    cached, naive = proxy(naive=False), proxy(naive=True)
-    draws = cached.demonstrations(selection)
+    draws = proxy(naive=False).demonstrations(selection)
     contexts = [model.context_ids([pool[p] for p in draw], [a.prompt for a in anchor_examples]) for draw in draws]
     answers = model.answer_ids([a.response for a in anchor_examples])
     prefix = [shared_prefix_length(c) for c in contexts]
@@ -72,10 +72,18 @@ def main() -> None:
     # Warm-up outside the timings: first-call allocations and lazy initialisation.
     model.answer_logliks([pool[0]], anchor_examples[:2])
     load_before = os.getloadavg()
-    cached_value, cached_seconds = timed(lambda: cached(selection))
-    naive_value, naive_seconds = timed(lambda: naive(selection))
+    cached_times, naive_times = [], []
+    # Alternating rounds, each on fresh proxies (they memoise), so that a change in the load of
+    # a shared machine hits both sides alike.
+    for _ in range(args.rounds):
+        cached, naive = proxy(naive=False), proxy(naive=True)
+        cached_value, seconds = timed(lambda: cached(selection))
+        cached_times.append(seconds)
+        naive_value, seconds = timed(lambda: naive(selection))
+        naive_times.append(seconds)
     load_after = os.getloadavg()
     per_anchor_diff = max(float(np.max(np.abs(cached.anchor_scores(d) - naive.anchor_scores(d)))) for d in draws)
+    cached_seconds, naive_seconds = float(np.median(cached_times)), float(np.median(naive_times))
 
     figures = {
         "date": date.today().isoformat(),
@@ -90,6 +98,9 @@ def main() -> None:
         "shared_prefix_tokens": prefix,
         "tokens_run_naive": naive_tokens,
         "tokens_run_cached": cached_tokens,
+        "rounds": args.rounds,
+        "cached_seconds_per_round": [round(t, 2) for t in cached_times],
+        "naive_seconds_per_round": [round(t, 2) for t in naive_times],
         "cached_seconds": round(cached_seconds, 2),
         "naive_seconds": round(naive_seconds, 2),
         "speedup": round(naive_seconds / cached_seconds, 2),

@@ -291,8 +291,8 @@ class InContextProxy:
     mostly share their demonstrations, which makes J a far less noisy function of w for the
     search. Pool examples identical to an anchor are never shown (that would leak the answer).
 
-    Results are memoised by the demonstrations drawn, so weight settings that select the same
-    examples cost one evaluation.
+    Anchor scores are memoised by the demonstrations drawn, so weight settings whose selections
+    lead to the same demonstrations cost one evaluation.
 
     Parameters
     ----------
