@@ -282,3 +282,9 @@ def test_plan_with_a_dev_set_learns_weights_and_orders_within_tasks_by_them(tmp_
     rows = read_rows(tmp_path / "run" / "selection.jsonl")
     assert all("weighted score" in row["reason"] for row in rows)
     assert "Learned indicator weights" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_single_task_gets_the_whole_budget_and_says_so():
+    pool, scores = generated_pool_and_scores({"only": 12})
+    plan = make_plan(pool, scores, 5)
+    assert plan.tasks["only"]["budget"] == 5 and plan.tasks["only"]["why"].startswith("It is the only task")

@@ -263,7 +263,8 @@ def make_plan(
                 predicted_at_budget=float(predicted_curve(auc, normalised_log_budget(picked[task], max_budget))),
                 labels_needed=math.ceil(labels_needed(auc, target, max_budget)),
             )
-        entry["why"] = _why(task, entry, strategy, confidence, len(selection), coefficients, target, max_budget)
+        entry["why"] = _why(task, entry, strategy, confidence, len(tasks), len(selection), coefficients, target,
+                            max_budget)
         entries[task] = entry
 
     document = {
@@ -344,11 +345,13 @@ def _json_params(strategy: Strategy) -> dict:
     return {key: dict(value) if isinstance(value, Mapping) else value for key, value in params.items()}
 
 
-def _why(task, entry, strategy, confidence, selected, coefficients, target, max_budget) -> str:
+def _why(task, entry, strategy, confidence, task_count, selected, coefficients, target, max_budget) -> str:
     """One or two plain sentences: why this task gets its budget, and what the prediction says."""
     budget, pool_size = entry["budget"], entry["pool"]
     share = f"{budget} of {selected} labels"
-    if strategy == "weighted_task_diversity" and task in confidence:
+    if strategy in TASK_STRATEGIES and task_count == 1:
+        sentence = f"It is the only task, so it gets {share}."
+    elif strategy == "weighted_task_diversity" and task in confidence:
         ranked = sorted(confidence, key=confidence.get)
         position = ranked.index(task) + 1
         standing = ("the lowest" if position == 1 else "the highest" if position == len(ranked)
