@@ -12,11 +12,7 @@ _COMMAND_MODULES = ["score", "select", "efficiency", "train", "calibrate", "weig
 
 def _register_commands() -> None:
     for name in _COMMAND_MODULES:
-        try:
-            importlib.import_module(f"tunewise.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"tunewise.cli.{name}":
-                raise
+        importlib.import_module(f"tunewise.cli.{name}")
 
 
 def main() -> None:
