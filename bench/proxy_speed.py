@@ -53,7 +53,8 @@ def main() -> None:
 
     pool = realdata.gsm8k("train", limit=args.pool, seed=args.seed)
     anchor_examples = realdata.gsm8k("test", limit=args.anchors, seed=args.seed)
-    anchors = Anchors(positions=np.arange(len(anchor_examples)), cluster_sizes=np.ones(len(anchor_examples), dtype=np.int64))
+    count = len(anchor_examples)
+    anchors = Anchors(positions=np.arange(count), cluster_sizes=np.ones(count, dtype=np.int64))
     selection = np.arange(round(args.fraction * len(pool)))
     model = ProxyModel(load_backend(args.model, device="cpu", dtype="fp32"), args.batch_tokens)
 

@@ -14,8 +14,8 @@ from tunewise.errors import TunewiseError
 from tunewise.features import indicator_features, knn_diversity, selection_size
 from tunewise.pool import Example, example_id
 from tunewise.strategies import get_strategy, read_indicator_weights
-from tunewise.weights import (correlation_verdict, rank_correlation, search_weights, simplex_weights, spread_trials,
-                              tune_weights)
+from tunewise.weights import (TrialRecord, correlation_verdict, rank_correlation, search_weights, simplex_weights,
+                              spread_trials, tune_weights)
 
 TARGET = {"loss": 0.5, "ifd": 0.3, "diversity": 0.2}
 
@@ -151,8 +151,6 @@ def test_timeout_stops_the_search_after_the_running_trial(tmp_path):
 
 
 def test_spread_trials_cover_the_range_of_j_with_distinct_selections():
-    from tunewise.weights import TrialRecord
-
     records = [TrialRecord(i, {"x": float(i)}, value, 0.0) for i, value in enumerate([0.1, 0.5, 0.9, 0.2, 0.8])]
     chosen = spread_trials(records, 3, selection_of=lambda weights: [int(weights["x"])])
     assert [record.value for record in chosen] == [0.1, 0.5, 0.9]

@@ -88,7 +88,8 @@ def test_tune_weights_refuses_a_missing_scores_file_and_an_unlabelled_dev(files,
                     "-o", tmp_path / "w.json")
     assert result.exit_code == 2 and "no such scores file" in result.output
     unlabelled = write_jsonl(tmp_path / "unlabelled.jsonl", [{"question": "q"}])
-    result = invoke("tune-weights", files["scores"], "--pool", files["pool"], "--dev", unlabelled, "-o", tmp_path / "w.json")
+    result = invoke("tune-weights", files["scores"], "--pool", files["pool"], "--dev", unlabelled,
+                    "-o", tmp_path / "w.json")
     assert result.exit_code == 2 and "dev examples have no response" in result.output
     result = invoke("anchors", unlabelled, "--model", "tiny-random", "-o", tmp_path / "a.jsonl")
     assert result.exit_code == 2 and "dev examples have no response" in result.output

@@ -319,7 +319,7 @@ class InContextProxy:
         anchor_examples: Sequence[Example],
         anchors: Anchors,
         repeats: int = 3,
-        demos: int = 4,
+        demos: int = 8,
         metric: str = "loglik",
         seed: int = 0,
         naive: bool = False,

@@ -247,7 +247,7 @@ def tune_weights(
     timeout: float | None = None,
     sampler: str = "tpe",
     repeats: int = 3,
-    demos: int = 4,
+    demos: int = 8,
     metric: str = "loglik",
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
@@ -282,7 +282,8 @@ def tune_weights(
     if size < 1:
         raise TunewiseError(f"a fraction of {fraction} of {len(features)} examples selects none", field="fraction",
                             fix="choose a larger --fraction")
-    proxy = InContextProxy(model, pool, anchor_examples, anchors, repeats=repeats, demos=demos, metric=metric, seed=seed)
+    proxy = InContextProxy(model, pool, anchor_examples, anchors, repeats=repeats, demos=demos, metric=metric,
+                           seed=seed)
     settings = {
         "features": list(features.names),
         "orientation": features.orientation,
@@ -320,7 +321,9 @@ def _digest(parts) -> str:
 # -- checking the proxy against real fine-tunes --------------------------------------------------
 
 
-def spread_trials(records: Sequence[TrialRecord], count: int, selection_of: Callable[[dict], Sequence[int]]) -> list[TrialRecord]:
+def spread_trials(
+    records: Sequence[TrialRecord], count: int, selection_of: Callable[[dict], Sequence[int]]
+) -> list[TrialRecord]:
     """Up to ``count`` trials whose J values spread evenly over the observed range of J.
 
     Trials that select the same examples as one already chosen are skipped (they would repeat
@@ -372,7 +375,8 @@ def correlation_verdict(spearman: float, kendall: float, points: int, constant: 
                 "cannot tell whether the proxy tracks fine-tuning")
     strength = "strong" if abs(spearman) >= 0.7 else "moderate" if abs(spearman) >= 0.4 else "weak"
     if strength == "weak":
-        sentence = "weak: the proxy does not track post-fine-tuning accuracy here; treat the learned weights with caution"
+        sentence = ("weak: the proxy does not track post-fine-tuning accuracy here; "
+                    "treat the learned weights with caution")
     elif spearman < 0:
         sentence = (f"{strength} and negative: the proxy ranks weight settings opposite to fine-tuning; "
                     "do not trust the learned weights")

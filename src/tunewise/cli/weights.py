@@ -73,9 +73,10 @@ def anchors_command(
         console.print(f"[yellow]note:[/] m = {count} is not smaller than the dev set ({len(dev)} examples): every "
                       "example is its own anchor and the estimate is the full mean", highlight=False)
     better = report["mean_anchor_error"] <= report["mean_random_error"]
+    verdict = "anchors track the dev mean better" if better else "a random subset did better here"
     stdout.print(
         f"mean |error| over {check_seeds} seeds: anchors {report['mean_anchor_error']:.4f}, random subset "
-        f"{report['mean_random_error']:.4f} ({'anchors track the dev mean better' if better else 'a random subset did better here'})"
+        f"{report['mean_random_error']:.4f} ({verdict})"
     )
     stdout.print(f"{len(anchors)} anchors of {len(dev)} dev examples → {output}")
 
@@ -120,7 +121,8 @@ def tune_weights_command(
     timeout: Optional[float] = typer.Option(None, help="Stop the search after this many seconds."),
     sampler: str = typer.Option("tpe", help="Optuna sampler: tpe or gp."),
     repeats: int = typer.Option(3, min=1, help="R: seeded demonstration draws per trial."),
-    demos: int = typer.Option(4, min=1, help="d: demonstrations per draw."),
+    demos: int = typer.Option(8, min=1, help="d: demonstrations per draw (with the shared prefix cache, more "
+                                             "demonstrations cost little: the anchors' own tokens dominate)."),
     anchors: int = typer.Option(64, min=1, help="m: anchor items of the tiny validation set."),
     metric: str = typer.Option("loglik", help="Proxy score: loglik (gold answer) or exact_match (greedy answer)."),
     validate: int = typer.Option(0, min=0, help="Fine-tune for real on K selections and correlate J with accuracy."),
