@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tunewise.backends import plan_batches
 from tunewise.backends.fake import FakeBackend
+from tunewise.cache import ScoreCache
 from tunewise.errors import TunewiseError
 from tunewise.indicators import DEFAULT_INDICATORS
 from tunewise.pool import Example, parse_record, read_pool
@@ -276,6 +277,27 @@ def test_two_processes_sharing_a_cache_folder_both_finish_with_identical_tables(
         assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     per_output = cached_rows(cache).groupby("output")["example"].agg(["count", "nunique"])
     assert (per_output["count"] == len(examples)).all() and (per_output["nunique"] == len(examples)).all()
+
+
+def open_cache_and_write(folder: str, barrier) -> None:
+    barrier.wait(timeout=60)
+    with ScoreCache(folder) as cache:
+        cache.put("model", "loss", 1, [("example", 1.0)])
+
+
+def test_processes_creating_one_new_cache_at_the_same_moment_all_succeed(tmp_path):
+    # Switching a fresh database to WAL from several processes at once used to fail at once with
+    # "database is locked" in some of them (SQLite skips the busy handler there).
+    context = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        barrier = context.Barrier(6)
+        workers = [context.Process(target=open_cache_and_write, args=(str(tmp_path / f"cache-{trial}"), barrier))
+                   for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert [worker.exitcode for worker in workers] == [0] * 6
 
 
 # -- batch planning -------------------------------------------------------------------------------

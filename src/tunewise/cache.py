@@ -9,6 +9,7 @@ sharing the folder.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -26,6 +27,7 @@ CREATE TABLE IF NOT EXISTS scores (
 ) WITHOUT ROWID
 """
 _LOOKUP_CHUNK = 900  # under SQLite's default limit of host parameters per statement
+_LOCK_TIMEOUT_S = 120.0
 
 
 class ScoreCache:
@@ -35,10 +37,24 @@ class ScoreCache:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.path = self.folder / "scores.sqlite"
-        self._connection = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._connection.execute(_SCHEMA)
+        self._connection = sqlite3.connect(self.path, timeout=_LOCK_TIMEOUT_S, isolation_level=None)
+        self._execute_setup("PRAGMA journal_mode=WAL")
+        self._execute_setup("PRAGMA synchronous=NORMAL")
+        self._execute_setup(_SCHEMA)
+
+    def _execute_setup(self, statement: str) -> None:
+        # Switching a new database to WAL while another process creates it can fail with
+        # "database is locked" at once: SQLite skips the busy handler there to avoid a deadlock,
+        # so the retry is ours.
+        deadline = time.monotonic() + _LOCK_TIMEOUT_S
+        while True:
+            try:
+                self._connection.execute(statement)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._connection.close()
