@@ -1,0 +1,223 @@
+"""Study 2, reduced for CPU: does splitting the budget across tasks beat random selection?
+
+A multi-task pool (short-answer T0 tasks plus the ARC-Challenge, ARC-Easy, BoolQ and OpenBookQA
+train splits) keeps the tasks' natural imbalance: each task contributes the same fraction of its
+rows, so BoolQ holds about a third of the pool and random selection spends its budget the same way.
+``random``, ``task_diversity`` and ``weighted_task_diversity`` (shares ∝ 1 / mean confidence) pick
+from it at each budget and seed; every pick is fine-tuned (LoRA) and evaluated on one test set made
+of two parts that are scored apart:
+
+- same-task: held-out examples of every pool task (T0 rows outside the pool, the ARC/BoolQ/OBQA
+  test splits), macro-averaged over the tasks;
+- held-out benchmarks: a seeded sample of MMLU test questions and of multiple-choice BBH tasks,
+  tasks the pool does not hold, macro-averaged over the two.
+
+The runs are one :func:`tunewise.sweep.run_sweep` folder, so a rerun of the same command resumes
+and more seeds or budgets can be added later. The gain over random is the sweep's paired per-seed
+difference with its 95 % t interval (:func:`tunewise.sweep.paired_gain`), computed per part.
+
+    .venv/bin/python bench/study_budget.py --out bench/out/study_budget
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realdata import _examples, require_data, t0  # noqa: E402
+
+from tunewise.evaluate import write_json_atomic  # noqa: E402
+from tunewise.finetune import FinetuneConfig  # noqa: E402
+from tunewise.sweep import BASELINE, ZERO_SHOT, paired_gain, read_runs, run_sweep  # noqa: E402
+
+# T0 tasks whose prompts are short (median under 350 characters) and whose answers are a word or
+# a label, so that fine-tuning stays cheap on CPU and exact match is a fair metric.
+T0_TASKS = ("ag_news", "commonsense_qa", "glue_qqp", "qasc", "quartz", "rotten_tomatoes", "sciq", "social_i_qa")
+# llm_adapters folder → task name; their "answer" field (answer1..4, true/false) is the response.
+MULTIPLE_CHOICE_TASKS = {"ARC-Challenge": "arc_challenge", "ARC-Easy": "arc_easy", "boolq": "boolq",
+                         "openbookqa": "openbookqa"}
+# Multiple-choice BBH tasks with the shortest inputs; targets are "(A)"-style letters.
+BBH_TASKS = ("date_understanding", "disambiguation_qa", "geometric_shapes", "hyperbaton", "snarks")
+MAX_ANSWER_WORDS = 5
+SAME_TASK, BENCHMARKS = "same_task", "benchmarks"
+BENCHMARK_TASKS = ("mmlu", "bbh")
+STRATEGIES = ("random", "task_diversity", "weighted_task_diversity")
+
+
+def llm_adapters_split(folder: str, split: str) -> list[dict]:
+    records = json.loads(require_data("llm_adapters", "dataset", folder, f"{split}.json").read_text())
+    return [{"prompt": r["instruction"], "completion": r["answer"], "task": MULTIPLE_CHOICE_TASKS[folder]}
+            for r in records]
+
+
+def mmlu_sample(size: int, seed: int) -> list[dict]:
+    """``size`` MMLU test questions drawn with ``seed`` over all subjects, answered by letter."""
+    rows = []
+    for path in sorted(require_data("mmlu", "test").glob("*_test.csv")):
+        subject = path.name.removesuffix("_test.csv").replace("_", " ")
+        with path.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                choices = "\n".join(f"{letter}. {row[f'choice{i}']}" for i, letter in enumerate("ABCD"))
+                prompt = (f"The following is a multiple choice question about {subject}.\n\n{row['question']}\n"
+                          f"{choices}\nAnswer with the letter of the correct choice.")
+                rows.append({"prompt": prompt, "completion": "ABCD"[int(row["answer"])], "task": "mmlu"})
+    return random.Random(f"{seed}:mmlu").sample(rows, size)
+
+
+def bbh_sample(size: int, seed: int) -> list[dict]:
+    """``size`` questions drawn with ``seed`` from the multiple-choice BBH tasks in ``BBH_TASKS``."""
+    rows = []
+    for task in BBH_TASKS:
+        data = json.loads(require_data("bbh", "tasks", f"{task}.json").read_text())
+        rows.extend({"prompt": e["input"], "completion": e["target"], "task": "bbh"} for e in data["examples"])
+    return random.Random(f"{seed}:bbh").sample(rows, size)
+
+
+def build_study_data(pool_fraction: float, test_per_task: int, benchmark_size: int, seed: int):
+    """(pool, test): every task's short-answer rows shuffled with ``seed``; the first
+    ``test_per_task`` go to the test set (T0) or come from the task's test split (the rest), then
+    ``pool_fraction`` of what remains (at least one) goes to the pool, keeping the tasks' imbalance."""
+    by_task: dict[str, list] = {}
+    for example in t0(tasks=list(T0_TASKS), seed=seed):
+        if len(example.response.split()) <= MAX_ANSWER_WORDS:
+            by_task.setdefault(example.task, []).append(example)
+    pool, test = [], []
+    for task, examples in sorted(by_task.items()):
+        test.extend(examples[:test_per_task])
+        rest = examples[test_per_task:]
+        pool.extend(rest[:max(1, round(pool_fraction * len(rest)))])
+    for folder in MULTIPLE_CHOICE_TASKS:
+        train, held_out = (_examples(llm_adapters_split(folder, split)) for split in ("train", "test"))
+        random.Random(f"{seed}:{folder}").shuffle(train)
+        random.Random(f"{seed}:{folder}:test").shuffle(held_out)
+        pool.extend(train[:max(1, round(pool_fraction * len(train)))])
+        test.extend(held_out[:test_per_task])
+    half = benchmark_size // 2
+    test.extend(_examples(mmlu_sample(half, seed) + bbh_sample(benchmark_size - half, seed)))
+    return pool, test
+
+
+def part_of(task: str) -> str:
+    return BENCHMARKS if task in BENCHMARK_TASKS else SAME_TASK
+
+
+def part_score(task_scores: dict[str, float], part: str) -> float:
+    """Macro mean over the tasks of one part of the test set."""
+    values = [score for task, score in task_scores.items() if part_of(task) == part]
+    return sum(values) / len(values)
+
+
+def summarise_study(out: Path, pool, test) -> dict:
+    """Per part, strategy and budget: mean score over seeds, per-seed scores and the paired gain
+    over random with its 95 % t interval; written to OUT/study_budget.json."""
+    zero_shot, records = read_runs(out)
+    per_seed: dict[str, dict[str, dict[int, dict[int, float]]]] = {}
+    allocations: dict[str, dict[int, dict[int, dict[str, int]]]] = {}
+    for record in records:
+        for part in (SAME_TASK, BENCHMARKS, *BENCHMARK_TASKS):
+            score = (record["scores"][part] if part in BENCHMARK_TASKS else part_score(record["scores"], part))
+            per_seed.setdefault(part, {}).setdefault(record["strategy"], {}).setdefault(
+                record["budget"], {})[record["seed"]] = score
+        pool_task = {example.id: example.task for example in pool}
+        picked = Counter(pool_task[example_id] for example_id in record["selected_ids"])
+        allocations.setdefault(record["strategy"], {}).setdefault(record["budget"], {})[record["seed"]] = dict(
+            sorted(picked.items()))
+
+    parts = {}
+    for part, strategies in per_seed.items():
+        entry = {}
+        for strategy in STRATEGIES:
+            if strategy not in strategies:
+                continue
+            entry[strategy] = {}
+            for budget, seeds in sorted(strategies[strategy].items()):
+                cell = {"mean": sum(seeds.values()) / len(seeds), "per_seed": dict(sorted(seeds.items()))}
+                baseline = strategies.get(BASELINE, {}).get(budget)
+                if strategy != BASELINE and baseline:
+                    cell["gain_over_random"] = paired_gain(seeds, baseline)
+                entry[strategy][budget] = cell
+        parts[part] = entry
+    summary = {
+        "pool_tasks": dict(sorted(Counter(example.task for example in pool).items())),
+        "test_tasks": dict(sorted(Counter(example.task for example in test).items())),
+        "zero_shot": None if zero_shot is None else {
+            part: (zero_shot["scores"][part] if part in BENCHMARK_TASKS else part_score(zero_shot["scores"], part))
+            for part in (SAME_TASK, BENCHMARKS, *BENCHMARK_TASKS)},
+        "parts": parts,
+        "allocations": allocations,
+    }
+    write_json_atomic(summary, out / "study_budget.json")
+    return summary
+
+
+def markdown_table(summary: dict) -> str:
+    """One row per budget and strategy: mean score per part, gain over random [95 % CI], seeds."""
+    def cell(part: str, strategy: str, budget: int) -> tuple[str, str]:
+        entry = summary["parts"][part][strategy][budget]
+        gain = entry.get("gain_over_random")
+        if gain is None:
+            return f"{entry['mean']:.3f}", "—"
+        if gain["ci_low"] is None:
+            return f"{entry['mean']:.3f}", f"{gain['mean']:+.3f} (one seed)"
+        return f"{entry['mean']:.3f}", f"{gain['mean']:+.3f} [{gain['ci_low']:+.3f}, {gain['ci_high']:+.3f}]"
+
+    lines = ["| budget | strategy | same-task score | gain over random [95 % CI] | MMLU/BBH score "
+             "| gain over random [95 % CI] | seeds |", "|---:|---|---:|---:|---:|---:|---:|"]
+    if summary["zero_shot"] is not None:
+        zero = summary["zero_shot"]
+        lines.append(f"| 0 | zero-shot | {zero[SAME_TASK]:.3f} | — | {zero[BENCHMARKS]:.3f} | — | — |")
+    same = summary["parts"].get(SAME_TASK, {})
+    budgets = sorted({budget for strategy in same.values() for budget in strategy})
+    for budget in budgets:
+        for strategy in STRATEGIES:
+            if budget not in same.get(strategy, {}):
+                continue
+            same_score, same_gain = cell(SAME_TASK, strategy, budget)
+            bench_score, bench_gain = cell(BENCHMARKS, strategy, budget)
+            seeds = len(same[strategy][budget]["per_seed"])
+            lines.append(f"| {budget} | {strategy} | {same_score} | {same_gain} | {bench_score} | {bench_gain} "
+                         f"| {seeds} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/out/study_budget"))
+    parser.add_argument("--budgets", default="16,32,64")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--pool-fraction", type=float, default=1 / 80,
+                        help="share of every task's rows that goes into the pool")
+    parser.add_argument("--test-per-task", type=int, default=6)
+    parser.add_argument("--benchmark-size", type=int, default=40, help="MMLU + BBH test questions, half each")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summarise-only", action="store_true", help="only rebuild the summary and table")
+    args = parser.parse_args()
+
+    # On a shared 2-core machine one thread is several times faster than two.
+    torch.set_num_threads(args.threads)
+    pool, test = build_study_data(args.pool_fraction, args.test_per_task, args.benchmark_size, args.split_seed)
+    print(f"pool: {len(pool)} examples {dict(Counter(e.task for e in pool))}; test: {len(test)}", flush=True)
+    if not args.summarise_only:
+        run_sweep(pool, test, [int(b) for b in args.budgets.split(",")], args.strategies.split(","),
+                  [int(s) for s in args.seeds.split(",")], args.model, args.out, FinetuneConfig(),
+                  metric="auto",
+                  progress=lambda done, total, label: print(f"[{done}/{total}] {label}", flush=True))
+    summary = summarise_study(args.out, pool, test)
+    table = markdown_table(summary)
+    (args.out / "study_budget.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
