@@ -49,9 +49,8 @@ def demo_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
 ) -> None:
     """Run score → plan → select → fine-tune vs random → report on a built-in multi-task pool."""
-    from tunewise.cli.plan import prefer_passive_openmp_waits, print_plan, resolve_coefficients, run_plan
+    from tunewise.cli.plan import print_plan, resolve_coefficients, run_plan
 
-    prefer_passive_openmp_waits()
     from tunewise.cli.train import curves_table, gains_table
     from tunewise.demo_data import demo_records
     from tunewise.finetune import FinetuneConfig

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,6 @@ def plan_command(
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
 ) -> None:
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
-    prefer_passive_openmp_waits()
     from tunewise.cli.score import parse_list
     from tunewise.indicators import DEFAULT_INDICATORS
     from tunewise.pool import read_pool
@@ -107,17 +105,6 @@ def report_command(
         raise TunewiseError("no such run folder", file=run_dir, fix="pass the -o folder of `tunewise plan`")
     path = build_report(run_dir)
     stdout.print(f"report → {escape(str(path))}", highlight=False, soft_wrap=True)
-
-
-def prefer_passive_openmp_waits() -> None:
-    """Let idle OpenMP threads sleep instead of spin, unless the user set ``OMP_WAIT_POLICY``.
-
-    On a small machine shared with other jobs, a spinning thread burns the core its descheduled
-    peer needs to reach the next barrier: on a 2-core CPU beside one other busy process, four
-    LoRA steps of SmolLM2 took 189 s with spinning threads and 28 s with passive ones (one thread:
-    40 s). It only takes effect before torch is first imported in the process.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def check_strategy(strategy: str, within: str) -> None:
