@@ -79,7 +79,7 @@ def test_estimate_text_names_the_coefficients(tmp_path):
 
 
 def test_estimate_refuses_to_invent_coefficients(tmp_path):
-    coslow_file = write_json(tmp_path / "coslow.json", {"coslow": 0.4, "model": "smollm2"})
+    coslow_file = write_json(tmp_path / "coslow.json", {"coslow": 0.4, "model": "an-uncalibrated-model"})
     result = invoke("estimate", "--coslow-file", coslow_file)
     assert result.exit_code == 2
     assert "tunewise calibrate" in result.stderr and "paper:llama-3.1-8b" in result.stderr

@@ -36,11 +36,18 @@ _PAPER = "Je & Raffel, arXiv 2512.24991"
 
 
 class Coefficients(NamedTuple):
-    """AUC' = slope · CoS-Low + intercept, and where the two numbers come from."""
+    """AUC' = slope · CoS-Low + intercept, where the two numbers come from, and the curves' axis.
+
+    An AUC depends on the budgets it was measured over, so coefficients predict AUCs on the axis
+    they were fitted on: ``max_budget`` (N) and ``grid``. Predicted curves and labels needed must
+    use the same N, or a calibration made with N = 64 would be read as one made with N = 5000.
+    """
 
     slope: float
     intercept: float
     source: str = ""
+    max_budget: int = DEFAULT_MAX_BUDGET
+    grid: tuple[int, ...] = DEFAULT_GRID
 
 
 @dataclass(frozen=True)
@@ -200,11 +207,17 @@ def fit_coefficients(coslows: Sequence[float], aucs: Sequence[float]) -> Coeffic
     return Coefficients(slope, mean_y - slope * mean_x)
 
 
-def calibrate(points: Iterable[tuple[str, float, float]], source: str = "calibration") -> Calibration:
+def calibrate(
+    points: Iterable[tuple[str, float, float]],
+    source: str = "calibration",
+    max_budget: int = DEFAULT_MAX_BUDGET,
+    grid: Sequence[int] = DEFAULT_GRID,
+) -> Calibration:
     """Fit AUC' = c · CoS-Low + I over ``(task, coslow, measured_auc)`` rows.
 
     Several rows may share a task (e.g. repeated measurements); leave-one-task-out leaves all of a
     task's rows out together. Needs at least three tasks, so that every LOTO fit has two.
+    ``max_budget`` and ``grid`` are those the AUCs were computed with; the coefficients keep them.
     """
     rows = [(str(task), float(coslow), float(auc)) for task, coslow, auc in points]
     tasks = list(dict.fromkeys(task for task, _, _ in rows))
@@ -227,7 +240,7 @@ def calibrate(points: Iterable[tuple[str, float, float]], source: str = "calibra
             if task == held_out
         )
     return Calibration(
-        coefficients=Coefficients(coefficients.slope, coefficients.intercept, source),
+        coefficients=Coefficients(coefficients.slope, coefficients.intercept, source, max_budget, tuple(grid)),
         tasks=tuple(fits),
         loto_mae=_mean([abs(f.loto_predicted_auc - f.measured_auc) for f in fits]),
         loto_relative_error=_mean_relative_error([(f.loto_predicted_auc, f.measured_auc) for f in fits]),
@@ -244,6 +257,8 @@ def write_calibration(calibration: Calibration, path: str | os.PathLike) -> Path
         "slope": calibration.coefficients.slope,
         "intercept": calibration.coefficients.intercept,
         "source": calibration.coefficients.source,
+        "max_budget": calibration.coefficients.max_budget,
+        "grid": list(calibration.coefficients.grid),
         "loto_mae": calibration.loto_mae,
         "loto_relative_error_percent": calibration.loto_relative_error,
         "mean_predictor_mae": calibration.mean_mae,
@@ -256,7 +271,8 @@ def write_calibration(calibration: Calibration, path: str | os.PathLike) -> Path
 
 
 def read_calibration(path: str | os.PathLike) -> Coefficients:
-    """Read the coefficients from a calibration JSON file (``slope`` and ``intercept``)."""
+    """Read the coefficients from a calibration JSON file: ``slope`` and ``intercept``, and the
+    ``max_budget`` and ``grid`` they were fitted with (DESIGN's 5000 and grid when absent)."""
     path = Path(path)
     if not path.is_file():
         raise TunewiseError("no such calibration file", file=path,
@@ -276,9 +292,18 @@ def read_calibration(path: str | os.PathLike) -> Coefficients:
             raise TunewiseError(f"missing or not a finite number: {value!r}", file=path, field=key,
                                 fix="pass the file written by `tunewise calibrate -o`")
         values.append(float(value))
+    max_budget = document.get("max_budget", DEFAULT_MAX_BUDGET)
+    if isinstance(max_budget, bool) or not isinstance(max_budget, int) or max_budget < 2:
+        raise TunewiseError(f"not a whole number ≥ 2: {max_budget!r}", file=path, field="max_budget",
+                            fix="pass the file written by `tunewise calibrate -o`")
+    grid = document.get("grid", list(DEFAULT_GRID))
+    if (not isinstance(grid, list) or not grid
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid)):
+        raise TunewiseError(f"not a list of positive whole numbers: {grid!r}", file=path, field="grid",
+                            fix="pass the file written by `tunewise calibrate -o`")
     fitted_on = document.get("model") or document.get("model_fingerprint")
     source = f"{path}" + (f" (calibrated on {fitted_on})" if fitted_on else "")
-    return Coefficients(values[0], values[1], source)
+    return Coefficients(values[0], values[1], source, max_budget, tuple(grid))
 
 
 def paper_coefficients(name: str) -> Coefficients:

@@ -176,7 +176,7 @@ def make_plan(
     *,
     within_params: Mapping[str, Any] | None = None,
     strategy_params: Mapping[str, Any] | None = None,
-    max_budget: int = DEFAULT_MAX_BUDGET,
+    max_budget: int | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> Plan:
     """Split ``budget`` labels across the tasks of ``pool``, choose the examples, explain both.
@@ -208,7 +208,8 @@ def make_plan(
     strategy_params:
         Extra parameters of the strategy (e.g. ``{"gamma": 2.0}``).
     max_budget:
-        N, the end of the predicted curve's log-budget axis.
+        N, the end of the predicted curve's log-budget axis. By default the N the coefficients were
+        fitted with (their AUCs are on that axis), else DESIGN's 5000.
     provenance:
         Where the scores came from (model fingerprint, indicator versions …), copied into the plan.
     """
@@ -223,6 +224,9 @@ def make_plan(
         raise TunewiseError(f"the target {target!r} is not in (0, 1]", field="target",
                             fix="give a fraction of the way from zero-shot to ceiling, e.g. --target 0.9")
     coslow_values = dict(coslow_values or {})
+    if max_budget is None:
+        max_budget = coefficients.max_budget if coefficients is not None else DEFAULT_MAX_BUDGET
+    curve_grid = coefficients.grid if coefficients is not None else DEFAULT_GRID
     tasks = list(dict.fromkeys(e.task for e in examples))
     pool_sizes = Counter(e.task for e in examples)
     labelled = Counter(e.task for e in examples if e.response is not None)
@@ -255,12 +259,14 @@ def make_plan(
         }
         if task in predicted:
             auc = predicted[task]
-            budgets = sorted({*(n for n in DEFAULT_GRID if n <= max_budget), max(picked[task], 1)})
+            # The curve is defined up to N (its ceiling is the best score by N): budgets past it are shown at N.
+            at_budget = min(max(picked[task], 1), max_budget)
+            budgets = sorted({*(n for n in curve_grid if n <= max_budget), at_budget})
             entry.update(
                 predicted_auc=auc,
                 predicted_curve={str(n): float(predicted_curve(auc, normalised_log_budget(n, max_budget)))
                                  for n in budgets},
-                predicted_at_budget=float(predicted_curve(auc, normalised_log_budget(picked[task], max_budget))),
+                predicted_at_budget=float(predicted_curve(auc, normalised_log_budget(at_budget, max_budget))),
                 labels_needed=math.ceil(labels_needed(auc, target, max_budget)),
             )
         entry["why"] = _why(task, entry, strategy, confidence, len(tasks), len(selection), coefficients, target,

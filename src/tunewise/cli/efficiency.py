@@ -158,8 +158,11 @@ def estimate_command(
     model: Optional[str] = typer.Option(None, help="Model the CoS-Low was measured with (default: from the file)."),
     targets: str = typer.Option(_TARGETS_TEXT,
                                 help="Normalised targets τ: fractions of the way from zero-shot to ceiling."),
-    max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, help="N: the largest budget of the predicted curve."),
-    grid: str = typer.Option(_GRID_TEXT, help="Budgets at which to show the predicted curve."),
+    max_budget: Optional[int] = typer.Option(
+        None, help="N: the largest budget of the predicted curve (default: the N the coefficients were fitted "
+                   f"with; {DEFAULT_MAX_BUDGET} for the paper's)."),
+    grid: Optional[str] = typer.Option(None, help="Budgets at which to show the predicted curve (default: the "
+                                                  "coefficients' grid)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
 ) -> None:
     """Predicted AUC, learning curve and labels needed for a task, from its CoS-Low."""
@@ -184,8 +187,12 @@ def estimate_command(
     else:
         raise TunewiseError("no model to choose coefficients for", field="coefficients",
                             fix="pass --coefficients paper:llama-3.1-8b (or a calibration file), or --model")
+    if max_budget is not None and max_budget != chosen.max_budget:
+        console.print(f"note: these coefficients were fitted on curves up to N = {chosen.max_budget}; predicting "
+                      f"with N = {max_budget} stretches them beyond their calibration", markup=False, highlight=False)
+    max_budget = chosen.max_budget if max_budget is None else max_budget
     auc = predict_auc(coslow_value, chosen)
-    budgets = parse_grid(grid)
+    budgets = chosen.grid if grid is None else parse_grid(grid)
     tau_values = _parse_targets(targets)
     curve = {n: float(predicted_curve(auc, normalised_log_budget(n, max_budget))) for n in budgets if n <= max_budget}
     needed = {tau: labels_needed(auc, tau, max_budget) for tau in tau_values}
@@ -234,7 +241,8 @@ def calibrate_command(
     tau_values = _parse_targets(targets)
     header, tasks = _read_measured(measured, max_budget, budgets)
     calibration = calibrate([(t["task"], t["coslow"], t["auc"]) for t in tasks],
-                            source=f"{output} (calibrated on {model or header.get('model') or 'an unnamed model'})")
+                            source=f"{output} (calibrated on {model or header.get('model') or 'an unnamed model'})",
+                            max_budget=max_budget, grid=budgets)
     calibration = replace(calibration, metadata={
         "model": model or header.get("model"),
         "model_fingerprint": header.get("model_fingerprint"),

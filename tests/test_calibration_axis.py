@@ -1,0 +1,90 @@
+"""Coefficients predict AUCs on the budget axis they were fitted on (N and grid), everywhere they are used."""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+
+import pytest
+from typer.testing import CliRunner
+
+import tunewise.cli.efficiency  # noqa: F401  (registers the commands)
+from tunewise.cli.app import app
+from tunewise.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
+from tunewise.efficiency import (Coefficients, calibrate, coefficients_for, labels_needed, predict_auc,
+                                 read_calibration, write_calibration)
+from tunewise.errors import TunewiseError
+from tunewise.planning import make_plan
+from tunewise.pool import Pool, parse_record
+
+SMALL_GRID = (8, 16, 32, 64)
+
+
+def small_calibration(tmp_path):
+    fitted = calibrate([("a", 0.1, 0.3), ("b", 0.3, 0.5), ("c", 0.5, 0.6)], max_budget=64, grid=SMALL_GRID)
+    return write_calibration(fitted, tmp_path / "calibration.json")
+
+
+def test_calibration_file_keeps_its_max_budget_and_grid(tmp_path):
+    coefficients = read_calibration(small_calibration(tmp_path))
+    assert (coefficients.max_budget, coefficients.grid) == (64, SMALL_GRID)
+
+
+def test_a_file_without_them_means_the_design_axis_and_bad_values_are_refused(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"slope": 0.5, "intercept": 0.3}))
+    assert read_calibration(path)[3:] == (DEFAULT_MAX_BUDGET, DEFAULT_GRID)
+    path.write_text(json.dumps({"slope": 0.5, "intercept": 0.3, "max_budget": 1}))
+    with pytest.raises(TunewiseError, match="whole number"):
+        read_calibration(path)
+    path.write_text(json.dumps({"slope": 0.5, "intercept": 0.3, "grid": [8, "16"]}))
+    with pytest.raises(TunewiseError, match="positive whole numbers"):
+        read_calibration(path)
+
+
+def test_plan_predicts_on_the_calibration_axis():
+    examples = [parse_record({"task": task, "prompt": f"{task} {i}", "response": str(i)}, "task")
+                for task in ("fast", "slow") for i in range(100)]
+    import pandas as pd
+
+    scores = pd.DataFrame({"id": [e.id for e in examples], "task": [e.task for e in examples],
+                           "confidence": [0.5] * len(examples)})
+    coefficients = Coefficients(1.0, 0.0, "test", 64, SMALL_GRID)
+    coslow = {"fast": 0.7, "slow": 0.4}
+    plan = make_plan(Pool("generated", examples), scores, 150, strategy="efficiency", coefficients=coefficients,
+                     coslow_values=coslow, target=0.9)
+    assert plan.document["max_budget"] == 64 and plan.strategy.max_budget == 64
+    for task, entry in plan.tasks.items():
+        assert entry["labels_needed"] == math.ceil(labels_needed(predict_auc(coslow[task], coefficients), 0.9, 64))
+        shown = str(min(entry["budget"], 64))  # a budget past N is shown at N
+        assert set(entry["predicted_curve"]) == {"8", "16", "32", "64", shown}
+        assert entry["predicted_at_budget"] == entry["predicted_curve"][shown] <= 1
+    assert max(entry["budget"] for entry in plan.tasks.values()) > 64
+    # Without coefficients nothing is predicted, and the axis is DESIGN's.
+    assert make_plan(Pool("generated", examples), scores, 10).document["max_budget"] == DEFAULT_MAX_BUDGET
+
+
+def test_estimate_uses_the_calibration_axis_unless_told_otherwise(tmp_path):
+    path = small_calibration(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["estimate", "--coslow", "0.3", "--coefficients", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    auc = document["predicted_auc"]
+    assert document["max_budget"] == 64 and set(document["predicted_curve"]) == {"8", "16", "32", "64"}
+    assert document["labels_needed"]["0.9"] == math.ceil(labels_needed(auc, 0.9, 64))
+    stretched = runner.invoke(app, ["estimate", "--coslow", "0.3", "--coefficients", str(path), "--max-budget",
+                                    "5000"])
+    assert stretched.exit_code == 0 and "N = 64" in stretched.output
+
+
+def test_shipped_smollm2_calibration_carries_its_axis():
+    entry = resources.files("tunewise") / "data" / "calibration_smollm2.json"
+    if not entry.is_file():
+        pytest.skip("no SmolLM2 calibration is shipped")
+    document = json.loads(entry.read_text(encoding="utf-8"))
+    coefficients = coefficients_for("smollm2")
+    assert coefficients[:2] == (document["slope"], document["intercept"])
+    assert coefficients.max_budget == document["max_budget"] and list(coefficients.grid) == document["grid"]
+    assert document["how_it_was_made"]["command"].startswith(".venv/bin/python bench/study_curves.py")
