@@ -288,3 +288,27 @@ def test_a_single_task_gets_the_whole_budget_and_says_so():
     pool, scores = generated_pool_and_scores({"only": 12})
     plan = make_plan(pool, scores, 5)
     assert plan.tasks["only"]["budget"] == 5 and plan.tasks["only"]["why"].startswith("It is the only task")
+
+
+@pytest.mark.integration
+def test_a_pool_without_task_field_plans_one_task_in_the_singular(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEWISE_CACHE", str(tmp_path / "cache"))
+    records = [{k: v for k, v in record.items() if k != "task"} for record in uneven_pool_records()]
+    result = invoke("plan", write_jsonl(tmp_path / "pool.jsonl", records), "--budget", 6, "--model", "tiny-random",
+                    "--max-new-tokens", 4, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "It is the only task, so it gets 6 of 6 labels." in " ".join(result.output.split())
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    assert "over 1 task " in page and "1 tasks" not in page and "6 labels" in page
+
+
+def test_print_plan_says_a_closing_sentence_all_tasks_share_once(capsys):
+    from tunewise.cli.plan import print_plan
+
+    pool, scores = generated_pool_and_scores({"a": 12, "b": 8, "c": 5})
+    document = make_plan(pool, scores, 9).document
+    print_plan(document)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.count(NO_CALIBRATION) == 1 and f"every task: No learning-curve prediction: {NO_CALIBRATION}" in printed
+    for task in ("a", "b", "c"):
+        assert f"{task}: " in printed

@@ -89,7 +89,7 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         _weights_section(weights, used=plan.get("within") == "weighted_indicators"),
         _provenance_section(plan, sweep, weights),
     ]
-    title = f"tunewise plan: {plan['selected']} labels over {plan['pool']['tasks']} tasks"
+    title = f"tunewise plan: {_count(plan['selected'], 'label')} over {_count(plan['pool']['tasks'], 'task')}"
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -145,6 +145,11 @@ def _read_selected_ids(path: Path) -> set[str]:
 
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _count(amount: int, noun: str) -> str:
+    """``1 task``, ``12 tasks``: a number with its noun in the right number."""
+    return f"{_number(amount)} {noun}{'' if amount == 1 else 's'}"
 
 
 def _number(value, digits: int = 3, percent: bool = False) -> str:
@@ -224,7 +229,7 @@ def _summary(plan: dict, sweep: dict | None) -> str:
     ]
     predicted = [t for t, entry in plan["tasks"].items() if entry.get("predicted_auc") is not None]
     lines = [
-        f"{_number(plan['selected'])} labels planned over {_number(pool['tasks'])} tasks from "
+        f"{_count(plan['selected'], 'label')} planned over {_count(pool['tasks'], 'task')} from "
         f"{_e(pool.get('source') or 'the pool')} with <b>{_e(plan['strategy'])}</b>"
         + (f" (within each task: {_e(plan['within'])})" if plan.get("within") else "")
         + f", seed {_e(plan['seed'])}."
@@ -234,7 +239,8 @@ def _summary(plan: dict, sweep: dict | None) -> str:
                      "are listed, in annotation order, in <code>to_label.jsonl</code>. Every prefix of that list "
                      "keeps the per-task proportions, so annotation can stop at any point.")
     if predicted:
-        lines.append(f"Learning curves are predicted for {len(predicted)} of {pool['tasks']} tasks from CoS-Low "
+        coverage = "the task" if pool["tasks"] == 1 else f"{len(predicted)} of {pool['tasks']} tasks"
+        lines.append(f"Learning curves are predicted for {coverage} from CoS-Low "
                      f"and the coefficients <i>{_e(plan['coefficients']['source'])}</i>.")
     elif plan.get("coefficients") is None:
         lines.append("No learning curve is predicted: there is no calibration for this model (run "

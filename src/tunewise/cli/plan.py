@@ -297,9 +297,24 @@ def plan_table(document: dict) -> Table:
 
 
 def print_plan(document: dict) -> None:
-    """The plan table, then each task's reason, then the notes."""
+    """The plan table, then each task's reason, then the notes.
+
+    When every task's reason ends with the same sentence (all lack a prediction for the same
+    cause), that sentence is printed once after them instead of once per task.
+    """
     stdout.print(plan_table(document))
-    for task, entry in document["tasks"].items():
-        stdout.print(f"[bold]{escape(task)}[/]: {escape(entry['why'])}", highlight=False)
+    reasons = [entry["why"] for entry in document["tasks"].values()]
+    shared = _shared_last_sentence(reasons) if len(reasons) > 1 else ""
+    for task, why in zip(document["tasks"], reasons):
+        stdout.print(f"[bold]{escape(task)}[/]: {escape(why[:len(why) - len(shared)].rstrip())}", highlight=False)
+    if shared:
+        stdout.print(f"[bold]every task[/]: {escape(shared.strip())}", highlight=False)
     for note in document["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+
+
+def _shared_last_sentence(reasons: list[str]) -> str:
+    """The closing sentence every reason ends with (leading space included), or ""."""
+    endings = {" " + reason.rsplit(". ", 1)[-1] if ". " in reason else reason for reason in reasons}
+    shared = endings.pop() if len(endings) == 1 else ""
+    return shared if all(len(reason) > len(shared) for reason in reasons) else ""
