@@ -384,6 +384,18 @@ def _why(task, entry, strategy, confidence, task_count, selected, coefficients, 
     return sentence
 
 
+def shared_closing_sentence(reasons: list[str]) -> str:
+    """The closing sentence (leading space included) every one of several reasons ends with, or "".
+
+    Printed once instead of once per task, e.g. when every task lacks a prediction for one cause.
+    """
+    if len(reasons) < 2:
+        return ""
+    endings = {" " + reason.rsplit(". ", 1)[-1] if ". " in reason else reason for reason in reasons}
+    shared = endings.pop() if len(endings) == 1 else ""
+    return shared if all(len(reason) > len(shared) for reason in reasons) else ""
+
+
 def _ordinal(number: int) -> str:
     suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
     return f"{number}{suffix}"

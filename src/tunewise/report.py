@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
+from tunewise.planning import shared_closing_sentence
 
 REPORT_FILE = "report.html"
 PLAN_FILE = "plan.json"
@@ -259,6 +260,8 @@ def _plan_section(plan: dict) -> str:
     target = plan.get("target", 0.9)
     header = ["task", "pool", "labelled", "mean confidence", "weight", "budget", "share", "CoS-Low",
               "predicted AUC", f"labels for {target:.0%}", "why"]
+    # A closing sentence every reason shares (no calibration, say) is said once, above the table.
+    shared = shared_closing_sentence([entry["why"] for entry in plan["tasks"].values()])
     rows = []
     for task, entry in plan["tasks"].items():
         rows.append([
@@ -272,11 +275,12 @@ def _plan_section(plan: dict) -> str:
             (_number(entry["coslow"]), "num"),
             (_number(entry["predicted_auc"]), "num"),
             (_number(entry["labels_needed"]), "num"),
-            (_e(entry["why"]), "why"),
+            (_e(entry["why"][:len(entry["why"]) - len(shared)]), "why"),
         ])
     return ("<h2>The plan, task by task</h2>"
             f"<p class=\"muted\">Labels needed are for a normalised target of {target:.0%}: that fraction of the way "
-            "from the zero-shot score to the ceiling, not a raw accuracy.</p>" + _table(header, rows))
+            "from the zero-shot score to the ceiling, not a raw accuracy."
+            + (f" For every task: {_e(shared.strip())}" if shared else "") + "</p>" + _table(header, rows))
 
 
 def _allocation_section(plan: dict) -> str:

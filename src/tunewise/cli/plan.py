@@ -302,9 +302,11 @@ def print_plan(document: dict) -> None:
     When every task's reason ends with the same sentence (all lack a prediction for the same
     cause), that sentence is printed once after them instead of once per task.
     """
+    from tunewise.planning import shared_closing_sentence
+
     stdout.print(plan_table(document))
     reasons = [entry["why"] for entry in document["tasks"].values()]
-    shared = _shared_last_sentence(reasons) if len(reasons) > 1 else ""
+    shared = shared_closing_sentence(reasons)
     for task, why in zip(document["tasks"], reasons):
         stdout.print(f"[bold]{escape(task)}[/]: {escape(why[:len(why) - len(shared)].rstrip())}", highlight=False)
     if shared:
@@ -312,9 +314,3 @@ def print_plan(document: dict) -> None:
     for note in document["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
-
-def _shared_last_sentence(reasons: list[str]) -> str:
-    """The closing sentence every reason ends with (leading space included), or ""."""
-    endings = {" " + reason.rsplit(". ", 1)[-1] if ". " in reason else reason for reason in reasons}
-    shared = endings.pop() if len(endings) == 1 else ""
-    return shared if all(len(reason) > len(shared) for reason in reasons) else ""
