@@ -312,3 +312,15 @@ def test_print_plan_says_a_closing_sentence_all_tasks_share_once(capsys):
     assert printed.count(NO_CALIBRATION) == 1 and f"every task: No learning-curve prediction: {NO_CALIBRATION}" in printed
     for task in ("a", "b", "c"):
         assert f"{task}: " in printed
+
+
+@pytest.mark.parametrize("reasons, shared", [
+    (["A gets 3. No prediction: x.", "B gets 2. No prediction: x."], " No prediction: x."),
+    (["A gets 3. No prediction: x.", "B gets 2. No prediction: y."], ""),
+    (["Only one. No prediction: x."], ""),
+    (["Same.", "Same."], ""),
+])
+def test_shared_closing_sentence_only_when_every_reason_ends_with_it_and_keeps_more(reasons, shared):
+    from tunewise.planning import shared_closing_sentence
+
+    assert shared_closing_sentence(reasons) == shared
