@@ -61,8 +61,8 @@ class FlopModel:
         return 2 * self.decoder_params * tokens + self.attention_per_pair * tokens * context + self.head * projected
 
 
-def plain_loop(loaded, examples, max_new_tokens: int, flops: FlopModel):
-    """One example at a time, full logits, ``generate`` for the answer."""
+def plain_loop(loaded, examples, max_new_tokens: int, flops: FlopModel, with_confidence: bool = True):
+    """One example at a time, full logits, ``generate`` for the answer (confidence NaN without it)."""
     model, tokenizer = loaded.model, loaded.tokenizer
     backend = HFBackend(loaded, max_new_tokens=max_new_tokens)
     stop_ids = backend._stop_ids.tolist()
@@ -81,6 +81,12 @@ def plain_loop(loaded, examples, max_new_tokens: int, flops: FlopModel):
             alone = torch.tensor([[start_id] + response_ids])
             logits_alone = model(alone).logits[0].float()
             loss_alone = -torch.log_softmax(logits_alone[:-1], -1).gather(-1, alone[0, 1:, None]).mean().item()
+            p, r = len(prompt_ids), len(response_ids)
+            total_flops += flops.forward(p + r, (p + r) / 2, p + r)
+            total_flops += flops.forward(r + 1, (r + 1) / 2, r + 1)
+            if not with_confidence:
+                results.append((loss, float(np.exp(loss - loss_alone)), float("nan")))
+                continue
             generated = model.generate(
                 torch.tensor([prompt_ids]), max_new_tokens=max_new_tokens, do_sample=False,
                 output_scores=True, return_dict_in_generate=True, eos_token_id=stop_ids,
@@ -88,9 +94,7 @@ def plain_loop(loaded, examples, max_new_tokens: int, flops: FlopModel):
             )
             probabilities = [torch.softmax(s[0].float(), -1).max().item() for s in generated.scores]
             results.append((loss, float(np.exp(loss - loss_alone)), float(np.mean(probabilities))))
-            p, r, g = len(prompt_ids), len(response_ids), len(generated.scores)
-            total_flops += flops.forward(p + r, (p + r) / 2, p + r)
-            total_flops += flops.forward(r + 1, (r + 1) / 2, r + 1)
+            g = len(generated.scores)
             total_flops += flops.forward(p, p / 2, 1) + sum(flops.forward(1, p + i, 1) for i in range(1, g))
     return np.array(results), total_flops
 
