@@ -1,0 +1,289 @@
+"""Studies 5 and 6: tunewise's IFD scoring against the plain loop and against wana, and its FLOP/s
+against a dense matmul, on one seeded GSM8K sample.
+
+wana (PyPI) scores IFD with the same SmolLM2 GGUF file through llama.cpp. It lives in its own
+virtual environment, created here on first use, so it never becomes a tunewise dependency:
+
+    .venv/bin/python bench/wana_compare.py --n 500 --threads 1 --plain-n 100 --default-n 50
+
+Every engine scores the pool in chunks and writes one file per finished chunk under ``--out-dir``;
+re-running the same command skips finished chunks, so an interrupted study continues. Each chunk's
+time covers scoring only (model loads are recorded apart), with an empty tunewise score cache. A
+dense matmul at the same dtype and thread count is timed after every chunk, so the achieved FLOP/s
+is set against the roof of the same minutes on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+import realdata
+from score_throughput import FlopModel, fused_flops, matmul_roof, plain_loop
+from tunewise.backends.hf import HFBackend
+from tunewise.indicators import DEFAULT_INDICATORS
+from tunewise.models import load_model
+from tunewise.scoring import score_pool
+
+WANA_VERSION = "0.5.1"
+IFD_INDICATORS = ("loss", "ifd")
+# engine name → (dtype, indicators); "plain" and "wana" are the two baselines.
+TUNEWISE_ENGINES = {
+    "tunewise-ifd-fp32": ("fp32", IFD_INDICATORS),
+    "tunewise-ifd-bf16": ("bf16", IFD_INDICATORS),
+    "tunewise-default-fp32": ("fp32", DEFAULT_INDICATORS),
+}
+ENGINES = ("tunewise-ifd-fp32", "plain-ifd-fp32", "wana", "tunewise-ifd-bf16", "tunewise-default-fp32")
+
+
+def ifd_flops(encoded, flops: FlopModel) -> float:
+    """Analytic FLOPs of tunewise's loss + IFD pass: prompt prefill, response on the cache with the
+    vocabulary head on response rows only, and the response alone after the start token."""
+    total = 0.0
+    for e in encoded:
+        p, r = e.prompt_length, e.response_length
+        total += flops.forward(p, p / 2, 0) + flops.forward(r, p + r / 2, r)
+        total += flops.forward(r + 1, (r + 1) / 2, r)
+    return total
+
+
+def full_logit_flops(prompt_lengths, response_lengths, flops: FlopModel) -> float:
+    """Analytic FLOPs of the one-at-a-time IFD loop (plain loop, wana): prompt + response and the
+    response alone, each with the vocabulary head on every position."""
+    return sum(flops.forward(p + r, (p + r) / 2, p + r) + flops.forward(r + 1, (r + 1) / 2, r + 1)
+               for p, r in zip(prompt_lengths, response_lengths))
+
+
+def write_atomically(path: Path, record: dict) -> None:
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps(record))
+    partial.rename(path)
+
+
+class Models:
+    """SmolLM2 loaded once per dtype for the whole study, with the seconds each load took."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[str, object] = {}
+        self.load_seconds: dict[str, float] = {}
+
+    def get(self, dtype: str):
+        if dtype not in self.loaded:
+            start = time.perf_counter()
+            self.loaded[dtype] = load_model("smollm2", device="cpu", dtype=dtype)
+            self.load_seconds[dtype] = time.perf_counter() - start
+        return self.loaded[dtype]
+
+
+def run_tunewise_chunk(engine: str, chunk, first: int, args, models: Models, target: Path) -> None:
+    dtype, indicators = TUNEWISE_ENGINES[engine]
+    loaded = models.get(dtype)
+    flops = FlopModel(loaded.model)
+    backend = HFBackend(loaded, max_new_tokens=args.max_new_tokens, max_batch_tokens=args.batch_tokens)
+    cache_dir = Path(tempfile.mkdtemp(prefix="wana-compare-cache-"))
+    try:
+        start = time.perf_counter()
+        scores = score_pool(chunk, backend, indicators, cache_dir=str(cache_dir))
+        seconds = time.perf_counter() - start
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    encoded = backend.encode([e.prompt for e in chunk], [e.response for e in chunk])
+    if "confidence" in indicators:
+        # Generated lengths are not kept; every answer is counted at the cap (an upper bound).
+        work = fused_flops(backend, chunk, [args.max_new_tokens] * len(chunk), flops)
+    else:
+        work = ifd_flops(encoded, flops)
+    write_atomically(target, {
+        "engine": engine, "dtype": dtype, "indicators": list(indicators), "threads": args.threads,
+        "load_seconds": models.load_seconds[dtype], "first": first, "seconds": seconds, "flops": work,
+        "roof_flops_per_s": matmul_roof(loaded.dtype),
+        "ids": scores["id"].tolist(), "loss": scores["loss"].tolist(), "ifd": scores["ifd"].tolist(),
+        "prompt_tokens": [e.prompt_length for e in encoded],
+        "response_tokens": [e.response_length for e in encoded],
+    })
+    print(f"{engine} chunk {first}: {len(chunk) / seconds:.3f} examples/s", flush=True)
+
+
+def run_plain_chunk(chunk, first: int, args, models: Models, target: Path) -> None:
+    loaded = models.get("fp32")
+    flops = FlopModel(loaded.model)
+    start = time.perf_counter()
+    results, work = plain_loop(loaded, chunk, args.max_new_tokens, flops, with_confidence=False)
+    seconds = time.perf_counter() - start
+    write_atomically(target, {
+        "engine": "plain-ifd-fp32", "dtype": "fp32", "indicators": list(IFD_INDICATORS),
+        "threads": args.threads, "load_seconds": models.load_seconds["fp32"], "first": first,
+        "seconds": seconds, "flops": work, "roof_flops_per_s": matmul_roof(torch.float32),
+        "ids": [e.id for e in chunk], "loss": results[:, 0].tolist(), "ifd": results[:, 1].tolist(),
+    })
+    print(f"plain-ifd-fp32 chunk {first}: {len(chunk) / seconds:.3f} examples/s", flush=True)
+
+
+def wana_python(venv: Path) -> Path:
+    """wana's interpreter, creating its virtual environment (outside tunewise's) when missing."""
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"wana=={WANA_VERSION}"], check=True)
+    return python
+
+
+def run_wana_chunk(examples, first: int, args, folder: Path) -> None:
+    """wana scores its chunks in its own interpreter, up to and including the one at ``first``."""
+    pool = folder / "pool.jsonl"
+    if not pool.exists():
+        lines = [json.dumps({"id": e.id, "messages": e.messages}) for e in examples]
+        pool.write_text("\n".join(lines) + "\n")
+    script = Path(__file__).with_name("wana_score.py")
+    command = [str(wana_python(args.wana_venv)), str(script), str(pool), str(folder),
+               "--threads", str(args.threads), "--chunk", str(args.chunk), "--limit", str(first + args.chunk)]
+    subprocess.run(command, check=True)
+
+
+def load_chunks(folder: Path) -> dict | None:
+    files = sorted(folder.glob("chunk_*.json"))
+    if not files:
+        return None
+    chunks = [json.loads(f.read_text()) for f in files]
+    merged = {key: [x for c in chunks for x in c[key]] for key in ("ids", "loss", "ifd")}
+    for key in ("prompt_tokens", "response_tokens", "loss_unconditional"):
+        if key in chunks[0]:
+            merged[key] = [x for c in chunks for x in c[key]]
+    merged.update(seconds=sum(c["seconds"] for c in chunks), load_seconds=chunks[0]["load_seconds"],
+                  threads=chunks[0]["threads"], chunks=len(chunks))
+    if "flops" in chunks[0]:
+        merged["flops"] = sum(c["flops"] for c in chunks)
+        merged["roof_flops_per_s"] = [c["roof_flops_per_s"] for c in chunks]
+    for key in ("wana_version", "llama_cpp_python_version", "model", "model_sha256", "dtype"):
+        if key in chunks[0]:
+            merged[key] = chunks[0][key]
+    return merged
+
+
+def rank_agreement(a, b) -> float:
+    return float(spearmanr(a, b).statistic)
+
+
+def summarise(results: dict, flops: FlopModel) -> dict:
+    rows = {}
+    for engine, r in results.items():
+        n = len(r["ids"])
+        row = {"examples": n, "seconds": r["seconds"], "examples_per_s": n / r["seconds"],
+               "threads": r["threads"], "load_seconds": r["load_seconds"], "chunks": r["chunks"]}
+        if engine == "wana":
+            r["flops"] = full_logit_flops(r["prompt_tokens"], r["response_tokens"], flops)
+        row["flops_per_s"] = r["flops"] / r["seconds"]
+        if "roof_flops_per_s" in r:
+            roof = float(np.mean(r["roof_flops_per_s"]))
+            row.update(roof_flops_per_s=roof, roof_range=[min(r["roof_flops_per_s"]), max(r["roof_flops_per_s"])],
+                       share_of_roof=row["flops_per_s"] / roof)
+        for key in ("wana_version", "llama_cpp_python_version", "model", "model_sha256", "dtype"):
+            if key in r:
+                row[key] = r[key]
+        rows[engine] = row
+    comparison: dict[str, object] = {}
+    reference = results.get("tunewise-ifd-fp32")
+    if reference is None:
+        return {"rows": rows, "comparison": comparison}
+    position = {example_id: i for i, example_id in enumerate(reference["ids"])}
+    loss = np.array(reference["loss"])
+    ifd = np.array(reference["ifd"])
+    # tunewise's IFD is a ratio of perplexities, exp(loss - loss_alone); wana's is the ratio of the
+    # mean NLLs, loss / loss_alone. Both are recovered from tunewise's two losses.
+    loss_alone = loss - np.log(ifd)
+    for engine, r in results.items():
+        if engine == "tunewise-ifd-fp32":
+            continue
+        at = [position[i] for i in r["ids"]]
+        other_ifd, other_loss = np.array(r["ifd"]), np.array(r["loss"])
+        entry = {"examples": len(at),
+                 "tunewise_fp32_speed_ratio": rows["tunewise-ifd-fp32"]["examples_per_s"] / rows[engine]["examples_per_s"],
+                 "spearman_loss": rank_agreement(loss[at], other_loss),
+                 "max_abs_diff_loss": float(np.max(np.abs(loss[at] - other_loss)))}
+        if engine == "wana":
+            other_alone = np.array(r["loss_unconditional"])
+            entry.update(
+                spearman_ifd_each_own_definition=rank_agreement(ifd[at], other_ifd),
+                spearman_ifd_nll_ratio=rank_agreement(loss[at] / loss_alone[at], other_ifd),
+                spearman_ifd_ppl_ratio=rank_agreement(ifd[at], np.exp(other_loss - other_alone)),
+                spearman_loss_alone=rank_agreement(loss_alone[at], other_alone),
+                max_abs_diff_loss_alone=float(np.max(np.abs(loss_alone[at] - other_alone))),
+                same_prompt_tokens=reference_tokens(reference, at, "prompt_tokens") == r["prompt_tokens"],
+                same_response_tokens=reference_tokens(reference, at, "response_tokens") == r["response_tokens"],
+            )
+        else:
+            entry.update(spearman_ifd=rank_agreement(ifd[at], other_ifd),
+                         max_abs_diff_ifd=float(np.max(np.abs(ifd[at] - other_ifd))))
+        comparison[engine] = entry
+    return {"rows": rows, "comparison": comparison}
+
+
+def reference_tokens(reference: dict, at: list[int], key: str) -> list[int]:
+    return [reference[key][i] for i in at]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500, help="GSM8K train examples (seeded sample)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plain-n", type=int, default=100, help="the plain loop's share of the sample")
+    parser.add_argument("--default-n", type=int, default=50, help="the default indicator set's share")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--chunk", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--wana-venv", type=Path, default=Path("bench/out/wana-venv"))
+    parser.add_argument("--out-dir", type=Path, default=Path("bench/out/wana_compare"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["TUNEWISE_THREADS"] = str(args.threads)
+    # The plain loop and the default set run on the head of the sample: a seeded subset itself.
+    examples = realdata.gsm8k("train", limit=args.n, seed=args.seed)
+    sizes = {"plain-ifd-fp32": args.plain_n, "tunewise-default-fp32": args.default_n}
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}; known: {', '.join(ENGINES)}")
+    # Rounds: every engine scores chunk k before any scores chunk k + 1, so all engines see the
+    # same stretch of machine load, and a run cut short leaves every engine equally far.
+    models = Models()
+    for first in range(0, args.n, args.chunk):
+        for engine in engines:
+            subset = examples[: sizes.get(engine, args.n)]
+            folder = args.out_dir / engine
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"chunk_{first:05d}.json"
+            if first >= len(subset) or target.exists():
+                continue
+            chunk = subset[first:first + args.chunk]
+            if engine == "wana":
+                run_wana_chunk(subset, first, args, folder)
+            elif engine == "plain-ifd-fp32":
+                run_plain_chunk(chunk, first, args, models, target)
+            else:
+                run_tunewise_chunk(engine, chunk, first, args, models, target)
+
+    results = {e: r for e in ENGINES if (r := load_chunks(args.out_dir / e)) is not None}
+    flops = FlopModel(models.get("fp32").model)
+    summary = {"n": args.n, "seed": args.seed, "threads": args.threads, "torch": torch.__version__,
+               "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+               "load_average": os.getloadavg(), **summarise(results, flops)}
+    (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
