@@ -140,16 +140,21 @@ def read_pool(
         examples.append(example)
         if limit is not None and len(examples) >= limit:
             break
-    if not examples:
+    check_pool_was_usable(path, len(examples), len(skipped), task_field, saw_task_field)
+    return Pool(source=str(path), examples=examples, skipped=skipped)
+
+
+def check_pool_was_usable(path: Path, kept: int, skipped: int, task_field: str | None, saw_task_field: bool) -> None:
+    """After reading a whole pool file: refuse one with no usable example, or a --task-field no record has."""
+    if not kept:
         raise TunewiseError(
-            "the pool has no usable examples" + (f" ({len(skipped)} bad records skipped)" if skipped else ""),
+            "the pool has no usable examples" + (f" ({skipped} bad records skipped)" if skipped else ""),
             file=str(path),
             fix="check the file holds records in one of the shapes: " + ", ".join(RECORD_SHAPES),
         )
     if task_field is not None and not saw_task_field:
         raise TunewiseError(f"no record has the task field '{task_field}'", file=str(path),
                             field=task_field, fix="name an existing field with --task-field")
-    return Pool(source=str(path), examples=examples, skipped=skipped)
 
 
 def iter_records(path: Path) -> Iterator[tuple[int, Any]]:

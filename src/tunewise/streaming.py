@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from tunewise.backends.base import Backend
 from tunewise.errors import TunewiseError
 from tunewise.indicators import resolve_indicators
-from tunewise.pool import RECORD_SHAPES, Example, SkippedRecord, iter_records, parse_record
+from tunewise.pool import Example, SkippedRecord, check_pool_was_usable, iter_records, parse_record
 from tunewise.scores import _PROVENANCE_KEY
 from tunewise.scoring import score_pool
 
@@ -127,15 +127,7 @@ def _batches(path, records, task_field, batch_size, skip_bad, limit, on_skipped)
             yield batch
             batch = []
             first_lines.seal_batch()
-    if not kept:
-        raise TunewiseError(
-            "the pool has no usable examples" + (f" ({skipped} bad records skipped)" if skipped else ""),
-            file=str(path),
-            fix="check the file holds records in one of the shapes: " + ", ".join(RECORD_SHAPES),
-        )
-    if task_field is not None and not saw_task_field:
-        raise TunewiseError(f"no record has the task field '{task_field}'", file=str(path),
-                            field=task_field, fix="name an existing field with --task-field")
+    check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)
     if batch:
         yield batch
 
