@@ -59,6 +59,8 @@ def _root(
 ) -> None:
     """How many labelled examples does each task need, and which should they be?"""
     prefer_passive_openmp_waits()
+    # The CLI says "loading MODEL …" itself; transformers' per-tensor bar adds only noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if threads is not None:
         # Read when a model is loaded, so that importing the CLI never imports torch.
         os.environ["TUNEWISE_THREADS"] = str(threads)
