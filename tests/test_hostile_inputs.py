@@ -486,12 +486,16 @@ def test_skipped_records_are_listed_verbatim_even_when_they_look_like_markup(tmp
     assert output.exists()
 
 
-def test_select_budget_larger_than_the_pool_selects_everything_and_says_so(tmp_path):
-    """DESIGN.md §3 caps a budget at the pool (Σ b_t = min(B, Σ n_t)): a note, not an error."""
+def test_select_budget_larger_than_the_pool_stops_unless_capped_to_the_pool(tmp_path):
+    """A budget above the pool exits 2; --cap-to-pool takes DESIGN.md §3's Σ b_t = min(B, Σ n_t)."""
     require_command("select", ("--budget", "--strategy"))
     output = tmp_path / "selection.jsonl"
-    result = CliRunner().invoke(app, ["select", str(scores_file(tmp_path)), "-o", str(output),
-                                      "--strategy", "random", "--budget", "60"])
-    assert result.exit_code == 0, result.output
-    assert "larger than the pool" in result.output
+    arguments = ["select", str(scores_file(tmp_path)), "-o", str(output), "--strategy", "random", "--budget", "60"]
+    refused = CliRunner().invoke(app, arguments)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert "larger than the pool (6 examples)" in refused.output and "--cap-to-pool" in refused.output
+    assert not output.exists()
+    capped = CliRunner().invoke(app, [*arguments, "--cap-to-pool"])
+    assert capped.exit_code == 0, capped.output
+    assert "larger than the pool" in capped.output
     assert len(output.read_text(encoding="utf-8").splitlines()) == 6

@@ -142,7 +142,7 @@ def test_report_command_rebuilds_the_report(planned):
     assert report.read_text(encoding="utf-8") == before
 
 
-@pytest.mark.parametrize("budget", ["-1", "ten"])
+@pytest.mark.parametrize("budget", ["-1", "ten", "1000"])
 def test_bad_budget_exits_2_without_a_traceback(tmp_path, budget):
     pool = write_jsonl(tmp_path / "pool.jsonl", uneven_pool_records())
     result = invoke("plan", pool, "--budget", budget, "--model", "tiny-random", "-o", tmp_path / "run")

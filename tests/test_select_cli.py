@@ -99,9 +99,9 @@ def test_fraction_and_read_selection_round_trip(tmp_path, scores_file):
     assert list(frame.columns[:4]) == ["position", "id", "task", "reason"]
 
 
-def test_a_budget_beyond_the_pool_selects_everything_and_says_so(tmp_path, scores_file):
+def test_a_budget_beyond_the_pool_capped_to_the_pool_selects_everything_and_says_so(tmp_path, scores_file):
     output = tmp_path / "selection.jsonl"
-    result = invoke(scores_file, "--budget", 500, "--strategy", "random", "-o", output)
+    result = invoke(scores_file, "--budget", 500, "--strategy", "random", "--cap-to-pool", "-o", output)
     assert result.exit_code == 0, result.output
     assert len(output.read_text().splitlines()) == 40
     assert "larger than the pool" in result.stderr

@@ -44,6 +44,8 @@ def plan_command(
         None, "--coslow/--no-coslow", help="Measure CoS-Low per labelled task (about a minute per task on a CPU; "
                                           "default: on when coefficients are available)."),
     seed: int = typer.Option(0, min=0, help="Seed for every random choice."),
+    cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
+                                     help="Let a budget above the pool plan the whole pool instead of stopping."),
     indicators: Optional[str] = typer.Option(None, help="Comma-separated indicators to score (default: those of "
                                                         "`tunewise score`)."),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
@@ -55,6 +57,7 @@ def plan_command(
 ) -> None:
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
     from tunewise.cli.score import parse_list
+    from tunewise.cli.select import check_budget_fits_pool
     from tunewise.indicators import DEFAULT_INDICATORS
     from tunewise.pool import read_pool
 
@@ -77,6 +80,7 @@ def plan_command(
     chosen_coefficients = resolve_coefficients(coefficients, model)
     names = parse_list(indicators) or list(DEFAULT_INDICATORS)
     pool = read_pool(pool_path, task_field, skip_bad=skip_bad)
+    check_budget_fits_pool(budget, len(pool), pool_path, cap_to_pool)
     learning = None
     if dev is not None:
         learning = WeightLearning(dev, task_field, trials)
