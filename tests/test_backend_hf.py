@@ -45,9 +45,6 @@ def backend():
     answer is the same token; these give varied answers, some of which stop early."""
     from tunewise.backends import load_backend
 
-    # One thread: the test machines' two cores are shared, and a contended thread pool is slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     loaded = load_backend("tiny-random", device="cpu", dtype="fp32", max_new_tokens=MAX_NEW_TOKENS)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
@@ -56,7 +53,6 @@ def backend():
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.35)
         loaded.model.get_output_embeddings().weight[loaded.tokenizer.eos_token_id] *= 1.8
     yield loaded
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

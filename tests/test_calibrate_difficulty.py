@@ -23,17 +23,6 @@ def commands():
     tunewise.cli._register_commands()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models spend their time in thread hand-offs; on a shared 2-core box one thread is faster.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def invoke(*args):
     return CliRunner().invoke(app, [*map(str, args)])
 

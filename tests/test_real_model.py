@@ -33,18 +33,9 @@ def gsm8k_examples():
 @pytest.fixture(scope="module")
 def smollm2():
     require_smollm2()
-    import torch
-
     from tunewise.backends import load_backend
 
-    # The test machines share two cores between many processes; torch's thread pool spinning
-    # against that contention makes a forward pass ten times slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield load_backend("smollm2", device="cpu", dtype="fp32", max_new_tokens=MAX_NEW_TOKENS)
-    finally:
-        torch.set_num_threads(threads)
+    return load_backend("smollm2", device="cpu", dtype="fp32", max_new_tokens=MAX_NEW_TOKENS)
 
 
 def reference_scores(backend, example) -> dict:

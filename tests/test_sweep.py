@@ -21,17 +21,6 @@ from tunewise.sweep import (paired_gain, parse_strategy_spec, run_file_name, run
 T_975 = {1: 12.706204736174694, 2: 4.302652729749462}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models spend their time in thread hand-offs; on a shared 2-core box one thread is faster.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_paired_gain_is_the_mean_difference_with_a_t_interval():
     gain = paired_gain({0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.4, 1: 0.5, 2: 0.3, 3: 0.9})
     differences = [0.1, 0.2, 0.3]
