@@ -26,6 +26,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tunewise.backends.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.finetune import prompt_token_ids
 from tunewise.models import LoadedModel
@@ -119,8 +120,8 @@ def generate_greedy(
 ) -> list[list[int]]:
     """Greedy continuations of tokenised prompts, each cut at eos and at its own token limit.
 
-    Prompts are sorted longest first and packed into left-padded batches of at most
-    ``batch_tokens`` (rows x (longest prompt + largest limit)); results come back in input order.
+    Prompts are sorted longest first (prompt plus limit) and packed into left-padded batches of
+    about ``batch_tokens`` (rows x longest prompt plus limit); results come back in input order.
     Cutting every row at its own limit makes the output independent of how rows were batched.
     """
     import torch
@@ -128,16 +129,7 @@ def generate_greedy(
     device = next(model.parameters()).device
     stops = stop_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id
-    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + max_new_tokens[i]))
-    batches: list[list[int]] = []
-    for index in order:
-        if batches:
-            grown = batches[-1] + [index]
-            width = max(len(prompts[i]) for i in grown) + max(max_new_tokens[i] for i in grown)
-            if len(grown) * width <= batch_tokens:
-                batches[-1] = grown
-                continue
-        batches.append([index])
+    batches = plan_batches([len(prompt) + limit for prompt, limit in zip(prompts, max_new_tokens)], batch_tokens)
 
     continuations: list[list[int]] = [[] for _ in prompts]
     done = 0
