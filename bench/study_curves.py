@@ -44,6 +44,7 @@ from tunewise.coslow import DEFAULT_FRACTION, DEFAULT_K, coslow, lowest_confiden
 from tunewise.curve import curve_auc  # noqa: E402
 from tunewise.evaluate import write_json_atomic  # noqa: E402
 from tunewise.finetune import FinetuneConfig  # noqa: E402
+from tunewise.models import load_model  # noqa: E402
 from tunewise.pool import parse_record  # noqa: E402
 from tunewise.sweep import BASELINE, run_sweep  # noqa: E402
 
@@ -59,6 +60,7 @@ BBH_TASKS = ("boolean_expressions", "sports_understanding", "object_counting", "
 T0_TEMPLATES = {"qqp": "glue_qqp_answer", "qasc": "qasc_is_correct_1", "paws": "paws_labeled_final_PAWS_ANLI_GPT3",
                 "mrpc": "glue_mrpc_same_thing", "quarel": "quarel_choose_between"}
 LONGEST = ("mmlu_math",)
+ANSWER_MARGIN = 4
 LLM_ADAPTERS = {"boolq": "boolq", "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge"}
 MMLU_GROUPS = {"mmlu_social": ("high_school_geography", "high_school_government_and_politics",
                                "high_school_psychology", "sociology"),
@@ -143,7 +145,6 @@ def measure_coslow(pool, model_name: str, prompts: int, seed: int) -> dict:
     """CoS-Low of a labelled pool: confidence on a seeded sample of ``prompts`` of its prompts,
     then the gradient similarity of 32 drawn from the least confident (gold answers as labels)."""
     from tunewise.backends.hf import HFBackend
-    from tunewise.models import load_model
     from tunewise.scoring import score_pool
 
     answered = list(pool)
@@ -174,13 +175,20 @@ def measure_coslow(pool, model_name: str, prompts: int, seed: int) -> dict:
     }
 
 
-def study_task(name, load, args, config) -> dict:
+def answer_length(examples, tokenizer) -> int:
+    """Greedy answers get the task's longest gold answer plus a few tokens: enough for every correct
+    answer and its end, and far cheaper on a CPU than the evaluator's default margin of 16."""
+    return max(len(tokenizer(e.response, add_special_tokens=False)["input_ids"]) for e in examples) + ANSWER_MARGIN
+
+
+def study_task(name, load, args, config, tokenizer) -> dict:
     """Sweep and CoS-Low of one task (each skipped when already on disk); its measured entry."""
     folder = args.out / "tasks" / name
     pool, test = split_task(load(), args.test_size, args.pool_cap, args.split_seed)
     log = lambda done, total, label: print(f"  [{name} {done}/{total}] {label}", flush=True)  # noqa: E731
+    max_new_tokens = args.max_new_tokens or answer_length(pool + test, tokenizer)
     summary = run_sweep(pool, test, args.budgets, [BASELINE], args.seeds, args.model, folder / "sweep", config,
-                        metric="auto", max_new_tokens=args.max_new_tokens, progress=log)
+                        metric="auto", max_new_tokens=max_new_tokens, progress=log)
     coslow_path = folder / "coslow.json"
     if not coslow_path.exists():
         print(f"  [{name}] CoS-Low", flush=True)
@@ -196,7 +204,7 @@ def study_task(name, load, args, config) -> dict:
     else:
         note = None
     return {"task": name, "coslow": measured_coslow["coslow"], "curve": curve, "auc": auc, "note": note,
-            "pool": len(pool), "test": len(test), "coslow_details": {k: v for k, v in measured_coslow.items()
+            "pool": len(pool), "test": len(test), "max_new_tokens": max_new_tokens, "coslow_details": {k: v for k, v in measured_coslow.items()
                                                                       if k != "examples"}}
 
 
@@ -216,6 +224,7 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
     result = subprocess.run(calibrate_command, check=True, capture_output=True, text=True)
     summary = json.loads(result.stdout)
     calibration = json.loads(calibration_path.read_text())
+    calibration["measured_curves"] = {e["task"]: e["curve"] for e in fitted}
     calibration["how_it_was_made"] = {
         "command": command,
         "calibrate_command": shlex.join(["tunewise", *calibrate_command[1:-1]]),
@@ -231,6 +240,7 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
         "confidence_prompts": args.confidence_prompts,
         "finetune": {k: v for k, v in vars(FinetuneConfig(epochs=args.epochs)).items() if k != "seed"},
         "selection": "random (one seed), exact match / multiple-choice letter on greedy answers",
+        "answer_tokens": f"per task: longest gold answer + {ANSWER_MARGIN}",
         "tasks": [e["task"] for e in fitted],
         "tasks_without_auc": [{"task": e["task"], "why": e["note"]} for e in entries if e["auc"] is None],
         "reduced": ("budgets up to N = %d instead of DESIGN's 50..5000; %d test examples per task; CoS-Low's "
@@ -293,14 +303,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/study_curves"))
     parser.add_argument("--tasks", default=None, help="Comma-separated task names (default: all, in study order).")
     parser.add_argument("--max-tasks", type=int, default=None, help="Only the first this many tasks.")
-    parser.add_argument("--budgets", default="4,8,16,32")
+    parser.add_argument("--budgets", default="2,4,8,16")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--test-size", type=int, default=40)
     parser.add_argument("--pool-cap", type=int, default=400, help="At most this many training examples per task.")
     parser.add_argument("--confidence-prompts", type=int, default=96,
                         help="Pool prompts the model answers for CoS-Low's least-confident sample.")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="Evaluation answer length (default: auto).")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help=f"Evaluation answer length (default: the task's longest gold answer + {ANSWER_MARGIN}).")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
@@ -318,12 +329,13 @@ def main() -> None:
     names = args.tasks.split(",") if args.tasks else list(loaders)
     names = names[:args.max_tasks] if args.max_tasks else names
     config = FinetuneConfig(epochs=args.epochs)
+    tokenizer = load_model(args.model).tokenizer
 
     entries = []
     for number, name in enumerate(names, start=1):
         started = time.perf_counter()
         print(f"[{number}/{len(names)}] {name}", flush=True)
-        entries.append(study_task(name, loaders[name], args, config))
+        entries.append(study_task(name, loaders[name], args, config, tokenizer))
         print(f"[{number}/{len(names)}] {name}: AUC {entries[-1]['auc']}, CoS-Low {entries[-1]['coslow']:.4f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
     write_json_atomic(entries, args.out / "entries.json")
