@@ -31,7 +31,7 @@ import torch
 from scipy.stats import spearmanr
 
 import realdata
-from score_throughput import FlopModel, fused_flops, matmul_roof, plain_loop
+from score_throughput import FlopModel, fused_flops, plain_loop
 from tunewise.backends.hf import HFBackend
 from tunewise.indicators import DEFAULT_INDICATORS
 from tunewise.models import load_model
@@ -66,6 +66,30 @@ def full_logit_flops(prompt_lengths, response_lengths, flops: FlopModel) -> floa
                for p, r in zip(prompt_lengths, response_lengths))
 
 
+class Timer:
+    """Wall and CPU seconds of a block. On cores shared with other jobs the wall clock also counts
+    the time this process waited for a core; its CPU time does not."""
+
+    def __enter__(self) -> "Timer":
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+
+
+def matmul_roof(dtype, size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    """Dense matmul FLOP/s per wall and per CPU second: the practical roof at this thread count."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    with Timer() as timer:
+        for _ in range(repeats):
+            a @ b
+    work = 2 * size**3 * repeats
+    return {"wall": work / timer.seconds, "cpu": work / timer.cpu_seconds}
+
+
 def write_atomically(path: Path, record: dict) -> None:
     partial = path.with_suffix(".part")
     partial.write_text(json.dumps(record))
@@ -94,9 +118,8 @@ def run_tunewise_chunk(engine: str, chunk, first: int, args, models: Models, tar
     backend = HFBackend(loaded, max_new_tokens=args.max_new_tokens, max_batch_tokens=args.batch_tokens)
     cache_dir = Path(tempfile.mkdtemp(prefix="wana-compare-cache-"))
     try:
-        start = time.perf_counter()
-        scores = score_pool(chunk, backend, indicators, cache_dir=str(cache_dir))
-        seconds = time.perf_counter() - start
+        with Timer() as timer:
+            scores = score_pool(chunk, backend, indicators, cache_dir=str(cache_dir))
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     encoded = backend.encode([e.prompt for e in chunk], [e.response for e in chunk])
@@ -107,28 +130,28 @@ def run_tunewise_chunk(engine: str, chunk, first: int, args, models: Models, tar
         work = ifd_flops(encoded, flops)
     write_atomically(target, {
         "engine": engine, "dtype": dtype, "indicators": list(indicators), "threads": args.threads,
-        "load_seconds": models.load_seconds[dtype], "first": first, "seconds": seconds, "flops": work,
-        "roof_flops_per_s": matmul_roof(loaded.dtype),
+        "load_seconds": models.load_seconds[dtype], "first": first, "seconds": timer.seconds,
+        "cpu_seconds": timer.cpu_seconds, "flops": work, "roof_flops_per_s": matmul_roof(loaded.dtype),
         "ids": scores["id"].tolist(), "loss": scores["loss"].tolist(), "ifd": scores["ifd"].tolist(),
         "prompt_tokens": [e.prompt_length for e in encoded],
         "response_tokens": [e.response_length for e in encoded],
     })
-    print(f"{engine} chunk {first}: {len(chunk) / seconds:.3f} examples/s", flush=True)
+    print(f"{engine} chunk {first}: {len(chunk) / timer.seconds:.3f} examples/s", flush=True)
 
 
 def run_plain_chunk(chunk, first: int, args, models: Models, target: Path) -> None:
     loaded = models.get("fp32")
     flops = FlopModel(loaded.model)
-    start = time.perf_counter()
-    results, work = plain_loop(loaded, chunk, args.max_new_tokens, flops, with_confidence=False)
-    seconds = time.perf_counter() - start
+    with Timer() as timer:
+        results, work = plain_loop(loaded, chunk, args.max_new_tokens, flops, with_confidence=False)
     write_atomically(target, {
         "engine": "plain-ifd-fp32", "dtype": "fp32", "indicators": list(IFD_INDICATORS),
         "threads": args.threads, "load_seconds": models.load_seconds["fp32"], "first": first,
-        "seconds": seconds, "flops": work, "roof_flops_per_s": matmul_roof(torch.float32),
+        "seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "flops": work,
+        "roof_flops_per_s": matmul_roof(torch.float32),
         "ids": [e.id for e in chunk], "loss": results[:, 0].tolist(), "ifd": results[:, 1].tolist(),
     })
-    print(f"plain-ifd-fp32 chunk {first}: {len(chunk) / seconds:.3f} examples/s", flush=True)
+    print(f"plain-ifd-fp32 chunk {first}: {len(chunk) / timer.seconds:.3f} examples/s", flush=True)
 
 
 def wana_python(venv: Path) -> Path:
@@ -161,11 +184,8 @@ def load_chunks(folder: Path) -> dict | None:
     for key in ("prompt_tokens", "response_tokens", "loss_unconditional"):
         if key in chunks[0]:
             merged[key] = [x for c in chunks for x in c[key]]
-    merged.update(seconds=sum(c["seconds"] for c in chunks), load_seconds=chunks[0]["load_seconds"],
-                  threads=chunks[0]["threads"], chunks=len(chunks))
-    if "flops" in chunks[0]:
-        merged["flops"] = sum(c["flops"] for c in chunks)
-        merged["roof_flops_per_s"] = [c["roof_flops_per_s"] for c in chunks]
+    merged.update(load_seconds=chunks[0]["load_seconds"], threads=chunks[0]["threads"],
+                  chunks={c["first"]: c for c in chunks})
     for key in ("wana_version", "llama_cpp_python_version", "model", "model_sha256", "dtype"):
         if key in chunks[0]:
             merged[key] = chunks[0][key]
@@ -176,19 +196,30 @@ def rank_agreement(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def total(chunks, key: str) -> float:
+    return sum(c[key] for c in chunks)
+
+
 def summarise(results: dict, flops: FlopModel) -> dict:
     rows = {}
     for engine, r in results.items():
-        n = len(r["ids"])
-        row = {"examples": n, "seconds": r["seconds"], "examples_per_s": n / r["seconds"],
-               "threads": r["threads"], "load_seconds": r["load_seconds"], "chunks": r["chunks"]}
+        chunks = list(r["chunks"].values())
         if engine == "wana":
-            r["flops"] = full_logit_flops(r["prompt_tokens"], r["response_tokens"], flops)
-        row["flops_per_s"] = r["flops"] / r["seconds"]
-        if "roof_flops_per_s" in r:
-            roof = float(np.mean(r["roof_flops_per_s"]))
-            row.update(roof_flops_per_s=roof, roof_range=[min(r["roof_flops_per_s"]), max(r["roof_flops_per_s"])],
-                       share_of_roof=row["flops_per_s"] / roof)
+            for c in chunks:
+                c["flops"] = full_logit_flops(c["prompt_tokens"], c["response_tokens"], flops)
+        n, seconds, cpu_seconds = len(r["ids"]), total(chunks, "seconds"), total(chunks, "cpu_seconds")
+        row = {"examples": n, "chunks": sorted(r["chunks"]), "threads": r["threads"],
+               "load_seconds": r["load_seconds"], "seconds": seconds, "cpu_seconds": cpu_seconds,
+               "examples_per_s": n / seconds, "examples_per_cpu_s": n / cpu_seconds,
+               "flops_per_s": total(chunks, "flops") / seconds,
+               "flops_per_cpu_s": total(chunks, "flops") / cpu_seconds}
+        if "roof_flops_per_s" in chunks[0]:
+            # The roof is timed after every chunk; its mean stands for the minutes of the run.
+            for clock, suffix in (("wall", "s"), ("cpu", "cpu_s")):
+                roofs = [c["roof_flops_per_s"][clock] for c in chunks]
+                row[f"roof_flops_per_{suffix}"] = float(np.mean(roofs))
+                row[f"roof_range_per_{suffix}"] = [min(roofs), max(roofs)]
+                row[f"share_of_roof_per_{suffix}"] = row[f"flops_per_{suffix}"] / float(np.mean(roofs))
         for key in ("wana_version", "llama_cpp_python_version", "model", "model_sha256", "dtype"):
             if key in r:
                 row[key] = r[key]
@@ -206,22 +237,31 @@ def summarise(results: dict, flops: FlopModel) -> dict:
     for engine, r in results.items():
         if engine == "tunewise-ifd-fp32":
             continue
-        at = [position[i] for i in r["ids"]]
-        other_ifd, other_loss = np.array(r["ifd"]), np.array(r["loss"])
+        # Speed ratios over the chunks both engines finished: the same examples, the same minutes.
+        shared = sorted(set(r["chunks"]) & set(reference["chunks"]))
+        ours = [reference["chunks"][f] for f in shared]
+        theirs = [r["chunks"][f] for f in shared]
+        kept = {i for c in theirs for i in c["ids"]}
+        pairs = [(position[i], k) for k, i in enumerate(r["ids"]) if i in position and i in kept]
+        at, own = [a for a, _ in pairs], [b for _, b in pairs]
+        other_ifd, other_loss = np.array(r["ifd"])[own], np.array(r["loss"])[own]
         entry = {"examples": len(at),
-                 "tunewise_fp32_speed_ratio": rows["tunewise-ifd-fp32"]["examples_per_s"] / rows[engine]["examples_per_s"],
+                 "tunewise_fp32_speed_ratio": total(theirs, "seconds") / total(ours, "seconds"),
+                 "tunewise_fp32_cpu_speed_ratio": total(theirs, "cpu_seconds") / total(ours, "cpu_seconds"),
                  "spearman_loss": rank_agreement(loss[at], other_loss),
                  "max_abs_diff_loss": float(np.max(np.abs(loss[at] - other_loss)))}
         if engine == "wana":
-            other_alone = np.array(r["loss_unconditional"])
+            other_alone = np.array(r["loss_unconditional"])[own]
             entry.update(
                 spearman_ifd_each_own_definition=rank_agreement(ifd[at], other_ifd),
                 spearman_ifd_nll_ratio=rank_agreement(loss[at] / loss_alone[at], other_ifd),
                 spearman_ifd_ppl_ratio=rank_agreement(ifd[at], np.exp(other_loss - other_alone)),
                 spearman_loss_alone=rank_agreement(loss_alone[at], other_alone),
                 max_abs_diff_loss_alone=float(np.max(np.abs(loss_alone[at] - other_alone))),
-                same_prompt_tokens=reference_tokens(reference, at, "prompt_tokens") == r["prompt_tokens"],
-                same_response_tokens=reference_tokens(reference, at, "response_tokens") == r["response_tokens"],
+                same_prompt_tokens=reference_tokens(reference, at, "prompt_tokens")
+                == [r["prompt_tokens"][k] for k in own],
+                same_response_tokens=reference_tokens(reference, at, "response_tokens")
+                == [r["response_tokens"][k] for k in own],
             )
         else:
             entry.update(spearman_ifd=rank_agreement(ifd[at], other_ifd),

@@ -44,9 +44,9 @@ def main() -> None:
         if target.exists():
             continue
         chunk = examples[first:first + args.chunk]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         scored = list(iter_scored(chunk, scorers=(scorer,)))
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         record = {
             "engine": "wana",
             "wana_version": importlib.metadata.version("wana"),
@@ -57,6 +57,7 @@ def main() -> None:
             "load_seconds": load_seconds,
             "first": first,
             "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "ids": [row.example.metadata.get("id", row.example.id) for row in scored],
             "ifd": [row.value("ifd") for row in scored],
             "loss": [row.value("conditional_nll") for row in scored],
