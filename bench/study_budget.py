@@ -188,16 +188,32 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def allocation_table(summary: dict) -> str:
+    """Markdown: per budget and strategy, the examples each task got, mean over seeds."""
+    tasks = list(summary["pool_tasks"])
+    lines = ["| budget | strategy | " + " | ".join(tasks) + " |", "|---:|---|" + "---:|" * len(tasks),
+             "| pool | — | " + " | ".join(str(summary["pool_tasks"][task]) for task in tasks) + " |"]
+    budgets = sorted({budget for strategy in summary["allocations"].values() for budget in strategy})
+    for budget in budgets:
+        for strategy in STRATEGIES:
+            seeds = summary["allocations"].get(strategy, {}).get(budget)
+            if not seeds:
+                continue
+            means = [sum(picks.get(task, 0) for picks in seeds.values()) / len(seeds) for task in tasks]
+            lines.append(f"| {budget} | {strategy} | " + " | ".join(f"{mean:.3g}" for mean in means) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/study_budget"))
-    parser.add_argument("--budgets", default="16,32,64")
+    parser.add_argument("--budgets", default="8,16,32")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--pool-fraction", type=float, default=1 / 80,
                         help="share of every task's rows that goes into the pool")
-    parser.add_argument("--test-per-task", type=int, default=6)
-    parser.add_argument("--benchmark-size", type=int, default=40, help="MMLU + BBH test questions, half each")
+    parser.add_argument("--test-per-task", type=int, default=5)
+    parser.add_argument("--benchmark-size", type=int, default=20, help="MMLU + BBH test questions, half each")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
@@ -214,9 +230,9 @@ def main() -> None:
                   metric="auto",
                   progress=lambda done, total, label: print(f"[{done}/{total}] {label}", flush=True))
     summary = summarise_study(args.out, pool, test)
-    table = markdown_table(summary)
-    (args.out / "study_budget.md").write_text(table + "\n", encoding="utf-8")
-    print(table)
+    tables = markdown_table(summary) + "\n\nExamples per task (mean over seeds):\n\n" + allocation_table(summary)
+    (args.out / "study_budget.md").write_text(tables + "\n", encoding="utf-8")
+    print(tables)
 
 
 if __name__ == "__main__":
