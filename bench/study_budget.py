@@ -17,6 +17,11 @@ and more seeds or budgets can be added later. The gain over random is the sweep'
 difference with its 95 % t interval (:func:`tunewise.sweep.paired_gain`), computed per part.
 
     .venv/bin/python bench/study_budget.py --out bench/out/study_budget
+
+The defaults are a reduced configuration for one shared CPU core: 8 of T0's 34 tasks, 1/80 of
+every task's rows (353 pool examples), budgets 8/16/32, 5 test examples per task and 20
+MMLU/BBH questions. The ``efficiency`` allocation is not part of it: it needs a CoS-Low per pool
+task and calibrated coefficients for the model.
 """
 
 from __future__ import annotations
