@@ -251,6 +251,29 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
     return {"summary": summary, "calibration": calibration}
 
 
+def robustness(entries: list[dict], min_gain: float) -> dict:
+    """How far CoS-Low tracks AUC at all: the rank and linear correlations over the fitted tasks,
+    and the same calibration restricted to tasks whose best score beats zero-shot by ``min_gain``
+    (a curve that gains one or two test answers is normalised into a full-height step by noise)."""
+    from scipy import stats
+
+    from tunewise.efficiency import calibrate
+
+    fitted = [e for e in entries if e["auc"] is not None]
+    coslows, aucs = [e["coslow"] for e in fitted], [e["auc"] for e in fitted]
+    moving = [e for e in fitted if max(e["curve"].values()) - e["curve"]["0"] >= min_gain]
+    result = {"tasks": len(fitted), "pearson": stats.pearsonr(coslows, aucs)[0],
+              "spearman": stats.spearmanr(coslows, aucs)[0], "min_gain": min_gain,
+              "moving_tasks": [e["task"] for e in moving]}
+    if len(moving) >= 3:
+        fit = calibrate([(e["task"], e["coslow"], e["auc"]) for e in moving])
+        result.update(moving_slope=fit.coefficients.slope, moving_intercept=fit.coefficients.intercept,
+                      moving_loto_mae=fit.loto_mae, moving_loto_relative_error_percent=fit.loto_relative_error,
+                      moving_mean_predictor_mae=fit.mean_mae,
+                      moving_mean_predictor_relative_error_percent=fit.mean_relative_error)
+    return result
+
+
 def plot_predicted_vs_measured(calibration: dict, path: Path) -> Path:
     import matplotlib
 
@@ -316,6 +339,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-calibrate", action="store_true", help="Measure only; fit nothing.")
+    parser.add_argument("--min-gain", type=float, default=0.1,
+                        help="The robustness fit keeps tasks whose best score beats zero-shot by this much.")
     parser.add_argument("--ship", action="store_true", help=f"Copy the calibration to {SHIPPED_CALIBRATION}.")
     args = parser.parse_args()
     command = shlex.join([".venv/bin/python", "bench/study_curves.py", *sys.argv[1:]])
@@ -345,9 +370,12 @@ def main() -> None:
         made = calibrate_measured(args, entries, command)
         calibration = made["calibration"]
         plot_predicted_vs_measured(calibration, args.out / "predicted_vs_measured.png")
-        print(json.dumps({k: made["summary"][k] for k in ("slope", "intercept", "tasks", "loto_mae",
-                                                            "loto_relative_error_percent", "mean_predictor_mae",
-                                                            "mean_predictor_relative_error_percent")}, indent=1))
+        summary = {k: made["summary"][k] for k in ("slope", "intercept", "tasks", "loto_mae",
+                                                   "loto_relative_error_percent", "mean_predictor_mae",
+                                                   "mean_predictor_relative_error_percent")}
+        summary["robustness"] = robustness(entries, args.min_gain)
+        write_json_atomic(summary, args.out / "summary.json")
+        print(json.dumps(summary, indent=1))
         if args.ship:
             SHIPPED_CALIBRATION.parent.mkdir(parents=True, exist_ok=True)
             shipped = {**calibration, "measured": "bench/out/study_curves/measured.json",
