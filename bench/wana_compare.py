@@ -224,6 +224,14 @@ def summarise(results: dict, flops: FlopModel) -> dict:
             if key in r:
                 row[key] = r[key]
         rows[engine] = row
+    if "wana" in results:
+        # The goal is stated against wana: each engine's speed over the chunks both finished.
+        wana = results["wana"]["chunks"]
+        for engine, r in results.items():
+            shared = sorted(set(r["chunks"]) & set(wana))
+            ours, theirs = [r["chunks"][f] for f in shared], [wana[f] for f in shared]
+            rows[engine]["speed_over_wana"] = total(theirs, "seconds") / total(ours, "seconds")
+            rows[engine]["cpu_speed_over_wana"] = total(theirs, "cpu_seconds") / total(ours, "cpu_seconds")
     comparison: dict[str, object] = {}
     reference = results.get("tunewise-ifd-fp32")
     if reference is None:
