@@ -34,7 +34,7 @@ def test_calibration_file_keeps_its_max_budget_and_grid(tmp_path):
 def test_a_file_without_them_means_the_design_axis_and_bad_values_are_refused(tmp_path):
     path = tmp_path / "old.json"
     path.write_text(json.dumps({"slope": 0.5, "intercept": 0.3}))
-    assert read_calibration(path)[3:] == (DEFAULT_MAX_BUDGET, DEFAULT_GRID)
+    assert read_calibration(path)[3:5] == (DEFAULT_MAX_BUDGET, DEFAULT_GRID)
     path.write_text(json.dumps({"slope": 0.5, "intercept": 0.3, "max_budget": 1}))
     with pytest.raises(TunewiseError, match="whole number"):
         read_calibration(path)
@@ -79,12 +79,36 @@ def test_estimate_uses_the_calibration_axis_unless_told_otherwise(tmp_path):
     assert stretched.exit_code == 0 and "N = 64" in stretched.output
 
 
-def test_shipped_smollm2_calibration_carries_its_axis():
+def test_shipped_smollm2_calibration_carries_its_axis_and_its_caveat():
     entry = resources.files("tunewise") / "data" / "calibration_smollm2.json"
-    if not entry.is_file():
-        pytest.skip("no SmolLM2 calibration is shipped")
+    assert entry.is_file(), "the SmolLM2 calibration (issue 7, study 1) is package data"
     document = json.loads(entry.read_text(encoding="utf-8"))
     coefficients = coefficients_for("smollm2")
     assert coefficients[:2] == (document["slope"], document["intercept"])
     assert coefficients.max_budget == document["max_budget"] and list(coefficients.grid) == document["grid"]
     assert document["how_it_was_made"]["command"].startswith(".venv/bin/python bench/study_curves.py")
+    assert coefficients.caveat == document["caveat"] and "leave-one-task-out" in coefficients.caveat
+
+
+def test_a_caveat_reaches_the_estimate_and_the_plan_notes_only_with_predictions(tmp_path):
+    path = small_calibration(tmp_path)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "caveat": "fitted on three made-up tasks"}))
+    result = CliRunner().invoke(app, ["estimate", "--coslow", "0.3", "--coefficients", str(path)])
+    assert result.exit_code == 0 and "note: fitted on three made-up tasks" in result.output
+    coefficients = read_calibration(path)
+    examples = [parse_record({"task": task, "prompt": f"{task} {i}", "response": str(i)}, "task")
+                for task in ("a", "b") for i in range(40)]
+    import pandas as pd
+
+    scores = pd.DataFrame({"id": [e.id for e in examples], "task": [e.task for e in examples],
+                           "confidence": [0.5] * len(examples)})
+    pool = Pool("generated", examples)
+    predicted = make_plan(pool, scores, 20, coefficients=coefficients, coslow_values={"a": 0.2, "b": 0.4})
+    assert "About the predicted curves: fitted on three made-up tasks" in predicted.document["notes"]
+    assert predicted.document["coefficients"]["caveat"] == "fitted on three made-up tasks"
+    unpredicted = make_plan(pool, scores, 20, coefficients=coefficients)
+    assert not any("made-up" in note for note in unpredicted.document["notes"])
+    path.write_text(json.dumps({**document, "caveat": 3}))
+    with pytest.raises(TunewiseError, match="not a text"):
+        read_calibration(path)

@@ -48,6 +48,7 @@ class Coefficients(NamedTuple):
     source: str = ""
     max_budget: int = DEFAULT_MAX_BUDGET
     grid: tuple[int, ...] = DEFAULT_GRID
+    caveat: str = ""  # what a reader of the predictions must know, e.g. a calibration's poor fit
 
 
 @dataclass(frozen=True)
@@ -301,9 +302,13 @@ def read_calibration(path: str | os.PathLike) -> Coefficients:
             or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid)):
         raise TunewiseError(f"not a list of positive whole numbers: {grid!r}", file=path, field="grid",
                             fix="pass the file written by `tunewise calibrate -o`")
+    caveat = document.get("caveat", "")
+    if not isinstance(caveat, str):
+        raise TunewiseError(f"not a text: {caveat!r}", file=path, field="caveat",
+                            fix="write the caveat as one string, or leave it out")
     fitted_on = document.get("model") or document.get("model_fingerprint")
     source = f"{path}" + (f" (calibrated on {fitted_on})" if fitted_on else "")
-    return Coefficients(values[0], values[1], source, max_budget, tuple(grid))
+    return Coefficients(values[0], values[1], source, max_budget, tuple(grid), caveat)
 
 
 def paper_coefficients(name: str) -> Coefficients:

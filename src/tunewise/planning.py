@@ -291,8 +291,10 @@ def make_plan(
         "max_budget": max_budget,
         "coefficients": None if coefficients is None else {
             "slope": coefficients.slope, "intercept": coefficients.intercept, "source": coefficients.source,
+            "max_budget": coefficients.max_budget, "caveat": coefficients.caveat,
         },
-        "notes": list(selection.notes),
+        "notes": list(selection.notes)
+                 + ([f"About the predicted curves: {coefficients.caveat}"] if predicted and coefficients.caveat else []),
         "provenance": dict(provenance or {}),
         "tasks": entries,
     }

@@ -190,6 +190,8 @@ def estimate_command(
     if max_budget is not None and max_budget != chosen.max_budget:
         console.print(f"note: these coefficients were fitted on curves up to N = {chosen.max_budget}; predicting "
                       f"with N = {max_budget} stretches them beyond their calibration", markup=False, highlight=False)
+    if chosen.caveat:
+        console.print(f"note: {chosen.caveat}", markup=False, highlight=False)
     max_budget = chosen.max_budget if max_budget is None else max_budget
     auc = predict_auc(coslow_value, chosen)
     budgets = chosen.grid if grid is None else parse_grid(grid)
@@ -200,7 +202,8 @@ def estimate_command(
         stdout.print_json(json.dumps({
             "coslow": coslow_value,
             "predicted_auc": auc,
-            "coefficients": {"slope": chosen.slope, "intercept": chosen.intercept, "source": chosen.source},
+            "coefficients": {"slope": chosen.slope, "intercept": chosen.intercept, "source": chosen.source,
+                             "caveat": chosen.caveat},
             "max_budget": max_budget,
             "predicted_curve": {str(n): y for n, y in curve.items()},
             "labels_needed": {str(tau): math.ceil(n) for tau, n in needed.items()},
