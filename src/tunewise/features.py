@@ -57,6 +57,11 @@ def knn_diversity(embeddings: np.ndarray, neighbours: int = DIVERSITY_NEIGHBOURS
     return result
 
 
+def source_columns(names: Sequence[str] = FEATURES) -> tuple[str, ...]:
+    """The scores-table columns the features ``names`` are computed from, in order, once each."""
+    return tuple(dict.fromkeys("embedding" if name == "diversity" else name for name in names))
+
+
 def feature_values(scores: pd.DataFrame, name: str, neighbours: int = DIVERSITY_NEIGHBOURS) -> np.ndarray:
     """The raw values of one feature for every row of ``scores`` (checked: present, no NaN)."""
     if name == "diversity":

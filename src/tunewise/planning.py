@@ -398,6 +398,12 @@ def shared_closing_sentence(reasons: list[str]) -> str:
     return shared if all(len(reason) > len(shared) for reason in reasons) else ""
 
 
+def split_shared_closing_sentence(reasons: list[str]) -> tuple[list[str], str]:
+    """The reasons without the closing sentence they all share, and that sentence ("" when none)."""
+    shared = shared_closing_sentence(reasons)
+    return [reason[:len(reason) - len(shared)] for reason in reasons], shared.strip()
+
+
 def _ordinal(number: int) -> str:
     suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
     return f"{number}{suffix}"

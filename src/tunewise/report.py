@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
-from tunewise.planning import shared_closing_sentence
 
 REPORT_FILE = "report.html"
 PLAN_FILE = "plan.json"
@@ -260,10 +259,12 @@ def _plan_section(plan: dict) -> str:
     target = plan.get("target", 0.9)
     header = ["task", "pool", "labelled", "mean confidence", "weight", "budget", "share", "CoS-Low",
               "predicted AUC", f"labels for {target:.0%}", "why"]
+    from tunewise.planning import split_shared_closing_sentence
+
     # A closing sentence every reason shares (no calibration, say) is said once, above the table.
-    shared = shared_closing_sentence([entry["why"] for entry in plan["tasks"].values()])
+    reasons, shared = split_shared_closing_sentence([entry["why"] for entry in plan["tasks"].values()])
     rows = []
-    for task, entry in plan["tasks"].items():
+    for (task, entry), why in zip(plan["tasks"].items(), reasons):
         rows.append([
             (_e(task), ""),
             (_number(entry["pool"]), "num"),
@@ -275,12 +276,12 @@ def _plan_section(plan: dict) -> str:
             (_number(entry["coslow"]), "num"),
             (_number(entry["predicted_auc"]), "num"),
             (_number(entry["labels_needed"]), "num"),
-            (_e(entry["why"][:len(entry["why"]) - len(shared)]), "why"),
+            (_e(why), "why"),
         ])
     return ("<h2>The plan, task by task</h2>"
             f"<p class=\"muted\">Labels needed are for a normalised target of {target:.0%}: that fraction of the way "
             "from the zero-shot score to the ceiling, not a raw accuracy."
-            + (f" For every task: {_e(shared.strip())}" if shared else "") + "</p>" + _table(header, rows))
+            + (f" For every task: {_e(shared)}" if shared else "") + "</p>" + _table(header, rows))
 
 
 def _allocation_section(plan: dict) -> str:
@@ -324,8 +325,8 @@ def _distributions_section(plan: dict, scores, selected_ids: set[str]) -> str:
         values = [scores.loc[(task_column == task) & scores[column].notna(), column].to_numpy() for task in tasks]
         kept = [(p, v) for p, v in zip(positions, values) if len(v)]
         if kept:
-            axes.boxplot([v for _, v in kept], positions=[p for p, _ in kept], **_horizontal_boxplot_argument(), widths=0.6,
-                         showfliers=False, patch_artist=True,
+            axes.boxplot([v for _, v in kept], positions=[p for p, _ in kept], **_horizontal_boxplot_argument(),
+                         widths=0.6, showfliers=False, patch_artist=True,
                          boxprops={"facecolor": "#e3e8f0", "edgecolor": "#8592a6"},
                          medianprops={"color": "#1d2430"}, whiskerprops={"color": "#8592a6"},
                          capprops={"color": "#8592a6"})

@@ -50,7 +50,6 @@ def demo_command(
 ) -> None:
     """Run score → plan → select → fine-tune vs random → report on a built-in multi-task pool."""
     from tunewise.cli.plan import print_plan, resolve_coefficients, run_plan
-
     from tunewise.cli.train import curves_table, gains_table
     from tunewise.demo_data import demo_records
     from tunewise.finetune import FinetuneConfig

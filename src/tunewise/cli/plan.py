@@ -186,8 +186,13 @@ class WeightLearning:
     dev: Path
     task_field: str | None
     trials: int
-    # The features of `tunewise tune-weights`; `diversity` is computed from the embeddings.
-    indicators: tuple[str, ...] = ("loss", "ifd", "length", "cot_length", "confidence", "embedding")
+
+    @property
+    def indicators(self) -> tuple[str, ...]:
+        """What to score for the features of `tunewise tune-weights`."""
+        from tunewise.features import source_columns
+
+        return source_columns()
 
     def check(self, pool) -> None:
         """The proxy shows pool examples as demonstrations, so each needs its answer."""
@@ -284,8 +289,9 @@ def plan_table(document: dict) -> Table:
     target = document["target"]
     # A light box keeps the nine columns within an 80-character terminal.
     table = Table(title=f"Plan: {document['selected']} labels, {document['strategy']}, seed {document['seed']}",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, caption=f"conf.: mean confidence; AUC': predicted; need: labels to reach "
-                                               f"{target:.0%} of the way to the ceiling")
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  caption=f"conf.: mean confidence; AUC': predicted; need: labels to reach {target:.0%} of the way "
+                          "to the ceiling")
     table.add_column("task", no_wrap=True)
     for name in ("pool", "labelled", "conf.", "weight", "budget", "share", "AUC'", "need"):
         table.add_column(name, justify="right")
@@ -306,15 +312,13 @@ def print_plan(document: dict) -> None:
     When every task's reason ends with the same sentence (all lack a prediction for the same
     cause), that sentence is printed once after them instead of once per task.
     """
-    from tunewise.planning import shared_closing_sentence
+    from tunewise.planning import split_shared_closing_sentence
 
     stdout.print(plan_table(document))
-    reasons = [entry["why"] for entry in document["tasks"].values()]
-    shared = shared_closing_sentence(reasons)
+    reasons, shared = split_shared_closing_sentence([entry["why"] for entry in document["tasks"].values()])
     for task, why in zip(document["tasks"], reasons):
-        stdout.print(f"[bold]{escape(task)}[/]: {escape(why[:len(why) - len(shared)].rstrip())}", highlight=False)
+        stdout.print(f"[bold]{escape(task)}[/]: {escape(why)}", highlight=False)
     if shared:
-        stdout.print(f"[bold]every task[/]: {escape(shared.strip())}", highlight=False)
+        stdout.print(f"[bold]every task[/]: {escape(shared)}", highlight=False)
     for note in document["notes"]:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
-

@@ -124,8 +124,10 @@ class WeightedIndicators(GroupRanker, Strategy):
         return {indicator: weight for indicator, weight in self.weights.items() if weight > 0}
 
     def required_columns(self):
-        # diversity is not a column: it is computed from the embeddings.
-        return tuple(dict.fromkeys("embedding" if name == "diversity" else name for name in self._used()))
+        # Imported here: tunewise.features imports this module.
+        from tunewise.features import source_columns
+
+        return source_columns(list(self._used()))
 
     def rank_in_groups(self, scores, groups, group_budgets, rng):
         # Imported here: tunewise.features imports this module.
