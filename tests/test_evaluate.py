@@ -1,4 +1,4 @@
-"""Evaluation: the three metrics, the results layout, and batched generation on tiny-random."""
+"""Evaluation: the metrics, the results layout, and batched generation on tiny-random."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from tunewise.errors import TunewiseError
 from tunewise.evaluate import (
+    LOG_LIKELIHOOD,
     binomial_stderr,
     detect_metric,
     evaluate,
@@ -15,7 +16,9 @@ from tunewise.evaluate import (
     extract_final_number,
     generate_greedy,
     is_correct,
+    mean_stderr,
     normalise_answer,
+    response_log_likelihoods,
     task_scores,
 )
 from tunewise.finetune import prompt_token_ids
@@ -178,3 +181,45 @@ def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
     assert calls[-1] == (6, 6)
     assert set(big["results"]) == {"a", "b"}
     assert big["config"]["max_new_tokens"] == {"a": 5, "b": 5}
+
+
+def test_log_likelihood_is_minus_the_training_loss_whatever_the_batching(lively_tiny_model):
+    import torch
+
+    from tunewise.finetune import encode_example
+
+    examples = [example(f"Count to {n}" + " now" * n, " ".join(map(str, range(n + 1))), task=("a", "b")[n % 2])
+                for n in range(7)]
+    wide = response_log_likelihoods(lively_tiny_model.model, lively_tiny_model.tokenizer, examples, batch_tokens=100_000)
+    narrow = response_log_likelihoods(lively_tiny_model.model, lively_tiny_model.tokenizer, examples, batch_tokens=1)
+    assert wide == pytest.approx(narrow, abs=1e-5)
+    with torch.no_grad():
+        for value, item in zip(wide, examples):
+            encoded = encode_example(lively_tiny_model.tokenizer, item.prompt, item.response, 10_000)
+            loss = lively_tiny_model.model(input_ids=torch.tensor([encoded.input_ids]),
+                                           labels=torch.tensor([encoded.labels])).loss
+            assert value == pytest.approx(-float(loss), abs=1e-4)
+
+
+def test_evaluate_log_likelihood_averages_per_task_without_generating(lively_tiny_model, monkeypatch):
+    def no_generation(*args, **kwargs):
+        raise AssertionError("log_likelihood must not generate")
+
+    monkeypatch.setattr("tunewise.evaluate.generate_greedy", no_generation)
+    # Free-text answers that no accuracy metric could read are fine: nothing is extracted.
+    examples = [example(f"Describe {n}", f"a thing called {n}", task=("a", "b")[n % 2]) for n in range(6)]
+    results = evaluate(lively_tiny_model, None, examples, metric=LOG_LIKELIHOOD)
+    values = {task: [s[LOG_LIKELIHOOD] for s in results["samples"] if s["task"] == task] for task in "ab"}
+    for task, task_values in values.items():
+        entry = results["results"][task]
+        assert entry["metric"] == LOG_LIKELIHOOD and entry["n"] == 3
+        assert entry[LOG_LIKELIHOOD] == pytest.approx(sum(task_values) / 3)
+        assert entry[f"{LOG_LIKELIHOOD}_stderr"] == pytest.approx(mean_stderr(task_values))
+        assert all(value < 0 for value in task_values)
+    assert results["average"] == pytest.approx(sum(task_scores(results).values()) / 2)
+
+
+def test_mean_stderr():
+    assert mean_stderr([1.0, 3.0]) == pytest.approx(1.0)
+    assert mean_stderr([2.0, 2.0, 2.0]) == 0.0
+    assert mean_stderr([5.0]) is None

@@ -63,6 +63,7 @@ def tune(files, *extra):
         (["--sampler", "random"], "unknown sampler 'random'"),
         (["--metric", "accuracy"], "unknown metric 'accuracy'"),
         (["--validate", "2"], "too few points for a rank correlation"),
+        (["--validate-metric", "loglik"], "did you mean 'log_likelihood'"),
         (["--features", "loss,ifdd"], "did you mean 'ifd'"),
         (["--features", "loss"], "one feature leaves nothing to weigh"),
         (["--orientation", "loss"], "cannot read the orientation 'loss'"),
@@ -117,7 +118,7 @@ def test_tune_weights_then_select_with_the_learned_weights(files):
     run_dir = files["dir"] / "run"
     result = tune(files, "--model", "tiny-random", "--trials", 3, "--anchors", 3, "--repeats", 1, "--demos", 1,
                   "--fraction", 0.25, "--features", "loss,confidence,diversity", "--run-dir", run_dir,
-                  "--validate", 3, "--validate-steps", 1)
+                  "--validate", 3, "--validate-steps", 1, "--validate-metric", "log_likelihood")
     assert result.exit_code == 0, result.output
     document = json.loads((files["dir"] / "weights.json").read_text())
     assert len(document["trials"]) == 3 and document["selection_size"] == 5
@@ -128,6 +129,9 @@ def test_tune_weights_then_select_with_the_learned_weights(files):
     validation = document["validation"]
     assert validation["verdict"] and "proxy check:" in result.output
     assert len(validation["fine_tunes"]) == validation["points"] <= 3
+    # The gold-answer log-likelihood is continuous, so the check has something to rank.
+    assert validation["metric"] == "log_likelihood"
+    assert all(point["accuracy"] < 0 for point in validation["fine_tunes"])
 
     selected = files["dir"] / "selection.jsonl"
     result = invoke("select", files["scores"], "--strategy", "weighted_indicators", "--weights",

@@ -10,6 +10,11 @@ Metrics (the answer is the model's whole generation, decoded without special tok
   number in the text; commas removed, compared as decimals (``72.0`` equals ``72``).
 - ``auto`` picks per task: ``gsm8k`` when every target has ``####``, ``multiple_choice`` when every
   target is a lone letter, else ``exact_match``.
+- ``log_likelihood`` generates nothing: it is the mean log-probability per token of the gold answer
+  (and the end-of-sequence token after it) given the prompt, exactly the tokens fine-tuning trains
+  on, averaged over the task's examples (higher is better, at most 0). It moves with fine-tuning
+  where a small model's accuracy stays near zero, e.g. SmolLM2-135M on GSM8K; it is never chosen by
+  ``auto``.
 
 Results follow lm-evaluation-harness: ``{"results": {task: {metric: value, metric_stderr: value,
 "n": count, "metric": name}}, "average": macro mean over tasks, "config": {...}, "samples": [...]}``.
@@ -28,10 +33,13 @@ from typing import Callable, Sequence
 
 from tunewise.backends.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.finetune import prompt_token_ids
+from tunewise.finetune import IGNORE_INDEX, encode_example, prompt_token_ids
 from tunewise.models import LoadedModel
 
-METRICS = ("exact_match", "multiple_choice", "gsm8k")
+METRICS = ("exact_match", "multiple_choice", "gsm8k", "log_likelihood")
+LOG_LIKELIHOOD = "log_likelihood"
+# Long enough for any gold answer a test set holds; the answer is never cut.
+_UNLIMITED_LENGTH = 1 << 30
 DEFAULT_BATCH_TOKENS = 8192
 # Room the answer gets beyond the task's longest gold answer when max_new_tokens is not given.
 _ANSWER_MARGIN_TOKENS = 16
@@ -160,6 +168,54 @@ def generate_greedy(
     return continuations
 
 
+def response_log_likelihoods(
+    model,
+    tokenizer,
+    examples: Sequence,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[float]:
+    """Per example, the mean log-probability per token of its response plus eos given its prompt.
+
+    The tokens are the ones fine-tuning trains on (:func:`tunewise.finetune.encode_example`), in
+    right-padded batches of about ``batch_tokens``; only the response positions are projected onto
+    the vocabulary. Results come back in input order.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH) for example in examples]
+    values: list[float] = [0.0] * len(encoded)
+    done = 0
+    with torch.inference_mode():
+        for batch in plan_batches([len(e.input_ids) for e in encoded], batch_tokens):
+            width = max(len(encoded[i].input_ids) for i in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+            for row, index in enumerate(batch):
+                length = len(encoded[index].input_ids)
+                input_ids[row, :length] = torch.tensor(encoded[index].input_ids)
+                attention_mask[row, :length] = 1
+                labels[row, :length] = torch.tensor(encoded[index].labels)
+            hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
+            # Position t predicts token t + 1.
+            targets = labels[:, 1:].to(device)
+            scored = targets != IGNORE_INDEX
+            logits = head(hidden[:, :-1, :][scored]).float()
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
+            rows = scored.nonzero()[:, 0]
+            sums = torch.zeros(len(batch), device=device).index_add_(0, rows, logprobs)
+            means = (sums / scored.sum(dim=1).clamp(min=1)).tolist()
+            for row, index in enumerate(batch):
+                values[index] = means[row]
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(encoded))
+    return values
+
+
 def evaluate(
     model,
     tokenizer,
@@ -180,11 +236,13 @@ def evaluate(
         Labelled :class:`~tunewise.pool.Example` s; their ``response`` is the gold answer and
         their prompt is rendered with the chat template exactly as in fine-tuning.
     metric:
-        One of ``exact_match``, ``multiple_choice``, ``gsm8k`` or ``auto`` (chosen per task).
+        One of ``exact_match``, ``multiple_choice``, ``gsm8k``, ``log_likelihood`` or ``auto``
+        (chosen per task among the first three).
     max_new_tokens:
         The answer length limit; by default each task's longest gold answer plus 16 tokens.
+        Unused by ``log_likelihood``.
     batch_tokens:
-        Token budget of one generation batch (prompt plus answer room, summed over rows).
+        Token budget of one batch (prompt plus answer room, summed over rows).
     progress:
         Called after every batch with ``(examples_done, examples_total)``.
 
@@ -208,6 +266,8 @@ def evaluate(
         raise TunewiseError("must be at least 1", field="batch_tokens", fix="pass --batch-tokens 1 or more")
 
     tasks = list(dict.fromkeys(example.task for example in examples))
+    if metric == LOG_LIKELIHOOD:
+        return _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress)
     targets_by_task = {task: [e.response for e in examples if e.task == task] for task in tasks}
     metrics = {task: detect_metric(targets) if metric == "auto" else metric
                for task, targets in targets_by_task.items()}
@@ -269,6 +329,45 @@ def evaluate(
     }
 
 
+def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress) -> dict:
+    started = time.perf_counter()
+    values = response_log_likelihoods(model, tokenizer, examples, batch_tokens, progress)
+    samples = [
+        {"id": example.id, "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
+         "target": example.response, LOG_LIKELIHOOD: value}
+        for example, value in zip(examples, values)
+    ]
+    results = {}
+    for task in tasks:
+        task_values = [sample[LOG_LIKELIHOOD] for sample in samples if sample["task"] == task]
+        results[task] = {
+            LOG_LIKELIHOOD: sum(task_values) / len(task_values),
+            f"{LOG_LIKELIHOOD}_stderr": mean_stderr(task_values),
+            "n": len(task_values),
+            "metric": LOG_LIKELIHOOD,
+        }
+    return {
+        "results": results,
+        "average": sum(task_scores({"results": results}).values()) / len(results),
+        "config": {
+            "metric": LOG_LIKELIHOOD,
+            "metrics": dict.fromkeys(tasks, LOG_LIKELIHOOD),
+            "batch_tokens": batch_tokens,
+            "n_samples": len(samples),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        "samples": samples,
+    }
+
+
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """The standard error of a mean: sample standard deviation / sqrt(n); None for one value."""
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1) / len(values))
+
+
 def binomial_stderr(accuracy: float, n: int) -> float | None:
     """sqrt(p (1 - p) / (n - 1)), as lm-evaluation-harness reports it; None for a single sample."""
     if n < 2:
@@ -295,9 +394,12 @@ def write_json_atomic(data, path: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "LOG_LIKELIHOOD",
     "METRICS",
     "evaluate",
     "generate_greedy",
+    "mean_stderr",
+    "response_log_likelihoods",
     "detect_metric",
     "extract_answer",
     "extract_choice",

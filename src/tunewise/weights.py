@@ -397,13 +397,15 @@ def validate_proxy(
     count: int,
     finetune_config=None,
     progress: Callable[[int, int], None] | None = None,
+    metric: str = "auto",
 ) -> dict:
     """Fine-tune for real on the selections of ``count`` trials spread over J, evaluate each on
-    ``dev``, and report the rank correlation between J and accuracy.
+    ``dev``, and report the rank correlation between J and the dev score.
 
     ``selection_of(weights)`` gives the pool positions a weight setting selects. Each fine-tune
-    is a fresh LoRA adapter on the base model (:func:`tunewise.finetune.finetune`); accuracy is
-    :func:`tunewise.evaluate.evaluate`'s macro average with the metric chosen per task.
+    is a fresh LoRA adapter on the base model (:func:`tunewise.finetune.finetune`); the score is
+    :func:`tunewise.evaluate.evaluate`'s macro average under ``metric`` (``auto``: chosen per
+    task; ``log_likelihood`` where accuracy stays near zero whatever the selection).
     """
     from tunewise.evaluate import evaluate
     from tunewise.finetune import finetune
@@ -415,7 +417,7 @@ def validate_proxy(
     for done, record in enumerate(chosen, start=1):
         selected = [pool[int(position)] for position in selection_of(record.weights)]
         adapted = finetune(loaded, selected, finetune_config)
-        accuracy = evaluate(adapted.model, loaded.tokenizer, dev)["average"]
+        accuracy = evaluate(adapted.model, loaded.tokenizer, dev, metric=metric)["average"]
         points.append({"trial": record.index, "weights": record.weights, "J": record.value,
                        "accuracy": float(accuracy), "finetune_seconds": round(adapted.log.seconds, 3)})
         del adapted  # free this adapted copy of the model before the next fine-tune makes another
@@ -423,6 +425,7 @@ def validate_proxy(
             progress(done, len(chosen))
     report = rank_correlation([p["J"] for p in points], [p["accuracy"] for p in points])
     report["requested"] = count
+    report["metric"] = metric
     report["fine_tunes"] = points
     if len(chosen) < count:
         report["note"] = (f"only {len(chosen)} distinct selections among the trials, so {len(chosen)} "

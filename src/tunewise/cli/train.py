@@ -23,7 +23,8 @@ from tunewise.finetune import FinetuneConfig
 _MODEL_HELP = "smollm2 (bundled), tiny-random, or a model folder."
 _DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
 _DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, bf16."
-_METRIC_HELP = "auto (per task), exact_match, multiple_choice or gsm8k."
+_METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, or log_likelihood (mean log-probability "
+                "per gold-answer token; no generation).")
 _MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
 
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.score import check_output_path, parse_list
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.features import FEATURES
 
 
@@ -128,6 +128,9 @@ def tune_weights_command(
     validate: int = typer.Option(0, min=0, help="Fine-tune for real on K selections and correlate J with accuracy."),
     validate_steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps of each --validate fine-tune "
                                                                   "(default: one epoch)."),
+    validate_metric: str = typer.Option("auto", help="Dev score of each --validate fine-tune: auto (per task), "
+                                                     "exact_match, multiple_choice, gsm8k or log_likelihood "
+                                                     "(use it where accuracy stays near zero)."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     seed: int = typer.Option(0, min=0, help="Seed of the anchors, the demonstrations and the search."),
     run_dir: Optional[Path] = typer.Option(None, help="Search folder (Optuna study, trial log); default: "
@@ -153,6 +156,11 @@ def tune_weights_command(
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
     if metric not in METRICS:
         raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix="use --metric loglik or exact_match")
+    from tunewise.evaluate import METRICS as EVALUATION_METRICS
+
+    if validate_metric != "auto" and validate_metric not in EVALUATION_METRICS:
+        raise TunewiseError(f"unknown metric '{validate_metric}'", field="validate-metric",
+                            fix=did_you_mean(validate_metric, (*EVALUATION_METRICS, "auto")))
     if validate in (1, 2):
         raise TunewiseError(f"--validate {validate} gives too few points for a rank correlation", field="validate",
                             fix="use --validate 3 or more (or 0 to skip the check)")
@@ -198,7 +206,8 @@ def tune_weights_command(
 
     validation = None
     if validate:
-        validation = validate_selections(backend, pool_examples, tuned, dev, validate, validate_steps, seed)
+        validation = validate_selections(backend, pool_examples, tuned, dev, validate, validate_steps, seed,
+                                         validate_metric)
 
     document = {
         **tuned.document(),
@@ -222,15 +231,16 @@ def tune_weights_command(
     stdout.print(f"best J {document['J']:.4f} after {len(document['trials'])} trials (log: {run_dir}) → {output}")
 
 
-def validate_selections(backend, pool_examples, tuned, dev, count: int, steps: int | None, seed: int) -> dict:
-    """Fine-tune on ``count`` selections spread over J and correlate J with dev accuracy."""
+def validate_selections(backend, pool_examples, tuned, dev, count: int, steps: int | None, seed: int,
+                        metric: str) -> dict:
+    """Fine-tune on ``count`` selections spread over J and correlate J with the dev score."""
     from tunewise.finetune import FinetuneConfig
     from tunewise.weights import validate_proxy
 
     config = FinetuneConfig(epochs=1, max_steps=steps, seed=seed)
     with progress_bar("checking the proxy", unit="fine-tunes") as update:
         return validate_proxy(backend.loaded, pool_examples, tuned.search.trials, tuned.selection, dev.examples,
-                              count, config, progress=update)
+                              count, config, progress=update, metric=metric)
 
 
 def weights_table(document: dict) -> Table:
@@ -246,9 +256,9 @@ def weights_table(document: dict) -> Table:
 
 
 def validation_table(validation: dict) -> Table:
-    """J against post-fine-tuning dev accuracy, one row per fine-tune."""
-    table = Table(title="Proxy check: J against accuracy after fine-tuning")
-    for column in ("trial", "J", "accuracy"):
+    """J against the post-fine-tuning dev score, one row per fine-tune."""
+    table = Table(title=f"Proxy check: J against the dev score ({validation['metric']}) after fine-tuning")
+    for column in ("trial", "J", "dev score"):
         table.add_column(column, justify="right")
     for point in validation["fine_tunes"]:
         table.add_row(str(point["trial"]), f"{point['J']:.4f}", f"{point['accuracy']:.3f}")
