@@ -18,10 +18,16 @@ difference with its 95 % t interval (:func:`tunewise.sweep.paired_gain`), comput
 
     .venv/bin/python bench/study_budget.py --out bench/out/study_budget
 
+The ``efficiency`` allocation (DESIGN.md §2) gives each label to the task whose predicted curve
+gains most from it. Its per-task AUC' comes from the task's CoS-Low and the coefficients shipped
+for SmolLM2 (``tunewise/data/calibration_smollm2.json``, N = 16). Each task's CoS-Low is measured
+on that task's rows outside the pool and the test set, the labels a user would pay for before
+planning: confidence on a seeded sample of ``--coslow-prompts`` prompts, gradients of the 32 least
+confident (``OUT/coslow/<task>.json``, reused on a rerun).
+
 The defaults are a reduced configuration for one shared CPU core: 8 of T0's 34 tasks, 1/80 of
 every task's rows (353 pool examples), budgets 8/16/32, 5 test examples per task and 20
-MMLU/BBH questions. The ``efficiency`` allocation is not part of it: it needs a CoS-Low per pool
-task and calibrated coefficients for the model.
+MMLU/BBH questions.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import _examples, require_data, t0  # noqa: E402
+from study_curves import measure_coslow  # noqa: E402
+
+from tunewise.efficiency import coefficients_for, predict_auc  # noqa: E402
 
 from tunewise.evaluate import write_json_atomic  # noqa: E402
 from tunewise.finetune import FinetuneConfig  # noqa: E402
@@ -54,7 +63,8 @@ BBH_TASKS = ("date_understanding", "disambiguation_qa", "geometric_shapes", "hyp
 MAX_ANSWER_WORDS = 5
 SAME_TASK, BENCHMARKS = "same_task", "benchmarks"
 BENCHMARK_TASKS = ("mmlu", "bbh")
-STRATEGIES = ("random", "task_diversity", "weighted_task_diversity")
+EFFICIENCY = "efficiency"
+STRATEGIES = ("random", "task_diversity", "weighted_task_diversity", EFFICIENCY)
 
 
 def llm_adapters_split(folder: str, split: str) -> list[dict]:
@@ -87,27 +97,51 @@ def bbh_sample(size: int, seed: int) -> list[dict]:
 
 
 def build_study_data(pool_fraction: float, test_per_task: int, benchmark_size: int, seed: int):
-    """(pool, test): every task's short-answer rows shuffled with ``seed``; the first
+    """(pool, test, spare): every task's short-answer rows shuffled with ``seed``; the first
     ``test_per_task`` go to the test set (T0) or come from the task's test split (the rest), then
-    ``pool_fraction`` of what remains (at least one) goes to the pool, keeping the tasks' imbalance."""
+    ``pool_fraction`` of what remains (at least one) goes to the pool, keeping the tasks' imbalance.
+    ``spare`` maps each pool task to its training rows in neither the pool nor the test set."""
     by_task: dict[str, list] = {}
     for example in t0(tasks=list(T0_TASKS), seed=seed):
         if len(example.response.split()) <= MAX_ANSWER_WORDS:
             by_task.setdefault(example.task, []).append(example)
-    pool, test = [], []
+    pool, test, spare = [], [], {}
     for task, examples in sorted(by_task.items()):
         test.extend(examples[:test_per_task])
         rest = examples[test_per_task:]
-        pool.extend(rest[:max(1, round(pool_fraction * len(rest)))])
-    for folder in MULTIPLE_CHOICE_TASKS:
+        in_pool = max(1, round(pool_fraction * len(rest)))
+        pool.extend(rest[:in_pool])
+        spare[task] = rest[in_pool:]
+    for folder, task in MULTIPLE_CHOICE_TASKS.items():
         train, held_out = (_examples(llm_adapters_split(folder, split)) for split in ("train", "test"))
         random.Random(f"{seed}:{folder}").shuffle(train)
         random.Random(f"{seed}:{folder}:test").shuffle(held_out)
-        pool.extend(train[:max(1, round(pool_fraction * len(train)))])
+        in_pool = max(1, round(pool_fraction * len(train)))
+        pool.extend(train[:in_pool])
+        spare[task] = train[in_pool:]
         test.extend(held_out[:test_per_task])
     half = benchmark_size // 2
     test.extend(_examples(mmlu_sample(half, seed) + bbh_sample(benchmark_size - half, seed)))
-    return pool, test
+    return pool, test, spare
+
+
+def predicted_aucs(out: Path, spare: dict, model: str, prompts: int, seed: int) -> dict:
+    """Task → CoS-Low measured on its spare rows (cached in OUT/coslow) and the AUC' it predicts
+    with the model's shipped coefficients; written to OUT/predicted_auc.json."""
+    coefficients = coefficients_for(model)
+    tasks = {}
+    for task, rows in sorted(spare.items()):
+        path = out / "coslow" / f"{task}.json"
+        if not path.exists():
+            print(f"CoS-Low of {task} ({min(prompts, len(rows))} prompts of {len(rows)} spare rows)", flush=True)
+            write_json_atomic(measure_coslow(rows, model, prompts, seed), path)
+        coslow = json.loads(path.read_text())["coslow"]
+        tasks[task] = {"coslow": coslow, "predicted_auc": predict_auc(coslow, coefficients)}
+    document = {"coefficients": {"slope": coefficients.slope, "intercept": coefficients.intercept,
+                                 "max_budget": coefficients.max_budget, "source": coefficients.source},
+                "tasks": tasks}
+    write_json_atomic(document, out / "predicted_auc.json")
+    return document
 
 
 def part_of(task: str) -> str:
@@ -158,6 +192,8 @@ def summarise_study(out: Path, pool, test) -> dict:
             for part in (SAME_TASK, BENCHMARKS, *BENCHMARK_TASKS)},
         "parts": parts,
         "allocations": allocations,
+        "predicted_auc": (json.loads((out / "predicted_auc.json").read_text())
+                          if (out / "predicted_auc.json").exists() else None),
     }
     write_json_atomic(summary, out / "study_budget.json")
     return summary
@@ -198,6 +234,11 @@ def allocation_table(summary: dict) -> str:
     tasks = list(summary["pool_tasks"])
     lines = ["| budget | strategy | " + " | ".join(tasks) + " |", "|---:|---|" + "---:|" * len(tasks),
              "| pool | — | " + " | ".join(str(summary["pool_tasks"][task]) for task in tasks) + " |"]
+    if summary["predicted_auc"] is not None:
+        predicted = summary["predicted_auc"]["tasks"]
+        lines += ["| CoS-Low | — | " + " | ".join(f"{predicted[task]['coslow']:.3f}" for task in tasks) + " |",
+                  "| predicted AUC' | — | " + " | ".join(f"{predicted[task]['predicted_auc']:.3f}" for task in tasks)
+                  + " |"]
     budgets = sorted({budget for strategy in summary["allocations"].values() for budget in strategy})
     for budget in budgets:
         for strategy in STRATEGIES:
@@ -219,6 +260,8 @@ def main() -> None:
                         help="share of every task's rows that goes into the pool")
     parser.add_argument("--test-per-task", type=int, default=5)
     parser.add_argument("--benchmark-size", type=int, default=20, help="MMLU + BBH test questions, half each")
+    parser.add_argument("--coslow-prompts", type=int, default=96,
+                        help="per task, spare prompts answered to find the 32 least confident for CoS-Low")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
@@ -227,12 +270,20 @@ def main() -> None:
 
     # On a shared 2-core machine one thread is several times faster than two.
     torch.set_num_threads(args.threads)
-    pool, test = build_study_data(args.pool_fraction, args.test_per_task, args.benchmark_size, args.split_seed)
+    pool, test, spare = build_study_data(args.pool_fraction, args.test_per_task, args.benchmark_size,
+                                         args.split_seed)
     print(f"pool: {len(pool)} examples {dict(Counter(e.task for e in pool))}; test: {len(test)}", flush=True)
+    strategies = args.strategies.split(",")
     if not args.summarise_only:
-        run_sweep(pool, test, [int(b) for b in args.budgets.split(",")], args.strategies.split(","),
+        extra = {}
+        if EFFICIENCY in strategies:
+            predictions = predicted_aucs(args.out, spare, args.model, args.coslow_prompts, args.split_seed)
+            extra[EFFICIENCY] = {"predicted_auc": {task: entry["predicted_auc"]
+                                                   for task, entry in predictions["tasks"].items()},
+                                 "max_budget": predictions["coefficients"]["max_budget"]}
+        run_sweep(pool, test, [int(b) for b in args.budgets.split(",")], strategies,
                   [int(s) for s in args.seeds.split(",")], args.model, args.out, FinetuneConfig(),
-                  metric="auto",
+                  metric="auto", strategy_parameters=extra,
                   progress=lambda done, total, label: print(f"[{done}/{total}] {label}", flush=True))
     summary = summarise_study(args.out, pool, test)
     tables = markdown_table(summary) + "\n\nExamples per task (mean over seeds):\n\n" + allocation_table(summary)

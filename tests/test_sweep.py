@@ -224,3 +224,25 @@ def test_a_bad_spec_is_refused_naming_the_spec(tmp_path, spec, problem):
     with pytest.raises(TunewiseError, match=re.escape(f"'{spec}'")):
         run_sweep(pool, test, run_dir=tmp_path / "sweep", **dict(SWEEP, strategies=["random", spec]))
     assert not (tmp_path / "sweep").exists()
+
+
+def test_extra_parameters_reach_the_strategy_and_are_recorded_with_each_run(tmp_path):
+    pool, test = generated_examples(10), generated_examples(2, offset=100)
+    predicted = {"add": 0.9, "echo": 0.1}
+    strategy = strategy_from_spec("efficiency:max_budget=8", {"predicted_auc": predicted})
+    assert strategy.predicted_auc == predicted and strategy.max_budget == 8
+    run_sweep(pool, test, run_dir=tmp_path, strategy_parameters={"efficiency": {"predicted_auc": predicted}},
+              **dict(SWEEP, strategies=["efficiency"], budgets=[4], seeds=[0]))
+    record = json.loads((tmp_path / "runs" / run_file_name("efficiency", 4, 0)).read_text())
+    assert record["strategy_parameters"] == {"predicted_auc": predicted}
+    allocation = record["selection_details"]["allocation"]
+    assert sum(allocation.values()) == 4 and allocation["add"] > allocation["echo"]
+
+
+def test_extra_parameters_are_refused_twice_or_for_an_unswept_strategy(tmp_path):
+    with pytest.raises(TunewiseError, match="both set max_budget"):
+        strategy_from_spec("efficiency:max_budget=8", {"max_budget": 16, "predicted_auc": {"a": 0.5}})
+    pool, test = generated_examples(6), generated_examples(2, offset=100)
+    with pytest.raises(TunewiseError, match="not swept: efficiency"):
+        run_sweep(pool, test, run_dir=tmp_path / "sweep", strategy_parameters={"efficiency": {}}, **SWEEP)
+    assert not (tmp_path / "sweep").exists()

@@ -23,7 +23,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError
@@ -101,13 +101,27 @@ def _spec_value(text: str) -> int | float | str:
     return text
 
 
-def strategy_from_spec(spec: str):
+def strategy_from_spec(spec: str, extra_parameters: Mapping | None = None):
     """The :class:`~tunewise.strategies.Strategy` a spec names, its parameters checked by
-    :func:`~tunewise.strategies.get_strategy`; any error names the whole spec."""
-    from tunewise.strategies import get_strategy
+    :func:`~tunewise.strategies.get_strategy`; any error names the whole spec.
+
+    ``extra_parameters`` adds parameters a spec's text cannot carry, such as the mapping of
+    predicted AUCs that ``efficiency`` takes; a parameter may not be given both ways. Besides the
+    registered strategies a spec may name ``efficiency`` (:class:`~tunewise.planning.EfficiencyAllocation`),
+    which is not registered because it cannot run without those predictions.
+    """
+    from tunewise.planning import EFFICIENCY, EfficiencyAllocation
+    from tunewise.strategies import build_strategy, get_strategy
 
     name, parameters = parse_strategy_spec(spec)
+    twice = sorted(set(parameters) & set(extra_parameters or {}))
+    if twice:
+        raise TunewiseError(f"strategy spec '{spec}' and its extra parameters both set {', '.join(twice)}",
+                            field="strategies", fix="give each parameter one way")
+    parameters.update(extra_parameters or {})
     try:
+        if name == EFFICIENCY:
+            return build_strategy(EfficiencyAllocation, parameters)
         return get_strategy(name, **parameters)
     except TunewiseError as error:
         raise TunewiseError(f"strategy spec '{spec}': {error.message}", field="strategies", fix=error.fix) from None
@@ -129,6 +143,7 @@ def run_sweep(
     max_new_tokens: int | None = None,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int, str], None] | None = None,
+    strategy_parameters: Mapping[str, Mapping] | None = None,
 ) -> dict:
     """Run every missing (strategy, budget, seed) and the zero-shot baseline, then summarise.
 
@@ -151,6 +166,10 @@ def run_sweep(
     progress:
         Called with ``(runs_done, runs_total, label)`` before each run starts and once at the end;
         finished runs found on disk count as done.
+    strategy_parameters:
+        Spec → parameters its text cannot carry (:func:`strategy_from_spec`), e.g.
+        ``{"efficiency": {"predicted_auc": {...}, "max_budget": 16}}``; each run of that spec
+        records them.
 
     Returns the summary that :func:`summarise_sweep` writes to ``RUN_DIR/sweep.json``.
     """
@@ -160,7 +179,12 @@ def run_sweep(
     test_examples = list(getattr(test, "examples", test))
     finetune_config = finetune_config or FinetuneConfig()
     budgets, strategies, seeds = _check_grid(budgets, strategies, seeds, len(pool_examples))
-    chosen = {spec: strategy_from_spec(spec) for spec in strategies}
+    strategy_parameters = {spec: dict(parameters) for spec, parameters in (strategy_parameters or {}).items()}
+    unknown = sorted(set(strategy_parameters) - set(strategies))
+    if unknown:
+        raise TunewiseError(f"extra parameters for strategies that are not swept: {', '.join(unknown)}",
+                            field="strategies", fix="key the extra parameters by a swept strategy spec")
+    chosen = {spec: strategy_from_spec(spec, strategy_parameters.get(spec)) for spec in strategies}
     _check_examples(pool_examples, test_examples)
 
     run_dir = Path(run_dir)
@@ -209,6 +233,9 @@ def run_sweep(
         record = _run_record(strategy, budget, seed, results)
         record["selected_ids"] = [example.id for example in selected]
         record["selection_notes"] = selection.notes
+        record["selection_details"] = selection.details
+        if strategy in strategy_parameters:
+            record["strategy_parameters"] = strategy_parameters[strategy]
         record["training"] = trained.log.to_dict()
         write_json_atomic(record, runs / run_file_name(strategy, budget, seed))
         done += 1
