@@ -371,17 +371,17 @@ def rank_correlation(proxy_values: Sequence[float], accuracies: Sequence[float])
 def correlation_verdict(spearman: float, kendall: float, points: int, constant: bool = False) -> str:
     """A plain sentence on whether the proxy tracks fine-tuning; a weak result says so."""
     if constant or not math.isfinite(spearman):
-        return ("undefined: the fine-tuned accuracies (or the proxy values) are all equal, so this check "
+        return ("undefined: the fine-tuned dev scores (or the proxy values) are all equal, so this check "
                 "cannot tell whether the proxy tracks fine-tuning")
     strength = "strong" if abs(spearman) >= 0.7 else "moderate" if abs(spearman) >= 0.4 else "weak"
     if strength == "weak":
-        sentence = ("weak: the proxy does not track post-fine-tuning accuracy here; "
+        sentence = ("weak: the proxy does not track the post-fine-tuning dev score here; "
                     "treat the learned weights with caution")
     elif spearman < 0:
         sentence = (f"{strength} and negative: the proxy ranks weight settings opposite to fine-tuning; "
                     "do not trust the learned weights")
     else:
-        sentence = f"{strength}: higher J went with higher accuracy after fine-tuning"
+        sentence = f"{strength}: higher J went with a higher dev score after fine-tuning"
     sentence += f" (Spearman {spearman:+.2f}, Kendall {kendall:+.2f}, {points} fine-tunes)"
     if points < 5:
         sentence += f"; with only {points} points any rank correlation is very uncertain"
