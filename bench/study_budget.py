@@ -50,7 +50,7 @@ from tunewise.efficiency import coefficients_for, predict_auc  # noqa: E402
 
 from tunewise.evaluate import write_json_atomic  # noqa: E402
 from tunewise.finetune import FinetuneConfig  # noqa: E402
-from tunewise.sweep import BASELINE, ZERO_SHOT, paired_gain, read_runs, run_sweep  # noqa: E402
+from tunewise.sweep import BASELINE, paired_gain, read_runs, run_sweep  # noqa: E402
 
 # T0 tasks whose prompts are short (median under 350 characters) and whose answers are a word or
 # a label, so that fine-tuning stays cheap on CPU and exact match is a fair metric.

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 
 from tunewise.backends.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.finetune import IGNORE_INDEX, encode_example, prompt_token_ids
+from tunewise.finetune import IGNORE_INDEX, encode_example, pad_batch, prompt_token_ids
 from tunewise.models import LoadedModel
 
 METRICS = ("exact_match", "multiple_choice", "gsm8k", "log_likelihood")
@@ -183,6 +183,8 @@ def response_log_likelihoods(
     """
     import torch
 
+    from tunewise.backends.hf import row_means, token_logprobs
+
     device = next(model.parameters()).device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
     encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH) for example in examples]
@@ -190,30 +192,25 @@ def response_log_likelihoods(
     done = 0
     with torch.inference_mode():
         for batch in plan_batches([len(e.input_ids) for e in encoded], batch_tokens):
-            width = max(len(encoded[i].input_ids) for i in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            for row, index in enumerate(batch):
-                length = len(encoded[index].input_ids)
-                input_ids[row, :length] = torch.tensor(encoded[index].input_ids)
-                attention_mask[row, :length] = 1
-                labels[row, :length] = torch.tensor(encoded[index].labels)
-            hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).last_hidden_state
+            input_ids, attention_mask, labels = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             # Position t predicts token t + 1.
-            targets = labels[:, 1:].to(device)
+            targets = labels[:, 1:]
             scored = targets != IGNORE_INDEX
-            logits = head(hidden[:, :-1, :][scored]).float()
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[scored].unsqueeze(-1)).squeeze(-1)
-            rows = scored.nonzero()[:, 0]
-            sums = torch.zeros(len(batch), device=device).index_add_(0, rows, logprobs)
-            means = (sums / scored.sum(dim=1).clamp(min=1)).tolist()
+            logprobs = token_logprobs(head, hidden[:, :-1, :][scored], targets[scored])
+            means = row_means(logprobs, scored).tolist()
             for row, index in enumerate(batch):
                 values[index] = means[row]
             done += len(batch)
             if progress is not None:
                 progress(done, len(encoded))
     return values
+
+
+def check_metric(metric: str, field: str = "metric") -> None:
+    """Refuse a metric name :func:`evaluate` does not know (``auto`` included), with a did-you-mean."""
+    if metric != "auto" and metric not in METRICS:
+        raise TunewiseError(f"unknown metric '{metric}'", field=field, fix=did_you_mean(metric, (*METRICS, "auto")))
 
 
 def evaluate(
@@ -251,9 +248,7 @@ def evaluate(
     if isinstance(model, LoadedModel):
         tokenizer = tokenizer or model.tokenizer
         model = model.model
-    if metric != "auto" and metric not in METRICS:
-        raise TunewiseError(f"unknown metric '{metric}'", field="metric",
-                            fix=did_you_mean(metric, (*METRICS, "auto")))
+    check_metric(metric)
     if not examples:
         raise TunewiseError("there are no examples to evaluate", fix="pass a non-empty test set")
     unlabelled = [example.id for example in examples if example.response is None]
@@ -304,27 +299,35 @@ def evaluate(
             "correct": is_correct(task_metric, prediction, example.response),
         })
 
+    config = {
+        "metric": metric,
+        "metrics": metrics,
+        "max_new_tokens": limits,
+        "batch_tokens": batch_tokens,
+        "n_samples": len(samples),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return _results_document(samples, metrics, "correct",
+                             lambda values: binomial_stderr(sum(values) / len(values), len(values)), config)
+
+
+def _results_document(samples: list[dict], metrics: dict[str, str], value_key: str,
+                      stderr: Callable[[list[float]], float | None], config: dict) -> dict:
+    """The results layout of the module docstring: per task (in ``metrics`` order) the mean of its
+    samples' ``value_key``, its ``stderr``, the count and the metric; then the macro average."""
     results = {}
-    for task in tasks:
-        correct = [sample["correct"] for sample in samples if sample["task"] == task]
-        accuracy = sum(correct) / len(correct)
+    for task, metric in metrics.items():
+        values = [float(sample[value_key]) for sample in samples if sample["task"] == task]
         results[task] = {
-            metrics[task]: accuracy,
-            f"{metrics[task]}_stderr": binomial_stderr(accuracy, len(correct)),
-            "n": len(correct),
-            "metric": metrics[task],
+            metric: sum(values) / len(values),
+            f"{metric}_stderr": stderr(values),
+            "n": len(values),
+            "metric": metric,
         }
     return {
         "results": results,
         "average": sum(task_scores({"results": results}).values()) / len(results),
-        "config": {
-            "metric": metric,
-            "metrics": metrics,
-            "max_new_tokens": limits,
-            "batch_tokens": batch_tokens,
-            "n_samples": len(samples),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
+        "config": config,
         "samples": samples,
     }
 
@@ -337,27 +340,15 @@ def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, pr
          "target": example.response, LOG_LIKELIHOOD: value}
         for example, value in zip(examples, values)
     ]
-    results = {}
-    for task in tasks:
-        task_values = [sample[LOG_LIKELIHOOD] for sample in samples if sample["task"] == task]
-        results[task] = {
-            LOG_LIKELIHOOD: sum(task_values) / len(task_values),
-            f"{LOG_LIKELIHOOD}_stderr": mean_stderr(task_values),
-            "n": len(task_values),
-            "metric": LOG_LIKELIHOOD,
-        }
-    return {
-        "results": results,
-        "average": sum(task_scores({"results": results}).values()) / len(results),
-        "config": {
-            "metric": LOG_LIKELIHOOD,
-            "metrics": dict.fromkeys(tasks, LOG_LIKELIHOOD),
-            "batch_tokens": batch_tokens,
-            "n_samples": len(samples),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
-        "samples": samples,
+    metrics = dict.fromkeys(tasks, LOG_LIKELIHOOD)
+    config = {
+        "metric": LOG_LIKELIHOOD,
+        "metrics": metrics,
+        "batch_tokens": batch_tokens,
+        "n_samples": len(samples),
+        "seconds": round(time.perf_counter() - started, 3),
     }
+    return _results_document(samples, metrics, LOG_LIKELIHOOD, mean_stderr, config)
 
 
 def mean_stderr(values: Sequence[float]) -> float | None:
@@ -396,6 +387,7 @@ def write_json_atomic(data, path: str | os.PathLike) -> Path:
 __all__ = [
     "LOG_LIKELIHOOD",
     "METRICS",
+    "check_metric",
     "evaluate",
     "generate_greedy",
     "mean_stderr",

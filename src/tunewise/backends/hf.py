@@ -20,6 +20,22 @@ from tunewise.backends.base import EncodedExample, Generation, Messages
 from tunewise.models import LoadedModel
 
 
+def token_logprobs(head, hidden, targets):
+    """log p(target) from hidden states, projecting only these rows onto the vocabulary with ``head``."""
+    import torch
+
+    logits = head(hidden).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def row_means(values, mask):
+    """Per row of the boolean ``mask``, the mean of ``values`` (one per True, in row-major order)."""
+    import torch
+
+    sums = torch.zeros(mask.shape[0], device=values.device).index_add_(0, mask.nonzero()[:, 0], values)
+    return sums / mask.sum(dim=1).clamp(min=1)
+
+
 class HFBackend:
     """Scores batches of examples with a loaded causal language model."""
 
@@ -108,13 +124,6 @@ class HFBackend:
                 mask[row, : len(sequence)] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _token_logprobs(self, hidden, targets):
-        """log p(target) from hidden states, projecting only these rows onto the vocabulary."""
-        import torch
-
-        logits = self._head(hidden).float()
-        return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
     def _prompt_pass(self, batch, wanted, outputs) -> None:
         import torch
 
@@ -127,7 +136,6 @@ class HFBackend:
         cache = prefill.past_key_values
         prompt_hidden = prefill.last_hidden_state
         last_prompt_hidden = prompt_hidden[:, -1, :]
-        width = prompt_ids.shape[1]
         embedding_sum = (prompt_hidden.float() * prompt_mask.unsqueeze(-1)).sum(dim=1)
         embedding_count = prompt_mask.sum(dim=1, keepdim=True).float()
 
@@ -152,12 +160,8 @@ class HFBackend:
                 # last prompt position for t = 0, response position t - 1 after that.
                 predictors = torch.cat([last_prompt_hidden.unsqueeze(1), response_hidden[:, :-1, :]], dim=1)
                 selected = response_mask.bool()
-                logprobs = self._token_logprobs(predictors[selected], response_ids[selected])
-                per_row = torch.zeros(len(batch), device=self.device).index_add_(
-                    0, selected.nonzero()[:, 0], logprobs
-                )
-                counts = response_mask.sum(dim=1).clamp(min=1)
-                losses = (-per_row / counts).tolist()
+                logprobs = token_logprobs(self._head, predictors[selected], response_ids[selected])
+                losses = (-row_means(logprobs, selected)).tolist()
                 for row in labelled:
                     outputs["loss"][row] = losses[row]
         if "embedding" in wanted:
@@ -203,8 +207,6 @@ class HFBackend:
         return [tokens[r][keep[r]] for r in range(rows)], [probs[r][keep[r]] for r in range(rows)]
 
     def _unconditional_pass(self, batch, outputs) -> None:
-        import torch
-
         labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
         if not labelled:
             return
@@ -212,9 +214,8 @@ class HFBackend:
         ids, mask = self._right_padded(sequences)
         hidden = self._decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
-        logprobs = self._token_logprobs(hidden[:, :-1, :][target_mask], targets[target_mask])
-        per_row = torch.zeros(len(labelled), device=self.device).index_add_(0, target_mask.nonzero()[:, 0], logprobs)
-        losses = (-per_row / target_mask.sum(dim=1).clamp(min=1)).tolist()
+        logprobs = token_logprobs(self._head, hidden[:, :-1, :][target_mask], targets[target_mask])
+        losses = (-row_means(logprobs, target_mask)).tolist()
         for index, row in enumerate(labelled):
             outputs["loss_unconditional"][row] = losses[index]
 

@@ -11,7 +11,7 @@ from rich.table import Table
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.score import check_output_path, parse_list
-from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.errors import TunewiseError
 from tunewise.features import FEATURES
 
 
@@ -156,11 +156,9 @@ def tune_weights_command(
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
     if metric not in METRICS:
         raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix="use --metric loglik or exact_match")
-    from tunewise.evaluate import METRICS as EVALUATION_METRICS
+    from tunewise.evaluate import check_metric
 
-    if validate_metric != "auto" and validate_metric not in EVALUATION_METRICS:
-        raise TunewiseError(f"unknown metric '{validate_metric}'", field="validate-metric",
-                            fix=did_you_mean(validate_metric, (*EVALUATION_METRICS, "auto")))
+    check_metric(validate_metric, field="validate-metric")
     if validate in (1, 2):
         raise TunewiseError(f"--validate {validate} gives too few points for a rank correlation", field="validate",
                             fix="use --validate 3 or more (or 0 to skip the check)")
