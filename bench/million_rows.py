@@ -44,10 +44,10 @@ print(time.perf_counter() - started, resource.getrusage(resource.RUSAGE_CHILDREN
 # The score command's path before streaming: the whole pool in memory, then one write.
 _IN_MEMORY_SCORE = """
 import sys
-from tunewise.backends import load_backend
-from tunewise.pool import read_pool
-from tunewise.scores import write_scores
-from tunewise.scoring import score_pool, scores_provenance
+from tunewise.model import load_backend
+from tunewise.data.pool import read_pool
+from tunewise.data.table import write_scores
+from tunewise.indicators.score import score_pool, scores_provenance
 pool, output, cache = sys.argv[1:]
 names = ["cot_length", "length"]
 examples = read_pool(pool, "task")

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 import realdata
-from tunewise.anchors import Anchors
-from tunewise.backends import load_backend
-from tunewise.proxy import InContextProxy, ProxyModel, shared_prefix_length
+from tunewise.weights.anchors import Anchors
+from tunewise.model import load_backend
+from tunewise.weights.proxy import InContextProxy, ProxyModel, shared_prefix_length
 
 
 def timed(function):

@@ -41,7 +41,7 @@ COMPARED = ("loss", "ifd", "confidence", "length", "prompt_length", "cot_length"
 def run_engine(engine: str, model: str, n: int, actors: int, scores_path: Path) -> dict:
     """Score ``n`` GSM8K examples with one engine in this process; the scores go to ``scores_path``."""
     import realdata
-    from tunewise.scores import write_scores
+    from tunewise.data.table import write_scores
 
     examples = realdata.gsm8k("train", limit=n, seed=0)
     returned: list[tuple[float, int]] = []
@@ -53,15 +53,15 @@ def run_engine(engine: str, model: str, n: int, actors: int, scores_path: Path) 
     with tempfile.TemporaryDirectory(prefix="tunewise-bench-cache-") as cache_dir:
         started = time.perf_counter()
         if engine == "ray":
-            from tunewise.distributed import score_pool_ray
+            from tunewise.indicators.ray import score_pool_ray
 
             scores, _ = score_pool_ray(examples, model, INDICATORS, device="cpu", dtype="fp32", cache_dir=cache_dir,
                                        max_new_tokens=32, progress=progress, cpu_actors=actors)
         else:
             import torch
 
-            from tunewise.backends import load_backend
-            from tunewise.scoring import score_pool
+            from tunewise.model import load_backend
+            from tunewise.indicators.score import score_pool
 
             if engine == "local-1-thread":
                 torch.set_num_threads(1)
@@ -103,7 +103,7 @@ def main() -> None:
         print(json.dumps(run_engine(args.run, args.models, args.n, args.actors, args.scores)))
         return
 
-    from tunewise.scores import read_scores
+    from tunewise.data.table import read_scores
 
     results = []
     with tempfile.TemporaryDirectory(prefix="tunewise-bench-") as folder:

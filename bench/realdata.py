@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from tunewise.pool import Example, parse_record
+from tunewise.data.pool import Example, parse_record
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -22,9 +22,9 @@ import torch
 from scipy.stats import spearmanr
 
 import realdata
-from tunewise.backends.hf import HFBackend
-from tunewise.models import load_model
-from tunewise.scoring import score_pool
+from tunewise.model.hf import HFBackend
+from tunewise.model.load import load_model
+from tunewise.indicators.score import score_pool
 
 INDICATORS = ("loss", "ifd", "confidence")
 

@@ -51,8 +51,8 @@ def generated_scores(rows: int, tasks: int, dim: int | None, seed: int = 0) -> p
 
 
 def measure_task_diversity(rows: int, tasks: int, budget: int, strategy: str) -> dict:
-    from tunewise.allocation import allocate_budget
-    from tunewise.strategies import get_strategy
+    from tunewise.select.allocation import allocate_budget
+    from tunewise.select import get_strategy
 
     scores = generated_scores(rows, tasks, dim=None)
     pool_sizes = scores["task"].value_counts().sort_index().to_dict()
@@ -76,7 +76,7 @@ def measure_task_diversity(rows: int, tasks: int, budget: int, strategy: str) ->
 
 
 def measure_k_center(rows: int, tasks: int, dim: int, k: int) -> dict:
-    from tunewise.strategies import get_strategy
+    from tunewise.select import get_strategy
 
     scores = generated_scores(rows, tasks, dim=dim)
     before = peak_rss_bytes()

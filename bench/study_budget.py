@@ -12,9 +12,9 @@ of two parts that are scored apart:
 - held-out benchmarks: a seeded sample of MMLU test questions and of multiple-choice BBH tasks,
   tasks the pool does not hold, macro-averaged over the two.
 
-The runs are one :func:`tunewise.sweep.run_sweep` folder, so a rerun of the same command resumes
+The runs are one :func:`tunewise.training.sweep.run_sweep` folder, so a rerun of the same command resumes
 and more seeds or budgets can be added later. The gain over random is the sweep's paired per-seed
-difference with its 95 % t interval (:func:`tunewise.sweep.paired_gain`), computed per part.
+difference with its 95 % t interval (:func:`tunewise.training.sweep.paired_gain`), computed per part.
 
     .venv/bin/python bench/study_budget.py --out bench/out/study_budget
 
@@ -46,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import _examples, require_data, t0  # noqa: E402
 from study_curves import measure_coslow  # noqa: E402
 
-from tunewise.efficiency import coefficients_for, predict_auc  # noqa: E402
+from tunewise.efficiency.predict import coefficients_for, predict_auc  # noqa: E402
 
-from tunewise.evaluate import write_json_atomic  # noqa: E402
-from tunewise.finetune import FinetuneConfig  # noqa: E402
-from tunewise.sweep import BASELINE, paired_gain, read_runs, run_sweep  # noqa: E402
+from tunewise.training.evaluate import write_json_atomic  # noqa: E402
+from tunewise.training.finetune import FinetuneConfig  # noqa: E402
+from tunewise.training.sweep import BASELINE, paired_gain, read_runs, run_sweep  # noqa: E402
 
 # T0 tasks whose prompts are short (median under 350 characters) and whose answers are a word or
 # a label, so that fine-tuning stays cheap on CPU and exact match is a fair metric.

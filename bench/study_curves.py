@@ -40,13 +40,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import require_data  # noqa: E402
 
-from tunewise.coslow import DEFAULT_FRACTION, DEFAULT_K, coslow, lowest_confidence_prompts, minimum_pool_size  # noqa: E402
-from tunewise.curve import curve_auc  # noqa: E402
-from tunewise.evaluate import write_json_atomic  # noqa: E402
-from tunewise.finetune import FinetuneConfig  # noqa: E402
-from tunewise.models import load_model  # noqa: E402
-from tunewise.pool import parse_record  # noqa: E402
-from tunewise.sweep import BASELINE, run_sweep  # noqa: E402
+from tunewise.efficiency.coslow import DEFAULT_FRACTION, DEFAULT_K, coslow, lowest_confidence_prompts, minimum_pool_size  # noqa: E402
+from tunewise.efficiency.curve import curve_auc  # noqa: E402
+from tunewise.training.evaluate import write_json_atomic  # noqa: E402
+from tunewise.training.finetune import FinetuneConfig  # noqa: E402
+from tunewise.model.load import load_model  # noqa: E402
+from tunewise.data.pool import parse_record  # noqa: E402
+from tunewise.training.sweep import BASELINE, run_sweep  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SHIPPED_CALIBRATION = REPOSITORY / "src" / "tunewise" / "data" / "calibration_smollm2.json"
@@ -144,8 +144,8 @@ def split_task(examples, test_size: int, pool_cap: int, seed: int):
 def measure_coslow(pool, model_name: str, prompts: int, seed: int) -> dict:
     """CoS-Low of a labelled pool: confidence on a seeded sample of ``prompts`` of its prompts,
     then the gradient similarity of 32 drawn from the least confident (gold answers as labels)."""
-    from tunewise.backends.hf import HFBackend
-    from tunewise.scoring import score_pool
+    from tunewise.model.hf import HFBackend
+    from tunewise.indicators.score import score_pool
 
     answered = list(pool)
     random.Random(seed).shuffle(answered)
@@ -257,7 +257,7 @@ def robustness(entries: list[dict], min_gain: float) -> dict:
     (a curve that gains one or two test answers is normalised into a full-height step by noise)."""
     from scipy import stats
 
-    from tunewise.efficiency import calibrate
+    from tunewise.efficiency.predict import calibrate
 
     fitted = [e for e in entries if e["auc"] is not None]
     coslows, aucs = [e["coslow"] for e in fitted], [e["auc"] for e in fitted]

@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import bbh, gsm8k  # noqa: E402
 
-from tunewise.difficulty_calibration import DEFAULT_WINDOWS, calibrate_difficulty  # noqa: E402
-from tunewise.evaluate import LOG_LIKELIHOOD, write_json_atomic  # noqa: E402
-from tunewise.finetune import FinetuneConfig  # noqa: E402
-from tunewise.sweep import BASELINE, paired_gain, run_sweep  # noqa: E402
+from tunewise.training.difficulty import DEFAULT_WINDOWS, calibrate_difficulty  # noqa: E402
+from tunewise.training.evaluate import LOG_LIKELIHOOD, write_json_atomic  # noqa: E402
+from tunewise.training.finetune import FinetuneConfig  # noqa: E402
+from tunewise.training.sweep import BASELINE, paired_gain, run_sweep  # noqa: E402
 
 GSM8K = "gsm8k"
 

@@ -32,17 +32,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import gsm8k  # noqa: E402
 
-from tunewise.anchors import choose_anchors  # noqa: E402
-from tunewise.backends import load_backend  # noqa: E402
-from tunewise.evaluate import LOG_LIKELIHOOD, evaluate, write_json_atomic  # noqa: E402
-from tunewise.features import FEATURES, indicator_features  # noqa: E402
-from tunewise.indicators import DEFAULT_INDICATORS  # noqa: E402
-from tunewise.finetune import FinetuneConfig, finetune  # noqa: E402
-from tunewise.proxy import ProxyModel  # noqa: E402
-from tunewise.scores import embedding_matrix  # noqa: E402
-from tunewise.scoring import score_pool  # noqa: E402
-from tunewise.sweep import paired_gain  # noqa: E402
-from tunewise.weights import rank_correlation, spread_trials, tune_weights  # noqa: E402
+from tunewise.weights.anchors import choose_anchors  # noqa: E402
+from tunewise.model import load_backend  # noqa: E402
+from tunewise.training.evaluate import LOG_LIKELIHOOD, evaluate, write_json_atomic  # noqa: E402
+from tunewise.select.features import FEATURES, indicator_features  # noqa: E402
+from tunewise.indicators.registry import DEFAULT_INDICATORS  # noqa: E402
+from tunewise.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from tunewise.weights.proxy import ProxyModel  # noqa: E402
+from tunewise.data.table import embedding_matrix  # noqa: E402
+from tunewise.indicators.score import score_pool  # noqa: E402
+from tunewise.training.sweep import paired_gain  # noqa: E402
+from tunewise.weights.search import rank_correlation, spread_trials, tune_weights  # noqa: E402
 
 TUNED, RANDOM, ALL = "tuned", "random", "all"
 ARMS = (TUNED, RANDOM, ALL)

@@ -32,10 +32,10 @@ from scipy.stats import spearmanr
 
 import realdata
 from score_throughput import FlopModel, fused_flops, plain_loop
-from tunewise.backends.hf import HFBackend
-from tunewise.indicators import DEFAULT_INDICATORS
-from tunewise.models import load_model
-from tunewise.scoring import score_pool
+from tunewise.model.hf import HFBackend
+from tunewise.indicators.registry import DEFAULT_INDICATORS
+from tunewise.model.load import load_model
+from tunewise.indicators.score import score_pool
 
 WANA_VERSION = "0.5.1"
 IFD_INDICATORS = ("loss", "ifd")

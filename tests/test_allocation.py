@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunewise.allocation import (
+from tunewise.select.allocation import (
     allocate_budget,
     inverse_confidence_weights,
     round_robin_order,

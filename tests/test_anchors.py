@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunewise.anchors import Anchors, anchor_estimate, choose_anchors, tracking_report, write_anchors
-from tunewise.pool import Example, example_id, read_pool
+from tunewise.weights.anchors import Anchors, anchor_estimate, choose_anchors, tracking_report, write_anchors
+from tunewise.data.pool import Example, example_id, read_pool
 
 
 def blobs(sizes, dim=8, seed=0):

@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-from tunewise.pool import parse_record
-from tunewise.scoring import score_pool
+from tunewise.data.pool import parse_record
+from tunewise.indicators.score import score_pool
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ RECORDS = [
 def backend():
     """tiny-random with sharper, seeded weights: the stock init is so flat that every greedy
     answer is the same token; these give varied answers, some of which stop early."""
-    from tunewise.backends import load_backend
+    from tunewise.model import load_backend
 
     loaded = load_backend("tiny-random", device="cpu", dtype="fp32", max_new_tokens=MAX_NEW_TOKENS)
     generator = torch.Generator().manual_seed(1)
@@ -137,7 +137,7 @@ def test_fused_batched_scores_equal_the_naive_per_example_computation(backend, e
 
 
 def test_batches_really_mix_lengths_under_the_small_budget(backend, examples):
-    from tunewise.backends import plan_batches
+    from tunewise.model import plan_batches
 
     encoded = backend.encode([e.prompt for e in examples], [e.response for e in examples])
     lengths = [e.prompt_length + max(e.response_length, MAX_NEW_TOKENS) for e in encoded]
@@ -194,7 +194,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(backend, examples, naive
 
 def test_importing_tunewise_and_its_light_modules_does_not_import_torch():
     code = (
-        "import sys, tunewise, tunewise.pool, tunewise.scoring, tunewise.backends, tunewise.cli.score\n"
+        "import sys, tunewise, tunewise.data.pool, tunewise.indicators.score, tunewise.model, tunewise.cli.score\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 import tunewise.cli
 from tunewise.cli.app import app
-from tunewise.difficulty_calibration import CALIBRATION_FILE, window_spec
-from tunewise.strategies import fit_window_centre
-from tunewise.sweep import run_file_name
+from tunewise.training.difficulty import CALIBRATION_FILE, window_spec
+from tunewise.select import fit_window_centre
+from tunewise.training.sweep import run_file_name
 
 BUDGETS = (2, 4)
 WINDOWS = (0.15, 0.5, 0.85)

@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 
 import tunewise.cli.efficiency  # noqa: F401  (registers the commands)
 from tunewise.cli.app import app
-from tunewise.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
-from tunewise.efficiency import (Coefficients, calibrate, coefficients_for, labels_needed, predict_auc,
+from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
+from tunewise.efficiency.predict import (Coefficients, calibrate, coefficients_for, labels_needed, predict_auc,
                                  read_calibration, write_calibration)
 from tunewise.errors import TunewiseError
-from tunewise.planning import make_plan
-from tunewise.pool import Pool, parse_record
+from tunewise.pipeline import make_plan
+from tunewise.data.pool import Pool, parse_record
 
 SMALL_GRID = (8, 16, 32, 64)
 
@@ -80,7 +80,7 @@ def test_estimate_uses_the_calibration_axis_unless_told_otherwise(tmp_path):
 
 
 def test_shipped_smollm2_calibration_carries_its_axis_and_its_caveat():
-    entry = resources.files("tunewise") / "data" / "calibration_smollm2.json"
+    entry = resources.files("tunewise") / "efficiency" / "calibration_smollm2.json"
     assert entry.is_file(), "the SmolLM2 calibration (issue 7, study 1) is package data"
     document = json.loads(entry.read_text(encoding="utf-8"))
     coefficients = coefficients_for("smollm2")

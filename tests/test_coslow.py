@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import require_shared_data, require_smollm2
-from tunewise.coslow import (
+from tunewise.efficiency.coslow import (
     LORA_TARGET_MODULES,
     coslow,
     lora_gradient_vectors,
@@ -71,7 +71,7 @@ def test_invalid_selection_arguments(confidences, options, message):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tunewise.models import load_model
+    from tunewise.model.load import load_model
 
     return load_model("tiny-random", device="cpu")
 
@@ -164,9 +164,9 @@ def test_coslow_errors(tiny):
 def test_coslow_on_smollm2_for_a_bbh_task():
     require_smollm2()
     task_file = require_shared_data("bbh", "tasks", "boolean_expressions.json")
-    from tunewise.backends import load_backend
-    from tunewise.pool import parse_record
-    from tunewise.scoring import score_pool
+    from tunewise.model import load_backend
+    from tunewise.data.pool import parse_record
+    from tunewise.indicators.score import score_pool
 
     records = json.loads(task_file.read_text())["examples"]
     examples = [parse_record({"prompt": r["input"], "response": r["target"]}) for r in records]

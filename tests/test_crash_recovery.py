@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tunewise.scores import read_scores
+from tunewise.data.table import read_scores
 
 pytestmark = pytest.mark.integration
 

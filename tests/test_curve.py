@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunewise.curve import (
+from tunewise.efficiency.curve import (
     DEFAULT_GRID,
     curve_auc,
     normalise_curve,

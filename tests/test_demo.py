@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import tunewise.cli
 from tunewise.cli.app import app
-from tunewise.demo_data import DEMO_TASKS, demo_records
+from tunewise.data.demo import DEMO_TASKS, demo_records
 
 
 def test_demo_pool_is_deterministic_distinct_and_graded():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tunewise import efficiency
-from tunewise.curve import normalised_log_budget
-from tunewise.efficiency import (
+from tunewise.efficiency.curve import normalised_log_budget
+from tunewise.efficiency.predict import (
     Coefficients,
     calibrate,
     coefficients_for,
@@ -193,7 +193,7 @@ def test_calibration_file_round_trip(tmp_path):
 
 
 def test_shipped_calibration_is_found_by_model_name(tmp_path, monkeypatch):
-    data = tmp_path / "package" / "data"
+    data = tmp_path / "package" / "efficiency"
     data.mkdir(parents=True)
     (data / "calibration_smollm2.json").write_text(json.dumps(
         {"slope": 0.4, "intercept": 0.25, "model": "smollm2", "model_fingerprint": "smollm2-fp:float32"}))

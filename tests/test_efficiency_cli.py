@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 import tunewise.cli.efficiency  # noqa: F401  (registers the commands)
 from tunewise.cli.app import app
-from tunewise.curve import curve_auc
-from tunewise.efficiency import labels_needed
+from tunewise.efficiency.curve import curve_auc
+from tunewise.efficiency.predict import labels_needed
 
 runner = CliRunner()
 ANLI = {"0": 0.393, "50": 0.385, "100": 0.412, "200": 0.417, "500": 0.574, "1000": 0.704, "2500": 0.738, "5000": 0.726}

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tunewise.errors import TunewiseError
-from tunewise.evaluate import (
+from tunewise.training.evaluate import (
     LOG_LIKELIHOOD,
     binomial_stderr,
     detect_metric,
@@ -21,9 +21,9 @@ from tunewise.evaluate import (
     response_log_likelihoods,
     task_scores,
 )
-from tunewise.finetune import prompt_token_ids
-from tunewise.models import build_tiny_tokenizer, load_model
-from tunewise.pool import parse_record
+from tunewise.training.finetune import prompt_token_ids
+from tunewise.model.load import build_tiny_tokenizer, load_model
+from tunewise.data.pool import parse_record
 
 
 def example(question: str, answer: str | None, task: str = "default"):
@@ -120,7 +120,7 @@ def test_evaluate_scores_known_predictions_per_task(monkeypatch):
         replies = [next(answer for question, answer in answers.items() if question in text) for text in texts]
         return [tokenizer(reply, add_special_tokens=False)["input_ids"] for reply in replies]
 
-    monkeypatch.setattr("tunewise.evaluate.generate_greedy", scripted)
+    monkeypatch.setattr("tunewise.training.evaluate.generate_greedy", scripted)
     results = evaluate(None, tokenizer, examples)
     assert results["config"]["metrics"] == {"math": "gsm8k", "choice": "multiple_choice", "echo": "exact_match"}
     math_entry = results["results"]["math"]
@@ -186,7 +186,7 @@ def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
 def test_log_likelihood_is_minus_the_training_loss_whatever_the_batching(lively_tiny_model):
     import torch
 
-    from tunewise.finetune import encode_example
+    from tunewise.training.finetune import encode_example
 
     examples = [example(f"Count to {n}" + " now" * n, " ".join(map(str, range(n + 1))), task=("a", "b")[n % 2])
                 for n in range(7)]
@@ -205,7 +205,7 @@ def test_evaluate_log_likelihood_averages_per_task_without_generating(lively_tin
     def no_generation(*args, **kwargs):
         raise AssertionError("log_likelihood must not generate")
 
-    monkeypatch.setattr("tunewise.evaluate.generate_greedy", no_generation)
+    monkeypatch.setattr("tunewise.training.evaluate.generate_greedy", no_generation)
     # Free-text answers that no accuracy metric could read are fine: nothing is extracted.
     examples = [example(f"Describe {n}", f"a thing called {n}", task=("a", "b")[n % 2]) for n in range(6)]
     results = evaluate(lively_tiny_model, None, examples, metric=LOG_LIKELIHOOD)

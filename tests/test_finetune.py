@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tunewise.errors import TunewiseError
-from tunewise.finetune import (
+from tunewise.training.finetune import (
     ADAPTER_INFO_FILE,
     IGNORE_INDEX,
     FinetuneConfig,
@@ -20,8 +20,8 @@ from tunewise.finetune import (
     pad_batch,
     prompt_token_ids,
 )
-from tunewise.models import load_model
-from tunewise.pool import parse_record
+from tunewise.model.load import load_model
+from tunewise.data.pool import parse_record
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tunewise.cli import _register_commands, app
-from tunewise.scores import write_scores
+from tunewise.data.table import write_scores
 
 _register_commands()
 
@@ -356,7 +356,7 @@ def labelled_pool(folder: Path) -> Path:
 
 
 def scores_for_pool(folder: Path, **overrides) -> Path:
-    from tunewise.pool import read_pool
+    from tunewise.data.pool import read_pool
 
     ids = [example.id for example in read_pool(labelled_pool(folder)).examples]
     return scores_file(folder, **{"id": ids, **overrides})

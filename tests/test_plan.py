@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 import tunewise.cli
 from tunewise.cli.app import app
-from tunewise.demo_data import DEMO_TASKS, demo_records
-from tunewise.efficiency import Coefficients, paper_coefficients
+from tunewise.data.demo import DEMO_TASKS, demo_records
+from tunewise.efficiency.predict import Coefficients, paper_coefficients
 from tunewise.errors import TunewiseError
-from tunewise.planning import NO_CALIBRATION, efficiency_allocation, make_plan, next_label_gain
-from tunewise.pool import read_pool
-from tunewise.strategies import get_strategy
+from tunewise.pipeline import NO_CALIBRATION, efficiency_allocation, make_plan, next_label_gain
+from tunewise.data.pool import read_pool
+from tunewise.select import get_strategy
 
 BUDGET = 17
 
@@ -58,7 +58,7 @@ def planned(tmp_path_factory):
     unlabelled = write_jsonl(folder / "unlabelled.jsonl",
                              [{k: v for k, v in r.items() if k != "response"} for r in records])
     with pytest.MonkeyPatch.context() as patch:
-        from tunewise.models import model_cache_root
+        from tunewise.model.load import model_cache_root
 
         patch.setenv("TUNEWISE_MODEL_CACHE", str(model_cache_root()))
         patch.setenv("TUNEWISE_CACHE", str(folder / "cache"))
@@ -189,7 +189,7 @@ def generated_pool_and_scores(sizes: dict[str, int], seed: int = 0):
     records = []
     for task, size in sizes.items():
         records += [{"task": task, "prompt": f"{task} question {i}", "response": str(i)} for i in range(size)]
-    from tunewise.pool import Pool, parse_record
+    from tunewise.data.pool import Pool, parse_record
 
     examples = [parse_record(record, "task") for record in records]
     scores = pd.DataFrame({
@@ -321,6 +321,6 @@ def test_print_plan_says_a_closing_sentence_all_tasks_share_once(capsys):
     (["Same.", "Same."], ""),
 ])
 def test_shared_closing_sentence_only_when_every_reason_ends_with_it_and_keeps_more(reasons, shared):
-    from tunewise.planning import shared_closing_sentence
+    from tunewise.pipeline import shared_closing_sentence
 
     assert shared_closing_sentence(reasons) == shared

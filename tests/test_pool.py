@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunewise.errors import TunewiseError
-from tunewise.pool import DEFAULT_TASK, example_id, parse_record, read_pool
+from tunewise.data.pool import DEFAULT_TASK, example_id, parse_record, read_pool
 
 QUESTION = "Add 2 and 3."
 ANSWER = "2 + 3 = 5.\n#### 5"
@@ -237,7 +237,7 @@ def test_ids_do_not_depend_on_the_process(tmp_path):
     import sys
 
     path = write_jsonl(tmp_path / "pool", MIXED_RECORDS)
-    code = ("import sys; from tunewise.pool import read_pool; "
+    code = ("import sys; from tunewise.data.pool import read_pool; "
             "print(' '.join(e.id for e in read_pool(sys.argv[1]).examples))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     output = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env,

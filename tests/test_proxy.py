@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from tunewise.anchors import Anchors, anchor_estimate
-from tunewise.pool import Example, example_id, parse_record
-from tunewise.proxy import InContextProxy, ProxyModel, in_context_conversation, shared_prefix_length
+from tunewise.weights.anchors import Anchors, anchor_estimate
+from tunewise.data.pool import Example, example_id, parse_record
+from tunewise.weights.proxy import InContextProxy, ProxyModel, in_context_conversation, shared_prefix_length
 
 from conftest import require_shared_data, require_smollm2
 
@@ -31,7 +31,7 @@ ANCHORS = [
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tunewise.backends import load_backend
+    from tunewise.model import load_backend
 
     # A small batch budget forces several batches, so cache expansion is exercised per batch.
     return ProxyModel(load_backend("tiny-random", device="cpu"), max_batch_tokens=700)
@@ -108,7 +108,7 @@ def test_exact_match_proxy_scores_each_anchor_right_or_wrong(tiny):
 def test_cached_prefix_equals_naive_on_smollm2_with_gsm8k():
     path = require_shared_data("gsm8k", "train.jsonl")
     require_smollm2()
-    from tunewise.backends import load_backend
+    from tunewise.model import load_backend
 
     with path.open() as handle:
         items = [parse_record(json.loads(next(handle))) for _ in range(4)]

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tunewise.backends import load_backend
+from tunewise.model import load_backend
 from tunewise.cli import _register_commands, app
-from tunewise.distributed import score_pool_ray
+from tunewise.indicators.ray import score_pool_ray
 from tunewise.errors import TunewiseError
-from tunewise.pool import Example, parse_record
-from tunewise.scoring import score_pool
+from tunewise.data.pool import Example, parse_record
+from tunewise.indicators.score import score_pool
 
 _register_commands()
 

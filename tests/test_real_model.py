@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import require_shared_data, require_smollm2
-from tunewise.pool import parse_record
-from tunewise.scoring import score_pool
+from tunewise.data.pool import parse_record
+from tunewise.indicators.score import score_pool
 
 pytestmark = pytest.mark.real
 
@@ -33,7 +33,7 @@ def gsm8k_examples():
 @pytest.fixture(scope="module")
 def smollm2():
     require_smollm2()
-    from tunewise.backends import load_backend
+    from tunewise.model import load_backend
 
     return load_backend("smollm2", device="cpu", dtype="fp32", max_new_tokens=MAX_NEW_TOKENS)
 

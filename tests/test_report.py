@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from tunewise.errors import TunewiseError
-from tunewise.report import build_report
-from tunewise.scores import write_scores
+from tunewise.report.html import build_report
+from tunewise.data.table import write_scores
 
 HOSTILE_TASK = "<script>alert('x')</script> & $\\unknown$ co"
 

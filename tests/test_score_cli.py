@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tunewise.cli import _register_commands, app
-from tunewise.indicators import DEFAULT_INDICATORS
-from tunewise.pool import example_id
-from tunewise.scores import read_scores
+from tunewise.indicators.registry import DEFAULT_INDICATORS
+from tunewise.data.pool import example_id
+from tunewise.data.table import read_scores
 
 _register_commands()
 

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunewise.backends import plan_batches
-from tunewise.backends.fake import FakeBackend
-from tunewise.cache import ScoreCache
+from tunewise.model import plan_batches
+from tunewise.model.fake import FakeBackend
+from tunewise.indicators.cache import ScoreCache
 from tunewise.errors import TunewiseError
-from tunewise.indicators import DEFAULT_INDICATORS
-from tunewise.pool import Example, parse_record, read_pool
-from tunewise.scores import read_scores, write_scores
-from tunewise.scoring import score_pool
+from tunewise.indicators.registry import DEFAULT_INDICATORS
+from tunewise.data.pool import Example, parse_record, read_pool
+from tunewise.data.table import read_scores, write_scores
+from tunewise.indicators.score import score_pool
 
 # Batches of a few examples each, so that interruption and resumption have something to cut.
 SMALL_BATCH_TOKENS = 200

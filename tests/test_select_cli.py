@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 import tunewise.cli
 from tunewise.cli.app import app
-from tunewise.pool import read_pool
-from tunewise.scores import SCALAR_INDICATORS, write_scores
-from tunewise.selection import read_selection
+from tunewise.data.pool import read_pool
+from tunewise.data.table import SCALAR_INDICATORS, write_scores
+from tunewise.select.manifest import read_selection
 
 PROVENANCE = {"model": "fake-model", "indicators": {"loss": 1}}
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from tunewise.errors import TunewiseError
-from tunewise.scores import SCALAR_INDICATORS
-from tunewise.strategies import (
+from tunewise.data.table import SCALAR_INDICATORS
+from tunewise.select import (
     WindowCentre,
     available_strategies,
     fit_window_centre,

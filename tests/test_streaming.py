@@ -10,14 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from tunewise.backends import load_backend
-from tunewise.backends.fake import FakeBackend
+from tunewise.model import load_backend
+from tunewise.model.fake import FakeBackend
 from tunewise.cli import _register_commands, app
 from tunewise.errors import TunewiseError
-from tunewise.pool import read_pool
-from tunewise.scores import read_scores, write_scores
-from tunewise.scoring import score_pool, scores_provenance
-from tunewise.streaming import iter_pool_batches, score_pool_streaming, streamable
+from tunewise.data.pool import read_pool
+from tunewise.data.table import read_scores, write_scores
+from tunewise.indicators.score import score_pool, scores_provenance
+from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming, streamable
 
 _register_commands()
 

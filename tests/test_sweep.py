@@ -8,13 +8,13 @@ import re
 
 import pytest
 
-import tunewise.sweep
-from tunewise.curve import curve_auc
+import tunewise.training.sweep
+from tunewise.efficiency.curve import curve_auc
 from tunewise.errors import TunewiseError
-from tunewise.evaluate import write_json_atomic
-from tunewise.finetune import FinetuneConfig
-from tunewise.pool import parse_record
-from tunewise.sweep import (paired_gain, parse_strategy_spec, run_file_name, run_sweep, split_strategy_specs,
+from tunewise.training.evaluate import write_json_atomic
+from tunewise.training.finetune import FinetuneConfig
+from tunewise.data.pool import parse_record
+from tunewise.training.sweep import (paired_gain, parse_strategy_spec, run_file_name, run_sweep, split_strategy_specs,
                              strategy_from_spec, summarise_sweep)
 
 # scipy.stats.t.ppf(0.975, df) for df = 1, 2, written out so the test checks the interval itself.
@@ -124,13 +124,13 @@ def test_sweep_runs_end_to_end_and_resumes_only_what_is_missing(tmp_path, monkey
     removed.unlink()
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
     fine_tunes = []
-    real_finetune = tunewise.sweep.finetune
+    real_finetune = tunewise.training.sweep.finetune
 
     def counting_finetune(*args, **kwargs):
         fine_tunes.append(len(args[1]))
         return real_finetune(*args, **kwargs)
 
-    monkeypatch.setattr(tunewise.sweep, "finetune", counting_finetune)
+    monkeypatch.setattr(tunewise.training.sweep, "finetune", counting_finetune)
     resumed = run_sweep(pool, test, run_dir=tmp_path, **SWEEP)
     assert fine_tunes == [4]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir() if p.name in before} == before

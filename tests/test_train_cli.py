@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import tunewise.cli
 from tunewise.cli.app import app
-from tunewise.pool import read_pool
+from tunewise.data.pool import read_pool
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise import features as features_module
-from tunewise.anchors import Anchors
+from tunewise.select import features as features_module
+from tunewise.weights.anchors import Anchors
 from tunewise.errors import TunewiseError
-from tunewise.features import indicator_features, knn_diversity, selection_size
-from tunewise.pool import Example, example_id
-from tunewise.strategies import get_strategy, read_indicator_weights
-from tunewise.weights import (TrialRecord, correlation_verdict, rank_correlation, search_weights, simplex_weights,
+from tunewise.select.features import indicator_features, knn_diversity, selection_size
+from tunewise.data.pool import Example, example_id
+from tunewise.select import get_strategy, read_indicator_weights
+from tunewise.weights.search import (TrialRecord, correlation_verdict, rank_correlation, search_weights, simplex_weights,
                               spread_trials, tune_weights)
 
 TARGET = {"loss": 0.5, "ifd": 0.3, "diversity": 0.2}
@@ -179,8 +179,8 @@ def make_example(question: str, answer: str) -> Example:
 
 @pytest.mark.integration
 def test_tune_weights_on_tiny_random_writes_weights_that_select_the_searched_selection(tmp_path):
-    from tunewise.backends import load_backend
-    from tunewise.proxy import ProxyModel
+    from tunewise.model import load_backend
+    from tunewise.weights.proxy import ProxyModel
 
     pool = [make_example(f"{i} + {i % 3}?", f"{i + i % 3}") for i in range(24)]
     dev = [make_example(f"{i} - 1?", f"{i - 1}") for i in range(4)]

@@ -13,7 +13,7 @@ from tunewise.cli.app import command, console, stdout
 from tunewise.cli.train import (_DEVICE_HELP, _DTYPE_HELP, _MAX_NEW_TOKENS_HELP, _METRIC_HELP, _MODEL_HELP,
                                 _sweep_progress, parse_int_list, with_config_options)
 from tunewise.errors import TunewiseError
-from tunewise.finetune import FinetuneConfig
+from tunewise.training.finetune import FinetuneConfig
 
 
 @command("calibrate-difficulty")
@@ -37,8 +37,8 @@ def calibrate_difficulty_command(
 ) -> None:
     """Fine-tune on easy, medium and hard windows at each budget, find the best window per budget,
     and fit the c0 and β that `tunewise select --strategy difficulty_window` takes."""
-    from tunewise.difficulty_calibration import CALIBRATION_FILE, calibrate_difficulty
-    from tunewise.pool import read_pool
+    from tunewise.training.difficulty import CALIBRATION_FILE, calibrate_difficulty
+    from tunewise.data.pool import read_pool
 
     centres = _parse_windows(windows)
     pool = read_pool(pool_path, task_field)

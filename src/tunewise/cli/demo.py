@@ -1,7 +1,7 @@
 """``tunewise demo``: the whole loop on a built-in pool, start to finish on a laptop CPU.
 
 score → plan → select → fine-tune at two budgets, the plan's strategy against random → report.
-The pool is generated in code (:mod:`tunewise.demo_data`), so the demo needs no data files; with
+The pool is generated in code (:mod:`tunewise.data.demo`), so the demo needs no data files; with
 the bundled SmolLM2 it is sized to finish within ten minutes on a 2-core CPU.
 """
 
@@ -51,12 +51,12 @@ def demo_command(
     """Run score → plan → select → fine-tune vs random → report on a built-in multi-task pool."""
     from tunewise.cli.plan import print_plan, resolve_coefficients, run_plan
     from tunewise.cli.train import curves_table, gains_table
-    from tunewise.demo_data import demo_records
-    from tunewise.finetune import FinetuneConfig
-    from tunewise.indicators import DEFAULT_INDICATORS
-    from tunewise.pool import read_pool
-    from tunewise.report import build_report
-    from tunewise.sweep import run_sweep
+    from tunewise.data.demo import demo_records
+    from tunewise.training.finetune import FinetuneConfig
+    from tunewise.indicators.registry import DEFAULT_INDICATORS
+    from tunewise.data.pool import read_pool
+    from tunewise.report.html import build_report
+    from tunewise.training.sweep import run_sweep
 
     started = time.perf_counter()
     size = QUICK if quick else FULL
@@ -97,7 +97,7 @@ def demo_command(
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    from tunewise.selection import encode_jsonl, write_files_atomically
+    from tunewise.select.manifest import encode_jsonl, write_files_atomically
 
     write_files_atomically({path: encode_jsonl(records)})
 

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
-from tunewise.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
+from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.errors import TunewiseError, did_you_mean
 
 _GRID_TEXT = ",".join(map(str, DEFAULT_GRID))
@@ -31,7 +31,7 @@ def curve_command(
     plot: Optional[Path] = typer.Option(None, metavar="PNG", help="Also draw the normalised curve to this file."),
 ) -> None:
     """Data-efficiency AUC of a measured learning curve (paper A's metric)."""
-    from tunewise.curve import normalise_curve, parse_grid, plot_curve, read_curve
+    from tunewise.efficiency.curve import normalise_curve, parse_grid, plot_curve, read_curve
 
     points = read_curve(curve_file)
     budgets = parse_grid(grid)
@@ -79,11 +79,11 @@ def coslow_command(
 ) -> None:
     """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity."""
     from tunewise import __version__
-    from tunewise.backends import load_backend
+    from tunewise.model import load_backend
     from tunewise.cli.progress import progress_bar
-    from tunewise.coslow import DEFAULT_K, coslow, lowest_confidence_prompts
-    from tunewise.pool import read_pool
-    from tunewise.scoring import score_pool
+    from tunewise.efficiency.coslow import DEFAULT_K, coslow, lowest_confidence_prompts
+    from tunewise.data.pool import read_pool
+    from tunewise.indicators.score import score_pool
 
     if labelled is not None:
         examples = read_pool(labelled).examples
@@ -166,8 +166,8 @@ def estimate_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
 ) -> None:
     """Predicted AUC, learning curve and labels needed for a task, from its CoS-Low."""
-    from tunewise.curve import normalised_log_budget, parse_grid
-    from tunewise.efficiency import coefficients_for, labels_needed, load_coefficients, predict_auc, predicted_curve
+    from tunewise.efficiency.curve import normalised_log_budget, parse_grid
+    from tunewise.efficiency.predict import coefficients_for, labels_needed, load_coefficients, predict_auc, predicted_curve
 
     if (coslow_value is None) == (coslow_file is None):
         raise TunewiseError("give exactly one of --coslow and --coslow-file", field="coslow",
@@ -236,8 +236,8 @@ def calibrate_command(
 ) -> None:
     """Fit the CoS-Low → AUC coefficients of a model from tasks with measured curves."""
     from tunewise import __version__
-    from tunewise.curve import parse_grid
-    from tunewise.efficiency import (calibrate, doubling_schedule_cost, labels_needed, observed_labels_needed,
+    from tunewise.efficiency.curve import parse_grid
+    from tunewise.efficiency.predict import (calibrate, doubling_schedule_cost, labels_needed, observed_labels_needed,
                                      write_calibration)
 
     budgets = parse_grid(grid)
@@ -312,7 +312,7 @@ def calibrate_command(
 
 def _note_borrowed_paper_coefficients(spec: str, model: str | None) -> None:
     """Say so when the paper's coefficients for one model are applied to another."""
-    from tunewise.efficiency import PAPER_COEFFICIENTS, PAPER_PREFIX
+    from tunewise.efficiency.predict import PAPER_COEFFICIENTS, PAPER_PREFIX
 
     if not spec.startswith(PAPER_PREFIX) or model is None:
         return
@@ -375,7 +375,7 @@ def _read_coslow_file(path: Path) -> dict:
 
 def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]:
     """Header fields and per-task entries ``{task, coslow, auc, curve, ceiling}`` with AUCs computed."""
-    from tunewise.curve import curve_auc, parse_curve
+    from tunewise.efficiency.curve import curve_auc, parse_curve
 
     fix = ('write a list of {"task": ..., "coslow": ..., "curve": {"0": 0.4, "50": 0.5, ...}} '
            '(or "auc" instead of "curve")')

@@ -58,8 +58,8 @@ def plan_command(
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
     from tunewise.cli.score import parse_list
     from tunewise.cli.select import check_budget_fits_pool
-    from tunewise.indicators import DEFAULT_INDICATORS
-    from tunewise.pool import read_pool
+    from tunewise.indicators.registry import DEFAULT_INDICATORS
+    from tunewise.data.pool import read_pool
 
     started = time.perf_counter()
     if budget < 0:
@@ -103,7 +103,7 @@ def report_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `tunewise plan` (or demo)."),
 ) -> None:
     """Rebuild RUN_DIR/report.html from the files in the run folder."""
-    from tunewise.report import build_report
+    from tunewise.report.html import build_report
 
     if not run_dir.is_dir():
         raise TunewiseError("no such run folder", file=run_dir, fix="pass the -o folder of `tunewise plan`")
@@ -114,8 +114,8 @@ def report_command(
 def check_strategy(strategy: str, within: str) -> None:
     """Refuse an unknown strategy or within-task order before any model work."""
     from tunewise.errors import did_you_mean
-    from tunewise.planning import EFFICIENCY
-    from tunewise.strategies import WITHIN_TASK, available_strategies
+    from tunewise.pipeline import EFFICIENCY
+    from tunewise.select import WITHIN_TASK, available_strategies
 
     known = [*available_strategies(), EFFICIENCY]
     if strategy not in known:
@@ -126,7 +126,7 @@ def check_strategy(strategy: str, within: str) -> None:
 
 def resolve_coefficients(spec: str | None, model: str):
     """The coefficients asked for, else the model's known ones, else None (never made up)."""
-    from tunewise.efficiency import coefficients_for, load_coefficients
+    from tunewise.efficiency.predict import coefficients_for, load_coefficients
 
     if spec is not None:
         return load_coefficients(spec)
@@ -141,12 +141,12 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
              dtype: str, max_new_tokens: int, batch_tokens: int | None, cache_dir: Path | None,
              learning: WeightLearning | None = None):
     """Score, measure CoS-Low, plan, and write the run folder; shared by ``plan`` and ``demo``."""
-    from tunewise.backends import load_backend
-    from tunewise.planning import EFFICIENCY, make_plan
-    from tunewise.scoring import score_pool, scores_provenance
+    from tunewise.model import load_backend
+    from tunewise.pipeline import EFFICIENCY, make_plan
+    from tunewise.indicators.score import score_pool, scores_provenance
 
     if strategy == EFFICIENCY and coefficients is None:
-        from tunewise.planning import NO_CALIBRATION
+        from tunewise.pipeline import NO_CALIBRATION
 
         raise TunewiseError(f"the efficiency strategy needs predicted learning curves, and there is {NO_CALIBRATION}",
                             field="strategy", fix="pass --coefficients, or use --strategy weighted_task_diversity")
@@ -165,7 +165,7 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
         weights = learning.learn(pool, scores, backend, output, seed)
     within_params = None
     if weights is not None:
-        from tunewise.strategies import read_indicator_weights
+        from tunewise.select import read_indicator_weights
 
         within = "weighted_indicators"
         within_params = read_indicator_weights(weights)
@@ -190,7 +190,7 @@ class WeightLearning:
     @property
     def indicators(self) -> tuple[str, ...]:
         """What to score for the features of `tunewise tune-weights`."""
-        from tunewise.features import source_columns
+        from tunewise.select.features import source_columns
 
         return source_columns()
 
@@ -204,13 +204,13 @@ class WeightLearning:
     def learn(self, pool, scores, backend, output: Path, seed: int) -> Path:
         import optuna
 
-        from tunewise.anchors import choose_anchors
+        from tunewise.weights.anchors import choose_anchors
         from tunewise.cli.weights import read_labelled, score_dev
-        from tunewise.features import FEATURES, indicator_features
-        from tunewise.proxy import ProxyModel
-        from tunewise.scores import embedding_matrix
-        from tunewise.selection import encode_json, write_files_atomically
-        from tunewise.weights import tune_weights
+        from tunewise.select.features import FEATURES, indicator_features
+        from tunewise.weights.proxy import ProxyModel
+        from tunewise.data.table import embedding_matrix
+        from tunewise.select.manifest import encode_json, write_files_atomically
+        from tunewise.weights.search import tune_weights
 
         dev = read_labelled(self.dev, self.task_field, "dev")
         matrix = indicator_features(scores, FEATURES)
@@ -230,14 +230,14 @@ def measure_coslow_per_task(pool, scores, backend, model: str, device: str, seed
     """CoS-Low of every task with enough labelled examples, on a float32 copy of the model."""
     import torch
 
-    from tunewise.planning import measure_coslow
+    from tunewise.pipeline import measure_coslow
 
     loaded = getattr(backend, "loaded", None)
     if loaded is None:
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model}' has none", field="model",
                             fix="use --no-coslow, or --model smollm2, tiny-random or a model folder")
     if loaded.dtype != torch.float32:
-        from tunewise.models import load_model
+        from tunewise.model.load import load_model
 
         loaded = load_model(model, device=device, dtype="fp32")
     with progress_bar("CoS-Low gradients") as update:
@@ -247,9 +247,9 @@ def measure_coslow_per_task(pool, scores, backend, model: str, device: str, seed
 def write_run_folder(output: Path, pool, scores, plan, provenance: dict, weights_file: Path | None) -> None:
     """scores.parquet, plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels, then
     report.html."""
-    from tunewise.report import build_report
-    from tunewise.scores import write_scores
-    from tunewise.selection import encode_json, encode_jsonl, selection_meta, write_selection
+    from tunewise.report.html import build_report
+    from tunewise.data.table import write_scores
+    from tunewise.select.manifest import encode_json, encode_jsonl, selection_meta, write_selection
 
     meta = selection_meta(scores, plan.selection, plan.strategy, seed=plan.document["seed"],
                           budget=plan.document["budget"], scores_provenance=provenance,
@@ -312,7 +312,7 @@ def print_plan(document: dict) -> None:
     When every task's reason ends with the same sentence (all lack a prediction for the same
     cause), that sentence is printed once after them instead of once per task.
     """
-    from tunewise.planning import split_shared_closing_sentence
+    from tunewise.pipeline import split_shared_closing_sentence
 
     stdout.print(plan_table(document))
     reasons, shared = split_shared_closing_sentence([entry["why"] for entry in document["tasks"].values()])

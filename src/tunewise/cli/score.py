@@ -13,7 +13,7 @@ from rich.table import Table
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
-from tunewise.indicators import DEFAULT_INDICATORS, resolve_indicators
+from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
 
 
 def parse_list(text: str | None) -> list[str]:
@@ -38,11 +38,11 @@ def score_command(
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
 ) -> None:
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
-    from tunewise.backends import load_backend
-    from tunewise.pool import read_pool
-    from tunewise.scores import read_scores, write_scores
-    from tunewise.scoring import score_pool, scores_provenance
-    from tunewise.streaming import iter_pool_batches, score_pool_streaming, streamable
+    from tunewise.model import load_backend
+    from tunewise.data.pool import read_pool
+    from tunewise.data.table import read_scores, write_scores
+    from tunewise.indicators.score import score_pool, scores_provenance
+    from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming, streamable
 
     check_output_path(output)
     names = [i.name for i in resolve_indicators(parse_list(indicators))]
@@ -63,7 +63,7 @@ def score_command(
         for skipped in examples.skipped:
             report_skipped(skipped)
         if engine == "ray":
-            from tunewise.distributed import score_pool_ray
+            from tunewise.indicators.ray import score_pool_ray
 
             with progress_bar("scoring") as update:
                 scores, provenance = score_pool_ray(examples, model, names, device=device, dtype=dtype,

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
 from tunewise.errors import TunewiseError
-from tunewise.strategies import available_strategies
+from tunewise.select import available_strategies
 
 
 @command("select")
@@ -44,9 +44,9 @@ def select_command(
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
-    from tunewise.scores import read_scores
-    from tunewise.selection import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
-    from tunewise.strategies import get_strategy, read_indicator_weights
+    from tunewise.data.table import read_scores
+    from tunewise.select.manifest import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
+    from tunewise.select import get_strategy, read_indicator_weights
 
     if (budget is None) == (fraction is None):
         raise TunewiseError("give exactly one of --budget and --fraction", fix="e.g. --budget 500 or --fraction 0.1")
@@ -99,7 +99,7 @@ def select_command(
 
 def route_parameters(strategy: str, given: dict) -> dict:
     """Send each given flag to the strategy, or to its ``within`` strategy; refuse the rest."""
-    from tunewise.strategies import STRATEGIES, WITHIN_TASK
+    from tunewise.select import STRATEGIES, WITHIN_TASK
 
     if strategy not in STRATEGIES:
         return given  # get_strategy reports the unknown name with "did you mean"
@@ -125,8 +125,8 @@ def route_parameters(strategy: str, given: dict) -> dict:
 
 def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
     """The chosen examples, re-read from the pool by id, in the requested training format."""
-    from tunewise.pool import read_pool
-    from tunewise.selection import export_examples
+    from tunewise.data.pool import read_pool
+    from tunewise.select.manifest import export_examples
 
     by_id = read_pool(pool_path, task_field).by_id()
     chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()

@@ -18,7 +18,7 @@ from rich.table import Table
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
-from tunewise.finetune import FinetuneConfig
+from tunewise.training.finetune import FinetuneConfig
 
 _MODEL_HELP = "smollm2 (bundled), tiny-random, or a model folder."
 _DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
@@ -78,7 +78,7 @@ def check_output_file(path: Path) -> None:
 
 def selected_examples(pool, selection_path: Path) -> list:
     """The pool's examples named by a selection manifest, in the manifest's order."""
-    from tunewise.selection import read_selection
+    from tunewise.select.manifest import read_selection
 
     picks, _ = read_selection(selection_path)
     by_id = pool.by_id()
@@ -123,9 +123,9 @@ def finetune_command(
     config: FinetuneConfig = None,
 ) -> None:
     """Fine-tune a LoRA adapter on a pool (or a selection of it) and save it."""
-    from tunewise.finetune import check_adapter_output, finetune
-    from tunewise.models import load_model
-    from tunewise.pool import read_pool
+    from tunewise.training.finetune import check_adapter_output, finetune
+    from tunewise.model.load import load_model
+    from tunewise.data.pool import read_pool
 
     check_adapter_output(output)
     pool = read_pool(pool_path, task_field)
@@ -160,10 +160,10 @@ def evaluate_command(
     dtype: str = typer.Option("auto", help=_DTYPE_HELP),
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
-    from tunewise.evaluate import evaluate, write_json_atomic
-    from tunewise.finetune import load_adapter
-    from tunewise.models import load_model, model_summary
-    from tunewise.pool import read_pool
+    from tunewise.training.evaluate import evaluate, write_json_atomic
+    from tunewise.training.finetune import load_adapter
+    from tunewise.model.load import load_model, model_summary
+    from tunewise.data.pool import read_pool
 
     check_output_file(output)
     test = read_pool(test_path, task_field, limit=limit)
@@ -234,8 +234,8 @@ def sweep_command(
 ) -> None:
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
     gain over random with 95 % confidence intervals."""
-    from tunewise.pool import read_pool
-    from tunewise.sweep import PLOT_FILE, SUMMARY_FILE, run_sweep, split_strategy_specs
+    from tunewise.data.pool import read_pool
+    from tunewise.training.sweep import PLOT_FILE, SUMMARY_FILE, run_sweep, split_strategy_specs
 
     budget_list = parse_int_list(budgets, "budgets")
     seed_list = parse_int_list(seeds, "seeds")

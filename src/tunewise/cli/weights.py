@@ -12,12 +12,12 @@ from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.score import check_output_path, parse_list
 from tunewise.errors import TunewiseError
-from tunewise.features import FEATURES
+from tunewise.select.features import FEATURES
 
 
 def read_labelled(path: Path, task_field: str | None, role: str):
     """Read a pool whose every example has a response (``role`` names it in the error)."""
-    from tunewise.pool import read_pool
+    from tunewise.data.pool import read_pool
 
     pool = read_pool(path, task_field)
     unlabelled = [example.id for example in pool.examples if example.response is None]
@@ -30,7 +30,7 @@ def read_labelled(path: Path, task_field: str | None, role: str):
 
 def score_dev(backend, dev, outputs: list[str]):
     """The dev set's scores table (``loss`` and/or ``embedding``), with a progress bar."""
-    from tunewise.scoring import score_pool
+    from tunewise.indicators.score import score_pool
 
     with progress_bar("scoring the dev set") as update:
         return score_pool(dev.examples, backend, outputs, progress=update)
@@ -54,9 +54,9 @@ def anchors_command(
     dev mean, the anchors' weighted estimate, and the mean of a random subset of the same size,
     over several seeds.
     """
-    from tunewise.anchors import choose_anchors, tracking_report, write_anchors
-    from tunewise.backends import load_backend
-    from tunewise.scores import embedding_matrix
+    from tunewise.weights.anchors import choose_anchors, tracking_report, write_anchors
+    from tunewise.model import load_backend
+    from tunewise.data.table import embedding_matrix
 
     check_output_path(output)
     dev = read_labelled(dev_path, task_field, "dev")
@@ -143,10 +143,10 @@ def tune_weights_command(
 
     Use the result with `tunewise select --strategy weighted_indicators --weights FILE`.
     """
-    from tunewise.features import check_feature_names, indicator_features
-    from tunewise.proxy import METRICS
-    from tunewise.scores import read_scores
-    from tunewise.weights import SAMPLERS
+    from tunewise.select.features import check_feature_names, indicator_features
+    from tunewise.weights.proxy import METRICS
+    from tunewise.data.table import read_scores
+    from tunewise.weights.search import SAMPLERS
 
     if not 0 < fraction <= 1:
         raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
@@ -156,7 +156,7 @@ def tune_weights_command(
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
     if metric not in METRICS:
         raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix="use --metric loglik or exact_match")
-    from tunewise.evaluate import check_metric
+    from tunewise.training.evaluate import check_metric
 
     check_metric(validate_metric, field="validate-metric")
     if validate in (1, 2):
@@ -181,11 +181,11 @@ def tune_weights_command(
 
     import optuna
 
-    from tunewise.anchors import choose_anchors
-    from tunewise.backends import load_backend
-    from tunewise.proxy import ProxyModel
-    from tunewise.scores import embedding_matrix
-    from tunewise.weights import tune_weights
+    from tunewise.weights.anchors import choose_anchors
+    from tunewise.model import load_backend
+    from tunewise.weights.proxy import ProxyModel
+    from tunewise.data.table import embedding_matrix
+    from tunewise.weights.search import tune_weights
 
     # Optuna's per-trial log lines would break the progress bar; its notices are not for the user.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -216,7 +216,7 @@ def tune_weights_command(
         "run_dir": str(run_dir),
         "validation": validation,
     }
-    from tunewise.selection import encode_json, write_files_atomically
+    from tunewise.select.manifest import encode_json, write_files_atomically
 
     write_files_atomically({output: encode_json(document)})
     stdout.print(weights_table(document))
@@ -232,8 +232,8 @@ def tune_weights_command(
 def validate_selections(backend, pool_examples, tuned, dev, count: int, steps: int | None, seed: int,
                         metric: str) -> dict:
     """Fine-tune on ``count`` selections spread over J and correlate J with the dev score."""
-    from tunewise.finetune import FinetuneConfig
-    from tunewise.weights import validate_proxy
+    from tunewise.training.finetune import FinetuneConfig
+    from tunewise.weights.search import validate_proxy
 
     config = FinetuneConfig(epochs=1, max_steps=steps, seed=seed)
     with progress_bar("checking the proxy", unit="fine-tunes") as update:

@@ -1,0 +1,1 @@
+"""Examples in: records and their shapes, the pool readers, the built-in demo pool, the scored example table."""

@@ -1,0 +1,411 @@
+"""Predict a task's learning curve and the labels it needs from its CoS-Low (paper A, DESIGN.md §2).
+
+AUC' = c · CoS-Low + I, with the two coefficients fitted per model over tasks whose curves were
+measured. The predicted normalised curve is y = x^p with p = (1 − AUC') / AUC', where x is the
+normalised log budget and y the fraction of the way from zero-shot to ceiling; the budget needed
+for a normalised target τ is then n* = N^(τ^(AUC' / (1 − AUC'))).
+
+Coefficients come from three places only: the paper's three models, a calibration file written by
+``tunewise calibrate`` (or :func:`write_calibration`), or one shipped with tunewise and measured
+by real sweeps. Nothing else is made up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+from tunewise.efficiency.curve import (
+    DEFAULT_GRID,
+    DEFAULT_MAX_BUDGET,
+    budget_at,
+    normalise_curve,
+)
+from tunewise.errors import TunewiseError, did_you_mean
+
+# AUC' is clipped into the open interval (0, 1): at exactly 0 or 1 the curve exponent
+# p = (1 - AUC') / AUC' is infinite or zero and every budget prediction degenerates.
+_AUC_MARGIN = 1e-6
+_PAPER = "Je & Raffel, arXiv 2512.24991"
+
+
+class Coefficients(NamedTuple):
+    """AUC' = slope · CoS-Low + intercept, where the two numbers come from, and the curves' axis.
+
+    An AUC depends on the budgets it was measured over, so coefficients predict AUCs on the axis
+    they were fitted on: ``max_budget`` (N) and ``grid``. Predicted curves and labels needed must
+    use the same N, or a calibration made with N = 64 would be read as one made with N = 5000.
+    """
+
+    slope: float
+    intercept: float
+    source: str = ""
+    max_budget: int = DEFAULT_MAX_BUDGET
+    grid: tuple[int, ...] = DEFAULT_GRID
+    caveat: str = ""  # what a reader of the predictions must know, e.g. a calibration's poor fit
+
+
+@dataclass(frozen=True)
+class _PaperModel:
+    model_id: str
+    coefficients: Coefficients
+
+
+PAPER_COEFFICIENTS = {
+    "llama-3.1-8b": _PaperModel(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        Coefficients(0.545, 0.310, f"paper:llama-3.1-8b ({_PAPER}, Llama-3.1-8B-Instruct)"),
+    ),
+    "mistral-7b": _PaperModel(
+        "mistralai/Mistral-7B-Instruct-v0.3",
+        Coefficients(0.797, 0.357, f"paper:mistral-7b ({_PAPER}, Mistral-7B-Instruct-v0.3)"),
+    ),
+    "qwen2.5-14b": _PaperModel(
+        "Qwen/Qwen2.5-14B-Instruct",
+        Coefficients(0.526, 0.305, f"paper:qwen2.5-14b ({_PAPER}, Qwen2.5-14B-Instruct)"),
+    ),
+}
+PAPER_PREFIX = "paper:"
+
+
+def predict_auc(coslow: float, coefficients: Coefficients | Sequence[float]) -> float:
+    """AUC' = c · CoS-Low + I, clipped into the open interval (0, 1)."""
+    slope, intercept = coefficients[0], coefficients[1]
+    return min(max(slope * coslow + intercept, _AUC_MARGIN), 1 - _AUC_MARGIN)
+
+
+def curve_exponent(auc: float) -> float:
+    """p = (1 − AUC) / AUC, the exponent of the predicted curve y = x^p."""
+    return (1 - auc) / auc
+
+
+def predicted_curve(auc: float, x):
+    """The predicted normalised score y = x^p at normalised log budget(s) ``x`` in [0, 1].
+
+    ``x`` may be a number or a numpy array; the result has the same shape.
+    """
+    return x ** curve_exponent(auc)
+
+
+def labels_needed(auc: float, tau: float, max_budget: int = DEFAULT_MAX_BUDGET) -> float:
+    """n* = N^(τ^(AUC / (1 − AUC))): the budget at which the predicted curve reaches ``tau``.
+
+    ``tau`` is a normalised target in (0, 1]: the fraction of the way from the zero-shot score to
+    the ceiling, not a raw accuracy.
+    """
+    _check_target(tau)
+    return budget_at(tau ** (1 / curve_exponent(auc)), max_budget)
+
+
+def observed_labels_needed(
+    curve: Mapping[int, float],
+    tau: float,
+    ceiling: float | None = None,
+    max_budget: int = DEFAULT_MAX_BUDGET,
+    grid: Sequence[int] = DEFAULT_GRID,
+) -> float | None:
+    """The budget at which a measured curve's normalised envelope first reaches ``tau``.
+
+    Between two budgets the envelope is interpolated linearly in log budget (the geometry of the
+    AUC). Returns None when the curve never reaches ``tau`` up to ``max_budget``.
+    """
+    _check_target(tau)
+    normalised = normalise_curve(curve, ceiling=ceiling, max_budget=max_budget, grid=grid)
+    points = list(zip(normalised.x, normalised.y))
+    for (x_before, y_before), (x_after, y_after) in zip(points, points[1:]):
+        if y_after >= tau:
+            x = x_before + (tau - y_before) / (y_after - y_before) * (x_after - x_before)
+            return budget_at(x, max_budget)
+    return None
+
+
+@dataclass(frozen=True)
+class ScheduleCost:
+    """What an annotate-train-evaluate doubling schedule spends before it reaches a target.
+
+    ``labels`` is the total annotated (labels are kept between rounds, so it is the last round's
+    budget); ``examples_trained`` sums every round's training set; ``budgets`` lists the rounds.
+    """
+
+    labels: int
+    rounds: int
+    examples_trained: int
+    budgets: tuple[int, ...]
+
+
+def doubling_schedule_cost(
+    curve: Mapping[int, float],
+    tau: float,
+    start: int = 50,
+    ceiling: float | None = None,
+    max_budget: int = DEFAULT_MAX_BUDGET,
+    grid: Sequence[int] = DEFAULT_GRID,
+) -> ScheduleCost | None:
+    """The cost of labelling ``start``, 2·start, 4·start, … (the last round capped at
+    ``max_budget``) until the measured curve reaches ``tau``.
+
+    A round succeeds when its budget is at or past :func:`observed_labels_needed`. Returns None
+    when the curve never reaches ``tau``.
+    """
+    if start < 1:
+        raise TunewiseError(f"the schedule must start at 1 or more labels, got {start}", field="start",
+                            fix="start the schedule at e.g. 50")
+    needed = observed_labels_needed(curve, tau, ceiling=ceiling, max_budget=max_budget, grid=grid)
+    if needed is None:
+        return None
+    budgets = [min(start, max_budget)]
+    while budgets[-1] < needed and budgets[-1] < max_budget:
+        budgets.append(min(budgets[-1] * 2, max_budget))
+    return ScheduleCost(labels=budgets[-1], rounds=len(budgets), examples_trained=sum(budgets),
+                        budgets=tuple(budgets))
+
+
+@dataclass(frozen=True)
+class TaskFit:
+    """One task of a calibration: its measurement and its leave-one-task-out predictions."""
+
+    task: str
+    coslow: float
+    measured_auc: float
+    loto_predicted_auc: float
+    loto_mean_auc: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Coefficients fitted by least squares, with leave-one-task-out (LOTO) errors.
+
+    ``loto_mae`` is the mean absolute error of AUC' on each task when the coefficients are fitted
+    on the other tasks; ``mean_mae`` does the same for the baseline that predicts the other tasks'
+    mean AUC. ``*_relative_error`` are the mean of those errors divided by the measured AUC, in
+    percent (None when some measured AUC is 0).
+    """
+
+    coefficients: Coefficients
+    tasks: tuple[TaskFit, ...]
+    loto_mae: float
+    loto_relative_error: float | None
+    mean_mae: float
+    mean_relative_error: float | None
+    metadata: dict = field(default_factory=dict)
+
+
+def fit_coefficients(coslows: Sequence[float], aucs: Sequence[float]) -> Coefficients:
+    """Ordinary least squares of AUC on CoS-Low: (slope, intercept)."""
+    mean_x = sum(coslows) / len(coslows) if coslows else 0.0
+    spread = sum((x - mean_x) ** 2 for x in coslows)
+    if spread == 0:
+        raise TunewiseError("least squares needs at least two different CoS-Low values", field="coslow",
+                            fix="measure tasks whose CoS-Low values differ")
+    mean_y = sum(aucs) / len(aucs)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(coslows, aucs)) / spread
+    return Coefficients(slope, mean_y - slope * mean_x)
+
+
+def calibrate(
+    points: Iterable[tuple[str, float, float]],
+    source: str = "calibration",
+    max_budget: int = DEFAULT_MAX_BUDGET,
+    grid: Sequence[int] = DEFAULT_GRID,
+) -> Calibration:
+    """Fit AUC' = c · CoS-Low + I over ``(task, coslow, measured_auc)`` rows.
+
+    Several rows may share a task (e.g. repeated measurements); leave-one-task-out leaves all of a
+    task's rows out together. Needs at least three tasks, so that every LOTO fit has two.
+    ``max_budget`` and ``grid`` are those the AUCs were computed with; the coefficients keep them.
+    """
+    rows = [(str(task), float(coslow), float(auc)) for task, coslow, auc in points]
+    tasks = list(dict.fromkeys(task for task, _, _ in rows))
+    if len(tasks) < 3:
+        raise TunewiseError(f"calibration needs at least 3 tasks, got {len(tasks)}", field="tasks",
+                            fix="measure the learning curve and CoS-Low of more tasks")
+    for task, coslow, auc in rows:
+        if not (math.isfinite(coslow) and math.isfinite(auc)):
+            raise TunewiseError(f"task '{task}' has a non-finite CoS-Low or AUC", field=task,
+                                fix="give finite numbers")
+    coefficients = fit_coefficients([c for _, c, _ in rows], [a for _, _, a in rows])
+    fits = []
+    for held_out in tasks:
+        rest = [(c, a) for task, c, a in rows if task != held_out]
+        held_out_coefficients = fit_coefficients([c for c, _ in rest], [a for _, a in rest])
+        rest_mean = sum(a for _, a in rest) / len(rest)
+        fits.extend(
+            TaskFit(task, coslow, auc, predict_auc(coslow, held_out_coefficients), rest_mean)
+            for task, coslow, auc in rows
+            if task == held_out
+        )
+    return Calibration(
+        coefficients=Coefficients(coefficients.slope, coefficients.intercept, source, max_budget, tuple(grid)),
+        tasks=tuple(fits),
+        loto_mae=_mean([abs(f.loto_predicted_auc - f.measured_auc) for f in fits]),
+        loto_relative_error=_mean_relative_error([(f.loto_predicted_auc, f.measured_auc) for f in fits]),
+        mean_mae=_mean([abs(f.loto_mean_auc - f.measured_auc) for f in fits]),
+        mean_relative_error=_mean_relative_error([(f.loto_mean_auc, f.measured_auc) for f in fits]),
+    )
+
+
+def write_calibration(calibration: Calibration, path: str | os.PathLike) -> Path:
+    """Write a calibration as JSON, readable by :func:`read_calibration` and ``--coefficients``."""
+    path = Path(path)
+    document = {
+        **calibration.metadata,
+        "slope": calibration.coefficients.slope,
+        "intercept": calibration.coefficients.intercept,
+        "source": calibration.coefficients.source,
+        "max_budget": calibration.coefficients.max_budget,
+        "grid": list(calibration.coefficients.grid),
+        "loto_mae": calibration.loto_mae,
+        "loto_relative_error_percent": calibration.loto_relative_error,
+        "mean_predictor_mae": calibration.mean_mae,
+        "mean_predictor_relative_error_percent": calibration.mean_relative_error,
+        "tasks": [asdict(fit) for fit in calibration.tasks],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_calibration(path: str | os.PathLike) -> Coefficients:
+    """Read the coefficients from a calibration JSON file: ``slope`` and ``intercept``, and the
+    ``max_budget`` and ``grid`` they were fitted with (DESIGN's 5000 and grid when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunewiseError("no such calibration file", file=path,
+                            fix="run `tunewise calibrate MEASURED.json -o calibration.json` first")
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TunewiseError(f"malformed JSON ({error.msg})", file=path, line=error.lineno,
+                            fix="pass the file written by `tunewise calibrate -o`") from None
+    if not isinstance(document, dict):
+        raise TunewiseError("a calibration file must be a JSON object", file=path,
+                            fix="pass the file written by `tunewise calibrate -o`")
+    values = []
+    for key in ("slope", "intercept"):
+        value = document.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise TunewiseError(f"missing or not a finite number: {value!r}", file=path, field=key,
+                                fix="pass the file written by `tunewise calibrate -o`")
+        values.append(float(value))
+    max_budget = document.get("max_budget", DEFAULT_MAX_BUDGET)
+    if isinstance(max_budget, bool) or not isinstance(max_budget, int) or max_budget < 2:
+        raise TunewiseError(f"not a whole number ≥ 2: {max_budget!r}", file=path, field="max_budget",
+                            fix="pass the file written by `tunewise calibrate -o`")
+    grid = document.get("grid", list(DEFAULT_GRID))
+    if (not isinstance(grid, list) or not grid
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in grid)):
+        raise TunewiseError(f"not a list of positive whole numbers: {grid!r}", file=path, field="grid",
+                            fix="pass the file written by `tunewise calibrate -o`")
+    caveat = document.get("caveat", "")
+    if not isinstance(caveat, str):
+        raise TunewiseError(f"not a text: {caveat!r}", file=path, field="caveat",
+                            fix="write the caveat as one string, or leave it out")
+    fitted_on = document.get("model") or document.get("model_fingerprint")
+    source = f"{path}" + (f" (calibrated on {fitted_on})" if fitted_on else "")
+    return Coefficients(values[0], values[1], source, max_budget, tuple(grid), caveat)
+
+
+def paper_coefficients(name: str) -> Coefficients:
+    """The coefficients paper A reports for one of its models: ``llama-3.1-8b``, ``mistral-7b``,
+    ``qwen2.5-14b`` (a leading ``paper:`` is accepted)."""
+    key = name.removeprefix(PAPER_PREFIX).lower()
+    if key not in PAPER_COEFFICIENTS:
+        raise TunewiseError(f"the paper has no coefficients for '{key}'", field="coefficients",
+                            fix=did_you_mean(key, PAPER_COEFFICIENTS))
+    return PAPER_COEFFICIENTS[key].coefficients
+
+
+def load_coefficients(spec: str) -> Coefficients:
+    """``paper:NAME`` for the paper's figures, otherwise the path of a calibration file."""
+    if spec.startswith(PAPER_PREFIX):
+        return paper_coefficients(spec)
+    if spec.lower() in PAPER_COEFFICIENTS and not Path(spec).exists():
+        raise TunewiseError(f"'{spec}' is neither a calibration file nor a paper model", field="coefficients",
+                            fix=f"write {PAPER_PREFIX}{spec.lower()} for the paper's coefficients")
+    return read_calibration(spec)
+
+
+def coefficients_for(model_name_or_fingerprint: str, calibration_file: str | os.PathLike | None = None) -> Coefficients:
+    """The coefficients to use for a model.
+
+    In order: the ``calibration_file`` when given; the paper's figures when the name or
+    fingerprint names one of its three models; a calibration shipped with tunewise for this model
+    (``tunewise/data/calibration_<model>.json``). Any other model must be calibrated first.
+    """
+    if calibration_file is not None:
+        return read_calibration(calibration_file)
+    wanted = model_name_or_fingerprint.lower()
+    for paper_model in PAPER_COEFFICIENTS.values():
+        if paper_model.model_id.lower().split("/")[-1] in wanted:
+            return paper_model.coefficients
+    shipped = _shipped_calibration(model_name_or_fingerprint)
+    if shipped is not None:
+        return shipped
+    raise TunewiseError(
+        f"no coefficients are known for model '{model_name_or_fingerprint}': they must be fitted on "
+        "this model's own measured learning curves",
+        field="coefficients",
+        fix="run `tunewise calibrate MEASURED.json -o calibration.json` and pass --coefficients "
+        "calibration.json, or knowingly borrow the paper's figures for another model with "
+        + " / ".join(f"--coefficients {PAPER_PREFIX}{key}" for key in PAPER_COEFFICIENTS),
+    )
+
+
+def _shipped_calibration(model: str) -> Coefficients | None:
+    data = resources.files("tunewise") / "efficiency"
+    if not data.is_dir():
+        return None
+    for entry in sorted(data.iterdir(), key=lambda e: e.name):
+        if not (entry.name.startswith("calibration_") and entry.name.endswith(".json")):
+            continue
+        document = json.loads(entry.read_text(encoding="utf-8"))
+        names = {entry.name[len("calibration_"):-len(".json")], document.get("model"),
+                 document.get("model_fingerprint")}
+        if model in names:
+            with resources.as_file(entry) as path:
+                return read_calibration(path)
+    return None
+
+
+def _check_target(tau: float) -> None:
+    if not 0 < tau <= 1:
+        raise TunewiseError(f"the target {tau} is not in (0, 1]", field="targets",
+                            fix="give targets as fractions of the way from zero-shot to ceiling, e.g. 0.5,0.8,0.9")
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _mean_relative_error(predicted_and_measured: Sequence[tuple[float, float]]) -> float | None:
+    if any(measured == 0 for _, measured in predicted_and_measured):
+        return None
+    return 100 * _mean([abs(p - m) / m for p, m in predicted_and_measured])
+
+
+__all__ = [
+    "PAPER_COEFFICIENTS",
+    "Calibration",
+    "Coefficients",
+    "ScheduleCost",
+    "TaskFit",
+    "calibrate",
+    "coefficients_for",
+    "curve_exponent",
+    "doubling_schedule_cost",
+    "fit_coefficients",
+    "labels_needed",
+    "load_coefficients",
+    "observed_labels_needed",
+    "paper_coefficients",
+    "predict_auc",
+    "predicted_curve",
+    "read_calibration",
+    "write_calibration",
+]

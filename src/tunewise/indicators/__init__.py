@@ -1,0 +1,1 @@
+"""Per-example indicators: the registry, the content-addressed cache, and the local, streaming and Ray engines."""

@@ -1,0 +1,154 @@
+"""Score a pool: every requested indicator for every example, served from the cache when possible.
+
+Model work happens only for examples whose values are not cached yet, in token-budgeted batches,
+and each finished batch is committed to the cache at once, so a killed run resumes where it
+stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from tunewise import __version__
+from tunewise.model.base import Backend, EncodedExample, plan_batches
+from tunewise.indicators.cache import ScoreCache
+from tunewise.indicators.registry import DEFAULT_INDICATORS, cot_length, ifd_from_losses, resolve_indicators
+from tunewise.model.load import cache_root
+from tunewise.data.pool import Example
+
+# Versions of the backend outputs the indicators are built from (part of each cache key).
+OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 1, "embedding": 1,
+                   "length": 1, "prompt_length": 1}
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def cache_output_name(output: str, max_new_tokens: int) -> str:
+    """An output's name in the cache key: a greedy answer's confidence depends on how many tokens
+    it may run to."""
+    return f"confidence@{max_new_tokens}" if output == "confidence" else output
+
+
+def required_outputs(indicators: Sequence[str]) -> list[str]:
+    """The cached outputs (of the model, or token counts) that ``indicators`` are built from."""
+    chosen = resolve_indicators(indicators)
+    outputs = sorted({output for indicator in chosen for output in indicator.model_outputs})
+    if any(indicator.name == "length" for indicator in chosen):
+        outputs += ["length", "prompt_length"]
+    return outputs
+
+
+def score_pool(
+    examples: Sequence[Example] | object,
+    backend: Backend,
+    indicators: Sequence[str] = DEFAULT_INDICATORS,
+    cache_dir: str | None = None,
+    progress: ProgressCallback | None = None,
+    max_batch_tokens: int | None = None,
+) -> pd.DataFrame:
+    """The scores table (see :mod:`tunewise.data.table`) for ``examples`` (a list or a ``Pool``).
+
+    ``progress(done, total)`` is called after every batch of model work with the number of
+    examples finished out of those in batches that needed the model.
+    """
+    examples = list(getattr(examples, "examples", examples))
+    chosen = resolve_indicators(indicators)
+    ids = [example.id for example in examples]
+    model_outputs = required_outputs(indicators)
+    values: dict[str, dict[str, object]] = {}
+    cache = ScoreCache(cache_dir or cache_root() / "scores")
+    try:
+        for output in model_outputs:
+            values[output] = cache.get(backend.fingerprint, cache_output_name(output, backend.max_new_tokens),
+                                       OUTPUT_VERSIONS[output], ids)
+        missing = {i for i, example_id in enumerate(ids) if any(example_id not in values[o] for o in model_outputs)}
+        if missing:
+            _compute_missing(examples, missing, model_outputs, backend, cache, values, progress, max_batch_tokens)
+    finally:
+        cache.close()
+    return _assemble(examples, chosen, values)
+
+
+def _compute_missing(examples, missing, outputs, backend, cache, values, progress, max_batch_tokens) -> None:
+    # Batches are planned over the whole pool, and a batch with any missing example is run whole:
+    # a float depends slightly on its batch's padding and shape, so a resumed run must see the
+    # same batches as an uninterrupted one to give identical scores.
+    encoded = backend.encode([e.prompt for e in examples], [e.response for e in examples])
+    planned = plan_scoring_batches(backend, encoded, outputs, max_batch_tokens)
+    batches = [batch for batch in planned if not missing.isdisjoint(batch)]
+    total = sum(len(batch) for batch in batches)
+    done = 0
+    for batch in batches:
+        batch_ids = [examples[p].id for p in batch]
+        produced = score_encoded_batch(backend, [encoded[p] for p in batch], outputs)
+        for output in outputs:
+            pairs = list(zip(batch_ids, produced[output]))
+            cache.put(backend.fingerprint, cache_output_name(output, backend.max_new_tokens),
+                      OUTPUT_VERSIONS[output], pairs)
+            values[output].update(pairs)
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+
+
+def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], outputs: Sequence[str],
+                         max_batch_tokens: int | None = None) -> list[list[int]]:
+    """Positions of ``encoded`` grouped into token-budgeted batches, each row leaving room for the
+    greedy answer when ``confidence`` is among ``outputs``."""
+    generation_room = backend.max_new_tokens if "confidence" in outputs else 0
+    lengths = [e.prompt_length + max(e.response_length, generation_room) for e in encoded]
+    return plan_batches(lengths, max_batch_tokens or getattr(backend, "max_batch_tokens", 4096))
+
+
+def score_encoded_batch(backend: Backend, batch: Sequence[EncodedExample], outputs: Sequence[str]) -> dict[str, list]:
+    """Every output in ``outputs`` for one batch: the model's in one pass, token counts from the
+    encoding; one list per output, in batch order."""
+    model_wanted = {o for o in outputs if o not in ("length", "prompt_length")}
+    produced = backend.score_batch(batch, model_wanted) if model_wanted else {}
+    produced["length"] = [e.response_length if e.response_ids is not None else None for e in batch]
+    produced["prompt_length"] = [e.prompt_length for e in batch]
+    return produced
+
+
+def _as_float(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _assemble(examples, chosen, values) -> pd.DataFrame:
+    ids = [example.id for example in examples]
+    columns: dict[str, object] = {"id": ids, "task": [example.task for example in examples]}
+    for indicator in chosen:
+        if indicator.name == "loss":
+            loss = np.array([_as_float(values["loss"][i]) for i in ids])
+            columns["loss"] = loss
+            columns["ppl"] = np.exp(loss)
+        elif indicator.name == "ifd":
+            columns["ifd"] = np.array(
+                [ifd_from_losses(values["loss"][i], values["loss_unconditional"][i]) for i in ids]
+            )
+        elif indicator.name == "confidence":
+            columns["confidence"] = np.array([_as_float(values["confidence"][i]) for i in ids])
+        elif indicator.name == "length":
+            columns["length"] = np.array([_as_float(values["length"][i]) for i in ids])
+            columns["prompt_length"] = np.array([_as_float(values["prompt_length"][i]) for i in ids])
+        elif indicator.name == "cot_length":
+            columns["cot_length"] = np.array([cot_length(example.response) for example in examples])
+        elif indicator.name == "embedding":
+            columns["embedding"] = [np.asarray(values["embedding"][i], dtype=np.float32) for i in ids]
+    return pd.DataFrame(columns)
+
+
+def scores_provenance(backend: Backend, indicators: Sequence[str], source: str | None = None) -> dict:
+    """What the scores depend on, stored with them."""
+    chosen = resolve_indicators(indicators)
+    return {
+        "tunewise_version": __version__,
+        "model_fingerprint": backend.fingerprint,
+        "indicators": {indicator.name: indicator.version for indicator in chosen},
+        "max_new_tokens": backend.max_new_tokens,
+        "pool": source,
+    }

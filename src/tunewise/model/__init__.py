@@ -1,0 +1,56 @@
+"""Model backends, loaded lazily by name so that importing tunewise never imports torch."""
+
+from __future__ import annotations
+
+from tunewise.model.base import Backend, EncodedExample, Generation, plan_batches
+
+
+def load_backend(
+    model: str = "smollm2",
+    device: str | None = None,
+    dtype: str | None = None,
+    max_new_tokens: int = 32,
+    max_batch_tokens: int | None = None,
+) -> Backend:
+    """The backend for a model name: ``fake`` (tests, no torch), or any name ``load_model`` knows."""
+    if model == "fake":
+        from tunewise.model.fake import FakeBackend
+
+        return FakeBackend(max_new_tokens=max_new_tokens)
+    from tunewise.model.hf import HFBackend
+    from tunewise.model.load import load_model
+
+    _check_device(device)
+    return HFBackend(load_model(model, device=device, dtype=dtype), max_new_tokens, max_batch_tokens)
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have before any model is loaded onto it."""
+    if device is None or device == "auto":
+        return
+    import torch
+
+    from tunewise.errors import TunewiseError
+
+    fix = "use --device auto, cpu, cuda or cuda:N"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise TunewiseError(f"unknown device '{device}'", field="device", fix=fix) from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise TunewiseError(f"device '{device}' asked for, but this machine has no usable CUDA GPU",
+                                field="device", fix="use --device cpu (or auto)")
+        if parsed.index is not None and parsed.index >= count:
+            raise TunewiseError(f"device '{device}' asked for, but this machine has {count} CUDA GPU(s)",
+                                field="device", fix=f"use cuda:0 … cuda:{count - 1}")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise TunewiseError(f"device '{device}' asked for, but MPS is not available here",
+                                field="device", fix="use --device cpu (or auto)")
+    elif parsed.type != "cpu":
+        raise TunewiseError(f"unsupported device '{device}'", field="device", fix=fix)
+
+
+__all__ = ["Backend", "EncodedExample", "Generation", "load_backend", "plan_batches"]

@@ -1,0 +1,266 @@
+"""The Hugging Face ``transformers`` backend, CPU or GPU.
+
+Speed comes from doing less work rather than from a faster kernel:
+
+- one prompt pass (prefill) serves both the loss and the greedy answer: the response is scored
+  on top of the prompt's KV cache, the cache is cropped back, and generation continues from it;
+- the vocabulary projection (a large share of a small model's FLOPs) runs only at the positions
+  whose log-probabilities are needed, never over the prompt;
+- batches are packed by a token budget over length-sorted examples, so padding stays small.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from tunewise.model.base import EncodedExample, Generation, Messages
+from tunewise.model.load import LoadedModel
+
+
+def token_logprobs(head, hidden, targets):
+    """log p(target) from hidden states, projecting only these rows onto the vocabulary with ``head``."""
+    import torch
+
+    logits = head(hidden).float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def row_means(values, mask):
+    """Per row of the boolean ``mask``, the mean of ``values`` (one per True, in row-major order)."""
+    import torch
+
+    sums = torch.zeros(mask.shape[0], device=values.device).index_add_(0, mask.nonzero()[:, 0], values)
+    return sums / mask.sum(dim=1).clamp(min=1)
+
+
+class HFBackend:
+    """Scores batches of examples with a loaded causal language model."""
+
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, max_batch_tokens: int | None = None) -> None:
+        import torch
+
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.max_new_tokens = max_new_tokens
+        self.max_batch_tokens = max_batch_tokens or (32768 if self.device.type == "cuda" else 4096)
+        template = (self.tokenizer.chat_template or "").encode()
+        self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
+        self._decoder = self.model.get_decoder()
+        self._head = self.model.get_output_embeddings()
+        self._pad_id = self.tokenizer.pad_token_id
+        self._stop_ids = torch.tensor(sorted(self._stop_token_ids()), device=self.device)
+        # IFD's unconditioned response is preceded only by the begin-of-text token.
+        self._start_id = self.tokenizer.bos_token_id
+        if self._start_id is None:
+            self._start_id = self.tokenizer.eos_token_id
+
+    def _stop_token_ids(self) -> set[int]:
+        stops = {self.tokenizer.eos_token_id}
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(configured, int):
+            stops.add(configured)
+        elif configured:
+            stops.update(configured)
+        for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token)
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
+                stops.add(token_id)
+        return {s for s in stops if s is not None}
+
+    # -- tokenisation ---------------------------------------------------------------------------
+
+    def render_prompt(self, prompt: Messages) -> str:
+        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None]) -> list[EncodedExample]:
+        rendered = [self.render_prompt(prompt) for prompt in prompts]
+        prompt_ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
+        present = [r for r in responses if r is not None]
+        response_ids = iter(self.tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])
+        return [
+            EncodedExample(tuple(p), None if r is None else tuple(next(response_ids)))
+            for p, r in zip(prompt_ids, responses)
+        ]
+
+    # -- the fused scoring pass -----------------------------------------------------------------
+
+    def score_batch(self, batch: Sequence[EncodedExample], wanted: set[str]) -> dict[str, list]:
+        import torch
+
+        outputs: dict[str, list] = {name: [None] * len(batch) for name in wanted}
+        with torch.inference_mode():
+            if wanted & {"loss", "confidence", "embedding"}:
+                self._prompt_pass(batch, wanted, outputs)
+            if "loss_unconditional" in wanted:
+                self._unconditional_pass(batch, outputs)
+        return outputs
+
+    def _left_padded(self, sequences: Sequence[Sequence[int]]):
+        import torch
+
+        width = max(len(s) for s in sequences)
+        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            if sequence:
+                ids[row, width - len(sequence):] = torch.tensor(sequence)
+                mask[row, width - len(sequence):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _right_padded(self, sequences: Sequence[Sequence[int]]):
+        import torch
+
+        width = max(1, max(len(s) for s in sequences))
+        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            if sequence:
+                ids[row, : len(sequence)] = torch.tensor(sequence)
+                mask[row, : len(sequence)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _prompt_pass(self, batch, wanted, outputs) -> None:
+        import torch
+
+        prompt_ids, prompt_mask = self._left_padded([e.prompt_ids for e in batch])
+        prompt_lengths = prompt_mask.sum(dim=1)
+        prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+        prefill = self._decoder(
+            input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True
+        )
+        cache = prefill.past_key_values
+        prompt_hidden = prefill.last_hidden_state
+        last_prompt_hidden = prompt_hidden[:, -1, :]
+        embedding_sum = (prompt_hidden.float() * prompt_mask.unsqueeze(-1)).sum(dim=1)
+        embedding_count = prompt_mask.sum(dim=1, keepdim=True).float()
+
+        labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
+        if labelled and ({"loss", "embedding"} & wanted):
+            responses = [batch[row].response_ids or () for row in range(len(batch))]
+            response_ids, response_mask = self._right_padded(responses)
+            positions = prompt_lengths.unsqueeze(1) + torch.arange(response_ids.shape[1], device=self.device)
+            response_pass = self._decoder(
+                input_ids=response_ids,
+                attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache.crop(-response_ids.shape[1])
+            response_hidden = response_pass.last_hidden_state
+            embedding_sum += (response_hidden.float() * response_mask.unsqueeze(-1)).sum(dim=1)
+            embedding_count += response_mask.sum(dim=1, keepdim=True).float()
+            if "loss" in wanted:
+                # Token t of the response is predicted by the hidden state just before it: the
+                # last prompt position for t = 0, response position t - 1 after that.
+                predictors = torch.cat([last_prompt_hidden.unsqueeze(1), response_hidden[:, :-1, :]], dim=1)
+                selected = response_mask.bool()
+                logprobs = token_logprobs(self._head, predictors[selected], response_ids[selected])
+                losses = (-row_means(logprobs, selected)).tolist()
+                for row in labelled:
+                    outputs["loss"][row] = losses[row]
+        if "embedding" in wanted:
+            vectors = embedding_sum / embedding_count.clamp(min=1)
+            vectors = torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy().astype(np.float32)
+            outputs["embedding"] = list(vectors)
+        if "confidence" in wanted:
+            probabilities = self._greedy_from_cache(last_prompt_hidden, cache, prompt_mask, prompt_lengths)[1]
+            outputs["confidence"] = [float(p.mean()) for p in probabilities]
+
+    def _greedy_from_cache(self, last_hidden, cache, prompt_mask, prompt_lengths, max_new_tokens=None):
+        """Greedy decoding on top of a prefilled cache; returns token ids and their probabilities."""
+        import torch
+
+        steps = max_new_tokens or self.max_new_tokens
+        rows = last_hidden.shape[0]
+        mask = prompt_mask
+        finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        chosen_tokens, chosen_probs, alive = [], [], []
+        hidden = last_hidden
+        for step in range(steps):
+            probabilities = torch.softmax(self._head(hidden).float(), dim=-1)
+            best_probability, token = probabilities.max(dim=-1)
+            alive.append(~finished)
+            chosen_tokens.append(token)
+            chosen_probs.append(best_probability)
+            finished = finished | torch.isin(token, self._stop_ids)
+            if bool(finished.all()) or step == steps - 1:
+                break
+            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
+            out = self._decoder(
+                input_ids=token.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=(prompt_lengths + step).unsqueeze(1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            hidden = out.last_hidden_state[:, -1, :]
+        tokens = torch.stack(chosen_tokens, dim=1).cpu().numpy()
+        probs = torch.stack(chosen_probs, dim=1).cpu().numpy()
+        keep = torch.stack(alive, dim=1).cpu().numpy()
+        # Each answer runs up to and including its first stop token.
+        return [tokens[r][keep[r]] for r in range(rows)], [probs[r][keep[r]] for r in range(rows)]
+
+    def _unconditional_pass(self, batch, outputs) -> None:
+        labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
+        if not labelled:
+            return
+        sequences = [(self._start_id, *batch[row].response_ids) for row in labelled]
+        ids, mask = self._right_padded(sequences)
+        hidden = self._decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
+        logprobs = token_logprobs(self._head, hidden[:, :-1, :][target_mask], targets[target_mask])
+        losses = (-row_means(logprobs, target_mask)).tolist()
+        for index, row in enumerate(labelled):
+            outputs["loss_unconditional"][row] = losses[index]
+
+    # -- generation and embeddings for other stages --------------------------------------------
+
+    def generate(self, prompts: Sequence[Messages], max_new_tokens: int | None = None) -> list[Generation]:
+        """Greedy answers, batched by token budget, in input order."""
+        import torch
+
+        from tunewise.model.base import plan_batches
+
+        steps = max_new_tokens or self.max_new_tokens
+        encoded = self.encode(prompts, [None] * len(prompts))
+        results: list[Generation | None] = [None] * len(prompts)
+        lengths = [e.prompt_length + steps for e in encoded]
+        with torch.inference_mode():
+            for positions in plan_batches(lengths, self.max_batch_tokens):
+                ids, mask = self._left_padded([encoded[p].prompt_ids for p in positions])
+                prefill = self._decoder(
+                    input_ids=ids, attention_mask=mask,
+                    position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0), use_cache=True,
+                )
+                tokens, probs = self._greedy_from_cache(
+                    prefill.last_hidden_state[:, -1, :], prefill.past_key_values, mask, mask.sum(dim=1), steps
+                )
+                for row, position in enumerate(positions):
+                    answer = [t for t in tokens[row].tolist() if t not in self._stop_ids.tolist()]
+                    text = self.tokenizer.decode(answer, skip_special_tokens=True)
+                    results[position] = Generation(text, probs[row])
+        return results
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean-pooled, L2-normalised last hidden state of each text (no chat template)."""
+        import torch
+
+        from tunewise.model.base import plan_batches
+
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        vectors = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        with torch.inference_mode():
+            for positions in plan_batches([len(e) for e in encoded], self.max_batch_tokens):
+                ids, mask = self._right_padded([encoded[p] for p in positions])
+                hidden = self._decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                pooled = (hidden.float() * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+                vectors[positions] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return vectors

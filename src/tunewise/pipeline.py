@@ -1,0 +1,472 @@
+"""The plan: how many labels each task gets, which examples they are, and why (DESIGN.md §2–3).
+
+:func:`make_plan` takes a pool, its scores table and a budget. Per task it reports the pool size,
+the labelled count, the model's mean confidence, the task's weight and budget, and, where a
+CoS-Low value and coefficients for the model exist, the predicted learning curve and the labels
+needed to reach a target. It never invents coefficients: a task without a prediction says what
+is missing.
+
+The budget is split by a registered task strategy (``weighted_task_diversity`` by default,
+``task_diversity``), by any other registered strategy (the tasks then get whatever that strategy
+picks), or by ``efficiency``: labels go one at a time to the task whose predicted curve gains most
+from its next label (:func:`efficiency_allocation`), which needs a prediction for every task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import numbers
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunewise import __version__
+from tunewise.efficiency.coslow import DEFAULT_K as COSLOW_K
+from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET, normalised_log_budget
+from tunewise.efficiency.predict import labels_needed, predict_auc, predicted_curve
+from tunewise.errors import TunewiseError
+from tunewise.select import Selection, Strategy, get_strategy
+from tunewise.select.base import Param, build_strategy, integer, task_codes
+from tunewise.select.by_task import TaskDiversity
+
+DEFAULT_STRATEGY = "weighted_task_diversity"
+EFFICIENCY = "efficiency"
+TASK_STRATEGIES = ("task_diversity", "weighted_task_diversity", EFFICIENCY)
+NO_CALIBRATION = "no calibration for this model: run tunewise calibrate or pass --coefficients"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A plan: ``document`` is what ``plan.json`` holds; ``selection`` the ordered picks (rows of
+    the scores table) and ``strategy`` the strategy that made them, for the selection manifest."""
+
+    document: dict
+    selection: Selection
+    strategy: Strategy
+
+    @property
+    def tasks(self) -> dict[str, dict]:
+        """Per-task entries of the plan, keyed by task name, in pool order."""
+        return self.document["tasks"]
+
+
+def efficiency_allocation(
+    pool_sizes: Mapping[str, int],
+    predicted_auc: Mapping[str, float],
+    budget: int,
+    max_budget: int = DEFAULT_MAX_BUDGET,
+    seed: int | np.random.Generator = 0,
+) -> dict[str, int]:
+    """Give labels one at a time to the task whose predicted curve gains most from the next one.
+
+    Task t's predicted normalised curve is y = x^p with x = log2(n) / log2(``max_budget``) and
+    p = (1 − AUC'_t) / AUC'_t. Each label goes to the task with the largest y(b_t + 1) − y(b_t),
+    never beyond its pool; equal gains are broken by an order drawn from ``seed``. The result sums
+    to min(budget, Σ pool sizes) and keeps the key order of ``pool_sizes``.
+    """
+    tasks = list(pool_sizes)
+    missing = [task for task in tasks if task not in predicted_auc]
+    if missing:
+        raise TunewiseError(f"no predicted AUC for task(s) {', '.join(map(repr, missing[:5]))}",
+                            field="predicted_auc", fix="predict every task, or use another strategy")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    tiebreak = rng.permutation(len(tasks))
+    allocation = dict.fromkeys(tasks, 0)
+    heap = [(-next_label_gain(predicted_auc[task], 0, max_budget), int(tiebreak[i]), i)
+            for i, task in enumerate(tasks) if pool_sizes[task] > 0]
+    heapq.heapify(heap)
+    for _ in range(min(budget, sum(pool_sizes.values()))):
+        _, order, index = heapq.heappop(heap)
+        task = tasks[index]
+        allocation[task] += 1
+        if allocation[task] < pool_sizes[task]:
+            heapq.heappush(heap, (-next_label_gain(predicted_auc[task], allocation[task], max_budget), order, index))
+    return allocation
+
+
+def next_label_gain(auc: float, labelled: int, max_budget: int = DEFAULT_MAX_BUDGET) -> float:
+    """How much of the way to the ceiling the predicted curve gains from label ``labelled + 1``.
+
+    The curve y = x^p is flat from 0 to 1 label (x = log2(1) = 0), so a first label alone would
+    gain nothing on any task and the greedy allocation could never start one: the first two labels
+    share the step to n = 2 equally instead.
+    """
+    if labelled < 2:
+        return float(predicted_curve(auc, normalised_log_budget(2, max_budget))) / 2
+    return float(predicted_curve(auc, normalised_log_budget(labelled + 1, max_budget))
+                 - predicted_curve(auc, normalised_log_budget(labelled, max_budget)))
+
+
+def _predicted_auc_mapping(value) -> str | None:
+    if not isinstance(value, Mapping) or not value:
+        return "a non-empty mapping"
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1 for v in value.values()):
+        return "every value in (0, 1)"
+    return None
+
+
+class EfficiencyAllocation(TaskDiversity):
+    """``efficiency``: per-task budgets from :func:`efficiency_allocation`, interleaved round-robin.
+
+    Parameters
+    ----------
+    predicted_auc:
+        Task name → predicted AUC' in (0, 1), for every task of the scores.
+    max_budget:
+        N, the budget where the predicted curve's log axis ends.
+    within, within_params:
+        How rows are ordered inside a task, as for ``task_diversity``.
+    """
+
+    name = EFFICIENCY
+    parameters = {
+        **TaskDiversity.parameters,
+        "predicted_auc": Param("a mapping of task → predicted AUC in (0, 1)", _predicted_auc_mapping),
+        "max_budget": Param("a whole number ≥ 2", integer(2)),
+    }
+
+    def __init__(self, predicted_auc: Mapping[str, float], max_budget: int = DEFAULT_MAX_BUDGET,
+                 within: str = "random", within_params: Mapping | None = None) -> None:
+        super().__init__(within, within_params)
+        self.predicted_auc = predicted_auc
+        self.max_budget = max_budget
+
+    def _select(self, scores, budget, rng):
+        from tunewise.select.allocation import round_robin_order
+
+        codes, names = task_codes(scores)
+        sizes = np.bincount(codes, minlength=len(names))
+        allocation = efficiency_allocation(dict(zip(names, sizes.tolist())), self.predicted_auc, budget,
+                                           self.max_budget, rng)
+        task_budgets = np.array(list(allocation.values()), dtype=np.int64)
+        ranked, explain = self._within_strategy().rank_in_groups(scores, codes, task_budgets, rng)
+        # `ranked` holds every row grouped by task code, best first; the k-th time task t comes up
+        # in the round-robin sequence, it takes its k-th best row.
+        sequence = round_robin_order(task_budgets)
+        occurrence = np.zeros(len(sequence), dtype=np.int64)
+        seen = np.zeros(len(names), dtype=np.int64)
+        for step, task in enumerate(sequence):
+            occurrence[step] = seen[task]
+            seen[task] += 1
+        group_start = np.cumsum(sizes) - sizes
+        picked = ranked[group_start[sequence] + occurrence]
+        reasons = [
+            f"task '{names[task]}' gets {allocation[names[task]]} of {budget} picks (largest predicted gain "
+            f"per label, AUC' {self.predicted_auc[names[task]]:.3f}); {reason}"
+            for task, reason in zip(sequence, explain(picked))
+        ]
+        return picked, reasons, {"allocation": allocation, "predicted_auc": dict(self.predicted_auc)}
+
+
+def make_plan(
+    pool,
+    scores: pd.DataFrame,
+    budget: int,
+    strategy: str = DEFAULT_STRATEGY,
+    within: str = "random",
+    target: float = 0.9,
+    coefficients=None,
+    coslow_values: Mapping[str, float] | None = None,
+    seed: int = 0,
+    *,
+    within_params: Mapping[str, Any] | None = None,
+    strategy_params: Mapping[str, Any] | None = None,
+    max_budget: int | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> Plan:
+    """Split ``budget`` labels across the tasks of ``pool``, choose the examples, explain both.
+
+    Parameters
+    ----------
+    pool:
+        The :class:`~tunewise.data.pool.Pool` (or list of examples) that ``scores`` were computed on,
+        one scores row per example in the same order.
+    scores:
+        The scores table; ``confidence`` is needed for per-task confidence and
+        ``weighted_task_diversity``, ``loss`` for ``within="difficulty_window"``.
+    budget:
+        Labels to spend in total (≥ 0); more than the pool selects everything.
+    strategy:
+        ``weighted_task_diversity``, ``task_diversity``, ``efficiency``, or any registered strategy
+        (``random``, ``uncertainty`` …), whose picks then decide each task's share.
+    within, within_params:
+        How the task strategies order rows inside a task: ``random``, ``difficulty_window`` or
+        ``weighted_indicators``, and that strategy's parameters.
+    target:
+        τ in (0, 1]: the fraction of the way from zero-shot to ceiling that "labels needed" aims at.
+    coefficients:
+        :class:`~tunewise.efficiency.predict.Coefficients` for this model, or None when there are none.
+    coslow_values:
+        Task → CoS-Low, for the tasks where it was measured (see :func:`measure_coslow`).
+    seed:
+        Seeds every random choice.
+    strategy_params:
+        Extra parameters of the strategy (e.g. ``{"gamma": 2.0}``).
+    max_budget:
+        N, the end of the predicted curve's log-budget axis. By default the N the coefficients were
+        fitted with (their AUCs are on that axis), else DESIGN's 5000.
+    provenance:
+        Where the scores came from (model fingerprint, indicator versions …), copied into the plan.
+    """
+    examples = list(getattr(pool, "examples", pool))
+    if len(examples) != len(scores) or [e.id for e in examples] != scores["id"].astype(str).tolist():
+        raise TunewiseError("the scores do not belong to this pool (ids or order differ)",
+                            fix="score this pool again, e.g. with `tunewise score POOL -o scores.parquet`")
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
+        raise TunewiseError(f"the budget must be a whole number ≥ 0, got {budget!r}", field="budget",
+                            fix="pass e.g. --budget 200")
+    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target <= 1:
+        raise TunewiseError(f"the target {target!r} is not in (0, 1]", field="target",
+                            fix="give a fraction of the way from zero-shot to ceiling, e.g. --target 0.9")
+    coslow_values = dict(coslow_values or {})
+    if max_budget is None:
+        max_budget = coefficients.max_budget if coefficients is not None else DEFAULT_MAX_BUDGET
+    curve_grid = coefficients.grid if coefficients is not None else DEFAULT_GRID
+    tasks = list(dict.fromkeys(e.task for e in examples))
+    pool_sizes = Counter(e.task for e in examples)
+    labelled = Counter(e.task for e in examples if e.response is not None)
+    confidence = _mean_by_task(scores, "confidence")
+
+    predicted = {}
+    if coefficients is not None:
+        predicted = {task: predict_auc(coslow_values[task], coefficients) for task in tasks if task in coslow_values}
+
+    chosen = _build_strategy(strategy, within, within_params, strategy_params, predicted, tasks, coefficients,
+                             labelled, max_budget)
+    selection = chosen.select(scores, int(budget), seed)
+    picked = Counter(scores["task"].astype(str).to_numpy()[selection.positions].tolist())
+    weights = _task_weights(strategy, selection, tasks)
+
+    entries = {}
+    for task in tasks:
+        entry = {
+            "pool": pool_sizes[task],
+            "labelled": labelled[task],
+            "mean_confidence": confidence.get(task),
+            "weight": weights.get(task),
+            "budget": picked[task],
+            "share": picked[task] / len(selection) if len(selection) else 0.0,
+            "coslow": coslow_values.get(task),
+            "predicted_auc": None,
+            "predicted_curve": None,
+            "predicted_at_budget": None,
+            "labels_needed": None,
+        }
+        if task in predicted:
+            auc = predicted[task]
+            # The curve is defined up to N (its ceiling is the best score by N): budgets past it are shown at N.
+            at_budget = min(max(picked[task], 1), max_budget)
+            budgets = sorted({*(n for n in curve_grid if n <= max_budget), at_budget})
+            entry.update(
+                predicted_auc=auc,
+                predicted_curve={str(n): float(predicted_curve(auc, normalised_log_budget(n, max_budget)))
+                                 for n in budgets},
+                predicted_at_budget=float(predicted_curve(auc, normalised_log_budget(at_budget, max_budget))),
+                labels_needed=math.ceil(labels_needed(auc, target, max_budget)),
+            )
+        entry["why"] = _why(task, entry, strategy, confidence, len(tasks), len(selection), coefficients, target,
+                            max_budget)
+        entries[task] = entry
+
+    document = {
+        "tunewise_version": __version__,
+        "pool": {
+            "source": getattr(pool, "source", None),
+            "examples": len(examples),
+            "labelled": sum(labelled.values()),
+            "tasks": len(tasks),
+        },
+        "budget": int(budget),
+        "selected": len(selection),
+        "strategy": strategy,
+        "params": _json_params(chosen),
+        "within": within if strategy in TASK_STRATEGIES else None,
+        "seed": seed,
+        "target": target,
+        "max_budget": max_budget,
+        "coefficients": None if coefficients is None else {
+            "slope": coefficients.slope, "intercept": coefficients.intercept, "source": coefficients.source,
+            "max_budget": coefficients.max_budget, "caveat": coefficients.caveat,
+        },
+        "notes": list(selection.notes)
+                 + ([f"About the predicted curves: {coefficients.caveat}"] if predicted and coefficients.caveat else []),
+        "provenance": dict(provenance or {}),
+        "tasks": entries,
+    }
+    return Plan(document=document, selection=selection, strategy=chosen)
+
+
+def _build_strategy(strategy, within, within_params, strategy_params, predicted, tasks, coefficients,
+                    labelled, max_budget) -> Strategy:
+    params = dict(strategy_params or {})
+    if strategy in TASK_STRATEGIES:
+        params.update(within=within, within_params=dict(within_params) if within_params else None)
+    elif within != "random" or within_params:
+        raise TunewiseError(f"--within applies to the task strategies ({', '.join(TASK_STRATEGIES)}), "
+                            f"not to '{strategy}'", field="within", fix="drop --within, or pick a task strategy")
+    if strategy != EFFICIENCY:
+        return get_strategy(strategy, **params)
+    missing = [task for task in tasks if task not in predicted]
+    if missing:
+        reasons = "; ".join(f"'{task}': {_missing_prediction(coefficients, labelled[task])}" for task in missing[:5])
+        raise TunewiseError(
+            f"the efficiency strategy needs a predicted learning curve for every task, and "
+            f"{len(missing)} of {len(tasks)} have none ({reasons})",
+            field="strategy",
+            fix="pass --coefficients (a calibration file or paper:NAME) and a labelled pool with at least "
+            f"{COSLOW_K} examples per task, or use --strategy weighted_task_diversity",
+        )
+    return build_strategy(EfficiencyAllocation, {**params, "predicted_auc": predicted, "max_budget": max_budget})
+
+
+def _missing_prediction(coefficients, labelled: int) -> str:
+    """Why a task has no predicted curve."""
+    if coefficients is None:
+        return NO_CALIBRATION
+    if labelled < COSLOW_K:
+        return f"CoS-Low needs {COSLOW_K} labelled examples and this task has {labelled}"
+    return "CoS-Low was not measured (run with --coslow)"
+
+
+def _mean_by_task(scores: pd.DataFrame, column: str) -> dict[str, float]:
+    if column not in scores.columns:
+        return {}
+    means = scores.groupby(scores["task"].astype(str), sort=False)[column].mean()
+    return {task: float(value) for task, value in means.items() if np.isfinite(value)}
+
+
+def _task_weights(strategy: str, selection: Selection, tasks: list[str]) -> dict[str, float]:
+    if strategy == "weighted_task_diversity":
+        return dict(selection.details.get("task_weights", {}))
+    if strategy == "task_diversity":
+        return dict.fromkeys(tasks, 1 / len(tasks))
+    return {}
+
+
+def _json_params(strategy: Strategy) -> dict:
+    params = strategy.get_params()
+    return {key: dict(value) if isinstance(value, Mapping) else value for key, value in params.items()}
+
+
+def _why(task, entry, strategy, confidence, task_count, selected, coefficients, target, max_budget) -> str:
+    """One or two plain sentences: why this task gets its budget, and what the prediction says."""
+    budget, pool_size = entry["budget"], entry["pool"]
+    share = f"{budget} of {selected} labels"
+    if strategy in TASK_STRATEGIES and task_count == 1:
+        sentence = f"It is the only task, so it gets {share}."
+    elif strategy == "weighted_task_diversity" and task in confidence:
+        ranked = sorted(confidence, key=confidence.get)
+        position = ranked.index(task) + 1
+        standing = ("the lowest" if position == 1 else "the highest" if position == len(ranked)
+                    else f"the {_ordinal(position)} lowest")
+        sentence = (f"The model's mean confidence here is {confidence[task]:.3f} ({standing} of {len(ranked)} "
+                    f"tasks), so it gets weight {entry['weight']:.3f} and {share}.")
+    elif strategy == "task_diversity":
+        sentence = f"Every task weighs the same, so it gets {share}."
+    elif strategy == EFFICIENCY:
+        gain = next_label_gain(entry["predicted_auc"], budget, max_budget)
+        sentence = (f"Each label went to the task whose predicted curve gained most from it; this one got {share}"
+                    + ("." if budget >= pool_size else f", where its next label would add {gain:.4f} of the way "
+                       "to the ceiling."))
+    else:
+        sentence = f"'{strategy}' picks across the whole pool, and {share} fell in this task."
+    if budget == pool_size and budget < selected:
+        sentence += f" That is its whole pool ({pool_size} examples)."
+    if entry["predicted_auc"] is not None:
+        sentence += (f" CoS-Low {entry['coslow']:.3f} predicts an AUC of {entry['predicted_auc']:.2f}: about "
+                     f"{entry['labels_needed']} labels reach {target:.0%} of the way from zero-shot to ceiling, "
+                     f"and {budget} get about {entry['predicted_at_budget']:.0%}.")
+    else:
+        sentence += f" No learning-curve prediction: {_missing_prediction(coefficients, entry['labelled'])}."
+    return sentence
+
+
+def shared_closing_sentence(reasons: list[str]) -> str:
+    """The closing sentence (leading space included) every one of several reasons ends with, or "".
+
+    Printed once instead of once per task, e.g. when every task lacks a prediction for one cause.
+    """
+    if len(reasons) < 2:
+        return ""
+    endings = {" " + reason.rsplit(". ", 1)[-1] if ". " in reason else reason for reason in reasons}
+    shared = endings.pop() if len(endings) == 1 else ""
+    return shared if all(len(reason) > len(shared) for reason in reasons) else ""
+
+
+def split_shared_closing_sentence(reasons: list[str]) -> tuple[list[str], str]:
+    """The reasons without the closing sentence they all share, and that sentence ("" when none)."""
+    shared = shared_closing_sentence(reasons)
+    return [reason[:len(reason) - len(shared)] for reason in reasons], shared.strip()
+
+
+def _ordinal(number: int) -> str:
+    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def measure_coslow(
+    pool,
+    scores: pd.DataFrame,
+    loaded_model,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict]:
+    """CoS-Low of every labelled task with at least 32 labelled examples.
+
+    Per task: the 32 examples are sampled from the least confident 10 % of its labelled examples
+    (from its 32 least confident when the task has fewer than 320, which departs from the paper's
+    protocol and is recorded as such), then :func:`tunewise.efficiency.coslow.coslow` takes their gradients.
+    ``loaded_model`` is a float32 :class:`~tunewise.model.load.LoadedModel`. ``progress(done, total)``
+    counts gradients over all the tasks measured. Returns task → ``{coslow, k, protocol,
+    examples, seconds}``.
+    """
+    from tunewise.efficiency.coslow import coslow, lowest_confidence_prompts, minimum_pool_size
+
+    if "confidence" not in scores.columns:
+        raise TunewiseError("CoS-Low picks the least confident examples, and the scores have no 'confidence'",
+                            field="confidence", fix="score the pool with the confidence indicator")
+    examples = list(getattr(pool, "examples", pool))
+    confidence = scores["confidence"].to_numpy(dtype=np.float64)
+    rows_by_task: dict[str, list[int]] = {}
+    for row, example in enumerate(examples):
+        if example.response is not None and np.isfinite(confidence[row]):
+            rows_by_task.setdefault(example.task, []).append(row)
+    eligible = {task: rows for task, rows in rows_by_task.items() if len(rows) >= COSLOW_K}
+    total = COSLOW_K * len(eligible)
+    measured = {}
+    for done_tasks, (task, rows) in enumerate(eligible.items()):
+        chosen = [rows[i] for i in lowest_confidence_prompts(confidence[rows], k=COSLOW_K, seed=seed,
+                                                             allow_small_pool=True)]
+        result = coslow(
+            loaded_model.model, loaded_model.tokenizer,
+            [list(examples[i].prompt) for i in chosen], [examples[i].response for i in chosen], seed=seed,
+            progress=None if progress is None else (
+                lambda done, before=done_tasks * COSLOW_K: progress(before + done, total)),
+        )
+        measured[task] = {
+            "coslow": result["coslow"],
+            "k": result["n"],
+            "protocol": ("paper: sampled from the least confident 10 %" if len(rows) >= minimum_pool_size()
+                         else f"small task: its {COSLOW_K} least confident examples"),
+            "examples": [examples[i].id for i in chosen],
+            "seconds": round(result["seconds"], 3),
+        }
+    return measured
+
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "EFFICIENCY",
+    "NO_CALIBRATION",
+    "EfficiencyAllocation",
+    "Plan",
+    "efficiency_allocation",
+    "make_plan",
+    "measure_coslow",
+    "next_label_gain",
+]

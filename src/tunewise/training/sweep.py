@@ -1,0 +1,524 @@
+"""Sweeps: strategies x budgets x seeds of select → fine-tune → evaluate, and their summary.
+
+A sweep lives in one folder::
+
+    RUN_DIR/sweep_config.json            what the runs depend on (model, data, fine-tune, metric)
+    RUN_DIR/runs/zero_shot.json          the base model on the test set, evaluated once
+    RUN_DIR/runs/<strategy>__b<budget>__s<seed>.json   one finished run each
+    RUN_DIR/sweep.json                   learning curves, AUC, gain over random (summarise_sweep)
+    RUN_DIR/curves.png
+
+Every run depends only on its (strategy, budget, seed) and the sweep's settings, and is written
+atomically when it finishes; a finished run is never redone. A killed sweep therefore resumes
+where it stopped and ends with the same results as an uninterrupted one, and more budgets,
+strategies or seeds can be added to a finished sweep later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from tunewise import __version__
+from tunewise.errors import TunewiseError
+from tunewise.training.evaluate import DEFAULT_BATCH_TOKENS, evaluate, task_scores, write_json_atomic
+from tunewise.training.finetune import FinetuneConfig, finetune
+
+BASELINE = "random"
+ZERO_SHOT = "zero_shot"
+CONFIG_FILE = "sweep_config.json"
+SUMMARY_FILE = "sweep.json"
+PLOT_FILE = "curves.png"
+RUNS_FOLDER = "runs"
+CONFIDENCE_LEVEL = 0.95
+
+
+# A strategy spec's ':' ',' '=' are not portable in file names; these stand in for them there.
+# Spec values may not hold them (see _SPEC_VALUE), so the mapping is one-to-one.
+_FILE_NAME_SAFE = str.maketrans({":": "@", ",": "+", "=": "~"})
+_SPEC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SPEC_VALUE = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def run_file_name(strategy: str, budget: int, seed: int) -> str:
+    """``<strategy>__b<budget>__s<seed>.json``, a strategy spec's ``:`` ``,`` ``=`` written as ``@`` ``+`` ``~``."""
+    return f"{strategy.translate(_FILE_NAME_SAFE)}__b{budget}__s{seed}.json"
+
+
+def split_strategy_specs(text: str) -> list[str]:
+    """Split a comma-separated list of strategy specs, keeping each spec's own parameters with it.
+
+    ``"random,difficulty_window:c0=0.15,beta=0"`` → ``["random", "difficulty_window:c0=0.15,beta=0"]``:
+    a part holding ``=`` but no ``:`` continues the spec before it.
+    """
+    specs: list[str] = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        if "=" in part and ":" not in part and specs and ":" in specs[-1]:
+            specs[-1] += f",{part}"
+        else:
+            specs.append(part)
+    return specs
+
+
+def parse_strategy_spec(spec: str) -> tuple[str, dict[str, int | float | str]]:
+    """``"difficulty_window:c0=0.15,beta=0"`` → ``("difficulty_window", {"c0": 0.15, "beta": 0})``.
+
+    A spec is a strategy name, optionally followed by a colon and comma-separated ``key=value``
+    parameters; each value becomes an int, else a float, else stays a string. Only the syntax is
+    checked here; :func:`strategy_from_spec` checks the name and parameters.
+    """
+    name, _, parameter_text = spec.partition(":")
+    parameters: dict[str, int | float | str] = {}
+    for assignment in parameter_text.split(",") if parameter_text else ():
+        key, equals, value = (part.strip() for part in assignment.partition("="))
+        if not equals or not _SPEC_NAME.fullmatch(key) or not _SPEC_VALUE.fullmatch(value) or key in parameters:
+            raise TunewiseError(
+                f"strategy spec '{spec}' has a malformed parameter '{assignment}'", field="strategies",
+                fix="write NAME or NAME:key=value,key=value, each key once, values of letters, digits, "
+                    "'.', '_' and '-' (e.g. difficulty_window:c0=0.15,beta=0)",
+            )
+        parameters[key] = _spec_value(value)
+    if not _SPEC_NAME.fullmatch(name.strip()):
+        raise TunewiseError(f"strategy spec '{spec}' does not start with a strategy name", field="strategies",
+                            fix="use a strategy name from `tunewise select --help`, e.g. difficulty_window:c0=0.15")
+    return name.strip(), parameters
+
+
+def _spec_value(text: str) -> int | float | str:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            continue
+    return text
+
+
+def strategy_from_spec(spec: str, extra_parameters: Mapping | None = None):
+    """The :class:`~tunewise.select.Strategy` a spec names, its parameters checked by
+    :func:`~tunewise.select.get_strategy`; any error names the whole spec.
+
+    ``extra_parameters`` adds parameters a spec's text cannot carry, such as the mapping of
+    predicted AUCs that ``efficiency`` takes; a parameter may not be given both ways. Besides the
+    registered strategies a spec may name ``efficiency`` (:class:`~tunewise.pipeline.EfficiencyAllocation`),
+    which is not registered because it cannot run without those predictions.
+    """
+    from tunewise.pipeline import EFFICIENCY, EfficiencyAllocation
+    from tunewise.select import build_strategy, get_strategy
+
+    name, parameters = parse_strategy_spec(spec)
+    twice = sorted(set(parameters) & set(extra_parameters or {}))
+    if twice:
+        raise TunewiseError(f"strategy spec '{spec}' and its extra parameters both set {', '.join(twice)}",
+                            field="strategies", fix="give each parameter one way")
+    parameters.update(extra_parameters or {})
+    try:
+        if name == EFFICIENCY:
+            return build_strategy(EfficiencyAllocation, parameters)
+        return get_strategy(name, **parameters)
+    except TunewiseError as error:
+        raise TunewiseError(f"strategy spec '{spec}': {error.message}", field="strategies", fix=error.fix) from None
+
+
+def run_sweep(
+    pool,
+    test,
+    budgets: Sequence[int],
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    model_name: str,
+    run_dir: str | os.PathLike,
+    finetune_config: FinetuneConfig | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    metric: str = "auto",
+    max_new_tokens: int | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: Callable[[int, int, str], None] | None = None,
+    strategy_parameters: Mapping[str, Mapping] | None = None,
+) -> dict:
+    """Run every missing (strategy, budget, seed) and the zero-shot baseline, then summarise.
+
+    Parameters
+    ----------
+    pool, test:
+        Labelled :class:`~tunewise.data.pool.Pool` s (or lists of examples): the examples to select
+        from, and the held-out examples every run is evaluated on.
+    budgets, strategies, seeds:
+        The grid. Strategies are specs (:func:`parse_strategy_spec`): a name known to
+        :func:`tunewise.select.get_strategy`, optionally with parameters, e.g.
+        ``difficulty_window:c0=0.15,beta=0``; the spec is the runs' strategy label. The seed
+        drives both the selection and the fine-tune.
+    model_name:
+        The base model (see :func:`tunewise.model.load.load_model`); every run gets a fresh LoRA on it.
+    finetune_config:
+        Hyperparameters shared by every run (its ``seed`` is replaced by the run's seed).
+    metric, max_new_tokens, batch_tokens:
+        Passed to :func:`tunewise.training.evaluate.evaluate`.
+    progress:
+        Called with ``(runs_done, runs_total, label)`` before each run starts and once at the end;
+        finished runs found on disk count as done.
+    strategy_parameters:
+        Spec → parameters its text cannot carry (:func:`strategy_from_spec`), e.g.
+        ``{"efficiency": {"predicted_auc": {...}, "max_budget": 16}}``; each run of that spec
+        records them.
+
+    Returns the summary that :func:`summarise_sweep` writes to ``RUN_DIR/sweep.json``.
+    """
+    from tunewise.model.load import load_model
+
+    pool_examples = list(getattr(pool, "examples", pool))
+    test_examples = list(getattr(test, "examples", test))
+    finetune_config = finetune_config or FinetuneConfig()
+    budgets, strategies, seeds = _check_grid(budgets, strategies, seeds, len(pool_examples))
+    strategy_parameters = {spec: dict(parameters) for spec, parameters in (strategy_parameters or {}).items()}
+    unknown = sorted(set(strategy_parameters) - set(strategies))
+    if unknown:
+        raise TunewiseError(f"extra parameters for strategies that are not swept: {', '.join(unknown)}",
+                            field="strategies", fix="key the extra parameters by a swept strategy spec")
+    chosen = {spec: strategy_from_spec(spec, strategy_parameters.get(spec)) for spec in strategies}
+    _check_examples(pool_examples, test_examples)
+
+    run_dir = Path(run_dir)
+    runs = run_dir / RUNS_FOLDER
+    loaded = load_model(model_name, device=device, dtype=dtype)
+    settings = {
+        "model": model_name,
+        "model_fingerprint": loaded.fingerprint,
+        "pool": {"examples": len(pool_examples), "ids_sha256": _ids_digest(pool_examples)},
+        "test": {"examples": len(test_examples), "ids_sha256": _ids_digest(test_examples)},
+        "finetune_config": {k: v for k, v in dataclasses.asdict(finetune_config).items() if k != "seed"},
+        "metric": metric,
+        "max_new_tokens": max_new_tokens,
+    }
+    _claim_run_dir(run_dir, settings)
+
+    planned = [(strategy, budget, seed) for seed in seeds for budget in budgets for strategy in strategies]
+    pending = [run for run in planned if not (runs / run_file_name(*run)).exists()]
+    zero_shot_path = runs / f"{ZERO_SHOT}.json"
+    total = len(planned) + 1
+    done = total - len(pending) - (0 if zero_shot_path.exists() else 1)
+
+    def evaluate_model(model) -> dict:
+        return evaluate(model, loaded.tokenizer, test_examples, metric=metric,
+                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens)
+
+    if not zero_shot_path.exists():
+        if progress is not None:
+            progress(done, total, "zero-shot")
+        results = evaluate_model(loaded.model)
+        write_json_atomic(_run_record(ZERO_SHOT, 0, None, results), zero_shot_path)
+        done += 1
+
+    def scoring_progress(scored: int, to_score: int) -> None:
+        if progress is not None:
+            progress(done, total, f"scoring the pool {scored}/{to_score}")
+
+    scores = _selection_scores(pool_examples, [chosen[s] for s, _, _ in pending], loaded, scoring_progress)
+    for strategy, budget, seed in pending:
+        if progress is not None:
+            progress(done, total, f"{strategy} b={budget} s={seed}")
+        selection = chosen[strategy].select(scores, budget, seed)
+        selected = [pool_examples[position] for position in selection.positions]
+        trained = finetune(loaded, selected, dataclasses.replace(finetune_config, seed=seed))
+        results = evaluate_model(trained.model)
+        record = _run_record(strategy, budget, seed, results)
+        record["selected_ids"] = [example.id for example in selected]
+        record["selection_notes"] = selection.notes
+        record["selection_details"] = selection.details
+        if strategy in strategy_parameters:
+            record["strategy_parameters"] = strategy_parameters[strategy]
+        record["training"] = trained.log.to_dict()
+        write_json_atomic(record, runs / run_file_name(strategy, budget, seed))
+        done += 1
+    if progress is not None:
+        progress(done, total, "done")
+    return summarise_sweep(run_dir)
+
+
+def _check_grid(budgets, strategies, seeds, pool_size: int):
+    budgets, strategies, seeds = list(budgets), list(strategies), list(seeds)
+    for name, values in (("budgets", budgets), ("strategies", strategies), ("seeds", seeds)):
+        if not values:
+            raise TunewiseError(f"no {name} given", field=name, fix=f"pass at least one of --{name}")
+        if len(set(values)) != len(values):
+            raise TunewiseError(f"{name} repeat a value: {values}", field=name, fix="list each value once")
+    for budget in budgets:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise TunewiseError(f"budget {budget!r} is not a positive whole number", field="budgets",
+                                fix="use budgets such as 50,100,200 (zero-shot is always evaluated)")
+        if budget > pool_size:
+            raise TunewiseError(f"budget {budget} is larger than the pool ({pool_size} examples)",
+                                field="budgets", fix=f"use budgets up to {pool_size}, or a larger pool")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise TunewiseError(f"seed {seed!r} is not a whole number ≥ 0", field="seeds",
+                                fix="use seeds such as 0,1,2")
+    for strategy in strategies:
+        if "__" in strategy or strategy == ZERO_SHOT:
+            raise TunewiseError(f"'{strategy}' cannot name a sweep strategy", field="strategies",
+                                fix="use a strategy name from `tunewise select --help`")
+    return sorted(budgets), strategies, sorted(seeds)
+
+
+def _check_examples(pool_examples, test_examples) -> None:
+    for name, examples in (("pool", pool_examples), ("test", test_examples)):
+        if not examples:
+            raise TunewiseError(f"the {name} set has no examples", field=name, fix="pass a non-empty file")
+        unlabelled = sum(example.response is None for example in examples)
+        if unlabelled:
+            raise TunewiseError(f"{unlabelled} of {len(examples)} {name} examples have no response", field=name,
+                                fix="a sweep fine-tunes and evaluates, so both sets must be labelled")
+    leaked = {example.id for example in pool_examples} & {example.id for example in test_examples}
+    if leaked:
+        raise TunewiseError(f"{len(leaked)} test examples also appear in the pool (e.g. {sorted(leaked)[0]})",
+                            field="test", fix="remove them from the pool or the test set")
+
+
+def _ids_digest(examples) -> str:
+    return hashlib.sha256("\n".join(example.id for example in examples).encode()).hexdigest()[:16]
+
+
+def _claim_run_dir(run_dir: Path, settings: dict) -> None:
+    """Write the sweep's settings, or check that a folder being resumed was made with the same."""
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists():
+        existing = json.loads(config_path.read_text(encoding="utf-8"))
+        differing = sorted(key for key in settings.keys() | existing.keys() if settings.get(key) != existing.get(key))
+        if differing:
+            raise TunewiseError(
+                f"this folder holds a sweep made with other settings ({', '.join(differing)} differ), "
+                "so its runs cannot be resumed or compared",
+                file=str(config_path), fix="write to a new -o folder, or delete this one to start over",
+            )
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise TunewiseError("the output folder exists and is not a sweep folder", file=str(run_dir),
+                            fix="pass a new or empty folder with -o")
+    write_json_atomic(settings, config_path)
+
+
+def _selection_scores(pool_examples, strategies, loaded, progress):
+    """The scores table the strategies need: id and task, plus any indicator they read (scored
+    once, through the content-addressed cache)."""
+    import pandas as pd
+
+    from tunewise.indicators.registry import INDICATORS
+
+    needed = {column for strategy in strategies for column in strategy.required_columns()} - {"id", "task"}
+    indicators = [name for name, indicator in INDICATORS.items() if needed & set(indicator.columns)]
+    if not indicators:
+        return pd.DataFrame({"id": [e.id for e in pool_examples], "task": [e.task for e in pool_examples]})
+    from tunewise.model.hf import HFBackend
+    from tunewise.indicators.score import score_pool
+
+    return score_pool(pool_examples, HFBackend(loaded), indicators, progress=progress)
+
+
+def _run_record(strategy: str, budget: int, seed: int | None, results: dict) -> dict:
+    return {
+        "strategy": strategy,
+        "budget": budget,
+        "seed": seed,
+        "score": results["average"],
+        "scores": task_scores(results),
+        "results": results["results"],
+        "evaluation_seconds": results["config"]["seconds"],
+        "tunewise_version": __version__,
+    }
+
+
+def read_runs(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
+    """The zero-shot record (None when missing) and every finished run record of a sweep folder."""
+    runs = Path(run_dir) / RUNS_FOLDER
+    if not runs.is_dir():
+        raise TunewiseError("no runs in this folder", file=str(run_dir),
+                            fix="run `tunewise sweep ... -o RUN_DIR` first")
+    zero_shot, records = None, []
+    for path in sorted(runs.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise TunewiseError(f"unreadable run file ({error})", file=str(path),
+                                fix="delete it; the next `tunewise sweep` redoes that run") from None
+        if record["strategy"] == ZERO_SHOT:
+            zero_shot = record
+        else:
+            records.append(record)
+    return zero_shot, records
+
+
+def paired_gain(scores: dict[int, float], baseline: dict[int, float]) -> dict:
+    """Mean per-seed difference ``scores - baseline`` over the seeds both have, with its 95 %
+    Student-t confidence interval (None with fewer than two seeds)."""
+    from scipy import stats
+
+    seeds = sorted(scores.keys() & baseline.keys())
+    differences = [scores[seed] - baseline[seed] for seed in seeds]
+    n = len(differences)
+    mean = sum(differences) / n if n else None
+    low = high = None
+    if n >= 2:
+        spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+        half_width = stats.t.ppf((1 + CONFIDENCE_LEVEL) / 2, n - 1) * spread / math.sqrt(n)
+        low, high = mean - half_width, mean + half_width
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n_seeds": n, "seeds": seeds}
+
+
+def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) -> dict:
+    """Summarise every finished run of a sweep folder into ``sweep.json`` and ``curves.png``.
+
+    Per strategy: the learning curve (budget → mean score over seeds, budget 0 the zero-shot
+    score), the per-seed scores, per-task mean scores, the AUC (:func:`tunewise.efficiency.curve.curve_auc`
+    with the sweep's budgets as the grid and the largest as N), and per budget the gain over
+    ``random`` (:func:`paired_gain`). All strategies share one ceiling (``ceiling`` or the best
+    mean score of any strategy) so that their AUCs compare; a flat curve has AUC None.
+    """
+    from tunewise.efficiency.curve import curve_auc
+
+    run_dir = Path(run_dir)
+    zero_shot, records = read_runs(run_dir)
+    budgets = sorted({record["budget"] for record in records})
+    strategies = list(dict.fromkeys(record["strategy"] for record in sorted(records, key=_record_order)))
+    per_seed: dict[str, dict[int, dict[int, float]]] = {s: {} for s in strategies}
+    task_runs: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
+    for record in records:
+        per_seed[record["strategy"]].setdefault(record["budget"], {})[record["seed"]] = record["score"]
+        task_runs[record["strategy"]].setdefault(record["budget"], []).append(record["scores"])
+
+    curves = {}
+    for strategy in strategies:
+        curve = {budget: _mean(list(seed_scores.values())) for budget, seed_scores in per_seed[strategy].items()}
+        if zero_shot is not None:
+            curve[0] = zero_shot["score"]
+        curves[strategy] = dict(sorted(curve.items()))
+    best = max((score for curve in curves.values() for score in curve.values()), default=0.0)
+    shared_ceiling = best if ceiling is None else max(ceiling, best)
+
+    summary_strategies = {}
+    for strategy in strategies:
+        entry = {
+            "curve": {str(budget): score for budget, score in curves[strategy].items()},
+            "auc": _auc_or_none(curve_auc, curves[strategy], shared_ceiling, budgets),
+            "per_seed": {str(b): {str(s): v for s, v in sorted(seeds.items())}
+                         for b, seeds in sorted(per_seed[strategy].items())},
+            "task_curves": _task_curves(task_runs[strategy], zero_shot),
+        }
+        if strategy != BASELINE and BASELINE in per_seed:
+            entry["gain_over_random"] = {
+                str(budget): paired_gain(per_seed[strategy][budget], per_seed[BASELINE][budget])
+                for budget in budgets
+                if budget in per_seed[strategy] and budget in per_seed[BASELINE]
+            }
+        summary_strategies[strategy] = entry
+
+    config_path = run_dir / CONFIG_FILE
+    summary = {
+        "tunewise_version": __version__,
+        "settings": json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None,
+        "budgets": budgets,
+        "seeds": sorted({record["seed"] for record in records}),
+        "baseline": BASELINE if BASELINE in per_seed else None,
+        "ceiling": shared_ceiling,
+        "confidence_level": CONFIDENCE_LEVEL,
+        "zero_shot": None if zero_shot is None else {"score": zero_shot["score"], "scores": zero_shot["scores"]},
+        "strategies": summary_strategies,
+    }
+    write_json_atomic(summary, run_dir / SUMMARY_FILE)
+    if curves and budgets:
+        plot_sweep(summary, run_dir / PLOT_FILE)
+    return summary
+
+
+def _record_order(record: dict) -> tuple:
+    # random first, then the others in name order, so summaries list strategies the same way.
+    return (record["strategy"] != BASELINE, record["strategy"])
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _auc_or_none(curve_auc, curve: dict[int, float], ceiling: float, budgets: list[int]) -> float | None:
+    if not budgets or max(budgets) < 2:
+        return None
+    try:
+        return curve_auc(curve, ceiling=ceiling, max_budget=max(budgets), grid=budgets)
+    except TunewiseError:
+        return None  # a flat curve: no gain over zero-shot to normalise by
+
+
+def _task_curves(runs_by_budget: dict[int, list[dict]], zero_shot: dict | None) -> dict:
+    """task → {budget: mean score over seeds}, budget 0 the zero-shot score."""
+    tasks = {task for runs in runs_by_budget.values() for scores in runs for task in scores}
+    curves = {}
+    for task in sorted(tasks):
+        curve = {}
+        if zero_shot is not None and task in zero_shot["scores"]:
+            curve["0"] = zero_shot["scores"][task]
+        for budget, runs in sorted(runs_by_budget.items()):
+            curve[str(budget)] = _mean([scores[task] for scores in runs if task in scores])
+        curves[task] = curve
+    return curves
+
+
+def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
+    """Mean score against budget (log scale) per strategy, with the seeds' spread and zero-shot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    try:
+        for strategy, entry in summary["strategies"].items():
+            budgets = [int(b) for b in entry["per_seed"]]
+            means = [entry["curve"][str(b)] for b in budgets]
+            lows = [min(entry["per_seed"][str(b)].values()) for b in budgets]
+            highs = [max(entry["per_seed"][str(b)].values()) for b in budgets]
+            auc = entry["auc"]
+            label = strategy + (f" (AUC {auc:.3f})" if auc is not None else "")
+            (line,) = axes.plot(budgets, means, marker="o", label=label)
+            axes.fill_between(budgets, lows, highs, color=line.get_color(), alpha=0.15)
+        if summary["zero_shot"] is not None:
+            axes.axhline(summary["zero_shot"]["score"], color="grey", linestyle="--", label="zero-shot")
+        axes.set_xscale("log")
+        axes.set_xticks(summary["budgets"], [str(b) for b in summary["budgets"]])
+        axes.minorticks_off()
+        axes.set_xlabel("fine-tuning examples (log scale)")
+        axes.set_ylabel("test score (mean over seeds; band: min–max)")
+        axes.set_title("learning curves")
+        axes.legend(loc="best", fontsize="small")
+        figure.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+        try:
+            figure.savefig(temporary, dpi=120)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+    finally:
+        plt.close(figure)
+    return path
+
+
+__all__ = [
+    "paired_gain",
+    "parse_strategy_spec",
+    "plot_sweep",
+    "read_runs",
+    "run_file_name",
+    "run_sweep",
+    "split_strategy_specs",
+    "strategy_from_spec",
+    "summarise_sweep",
+]
