@@ -134,15 +134,27 @@ def finetune_command(
     with _training_progress() as update:
         result = finetune(loaded, examples, config, output_dir=output, progress=update)
     log = result.log.to_dict()
-    if log["truncated_examples"]:
-        console.print(f"[yellow]note:[/] {log['truncated_examples']} examples were longer than "
-                      f"--max-seq-length {config.max_seq_length} tokens and were cut", highlight=False)
+    print_length_notes(log["lengths"])
     stdout.print(
         f"fine-tuned on {log['examples']} examples: {len(log['steps'])} steps in {log['seconds']:.1f} s "
         f"({log['steps_per_second']:.3g} steps/s, {log['examples_per_second']:.3g} examples/s), "
         f"final loss {log['final_loss']:.4f} → {escape(str(result.adapter_dir))}",
         highlight=False,
     )
+
+
+def print_length_notes(lengths: dict) -> None:
+    """Say which training examples --truncate cut, and which were left with no response token."""
+    from tunewise.model.lengths import listing
+
+    if lengths.get("truncated"):
+        console.print(f"[yellow]note:[/] {len(lengths['truncated'])} examples were longer than "
+                      f"{lengths['max_tokens']} tokens and were cut (--truncate): "
+                      f"{escape(listing(lengths['truncated']))}", highlight=False)
+    if lengths.get("without_response"):
+        console.print(f"[yellow]note:[/] {len(lengths['without_response'])} examples keep no response token "
+                      f"after the cut and train nothing (left out): {escape(listing(lengths['without_response']))}",
+                      highlight=False)
 
 
 @command("evaluate")

@@ -9,6 +9,7 @@ are reported with file, line and reason; by default the first one stops the read
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -45,6 +46,8 @@ class Example:
     prompt: tuple[dict, ...]
     response: str | None
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    # (file, line) the record was read from, for errors found later (length, chat template).
+    location: tuple[str, int] | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def messages(self) -> list[dict]:
@@ -137,7 +140,7 @@ def read_pool(
         if task_field is not None and task_field in record:
             saw_task_field = True
         seen[example.id] = line
-        examples.append(example)
+        examples.append(dataclasses.replace(example, location=(str(path), line)))
         if limit is not None and len(examples) >= limit:
             break
     check_pool_was_usable(path, len(examples), len(skipped), task_field, saw_task_field)

@@ -60,7 +60,12 @@ class FinetuneConfig:
         default=2, metadata={"help": "Forward passes per optimizer step (effective batch = product)."}
     )
     max_seq_length: int = field(
-        default=512, metadata={"help": "Tokens per example (prompt + response); longer ones are cut at the end."}
+        default=512, metadata={"help": "Tokens per example (prompt + response); a longer one is refused "
+                                       "(its line named) unless --truncate is given."}
+    )
+    truncate: bool = field(
+        default=False, metadata={"help": "Cut examples longer than --max-seq-length (or the model's context) "
+                                         "at the end instead of refusing them; they are counted in the log."}
     )
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warmup."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
@@ -109,6 +114,8 @@ class TrainingLog:
     examples_seen: int = 0
     tokens_seen: int = 0
     truncated_examples: int = 0
+    # What fitting the examples to the sequence cap did (tunewise.model.lengths.TrainingLengths).
+    lengths: dict = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float | None:
@@ -124,6 +131,7 @@ class TrainingLog:
             "examples_seen": self.examples_seen,
             "tokens_seen": self.tokens_seen,
             "truncated_examples": self.truncated_examples,
+            "lengths": self.lengths,
             "final_loss": self.final_loss,
             "steps_per_second": round(len(self.steps) / seconds, 4),
             "examples_per_second": round(self.examples_seen / seconds, 4),
@@ -142,15 +150,15 @@ class FinetuneResult:
     adapter_dir: Path | None = None
 
 
-def prompt_token_ids(tokenizer, prompt: Sequence[dict]) -> list[int]:
+def prompt_token_ids(tokenizer, prompt: Sequence[dict], source=None) -> list[int]:
     """The prompt as the model sees it before answering: chat template plus generation prompt.
 
-    Training and evaluation both render prompts here, so they can never drift apart.
+    Training and evaluation both render prompts here, so they can never drift apart. A template
+    error becomes a TunewiseError naming ``source`` (:func:`tunewise.model.chat.render_chat`).
     """
-    encoded = tokenizer.apply_chat_template(
-        [dict(turn) for turn in prompt], add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return list(encoded["input_ids"])
+    from tunewise.model.chat import render_chat
+
+    return render_chat(tokenizer, prompt, add_generation_prompt=True, source=source, tokenize=True)
 
 
 class EncodedExample(NamedTuple):
@@ -159,19 +167,43 @@ class EncodedExample(NamedTuple):
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    full_length: int = 0
 
     @property
     def completion_tokens(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def encode_example(tokenizer, prompt: Sequence[dict], response: str, max_seq_length: int) -> EncodedExample:
-    """Tokenise one training example: the rendered prompt (masked), the response, then eos."""
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
+def encode_example(tokenizer, prompt: Sequence[dict], response: str, max_seq_length: int,
+                   source=None) -> EncodedExample:
+    """Tokenise one training example: the rendered prompt (masked), the response, then eos; cut
+    at ``max_seq_length`` (``full_length`` keeps the uncut length)."""
+    prompt_ids = prompt_token_ids(tokenizer, prompt, source)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = prompt_ids + response_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
-    return EncodedExample(input_ids[:max_seq_length], labels[:max_seq_length], len(input_ids) > max_seq_length)
+    return EncodedExample(input_ids[:max_seq_length], labels[:max_seq_length], len(input_ids) > max_seq_length,
+                          len(input_ids))
+
+
+def encode_training_set(tokenizer, examples: Sequence, config: FinetuneConfig, context: int | None):
+    """Tokenise labelled examples for fine-tuning, fitted to ``config.max_seq_length`` and the
+    model's ``context``: a too-long example is refused unless ``config.truncate``; with it, the
+    examples cut before their response are left out and reported, and a set where none keeps a
+    response token is refused (:func:`tunewise.model.lengths.check_training_lengths`).
+
+    Returns ``(encoded, lengths)``: the examples that train, and the
+    :class:`~tunewise.model.lengths.TrainingLengths` report.
+    """
+    from tunewise.model.lengths import check_training_lengths
+
+    limit = config.max_seq_length if context is None else min(config.max_seq_length, context)
+    limit_name = (f"--max-seq-length {config.max_seq_length}" if limit == config.max_seq_length
+                  else f"the model's {context}-token context")
+    encoded = [encode_example(tokenizer, e.prompt, e.response, limit, source=e) for e in examples]
+    lengths = check_training_lengths([e.full_length for e in encoded], [e.completion_tokens for e in encoded],
+                                     list(examples), limit, limit_name, config.truncate)
+    return [e for e in encoded if e.completion_tokens], lengths
 
 
 def finetune(
@@ -210,8 +242,10 @@ def finetune(
 
     tokenizer = loaded_model.tokenizer
     device = loaded_model.device
-    encoded = [encode_example(tokenizer, e.prompt, e.response, config.max_seq_length) for e in examples]
-    log = TrainingLog(examples=len(examples), truncated_examples=sum(e.truncated for e in encoded))
+    from tunewise.model.lengths import context_length
+
+    encoded, lengths = encode_training_set(tokenizer, examples, config, context_length(loaded_model.model, tokenizer))
+    log = TrainingLog(examples=len(examples), truncated_examples=len(lengths.truncated), lengths=lengths.to_dict())
 
     micro_batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
     steps_per_epoch = math.ceil(micro_batches_per_epoch / config.gradient_accumulation_steps)
@@ -423,6 +457,7 @@ __all__ = [
     "FinetuneResult",
     "TrainingLog",
     "check_adapter_output",
+    "encode_training_set",
     "finetune",
     "load_adapter",
     "prompt_token_ids",
