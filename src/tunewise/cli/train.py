@@ -170,25 +170,62 @@ def evaluate_command(
     batch_tokens: int = typer.Option(8192, min=1, help="Token budget per generation batch."),
     device: str = typer.Option("auto", help=_DEVICE_HELP),
     dtype: str = typer.Option("auto", help=_DTYPE_HELP),
+    predictions: Optional[Path] = typer.Option(
+        None, help="Score these answers (JSONL, one {\"id\" or \"line\", \"prediction\"} per test item, "
+                   "made elsewhere: vLLM, an API, another harness) instead of generating; no model is loaded."),
+    truncate: bool = typer.Option(False, help="Cut the beginning of prompts too long for the model's context "
+                                              "instead of refusing them (marked in the samples, counted in the config)."),
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
     from tunewise.training.evaluate import evaluate, write_json_atomic
-    from tunewise.training.finetune import load_adapter
-    from tunewise.model.load import load_model, model_summary
     from tunewise.data.pool import read_pool
 
     check_output_file(output)
     test = read_pool(test_path, task_field, limit=limit)
-    loaded = load_model(model, device=device, dtype=dtype)
-    adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
-    with progress_bar("evaluating") as update:
-        results = evaluate(adapted, loaded.tokenizer, test.examples, metric=metric,
-                           max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update)
-    results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter),
-                             test=str(test_path), task_field=task_field, limit=limit)
+    if predictions is not None:
+        if adapter is not None:
+            raise TunewiseError("--adapter has no effect when --predictions gives the answers", field="adapter",
+                                fix="drop --adapter, or drop --predictions to generate the answers")
+        results = score_prediction_file(test.examples, predictions, metric)
+    else:
+        from tunewise.training.finetune import load_adapter
+        from tunewise.model.load import load_model, model_summary
+
+        loaded = load_model(model, device=device, dtype=dtype)
+        adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
+        with progress_bar("evaluating") as update:
+            results = evaluate(adapted, loaded.tokenizer, test.examples, metric=metric,
+                               max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
+                               truncate=truncate)
+        results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter))
+    results["config"].update(test=str(test_path), task_field=task_field, limit=limit)
     write_json_atomic(results, output)
     stdout.print(results_table(results))
+    if results["config"].get("truncated"):
+        stdout.print(f"truncated: {results['config']['truncated']} of {results['config']['n_samples']} prompts lost "
+                     "their beginning to fit the model's context (--truncate; 'truncated' in the samples)",
+                     highlight=False)
     stdout.print(f"results → {escape(str(output))}", highlight=False)
+
+
+def score_prediction_file(examples, predictions: Path, metric: str) -> dict:
+    """The results document for answers read from ``predictions`` (see ``read_predictions``)."""
+    from tunewise.training.evaluate import LOG_LIKELIHOOD, answer_metrics, check_metric, read_predictions
+    from tunewise.training.evaluate import score_predictions
+
+    check_metric(metric)
+    if metric == LOG_LIKELIHOOD:
+        raise TunewiseError("log_likelihood scores the gold answer with the model, not a prediction",
+                            field="metric", fix="drop --predictions, or choose an answer metric (auto, exact_match, "
+                                                "multiple_choice, gsm8k)")
+    if any(example.response is None for example in examples):
+        raise TunewiseError("the test set has items without a gold answer", field="response",
+                            fix="score predictions against a labelled test set")
+    answers = read_predictions(predictions, examples)
+    metrics = answer_metrics(examples, metric)
+    config = {"metric": metric, "metrics": metrics, "predictions": str(predictions), "n_samples": len(examples),
+              "truncated": 0}
+    return score_predictions(examples, answers, metrics, config)
 
 
 def results_table(results: dict) -> Table:

@@ -22,6 +22,8 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from tunewise.errors import TunewiseError
+from tunewise.model.chat import render_chat
+from tunewise.model.lengths import check_fits, context_length
 
 DEFAULT_K = 32
 DEFAULT_FRACTION = 0.1
@@ -172,7 +174,11 @@ def lora_gradient_vectors(
             fix="load the model with dtype='fp32'",
         )
     device = next(model.parameters()).device
-    encoded = [_encode(tokenizer, prompt, response) for prompt, response in zip(prompts, responses)]
+    encoded = [_encode(tokenizer, prompt, response, f"CoS-Low example {index + 1}")
+               for index, (prompt, response) in enumerate(zip(prompts, responses))]
+    context = context_length(model, tokenizer)
+    check_fits([ids.shape[1] for ids, _ in encoded], context, [f"CoS-Low example {i + 1}" for i in range(len(encoded))],
+               what="prompt + response", limit_name=f"the model's {context}-token context")
     peft_model, restore = _attach_lora(model, rank, alpha, seed)
     try:
         lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
@@ -193,17 +199,14 @@ def lora_gradient_vectors(
         restore(peft_model)
 
 
-def _encode(tokenizer, prompt: Sequence[dict], response: str):
+def _encode(tokenizer, prompt: Sequence[dict], response: str, source=None):
     """Token ids of chat-templated prompt + response + end-of-sequence; labels mask the prompt."""
     import torch
 
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise TunewiseError("the tokenizer has no chat template", field="model",
-                            fix="use an instruct model whose tokenizer defines a chat template")
     if tokenizer.eos_token_id is None:
         raise TunewiseError("the tokenizer has no end-of-sequence token", field="model",
                             fix="use a tokenizer that defines eos_token")
-    prompt_text = tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+    prompt_text = render_chat(tokenizer, prompt, add_generation_prompt=True, source=source)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = torch.tensor([prompt_ids + response_ids])

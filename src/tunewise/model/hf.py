@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 
 from tunewise.model.base import EncodedExample, Generation, Messages
+from tunewise.model.chat import render_chat
+from tunewise.model.lengths import context_length
 from tunewise.model.load import LoadedModel
 
 
@@ -47,6 +49,7 @@ class HFBackend:
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.max_new_tokens = max_new_tokens
+        self.context_length = context_length(self.model, self.tokenizer)
         self.max_batch_tokens = max_batch_tokens or (32768 if self.device.type == "cuda" else 4096)
         template = (self.tokenizer.chat_template or "").encode()
         self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
@@ -74,11 +77,15 @@ class HFBackend:
 
     # -- tokenisation ---------------------------------------------------------------------------
 
-    def render_prompt(self, prompt: Messages) -> str:
-        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    def render_prompt(self, prompt: Messages, source=None) -> str:
+        return render_chat(self.tokenizer, prompt, add_generation_prompt=True, source=source)
 
-    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None]) -> list[EncodedExample]:
-        rendered = [self.render_prompt(prompt) for prompt in prompts]
+    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None],
+               sources: Sequence | None = None) -> list[EncodedExample]:
+        """Token ids of each rendered prompt and response; ``sources`` (the examples) name the
+        record in a chat-template error."""
+        sources = sources if sources is not None else [None] * len(prompts)
+        rendered = [self.render_prompt(prompt, source) for prompt, source in zip(prompts, sources)]
         prompt_ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
         present = [r for r in responses if r is not None]
         response_ids = iter(self.tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])

@@ -256,6 +256,63 @@ def evaluate(
     return score_predictions(examples, predictions, metrics, config, truncated)
 
 
+def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
+    """The answers a predictions file gives the test ``examples``, in the examples' order.
+
+    The file is JSONL, one object per test item: ``{"id": ID, "prediction": TEXT}`` (the
+    example's content-hash id, as ``tunewise`` writes it in every output) or ``{"line": N,
+    "prediction": TEXT}`` (the 1-based line or record number of the item in the test file).
+    Refused with the line named: a line that is not a JSON object, a missing or non-text
+    ``prediction``, an id or line that is no test item, a second answer for one item, and a test
+    item without an answer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TunewiseError("no such predictions file", file=str(path), fix="check the --predictions path")
+    by_id = {example.id: position for position, example in enumerate(examples)}
+    by_line = {example.location[1]: position for position, example in enumerate(examples) if example.location}
+    answers: dict[int, tuple[str, int]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TunewiseError(f"not valid JSON ({error.msg})", file=str(path), line=line_number,
+                                    fix="write one JSON object per line") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prediction"), str):
+                raise TunewiseError("the record has no text 'prediction'", file=str(path), line=line_number,
+                                    field="prediction", fix='write {"id": ..., "prediction": "..."} per line')
+            if "id" in record:
+                position = by_id.get(str(record["id"]))
+                key = f"id {record['id']}"
+            elif isinstance(record.get("line"), int) and not isinstance(record.get("line"), bool):
+                position = by_line.get(record["line"])
+                key = f"line {record['line']}"
+            else:
+                raise TunewiseError("the record names no test item", file=str(path), line=line_number,
+                                    field="id", fix="give each prediction the test item's 'id' or its 'line' number")
+            if position is None:
+                raise TunewiseError(f"{key} is not an item of the test set", file=str(path), line=line_number,
+                                    field="id" if key.startswith("id") else "line",
+                                    fix="score the predictions against the test file (and --task-field, --limit) "
+                                        "they were made for")
+            if position in answers:
+                raise TunewiseError(f"a second prediction for {key} (the first is on line {answers[position][1]})",
+                                    file=str(path), line=line_number, fix="keep one prediction per test item")
+            answers[position] = (record["prediction"], line_number)
+    missing = [example for position, example in enumerate(examples) if position not in answers]
+    if missing:
+        from tunewise.model.lengths import listing
+
+        location = missing[0].location or (None, None)
+        raise TunewiseError(f"{len(missing)} of {len(examples)} test items have no prediction in {path}: "
+                            f"{listing(missing)}", file=location[0], line=location[1],
+                            fix="give every test item one prediction (by 'id' or 'line')")
+    return [answers[position][0] for position in range(len(examples))]
+
+
 def fit_prompts(prompts: list[list[int]], answer_room: Sequence[int], examples: Sequence, context: int | None,
                 truncate: bool) -> set[int]:
     """Check every prompt plus its answer room against the model's ``context``.
@@ -405,6 +462,7 @@ __all__ = [
     "evaluate",
     "generate_greedy",
     "mean_stderr",
+    "read_predictions",
     "response_log_likelihoods",
     "score_predictions",
     "task_scores",

@@ -183,17 +183,18 @@ def extract_choice(text: str, numbered: bool = False) -> str | None:
 
     1. an explicit answer statement ("the answer is (C)", "Answer: c)", "答案是 B"): the first
        label right after the last statement;
-    2. a label opening the answer before a delimiter or alone: "B", "(B)", "B) 42", "B. Paris";
-    3. a choice named as such or declared right: "option B", "choice (3)", "B is correct" (the
-       last one);
-    4. labels in parentheses or brackets, "(C)" or "[3]": the last one when it ends the answer,
-       else the one label when all of them agree;
-    5. (letters only) a capital standing alone in prose, when exactly one distinct one remains
+    2. a label declared right: "B is correct", "(3) is the right one" (the last one);
+    3. a label in parentheses or brackets, "(C)" or "[3]", that ends the answer, unless it is
+       one of alternatives ("(A) or (B)");
+    4. a label opening the answer before a delimiter or alone: "B", "(B)", "B) 42", "B. Paris";
+    5. a choice named as such: "option B", "choice (3)" (the last one);
+    6. the one label in parentheses or brackets, when all of them agree;
+    7. (letters only) a capital standing alone in prose, when exactly one distinct one remains
        after dropping the pronoun "I" and the article "A" before a lower-case word.
 
     Lower-case letters count only inside a statement, brackets or at the start with a delimiter
     ("b)"), so the article "a" is never a choice. Full-width forms are normalised first. Returns
-    None when nothing is found, or when rule 4 or 5 meets labels that disagree ("A or B").
+    None when nothing is found, or when rule 6 or 7 meets labels that disagree ("A or B").
     """
     text = _unicode_form(text)
 
@@ -205,18 +206,25 @@ def extract_choice(text: str, numbered: bool = False) -> str | None:
         label = _first_label(statement, numbered)
         if label is not None:
             return label
+    declared = [m.group(1) for m in _DECLARED_RIGHT.finditer(text) if wanted(m.group(1))]
+    if declared:
+        return _label(declared[-1])
+    bracketed = [m for m in _BRACKETED.finditer(text) if wanted(m.group(1))]
+    if bracketed:
+        last = bracketed[-1]
+        # "(A) or (B)" at the end is undecided; "(A) is wrong, so (C)" ends on its answer.
+        alternative = len(bracketed) > 1 and re.fullmatch(r"[\s,/]*(?:(?:or|and|nor|vs\.?)[\s,]*)?",
+                                                          text[bracketed[-2].end():last.start()], re.IGNORECASE)
+        if not text[last.end():].strip(" \t\n.!?。"):
+            return None if alternative else _label(last.group(1))
     leading = _LEADING_LABEL.match(text)
     if leading and wanted(leading.group(1)) and (leading.group(1).isupper() or leading.group(0).rstrip()[-1:] in ")]"
                                                  or leading.group(1).isdigit()):
         return _label(leading.group(1))
-    named = sorted((m.start(), m.group(1)) for pattern in (_NAMED_CHOICE, _DECLARED_RIGHT)
-                   for m in pattern.finditer(text) if wanted(m.group(1)))
+    named = [m.group(1) for m in _NAMED_CHOICE.finditer(text) if wanted(m.group(1))]
     if named:
-        return _label(named[-1][1])
-    bracketed = [m for m in _BRACKETED.finditer(text) if wanted(m.group(1))]
+        return _label(named[-1])
     if bracketed:
-        if not text[bracketed[-1].end():].strip(" \t\n.!?。"):
-            return _label(bracketed[-1].group(1))
         labels = {_label(m.group(1)) for m in bracketed}
         return labels.pop() if len(labels) == 1 else None
     if numbered:
@@ -233,7 +241,7 @@ def extract_choice(text: str, numbered: bool = False) -> str | None:
 def _first_label(statement: str, numbered: bool) -> str | None:
     """The label at the start of an answer statement's value: "(C).", "c)", "B", "option 3"."""
     statement = re.sub(r"^(?:option|choice)\s*", "", statement.lstrip(" *_\"'`"), flags=re.IGNORECASE)
-    pattern = r"[(\[]?\s*(\d{1,2})\s*[)\]]?(?!\d)" if numbered else r"[(\[]\s*([A-Za-z])\s*[)\]]|([A-Z])(?![\w'’])"
+    pattern = r"[(\[]?\s*(\d{1,2})\s*[)\]]?(?!\d)" if numbered else r"[(\[]\s*([A-Za-z])\s*[)\]]|([a-z])\)|([A-Z])(?![\w'’])"
     match = re.match(pattern, statement)
     if match is None:
         return None

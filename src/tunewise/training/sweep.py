@@ -209,7 +209,7 @@ def run_sweep(
 
     def evaluate_model(model) -> dict:
         return evaluate(model, loaded.tokenizer, test_examples, metric=metric,
-                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens)
+                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, truncate=finetune_config.truncate)
 
     if not zero_shot_path.exists():
         if progress is not None:

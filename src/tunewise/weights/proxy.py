@@ -26,6 +26,7 @@ import numpy as np
 from tunewise.weights.anchors import Anchors, anchor_estimate
 from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.model.chat import render_chat
 from tunewise.data.pool import Example
 
 METRICS = ("log_likelihood", "exact_match")
@@ -98,9 +99,8 @@ class ProxyModel:
     def context_ids(self, demonstrations: Sequence[Example], prompts: Sequence[Sequence[dict]]) -> list[list[int]]:
         """Each prompt's whole conversation, rendered with the chat template and tokenised."""
         texts = [
-            self.tokenizer.apply_chat_template(
-                in_context_conversation(demonstrations, prompt), tokenize=False, add_generation_prompt=True
-            )
+            render_chat(self.tokenizer, in_context_conversation(demonstrations, prompt), add_generation_prompt=True,
+                        source="an anchor after its demonstrations")
             for prompt in prompts
         ]
         return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
