@@ -1,0 +1,152 @@
+"""Issue 18's evidence: how many verdicts of the existing studies change with the new answer extraction.
+
+The studies kept per-task scores but not their per-sample answers, so this script regenerates the
+answers of their BBH and MMLU test sets (greedy, the same prompts, token limits and, for
+fine-tuned runs, the same picks and fine-tuning config, seeded), then judges every answer twice:
+with the extraction of commit 100c935 (the code the studies ran; read from git, not copied) and
+with :mod:`tunewise.training.metrics`. Each regenerated run also recomputes its score the old way
+and sets it beside the score the study stored, which shows whether the regeneration reproduced
+the study's answers.
+
+    TUNEWISE_THREADS=1 .venv/bin/python bench/rescore_answers.py --out bench/out/rescore_answers \\
+        --studies curves,budget --runs zero_shot          # then --runs all to add the fine-tuned runs
+
+Writes ``OUT/<study>/<task or part>/<run>.jsonl`` (one sample per line: prediction, old and new
+extraction and verdict) and ``OUT/summary.json``; rerunning skips the runs already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tunewise.training.evaluate import evaluate, write_json_atomic  # noqa: E402
+from tunewise.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from tunewise.training.metrics import is_correct  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+OLD_COMMIT = "100c935"  # the evaluator every existing study ran with
+STUDY_CURVES_TASKS = ("bbh_boolean_expressions", "bbh_sports_understanding", "bbh_object_counting",
+                      "bbh_multistep_arithmetic_two", "bbh_hyperbaton", "bbh_web_of_lies", "bbh_navigate",
+                      "bbh_ruin_names", "bbh_movie_recommendation", "bbh_snarks", "bbh_dyck_languages",
+                      "mmlu_social", "mmlu_math")
+
+
+def old_metrics() -> dict:
+    """``detect_metric`` and ``is_correct`` as commit 100c935 defined them, executed from its source."""
+    source = subprocess.run(["git", "-C", str(REPOSITORY), "show", f"{OLD_COMMIT}:src/tunewise/evaluate.py"],
+                            check=True, capture_output=True, text=True).stdout
+    start, end = source.index("METRICS = ("), source.index("def stop_token_ids")
+    namespace: dict = {}
+    exec("import re\nfrom decimal import Decimal, InvalidOperation\nfrom typing import Sequence\n"  # noqa: S102
+         "from tunewise.errors import TunewiseError\n" + source[start:end], namespace)
+    return {"detect_metric": namespace["detect_metric"], "is_correct": namespace["is_correct"],
+            "extract_answer": namespace["extract_answer"]}
+
+
+def rescore(loaded, model, examples, max_new_tokens, old) -> tuple[list[dict], dict]:
+    """Generate answers with the current evaluator, then judge each the old and the new way."""
+    started = time.perf_counter()
+    results = evaluate(model, loaded.tokenizer, examples, metric="auto", max_new_tokens=max_new_tokens)
+    old_metric = {task: old["detect_metric"]([e.response for e in examples if e.task == task])
+                  for task in {e.task for e in examples}}
+    samples = []
+    for example, sample in zip(examples, results["samples"]):
+        metric = old_metric[example.task]
+        samples.append({
+            "id": example.id, "task": example.task, "target": example.response, "prediction": sample["prediction"],
+            "old_metric": metric, "old_extracted": old["extract_answer"](metric, sample["prediction"]),
+            "old_correct": bool(old["is_correct"](metric, sample["prediction"], example.response)),
+            "new_metric": results["config"]["metrics"][example.task], "new_extracted": sample["extracted"],
+            "new_correct": bool(sample["correct"]),
+            "new_extraction_old_metric_correct": bool(is_correct(metric, sample["prediction"], example.response)),
+        })
+    return samples, {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def run_scores(samples: list[dict], key: str) -> dict[str, float]:
+    """Per task, the mean of the samples' ``key`` verdicts."""
+    tasks = dict.fromkeys(s["task"] for s in samples)
+    return {task: sum(s[key] for s in samples if s["task"] == task) / sum(s["task"] == task for s in samples)
+            for task in tasks}
+
+
+def study_curves_runs(study: Path, runs: str):
+    """(task, run name, test examples, max_new_tokens, stored run file, pool) of study 1's BBH/MMLU tasks."""
+    import study_curves
+
+    loaders = study_curves.task_loaders()
+    for task in STUDY_CURVES_TASKS:
+        pool, test = study_curves.split_task(loaders[task](), 40, 400, 0)
+        sweep = study / "tasks" / task / "sweep"
+        settings = json.loads((sweep / "sweep_config.json").read_text())
+        names = ["zero_shot"] + ([p.stem for p in sorted((sweep / "runs").glob("random__*.json"))] if runs == "all"
+                                 else [])
+        for name in names:
+            yield task, name, test, settings["max_new_tokens"], sweep / "runs" / f"{name}.json", pool, settings
+
+
+def study_budget_runs(study: Path, runs: str):
+    """The same for study 2's 20 MMLU/BBH questions (its T0 same-task part is not re-scored)."""
+    import study_budget
+
+    pool, test, _ = study_budget.build_study_data(1 / 80, 5, 20, 0)
+    benchmark = [e for e in test if e.task in study_budget.BENCHMARK_TASKS]
+    settings = json.loads((study / "sweep_config.json").read_text())
+    names = ["zero_shot"] + ([p.stem for p in sorted((study / "runs").glob("*__b*__s*.json"))] if runs == "all"
+                             else [])
+    for name in names:
+        yield "mmlu+bbh", name, benchmark, None, study / "runs" / f"{name}.json", pool, settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench/out/rescore_answers"))
+    parser.add_argument("--studies", default="curves,budget")
+    parser.add_argument("--runs", choices=("zero_shot", "all"), default="zero_shot")
+    args = parser.parse_args()
+
+    from tunewise.model.load import load_model
+
+    old = old_metrics()
+    loaded = load_model("smollm2", dtype="fp32")
+    sources = {"curves": (REPOSITORY / "bench/out/study_curves", study_curves_runs),
+               "budget": (REPOSITORY / "bench/out/study_budget", study_budget_runs)}
+    for study_name in args.studies.split(","):
+        study, runs = sources[study_name]
+        for task, name, test, max_new_tokens, stored_path, pool, settings in runs(study, args.runs):
+            target = args.out / study_name / task.replace("+", "_") / f"{name}.jsonl"
+            if target.exists():
+                continue
+            stored = json.loads(stored_path.read_text())
+            model = loaded.model
+            if name != "zero_shot":
+                by_id = {e.id: e for e in pool}
+                picks = [by_id[i] for i in stored["selected_ids"]]
+                # The studies' trainer cut long examples silently; --truncate does the same, counted.
+                config = FinetuneConfig(**settings["finetune_config"], seed=stored["seed"], truncate=True)
+                model = finetune(loaded, picks, config).model
+            samples, info = rescore(loaded, model, test, max_new_tokens, old)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+            stored_scores = {t: stored["scores"][t] for t in dict.fromkeys(s["task"] for s in samples)}
+            header = {"study": study_name, "task": task, "run": name, "n": len(samples),
+                      "stored_scores": stored_scores, "old_scores": run_scores(samples, "old_correct"),
+                      "new_scores": run_scores(samples, "new_correct"),
+                      "changed": sum(s["old_correct"] != s["new_correct"] for s in samples),
+                      "wrong_to_right": sum(s["new_correct"] and not s["old_correct"] for s in samples),
+                      "right_to_wrong": sum(s["old_correct"] and not s["new_correct"] for s in samples), **info}
+            target.with_suffix(".summary.json").write_text(json.dumps(header, indent=1) + "\n")
+            print(json.dumps(header), flush=True)
+    summaries = [json.loads(p.read_text()) for p in sorted(args.out.rglob("*.summary.json"))]
+    write_json_atomic(summaries, args.out / "summary.json")
+
+
+if __name__ == "__main__":
+    main()
