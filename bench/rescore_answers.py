@@ -12,7 +12,8 @@ the study's answers.
         --studies curves,budget --runs zero_shot          # then --runs all to add the fine-tuned runs
 
 Writes ``OUT/<study>/<task or part>/<run>.jsonl`` (one sample per line: prediction, old and new
-extraction and verdict) and ``OUT/summary.json``; rerunning skips the runs already written.
+extraction and verdict) and ``OUT/summary.json``; rerunning skips the runs already written, and
+``--rejudge`` judges the stored answers again with the current extraction without generating.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tunewise.training.evaluate import evaluate, write_json_atomic  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig, finetune  # noqa: E402
-from tunewise.training.metrics import is_correct  # noqa: E402
+from tunewise.training.metrics import detect_metric, extract_answer, is_correct  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 OLD_COMMIT = "100c935"  # the evaluator every existing study ran with
@@ -68,6 +69,32 @@ def rescore(loaded, model, examples, max_new_tokens, old) -> tuple[list[dict], d
             "new_extraction_old_metric_correct": bool(is_correct(metric, sample["prediction"], example.response)),
         })
     return samples, {"seconds": round(time.perf_counter() - started, 1)}
+
+
+def summarise(samples: list[dict], header: dict) -> dict:
+    """``header`` with the run's old and new scores and how many verdicts changed, each way."""
+    return {**header, "n": len(samples), "old_scores": run_scores(samples, "old_correct"),
+            "new_scores": run_scores(samples, "new_correct"),
+            "changed": sum(s["old_correct"] != s["new_correct"] for s in samples),
+            "wrong_to_right": sum(s["new_correct"] and not s["old_correct"] for s in samples),
+            "right_to_wrong": sum(s["old_correct"] and not s["new_correct"] for s in samples)}
+
+
+def rejudge(out: Path) -> None:
+    """Judge the stored answers again with the current extraction (no generation)."""
+    for path in sorted(out.rglob("*.jsonl")):
+        samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        metrics = {task: detect_metric([s["target"] for s in samples if s["task"] == task])
+                   for task in {s["task"] for s in samples}}
+        for sample in samples:
+            metric = metrics[sample["task"]]
+            sample.update(new_metric=metric, new_extracted=extract_answer(metric, sample["prediction"], sample["target"]),
+                          new_correct=is_correct(metric, sample["prediction"], sample["target"]),
+                          new_extraction_old_metric_correct=is_correct(sample["old_metric"], sample["prediction"],
+                                                                       sample["target"]))
+        path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
+        summary_path = path.with_suffix(".summary.json")
+        summary_path.write_text(json.dumps(summarise(samples, json.loads(summary_path.read_text())), indent=1) + "\n")
 
 
 def run_scores(samples: list[dict], key: str) -> dict[str, float]:
@@ -110,7 +137,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/out/rescore_answers"))
     parser.add_argument("--studies", default="curves,budget")
     parser.add_argument("--runs", choices=("zero_shot", "all"), default="zero_shot")
+    parser.add_argument("--rejudge", action="store_true",
+                        help="Only judge the stored answers again with the current extraction.")
     args = parser.parse_args()
+    if args.rejudge:
+        rejudge(args.out)
+        summaries = [json.loads(p.read_text()) for p in sorted(args.out.rglob("*.summary.json"))]
+        write_json_atomic(summaries, args.out / "summary.json")
+        return
 
     from tunewise.model.load import load_model
 
@@ -136,12 +170,8 @@ def main() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), encoding="utf-8")
             stored_scores = {t: stored["scores"][t] for t in dict.fromkeys(s["task"] for s in samples)}
-            header = {"study": study_name, "task": task, "run": name, "n": len(samples),
-                      "stored_scores": stored_scores, "old_scores": run_scores(samples, "old_correct"),
-                      "new_scores": run_scores(samples, "new_correct"),
-                      "changed": sum(s["old_correct"] != s["new_correct"] for s in samples),
-                      "wrong_to_right": sum(s["new_correct"] and not s["old_correct"] for s in samples),
-                      "right_to_wrong": sum(s["old_correct"] and not s["new_correct"] for s in samples), **info}
+            header = {"study": study_name, "task": task, "run": name, "stored_scores": stored_scores, **info}
+            header = summarise(samples, header)
             target.with_suffix(".summary.json").write_text(json.dumps(header, indent=1) + "\n")
             print(json.dumps(header), flush=True)
     summaries = [json.loads(p.read_text()) for p in sorted(args.out.rglob("*.summary.json"))]

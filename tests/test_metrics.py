@@ -175,7 +175,12 @@ def test_normalise_answer(text, expected):
         ("「東京」", "東京", True),
         ("Answer: No", "No", True),
         ("not valid", "valid", False),
-        ("Paris, France", "Paris", False),
+        ("Paris, France", "Paris", True),  # the reply leads with the answer
+        ("No, the sentence is implausible.", "no", True),
+        ("False. The expression evaluates to False", "False", True),
+        ("True or False", "True", False),
+        ("Paris", "Paris, France", False),  # a one-word reply does not give a two-part answer
+        ("3.5 kilograms", "3.5", False),  # exact match keeps units; use gsm8k for numbers
         ("(A)", "(A)", True),
         ("] ) }", "] ) }", True),
         ("] )", "] ) }", False),

@@ -4,7 +4,8 @@ Each metric reads the *answer* out of a model's free text the way a careful huma
 usual evaluation harnesses) would, then compares it with the gold answer read the same way:
 
 - ``exact_match``: normalised text (:func:`normalise_answer`), after taking the text of the last
-  explicit answer statement when there is one;
+  explicit answer statement when there is one; a reply whose leading clause is the (one-clause)
+  gold answers it ("False. The expression..." answers "False", "not valid" does not answer "valid");
 - ``multiple_choice``: a choice label, a letter A–Z or a number 1–99 (:func:`extract_choice`);
 - ``gsm8k``: the final number, compared by value (:func:`extract_final_number`, :func:`same_number`).
 
@@ -65,6 +66,9 @@ _LEADING_LABEL = re.compile(r"[\s*_\"'`]*[(\[]?([A-Za-z]|\d{1,2})(?:[)\].:]|\s*$
 _GOLD_LABEL = re.compile(r"\s*(?:\(([A-Za-z]|\d{1,2})\)|\[([A-Za-z]|\d{1,2})\]|([A-Z])\.?)\s*")
 # "A or B", "A and C": the capitals are choices, not the article or the pronoun.
 _CONJUNCTION = re.compile(r"\s(?:or|and|nor|vs)\b")
+# Where a reply's leading clause ends: a comma, semicolon, colon or sentence end before a space,
+# CJK punctuation, or a line break ("3.5" and "1,234" are not split).
+_CLAUSE_END = re.compile(r"[,;:.!?](?=\s|$)|[，；：。！？\n]")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _LATEX_FRACTION = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*?)\s*\}\s*\{\s*([^{}]*?)\s*\}")
 # Characters that act as a minus or plus sign before a number; NFKC already maps the full-width
@@ -156,13 +160,20 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
-def _exact_match_answer(text: str) -> str:
+def _exact_match_answer(text: str, gold: str | None = None) -> str:
+    """The normalised answer: the first sentence of the last answer statement, else the whole
+    text; or its leading clause when that alone equals a one-clause ``gold``."""
     statement = answer_statement(text)
     if statement is not None:
         # "The answer is Paris. It is the capital" -> "Paris": a statement ends with its sentence.
-        first_sentence = re.split(r"(?<=[.!?。！？])\s", statement, maxsplit=1)[0]
-        return normalise_answer(first_sentence)
-    return normalise_answer(text)
+        text = re.split(r"(?<=[.!?。！？])\s", statement, maxsplit=1)[0]
+    answer = normalise_answer(text)
+    if gold is not None and answer != gold and not _CLAUSE_END.search(gold):
+        # "No, the sentence is implausible" answers "no"; "not valid" does not answer "valid".
+        leading = normalise_answer(_CLAUSE_END.split(text.strip(), maxsplit=1)[0])
+        if leading == gold:
+            return leading
+    return answer
 
 
 def _label(raw: str) -> str:
@@ -366,12 +377,13 @@ def same_number(predicted: Number | None, gold: Number | None) -> bool:
 def extract_answer(metric: str, text: str, target: str | None = None) -> str | None:
     """What ``metric`` reads from ``text``, as a string for the per-sample log.
 
-    ``exact_match``: the normalised answer; ``multiple_choice``: the label (numbered when the
+    ``exact_match``: the normalised answer (with a ``target``, its leading clause when only
+    that equals the target: "No, it is not" answers "no"); ``multiple_choice``: the label (numbered when the
     ``target`` is a numbered label such as "(2)"); ``gsm8k``: the final number (``"1234.5"``,
     ``"3/4"``, ``"50%"``). None when nothing can be read.
     """
     if metric == EXACT_MATCH:
-        return _exact_match_answer(text)
+        return _exact_match_answer(text, None if target is None else _exact_match_answer(target))
     if metric == MULTIPLE_CHOICE:
         numbered = target is not None and (_gold_label(target) or "").isdigit()
         return extract_choice(text, numbered)
