@@ -28,6 +28,10 @@ _LAZY = {
     "evaluate": "tunewise.training.evaluate",
     "run_sweep": "tunewise.training.sweep",
     "make_plan": "tunewise.pipeline",
+    "plan": "tunewise.run",
+    "PlanConfig": "tunewise.run",
+    "check_plan_inputs": "tunewise.run",
+    "resolve_coefficients": "tunewise.run",
     "build_report": "tunewise.report.html",
 }
 

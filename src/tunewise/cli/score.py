@@ -10,14 +10,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tunewise.cli.options import parse_list
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
 from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
-
-
-def parse_list(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 @command("score")

@@ -77,6 +77,8 @@ def select_command(
     scores, provenance = read_scores(scores_path)
     if fraction is not None:
         budget = math.floor(fraction * len(scores) + 0.5)
+    from tunewise.select.base import check_budget_fits_pool
+
     check_budget_fits_pool(budget, len(scores), scores_path, cap_to_pool)
     selection = chosen.select(scores, budget, seed)
 
@@ -153,11 +155,3 @@ def allocation_table(meta: dict) -> Table:
     total_share = "100.0%" if meta["selected"] else "0.0%"
     table.add_row("total", str(meta["pool"]), str(meta["selected"]), total_share, style="bold")
     return table
-
-
-def check_budget_fits_pool(budget: int, pool_size: int, path: Path, cap_to_pool: bool) -> None:
-    """Stop on a budget above the pool, usually a typo or the wrong file, unless --cap-to-pool."""
-    if budget > pool_size and not cap_to_pool:
-        raise TunewiseError(f"--budget {budget} is larger than the pool ({pool_size} examples)", file=path,
-                            field="budget",
-                            fix=f"pass --budget {pool_size} or less, or add --cap-to-pool to take the whole pool")

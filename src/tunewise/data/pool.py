@@ -144,6 +144,17 @@ def read_pool(
     return Pool(source=str(path), examples=examples, skipped=skipped)
 
 
+def read_labelled_pool(path: str | Path, task_field: str | None, role: str) -> Pool:
+    """Read a pool whose every example has a response; ``role`` (e.g. "dev") names it in the error."""
+    pool = read_pool(path, task_field)
+    unlabelled = [example.id for example in pool.examples if example.response is None]
+    if unlabelled:
+        raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "
+                            f"(first: {unlabelled[0]})", file=str(path), field="response",
+                            fix=f"give the {role} set gold answers")
+    return pool
+
+
 def check_pool_was_usable(path: Path, kept: int, skipped: int, task_field: str | None, saw_task_field: bool) -> None:
     """After reading a whole pool file: refuse one with no usable example, or a --task-field no record has."""
     if not kept:
