@@ -100,7 +100,10 @@ def check_output_path(output: Path) -> None:
 
 def summary_table(scores) -> Table:
     """Per-task count and mean of every scalar indicator."""
-    columns = [c for c in ("loss", "ifd", "confidence", "length", "cot_length") if c in scores.columns]
+    from tunewise.indicators.registry import INDICATORS
+
+    # The first column of each scalar indicator (loss, not its ppl; length, not prompt_length).
+    columns = [i.columns[0] for i in INDICATORS.values() if not i.is_vector and i.columns[0] in scores.columns]
     table = Table(title="Scores per task")
     table.add_column("task")
     table.add_column("examples", justify="right")

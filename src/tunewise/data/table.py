@@ -21,9 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunewise.errors import TunewiseError
+from tunewise.indicators.registry import INDICATORS, SCALAR_COLUMNS
 
-SCALAR_INDICATORS = ("loss", "ppl", "ifd", "confidence", "length", "prompt_length", "cot_length")
-VECTOR_INDICATORS = ("embedding",)
+SCALAR_INDICATORS = SCALAR_COLUMNS
+VECTOR_INDICATORS = tuple(column for indicator in INDICATORS.values() if indicator.is_vector
+                          for column in indicator.columns)
 _PROVENANCE_KEY = b"tunewise"
 
 

@@ -7,22 +7,16 @@ stopped.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from tunewise import __version__
 from tunewise.model.base import Backend, EncodedExample, plan_batches
 from tunewise.indicators.cache import ScoreCache
-from tunewise.indicators.registry import DEFAULT_INDICATORS, cot_length, ifd_from_losses, resolve_indicators
+from tunewise.indicators.registry import DEFAULT_INDICATORS, OUTPUT_VERSIONS, TOKEN_COUNTS, resolve_indicators
 from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
-
-# Versions of the backend outputs the indicators are built from (part of each cache key).
-OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 1, "embedding": 1,
-                   "length": 1, "prompt_length": 1}
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -36,10 +30,8 @@ def cache_output_name(output: str, max_new_tokens: int) -> str:
 def required_outputs(indicators: Sequence[str]) -> list[str]:
     """The cached outputs (of the model, or token counts) that ``indicators`` are built from."""
     chosen = resolve_indicators(indicators)
-    outputs = sorted({output for indicator in chosen for output in indicator.model_outputs})
-    if any(indicator.name == "length" for indicator in chosen):
-        outputs += ["length", "prompt_length"]
-    return outputs
+    wanted = {output for indicator in chosen for output in indicator.outputs}
+    return sorted(wanted - set(TOKEN_COUNTS)) + [output for output in TOKEN_COUNTS if output in wanted]
 
 
 def score_pool(
@@ -107,38 +99,18 @@ def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], ou
 def score_encoded_batch(backend: Backend, batch: Sequence[EncodedExample], outputs: Sequence[str]) -> dict[str, list]:
     """Every output in ``outputs`` for one batch: the model's in one pass, token counts from the
     encoding; one list per output, in batch order."""
-    model_wanted = {o for o in outputs if o not in ("length", "prompt_length")}
+    model_wanted = {o for o in outputs if o not in TOKEN_COUNTS}
     produced = backend.score_batch(batch, model_wanted) if model_wanted else {}
     produced["length"] = [e.response_length if e.response_ids is not None else None for e in batch]
     produced["prompt_length"] = [e.prompt_length for e in batch]
     return produced
 
 
-def _as_float(value) -> float:
-    return math.nan if value is None else float(value)
-
-
 def _assemble(examples, chosen, values) -> pd.DataFrame:
-    ids = [example.id for example in examples]
-    columns: dict[str, object] = {"id": ids, "task": [example.task for example in examples]}
+    columns: dict[str, object] = {"id": [example.id for example in examples],
+                                  "task": [example.task for example in examples]}
     for indicator in chosen:
-        if indicator.name == "loss":
-            loss = np.array([_as_float(values["loss"][i]) for i in ids])
-            columns["loss"] = loss
-            columns["ppl"] = np.exp(loss)
-        elif indicator.name == "ifd":
-            columns["ifd"] = np.array(
-                [ifd_from_losses(values["loss"][i], values["loss_unconditional"][i]) for i in ids]
-            )
-        elif indicator.name == "confidence":
-            columns["confidence"] = np.array([_as_float(values["confidence"][i]) for i in ids])
-        elif indicator.name == "length":
-            columns["length"] = np.array([_as_float(values["length"][i]) for i in ids])
-            columns["prompt_length"] = np.array([_as_float(values["prompt_length"][i]) for i in ids])
-        elif indicator.name == "cot_length":
-            columns["cot_length"] = np.array([cot_length(example.response) for example in examples])
-        elif indicator.name == "embedding":
-            columns["embedding"] = [np.asarray(values["embedding"][i], dtype=np.float32) for i in ids]
+        columns.update(indicator.compute(values, examples))
     return pd.DataFrame(columns)
 
 
