@@ -132,7 +132,7 @@ def tune_weights_command(
 
     Use the result with `tunewise select --strategy weighted_indicators --weights FILE`.
     """
-    from tunewise.select.features import check_feature_names, indicator_features
+    from tunewise.select.features import check_feature_names, indicator_features, resolve_orientation
     from tunewise.weights.proxy import METRICS
     from tunewise.data.table import read_scores
     from tunewise.weights.search import SAMPLERS
@@ -159,7 +159,8 @@ def tune_weights_command(
     run_dir = run_dir or output.with_name(output.stem + ".run")
 
     scores, provenance = read_scores(scores_path)
-    matrix = indicator_features(scores, names, parse_orientation(orientation))
+    orientations = parse_orientation(orientation)
+    resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
     pool = read_labelled_pool(pool_path, task_field, "pool").by_id()
     missing = [example_id for example_id in scores["id"].astype(str) if example_id not in pool]
     if missing:
@@ -178,7 +179,13 @@ def tune_weights_command(
 
     # Optuna's per-trial log lines would break the progress bar; its notices are not for the user.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    from tunewise.indicators.score import complete_scores
+    from tunewise.select.features import source_columns
+
     backend = load_backend(model, device=device, dtype=dtype)
+    with progress_bar("scoring missing indicators") as update:
+        scores = complete_scores(scores, pool_examples, backend, source_columns(names), progress=update)
+    matrix = indicator_features(scores, names, orientations)
     chosen = choose_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
     anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
     with progress_bar("tuning weights", unit="trials") as update:
