@@ -15,6 +15,8 @@ _LAZY = {
     "Pool": "tunewise.data.pool",
     "load_backend": "tunewise.model",
     "score_pool": "tunewise.indicators.score",
+    "score": "tunewise.indicators.score",
+    "ExampleTable": "tunewise.data.table",
     "curve_auc": "tunewise.efficiency.curve",
     "predict_auc": "tunewise.efficiency.predict",
     "labels_needed": "tunewise.efficiency.predict",

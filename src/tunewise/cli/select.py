@@ -130,16 +130,10 @@ def export_selected(scores, selection, pool_path: Path, task_field: str | None, 
     from tunewise.data.pool import read_pool
     from tunewise.select.manifest import export_examples
 
-    by_id = read_pool(pool_path, task_field).by_id()
     chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
-    missing = [example_id for example_id in chosen_ids if example_id not in by_id]
-    if missing:
-        raise TunewiseError(
-            f"{len(missing)} selected ids are not in the pool (e.g. {missing[0]})",
-            file=str(pool_path),
-            fix="pass the same pool (and --task-field) that was scored",
-        )
-    return export_examples((by_id[example_id] for example_id in chosen_ids), export_format)
+    chosen = read_pool(pool_path, task_field).examples_for(
+        chosen_ids, what="selected", fix="pass the same pool (and --task-field) that was scored")
+    return export_examples(chosen, export_format)
 
 
 def allocation_table(meta: dict) -> Table:

@@ -50,13 +50,8 @@ def selected_examples(pool, selection_path: Path) -> list:
     from tunewise.select.manifest import read_selection
 
     picks, _ = read_selection(selection_path)
-    by_id = pool.by_id()
-    missing = [example_id for example_id in picks["id"] if example_id not in by_id]
-    if missing:
-        raise TunewiseError(f"{len(missing)} selected ids are not in the pool (e.g. {missing[0]})",
-                            file=str(selection_path),
-                            fix="pass the pool (and --task-field) the selection was made from")
-    return [by_id[example_id] for example_id in picks["id"]]
+    return pool.examples_for(picks["id"], what="selected", file=selection_path,
+                             fix="pass the pool (and --task-field) the selection was made from")
 
 
 @contextlib.contextmanager

@@ -161,12 +161,8 @@ def tune_weights_command(
     scores, provenance = read_scores(scores_path)
     orientations = parse_orientation(orientation)
     resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
-    pool = read_labelled_pool(pool_path, task_field, "pool").by_id()
-    missing = [example_id for example_id in scores["id"].astype(str) if example_id not in pool]
-    if missing:
-        raise TunewiseError(f"{len(missing)} scored ids are not in the pool (e.g. {missing[0]})", file=str(pool_path),
-                            fix="pass the same pool (and --task-field) that was scored")
-    pool_examples = [pool[example_id] for example_id in scores["id"].astype(str)]
+    pool_examples = read_labelled_pool(pool_path, task_field, "pool").examples_for(
+        scores["id"], what="scored", fix="pass the same pool (and --task-field) that was scored")
     dev = read_labelled_pool(dev_path, task_field, "dev")
 
     import optuna

@@ -85,6 +85,19 @@ class Pool:
     def by_id(self) -> dict[str, Example]:
         return {example.id: example for example in self.examples}
 
+    def examples_for(self, ids, *, what: str, file=None, fix: str) -> list[Example]:
+        """The examples with these ids, in the order given; ``what`` names the ids in the error.
+
+        Raises TunewiseError naming how many ids are missing and the first of them.
+        """
+        by_id = self.by_id()
+        ids = [str(example_id) for example_id in ids]
+        missing = [example_id for example_id in ids if example_id not in by_id]
+        if missing:
+            raise TunewiseError(f"{len(missing)} {what} ids are not in the pool (e.g. {missing[0]})",
+                                file=str(file if file is not None else self.source), fix=fix)
+        return [by_id[example_id] for example_id in ids]
+
 
 def example_id(prompt: list[dict] | tuple[dict, ...], response: str | None) -> str:
     """A stable content hash: the same prompt and response get the same id in any file or run."""

@@ -114,6 +114,19 @@ def _assemble(examples, chosen, values) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def score(pool, backend: Backend, indicators: Sequence[str] = DEFAULT_INDICATORS, *,
+          cache_dir: str | None = None, progress: ProgressCallback | None = None,
+          max_batch_tokens: int | None = None):
+    """Score ``pool`` and return a new :class:`~tunewise.data.table.ExampleTable`: its examples
+    with one column per indicator column (see :func:`score_pool`, which this wraps)."""
+    from tunewise.data.table import ExampleTable
+
+    examples = tuple(getattr(pool, "examples", pool))
+    scores = score_pool(examples, backend, indicators, cache_dir=cache_dir, progress=progress,
+                        max_batch_tokens=max_batch_tokens)
+    return ExampleTable(examples, scores, getattr(pool, "source", None))
+
+
 def complete_scores(scores: pd.DataFrame, examples: Sequence[Example], backend: Backend, columns: Sequence[str],
                     cache_dir: str | None = None, progress: ProgressCallback | None = None,
                     max_batch_tokens: int | None = None) -> pd.DataFrame:
