@@ -20,6 +20,9 @@ from typing import Any, Iterator, Optional
 
 from tunewise.errors import TunewiseError, did_you_mean
 
+#: Fields tunewise writes into files it asks people to fill in; read back, they are no user text.
+BOOKKEEPING = ("position", "pool_id")
+
 DEFAULT_TASK = "default"
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _ROLE_ALIASES = {
@@ -245,11 +248,12 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
             example = replace(example, id=f"{example.id}~{repeats[example.id]}")
         else:
             first_lines.add(example.id, line)
-        if task_field is not None and task_field in record:
-            saw_task_field = True
+        # parse_record refuses a record without the task field, so any kept example had one
+        # (for a Label Studio or Argilla record, inside its data or metadata).
+        saw_task_field = task_field is not None
         if unused is not None:
             for name, value in example.metadata.items():
-                if isinstance(value, str) and value.strip() and name != task_field:
+                if isinstance(value, str) and value.strip() and name != task_field and name not in BOOKKEEPING:
                     unused[name] = unused.get(name, 0) + 1
         kept += 1
         yield example
@@ -458,6 +462,9 @@ def parse_record(record: Any, task_field: str | None = None, columns: Columns | 
     if not isinstance(record, dict):
         raise TunewiseError(f"a record must be an object, got {type(record).__name__}",
                             fix="write one JSON object per record")
+    from tunewise.data.label import labelled_record
+
+    record = labelled_record(record) or record  # a Label Studio task or an Argilla record, filled in or not
     columns = columns or Columns()
     for name, value in columns.used().items():
         if value not in record:
