@@ -88,7 +88,8 @@ def rejudge(out: Path) -> None:
                    for task in {s["task"] for s in samples}}
         for sample in samples:
             metric = metrics[sample["task"]]
-            sample.update(new_metric=metric, new_extracted=extract_answer(metric, sample["prediction"], sample["target"]),
+            sample.update(new_metric=metric,
+                          new_extracted=extract_answer(metric, sample["prediction"], sample["target"]),
                           new_correct=is_correct(metric, sample["prediction"], sample["target"]),
                           new_extraction_old_metric_correct=is_correct(sample["old_metric"], sample["prediction"],
                                                                        sample["target"]))

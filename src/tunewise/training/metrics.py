@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 from typing import Sequence
 
@@ -252,7 +252,8 @@ def extract_choice(text: str, numbered: bool = False) -> str | None:
 def _first_label(statement: str, numbered: bool) -> str | None:
     """The label at the start of an answer statement's value: "(C).", "c)", "B", "option 3"."""
     statement = re.sub(r"^(?:option|choice)\s*", "", statement.lstrip(" *_\"'`"), flags=re.IGNORECASE)
-    pattern = r"[(\[]?\s*(\d{1,2})\s*[)\]]?(?!\d)" if numbered else r"[(\[]\s*([A-Za-z])\s*[)\]]|([a-z])\)|([A-Z])(?![\w'’])"
+    pattern = (r"[(\[]?\s*(\d{1,2})\s*[)\]]?(?!\d)" if numbered
+               else r"[(\[]\s*([A-Za-z])\s*[)\]]|([a-z])\)|([A-Z])(?![\w'’])")
     match = re.match(pattern, statement)
     if match is None:
         return None
