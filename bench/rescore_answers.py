@@ -133,6 +133,29 @@ def study_budget_runs(study: Path, runs: str):
         yield "mmlu+bbh", name, benchmark, None, study / "runs" / f"{name}.json", pool, settings
 
 
+def markdown_table(summaries: list[dict]) -> str:
+    """Per study and task: runs re-scored, whether they reproduced the stored scores, answers
+    judged, verdicts changed each way, and the mean score the old and the new way."""
+    lines = ["| study | task | runs | reproduced | answers | changed | wrong → right | right → wrong "
+             "| old mean | new mean |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for summary in summaries:
+        groups.setdefault((summary["study"], summary["task"]), []).append(summary)
+    for (study, task), runs in groups.items():
+        reproduced = sum(all(abs(run["old_scores"][t] - run["stored_scores"][t]) < 1e-9 for t in run["old_scores"])
+                         for run in runs)
+        answers = sum(run["n"] for run in runs)
+
+        def mean(key: str) -> float:
+            return sum(run[key][t] * run["n"] / len(run[key]) for run in runs for t in run[key]) / answers
+
+        lines.append(f"| {study} | {task} | {len(runs)} | {reproduced} | {answers} "
+                     f"| {sum(run['changed'] for run in runs)} | {sum(run['wrong_to_right'] for run in runs)} "
+                     f"| {sum(run['right_to_wrong'] for run in runs)} | {mean('old_scores'):.3f} "
+                     f"| {mean('new_scores'):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/rescore_answers"))
@@ -145,6 +168,8 @@ def main() -> None:
         rejudge(args.out)
         summaries = [json.loads(p.read_text()) for p in sorted(args.out.rglob("*.summary.json"))]
         write_json_atomic(summaries, args.out / "summary.json")
+        (args.out / "table.md").write_text(markdown_table(summaries), encoding="utf-8")
+        print(markdown_table(summaries))
         return
 
     from tunewise.model.load import load_model

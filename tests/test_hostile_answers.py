@@ -286,3 +286,18 @@ def test_fewer_picks_than_tasks_says_which_tasks_get_none(tmp_path):
     note = next(n for n in meta["notes"] if "get no example" in n)
     assert note.startswith("2 of 5 tasks get no example from 3 picks") and "(fewer picks than tasks)" in note
     assert "2 of 5 tasks get no example" in " ".join(message.split())
+
+
+def test_context_length_reads_learned_position_models_and_tokenizer_limits():
+    """GPT-2 names its context n_positions; a real tokenizer limit lowers it; the sentinel does not."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunewise.model.lengths import context_length
+
+    model = GPT2LMHeadModel(GPT2Config(n_positions=64, n_embd=8, n_layer=1, n_head=1, vocab_size=32))
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.model_max_length = int(1e30)
+    assert context_length(model, tokenizer) == 64
+    tokenizer.model_max_length = 48
+    assert context_length(model, tokenizer) == 48
+    assert context_length(object()) is None
