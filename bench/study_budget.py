@@ -48,7 +48,7 @@ from study_curves import measure_coslow  # noqa: E402
 
 from tunewise.efficiency.predict import coefficients_for, predict_auc  # noqa: E402
 
-from tunewise.training.evaluate import write_json_atomic  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig  # noqa: E402
 from tunewise.training.sweep import BASELINE, paired_gain, read_runs, run_sweep  # noqa: E402
 
@@ -134,13 +134,13 @@ def predicted_aucs(out: Path, spare: dict, model: str, prompts: int, seed: int) 
         path = out / "coslow" / f"{task}.json"
         if not path.exists():
             print(f"CoS-Low of {task} ({min(prompts, len(rows))} prompts of {len(rows)} spare rows)", flush=True)
-            write_json_atomic(measure_coslow(rows, model, prompts, seed), path)
+            write_json(path, measure_coslow(rows, model, prompts, seed))
         coslow = json.loads(path.read_text())["coslow"]
         tasks[task] = {"coslow": coslow, "predicted_auc": predict_auc(coslow, coefficients)}
     document = {"coefficients": {"slope": coefficients.slope, "intercept": coefficients.intercept,
                                  "max_budget": coefficients.max_budget, "source": coefficients.source},
                 "tasks": tasks}
-    write_json_atomic(document, out / "predicted_auc.json")
+    write_json(out / "predicted_auc.json", document)
     return document
 
 
@@ -195,7 +195,7 @@ def summarise_study(out: Path, pool, test) -> dict:
         "predicted_auc": (json.loads((out / "predicted_auc.json").read_text())
                           if (out / "predicted_auc.json").exists() else None),
     }
-    write_json_atomic(summary, out / "study_budget.json")
+    write_json(out / "study_budget.json", summary)
     return summary
 
 

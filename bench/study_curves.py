@@ -42,7 +42,7 @@ from realdata import require_data  # noqa: E402
 
 from tunewise.efficiency.coslow import DEFAULT_FRACTION, DEFAULT_K, coslow, lowest_confidence_prompts, minimum_pool_size  # noqa: E402
 from tunewise.efficiency.curve import curve_auc  # noqa: E402
-from tunewise.training.evaluate import write_json_atomic  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig  # noqa: E402
 from tunewise.model.load import load_model  # noqa: E402
 from tunewise.data.pool import parse_record  # noqa: E402
@@ -192,7 +192,7 @@ def study_task(name, load, args, config, tokenizer) -> dict:
     coslow_path = folder / "coslow.json"
     if not coslow_path.exists():
         print(f"  [{name}] CoS-Low", flush=True)
-        write_json_atomic(measure_coslow(pool, args.model, args.confidence_prompts, args.split_seed), coslow_path)
+        write_json(coslow_path, measure_coslow(pool, args.model, args.confidence_prompts, args.split_seed))
     measured_coslow = json.loads(coslow_path.read_text())
     # The sweep folder may hold other budgets from earlier runs; the curve is this study's grid.
     curve = summary["strategies"][BASELINE]["curve"]
@@ -213,9 +213,8 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
     fitted = [e for e in entries if e["auc"] is not None]
     measured_path = args.out / "measured.json"
     fingerprints = {e["coslow_details"]["model_fingerprint"] for e in entries}
-    write_json_atomic({"model": args.model, "model_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
-                       "tasks": [{"task": e["task"], "coslow": e["coslow"], "curve": e["curve"]} for e in fitted]},
-                      measured_path)
+    write_json(measured_path, {"model": args.model, "model_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
+                       "tasks": [{"task": e["task"], "coslow": e["coslow"], "curve": e["curve"]} for e in fitted]})
     calibration_path = args.out / "calibration.json"
     grid = ",".join(map(str, args.budgets))
     calibrate_command = [str(REPOSITORY / ".venv" / "bin" / "tunewise"), "calibrate", str(measured_path),
@@ -247,7 +246,7 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
                     "confidence on at most %d prompts of each pool (DESIGN: >= 320, lowest 10 %%)"
                     % (max(args.budgets), args.test_size, args.confidence_prompts)),
     }
-    write_json_atomic(calibration, calibration_path)
+    write_json(calibration_path, calibration)
     return {"summary": summary, "calibration": calibration}
 
 
@@ -363,7 +362,7 @@ def main() -> None:
         entries.append(study_task(name, loaders[name], args, config, tokenizer))
         print(f"[{number}/{len(names)}] {name}: AUC {entries[-1]['auc']}, CoS-Low {entries[-1]['coslow']:.4f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
-    write_json_atomic(entries, args.out / "entries.json")
+    write_json(args.out / "entries.json", entries)
 
     calibration = None
     if not args.no_calibrate and sum(e["auc"] is not None for e in entries) >= 3:
@@ -374,7 +373,7 @@ def main() -> None:
                                                    "loto_relative_error_percent", "mean_predictor_mae",
                                                    "mean_predictor_relative_error_percent")}
         summary["robustness"] = robustness(entries, args.min_gain)
-        write_json_atomic(summary, args.out / "summary.json")
+        write_json(args.out / "summary.json", summary)
         print(json.dumps(summary, indent=1))
         if args.ship:
             SHIPPED_CALIBRATION.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import bbh, gsm8k  # noqa: E402
 
 from tunewise.training.difficulty import DEFAULT_WINDOWS, calibrate_difficulty  # noqa: E402
-from tunewise.training.evaluate import LOG_LIKELIHOOD, write_json_atomic  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
+from tunewise.training.evaluate import LOG_LIKELIHOOD  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig  # noqa: E402
 from tunewise.training.sweep import BASELINE, paired_gain, run_sweep  # noqa: E402
 
@@ -122,8 +123,8 @@ def main() -> None:
         run_sweep(pool, test, budgets, [BASELINE], [seed], args.model, args.out, config, **options)
     calibration = calibrate_difficulty(pool, test, budgets, args.model, args.out, windows, seeds, config, **options)
     gains = gains_over_random(calibration)
-    write_json_atomic({"task": args.task, "metric": metric, "pool": len(pool), "test": len(test),
-                       "calibration": calibration, "gain_over_random": gains}, args.out / "study_difficulty.json")
+    write_json(args.out / "study_difficulty.json", {"task": args.task, "metric": metric, "pool": len(pool), "test": len(test),
+                       "calibration": calibration, "gain_over_random": gains})
     table = score_table(calibration, gains)
     (args.out / "study_difficulty.md").write_text(table + "\n", encoding="utf-8")
     print(json.dumps({key: calibration[key] for key in ("c0", "beta", "n0", "zero_shot")}, indent=1))

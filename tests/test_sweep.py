@@ -11,7 +11,7 @@ import pytest
 import tunewise.training.sweep
 from tunewise.efficiency.curve import curve_auc
 from tunewise.errors import TunewiseError
-from tunewise.training.evaluate import write_json_atomic
+from tunewise.io import write_json
 from tunewise.training.finetune import FinetuneConfig
 from tunewise.data.pool import parse_record
 from tunewise.training.sweep import (paired_gain, parse_strategy_spec, run_file_name, run_sweep, split_strategy_specs,
@@ -38,7 +38,7 @@ def write_run(run_dir, strategy, budget, seed, scores):
     record = {"strategy": strategy, "budget": budget, "seed": seed, "score": sum(scores.values()) / len(scores),
               "scores": scores, "results": {}}
     name = "zero_shot.json" if strategy == "zero_shot" else run_file_name(strategy, budget, seed)
-    write_json_atomic(record, run_dir / "runs" / name)
+    write_json(run_dir / "runs" / name, record)
 
 
 def test_summary_of_hand_made_runs(tmp_path):

@@ -37,10 +37,15 @@ def calibrate_difficulty_command(
 ) -> None:
     """Fine-tune on easy, medium and hard windows at each budget, find the best window per budget,
     and fit the c0 and β that `tunewise select --strategy difficulty_window` takes."""
-    from tunewise.training.difficulty import CALIBRATION_FILE, calibrate_difficulty
+    from tunewise.cli.train import check_sweep_output, model_input
     from tunewise.data.pool import read_pool
+    from tunewise.training.difficulty import CALIBRATION_FILE, calibrate_difficulty
+    from tunewise.training.sweep import CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder
 
     centres = _parse_windows(windows)
+    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(model)},
+                       (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, CALIBRATION_FILE))
+    check_sweep_folder(output)
     pool = read_pool(pool_path, task_field)
     test_set = read_pool(test, task_field)
     with _sweep_progress() as update:

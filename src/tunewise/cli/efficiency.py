@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.io import encode_json, encode_jsonl
 
+TO_LABEL_FILE, COSLOW_FILE = "to_label.jsonl", "coslow.json"
 _GRID_TEXT = ",".join(map(str, DEFAULT_GRID))
 _TARGETS_TEXT = "0.5,0.8,0.9"
 
@@ -33,6 +37,11 @@ def curve_command(
     """Data-efficiency AUC of a measured learning curve (paper A's metric)."""
     from tunewise.efficiency.curve import normalise_curve, parse_grid, plot_curve, read_curve
 
+    if plot is not None:
+        from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+        refuse_overwriting_inputs({"--plot": plot}, {"the curve file": curve_file})
+        check_output_file(plot, field="plot", example="--plot curve.png")
     points = read_curve(curve_file)
     budgets = parse_grid(grid)
     curve = normalise_curve(points, ceiling=ceiling, max_budget=max_budget, grid=budgets)
@@ -51,7 +60,7 @@ def curve_command(
             "normalised": list(curve.y),
         }))
         return
-    table = Table(title=f"{curve_file.name}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g}")
+    table = Table(title=f"{escape(curve_file.name)}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g}")
     for column in ("budget", "measured", "envelope", "normalised"):
         table.add_column(column, justify="right")
     for budget, value, normalised in zip(curve.budgets, curve.envelope, curve.y):
@@ -69,7 +78,7 @@ def coslow_command(
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     labelled: Optional[Path] = typer.Option(None, metavar="LABELLED.jsonl",
                                             help="to_label.jsonl with responses filled in."),
-    seed: int = typer.Option(0, help="Seeds the sample of prompts and the LoRA A matrices."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seeds the sample of prompts and the LoRA A matrices."),
     output_dir: Path = typer.Option(Path("."), "-o", "--output-dir",
                                     help="Where to write to_label.jsonl / coslow.json."),
     allow_small_pool: bool = typer.Option(
@@ -84,7 +93,12 @@ def coslow_command(
     from tunewise.efficiency.coslow import DEFAULT_K, coslow, lowest_confidence_prompts
     from tunewise.data.pool import read_pool
     from tunewise.indicators.score import score_pool
+    from tunewise.io import RunFolder
 
+    folder = RunFolder(output_dir)
+    # The first step writes to_label.jsonl; the second reads it back filled in and writes coslow.json.
+    folder.check([COSLOW_FILE] if labelled is not None else [TO_LABEL_FILE, COSLOW_FILE],
+                 inputs={"the pool": pool, "--labelled": labelled})
     if labelled is not None:
         examples = read_pool(labelled).examples
         unanswered = [i for i, e in enumerate(examples, start=1) if e.response is None]
@@ -110,7 +124,8 @@ def coslow_command(
         chosen = lowest_confidence_prompts(confidence, k=DEFAULT_K, seed=seed, allow_small_pool=allow_small_pool)
         examples = [examples[i] for i in chosen]
         if any(e.response is None for e in examples):
-            path = _write_to_label(output_dir / "to_label.jsonl", examples, confidence[chosen], task_name)
+            path = output_dir / TO_LABEL_FILE
+            folder.write({TO_LABEL_FILE: _to_label_records(examples, confidence[chosen], task_name)})
             console.print(
                 f"wrote the {len(examples)} least confident prompts of task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
@@ -122,6 +137,10 @@ def coslow_command(
     with progress_bar("gradients") as update:
         result = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in examples],
                         [e.response for e in examples], seed=seed, progress=lambda done: update(done, len(examples)))
+    if not all(math.isfinite(value) for value in [result["coslow"], *result["cosines"]]):
+        raise TunewiseError("some gradient cosines are not finite numbers (a gradient was zero or overflowed), so "
+                            "there is no CoS-Low to report", field="coslow",
+                            fix="check the labelled answers (an empty or one-token answer has almost no gradient)")
     document = {
         "coslow": result["coslow"],
         "k": result["n"],
@@ -139,9 +158,8 @@ def coslow_command(
         **source,
         "tunewise_version": __version__,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "coslow.json"
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    path = output_dir / COSLOW_FILE
+    folder.write({COSLOW_FILE: encode_json(document)})
     stdout.print(f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} "
                  f"pairwise cosines over {result['n']} examples, {result['seconds']:.1f} s) → {path}",
                  markup=False, highlight=False)
@@ -239,6 +257,10 @@ def calibrate_command(
     from tunewise.efficiency.curve import parse_grid
     from tunewise.efficiency.predict import (calibrate, doubling_schedule_cost, labels_needed, observed_labels_needed,
                                      write_calibration)
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output}, {"the measured file": measured})
+    check_output_file(output, example="-o calibration.json")
 
     budgets = parse_grid(grid)
     tau_values = _parse_targets(targets)
@@ -291,7 +313,7 @@ def calibrate_command(
     for column in ("task", "CoS-Low", "measured AUC", "predicted AUC", "mean of others"):
         fits.add_column(column, justify="left" if column == "task" else "right")
     for fit in calibration.tasks:
-        fits.add_row(fit.task, f"{fit.coslow:.4f}", f"{fit.measured_auc:.4f}", f"{fit.loto_predicted_auc:.4f}",
+        fits.add_row(escape(fit.task), f"{fit.coslow:.4f}", f"{fit.measured_auc:.4f}", f"{fit.loto_predicted_auc:.4f}",
                      f"{fit.loto_mean_auc:.4f}")
     stdout.print(fits)
     stdout.print(f"AUC' = {calibration.coefficients.slope:.4f} · CoS-Low + {calibration.coefficients.intercept:.4f}"
@@ -305,7 +327,7 @@ def calibrate_command(
         for row in comparisons:
             schedule = ("not reached" if row["doubling_schedule_labels"] is None else
                         f"{row['doubling_schedule_labels']} ({row['doubling_schedule_rounds']} rounds)")
-            labels.add_row(row["task"], f"{row['target']:.0%}", str(row["predicted_labels"]),
+            labels.add_row(escape(row["task"]), f"{row['target']:.0%}", str(row["predicted_labels"]),
                            "not reached" if row["observed_labels"] is None else str(row["observed_labels"]), schedule)
         stdout.print(labels)
 
@@ -338,21 +360,20 @@ def _task_examples(pool, task: str | None, path: Path):
     return [e for e in pool.examples if e.task == task], task
 
 
-def _write_to_label(path: Path, examples, confidences, task: str) -> Path:
+def _to_label_records(examples, confidences, task: str) -> bytes:
     """One JSON line per prompt in the pool-reader's prompt/response shape, ready to fill in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for example, confidence in zip(examples, confidences):
-            single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
-            record = {
-                "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
-                "response": example.response,
-                "task": task,
-                "pool_id": example.id,
-                "confidence": float(confidence),
-            }
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
+    records = []
+    for example, confidence in zip(examples, confidences):
+        single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
+        records.append({
+            "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
+            "response": example.response,
+            "task": task,
+            "pool_id": example.id,
+            # NaN (no answer could be scored) is not JSON: written as null.
+            "confidence": float(confidence) if math.isfinite(confidence) else None,
+        })
+    return encode_jsonl(records)
 
 
 def _read_json(path: Path, fix: str):
@@ -362,6 +383,9 @@ def _read_json(path: Path, fix: str):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise TunewiseError(f"malformed JSON ({error.msg})", file=path, line=error.lineno, fix=fix) from None
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path,
+                            fix=fix + " (re-encode the file as UTF-8)") from None
 
 
 def _read_coslow_file(path: Path) -> dict:

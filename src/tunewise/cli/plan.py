@@ -13,9 +13,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
+from tunewise.io import encode_json, encode_jsonl
 
+TO_LABEL_FILE = "to_label.jsonl"
 PLAN_STRATEGIES_HELP = ("weighted_task_diversity (default), task_diversity, efficiency (needs predictions), "
                         "or any `tunewise select` strategy (random, uncertainty …).")
 
@@ -43,7 +46,7 @@ def plan_command(
     coslow: Optional[bool] = typer.Option(
         None, "--coslow/--no-coslow", help="Measure CoS-Low per labelled task (about a minute per task on a CPU; "
                                           "default: on when coefficients are available)."),
-    seed: int = typer.Option(0, min=0, help="Seed for every random choice."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool plan the whole pool instead of stopping."),
     indicators: Optional[str] = typer.Option(None, help="Comma-separated indicators to score (default: those of "
@@ -58,8 +61,9 @@ def plan_command(
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
     from tunewise.cli.score import parse_list
     from tunewise.cli.select import check_budget_fits_pool
-    from tunewise.indicators.registry import DEFAULT_INDICATORS
     from tunewise.data.pool import read_pool
+    from tunewise.indicators.registry import DEFAULT_INDICATORS
+    from tunewise.io import check_output_folder
 
     started = time.perf_counter()
     if budget < 0:
@@ -68,8 +72,7 @@ def plan_command(
     if not 0 < target <= 1:
         raise TunewiseError(f"--target must be in (0, 1], got {target}", field="target",
                             fix="give a fraction of the way from zero-shot to ceiling, e.g. --target 0.9")
-    if output.exists() and not output.is_dir():
-        raise TunewiseError("the output path is a file", file=output, field="output", fix="pass a folder with -o")
+    check_output_folder(output)
     check_strategy(strategy, within)
     if weights is not None and dev is not None:
         raise TunewiseError("give --weights or --dev, not both", field="dev",
@@ -78,6 +81,11 @@ def plan_command(
         raise TunewiseError(f"--weights and --dev order examples by indicator weights, not by --within {within}",
                             field="within", fix="drop --within, or drop --weights / --dev")
     chosen_coefficients = resolve_coefficients(coefficients, model)
+    check_efficiency_options(strategy, chosen_coefficients, coslow)
+    if weights is not None:
+        from tunewise.select import read_indicator_weights
+
+        read_indicator_weights(weights)  # a bad weights file stops here, before any scoring
     names = parse_list(indicators) or list(DEFAULT_INDICATORS)
     pool = read_pool(pool_path, task_field, skip_bad=skip_bad)
     check_budget_fits_pool(budget, len(pool), pool_path, cap_to_pool)
@@ -86,13 +94,15 @@ def plan_command(
         learning = WeightLearning(dev, task_field, trials)
         learning.check(pool)
         names = list(dict.fromkeys([*names, *learning.indicators]))
+    inputs = {"the pool": pool_path, "--weights": weights, "--dev": dev,
+              "--coefficients": coefficients if coefficients is not None and Path(coefficients).exists() else None}
     for skipped in pool.skipped:
         console.print("[yellow]skipped[/] " + escape(f"{skipped.file}:{skipped.line}: {skipped.reason}"),
                       highlight=False)
     result = run_plan(pool, output, budget=budget, strategy=strategy, within=within, weights=weights, target=target,
                       model=model, coefficients=chosen_coefficients, coslow=coslow, seed=seed, indicators=names,
                       device=device, dtype=dtype, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens,
-                      cache_dir=cache_dir, learning=learning)
+                      cache_dir=cache_dir, learning=learning, inputs=inputs)
     print_plan(result.document)
     console.print(f"done in {time.perf_counter() - started:.0f} s", highlight=False)
     stdout.print(f"report → {escape(str(output / 'report.html'))}", highlight=False, soft_wrap=True)
@@ -103,10 +113,12 @@ def report_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `tunewise plan` (or demo)."),
 ) -> None:
     """Rebuild RUN_DIR/report.html from the files in the run folder."""
-    from tunewise.report.html import build_report
+    from tunewise.io import RunFolder
+    from tunewise.report.html import REPORT_FILE, build_report
 
     if not run_dir.is_dir():
         raise TunewiseError("no such run folder", file=run_dir, fix="pass the -o folder of `tunewise plan`")
+    RunFolder(run_dir).check([REPORT_FILE])
     path = build_report(run_dir)
     stdout.print(f"report → {escape(str(path))}", highlight=False, soft_wrap=True)
 
@@ -124,6 +136,54 @@ def check_strategy(strategy: str, within: str) -> None:
         raise TunewiseError(f"unknown within-task order '{within}'", field="within", fix=did_you_mean(within, WITHIN_TASK))
 
 
+def check_efficiency_options(strategy: str, coefficients, coslow: bool | None) -> None:
+    """The efficiency strategy's needs that are known before the pool is read: coefficients and CoS-Low."""
+    from tunewise.pipeline import EFFICIENCY, NO_CALIBRATION
+
+    if strategy != EFFICIENCY:
+        return
+    if coefficients is None:
+        raise TunewiseError(f"the efficiency strategy needs predicted learning curves, and there is {NO_CALIBRATION}",
+                            field="strategy", fix="pass --coefficients, or use --strategy weighted_task_diversity")
+    if coslow is False:
+        raise TunewiseError("the efficiency strategy predicts each task's curve from its CoS-Low, and --no-coslow "
+                            "turns that off", field="coslow", fix="drop --no-coslow, or choose another --strategy")
+
+
+def check_efficiency_pool(strategy: str, pool) -> None:
+    """The efficiency strategy measures CoS-Low on each task's labelled examples: every task needs enough."""
+    from tunewise.efficiency.coslow import DEFAULT_K
+    from tunewise.pipeline import EFFICIENCY
+
+    if strategy != EFFICIENCY:
+        return
+    labelled: dict[str, int] = {task: 0 for task in pool.tasks}
+    for example in pool.examples:
+        labelled[example.task] += example.response is not None
+    short = {task: count for task, count in labelled.items() if count < DEFAULT_K}
+    if short:
+        listed = ", ".join(f"'{task}' ({count})" for task, count in list(short.items())[:5])
+        raise TunewiseError(f"the efficiency strategy needs CoS-Low for every task, from at least {DEFAULT_K} "
+                            f"labelled examples each, and {len(short)} of {len(labelled)} tasks have fewer: {listed}",
+                            file=pool.source, field="strategy",
+                            fix=f"label at least {DEFAULT_K} examples of each task, or use --strategy "
+                                "weighted_task_diversity")
+
+
+def run_folder_names(labelled: bool, writes_weights: bool) -> list[str]:
+    """The files a plan may write into its run folder: to_label.jsonl only for a pool with unlabelled
+    examples, weights.json only when it learns weights or copies a weights file from elsewhere."""
+    from tunewise.report.html import PLAN_FILE, REPORT_FILE, SCORES_FILE, SELECTION_FILE, WEIGHTS_FILE
+    from tunewise.select.manifest import meta_path
+
+    names = [SCORES_FILE, PLAN_FILE, SELECTION_FILE, meta_path(SELECTION_FILE).name, REPORT_FILE]
+    if not labelled:
+        names.append(TO_LABEL_FILE)
+    if writes_weights:
+        names.append(WEIGHTS_FILE)
+    return names
+
+
 def resolve_coefficients(spec: str | None, model: str):
     """The coefficients asked for, else the model's known ones, else None (never made up)."""
     from tunewise.efficiency.predict import coefficients_for, load_coefficients
@@ -139,42 +199,59 @@ def resolve_coefficients(spec: str | None, model: str):
 def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, weights: Path | None, target: float,
              model: str, coefficients, coslow: bool | None, seed: int, indicators: list[str], device: str,
              dtype: str, max_new_tokens: int, batch_tokens: int | None, cache_dir: Path | None,
-             learning: WeightLearning | None = None):
-    """Score, measure CoS-Low, plan, and write the run folder; shared by ``plan`` and ``demo``."""
-    from tunewise.model import load_backend
-    from tunewise.pipeline import EFFICIENCY, make_plan
+             learning: WeightLearning | None = None, inputs: dict | None = None):
+    """Score, measure CoS-Low, plan, and write the run folder; shared by ``plan`` and ``demo``.
+
+    Everything that can be checked without the model is checked first (the efficiency strategy's
+    needs, a weights file, and that the run folder can take its files without writing over an
+    input or a file tunewise did not write); a failed run leaves the folder as it was.
+    """
+    import torch
+
     from tunewise.indicators.score import score_pool, scores_provenance
+    from tunewise.io import RunFolder
+    from tunewise.model import load_backend
+    from tunewise.pipeline import make_plan
 
-    if strategy == EFFICIENCY and coefficients is None:
-        from tunewise.pipeline import NO_CALIBRATION
-
-        raise TunewiseError(f"the efficiency strategy needs predicted learning curves, and there is {NO_CALIBRATION}",
-                            field="strategy", fix="pass --coefficients, or use --strategy weighted_task_diversity")
-    measure = coefficients is not None if coslow is None else coslow
-    console.print(f"loading {model} …", highlight=False)
-    backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                           max_batch_tokens=batch_tokens)
-    with progress_bar("scoring") as update:
-        scores = score_pool(pool, backend, indicators, cache_dir=cache_dir, progress=update,
-                            max_batch_tokens=batch_tokens)
-    provenance = scores_provenance(backend, indicators, pool.source)
-    output.mkdir(parents=True, exist_ok=True)
-
-    coslow_results = measure_coslow_per_task(pool, scores, backend, model, device, seed) if measure else {}
-    if learning is not None:
-        weights = learning.learn(pool, scores, backend, output, seed)
+    check_efficiency_options(strategy, coefficients, coslow)
+    check_efficiency_pool(strategy, pool)
     within_params = None
     if weights is not None:
         from tunewise.select import read_indicator_weights
 
         within = "weighted_indicators"
         within_params = read_indicator_weights(weights)
+    from tunewise.io import same_file
+    from tunewise.report.html import WEIGHTS_FILE
+
+    # A weights file already in the run folder is used in place, never rewritten.
+    copy_weights = weights is not None and not same_file(weights, output / WEIGHTS_FILE)
+    RunFolder(output).check(run_folder_names(pool.labelled, learning is not None or copy_weights),
+                            inputs={"the pool": pool.source, **(inputs or {})})
+    measure = coefficients is not None if coslow is None else coslow
+    console.print(f"loading {model} …", markup=False, highlight=False)
+    backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
+                           max_batch_tokens=batch_tokens)
+    with progress_bar("scoring") as update:
+        scores = score_pool(pool, backend, indicators, cache_dir=cache_dir, progress=update,
+                            max_batch_tokens=batch_tokens)
+    provenance = scores_provenance(backend, indicators, pool.source)
+
+    coslow_results = measure_coslow_per_task(pool, scores, backend, model, device, seed) if measure else {}
+    weights_content = Path(weights).read_bytes() if copy_weights else None
+    if learning is not None:
+        learned = learning.learn(pool, scores, backend, output, seed)
+        within = "weighted_indicators"
+        within_params = {"weights": learned["weights"], "orientation": learned["orientation"]}
+        weights_content = encode_json(learned)
+    # Scores may come from the cache, computed with other threads; the plan records this run's.
     plan = make_plan(pool, scores, budget, strategy=strategy, within=within, target=target, coefficients=coefficients,
                      coslow_values={task: value["coslow"] for task, value in coslow_results.items()}, seed=seed,
-                     within_params=within_params, provenance={"model": model, **provenance})
+                     within_params=within_params,
+                     provenance={"model": model, **provenance, "torch_threads": torch.get_num_threads()})
     if coslow_results:
         plan.document["coslow"] = coslow_results
-    write_run_folder(output, pool, scores, plan, provenance, weights)
+    write_run_folder(output, pool, scores, plan, provenance, weights_content)
     return plan
 
 
@@ -201,7 +278,8 @@ class WeightLearning:
                                 "examples", file=pool.source, field="dev",
                                 fix="label the pool first, or drop --dev (and pass --weights learned elsewhere)")
 
-    def learn(self, pool, scores, backend, output: Path, seed: int) -> Path:
+    def learn(self, pool, scores, backend, output: Path, seed: int) -> dict:
+        """The ``weights.json`` document learned on the dev set (the search resumes from RUN_DIR/weights.run)."""
         import optuna
 
         from tunewise.weights.anchors import choose_anchors
@@ -209,7 +287,6 @@ class WeightLearning:
         from tunewise.select.features import FEATURES, indicator_features
         from tunewise.weights.proxy import ProxyModel
         from tunewise.data.table import embedding_matrix
-        from tunewise.select.manifest import encode_json, write_files_atomically
         from tunewise.weights.search import tune_weights
 
         dev = read_labelled(self.dev, self.task_field, "dev")
@@ -221,9 +298,7 @@ class WeightLearning:
         with progress_bar("learning indicator weights", unit="trials") as update:
             tuned = tune_weights(matrix, pool.examples, anchor_examples, anchors, ProxyModel(backend),
                                  output / "weights.run", trials=self.trials, seed=seed, progress=update)
-        path = output / "weights.json"
-        write_files_atomically({path: encode_json({**tuned.document(), "dev": str(self.dev)})})
-        return path
+        return {**tuned.document(), "dev": str(self.dev)}
 
 
 def measure_coslow_per_task(pool, scores, backend, model: str, device: str, seed: int) -> dict:
@@ -244,27 +319,32 @@ def measure_coslow_per_task(pool, scores, backend, model: str, device: str, seed
         return measure_coslow(pool, scores, loaded, seed=seed, progress=update)
 
 
-def write_run_folder(output: Path, pool, scores, plan, provenance: dict, weights_file: Path | None) -> None:
-    """scores.parquet, plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels, then
-    report.html."""
-    from tunewise.report.html import build_report
-    from tunewise.data.table import write_scores
-    from tunewise.select.manifest import encode_json, encode_jsonl, selection_meta, write_selection
+def write_run_folder(output: Path, pool, scores, plan, provenance: dict, weights_content: bytes | None) -> None:
+    """scores.parquet, plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels, the
+    weights used, then report.html; through :class:`~tunewise.io.RunFolder`, so only files tunewise
+    wrote there are ever replaced, and an earlier to_label.jsonl is removed only while unedited."""
+    from tunewise.data.table import encode_scores
+    from tunewise.io import RunFolder
+    from tunewise.report.html import PLAN_FILE, SCORES_FILE, SELECTION_FILE, WEIGHTS_FILE, build_report
+    from tunewise.select.manifest import meta_path, selection_meta, selection_records
 
     meta = selection_meta(scores, plan.selection, plan.strategy, seed=plan.document["seed"],
                           budget=plan.document["budget"], scores_provenance=provenance,
-                          scores_path=str(output / "scores.parquet"))
-    extra = {output / "plan.json": encode_json(plan.document)}
+                          scores_path=str(output / SCORES_FILE))
+    files = {
+        SCORES_FILE: encode_scores(scores, provenance),
+        PLAN_FILE: encode_json(plan.document),
+        SELECTION_FILE: encode_jsonl(selection_records(scores, plan.selection)),
+        meta_path(SELECTION_FILE).name: encode_json(meta),
+    }
     unlabelled = [pool.examples[p] for p in plan.selection.positions if pool.examples[p].response is None]
-    to_label = output / "to_label.jsonl"
     if unlabelled:
-        extra[to_label] = encode_jsonl(to_label_records(unlabelled))
-    elif to_label.exists():
-        to_label.unlink()  # left by an earlier plan of an unlabelled pool in this folder
-    if weights_file is not None and Path(weights_file).resolve() != (output / "weights.json").resolve():
-        extra[output / "weights.json"] = Path(weights_file).read_bytes()
-    write_scores(scores, output / "scores.parquet", provenance)
-    write_selection(output / "selection.jsonl", scores, plan.selection, meta, extra)
+        files[TO_LABEL_FILE] = encode_jsonl(to_label_records(unlabelled))
+    if weights_content is not None:
+        files[WEIGHTS_FILE] = weights_content
+    # An earlier plan of an unlabelled pool in this folder may have left a to_label.jsonl: it goes only
+    # while it still holds what tunewise wrote (a filled-in copy is the user's work).
+    RunFolder(output).write(files, remove=[] if unlabelled else [TO_LABEL_FILE])
     build_report(output)
 
 

@@ -43,12 +43,14 @@ def score_command(
     from tunewise.data.table import read_scores, write_scores
     from tunewise.indicators.score import score_pool, scores_provenance
     from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming, streamable
+    from tunewise.io import remove_stale_temporaries
 
-    check_output_path(output)
+    check_output_path(output, {"the pool": pool})
     names = [i.name for i in resolve_indicators(parse_list(indicators))]
     if engine not in ("local", "ray"):
         raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
     started = time.perf_counter()
+    remove_stale_temporaries(output)  # left by a killed run of this command
     if engine == "local" and streamable(names):
         # Model-free indicators: read, score and write in batches, so any pool size fits in memory.
         batches = iter_pool_batches(pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped)
@@ -79,7 +81,8 @@ def score_command(
         write_scores(scores, output, provenance)
     seconds = time.perf_counter() - started
     stdout.print(summary_table(scores))
-    stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}")
+    stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}", markup=False, highlight=False,
+                 soft_wrap=True)
 
 
 def report_skipped(skipped) -> None:
@@ -88,17 +91,12 @@ def report_skipped(skipped) -> None:
     console.print("[yellow]skipped[/] " + escape(where), highlight=False, soft_wrap=True)
 
 
-def check_output_path(output: Path) -> None:
-    """Refuse an output path that cannot be written before any work is done."""
-    if output.is_dir():
-        raise TunewiseError("the output path is a folder", file=output, field="output",
-                            fix="give a file name, e.g. -o scores.parquet")
-    for parent in output.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TunewiseError("the output's folder is a file", file=parent, field="output",
-                                    fix="choose an output path inside a folder")
-            break
+def check_output_path(output: Path, inputs: dict, example: str = "-o scores.parquet") -> None:
+    """Before any work: the output file can be written, and is none of the ``inputs`` (name → path)."""
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output}, inputs)
+    check_output_file(output, example=example)
 
 
 def summary_table(scores) -> Table:
@@ -114,5 +112,5 @@ def summary_table(scores) -> Table:
         for column in columns:
             mean = group[column].mean()
             cells.append("-" if mean != mean else f"{mean:.3f}")
-        table.add_row(str(task), str(len(group)), *cells)
+        table.add_row(escape(str(task)), str(len(group)), *cells)
     return table

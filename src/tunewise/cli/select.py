@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
 
@@ -23,7 +25,7 @@ def select_command(
     fraction: Optional[float] = typer.Option(None, help="Fraction of the pool to select, in (0, 1]."),
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
-    seed: int = typer.Option(0, min=0, help="Seed for every random choice."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
     within: Optional[str] = typer.Option(
         None, help="Order inside each task (task strategies): random, difficulty_window, weighted_indicators."
     ),
@@ -45,8 +47,10 @@ def select_command(
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
-    from tunewise.select.manifest import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
     from tunewise.select import get_strategy, read_indicator_weights
+    from tunewise.select.manifest import (EXPORT_FORMATS, default_export_path, meta_path, selection_meta,
+                                          write_selection)
 
     if (budget is None) == (fraction is None):
         raise TunewiseError("give exactly one of --budget and --fraction", fix="e.g. --budget 500 or --fraction 0.1")
@@ -63,6 +67,13 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
+
+    export_target = None if export is None else export_path or default_export_path(output, export)
+    outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
+    refuse_overwriting_inputs(outputs, {"the scores": scores_path, "--pool": pool, "--weights": weights})
+    for name, path in outputs.items():
+        if path is not None:
+            check_output_file(path, field=name.lstrip("-"), example="-o selection.jsonl")
 
     flags = {
         "within": within, "indicator": indicator, "direction": direction, "gamma": gamma, "epsilon": epsilon,
@@ -82,18 +93,18 @@ def select_command(
 
     extra_files = {}
     if export is not None:
-        target = export_path or default_export_path(output, export)
-        extra_files[target] = export_selected(scores, selection, pool, task_field, export)
+        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
     )
     written = write_selection(output, scores, selection, meta, extra_files)
 
     for note in selection.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     stdout.print(allocation_table(meta))
     stdout.print(
-        f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written))
+        f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written)),
+        markup=False, highlight=False, soft_wrap=True,
     )
 
 
@@ -149,7 +160,7 @@ def allocation_table(meta: dict) -> Table:
     table.add_column("share", justify="right")
     for task, counts in meta["tasks"].items():
         share = counts["selected"] / meta["selected"] if meta["selected"] else 0.0
-        table.add_row(task, str(counts["pool"]), str(counts["selected"]), f"{share:.1%}")
+        table.add_row(escape(task), str(counts["pool"]), str(counts["selected"]), f"{share:.1%}")
     total_share = "100.0%" if meta["selected"] else "0.0%"
     table.add_row("total", str(meta["pool"]), str(meta["selected"]), total_share, style="bold")
     return table

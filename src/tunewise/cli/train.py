@@ -70,10 +70,9 @@ def parse_int_list(text: str, name: str) -> list[int]:
     return values
 
 
-def check_output_file(path: Path) -> None:
-    """Refuse an output path that is a folder, before any slow work starts."""
-    if path.is_dir():
-        raise TunewiseError("the output path is a folder", file=str(path), fix="pass a file path with -o")
+def model_input(model: str) -> dict:
+    """``--model`` as an input to protect, when it names a local folder."""
+    return {"--model": model} if Path(model).exists() else {}
 
 
 def selected_examples(pool, selection_path: Path) -> list:
@@ -123,10 +122,15 @@ def finetune_command(
     config: FinetuneConfig = None,
 ) -> None:
     """Fine-tune a LoRA adapter on a pool (or a selection of it) and save it."""
-    from tunewise.training.finetune import check_adapter_output, finetune
-    from tunewise.model.load import load_model
     from tunewise.data.pool import read_pool
+    from tunewise.io import refuse_overwriting_inputs
+    from tunewise.model.load import load_model
+    from tunewise.select.manifest import meta_path
+    from tunewise.training.finetune import check_adapter_output, finetune
 
+    refuse_overwriting_inputs({"-o": output}, {"the pool": pool_path, "--selection": selection,
+                                               "the selection's provenance file": selection and meta_path(selection),
+                                               **model_input(model)}, replaced_whole=True)
     check_adapter_output(output)
     pool = read_pool(pool_path, task_field)
     examples = selected_examples(pool, selection) if selection is not None else pool.examples
@@ -160,12 +164,16 @@ def evaluate_command(
     dtype: str = typer.Option("auto", help=_DTYPE_HELP),
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
-    from tunewise.training.evaluate import evaluate, write_json_atomic
-    from tunewise.training.finetune import load_adapter
-    from tunewise.model.load import load_model, model_summary
     from tunewise.data.pool import read_pool
+    from tunewise.io import check_output_file, refuse_overwriting_inputs, write_json
+    from tunewise.model.load import load_model, model_summary
+    from tunewise.training.evaluate import evaluate
+    from tunewise.training.finetune import load_adapter, read_adapter_info
 
-    check_output_file(output)
+    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter, **model_input(model)})
+    check_output_file(output, example="-o results.json")
+    if adapter is not None:
+        read_adapter_info(adapter)  # a damaged adapter folder stops here, before the model loads
     test = read_pool(test_path, task_field, limit=limit)
     loaded = load_model(model, device=device, dtype=dtype)
     adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
@@ -174,7 +182,7 @@ def evaluate_command(
                            max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update)
     results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter),
                              test=str(test_path), task_field=task_field, limit=limit)
-    write_json_atomic(results, output)
+    write_json(output, results)
     stdout.print(results_table(results))
     stdout.print(f"results → {escape(str(output))}", highlight=False)
 
@@ -235,11 +243,15 @@ def sweep_command(
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
     gain over random with 95 % confidence intervals."""
     from tunewise.data.pool import read_pool
-    from tunewise.training.sweep import PLOT_FILE, SUMMARY_FILE, run_sweep, split_strategy_specs
+    from tunewise.training.sweep import (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder, run_sweep,
+                                         split_strategy_specs)
 
     budget_list = parse_int_list(budgets, "budgets")
     seed_list = parse_int_list(seeds, "seeds")
     strategy_list = split_strategy_specs(strategies)
+    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(model)},
+                       (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE))
+    check_sweep_folder(output)
     pool = read_pool(pool_path, task_field)
     test_set = read_pool(test, task_field)
     with _sweep_progress() as update:
@@ -253,6 +265,13 @@ def sweep_command(
         stdout.print(gains_table(summary))
     stdout.print(f"summary → {escape(str(output / SUMMARY_FILE))}, plot → {escape(str(output / PLOT_FILE))}",
                  highlight=False)
+
+
+def check_sweep_output(output: Path, inputs: dict, names) -> None:
+    """A sweep folder's own files (and the folder) are none of its inputs."""
+    from tunewise.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output, **{name: output / name for name in names}}, inputs)
 
 
 def curves_table(summary: dict) -> Table:

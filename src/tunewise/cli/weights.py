@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.score import check_output_path, parse_list
 from tunewise.errors import TunewiseError
@@ -43,7 +45,7 @@ def anchors_command(
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     count: int = typer.Option(64, "-m", "--anchors", min=1, help="Number of anchors m."),
-    seed: int = typer.Option(0, min=0, help="Seed of the k-means that picks the written anchors."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the k-means that picks the written anchors."),
     check_seeds: int = typer.Option(5, min=1, help="Seeds the tracking check is repeated over."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
@@ -58,7 +60,7 @@ def anchors_command(
     from tunewise.model import load_backend
     from tunewise.data.table import embedding_matrix
 
-    check_output_path(output)
+    check_output_path(output, {"the dev set": dev_path}, example="-o anchors.jsonl")
     dev = read_labelled(dev_path, task_field, "dev")
     backend = load_backend(model, device=device, dtype=dtype)
     table = score_dev(backend, dev, ["loss", "embedding"])
@@ -78,7 +80,7 @@ def anchors_command(
         f"mean |error| over {check_seeds} seeds: anchors {report['mean_anchor_error']:.4f}, random subset "
         f"{report['mean_random_error']:.4f} ({verdict})"
     )
-    stdout.print(f"{len(anchors)} anchors of {len(dev)} dev examples → {output}")
+    stdout.print(f"{len(anchors)} anchors of {len(dev)} dev examples → {output}", markup=False, highlight=False)
 
 
 def tracking_table(report: dict) -> Table:
@@ -132,7 +134,7 @@ def tune_weights_command(
                                                      "exact_match, multiple_choice, gsm8k or log_likelihood "
                                                      "(use it where accuracy stays near zero)."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
-    seed: int = typer.Option(0, min=0, help="Seed of the anchors, the demonstrations and the search."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the anchors, the demonstrations and the search."),
     run_dir: Optional[Path] = typer.Option(None, help="Search folder (Optuna study, trial log); default: "
                                                       "beside -o, named after it with .run."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget of one proxy batch."),
@@ -166,8 +168,13 @@ def tune_weights_command(
     if len(names) < 2:
         raise TunewiseError("one feature leaves nothing to weigh", field="features",
                             fix="name two or more features, or rank by one with `select --strategy top_k`")
-    check_output_path(output)
+    inputs = {"the scores": scores_path, "--pool": pool_path, "--dev": dev_path}
+    check_output_path(output, inputs, example="-o weights.json")
     run_dir = run_dir or output.with_name(output.stem + ".run")
+    from tunewise.io import check_output_folder, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"--run-dir": run_dir, "-o": output}, inputs)
+    check_output_folder(run_dir, field="run-dir")
 
     scores, provenance = read_scores(scores_path)
     matrix = indicator_features(scores, names, parse_orientation(orientation))
@@ -199,7 +206,7 @@ def tune_weights_command(
             metric=metric, seed=seed, progress=update,
         )
     if tuned.search.resumed_from:
-        console.print(f"[yellow]note:[/] continued the search in {run_dir} "
+        console.print(f"[yellow]note:[/] continued the search in {escape(str(run_dir))} "
                       f"({tuned.search.resumed_from} trials were already done)", highlight=False)
 
     validation = None
@@ -216,17 +223,18 @@ def tune_weights_command(
         "run_dir": str(run_dir),
         "validation": validation,
     }
-    from tunewise.select.manifest import encode_json, write_files_atomically
+    from tunewise.io import write_json
 
-    write_files_atomically({output: encode_json(document)})
+    write_json(output, document)
     stdout.print(weights_table(document))
     if validation is not None:
         stdout.print(validation_table(validation))
         colour = "green" if validation["spearman"] is not None and validation["spearman"] >= 0.4 else "yellow"
-        stdout.print(f"[{colour}]proxy check:[/] {validation['verdict']}", highlight=False)
+        stdout.print(f"[{colour}]proxy check:[/] {escape(validation['verdict'])}", highlight=False)
         if "note" in validation:
-            console.print(f"[yellow]note:[/] {validation['note']}", highlight=False)
-    stdout.print(f"best J {document['J']:.4f} after {len(document['trials'])} trials (log: {run_dir}) → {output}")
+            console.print(f"[yellow]note:[/] {escape(validation['note'])}", highlight=False)
+    stdout.print(f"best J {document['J']:.4f} after {len(document['trials'])} trials (log: {run_dir}) → {output}",
+                 markup=False, highlight=False)
 
 
 def validate_selections(backend, pool_examples, tuned, dev, count: int, steps: int | None, seed: int,
@@ -249,7 +257,7 @@ def weights_table(document: dict) -> Table:
     table.add_column("prefer")
     table.add_column("weight", justify="right")
     for name, weight in sorted(document["weights"].items(), key=lambda item: -item[1]):
-        table.add_row(name, document["orientation"][name], f"{weight:.3f}")
+        table.add_row(escape(name), document["orientation"][name], f"{weight:.3f}")
     return table
 
 

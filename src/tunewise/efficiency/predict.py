@@ -28,6 +28,7 @@ from tunewise.efficiency.curve import (
     normalise_curve,
 )
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.io import write_json
 
 # AUC' is clipped into the open interval (0, 1): at exactly 0 or 1 the curve exponent
 # p = (1 - AUC') / AUC' is infinite or zero and every budget prediction degenerates.
@@ -266,9 +267,7 @@ def write_calibration(calibration: Calibration, path: str | os.PathLike) -> Path
         "mean_predictor_relative_error_percent": calibration.mean_relative_error,
         "tasks": [asdict(fit) for fit in calibration.tasks],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    return path
+    return write_json(path, document)
 
 
 def read_calibration(path: str | os.PathLike) -> Coefficients:
@@ -283,6 +282,9 @@ def read_calibration(path: str | os.PathLike) -> Coefficients:
     except json.JSONDecodeError as error:
         raise TunewiseError(f"malformed JSON ({error.msg})", file=path, line=error.lineno,
                             fix="pass the file written by `tunewise calibrate -o`") from None
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path,
+                            fix="pass the file written by `tunewise calibrate -o` (or re-encode it as UTF-8)") from None
     if not isinstance(document, dict):
         raise TunewiseError("a calibration file must be a JSON object", file=path,
                             fix="pass the file written by `tunewise calibrate -o`")

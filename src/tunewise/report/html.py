@@ -69,7 +69,8 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
 
     Needs ``plan.json``; uses ``scores.parquet``, ``selection.jsonl``, ``sweep.json`` (or
     ``sweep/sweep.json``) and ``weights.json`` when they are there. ``output`` defaults to
-    ``RUN_DIR/report.html``. The file is written atomically.
+    ``RUN_DIR/report.html``, which is written as a :class:`~tunewise.io.RunFolder` file (never over a
+    report.html tunewise did not write). The file is written atomically.
     """
     run_dir = Path(run_dir)
     plan = _read_json(run_dir / PLAN_FILE, required=True,
@@ -97,11 +98,12 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         + "\n".join(section for section in sections if section)
         + "\n</main>\n</body>\n</html>\n"
     )
-    from tunewise.select.manifest import write_files_atomically
+    from tunewise.io import RunFolder, write_bytes
 
-    path = Path(output) if output is not None else run_dir / REPORT_FILE
-    write_files_atomically({path: page.encode("utf-8")})
-    return path
+    if output is not None:
+        return write_bytes(output, page.encode("utf-8"))
+    RunFolder(run_dir).write({REPORT_FILE: page.encode("utf-8")})
+    return run_dir / REPORT_FILE
 
 
 # -- reading ---------------------------------------------------------------------------------------

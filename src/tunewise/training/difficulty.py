@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tunewise.errors import TunewiseError
-from tunewise.training.evaluate import write_json_atomic
+from tunewise.io import write_json
 from tunewise.training.sweep import BASELINE, read_runs, run_sweep
 
 CALIBRATION_FILE = "difficulty_calibration.json"
@@ -106,7 +106,7 @@ def calibrate_difficulty(
         "zero_shot": None if zero_shot is None else zero_shot["score"],
         "select_command": select_command(fitted, difficulty),
     }
-    write_json_atomic(calibration, Path(run_dir) / CALIBRATION_FILE)
+    write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
     return calibration
 
 

@@ -22,13 +22,10 @@ Results follow lm-evaluation-harness: ``{"results": {task: {metric: value, metri
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import time
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Callable, Sequence
 
 from tunewise.model.base import plan_batches
@@ -371,19 +368,6 @@ def task_scores(results: dict) -> dict[str, float]:
     return {task: entry[entry["metric"]] for task, entry in results["results"].items()}
 
 
-def write_json_atomic(data, path: str | os.PathLike) -> Path:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
 __all__ = [
     "LOG_LIKELIHOOD",
     "METRICS",
@@ -400,5 +384,4 @@ __all__ = [
     "normalise_answer",
     "task_scores",
     "binomial_stderr",
-    "write_json_atomic",
 ]

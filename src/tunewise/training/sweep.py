@@ -27,8 +27,9 @@ from typing import Callable, Mapping, Sequence
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError
-from tunewise.training.evaluate import DEFAULT_BATCH_TOKENS, evaluate, task_scores, write_json_atomic
-from tunewise.training.finetune import FinetuneConfig, finetune
+from tunewise.io import atomic_path, check_output_folder, write_json
+from tunewise.training.evaluate import DEFAULT_BATCH_TOKENS, evaluate, task_scores
+from tunewise.training.finetune import MAX_SEED, FinetuneConfig, finetune
 
 BASELINE = "random"
 ZERO_SHOT = "zero_shot"
@@ -189,6 +190,7 @@ def run_sweep(
 
     run_dir = Path(run_dir)
     runs = run_dir / RUNS_FOLDER
+    check_sweep_folder(run_dir)
     loaded = load_model(model_name, device=device, dtype=dtype)
     settings = {
         "model": model_name,
@@ -215,7 +217,7 @@ def run_sweep(
         if progress is not None:
             progress(done, total, "zero-shot")
         results = evaluate_model(loaded.model)
-        write_json_atomic(_run_record(ZERO_SHOT, 0, None, results), zero_shot_path)
+        write_json(zero_shot_path, _run_record(ZERO_SHOT, 0, None, results))
         done += 1
 
     def scoring_progress(scored: int, to_score: int) -> None:
@@ -237,7 +239,7 @@ def run_sweep(
         if strategy in strategy_parameters:
             record["strategy_parameters"] = strategy_parameters[strategy]
         record["training"] = trained.log.to_dict()
-        write_json_atomic(record, runs / run_file_name(strategy, budget, seed))
+        write_json(runs / run_file_name(strategy, budget, seed), record)
         done += 1
     if progress is not None:
         progress(done, total, "done")
@@ -259,8 +261,8 @@ def _check_grid(budgets, strategies, seeds, pool_size: int):
             raise TunewiseError(f"budget {budget} is larger than the pool ({pool_size} examples)",
                                 field="budgets", fix=f"use budgets up to {pool_size}, or a larger pool")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise TunewiseError(f"seed {seed!r} is not a whole number ≥ 0", field="seeds",
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise TunewiseError(f"seed {seed!r} is not a whole number in [0, {MAX_SEED}]", field="seeds",
                                 fix="use seeds such as 0,1,2")
     for strategy in strategies:
         if "__" in strategy or strategy == ZERO_SHOT:
@@ -287,11 +289,40 @@ def _ids_digest(examples) -> str:
     return hashlib.sha256("\n".join(example.id for example in examples).encode()).hexdigest()[:16]
 
 
+def check_sweep_folder(run_dir: str | os.PathLike) -> None:
+    """Before any model work: the folder can be written, and is new, empty or a readable sweep folder."""
+    run_dir = Path(run_dir)
+    check_output_folder(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists():
+        read_settings(config_path)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise TunewiseError("the output folder exists and is not a sweep folder", file=str(run_dir),
+                            fix="pass a new or empty folder with -o")
+
+
+def read_settings(config_path: Path) -> dict:
+    """The settings a sweep folder was made with, or a clear error when the file is damaged."""
+    fix = "write the sweep to a new -o folder, or delete this one to start over"
+    try:
+        settings = json.loads(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=str(config_path),
+                            fix=fix) from None
+    except json.JSONDecodeError as error:
+        raise TunewiseError(f"malformed JSON ({error.msg})", file=str(config_path), line=error.lineno,
+                            fix=fix) from None
+    if not isinstance(settings, dict):
+        raise TunewiseError(f"expected a JSON object of sweep settings, got {type(settings).__name__}",
+                            file=str(config_path), fix=fix)
+    return settings
+
+
 def _claim_run_dir(run_dir: Path, settings: dict) -> None:
     """Write the sweep's settings, or check that a folder being resumed was made with the same."""
     config_path = run_dir / CONFIG_FILE
     if config_path.exists():
-        existing = json.loads(config_path.read_text(encoding="utf-8"))
+        existing = read_settings(config_path)
         differing = sorted(key for key in settings.keys() | existing.keys() if settings.get(key) != existing.get(key))
         if differing:
             raise TunewiseError(
@@ -303,7 +334,7 @@ def _claim_run_dir(run_dir: Path, settings: dict) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise TunewiseError("the output folder exists and is not a sweep folder", file=str(run_dir),
                             fix="pass a new or empty folder with -o")
-    write_json_atomic(settings, config_path)
+    write_json(config_path, settings)
 
 
 def _selection_scores(pool_examples, strategies, loaded, progress):
@@ -346,9 +377,13 @@ def read_runs(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
     for path in sorted(runs.glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise TunewiseError(f"unreadable run file ({error})", file=str(path),
                                 fix="delete it; the next `tunewise sweep` redoes that run") from None
+        required = ("strategy", "budget", "seed", "score", "scores")
+        if not isinstance(record, dict) or any(name not in record for name in required):
+            raise TunewiseError(f"not a run record (it needs {', '.join(required)})", file=str(path),
+                                fix="delete it; the next `tunewise sweep` redoes that run")
         if record["strategy"] == ZERO_SHOT:
             zero_shot = record
         else:
@@ -423,7 +458,7 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
     config_path = run_dir / CONFIG_FILE
     summary = {
         "tunewise_version": __version__,
-        "settings": json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None,
+        "settings": read_settings(config_path) if config_path.exists() else None,
         "budgets": budgets,
         "seeds": sorted({record["seed"] for record in records}),
         "baseline": BASELINE if BASELINE in per_seed else None,
@@ -432,7 +467,7 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
         "zero_shot": None if zero_shot is None else {"score": zero_shot["score"], "scores": zero_shot["scores"]},
         "strategies": summary_strategies,
     }
-    write_json_atomic(summary, run_dir / SUMMARY_FILE)
+    write_json(run_dir / SUMMARY_FILE, summary)
     if curves and budgets:
         plot_sweep(summary, run_dir / PLOT_FILE)
     return summary
@@ -499,23 +534,20 @@ def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
         axes.set_title("learning curves")
         axes.legend(loc="best", fontsize="small")
         figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-        try:
-            figure.savefig(temporary, dpi=120)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(figure)
     return path
 
 
 __all__ = [
+    "check_sweep_folder",
     "paired_gain",
     "parse_strategy_spec",
     "plot_sweep",
     "read_runs",
+    "read_settings",
     "run_file_name",
     "run_sweep",
     "split_strategy_specs",

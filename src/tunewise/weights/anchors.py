@@ -143,10 +143,10 @@ def anchor_records(dev: Sequence[Example], anchors: Anchors, dev_scores: Sequenc
 def write_anchors(path: str | os.PathLike, dev: Sequence[Example], anchors: Anchors,
                   dev_scores: Sequence[float] | None = None) -> Path:
     """Write :func:`anchor_records` as JSONL, atomically."""
-    from tunewise.select.manifest import encode_jsonl, write_files_atomically
+    from tunewise.io import write_jsonl
 
     path = Path(path)
-    write_files_atomically({path: encode_jsonl(anchor_records(dev, anchors, dev_scores))})
+    write_jsonl(path, anchor_records(dev, anchors, dev_scores))
     return path
 
 

@@ -105,10 +105,10 @@ def _finished_records(study) -> list[TrialRecord]:
 
 def write_trial_log(run_dir: str | os.PathLike, records: Sequence[TrialRecord]) -> Path:
     """Rewrite ``trials.jsonl`` from the finished trials, so it always matches the study."""
-    from tunewise.select.manifest import encode_jsonl, write_files_atomically
+    from tunewise.io import write_jsonl
 
     path = Path(run_dir) / TRIAL_LOG_FILE
-    write_files_atomically({path: encode_jsonl(record.to_dict() for record in records)})
+    write_jsonl(path, (record.to_dict() for record in records))
     return path
 
 
