@@ -101,7 +101,7 @@ def test_sweep_prints_curves_and_gains(tmp_path, files):
     [
         (("finetune", "{unlabelled}", *TINY, "-o", "{tmp}/a"), "no response"),
         (("finetune", "{pool}", *TINY, "--lora-rank", 0, "-o", "{tmp}/a"), "lora_rank"),
-        (("finetune", "{pool}", *TINY, "-o", "{tmp}"), "not an adapter folder"),
+        (("finetune", "{pool}", *TINY, "-o", "{tmp}"), "the output holds the pool"),
         (("finetune", "{tmp}/missing.jsonl", *TINY, "-o", "{tmp}/a"), "no such file"),
         (("evaluate", "{test}", *TINY, "--metric", "accuracy", "-o", "{tmp}/r.json"), "unknown metric"),
         (("evaluate", "{test}", *TINY, "--adapter", "{tmp}", "-o", "{tmp}/r.json"), "not an adapter folder"),

@@ -254,14 +254,18 @@ def refuse_overwriting_inputs(outputs: Mapping[str, str | os.PathLike | None],
                 what = "is" if same_file(output, source) else "holds" if swallowed else "lies inside"
                 raise TunewiseError(
                     f"the output {what} {input_name} ({source}): writing it would destroy that input",
-                    file=str(output), field=name.lstrip("-"),
+                    file=str(output), field=_field(name),
                     fix=f"write {name} to another path; tunewise never writes over its inputs",
                 )
         for other_name, other in given_outputs[position + 1:]:
             if same_file(output, other):
                 raise TunewiseError(f"{name} and {other_name} are the same file, so one would overwrite the other",
-                                    file=str(output), field=other_name.lstrip("-"),
+                                    file=str(output), field=_field(other_name),
                                     fix=f"give {other_name} another path")
+
+
+def _field(option: str) -> str:
+    return "output" if option == "-o" else option.lstrip("-")
 
 
 def _nearest_existing(path: Path) -> Path:

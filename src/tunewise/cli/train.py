@@ -170,10 +170,10 @@ def evaluate_command(
     from tunewise.training.evaluate import evaluate
     from tunewise.training.finetune import load_adapter, read_adapter_info
 
-    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter, **model_input(model)})
-    check_output_file(output, example="-o results.json")
     if adapter is not None:
         read_adapter_info(adapter)  # a damaged adapter folder stops here, before the model loads
+    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter, **model_input(model)})
+    check_output_file(output, example="-o results.json")
     test = read_pool(test_path, task_field, limit=limit)
     loaded = load_model(model, device=device, dtype=dtype)
     adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model

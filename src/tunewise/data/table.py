@@ -116,13 +116,17 @@ def _check_columns(frame: pd.DataFrame, path: Path) -> None:
     """Refuse columns of the wrong kind: ids and tasks that are not text, scores that are not numbers,
     embeddings that are not equal-length lists of finite numbers."""
     fix = "pass the file written by `tunewise score -o` (edited columns must keep their types)"
-    for column in ("id", "task"):
-        values = frame[column]
-        bad = [i for i, value in enumerate(values) if not isinstance(value, str) or not value.strip()]
-        if bad:
-            shown = values.iloc[bad[0]]
-            raise TunewiseError(f"{len(bad)} rows have no {column} text (row {bad[0] + 1}: {shown!r})", file=path,
-                                field=column, fix=fix)
+    ids = frame["id"]
+    bad = [i for i, value in enumerate(ids) if not isinstance(value, str) or not value.strip()]
+    if bad:
+        raise TunewiseError(f"{len(bad)} rows have an empty id or one that is not text (row {bad[0] + 1}: "
+                            f"{ids.iloc[bad[0]]!r})", file=path, field="id", fix=fix)
+    # Empty and missing task names are reported by _check_scores; here only their type.
+    tasks = frame["task"]
+    bad = [i for i, value in enumerate(tasks) if value is not None and not isinstance(value, str)]
+    if bad:
+        raise TunewiseError(f"{len(bad)} rows have a task that is not text (row {bad[0] + 1}: "
+                            f"{tasks.iloc[bad[0]]!r})", file=path, field="task", fix=fix)
     for column in SCALAR_INDICATORS:
         if column in frame.columns and not (pd.api.types.is_numeric_dtype(frame[column])
                                             and not pd.api.types.is_bool_dtype(frame[column])):
