@@ -403,11 +403,13 @@ class RunFolder:
         during = {**owned, **{name: sorted({*owned.get(name, []), digest}) for name, digest in new.items()}}
         write_bytes(self.manifest_path, self._encode(during))
         paths = write_files({self.path / name: content for name, content in files.items()})
-        final = {**owned, **{name: [digest] for name, digest in new.items()}}
         for name in remove:
             if self.owns(name):
                 (self.path / name).unlink()
-                final.pop(name, None)
+        # A name whose file is gone or was edited is no longer tunewise's: forget it.
+        final = {name: [new[name]] if name in new else digests for name, digests in owned.items()
+                 if name in new or self.owns(name)}
+        final.update({name: [digest] for name, digest in new.items()})
         write_bytes(self.manifest_path, self._encode(final))
         return paths
 
