@@ -718,3 +718,56 @@ def test_select_budget_larger_than_the_pool_stops_unless_capped_to_the_pool(tmp_
     assert capped.exit_code == 0, capped.output
     assert "larger than the pool" in capped.output
     assert len(output.read_text(encoding="utf-8").splitlines()) == 6
+
+@pytest.mark.integration
+def test_user_strings_that_look_like_rich_markup_are_printed_verbatim(tmp_path):
+    """Task names and paths are the user's text: printed as written, never read as Rich markup."""
+    tasks = ["[/]", "[bold]b[/bold]"]
+    pool = jsonl(tmp_path, *(record({"question": f"What is {i} + {i}?", "answer": str(2 * i), "task": tasks[i % 2]})
+                             for i in range(6)))
+    folder = tmp_path / "out[red]"
+    scores = folder / "scores[/].parquet"
+    scored = CliRunner().invoke(app, ["score", str(pool), "-o", str(scores), "--model", "tiny-random", "--task-field",
+                                      "task", "--indicators", "length,confidence", "--max-new-tokens", "2"],
+                                env={"COLUMNS": "250"})
+    assert scored.exit_code == 0, scored.output
+    assert str(scores) in scored.output and all(task in scored.output for task in tasks)
+    selection = folder / "[/]selection.jsonl"
+    selected = CliRunner().invoke(app, ["select", str(scores), "-o", str(selection), "--strategy", "task_diversity",
+                                        "--budget", "2"], env={"COLUMNS": "250"})
+    assert selected.exit_code == 0, selected.output
+    assert str(selection) in selected.output and all(task in selected.output for task in tasks)
+
+
+def test_a_full_disk_is_exit_2_naming_the_file_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The disk fills up while the output is written, after all the work: a message, no traceback."""
+    import errno
+
+    real_write = Path.write_bytes
+
+    def no_space(self, data):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    real_write_table = pq.ParquetWriter.write_table
+
+    def no_space_while_streaming(self, table, *args, **kwargs):
+        if isinstance(self.where, (str, Path)):  # a file on disk, not an in-memory buffer
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_table(self, table, *args, **kwargs)
+
+    scores = scores_file(tmp_path)
+    pool = jsonl(tmp_path, record(GOOD))
+    out = tmp_path / "out"
+    monkeypatch.setattr(Path, "write_bytes", no_space)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", no_space_while_streaming)
+    for arguments in (["select", scores, "--strategy", "random", "--budget", "2", "-o", out / "selection.jsonl"],
+                      ["score", pool, "--model", "tiny-random", "--indicators", "confidence", "--max-new-tokens", "2",
+                       "-o", out / "s.parquet"],
+                      ["score", pool, "--model", "tiny-random", "--indicators", "length", "-o", out / "s.parquet"]):
+        result = CliRunner().invoke(app, [str(a) for a in arguments])
+        assert result.exit_code == 2, result.output
+        assert "no space left on the device" in result.output and str(out) in result.output
+        assert not isinstance(result.exception, OSError)
+        assert files_under(out) == []
