@@ -301,8 +301,10 @@ def test_a_failed_write_touches_no_target_and_leaves_no_temporary(tmp_path, monk
 
     monkeypatch.setattr(Path, "write_bytes", full_disk_on_b)
     with pytest.raises(TunewiseError, match="no space left") as raised:
-        write_files({first: b"new", second: b"new"})
+        write_files({first: b"new", second: b"new", tmp_path / "new" / "folder" / "c.json": b"new"})
     assert raised.value.file == str(second)
+    with pytest.raises(TunewiseError, match="no space left"):
+        write_files({tmp_path / "new" / "folder" / "c.json": b"new", second: b"new"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"] and first.read_text() == "old"
     with pytest.raises(RuntimeError):
         with atomic_path(first) as temporary:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -127,15 +128,32 @@ def user_fixable_os_errors(path: str | os.PathLike) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _parent_folders(path: Path) -> Iterator[None]:
+    """Create ``path``'s missing parent folders; remove those still empty if the block fails."""
+    missing = []
+    for folder in path.parents:
+        if folder.exists():
+            break
+        missing.append(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in missing:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s content to; rename it into place on success.
 
     On any error (and after a kill, at the next write of the same path) the temporary is gone and
-    ``path`` is untouched. The parent folder is created when missing.
+    ``path`` is untouched. Missing parent folders are created, and removed again on error.
     """
     path = Path(path)
-    with user_fixable_os_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+    with user_fixable_os_errors(path), _parent_folders(path):
         remove_stale_temporaries(path)
         temporary = temporary_path(path)
         try:
@@ -169,11 +187,12 @@ def write_files(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
     temporary. Returns the paths in the order given.
     """
     temporaries: dict[Path, Path] = {}
+    folders = contextlib.ExitStack()
     try:
         for path, content in files.items():
             path = Path(path)
             with user_fixable_os_errors(path):
-                path.parent.mkdir(parents=True, exist_ok=True)
+                folders.enter_context(_parent_folders(path))
                 remove_stale_temporaries(path)
                 temporary = temporary_path(path)
                 temporaries[temporary] = path
@@ -181,9 +200,12 @@ def write_files(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
         for temporary, path in temporaries.items():
             with user_fixable_os_errors(path):
                 os.replace(temporary, path)
-    finally:
+    except BaseException:
         for temporary in temporaries:
             temporary.unlink(missing_ok=True)
+        folders.__exit__(*sys.exc_info())  # removes the folders this call made, if still empty
+        raise
+    folders.pop_all()
     return [Path(path) for path in files]
 
 
@@ -195,8 +217,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     then deleted; on error the staging folder is deleted and ``target`` is untouched.
     """
     target = Path(target)
-    with user_fixable_os_errors(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
+    with user_fixable_os_errors(target), _parent_folders(target):
         remove_stale_temporaries(target)
         staging = temporary_path(target)
         retired = temporary_path(target, "old")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -152,8 +153,9 @@ def tune_weights_command(
 
     if not 0 < fraction <= 1:
         raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
-    if timeout is not None and timeout <= 0:
-        raise TunewiseError(f"--timeout must be positive, got {timeout}", field="timeout")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise TunewiseError(f"--timeout must be a positive number of seconds, got {timeout}", field="timeout",
+                            fix="pass e.g. --timeout 600, or leave it out")
     if sampler not in SAMPLERS:
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
     if metric not in METRICS:
