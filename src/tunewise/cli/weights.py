@@ -147,7 +147,7 @@ def tune_weights_command(
     if not 0 < fraction <= 1:
         raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise TunewiseError(f"--timeout must be a positive number of seconds, got {timeout}", field="timeout",
+        raise TunewiseError(f"--timeout must be positive, got {timeout} (seconds)", field="timeout",
                             fix="pass e.g. --timeout 600, or leave it out")
     if sampler not in SAMPLERS:
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
