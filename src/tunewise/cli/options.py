@@ -32,6 +32,12 @@ KEEP_DUPLICATES_HELP = ("Keep exact repeats (same prompt and answer) as examples
                         "is merged into its first occurrence and listed.")
 
 
+POOL_HELP = ("Pool (labelled or not): a JSONL, JSON, CSV or Parquet file (.gz/.zst too), a quoted glob, a folder "
+             "saved with save_to_disk, or a Hugging Face Hub dataset id with --split.")
+SPLIT_HELP = "Split of a Hub dataset or a saved DatasetDict (e.g. train)."
+DATASET_CONFIG_HELP = "Configuration (subset) name of a Hub dataset."
+
+
 def report_skipped(skipped) -> None:
     """Print one skipped record. Its reason may quote the record: plain text, never Rich markup."""
     from rich.markup import escape

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, KEEP_DUPLICATES_HELP, MODEL_HELP, print_pool_notes,
+from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, MODEL_HELP, print_pool_notes,
                                   with_config_options)
 from tunewise.cli.progress import stage_progress
 from tunewise.cli.tables import print_plan
@@ -22,12 +22,14 @@ from tunewise.run import PlanConfig
 @with_config_options(PlanConfig, panel="Plan")
 @with_config_options(Columns, panel="Pool fields", name="columns")
 def plan_command(
-    pool_path: Path = typer.Argument(..., metavar="POOL", help="Pool file (labelled or not) or saved HF dataset folder."),
+    pool_path: Path = typer.Argument(..., metavar="POOL", help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder to write (created if needed)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
     keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
+    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
+    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
@@ -41,7 +43,8 @@ def plan_command(
     started = time.perf_counter()
     if output.exists() and not output.is_dir():
         raise TunewiseError("the output path is a file", file=output, field="output", fix="pass a folder with -o")
-    pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad, columns=columns, keep_duplicates=keep_duplicates)
+    pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad, columns=columns, keep_duplicates=keep_duplicates,
+                        split=split, dataset_config=dataset_config)
     tw.check_plan_inputs(pool, config, tw.resolve_coefficients(config.coefficients, model), source=pool_path)
     print_pool_notes(pool)
     console.print(f"loading {escape(model)} …", highlight=False)
