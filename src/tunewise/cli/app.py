@@ -64,11 +64,16 @@ def user_errors_exit_2(func):
         try:
             return func(*args, **kwargs)
         except TunewiseError as error:
-            console.print("[bold red]error:[/] ", end="")
-            console.print(str(error), markup=False, highlight=False, soft_wrap=True)
-            sys.exit(2)
+            exit_with_user_error(error)
 
     return wrapper
+
+
+def exit_with_user_error(error: TunewiseError):
+    """Print a user error (file, line, field, fix) and exit with code 2, no traceback."""
+    console.print("[bold red]error:[/] ", end="")
+    console.print(str(error), markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 def command(*args, **kwargs):
