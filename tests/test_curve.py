@@ -276,13 +276,23 @@ def test_read_curve_errors_name_file_and_key(tmp_path, text, message, key):
     assert str(path) in str(raised.value) and f"'{key}'" in str(raised.value)
 
 
+def test_read_curve_takes_a_list_of_seeds_and_names_the_bad_one(tmp_path):
+    path = write(tmp_path, json.dumps([{"0": 0.39, "50": 0.4}, {"0": 0.39, "50": 0.45}]))
+    assert read_curve(path) == [{0: 0.39, 50: 0.4}, {0: 0.39, 50: 0.45}]
+    with pytest.raises(TunewiseError, match="negative") as raised:
+        read_curve(write(tmp_path, json.dumps([{"0": 0.39}, {"50": -1}])))
+    assert raised.value.field == "[1].50"
+    with pytest.raises(TunewiseError, match="empty"):
+        read_curve(write(tmp_path, "[]"))
+
+
 def test_read_curve_file_level_errors(tmp_path):
     with pytest.raises(TunewiseError, match="no such curve file"):
         read_curve(tmp_path / "missing.json")
     with pytest.raises(TunewiseError, match="malformed JSON") as raised:
         read_curve(write(tmp_path, '{\n"0": 0.4,\n"50" 0.5}'))
     assert raised.value.line == 3
-    for text in ("[0.4, 0.5]", "{}"):
+    for text in ("[0.4, 0.5]", "{}", "7"):
         with pytest.raises(TunewiseError, match="non-empty JSON object"):
             read_curve(write(tmp_path, text))
 
@@ -298,3 +308,5 @@ def test_parse_grid():
 def test_plot_curve_writes_a_png(tmp_path):
     path = plot_curve({0: 0.39, 50: 0.385, 100: 0.5, 1000: 0.8}, tmp_path / "plots" / "curve.png", ceiling=0.9)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seeds = plot_curve([{0: 0.39, 50: 0.5, 1000: 0.8}, {0: 0.39, 50: 0.4, 1000: 0.7}], tmp_path / "seeds.png")
+    assert seeds.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -506,7 +506,7 @@ def _read_measured(path: Path, max_budget: int, grid, paper_ceilings: bool = Tru
     human score for its exact name, else None.
     """
     from tunewise.efficiency.ceilings import human_ceiling
-    from tunewise.efficiency.curve import curve_auc, normalise_curve, parse_curves
+    from tunewise.efficiency.curve import normalise_curve, parse_curves
     from tunewise.efficiency.predict import PREDICTORS
 
     fix = ('write a list of {"task": ..., "coslow": ..., "ceiling": ..., "curve": {"0": 0.4, "50": 0.5, ...}} '
@@ -553,7 +553,7 @@ def _read_measured(path: Path, max_budget: int, grid, paper_ceilings: bool = Tru
                         f"the curve's largest budget kept is {normalised.axis_end}, not N = {max_budget}, so its AUC "
                         "is on a different axis from the calibration's", field="curve",
                         fix=f"pass --max-budget {normalised.axis_end}, or add {max_budget} to --grid")
-                auc = curve_auc(curve, ceiling=ceiling, max_budget=max_budget, grid=grid)
+                auc = normalised.auc
             elif "auc" in entry:
                 curve, auc = None, entry["auc"]
                 if isinstance(auc, bool) or not isinstance(auc, (int, float)) or not 0 <= auc <= 1:

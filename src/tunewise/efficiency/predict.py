@@ -136,7 +136,7 @@ def normalised_target(target: float, zero_shot: float, ceiling: float) -> float:
 
 
 def observed_labels_needed(
-    curve: Mapping[int, float],
+    curve: Mapping[int, float] | Sequence[Mapping[int, float]],
     tau: float,
     ceiling: float | None = None,
     max_budget: int = DEFAULT_MAX_BUDGET,
@@ -173,7 +173,7 @@ class ScheduleCost:
 
 
 def doubling_schedule_cost(
-    curve: Mapping[int, float],
+    curve: Mapping[int, float] | Sequence[Mapping[int, float]],
     tau: float,
     start: int = 50,
     ceiling: float | None = None,
