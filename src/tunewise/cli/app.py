@@ -52,9 +52,19 @@ def command(*args, **kwargs):
     return decorate
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: handled while the options are parsed, so no command is needed."""
+    if value:
+        from tunewise import __version__
+
+        stdout.print(f"tunewise {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
 ) -> None:
     """How many labelled examples does each task need, and which should they be?"""
@@ -64,11 +74,6 @@ def _root(
     if threads is not None:
         # Read when a model is loaded, so that importing the CLI never imports torch.
         os.environ["TUNEWISE_THREADS"] = str(threads)
-    if version:
-        from tunewise import __version__
-
-        stdout.print(f"tunewise {__version__}")
-        raise typer.Exit()
 
 
 def prefer_passive_openmp_waits() -> None:

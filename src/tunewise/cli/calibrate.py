@@ -11,13 +11,14 @@ from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.train import (_DEVICE_HELP, _DTYPE_HELP, _MAX_NEW_TOKENS_HELP, _METRIC_HELP, _MODEL_HELP,
-                                _sweep_progress, parse_int_list, with_config_options)
+                                _sweep_progress, parse_int_list)
+from tunewise.cli.options import with_config_options
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
 
 
 @command("calibrate-difficulty")
-@with_config_options(FinetuneConfig, exclude=("seed",))
+@with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def calibrate_difficulty_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),

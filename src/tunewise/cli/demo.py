@@ -49,11 +49,12 @@ def demo_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
 ) -> None:
     """Run score → plan → select → fine-tune vs random → report on a built-in multi-task pool."""
-    from tunewise.cli.plan import print_plan, resolve_coefficients, run_plan
+    import tunewise as tw
+    from tunewise.cli.plan import print_plan
+    from tunewise.cli.progress import stage_progress
     from tunewise.cli.train import curves_table, gains_table
     from tunewise.data.demo import demo_records
     from tunewise.training.finetune import FinetuneConfig
-    from tunewise.indicators.registry import DEFAULT_INDICATORS
     from tunewise.data.pool import read_pool
     from tunewise.report.html import build_report
     from tunewise.training.sweep import run_sweep
@@ -70,11 +71,11 @@ def demo_command(
     pool, test = read_pool(pool_path, "task"), read_pool(test_path, "task")
     console.print(f"[bold]1/3[/] score and plan: {len(pool)} examples in {len(pool.tasks)} tasks "
                   f"({', '.join(pool.tasks)}), budget {size.budgets[1]}", highlight=False)
-    plan = run_plan(pool, out, budget=size.budgets[1], strategy=DEMO_STRATEGY, within="random", weights=None,
-                    target=0.9, model=model, coefficients=resolve_coefficients(None, model),
-                    # CoS-Low costs about a minute per task on a CPU, more than the demo can spend.
-                    coslow=False, seed=seed, indicators=list(DEFAULT_INDICATORS), device=device, dtype="auto",
-                    max_new_tokens=32, batch_tokens=None, cache_dir=None)
+    console.print(f"loading {escape(model)} …", highlight=False)
+    backend = tw.load_backend(model, device=device, dtype="auto", max_new_tokens=32)
+    # CoS-Low costs about a minute per task on a CPU, more than the demo can spend.
+    plan_config = tw.PlanConfig(budget=size.budgets[1], strategy=DEMO_STRATEGY, seed=seed, coslow=False)
+    plan = tw.plan(pool, backend, plan_config, out, model_name=model, progress=stage_progress)
 
     console.print(f"[bold]2/3[/] fine-tune at budgets {size.budgets[0]} and {size.budgets[1]}: {DEMO_STRATEGY} "
                   f"against random, seeds {', '.join(map(str, size.seeds))}, evaluated on {len(test)} held-out "

@@ -37,3 +37,8 @@ def progress_bar(description: str, unit: str = "examples"):
 
     with progress:
         yield update
+
+
+def stage_progress(stage: str, unit: str):
+    """The library's ``progress(stage, unit)`` hook (:mod:`tunewise.run`), drawn as a Rich bar."""
+    return progress_bar(stage, unit=unit)

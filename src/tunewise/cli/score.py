@@ -10,14 +10,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from tunewise.cli.options import parse_list
 from tunewise.cli.app import command, console, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
 from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
-
-
-def parse_list(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
 @command("score")
@@ -103,7 +100,10 @@ def check_output_path(output: Path) -> None:
 
 def summary_table(scores) -> Table:
     """Per-task count and mean of every scalar indicator."""
-    columns = [c for c in ("loss", "ifd", "confidence", "length", "cot_length") if c in scores.columns]
+    from tunewise.indicators.registry import INDICATORS
+
+    # The first column of each scalar indicator (loss, not its ppl; length, not prompt_length).
+    columns = [i.columns[0] for i in INDICATORS.values() if not i.is_vector and i.columns[0] in scores.columns]
     table = Table(title="Scores per task")
     table.add_column("task")
     table.add_column("examples", justify="right")

@@ -77,6 +77,8 @@ def select_command(
     scores, provenance = read_scores(scores_path)
     if fraction is not None:
         budget = math.floor(fraction * len(scores) + 0.5)
+    from tunewise.select.base import check_budget_fits_pool
+
     check_budget_fits_pool(budget, len(scores), scores_path, cap_to_pool)
     selection = chosen.select(scores, budget, seed)
 
@@ -128,16 +130,10 @@ def export_selected(scores, selection, pool_path: Path, task_field: str | None, 
     from tunewise.data.pool import read_pool
     from tunewise.select.manifest import export_examples
 
-    by_id = read_pool(pool_path, task_field).by_id()
     chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
-    missing = [example_id for example_id in chosen_ids if example_id not in by_id]
-    if missing:
-        raise TunewiseError(
-            f"{len(missing)} selected ids are not in the pool (e.g. {missing[0]})",
-            file=str(pool_path),
-            fix="pass the same pool (and --task-field) that was scored",
-        )
-    return export_examples((by_id[example_id] for example_id in chosen_ids), export_format)
+    chosen = read_pool(pool_path, task_field).examples_for(
+        chosen_ids, what="selected", fix="pass the same pool (and --task-field) that was scored")
+    return export_examples(chosen, export_format)
 
 
 def allocation_table(meta: dict) -> Table:
@@ -153,11 +149,3 @@ def allocation_table(meta: dict) -> Table:
     total_share = "100.0%" if meta["selected"] else "0.0%"
     table.add_row("total", str(meta["pool"]), str(meta["selected"]), total_share, style="bold")
     return table
-
-
-def check_budget_fits_pool(budget: int, pool_size: int, path: Path, cap_to_pool: bool) -> None:
-    """Stop on a budget above the pool, usually a typo or the wrong file, unless --cap-to-pool."""
-    if budget > pool_size and not cap_to_pool:
-        raise TunewiseError(f"--budget {budget} is larger than the pool ({pool_size} examples)", file=path,
-                            field="budget",
-                            fix=f"pass --budget {pool_size} or less, or add --cap-to-pool to take the whole pool")

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import inspect
-import typing
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
+from tunewise.cli.options import with_config_options
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
@@ -26,34 +23,6 @@ _DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, bf16."
 _METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, or log_likelihood (mean log-probability "
                 "per gold-answer token; no generation).")
 _MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
-
-
-def with_config_options(config_class, exclude: tuple[str, ...] = ()):
-    """Give a command one ``--flag`` per field of a config dataclass, passed in as ``config``.
-
-    The fields' defaults and ``metadata["help"]`` become the flags' defaults and help, so the
-    dataclass stays the single place where a hyperparameter is declared.
-    """
-    hints = typing.get_type_hints(config_class)
-    fields = [f for f in dataclasses.fields(config_class) if f.name not in exclude]
-
-    def decorate(func):
-        signature = inspect.signature(func, eval_str=True)
-        parameters = [p for p in signature.parameters.values() if p.name != "config"]
-        for field in fields:
-            option = typer.Option(field.default, help=field.metadata.get("help"), rich_help_panel="Fine-tuning")
-            parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
-                                                default=option, annotation=hints[field.name]))
-
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            config = config_class(**{field.name: kwargs.pop(field.name) for field in fields})
-            return func(*args, config=config, **kwargs)
-
-        wrapper.__signature__ = signature.replace(parameters=parameters)
-        return wrapper
-
-    return decorate
 
 
 def parse_int_list(text: str, name: str) -> list[int]:
@@ -81,13 +50,8 @@ def selected_examples(pool, selection_path: Path) -> list:
     from tunewise.select.manifest import read_selection
 
     picks, _ = read_selection(selection_path)
-    by_id = pool.by_id()
-    missing = [example_id for example_id in picks["id"] if example_id not in by_id]
-    if missing:
-        raise TunewiseError(f"{len(missing)} selected ids are not in the pool (e.g. {missing[0]})",
-                            file=str(selection_path),
-                            fix="pass the pool (and --task-field) the selection was made from")
-    return [by_id[example_id] for example_id in picks["id"]]
+    return pool.examples_for(picks["id"], what="selected", file=selection_path,
+                             fix="pass the pool (and --task-field) the selection was made from")
 
 
 @contextlib.contextmanager
@@ -109,7 +73,7 @@ def _training_progress():
 
 
 @command("finetune")
-@with_config_options(FinetuneConfig)
+@with_config_options(FinetuneConfig, panel="Fine-tuning")
 def finetune_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool file (or saved HF dataset folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder to write the LoRA adapter to."),
@@ -211,7 +175,7 @@ def _sweep_progress():
 
 
 @command("sweep")
-@with_config_options(FinetuneConfig, exclude=("seed",))
+@with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def sweep_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),

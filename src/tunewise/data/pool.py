@@ -85,6 +85,19 @@ class Pool:
     def by_id(self) -> dict[str, Example]:
         return {example.id: example for example in self.examples}
 
+    def examples_for(self, ids, *, what: str, file=None, fix: str) -> list[Example]:
+        """The examples with these ids, in the order given; ``what`` names the ids in the error.
+
+        Raises TunewiseError naming how many ids are missing and the first of them.
+        """
+        by_id = self.by_id()
+        ids = [str(example_id) for example_id in ids]
+        missing = [example_id for example_id in ids if example_id not in by_id]
+        if missing:
+            raise TunewiseError(f"{len(missing)} {what} ids are not in the pool (e.g. {missing[0]})",
+                                file=str(file if file is not None else self.source), fix=fix)
+        return [by_id[example_id] for example_id in ids]
+
 
 def example_id(prompt: list[dict] | tuple[dict, ...], response: str | None) -> str:
     """A stable content hash: the same prompt and response get the same id in any file or run."""
@@ -142,6 +155,17 @@ def read_pool(
             break
     check_pool_was_usable(path, len(examples), len(skipped), task_field, saw_task_field)
     return Pool(source=str(path), examples=examples, skipped=skipped)
+
+
+def read_labelled_pool(path: str | Path, task_field: str | None, role: str) -> Pool:
+    """Read a pool whose every example has a response; ``role`` (e.g. "dev") names it in the error."""
+    pool = read_pool(path, task_field)
+    unlabelled = [example.id for example in pool.examples if example.response is None]
+    if unlabelled:
+        raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "
+                            f"(first: {unlabelled[0]})", file=str(path), field="response",
+                            fix=f"give the {role} set gold answers")
+    return pool
 
 
 def check_pool_was_usable(path: Path, kept: int, skipped: int, task_field: str | None, saw_task_field: bool) -> None:
