@@ -7,6 +7,8 @@ the app object and the error handling shared by all of them.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import sys
 
@@ -26,6 +28,32 @@ app = typer.Typer(
 # Progress and messages go to stderr so that stdout stays clean for --json output.
 console = Console(stderr=True)
 stdout = Console()
+
+
+JSON_HELP = "Print the result as one JSON object on stdout, and nothing else there."
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: they become null (a number is right or absent, never invalid)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _finite(value.item())  # numpy scalars
+    if hasattr(value, "tolist"):
+        return _finite(value.tolist())
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
+
+
+def print_json(document) -> None:
+    """``--json``: the result document, plain JSON on stdout (progress stays on stderr)."""
+    sys.stdout.write(json.dumps(_finite(document), ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
 
 
 def user_errors_exit_2(func):

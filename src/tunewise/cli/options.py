@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import typing
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -22,6 +23,9 @@ from tunewise.errors import TunewiseError
 MODEL_HELP = "smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a model folder."
 DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
 DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, bf16."
+METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, or log_likelihood (mean log-probability "
+                "per gold-answer token; no generation).")
+MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
 
 
 def parse_list(text: str | None) -> list[str]:
@@ -80,4 +84,38 @@ def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str 
     return decorate
 
 
-__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MODEL_HELP", "parse_list", "with_config_options"]
+def parse_int_list(text: str, name: str) -> list[int]:
+    """``"50,100"`` → ``[50, 100]``, or a clear error naming the flag."""
+    values = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise TunewiseError(f"'{part}' is not a whole number", field=name,
+                                fix=f"write --{name} as comma-separated whole numbers, e.g. 0,1,2") from None
+    return values
+
+
+def check_output_file(path: Path) -> None:
+    """Refuse an output path that is a folder, before any slow work starts."""
+    if path.is_dir():
+        raise TunewiseError("the output path is a folder", file=str(path), fix="pass a file path with -o")
+
+
+def check_output_path(output: Path) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+    if output.is_dir():
+        raise TunewiseError("the output path is a folder", file=output, field="output",
+                            fix="give a file name, e.g. -o scores.parquet")
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise TunewiseError("the output's folder is a file", file=parent, field="output",
+                                    fix="choose an output path inside a folder")
+            break
+
+
+__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "check_output_file",
+           "check_output_path", "parse_int_list", "parse_list", "with_config_options"]

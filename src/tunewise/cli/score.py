@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.options import parse_list
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.options import check_output_path, parse_list
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
 from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
@@ -33,6 +33,7 @@ def score_command(
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
     from tunewise.model import load_backend
@@ -75,6 +76,9 @@ def score_command(
             provenance = scores_provenance(backend, names, str(pool))
         write_scores(scores, output, provenance)
     seconds = time.perf_counter() - started
+    if as_json:
+        print_json({"examples": len(scores), "seconds": round(seconds, 3), "output": str(output), "indicators": names, "means": summary_means(scores)})
+        return
     stdout.print(summary_table(scores))
     stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}")
 
@@ -85,34 +89,29 @@ def report_skipped(skipped) -> None:
     console.print("[yellow]skipped[/] " + escape(where), highlight=False, soft_wrap=True)
 
 
-def check_output_path(output: Path) -> None:
-    """Refuse an output path that cannot be written before any work is done."""
-    if output.is_dir():
-        raise TunewiseError("the output path is a folder", file=output, field="output",
-                            fix="give a file name, e.g. -o scores.parquet")
-    for parent in output.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TunewiseError("the output's folder is a file", file=parent, field="output",
-                                    fix="choose an output path inside a folder")
-            break
-
-
-def summary_table(scores) -> Table:
-    """Per-task count and mean of every scalar indicator."""
+def summary_means(scores) -> dict[str, dict]:
+    """Per task: the example count and the mean of every scalar indicator (None where undefined)."""
     from tunewise.indicators.registry import INDICATORS
 
     # The first column of each scalar indicator (loss, not its ppl; length, not prompt_length).
     columns = [i.columns[0] for i in INDICATORS.values() if not i.is_vector and i.columns[0] in scores.columns]
+    means = {}
+    for task, group in scores.groupby("task", sort=False):
+        values = {column: group[column].mean() for column in columns}
+        means[str(task)] = {"examples": len(group), **{c: None if v != v else float(v) for c, v in values.items()}}
+    return means
+
+
+def summary_table(scores) -> Table:
+    """Per-task count and mean of every scalar indicator."""
+    means = summary_means(scores)
+    columns = [c for c in next(iter(means.values()), {}) if c != "examples"]
     table = Table(title="Scores per task")
     table.add_column("task")
     table.add_column("examples", justify="right")
     for column in columns:
         table.add_column(f"mean {column}", justify="right")
-    for task, group in scores.groupby("task", sort=False):
-        cells = []
-        for column in columns:
-            mean = group[column].mean()
-            cells.append("-" if mean != mean else f"{mean:.3f}")
-        table.add_row(str(task), str(len(group)), *cells)
+    for task, entry in means.items():
+        cells = ["-" if entry[column] is None else f"{entry[column]:.3f}" for column in columns]
+        table.add_row(escape(task), str(entry["examples"]), *cells)
     return table

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
 
@@ -42,6 +42,7 @@ def select_command(
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
@@ -93,6 +94,9 @@ def select_command(
 
     for note in selection.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if as_json:
+        print_json({**meta, "written": [str(path) for path in written]})
+        return
     stdout.print(allocation_table(meta))
     stdout.print(
         f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written))
