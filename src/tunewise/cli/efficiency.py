@@ -322,7 +322,8 @@ def calibrate_command(
                 "of these tasks, or pass --allow-no-ceiling to normalise them by their best measured score")
     if without:
         _warn_no_ceiling(f"{len(without)} task(s) have no human or target ceiling ({', '.join(without)}); "
-                         "--allow-no-ceiling normalises them by their best measured score")
+                         "--allow-no-ceiling normalises them by their best measured score",
+                         fix='give each a "ceiling" in the measured file')
     calibration = calibrate(tasks,
                             source=f"{output} (calibrated on {model or header.get('model') or 'an unnamed model'})",
                             max_budget=max_budget, grid=budgets)
@@ -432,10 +433,10 @@ def _resolve_ceiling(ceiling: float | None, task: str | None) -> tuple[float | N
     return None, NO_CEILING
 
 
-def _warn_no_ceiling(what: str) -> None:
+def _warn_no_ceiling(what: str, fix: str = "pass the human or target score with --ceiling") -> None:
     console.print(f"[bold yellow]WARNING:[/] {escape(what)}. That is not paper A's normalisation (it used human "
-                  "scores), inflates early gains, and the AUC cannot be set beside the paper's; pass the human or "
-                  "target score with --ceiling.", highlight=False, soft_wrap=True)
+                  f"scores), inflates early gains, and the AUC cannot be set beside the paper's; {escape(fix)}.",
+                  highlight=False, soft_wrap=True)
 
 
 def _note_borrowed_paper_coefficients(spec: str, model: str | None) -> None:
