@@ -28,6 +28,32 @@ METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, or log_lik
 MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
 
 
+KEEP_DUPLICATES_HELP = ("Keep exact repeats (same prompt and answer) as examples of their own; by default each "
+                        "is merged into its first occurrence and listed.")
+
+
+def report_skipped(skipped) -> None:
+    """Print one skipped record. Its reason may quote the record: plain text, never Rich markup."""
+    from rich.markup import escape
+
+    from tunewise.cli.app import console
+
+    where = f"{skipped.file}:{skipped.line}: {skipped.reason}".encode("utf-8", "backslashreplace").decode()
+    console.print("[yellow]skipped[/] " + escape(where), highlight=False, soft_wrap=True)
+
+
+def print_pool_notes(pool) -> None:
+    """What the pool reader skipped, merged or left unused, on stderr (user text escaped)."""
+    from rich.markup import escape
+
+    from tunewise.cli.app import console
+
+    for skipped in pool.skipped:
+        report_skipped(skipped)
+    for note in pool.notes():
+        console.print("[yellow]note:[/] " + escape(note), highlight=False, soft_wrap=True)
+
+
 def parse_list(text: str | None) -> list[str]:
     """``"loss, ifd"`` → ``["loss", "ifd"]``; empty or None → ``[]``."""
     return [part.strip() for part in (text or "").split(",") if part.strip()]
@@ -48,8 +74,9 @@ def _flag(field: dataclasses.Field, annotation, panel: str | None):
     return option, annotation
 
 
-def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str | None = None):
-    """Give a command one ``--flag`` per field of ``config_class``, passed in as ``config``.
+def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str | None = None,
+                        name: str = "config"):
+    """Give a command one ``--flag`` per field of ``config_class``, passed in as ``name``.
 
     Raises :class:`~tunewise.errors.TunewiseError` (exit 2 under ``@command``) when the config
     refuses the values.
@@ -60,7 +87,7 @@ def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str 
 
     def decorate(func):
         signature = inspect.signature(func, eval_str=True)
-        parameters = [p for p in signature.parameters.values() if p.name != "config"]
+        parameters = [p for p in signature.parameters.values() if p.name != name]
         for field in fields:
             option, annotation = _flag(field, hints[field.name], panel)
             parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option,
@@ -69,14 +96,14 @@ def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str 
         @functools.wraps(func)
         def wrapper(*args, **kwargs):
             values = {field.name: kwargs.pop(field.name) for field in fields}
-            for name in tuple_fields:
-                if values[name] is not None:
-                    values[name] = tuple(parse_list(values[name])) or None
+            for field_name in tuple_fields:
+                if values[field_name] is not None:
+                    values[field_name] = tuple(parse_list(values[field_name])) or None
             try:
                 config = config_class(**values)
             except (TypeError, ValueError) as error:
                 raise TunewiseError(str(error), fix="check the flags against --help") from None
-            return func(*args, config=config, **kwargs)
+            return func(*args, **{name: config}, **kwargs)
 
         wrapper.__signature__ = signature.replace(parameters=parameters)
         return wrapper

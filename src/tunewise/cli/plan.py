@@ -10,25 +10,30 @@ import typer
 from rich.markup import escape
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, with_config_options
+from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, KEEP_DUPLICATES_HELP, MODEL_HELP, print_pool_notes,
+                                  with_config_options)
 from tunewise.cli.progress import stage_progress
 from tunewise.cli.tables import print_plan
 from tunewise.errors import TunewiseError
+from tunewise.data.pool import Columns
 from tunewise.run import PlanConfig
 
 @command("plan")
 @with_config_options(PlanConfig, panel="Plan")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 def plan_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Pool file (labelled or not) or saved HF dataset folder."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder to write (created if needed)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
+    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan document as JSON on stdout."),
     config: PlanConfig = None,
+    columns: Columns = None,
 ) -> None:
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
     import tunewise as tw
@@ -36,11 +41,9 @@ def plan_command(
     started = time.perf_counter()
     if output.exists() and not output.is_dir():
         raise TunewiseError("the output path is a file", file=output, field="output", fix="pass a folder with -o")
-    pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad)
+    pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad, columns=columns, keep_duplicates=keep_duplicates)
     tw.check_plan_inputs(pool, config, tw.resolve_coefficients(config.coefficients, model), source=pool_path)
-    for skipped in pool.skipped:
-        console.print("[yellow]skipped[/] " + escape(f"{skipped.file}:{skipped.line}: {skipped.reason}"),
-                      highlight=False)
+    print_pool_notes(pool)
     console.print(f"loading {escape(model)} …", highlight=False)
     backend = tw.load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                               max_batch_tokens=config.batch_tokens)

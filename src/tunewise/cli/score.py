@@ -10,7 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.options import check_output_path, parse_list
+from tunewise.cli.options import (KEEP_DUPLICATES_HELP, check_output_path, parse_list, print_pool_notes,
+                                  report_skipped, with_config_options)
+from tunewise.data.pool import Columns
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
@@ -18,6 +20,7 @@ from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
 
 
 @command("score")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 def score_command(
     pool: Path = typer.Argument(..., help="Pool file (JSONL, JSON, CSV, Parquet) or saved HF dataset folder."),
     output: Path = typer.Option(..., "-o", "--output", help="Scores file to write (Parquet)."),
@@ -26,6 +29,7 @@ def score_command(
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N examples."),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
+    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per batch."),
@@ -34,6 +38,7 @@ def score_command(
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    columns: Columns = None,
 ) -> None:
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
     from tunewise.model import load_backend
@@ -49,7 +54,11 @@ def score_command(
     started = time.perf_counter()
     if engine == "local" and streamable(names):
         # Model-free indicators: read, score and write in batches, so any pool size fits in memory.
-        batches = iter_pool_batches(pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped)
+        batches = iter_pool_batches(
+            pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped, columns=columns,
+            keep_duplicates=keep_duplicates,
+            on_duplicate=lambda line, kept: console.print(
+                f"[yellow]note:[/] line {line} repeats line {kept} exactly and is merged into it", highlight=False))
         backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                                max_batch_tokens=batch_tokens)
         with progress_bar("scoring") as update:
@@ -57,9 +66,9 @@ def score_command(
                                  cache_dir=cache_dir, progress=update)
         scores, _ = read_scores(output)
     else:
-        examples = read_pool(pool, task_field, skip_bad=skip_bad, limit=limit)
-        for skipped in examples.skipped:
-            report_skipped(skipped)
+        examples = read_pool(pool, task_field, skip_bad=skip_bad, limit=limit, columns=columns,
+                             keep_duplicates=keep_duplicates)
+        print_pool_notes(examples)
         if engine == "ray":
             from tunewise.indicators.ray import score_pool_ray
 
@@ -81,12 +90,6 @@ def score_command(
         return
     stdout.print(summary_table(scores))
     stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}")
-
-
-def report_skipped(skipped) -> None:
-    """Print one skipped record. Its reason may quote the record: plain text, never Rich markup."""
-    where = f"{skipped.file}:{skipped.line}: {skipped.reason}".encode("utf-8", "backslashreplace").decode()
-    console.print("[yellow]skipped[/] " + escape(where), highlight=False, soft_wrap=True)
 
 
 def summary_means(scores) -> dict[str, dict]:

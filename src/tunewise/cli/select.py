@@ -46,7 +46,8 @@ def select_command(
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
-    from tunewise.select.manifest import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
+    from tunewise.data.export import EXPORT_FORMATS, default_export_path
+    from tunewise.select.manifest import selection_meta, write_selection
     from tunewise.select import get_strategy, read_indicator_weights
 
     if (budget is None) == (fraction is None):
@@ -58,7 +59,7 @@ def select_command(
     if export is not None:
         if export not in EXPORT_FORMATS:
             raise TunewiseError(
-                f"unknown export format '{export}'", field="export", fix="use --export messages or alpaca"
+                f"unknown export format '{export}'", field="export", fix="use --export " + " or ".join(EXPORT_FORMATS)
             )
         if pool is None:
             raise TunewiseError(
@@ -132,7 +133,7 @@ def route_parameters(strategy: str, given: dict) -> dict:
 def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
     """The chosen examples, re-read from the pool by id, in the requested training format."""
     from tunewise.data.pool import read_pool
-    from tunewise.select.manifest import export_examples
+    from tunewise.data.export import export_examples
 
     chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
     chosen = read_pool(pool_path, task_field).examples_for(
