@@ -18,6 +18,7 @@ stages report through ``progress(stage, unit)``, a factory of context managers t
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from tunewise.errors import TunewiseError
 from tunewise.io import encode_json, encode_jsonl
 
 Progress = Callable[[str, str], contextlib.AbstractContextManager]
+log = logging.getLogger(__name__)
 
 #: Files of a run folder, read back by the report.
 SCORES_FILE = "scores.parquet"
@@ -35,6 +37,7 @@ SELECTION_FILE = "selection.jsonl"
 TO_LABEL_FILE = "to_label.jsonl"
 WEIGHTS_FILE = "weights.json"
 DATASET_INFO_FILE = "dataset_info.json"
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -141,11 +144,14 @@ def resolve_coefficients(spec: str | None, model_name: str):
         return None
 
 
-def check_plan_inputs(pool, config: PlanConfig, coefficients, *, source=None, output: str | Path | None = None) -> None:
+def check_plan_inputs(pool, config: PlanConfig, coefficients, *, source=None, output: str | Path | None = None,
+                      config_file: str | Path | None = None, writes_config: bool = False) -> None:
     """Every precondition that can fail before the model does any work.
 
     With ``output``, also the run folder: it can be written, and the files this plan would write
-    there are none of its inputs and none the user made or edited (:class:`~tunewise.io.RunFolder`).
+    there (config.yaml too with ``writes_config``) are none of its inputs (the pool, --weights,
+    --dev, --coefficients, ``config_file``) and none the user made or edited
+    (:class:`~tunewise.io.RunFolder`).
     """
     from tunewise.efficiency.coslow import DEFAULT_K
     from tunewise.pipeline import EFFICIENCY, NO_CALIBRATION
@@ -183,10 +189,19 @@ def check_plan_inputs(pool, config: PlanConfig, coefficients, *, source=None, ou
         from tunewise.io import RunFolder
 
         coefficients_file = config.coefficients if config.coefficients and Path(config.coefficients).exists() else None
-        RunFolder(output).check(
-            run_folder_names(config, pool.labelled, _copies_weights(config, Path(output))),
-            inputs={"the pool": source or pool.source, "--weights": config.weights, "--dev": config.dev,
-                    "--coefficients": coefficients_file})
+        names = run_folder_names(config, pool.labelled, _copies_weights(config, Path(output)))
+        if writes_config and _writes_config(config_file, Path(output)):
+            names.append(CONFIG_FILE)
+        RunFolder(output).check(names, inputs={"the pool": source or pool.source, "--weights": config.weights,
+                                               "--dev": config.dev, "--coefficients": coefficients_file,
+                                               "--config": config_file})
+
+
+def _writes_config(config_file: str | Path | None, output: Path) -> bool:
+    """config.yaml is written unless the --config file is the run folder's own (used in place, as read)."""
+    from tunewise.io import same_file
+
+    return config_file is None or not same_file(config_file, output / CONFIG_FILE)
 
 
 def run_folder_names(config: PlanConfig, labelled: bool, writes_weights: bool) -> list[str]:
@@ -220,7 +235,8 @@ def _export_file_name(export: str) -> str:
 
 
 def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str | None = None,
-         task_field: str | None = None, progress: Progress | None = None):
+         task_field: str | None = None, progress: Progress | None = None, run_config: dict | None = None,
+         config_file: str | Path | None = None):
     """Score the pool, measure CoS-Low, learn weights, plan, and write the run folder ``output``.
 
     Parameters
@@ -240,6 +256,9 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         coefficients (default: the backend's fingerprint).
     task_field:
         The field that named the tasks, used to read the ``--dev`` file the same way.
+    run_config:
+        The command's resolved flags, written to ``config.yaml`` in the run folder so that
+        ``tunewise plan --config RUN/config.yaml`` runs it again.
 
     Returns
     -------
@@ -259,7 +278,10 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     output = Path(output)
     name = model_name or model.fingerprint
     coefficients = resolve_coefficients(config.coefficients, name)
-    check_plan_inputs(pool, config, coefficients, source=pool.source, output=output)
+    check_plan_inputs(pool, config, coefficients, source=pool.source, output=output, config_file=config_file,
+                      writes_config=run_config is not None)
+    if run_config is not None and not _writes_config(config_file, output):
+        run_config = None  # the run folder's own config.yaml was the --config input: it stays as it was
     indicators = config.indicator_names()
     with progress("scoring", "examples") as update:
         scores = score_pool(pool, model, indicators, cache_dir=config.cache_dir, progress=update,
@@ -267,6 +289,8 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     provenance = scores_provenance(model, indicators, pool.source)
 
     measure = coefficients is not None if config.coslow is None else config.coslow
+    log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
+             config.budget, config.strategy, "measured" if measure else "not measured")
     coslow_results = coslow_per_task(pool, scores, model, name, config.seed, progress) if measure else {}
     within, within_params, weights_content = config.within, None, None
     if config.dev is not None:
@@ -351,9 +375,10 @@ def learn_weights(pool, scores, model, config: PlanConfig, output: Path, task_fi
 
 
 def write_run_folder(output: Path, pool, scores, result, provenance: dict, weights_content: bytes | None, *,
-                     export: str | None = None, label_format: str = "tunewise") -> None:
+                     export: str | None = None, label_format: str = "tunewise", run_config: dict | None = None) -> None:
     """scores.parquet, plan.json, selection.jsonl (+ meta), the picks to label when they lack labels,
-    train.<export> and dataset_info.json with ``export``, the weights used, then report.html.
+    train.<export> and dataset_info.json with ``export``, the weights used, config.yaml with
+    ``run_config``, then report.html.
 
     Written through :class:`~tunewise.io.RunFolder`: only files tunewise wrote there are replaced,
     and an earlier to-label file is removed only while it still holds what tunewise wrote (a
@@ -376,6 +401,10 @@ def write_run_folder(output: Path, pool, scores, result, provenance: dict, weigh
                                                        [example.user_id for example in pool.examples])),
         meta_path(SELECTION_FILE).name: encode_json(meta),
     }
+    if run_config is not None:
+        import yaml
+
+        files[CONFIG_FILE] = yaml.safe_dump(run_config, sort_keys=True, allow_unicode=True).encode("utf-8")
     picks = [pool.examples[p] for p in result.selection.positions]
     unlabelled = [example for example in picks if example.response is None]
     if unlabelled:
