@@ -317,7 +317,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         result.document["notes"].append(f"no pick has a label yet, so there is nothing to export as "
                                         f"{config.export}: label to_label first and plan the labelled file")
     write_run_folder(output, pool, scores, result, provenance, weights_content, export=config.export,
-                     label_format=config.label_format)
+                     label_format=config.label_format, run_config=run_config)
     return result
 
 
