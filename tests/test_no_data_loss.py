@@ -256,8 +256,15 @@ def test_plan_label_plan_in_one_folder_keeps_every_labelled_file(tmp_path):
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert "to_label.jsonl" not in manifest["files"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [MANIFEST_FILE, "plan.json", "report.html", "scores.parquet", "selection.jsonl", "selection.meta.json",
+        [MANIFEST_FILE, "config.yaml", "plan.json", "report.html", "scores.parquet", "selection.jsonl", "selection.meta.json",
          "to_label.jsonl"])
+
+    # The run folder's own config.yaml, given back with --config, is read and left as it is.
+    config = folder / "config.yaml"
+    config_bytes = config.read_bytes()
+    code, message = invoke("plan", to_label, "--config", config, *TINY, "-o", folder)
+    assert code == 0, message
+    assert config.read_bytes() == config_bytes and to_label.read_bytes() == labelled
 
     # A plan of a labelled pool into a folder whose to_label.jsonl tunewise wrote and nobody edited
     # removes it (it is out of date); the edited one above was kept.
