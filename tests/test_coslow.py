@@ -9,7 +9,6 @@ import pytest
 
 from conftest import require_shared_data, require_smollm2
 from tunewise.efficiency.coslow import (
-    LORA_TARGET_MODULES,
     coslow,
     lora_gradient_vectors,
     lowest_confidence_prompts,
@@ -58,7 +57,7 @@ def test_small_pool_is_an_error_unless_allowed():
 
 @pytest.mark.parametrize(
     "confidences, options, message",
-    [([0.1, float("nan")] * 200, {}, "finite"), ([0.1] * 400, {"k": 1}, "k >= 2"),
+    [([0.1, float("inf")] * 200, {}, "one number per prompt"), ([0.1] * 400, {"k": 1}, "k >= 2"),
      ([0.1] * 400, {"fraction": 0.0}, r"\(0, 1\]")],
 )
 def test_invalid_selection_arguments(confidences, options, message):
@@ -135,7 +134,7 @@ def test_gradients_are_streamed_one_example_at_a_time(tiny):
         assert vector.numel() == 8 * outputs_per_layer * config.num_hidden_layers
         # While the generator is paused the adapter sits inside the model's own modules.
         lora_parameters = [p for name, p in tiny.model.named_parameters() if "lora_" in name]
-        assert len(lora_parameters) == 2 * len(LORA_TARGET_MODULES) * config.num_hidden_layers
+        assert len(lora_parameters) == 2 * 7 * config.num_hidden_layers  # q/k/v/o, gate/up/down
         assert all(p.grad is None for p in lora_parameters)
     assert seen == 4
 

@@ -74,7 +74,7 @@ def demo_command(
                     target=0.9, model=model, coefficients=resolve_coefficients(None, model),
                     # CoS-Low costs about a minute per task on a CPU, more than the demo can spend.
                     coslow=False, seed=seed, indicators=list(DEFAULT_INDICATORS), device=device, dtype="auto",
-                    max_new_tokens=32, batch_tokens=None, cache_dir=None)
+                    max_new_tokens=30, batch_tokens=None, cache_dir=None)
 
     console.print(f"[bold]2/3[/] fine-tune at budgets {size.budgets[0]} and {size.budgets[1]}: {DEMO_STRATEGY} "
                   f"against random, seeds {', '.join(map(str, size.seeds))}, evaluated on {len(test)} held-out "

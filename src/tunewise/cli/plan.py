@@ -51,7 +51,7 @@ def plan_command(
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
-    max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
+    max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer when scoring confidence (paper A: 30)."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per scoring batch."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
 ) -> None:

@@ -4,7 +4,7 @@ In memory it is a pandas DataFrame; on disk a Parquet file whose schema metadata
 provenance (model fingerprint, indicator versions, tunewise version). Columns:
 
 - ``id`` (str), ``task`` (str): always present, one row per example, in pool order.
-- ``loss``, ``ppl``, ``ifd``, ``confidence``, ``length``, ``prompt_length``, ``cot_length``:
+- ``loss``, ``ppl``, ``ifd``, ``confidence``, ``confidence_ppl``, ``length``, ``prompt_length``, ``cot_length``:
   floats (NaN where an indicator was not computed, e.g. ``loss`` of an unlabelled example).
 - ``embedding``: a fixed-size list of float32 per row, when computed.
 """
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from tunewise.errors import TunewiseError
 
-SCALAR_INDICATORS = ("loss", "ppl", "ifd", "confidence", "length", "prompt_length", "cot_length")
+SCALAR_INDICATORS = ("loss", "ppl", "ifd", "confidence", "confidence_ppl", "length", "prompt_length", "cot_length")
 VECTOR_INDICATORS = ("embedding",)
 _PROVENANCE_KEY = b"tunewise"
 

@@ -32,8 +32,13 @@ INDICATORS: dict[str, Indicator] = {
                   "mean negative log-likelihood of the response tokens given the prompt; ppl = exp(loss)"),
         Indicator("ifd", 1, ("ifd",), ("loss", "loss_unconditional"), True,
                   "PPL(response | prompt) / PPL(response alone after the begin-of-text token)"),
-        Indicator("confidence", 1, ("confidence",), ("confidence",), False,
-                  "mean probability of the tokens the model chose when answering the prompt greedily"),
+        Indicator("confidence", 2, ("confidence",), ("confidence",), False,
+                  "mean probability of the tokens the model chose when answering the prompt greedily (at most "
+                  "30 tokens), over the answer only: end, padding, end-of-turn and bare-newline tokens left "
+                  "out (paper A's avg_confidence)"),
+        Indicator("confidence_ppl", 1, ("confidence_ppl",), ("confidence_ppl",), False,
+                  "perplexity of the model's own greedy answer over the same tokens as confidence; higher is "
+                  "less confident (paper A's --confidence_metric ppl)"),
         Indicator("length", 1, ("length", "prompt_length"), (), False,
                   "response tokens, and rendered prompt tokens"),
         Indicator("cot_length", 1, ("cot_length",), (), True,

@@ -21,8 +21,12 @@ from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
 
 # Versions of the backend outputs the indicators are built from (part of each cache key).
-OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 1, "embedding": 1,
+# confidence 2: answer tokens only (no stop, end-of-turn or bare-newline tokens), 30 new tokens.
+OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 2, "confidence_ppl": 1, "embedding": 1,
                    "length": 1, "prompt_length": 1}
+
+# Outputs read off the model's greedy answer: they need room to generate and depend on its length.
+GENERATED_OUTPUTS = ("confidence", "confidence_ppl")
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -30,7 +34,7 @@ ProgressCallback = Callable[[int, int], None]
 def cache_output_name(output: str, max_new_tokens: int) -> str:
     """An output's name in the cache key: a greedy answer's confidence depends on how many tokens
     it may run to."""
-    return f"confidence@{max_new_tokens}" if output == "confidence" else output
+    return f"{output}@{max_new_tokens}" if output in GENERATED_OUTPUTS else output
 
 
 def required_outputs(indicators: Sequence[str]) -> list[str]:
@@ -99,7 +103,7 @@ def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], ou
                          max_batch_tokens: int | None = None) -> list[list[int]]:
     """Positions of ``encoded`` grouped into token-budgeted batches, each row leaving room for the
     greedy answer when ``confidence`` is among ``outputs``."""
-    generation_room = backend.max_new_tokens if "confidence" in outputs else 0
+    generation_room = backend.max_new_tokens if set(GENERATED_OUTPUTS) & set(outputs) else 0
     lengths = [e.prompt_length + max(e.response_length, generation_room) for e in encoded]
     return plan_batches(lengths, max_batch_tokens or getattr(backend, "max_batch_tokens", 4096))
 
@@ -130,8 +134,8 @@ def _assemble(examples, chosen, values) -> pd.DataFrame:
             columns["ifd"] = np.array(
                 [ifd_from_losses(values["loss"][i], values["loss_unconditional"][i]) for i in ids]
             )
-        elif indicator.name == "confidence":
-            columns["confidence"] = np.array([_as_float(values["confidence"][i]) for i in ids])
+        elif indicator.name in GENERATED_OUTPUTS:
+            columns[indicator.name] = np.array([_as_float(values[indicator.name][i]) for i in ids])
         elif indicator.name == "length":
             columns["length"] = np.array([_as_float(values["length"][i]) for i in ids])
             columns["prompt_length"] = np.array([_as_float(values["prompt_length"][i]) for i in ids])
