@@ -132,8 +132,8 @@ def coslow_command(
             console.print(
                 f"wrote the prompts to label for task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
-                f"  tunewise coslow {pool}{f' --task {task}' if task else ''} --labelled {path} --model {model} "
-                f"--seed {seed} -o {output_dir}",
+                f"  tunewise coslow {pool}{f' --task-field {task_field}' if task_field else ''}"
+                f"{f' --task {task}' if task else ''} --labelled {path} --model {model} --seed {seed} -o {output_dir}",
                 markup=False,
                 highlight=False,
             )

@@ -76,16 +76,19 @@ def lowest_confidence_prompts(
         raise TunewiseError(f"CoS-Low compares pairs, so it needs k >= 2 examples, got {k}", field="k",
                             fix="use the default k = 32")
     needed = minimum_pool_size(k, fraction)
+    unscored = len(values) - len(scores)
+    available = f"{len(scores)} prompts available" + (
+        f" ({unscored} more have no answer token, hence no confidence)" if unscored else "")
     if len(scores) < needed and not allow_small_pool:
         raise TunewiseError(
-            f"{len(scores)} prompts available, {needed} needed: CoS-Low samples {k} prompts from the "
+            f"{available}, {needed} needed: CoS-Low samples {k} prompts from the "
             f"least confident {fraction:.0%} of the pool",
             field="pool",
             fix=f"add unlabelled prompts of this task (at least {needed}), or accept a smaller pool "
             f"(--allow-small-pool) and sample from its {k} least confident prompts",
         )
     if len(scores) < k:
-        raise TunewiseError(f"{len(scores)} prompts available, {k} requested", field="pool",
+        raise TunewiseError(f"{available}, {k} requested", field="pool",
                             fix=f"give at least {k} prompts")
     segment_size = max(k, math.floor(fraction * len(scores) + 1e-9))
     least_confident = np.argsort(scores, kind="mergesort")[:segment_size]
