@@ -56,10 +56,9 @@ def main() -> None:
         after, _ = answer_confidence(generation.token_ids[:CONFIDENCE_NEW_TOKENS],
                                      generation.token_probabilities[:CONFIDENCE_NEW_TOKENS], generation.not_answer_ids)
         per_task[example.task]["before"].append(before)
-        if np.isfinite(after):
-            per_task[example.task]["after"].append(after)
-        else:
-            no_answer += 1
+        # An answer with no answer token has confidence 0 and counts so in the task mean.
+        per_task[example.task]["after"].append(after)
+        no_answer += after == 0
     tasks = sorted(per_task)
     result = {"model": args.model, "model_description": describe_model(args.model), "pool": len(pool),
               "examples_without_answer_tokens": no_answer, "generation_seconds": round(seconds, 1), "tasks": {}}

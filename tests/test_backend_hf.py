@@ -90,7 +90,7 @@ def naive_confidence(model, tokenizer, tokens: list[int], probabilities: np.ndar
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     excluded = set(naive_stop_ids(model, tokenizer)) | set(newline)
     kept = [p for token, p in zip(tokens, probabilities) if token not in excluded]
-    return float(np.mean(kept)) if kept else float("nan")
+    return float(np.mean(kept)) if kept else 0.0
 
 
 def naive_greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:

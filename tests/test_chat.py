@@ -209,9 +209,9 @@ def test_confidence_leaves_out_stop_and_newline_tokens():
 
 def test_an_answer_without_answer_tokens_has_no_confidence():
     mean, perplexity = answer_confidence([198, 2], [0.5, 0.9], {2, 198})
-    assert math.isnan(mean) and math.isnan(perplexity)
+    assert mean == 0.0 and math.isnan(perplexity)
     generation = Generation("", np.array([0.5, 0.9]), np.array([198, 2]), (2, 198))
-    assert math.isnan(generation.confidence)
+    assert generation.confidence == 0.0
     assert Generation("x", np.array([0.3, 0.9]), np.array([7, 2]), (2,)).confidence == pytest.approx(0.3)
 
 

@@ -161,25 +161,6 @@ def test_calibrate_input_errors(tmp_path, tasks, message):
 # -- coslow --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def lively_model(tmp_path_factory):
-    """tiny-random with sharper seeded weights, saved as a model folder: the stock tiny-random
-    answers every prompt with newlines only, which leaves no answer token to take a confidence of."""
-    torch = pytest.importorskip("torch")
-    from tunewise.model.load import load_model
-
-    loaded = load_model("tiny-random", device="cpu")
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in loaded.model.named_parameters():
-            if "norm" not in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.35)
-    folder = tmp_path_factory.mktemp("lively-tiny")
-    loaded.model.save_pretrained(folder)
-    loaded.tokenizer.save_pretrained(folder)
-    return folder
-
-
 def write_pool(path, count: int, labelled: bool = False):
     with path.open("w", encoding="utf-8") as handle:
         for i in range(count):
@@ -191,10 +172,10 @@ def write_pool(path, count: int, labelled: bool = False):
 
 
 @pytest.mark.integration
-def test_coslow_two_steps_on_an_unlabelled_pool(tmp_path, lively_model):
+def test_coslow_two_steps_on_an_unlabelled_pool(tmp_path, lively_model_dir):
     pool = write_pool(tmp_path / "pool.jsonl", 50)
     out = tmp_path / "out"
-    common = ["--task-field", "task", "--task", "times", "--model", lively_model, "-o", out]
+    common = ["--task-field", "task", "--task", "times", "--model", lively_model_dir, "-o", out]
 
     too_small = invoke("coslow", pool, *common)
     assert too_small.exit_code == 2 and "prompts available" in too_small.stderr and "320 needed" in too_small.stderr
@@ -211,14 +192,14 @@ def test_coslow_two_steps_on_an_unlabelled_pool(tmp_path, lively_model):
     assert "--labelled" in first.stderr and "--task-field task --task times" in first.stderr
     assert not (out / "coslow.json").exists()
 
-    unanswered = invoke("coslow", pool, *common[:4], "--labelled", to_label, "--model", lively_model, "-o", out)
+    unanswered = invoke("coslow", pool, *common[:4], "--labelled", to_label, "--model", lively_model_dir, "-o", out)
     assert unanswered.exit_code == 2
     assert f"{len(records)} of {len(records)} examples have no response" in unanswered.stderr
 
     for record in records:
         record["response"] = str(3 * int(record["prompt"].split()[2]))
     to_label.write_text("".join(json.dumps(r) + "\n" for r in records))
-    second = invoke("coslow", pool, *common[:4], "--labelled", to_label, "--model", lively_model, "-o", out)
+    second = invoke("coslow", pool, *common[:4], "--labelled", to_label, "--model", lively_model_dir, "-o", out)
     assert second.exit_code == 0, second.output
     document = json.loads((out / "coslow.json").read_text())
     assert -1 <= document["coslow"] <= 1 and -1 <= document["coslow_random"] <= 1
@@ -230,15 +211,15 @@ def test_coslow_two_steps_on_an_unlabelled_pool(tmp_path, lively_model):
 
 
 @pytest.mark.integration
-def test_coslow_on_a_labelled_pool_goes_straight_to_the_value(tmp_path, lively_model):
+def test_coslow_on_a_labelled_pool_goes_straight_to_the_value(tmp_path, lively_model_dir):
     pool = write_pool(tmp_path / "pool.jsonl", 40, labelled=True)
-    result = invoke("coslow", pool, "--model", lively_model, "--allow-small-pool", "--no-random", "-o", tmp_path)
+    result = invoke("coslow", pool, "--model", lively_model_dir, "--allow-small-pool", "--no-random", "-o", tmp_path)
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "coslow.json").read_text())
     assert -1 <= document["coslow"] <= 1 and document["coslow_random"] is None
     assert document["lora_target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
                                                "v_proj"]
-    with_end = invoke("coslow", pool, "--model", lively_model, "--allow-small-pool", "--no-random", "--include-eos",
+    with_end = invoke("coslow", pool, "--model", lively_model_dir, "--allow-small-pool", "--no-random", "--include-eos",
                       "-o", tmp_path / "with_end")
     assert with_end.exit_code == 0, with_end.output
     other = json.loads((tmp_path / "with_end" / "coslow.json").read_text())

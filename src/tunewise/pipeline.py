@@ -434,7 +434,8 @@ def measure_coslow(
     confidence = scores["confidence"].to_numpy(dtype=np.float64)
     rows_by_task: dict[str, list[int]] = {}
     for row, example in enumerate(examples):
-        if example.response is not None and np.isfinite(confidence[row]):
+        # Confidence 0: answered with no answer token, which paper A's sample never draws.
+        if example.response is not None and np.isfinite(confidence[row]) and confidence[row] > 0:
             rows_by_task.setdefault(example.task, []).append(row)
     eligible = {task: rows for task, rows in rows_by_task.items() if len(rows) >= COSLOW_K}
     total = COSLOW_K * len(eligible)

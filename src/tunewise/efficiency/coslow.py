@@ -53,8 +53,10 @@ def lowest_confidence_prompts(
     ``fraction`` of the pool, least confident first.
 
     ``metric="confidence"`` (paper A's ``avg_confidence``) ranks the lowest values first;
-    ``"confidence_ppl"`` (its ``ppl``) the highest (``calculate_coslow.py:79-82``). A NaN (an answer
-    with no answer token) is left out, as ``pandas.qcut`` leaves it out of every decile there.
+    ``"confidence_ppl"`` (its ``ppl``) the highest (``calculate_coslow.py:79-82``). A prompt the model
+    answered with no answer token (confidence 0, perplexity NaN; see
+    :func:`tunewise.model.base.answer_confidence`) is left out, as paper A's NaN is left out of every
+    decile by ``pandas.qcut``.
     The pool must hold at least k / fraction scored prompts (320 by default). With
     ``allow_small_pool`` a smaller pool is accepted and the sample is drawn from its k least
     confident prompts, which departs from the paper's protocol.
@@ -68,7 +70,8 @@ def lowest_confidence_prompts(
     if values.ndim != 1 or np.isinf(values).any():
         raise TunewiseError("confidences must be one number per prompt", field="confidence",
                             fix="score the pool again")
-    scored = np.flatnonzero(np.isfinite(values))
+    answered = np.isfinite(values) & (values > 0) if metric == "confidence" else np.isfinite(values)
+    scored = np.flatnonzero(answered)
     scores = values[scored] if metric == "confidence" else -values[scored]
     if not 0 < fraction <= 1:
         raise TunewiseError(f"the fraction {fraction} is not in (0, 1]", field="fraction", fix="use e.g. 0.1")
@@ -78,7 +81,7 @@ def lowest_confidence_prompts(
     needed = minimum_pool_size(k, fraction)
     unscored = len(values) - len(scores)
     available = f"{len(scores)} prompts available" + (
-        f" ({unscored} more have no answer token, hence no confidence)" if unscored else "")
+        f" ({unscored} more were answered with no answer token)" if unscored else "")
     if len(scores) < needed and not allow_small_pool:
         raise TunewiseError(
             f"{available}, {needed} needed: CoS-Low samples {k} prompts from the "

@@ -32,14 +32,19 @@ def answer_confidence(token_ids, probabilities, not_answer_ids) -> tuple[float, 
     generated answer (``:183``, ``mask_non_answer_tokens`` ``:52-69``), then takes the mean of the
     top probability at the remaining positions, which is the chosen token's under greedy decoding
     (``avg_confidence``, ``:149-153``), and ``exp`` of the mean negative log-likelihood of the same
-    tokens (``ppl``, ``:159``). An answer with no answer token (only stop or newline tokens) has
-    neither: both are NaN, as in paper A, where such an example never reaches the lowest decile.
+    tokens (``ppl``, ``:159``).
+
+    An answer with no answer token (only stop or newline tokens) gets confidence 0 (the model gave
+    no answer to be sure of; any real answer's mean probability is above 0, so 0 marks exactly
+    these) and perplexity NaN. Paper A's mean is NaN there, which leaves the example out of every
+    decile; :func:`tunewise.efficiency.coslow.lowest_confidence_prompts` leaves 0 out likewise,
+    while the selectors and the task means read it as "not confident".
     """
     tokens = np.asarray(token_ids)
     chosen = np.asarray(probabilities, dtype=np.float64)
     keep = ~np.isin(tokens, np.asarray(list(not_answer_ids), dtype=tokens.dtype if tokens.size else np.int64))
     if not keep.any():
-        return float("nan"), float("nan")
+        return 0.0, float("nan")
     kept = chosen[keep]
     return float(kept.mean()), float(np.exp(-np.log(kept).mean()))
 
@@ -73,7 +78,7 @@ class Generation:
 
     @property
     def confidence(self) -> float:
-        """Mean probability of the answer tokens (NaN when there are none)."""
+        """Mean probability of the answer tokens (0 when there are none)."""
         return answer_confidence(self.token_ids, self.token_probabilities, self.not_answer_ids)[0]
 
 

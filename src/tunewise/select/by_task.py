@@ -148,10 +148,8 @@ class WeightedTaskDiversity(TaskDiversity):
         return (*super().required_columns(), self.confidence_column)
 
     def _task_weights(self, scores, codes, names):
+        sizes = np.bincount(codes, minlength=len(names))
         confidence = scores[self.confidence_column].to_numpy(dtype=np.float64)
-        # An answer with no answer token has no confidence (NaN): the task mean leaves it out.
-        known = np.isfinite(confidence)
-        sizes = np.bincount(codes[known], minlength=len(names))
-        totals = np.bincount(codes[known], weights=confidence[known], minlength=len(names))
+        totals = np.bincount(codes, weights=confidence, minlength=len(names))
         mean_confidence = dict(zip(names, (totals / np.maximum(sizes, 1)).tolist()))
         return inverse_confidence_weights(mean_confidence, self.gamma, self.epsilon)
