@@ -423,7 +423,7 @@ def measure_coslow(
     protocol and is recorded as such), then :func:`tunewise.efficiency.coslow.coslow` takes their gradients.
     ``loaded_model`` is a float32 :class:`~tunewise.model.load.LoadedModel`. ``progress(done, total)``
     counts gradients over all the tasks measured. Returns task → ``{coslow, k, protocol,
-    examples, seconds}``.
+    examples, grad_norm, seconds}``.
     """
     from tunewise.efficiency.coslow import coslow, lowest_confidence_prompts, minimum_pool_size
 
@@ -455,6 +455,7 @@ def measure_coslow(
             "protocol": ("paper: sampled from the least confident 10 %" if len(rows) >= minimum_pool_size()
                          else f"small task: its {COSLOW_K} least confident examples"),
             "examples": [examples[i].id for i in chosen],
+            "grad_norm": result["grad_norm"],
             "seconds": round(result["seconds"], 3),
         }
     return measured

@@ -11,7 +11,7 @@ Metrics (the answer is the model's whole generation, decoded without special tok
 - ``auto`` picks per task: ``gsm8k`` when every target has ``####``, ``multiple_choice`` when every
   target is a lone letter, else ``exact_match``.
 - ``log_likelihood`` generates nothing: it is the mean log-probability per token of the gold answer
-  (and the end-of-sequence token after it) given the prompt, exactly the tokens fine-tuning trains
+  (and the end-of-turn token after it) given the prompt, exactly the tokens fine-tuning trains
   on, averaged over the task's examples (higher is better, at most 0). It moves with fine-tuning
   where a small model's accuracy stays near zero, e.g. SmolLM2-135M on GSM8K; it is never chosen by
   ``auto``.
@@ -157,7 +157,7 @@ def response_log_likelihoods(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[float]:
-    """Per example, the mean log-probability per token of its response plus eos given its prompt.
+    """Per example, the mean log-probability per token of its response plus the end-of-turn token given its prompt.
 
     The tokens are the ones fine-tuning trains on (:func:`tunewise.model.chat.encode_example`), in
     right-padded batches of about ``batch_tokens``; only the response positions are projected onto
