@@ -142,6 +142,7 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
              learning: WeightLearning | None = None):
     """Score, measure CoS-Low, plan, and write the run folder; shared by ``plan`` and ``demo``."""
     from tunewise.model import load_backend
+    from tunewise.model.load import describe_model
     from tunewise.pipeline import EFFICIENCY, make_plan
     from tunewise.indicators.score import score_pool, scores_provenance
 
@@ -171,7 +172,8 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
         within_params = read_indicator_weights(weights)
     plan = make_plan(pool, scores, budget, strategy=strategy, within=within, target=target, coefficients=coefficients,
                      coslow_values={task: value["coslow"] for task, value in coslow_results.items()}, seed=seed,
-                     within_params=within_params, provenance={"model": model, **provenance})
+                     within_params=within_params,
+                     provenance={"model": model, "model_description": describe_model(model), **provenance})
     if coslow_results:
         plan.document["coslow"] = coslow_results
     write_run_folder(output, pool, scores, plan, provenance, weights)
