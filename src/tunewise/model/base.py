@@ -7,10 +7,13 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from tunewise.indicators.registry import MODEL_OUTPUTS as _REGISTRY_MODEL_OUTPUTS
+
 Messages = Sequence[dict]
 
-# What one scoring pass can produce; ``score_batch`` computes only what is asked for.
-MODEL_OUTPUTS = ("loss", "loss_unconditional", "confidence", "confidence_ppl", "embedding")
+# What one scoring pass can produce (``score_batch`` computes only what is asked for): re-exported
+# from the indicator registry, which owns the list.
+MODEL_OUTPUTS = _REGISTRY_MODEL_OUTPUTS
 # Longest greedy answer a confidence is taken over: paper A's ``max_new_tokens=30``
 # (r-three/dataefficiency utils/calculate_coslow.py:39).
 CONFIDENCE_NEW_TOKENS = 30
