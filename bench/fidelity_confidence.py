@@ -51,7 +51,14 @@ def main() -> None:
 
     per_task: dict[str, dict[str, list[float]]] = defaultdict(lambda: {"before": [], "after": []})
     no_answer = 0
+    lengths, stopped, masked_share = [], [], []
     for example, generation in zip(pool, generations):
+        # Why the two definitions differ: how long answers are, how many end on a stop token, and
+        # which share of the tokens the old mean averaged are stop or newline tokens.
+        lengths.append(len(generation.token_ids))
+        stopped.append(len(generation.token_ids) < OLD_NEW_TOKENS or bool(np.isin(generation.token_ids[-1:],
+                                                                                   list(backend._stop_ids.tolist())).any()))
+        masked_share.append(float(np.isin(generation.token_ids, list(generation.not_answer_ids)).mean()))
         before = float(generation.token_probabilities.mean())
         after, _ = answer_confidence(generation.token_ids[:CONFIDENCE_NEW_TOKENS],
                                      generation.token_probabilities[:CONFIDENCE_NEW_TOKENS], generation.not_answer_ids)
@@ -61,7 +68,11 @@ def main() -> None:
         no_answer += after == 0
     tasks = sorted(per_task)
     result = {"model": args.model, "model_description": describe_model(args.model), "pool": len(pool),
-              "examples_without_answer_tokens": no_answer, "generation_seconds": round(seconds, 1), "tasks": {}}
+              "examples_without_answer_tokens": no_answer, "generation_seconds": round(seconds, 1),
+              "answer_tokens_mean": float(np.mean(lengths)), "answer_tokens_median": float(np.median(lengths)),
+              "answers_ending_on_a_stop_token": float(np.mean(stopped)),
+              "answers_at_the_32_token_cap": float(np.mean(np.array(lengths) == OLD_NEW_TOKENS)),
+              "non_answer_token_share_of_old_mean": float(np.mean(masked_share)), "tasks": {}}
     for label in ("before", "after"):
         means = {task: float(np.mean(per_task[task][label])) for task in tasks}
         weights = inverse_confidence_weights(means)
@@ -83,8 +94,7 @@ def main() -> None:
         entry = result["tasks"][task]
         print(f"{task:<22}{entry['examples']:>4}{entry['mean_confidence_before']:>13.3f}"
               f"{entry['mean_confidence_after']:>12.3f}{entry['share_before']:>14.3f}{entry['share_after']:>13.3f}")
-    print(json.dumps({k: result[k] for k in ("before", "after", "examples_without_answer_tokens",
-                                             "generation_seconds")}, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "tasks"}, indent=2))
 
 
 if __name__ == "__main__":

@@ -47,13 +47,17 @@ def render_chat(tokenizer, messages: Messages, add_generation_prompt: bool = Tru
     Raises :class:`TunewiseError` when the tokenizer has no chat template or the template
     refuses the conversation (for instance a template that forbids a system turn).
     """
+    from jinja2 import TemplateError
+
     if getattr(tokenizer, "chat_template", None) is None:
         raise TunewiseError("the tokenizer has no chat template", field="model",
                             fix="use an instruct model whose tokenizer defines a chat template")
     try:
         return tokenizer.apply_chat_template([dict(turn) for turn in messages], tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
-    except Exception as error:  # jinja2 raises TemplateError subclasses, some templates raise ValueError
+    # Templates refuse conversations through raise_exception (a TemplateError) or by failing on a
+    # missing key or an unexpected role.
+    except (TemplateError, ValueError, TypeError, KeyError, IndexError) as error:
         raise TunewiseError(f"the model's chat template cannot render this conversation ({error})",
                             field="prompt", fix="check the example's roles (user/assistant/system) and their "
                                                 "order, or use a model whose template accepts them") from None
