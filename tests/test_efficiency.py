@@ -293,3 +293,19 @@ def test_load_coefficients_specs(tmp_path, monkeypatch):
 
 def test_coefficients_are_a_plain_pair_too():
     assert predict_auc(0.5, Coefficients(0.5, 0.1, "test")) == predict_auc(0.5, (0.5, 0.1))
+
+
+def test_curve_predictor_fit_returns_self_with_trailing_underscore_state():
+    from tunewise.efficiency.predict import CurvePredictor
+
+    rows = [("a", 0.1, 0.30), ("b", 0.2, 0.40), ("c", 0.3, 0.50), ("d", 0.4, 0.60)]
+    predictor = CurvePredictor()
+    with pytest.raises(TunewiseError, match="not fitted"):
+        predictor.predict_auc(0.2)
+    assert predictor.fit(rows) is predictor
+    assert predictor.coef_ == pytest.approx(1.0) and predictor.intercept_ == pytest.approx(0.2)
+    assert predictor.loto_mae_ == pytest.approx(0.0, abs=1e-12)
+    assert predictor.predict_auc(0.25) == pytest.approx(0.45)
+    paper = CurvePredictor.from_paper("llama-3.1-8b")
+    assert (paper.coef_, paper.intercept_) == (0.545, 0.310)
+    assert paper.labels_needed(0.3, 0.9) == pytest.approx(labels_needed(predict_auc(0.3, paper.coefficients_), 0.9))

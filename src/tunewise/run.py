@@ -18,6 +18,7 @@ stages report through ``progress(stage, unit)``, a factory of context managers t
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Optional
 from tunewise.errors import TunewiseError
 
 Progress = Callable[[str, str], contextlib.AbstractContextManager]
+log = logging.getLogger(__name__)
 
 #: Files of a run folder, read back by the report.
 SCORES_FILE = "scores.parquet"
@@ -206,6 +208,8 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     output.mkdir(parents=True, exist_ok=True)
 
     measure = coefficients is not None if config.coslow is None else config.coslow
+    log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
+             config.budget, config.strategy, "measured" if measure else "not measured")
     coslow_results = coslow_per_task(pool, scores, model, name, config.seed, progress) if measure else {}
     weights, within, within_params = config.weights, config.within, None
     if config.dev is not None:

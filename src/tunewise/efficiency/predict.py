@@ -332,6 +332,68 @@ def calibrate(
     )
 
 
+class CurvePredictor:
+    """Predicts a task's learning curve from its CoS-Low: AUC' = ``coef_`` · CoS-Low + ``intercept_``.
+
+    The fitted thing of paper A, in scikit-learn's shape: ``__init__`` stores settings only,
+    :meth:`fit` returns ``self`` with the learned state in trailing-underscore attributes
+    (``coef_``, ``intercept_``, ``coefficients_``, ``calibration_`` with the leave-one-task-out
+    errors, ``loto_mae_`` in AUC units). :meth:`from_paper` and :meth:`from_coefficients` give an
+    already fitted predictor (the paper's coefficients, a calibration file's).
+    """
+
+    def __init__(self, *, max_budget: int = DEFAULT_MAX_BUDGET, grid: Sequence[int] = DEFAULT_GRID,
+                 source: str = "calibration") -> None:
+        self.max_budget = max_budget
+        self.grid = tuple(grid)
+        self.source = source
+
+    def fit(self, points: Iterable[tuple[str, float, float] | Mapping]) -> CurvePredictor:
+        """Fit on ``(task, coslow, measured_auc)`` rows (see :func:`calibrate`); returns ``self``."""
+        self.calibration_ = calibrate(points, self.source, self.max_budget, self.grid)
+        self._set(self.calibration_.coefficients)
+        self.loto_mae_ = self.calibration_.loto_mae
+        return self
+
+    @classmethod
+    def from_coefficients(cls, coefficients: Coefficients) -> CurvePredictor:
+        """A predictor with known coefficients (a calibration file, the shipped ones)."""
+        predictor = cls(max_budget=coefficients.max_budget, grid=coefficients.grid, source=coefficients.source)
+        predictor._set(coefficients)
+        return predictor
+
+    @classmethod
+    def from_paper(cls, model: str) -> CurvePredictor:
+        """Paper A's coefficients for ``llama-3.1-8b``, ``mistral-7b`` or ``qwen2.5-14b``."""
+        return cls.from_coefficients(paper_coefficients(model))
+
+    def _set(self, coefficients: Coefficients) -> None:
+        self.coefficients_ = coefficients
+        self.coef_, self.intercept_ = coefficients.slope, coefficients.intercept
+
+    def _check_fitted(self) -> Coefficients:
+        if not hasattr(self, "coefficients_"):
+            raise TunewiseError("this CurvePredictor is not fitted yet", field="coefficients",
+                                fix="call fit(rows), or make it with from_paper / from_coefficients")
+        return self.coefficients_
+
+    def predict_auc(self, coslow: float) -> float:
+        """The predicted AUC' in (0, 1) of a task with this CoS-Low."""
+        return predict_auc(coslow, self._check_fitted())
+
+    def labels_needed(self, coslow: float, tau: float) -> float:
+        """Labels for the predicted curve to reach the normalised target ``tau`` (see :func:`labels_needed`)."""
+        return labels_needed(self.predict_auc(coslow), tau, self._check_fitted().max_budget)
+
+    def predicted_curve(self, coslow: float, x):
+        """The predicted normalised score at normalised log budget(s) ``x``."""
+        return predicted_curve(self.predict_auc(coslow), x)
+
+    def __repr__(self) -> str:
+        fitted = f", coef_={self.coef_:.4g}, intercept_={self.intercept_:.4g}" if hasattr(self, "coef_") else ""
+        return f"CurvePredictor(max_budget={self.max_budget}{fitted})"
+
+
 def compare_predictors(rows: Sequence[Mapping], predictors: Sequence[str] = PREDICTORS) -> list[PredictorReport]:
     """Pearson and Spearman correlation with the AUC, and the leave-one-task-out error against
     predicting the mean, of every predictor in ``predictors`` that some row holds.
@@ -563,6 +625,7 @@ __all__ = [
     "SUPERSEDED",
     "Calibration",
     "Coefficients",
+    "CurvePredictor",
     "PredictorReport",
     "ScheduleCost",
     "Spread",
