@@ -21,7 +21,7 @@ from tunewise.training.evaluate import (
     response_log_likelihoods,
     task_scores,
 )
-from tunewise.training.finetune import prompt_token_ids
+from tunewise.model.chat import encode_prompt
 from tunewise.model.load import build_tiny_tokenizer, load_model
 from tunewise.data.pool import parse_record
 
@@ -162,7 +162,7 @@ def lively_tiny_model():
 def test_batched_generation_equals_one_by_one(lively_tiny_model):
     tokenizer = lively_tiny_model.tokenizer
     questions = [f"What is {a} plus {b}?" + " Think." * a for a in range(4) for b in range(3)]
-    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     limits = [6 + (i % 3) for i in range(len(prompts))]
     batched = generate_greedy(lively_tiny_model.model, tokenizer, prompts, limits, batch_tokens=100_000)
     one_by_one = generate_greedy(lively_tiny_model.model, tokenizer, prompts, limits, batch_tokens=1)
@@ -186,7 +186,7 @@ def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
 def test_log_likelihood_is_minus_the_training_loss_whatever_the_batching(lively_tiny_model):
     import torch
 
-    from tunewise.training.finetune import encode_example
+    from tunewise.model.chat import encode_example
 
     examples = [example(f"Count to {n}" + " now" * n, " ".join(map(str, range(n + 1))), task=("a", "b")[n % 2])
                 for n in range(7)]

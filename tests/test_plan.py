@@ -162,13 +162,13 @@ def test_unknown_strategy_and_missing_calibration_exit_2_before_any_model_work(t
 
 
 @pytest.mark.integration
-def test_efficiency_plan_with_coslow_end_to_end(tmp_path):
-    """Two labelled tasks of 32+ examples: CoS-Low is measured on tiny-random, the paper's
+def test_efficiency_plan_with_coslow_end_to_end(tmp_path, lively_model_dir):
+    """Two labelled tasks of 32+ examples: CoS-Low is measured on a tiny random model, the paper's
     coefficients turn it into predictions, and the efficiency strategy spends the budget."""
     records, _ = demo_records(pool_per_task=34, test_per_task=0, seed=5)
     records = [r for r in records if r["task"] in ("addition", "parity")]
     pool = write_jsonl(tmp_path / "pool.jsonl", records)
-    result = invoke("plan", pool, "--budget", 40, "--task-field", "task", "--model", "tiny-random",
+    result = invoke("plan", pool, "--budget", 40, "--task-field", "task", "--model", lively_model_dir,
                     "--strategy", "efficiency", "--coefficients", "paper:llama-3.1-8b", "--indicators",
                     "loss,confidence", "--max-new-tokens", 4, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output

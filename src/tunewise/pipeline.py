@@ -423,7 +423,7 @@ def measure_coslow(
     protocol and is recorded as such), then :func:`tunewise.efficiency.coslow.coslow` takes their gradients.
     ``loaded_model`` is a float32 :class:`~tunewise.model.load.LoadedModel`. ``progress(done, total)``
     counts gradients over all the tasks measured. Returns task → ``{coslow, k, protocol,
-    examples, seconds}``.
+    examples, grad_norm, seconds}``.
     """
     from tunewise.efficiency.coslow import coslow, lowest_confidence_prompts, minimum_pool_size
 
@@ -434,7 +434,8 @@ def measure_coslow(
     confidence = scores["confidence"].to_numpy(dtype=np.float64)
     rows_by_task: dict[str, list[int]] = {}
     for row, example in enumerate(examples):
-        if example.response is not None and np.isfinite(confidence[row]):
+        # Confidence 0: answered with no answer token, which paper A's sample never draws.
+        if example.response is not None and np.isfinite(confidence[row]) and confidence[row] > 0:
             rows_by_task.setdefault(example.task, []).append(row)
     eligible = {task: rows for task, rows in rows_by_task.items() if len(rows) >= COSLOW_K}
     total = COSLOW_K * len(eligible)
@@ -454,6 +455,7 @@ def measure_coslow(
             "protocol": ("paper: sampled from the least confident 10 %" if len(rows) >= minimum_pool_size()
                          else f"small task: its {COSLOW_K} least confident examples"),
             "examples": [examples[i].id for i in chosen],
+            "grad_norm": result["grad_norm"],
             "seconds": round(result["seconds"], 3),
         }
     return measured

@@ -269,6 +269,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     TunewiseError
         A precondition fails (checked before any model work; see :func:`check_plan_inputs`).
     """
+    from tunewise.model.load import describe_model
     from tunewise.indicators.score import score_pool, scores_provenance
     from tunewise.pipeline import make_plan
 
@@ -310,7 +311,8 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
                        coefficients=coefficients,
                        coslow_values={task: value["coslow"] for task, value in coslow_results.items()},
                        seed=config.seed, within_params=within_params,
-                       provenance={"model": name, **provenance, "torch_threads": torch.get_num_threads()})
+                       provenance={"model": name, "model_description": describe_model(name), **provenance,
+                                   "torch_threads": torch.get_num_threads()})
     if coslow_results:
         result.document["coslow"] = coslow_results
     if config.export is not None and all(pool.examples[p].response is None for p in result.selection.positions):

@@ -16,7 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from tunewise.model.base import EncodedExample, Generation, Messages
+from tunewise.model.base import CONFIDENCE_NEW_TOKENS, EncodedExample, Generation, Messages, answer_confidence
+from tunewise.model.chat import (answer_mask_ids, encode_prompts, encode_responses, pad_batch, pad_token_id,
+                                 stop_token_ids)
 from tunewise.model.load import LoadedModel
 
 
@@ -39,7 +41,8 @@ def row_means(values, mask):
 class HFBackend:
     """Scores batches of examples with a loaded causal language model."""
 
-    def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, max_batch_tokens: int | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int = CONFIDENCE_NEW_TOKENS,
+                 max_batch_tokens: int | None = None) -> None:
         import torch
 
         self.loaded = loaded
@@ -52,36 +55,22 @@ class HFBackend:
         self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
         self._decoder = self.model.get_decoder()
         self._head = self.model.get_output_embeddings()
-        self._pad_id = self.tokenizer.pad_token_id
-        self._stop_ids = torch.tensor(sorted(self._stop_token_ids()), device=self.device)
+        self._pad_id = pad_token_id(self.tokenizer)
+        self._stop_ids = torch.tensor(sorted(stop_token_ids(self.tokenizer, self.model.generation_config)),
+                                      device=self.device)
+        # Confidence leaves out end, padding, end-of-turn and bare-newline tokens (paper A).
+        self._not_answer_ids = np.array(sorted(answer_mask_ids(self.tokenizer) | set(self._stop_ids.tolist())))
         # IFD's unconditioned response is preceded only by the begin-of-text token.
         self._start_id = self.tokenizer.bos_token_id
         if self._start_id is None:
             self._start_id = self.tokenizer.eos_token_id
 
-    def _stop_token_ids(self) -> set[int]:
-        stops = {self.tokenizer.eos_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            stops.add(configured)
-        elif configured:
-            stops.update(configured)
-        for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                stops.add(token_id)
-        return {s for s in stops if s is not None}
-
-    # -- tokenisation ---------------------------------------------------------------------------
-
-    def render_prompt(self, prompt: Messages) -> str:
-        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    # -- tokenisation (tunewise.model.chat) -----------------------------------------------------
 
     def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None]) -> list[EncodedExample]:
-        rendered = [self.render_prompt(prompt) for prompt in prompts]
-        prompt_ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
+        prompt_ids = encode_prompts(self.tokenizer, prompts)
         present = [r for r in responses if r is not None]
-        response_ids = iter(self.tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])
+        response_ids = iter(encode_responses(self.tokenizer, present))
         return [
             EncodedExample(tuple(p), None if r is None else tuple(next(response_ids)))
             for p, r in zip(prompt_ids, responses)
@@ -94,35 +83,17 @@ class HFBackend:
 
         outputs: dict[str, list] = {name: [None] * len(batch) for name in wanted}
         with torch.inference_mode():
-            if wanted & {"loss", "confidence", "embedding"}:
+            if wanted & {"loss", "confidence", "confidence_ppl", "embedding"}:
                 self._prompt_pass(batch, wanted, outputs)
             if "loss_unconditional" in wanted:
                 self._unconditional_pass(batch, outputs)
         return outputs
 
     def _left_padded(self, sequences: Sequence[Sequence[int]]):
-        import torch
-
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            if sequence:
-                ids[row, width - len(sequence):] = torch.tensor(sequence)
-                mask[row, width - len(sequence):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_batch(sequences, self._pad_id, "left", self.device)
 
     def _right_padded(self, sequences: Sequence[Sequence[int]]):
-        import torch
-
-        width = max(1, max(len(s) for s in sequences))
-        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            if sequence:
-                ids[row, : len(sequence)] = torch.tensor(sequence)
-                mask[row, : len(sequence)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_batch(sequences, self._pad_id, "right", self.device)
 
     def _prompt_pass(self, batch, wanted, outputs) -> None:
         import torch
@@ -168,9 +139,14 @@ class HFBackend:
             vectors = embedding_sum / embedding_count.clamp(min=1)
             vectors = torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy().astype(np.float32)
             outputs["embedding"] = list(vectors)
-        if "confidence" in wanted:
-            probabilities = self._greedy_from_cache(last_prompt_hidden, cache, prompt_mask, prompt_lengths)[1]
-            outputs["confidence"] = [float(p.mean()) for p in probabilities]
+        if wanted & {"confidence", "confidence_ppl"}:
+            tokens, probabilities = self._greedy_from_cache(last_prompt_hidden, cache, prompt_mask, prompt_lengths)
+            for row, (answer, chosen) in enumerate(zip(tokens, probabilities)):
+                mean_probability, perplexity = answer_confidence(answer, chosen, self._not_answer_ids)
+                if "confidence" in wanted:
+                    outputs["confidence"][row] = mean_probability
+                if "confidence_ppl" in wanted:
+                    outputs["confidence_ppl"][row] = perplexity
 
     def _greedy_from_cache(self, last_hidden, cache, prompt_mask, prompt_lengths, max_new_tokens=None):
         """Greedy decoding on top of a prefilled cache; returns token ids and their probabilities."""
@@ -241,10 +217,11 @@ class HFBackend:
                 tokens, probs = self._greedy_from_cache(
                     prefill.last_hidden_state[:, -1, :], prefill.past_key_values, mask, mask.sum(dim=1), steps
                 )
+                stops = set(self._stop_ids.tolist())
                 for row, position in enumerate(positions):
-                    answer = [t for t in tokens[row].tolist() if t not in self._stop_ids.tolist()]
+                    answer = [t for t in tokens[row].tolist() if t not in stops]
                     text = self.tokenizer.decode(answer, skip_special_tokens=True)
-                    results[position] = Generation(text, probs[row])
+                    results[position] = Generation(text, probs[row], tokens[row], self._not_answer_ids)
         return results
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

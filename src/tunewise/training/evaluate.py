@@ -11,7 +11,7 @@ Metrics (the answer is the model's whole generation, decoded without special tok
 - ``auto`` picks per task: ``gsm8k`` when every target has ``####``, ``multiple_choice`` when every
   target is a lone letter, else ``exact_match``.
 - ``log_likelihood`` generates nothing: it is the mean log-probability per token of the gold answer
-  (and the end-of-sequence token after it) given the prompt, exactly the tokens fine-tuning trains
+  (and the end-of-turn token after it) given the prompt, exactly the tokens fine-tuning trains
   on, averaged over the task's examples (higher is better, at most 0). It moves with fine-tuning
   where a small model's accuracy stays near zero, e.g. SmolLM2-135M on GSM8K; it is never chosen by
   ``auto``.
@@ -30,13 +30,12 @@ from typing import Callable, Sequence
 
 from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.training.finetune import IGNORE_INDEX, encode_example, pad_batch, prompt_token_ids
+from tunewise.model.chat import (IGNORE_INDEX, encode_example, encode_prompts, pad_batch, pad_examples, pad_token_id,
+                                 stop_token_ids)
 from tunewise.model.load import LoadedModel
 
 METRICS = ("exact_match", "multiple_choice", "gsm8k", "log_likelihood")
 LOG_LIKELIHOOD = "log_likelihood"
-# Long enough for any gold answer a test set holds; the answer is never cut.
-_UNLIMITED_LENGTH = 1 << 30
 DEFAULT_BATCH_TOKENS = 8192
 # Room the answer gets beyond the task's longest gold answer when max_new_tokens is not given.
 _ANSWER_MARGIN_TOKENS = 16
@@ -103,18 +102,6 @@ def detect_metric(targets: Sequence[str]) -> str:
     return "exact_match"
 
 
-def stop_token_ids(model, tokenizer) -> set[int]:
-    """The tokenizer's eos plus any the model's generation config names (chat models often add
-    an end-of-turn token there)."""
-    stops = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        stops.add(configured)
-    elif configured:
-        stops.update(configured)
-    return stops
-
-
 def generate_greedy(
     model,
     tokenizer,
@@ -132,24 +119,19 @@ def generate_greedy(
     import torch
 
     device = next(model.parameters()).device
-    stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id
+    stops = stop_token_ids(tokenizer, getattr(model, "generation_config", None))
+    pad = pad_token_id(tokenizer)
     batches = plan_batches([len(prompt) + limit for prompt, limit in zip(prompts, max_new_tokens)], batch_tokens)
 
     continuations: list[list[int]] = [[] for _ in prompts]
     done = 0
     with torch.inference_mode():
         for batch in batches:
-            width = max(len(prompts[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                length = len(prompts[index])
-                input_ids[row, width - length:] = torch.tensor(prompts[index])
-                attention_mask[row, width - length:] = 1
+            input_ids, attention_mask = pad_batch([prompts[i] for i in batch], pad, "left", device)
+            width = input_ids.shape[1]
             output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
                 max_new_tokens=max(max_new_tokens[i] for i in batch),
                 do_sample=False,
                 eos_token_id=sorted(stops),
@@ -172,9 +154,9 @@ def response_log_likelihoods(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[float]:
-    """Per example, the mean log-probability per token of its response plus eos given its prompt.
+    """Per example, the mean log-probability per token of its response plus the end-of-turn token given its prompt.
 
-    The tokens are the ones fine-tuning trains on (:func:`tunewise.training.finetune.encode_example`), in
+    The tokens are the ones fine-tuning trains on (:func:`tunewise.model.chat.encode_example`), in
     right-padded batches of about ``batch_tokens``; only the response positions are projected onto
     the vocabulary. Results come back in input order.
     """
@@ -184,12 +166,14 @@ def response_log_likelihoods(
 
     device = next(model.parameters()).device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH) for example in examples]
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
+    encoded = [encode_example(tokenizer, example.prompt, example.response, prompt_ids=prompt)
+               for example, prompt in zip(examples, prompts)]
     values: list[float] = [0.0] * len(encoded)
     done = 0
     with torch.inference_mode():
         for batch in plan_batches([len(e.input_ids) for e in encoded], batch_tokens):
-            input_ids, attention_mask, labels = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+            input_ids, attention_mask, labels = pad_examples([encoded[i] for i in batch], pad_token_id(tokenizer), device)
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             # Position t predicts token t + 1.
             targets = labels[:, 1:]
@@ -279,7 +263,7 @@ def evaluate(
         limits = dict.fromkeys(tasks, max_new_tokens)
 
     started = time.perf_counter()
-    prompts = [prompt_token_ids(tokenizer, example.prompt) for example in examples]
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
     continuations = generate_greedy(model, tokenizer, prompts, [limits[e.task] for e in examples],
                                     batch_tokens, progress)
     samples = []

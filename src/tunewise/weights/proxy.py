@@ -25,6 +25,7 @@ import numpy as np
 
 from tunewise.weights.anchors import Anchors, anchor_estimate
 from tunewise.model.base import plan_batches
+from tunewise.model.chat import encode_prompts, encode_responses, pad_batch, pad_token_id, stop_token_ids
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.data.pool import Example
 
@@ -89,24 +90,18 @@ class ProxyModel:
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 8192)
         self._decoder = self.model.get_decoder()
         self._head = self.model.get_output_embeddings()
-        self._pad_id = self.tokenizer.pad_token_id
-        self._eos_id = self.tokenizer.eos_token_id
+        self._pad_id = pad_token_id(self.tokenizer)
+        self._stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         self._max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
     # -- tokenisation -------------------------------------------------------------------------
 
     def context_ids(self, demonstrations: Sequence[Example], prompts: Sequence[Sequence[dict]]) -> list[list[int]]:
         """Each prompt's whole conversation, rendered with the chat template and tokenised."""
-        texts = [
-            self.tokenizer.apply_chat_template(
-                in_context_conversation(demonstrations, prompt), tokenize=False, add_generation_prompt=True
-            )
-            for prompt in prompts
-        ]
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return encode_prompts(self.tokenizer, [in_context_conversation(demonstrations, prompt) for prompt in prompts])
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
-        return [list(ids) for ids in self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
+        return encode_responses(self.tokenizer, answers)
 
     def _check_lengths(self, lengths: Sequence[int]) -> None:
         longest = max(lengths, default=0)
@@ -197,15 +192,7 @@ class ProxyModel:
         return torch.zeros(ids.shape[0], device=self.device).index_add_(0, rows_of, logprobs)
 
     def _right_padded(self, sequences: Sequence[Sequence[int]]):
-        import torch
-
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_batch(sequences, self._pad_id, "right", self.device)
 
     # -- greedy answers ------------------------------------------------------------------------
 
@@ -216,7 +203,7 @@ class ProxyModel:
         max_new_tokens: Sequence[int],
         naive: bool = False,
     ) -> list[str]:
-        """Each anchor's greedy answer after the demonstrations (cut at eos and its own limit).
+        """Each anchor's greedy answer after the demonstrations (cut at a stop token and its own limit).
 
         ``naive=True`` generates from every full conversation with ``tunewise.training.evaluate``'s
         batched ``generate``; the cached path decodes on top of the shared prefix cache.
@@ -249,13 +236,8 @@ class ProxyModel:
         left (between the prefix and the row's tokens) so that every row ends at the same column."""
         import torch
 
-        rows, width = len(own_parts), max(len(part) for part in own_parts)
-        ids = torch.full((rows, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        for row, part in enumerate(own_parts):
-            ids[row, width - len(part):] = torch.tensor(part)
-            mask[row, width - len(part):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        rows = len(own_parts)
+        ids, mask = pad_batch(own_parts, self._pad_id, "left", self.device)
         positions = prefix_length + (mask.cumsum(dim=1) - 1).clamp(min=0)
         attention = torch.cat([torch.ones((rows, prefix_length), dtype=mask.dtype, device=self.device), mask], dim=1)
         cache = self._expanded_cache(prefix_cache, rows) if prefix_cache is not None else None
@@ -263,11 +245,12 @@ class ProxyModel:
                             past_key_values=cache, use_cache=True)
         next_position = prefix_length + mask.sum(dim=1)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        stops = torch.tensor(sorted(self._stop_ids), device=self.device)
         chosen = []
         for step in range(max(limits)):
             token = self._head(out.last_hidden_state[:, -1, :]).argmax(dim=-1)
             chosen.append(token)
-            finished |= token == self._eos_id
+            finished |= torch.isin(token, stops)
             if step == max(limits) - 1 or bool(finished.all()):
                 break
             attention = torch.cat([attention, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
@@ -278,7 +261,8 @@ class ProxyModel:
         answers = []
         for row, limit in enumerate(limits):
             answer = generated[row][:limit]
-            answers.append(answer[: answer.index(self._eos_id)] if self._eos_id in answer else answer)
+            end = next((position for position, token in enumerate(answer) if token in self._stop_ids), len(answer))
+            answers.append(answer[:end])
         return answers
 
 
