@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
@@ -12,6 +13,10 @@ import pytest
 from tunewise.errors import TunewiseError
 from tunewise.data.table import SCALAR_INDICATORS
 from tunewise.select import (
+    DifficultyBucket,
+    DifficultyWindow,
+    TaskDiversity,
+    WeightedIndicators,
     WindowCentre,
     available_strategies,
     fit_window_centre,
@@ -19,31 +24,44 @@ from tunewise.select import (
     rank_quantile,
     read_indicator_weights,
 )
+from tunewise.select.base import Param, ParamCheck, choice, real
+from tunewise.select.difficulty import difficulty_tertiles
 
 WEIGHTS = {"loss": 0.5, "ifd": 0.3, "confidence": 0.2}
+# A predicted AUC for every task name the battery uses (efficiency needs one per task).
+PREDICTED = {"arith": 0.3, "code": 0.5, "qa": 0.7, **{f"task{i}": 0.2 + 0.1 * i for i in range(7)}}
 
-# Every registered strategy, and every `within` choice of the task strategies.
+# Every registered strategy (efficiency included), and every `within` choice of the task
+# strategies, given as objects and by name.
 CASES = {
     "random": ("random", {}),
     "top_k": ("top_k", {}),
     "top_k-asc-ifd": ("top_k", {"indicator": "ifd", "direction": "asc"}),
     "uncertainty": ("uncertainty", {}),
     "task_diversity": ("task_diversity", {}),
-    "task_diversity-window": ("task_diversity", {"within": "difficulty_window"}),
-    "task_diversity-weights": (
-        "task_diversity",
-        {"within": "weighted_indicators", "within_params": {"weights": WEIGHTS}},
-    ),
+    "task_diversity-window": ("task_diversity", {"within": DifficultyWindow()}),
+    "task_diversity-window-by-name": ("task_diversity", {"within": "difficulty_window", "c0": 0.6}),
+    "task_diversity-bucket": ("task_diversity", {"within": DifficultyBucket(bucket="hard", difficulty="loss")}),
+    "task_diversity-weights": ("task_diversity", {"within": WeightedIndicators(weights=WEIGHTS)}),
     "weighted_task_diversity": ("weighted_task_diversity", {"gamma": 2.0}),
     "weighted_task_diversity-window": (
         "weighted_task_diversity",
-        {"within": "difficulty_window", "within_params": {"difficulty": "cot_length"}},
+        {"within": DifficultyWindow(difficulty="cot_length")},
+    ),
+    "efficiency": ("efficiency", {"predicted_auc": PREDICTED, "max_budget": 100}),
+    "efficiency-set-diverse-weights": (
+        "efficiency",
+        {"predicted_auc": PREDICTED, "within": WeightedIndicators(weights=WEIGHTS, set_diversity=True)},
     ),
     "difficulty_window": ("difficulty_window", {}),
     "difficulty_window-cot": ("difficulty_window", {"difficulty": "cot_length", "c0": 0.6}),
+    "difficulty_bucket": ("difficulty_bucket", {}),
+    "difficulty_bucket-medium-loss": ("difficulty_bucket", {"bucket": "medium", "difficulty": "loss"}),
     "k_center": ("k_center", {}),
     "facility_location": ("facility_location", {"reference_size": 16}),
+    "dpp": ("dpp", {}),
     "weighted_indicators": ("weighted_indicators", {"weights": WEIGHTS}),
+    "weighted_indicators-set-diverse": ("weighted_indicators", {"weights": WEIGHTS, "set_diversity": True}),
 }
 UNIFORM_PARAMETER_ERROR = re.compile(r"^strategy '\w+': invalid parameter \w+=.*: expected .+")
 
@@ -64,8 +82,14 @@ def make_scores(rows: int = 40, tasks=("arith", "code", "qa"), seed: int = 0, ti
     return frame
 
 
-def build(case: str):
+def case_params(case: str) -> tuple[str, dict]:
+    """The case's name and a fresh copy of its parameters (nested strategies are objects)."""
     name, params = CASES[case]
+    return name, copy.deepcopy(params)
+
+
+def build(case: str):
+    name, params = case_params(case)
     return get_strategy(name, **params)
 
 
@@ -162,7 +186,7 @@ def test_a_missing_column_is_refused_with_a_suggestion(case):
 
 
 def test_unknown_and_invalid_parameters_get_the_uniform_message(case):
-    name, params = CASES[case]
+    name, params = case_params(case)
     with pytest.raises(TunewiseError) as error:
         get_strategy(name, **params, no_such_parameter=1)
     assert UNIFORM_PARAMETER_ERROR.match(str(error.value))
@@ -205,6 +229,9 @@ def test_unknown_strategy_names_get_did_you_mean():
 def test_get_params_round_trips_through_get_strategy(case):
     strategy = build(case)
     assert get_strategy(strategy.name, **strategy.get_params()).get_params() == strategy.get_params()
+    # The JSON form that selection.meta.json records builds the same strategy back.
+    document = json.loads(json.dumps(strategy.json_params()))
+    assert get_strategy(strategy.name, **document) == strategy
 
 
 def test_top_k_in_both_directions_keeps_ties_in_pool_order():
@@ -228,17 +255,26 @@ def test_random_differs_between_seeds():
 
 
 def test_window_centre_moves_harder_with_the_budget():
-    centre = WindowCentre()
+    centre = WindowCentre(beta=0.15)
     assert centre.at([10, 100, 1000, 10**9]).tolist() == pytest.approx([0.2, 0.35, 0.5, 1.0])
     assert WindowCentre(c0=0.1, beta=0.3).at(1).item() == 0.0
+
+
+def test_the_window_centre_does_not_drift_unless_calibrated_and_difficulty_is_response_length():
+    # Paper C gives no drift formula and our own fits disagree in sign: β = 0 by default.
+    assert WindowCentre().at([1, 10, 100, 10**6]).tolist() == [0.35] * 4
+    window = DifficultyWindow()
+    assert (window.difficulty, window.beta) == ("length", 0.0)
+    assert window.required_columns() == ("length",) == DifficultyBucket().required_columns()
 
 
 def test_difficulty_window_takes_the_rows_nearest_the_centre():
     scores = make_scores(rows=101, tasks=("only",))
     scores["loss"] = np.arange(101.0)[::-1]  # quantile of row i is (100 - i) / 100
-    one = get_strategy("difficulty_window").select(scores, 1)
+    drifting = {"difficulty": "loss", "beta": 0.15}
+    one = get_strategy("difficulty_window", **drifting).select(scores, 1)
     assert one.positions.tolist() == [95]  # c(1) = 0.35 - 2 × 0.15 = 0.05
-    hundred = get_strategy("difficulty_window").select(scores, 100)
+    hundred = get_strategy("difficulty_window", **drifting).select(scores, 100)
     assert hundred.positions[0] == 65  # c(100) = 0.35
     assert 0 not in hundred.positions  # quantile 1.0 is the farthest from 0.35
     # Rows 0.05 either side of the centre tie; the easier one comes first.
@@ -248,7 +284,7 @@ def test_difficulty_window_takes_the_rows_nearest_the_centre():
 def test_difficulty_window_quantiles_are_within_each_task():
     scores = make_scores(rows=4, tasks=("easy", "hard"))
     scores["loss"] = [0.1, 5.0, 0.2, 6.0]  # each task has one easier and one harder row
-    picked = get_strategy("difficulty_window", c0=1.0, beta=0.0).select(scores, 2)
+    picked = get_strategy("difficulty_window", difficulty="loss", c0=1.0).select(scores, 2)
     assert sorted(picked.positions.tolist()) == [2, 3]
 
 

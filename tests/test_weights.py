@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.select import features as features_module
+from tunewise.select import weighted as features_module
 from tunewise.weights.anchors import Anchors
 from tunewise.errors import TunewiseError
-from tunewise.select.features import indicator_features, knn_diversity, selection_size
+from tunewise.select.weighted import indicator_features, knn_diversity, selection_size
 from tunewise.data.pool import Example, example_id
 from tunewise.select import get_strategy, read_indicator_weights
 from tunewise.weights.search import (TrialRecord, correlation_verdict, rank_correlation, search_weights, simplex_weights,

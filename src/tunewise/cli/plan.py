@@ -26,7 +26,9 @@ def plan_command(
     budget: int = typer.Option(..., "--budget", "-n", help="Labels to spend across all tasks."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder to write (created if needed)."),
     strategy: str = typer.Option("weighted_task_diversity", "--strategy", "-s", help=PLAN_STRATEGIES_HELP),
-    within: str = typer.Option("random", help="Order inside each task: random, difficulty_window, weighted_indicators."),
+    within: str = typer.Option("random", help="Order inside each task: random, difficulty_window, difficulty_bucket, "
+                                              "weighted_indicators (with its defaults; `tunewise select` sets "
+                                              "their parameters)."),
     weights: Optional[Path] = typer.Option(None, help="Indicator weights (weights.json of `tunewise tune-weights`) "
                                                       "to order examples within each task."),
     dev: Optional[Path] = typer.Option(None, help="Labelled dev file: learn indicator weights on it with the "
@@ -114,10 +116,9 @@ def report_command(
 def check_strategy(strategy: str, within: str) -> None:
     """Refuse an unknown strategy or within-task order before any model work."""
     from tunewise.errors import did_you_mean
-    from tunewise.pipeline import EFFICIENCY
     from tunewise.select import WITHIN_TASK, available_strategies
 
-    known = [*available_strategies(), EFFICIENCY]
+    known = available_strategies()
     if strategy not in known:
         raise TunewiseError(f"unknown strategy '{strategy}'", field="strategy", fix=did_you_mean(strategy, known))
     if within not in WITHIN_TASK:
@@ -163,15 +164,13 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
     coslow_results = measure_coslow_per_task(pool, scores, backend, model, device, seed) if measure else {}
     if learning is not None:
         weights = learning.learn(pool, scores, backend, output, seed)
-    within_params = None
     if weights is not None:
-        from tunewise.select import read_indicator_weights
+        from tunewise.select import WeightedIndicators, read_indicator_weights
 
-        within = "weighted_indicators"
-        within_params = read_indicator_weights(weights)
+        within = WeightedIndicators(**read_indicator_weights(weights))
     plan = make_plan(pool, scores, budget, strategy=strategy, within=within, target=target, coefficients=coefficients,
                      coslow_values={task: value["coslow"] for task, value in coslow_results.items()}, seed=seed,
-                     within_params=within_params, provenance={"model": model, **provenance})
+                     provenance={"model": model, **provenance})
     if coslow_results:
         plan.document["coslow"] = coslow_results
     write_run_folder(output, pool, scores, plan, provenance, weights)
@@ -190,7 +189,7 @@ class WeightLearning:
     @property
     def indicators(self) -> tuple[str, ...]:
         """What to score for the features of `tunewise tune-weights`."""
-        from tunewise.select.features import source_columns
+        from tunewise.select.weighted import source_columns
 
         return source_columns()
 
@@ -204,9 +203,9 @@ class WeightLearning:
     def learn(self, pool, scores, backend, output: Path, seed: int) -> Path:
         import optuna
 
-        from tunewise.weights.anchors import choose_anchors
+        from tunewise.weights.anchors import embedding_stratified_anchors
         from tunewise.cli.weights import read_labelled, score_dev
-        from tunewise.select.features import FEATURES, indicator_features
+        from tunewise.select.weighted import FEATURES, indicator_features
         from tunewise.weights.proxy import ProxyModel
         from tunewise.data.table import embedding_matrix
         from tunewise.select.manifest import encode_json, write_files_atomically
@@ -216,7 +215,7 @@ class WeightLearning:
         matrix = indicator_features(scores, FEATURES)
         # Optuna's per-trial log lines would break the progress bar.
         optuna.logging.set_verbosity(optuna.logging.ERROR)
-        anchors = choose_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), seed=seed)
+        anchors = embedding_stratified_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), seed=seed)
         anchor_examples = [dev.examples[int(position)] for position in anchors.positions]
         with progress_bar("learning indicator weights", unit="trials") as update:
             tuned = tune_weights(matrix, pool.examples, anchor_examples, anchors, ProxyModel(backend),
@@ -315,6 +314,10 @@ def print_plan(document: dict) -> None:
     from tunewise.pipeline import split_shared_closing_sentence
 
     stdout.print(plan_table(document))
+    spread = document.get("task_weight_spread")
+    if spread is not None and len(document["tasks"]) > 1:
+        stdout.print(f"task weights from {spread['min']:.3f} to {spread['max']:.3f} (ratio {spread['ratio']:.2f}, "
+                     f"entropy {spread['entropy_share']:.1%} of equal weights)", highlight=False)
     reasons, shared = split_shared_closing_sentence([entry["why"] for entry in document["tasks"].values()])
     for task, why in zip(document["tasks"], reasons):
         stdout.print(f"[bold]{escape(task)}[/]: {escape(why)}", highlight=False)
