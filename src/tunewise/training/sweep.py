@@ -109,13 +109,12 @@ def strategy_from_spec(spec: str, extra_parameters: Mapping | None = None):
     """The :class:`~tunewise.select.Strategy` a spec names, its parameters checked by
     :func:`~tunewise.select.get_strategy`; any error names the whole spec.
 
-    ``extra_parameters`` adds parameters a spec's text cannot carry, such as the mapping of
-    predicted AUCs that ``efficiency`` takes; a parameter may not be given both ways. Besides the
-    registered strategies a spec may name ``efficiency`` (:class:`~tunewise.pipeline.EfficiencyAllocation`),
-    which is not registered because it cannot run without those predictions.
+    A task strategy's ``within`` is given by name and its parameters flat beside it, e.g.
+    ``task_diversity:within=difficulty_window,c0=0.15``. ``extra_parameters`` adds parameters a
+    spec's text cannot carry, such as the mapping of predicted AUCs that ``efficiency`` takes; a
+    parameter may not be given both ways.
     """
-    from tunewise.pipeline import EFFICIENCY, EfficiencyAllocation
-    from tunewise.select import build_strategy, get_strategy
+    from tunewise.select import get_strategy
 
     name, parameters = parse_strategy_spec(spec)
     twice = sorted(set(parameters) & set(extra_parameters or {}))
