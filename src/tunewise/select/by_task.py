@@ -26,7 +26,6 @@ from tunewise.select.allocation import (
     inverse_confidence_weights,
 )
 from tunewise.select.base import (
-    GroupRanker,
     Param,
     Strategy,
     build_strategy,
