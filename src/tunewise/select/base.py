@@ -101,15 +101,17 @@ def boolean(value: Any) -> bool:
     return isinstance(value, bool)
 
 
+def near_miss(value: Any, choices) -> str:
+    """"did you mean 'x'?" for a string close to one of ``choices``, else ""."""
+    close = difflib.get_close_matches(value, list(choices), n=1) if isinstance(value, str) else []
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
 def choice(expected: str, choices) -> Param:
     """A parameter that takes one of ``choices`` (strings); a near miss gets "did you mean"."""
     choices = tuple(choices)
-
-    def explain(value: Any) -> str:
-        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
-        return f"did you mean '{close[0]}'?" if close else ""
-
-    return Param(expected, lambda value: isinstance(value, str) and value in choices, explain)
+    return Param(expected, lambda value: isinstance(value, str) and value in choices,
+                 lambda value: near_miss(value, choices))
 
 
 def column_name(value: Any) -> bool:

@@ -31,6 +31,7 @@ from tunewise.select.base import (
     build_strategy,
     column_name,
     integer,
+    near_miss,
     real,
     task_codes,
 )
@@ -58,18 +59,11 @@ def _is_within_selector(value) -> bool:
     return value is None or type(value) in WITHIN_TASK.values()
 
 
-def _near_within_name(value) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(value, list(WITHIN_TASK), n=1) if isinstance(value, str) else []
-    return f"did you mean '{close[0]}'?" if close else ""
-
-
 WITHIN_PARAM = Param(
     "None (random order) or a within-task strategy: RandomSelection(), DifficultyWindow(...), "
     "DifficultyBucket(...) or WeightedIndicators(...); by name: " + ", ".join(WITHIN_TASK),
     _is_within_selector,
-    _near_within_name,
+    lambda value: near_miss(value, WITHIN_TASK),
     within_selector,
 )
 
