@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tunewise import efficiency
+from tunewise.efficiency import predict as efficiency
 from tunewise.efficiency.curve import normalised_log_budget
 from tunewise.efficiency.predict import (
     Coefficients,

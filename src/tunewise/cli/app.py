@@ -7,6 +7,8 @@ the app object and the error handling shared by all of them.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import sys
 
@@ -26,6 +28,32 @@ app = typer.Typer(
 # Progress and messages go to stderr so that stdout stays clean for --json output.
 console = Console(stderr=True)
 stdout = Console()
+
+
+JSON_HELP = "Print the result as one JSON object on stdout, and nothing else there."
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: they become null (a number is right or absent, never invalid)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _finite(value.item())  # numpy scalars
+    if hasattr(value, "tolist"):
+        return _finite(value.tolist())
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
+
+
+def print_json(document) -> None:
+    """``--json``: the result document, plain JSON on stdout (progress stays on stderr)."""
+    sys.stdout.write(json.dumps(_finite(document), ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
 
 
 def user_errors_exit_2(func):
@@ -52,9 +80,19 @@ def command(*args, **kwargs):
     return decorate
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: handled while the options are parsed, so no command is needed."""
+    if value:
+        from tunewise import __version__
+
+        stdout.print(f"tunewise {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
 ) -> None:
     """How many labelled examples does each task need, and which should they be?"""
@@ -64,11 +102,6 @@ def _root(
     if threads is not None:
         # Read when a model is loaded, so that importing the CLI never imports torch.
         os.environ["TUNEWISE_THREADS"] = str(threads)
-    if version:
-        from tunewise import __version__
-
-        stdout.print(f"tunewise {__version__}")
-        raise typer.Exit()
 
 
 def prefer_passive_openmp_waits() -> None:

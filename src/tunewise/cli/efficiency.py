@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.errors import TunewiseError, did_you_mean
 
@@ -70,12 +70,13 @@ def coslow_command(
     labelled: Optional[Path] = typer.Option(None, metavar="LABELLED.jsonl",
                                             help="to_label.jsonl with responses filled in."),
     seed: int = typer.Option(0, help="Seeds the sample of prompts and the LoRA A matrices."),
-    output_dir: Path = typer.Option(Path("."), "-o", "--output-dir",
+    output_dir: Path = typer.Option(Path("."), "-o", "--output", "--output-dir",
                                     help="Where to write to_label.jsonl / coslow.json."),
     allow_small_pool: bool = typer.Option(
         False, help="Accept fewer than 320 prompts: sample from the 32 least confident (not the paper's protocol)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity."""
     from tunewise import __version__
@@ -142,6 +143,9 @@ def coslow_command(
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "coslow.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print_json({**document, "output": str(path)})
+        return
     stdout.print(f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} "
                  f"pairwise cosines over {result['n']} examples, {result['seconds']:.1f} s) → {path}",
                  markup=False, highlight=False)

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.indicators.registry import preferred_direction
 from tunewise.select.base import (
     GroupRanker,
     Param,
@@ -49,7 +50,6 @@ from tunewise.select.base import (
 from tunewise.select.embedding import greedy_coverage, unit_rows
 
 ORIENTATIONS = ("higher", "lower")
-_PREFER_LOWER = frozenset({"confidence"})
 WEIGHT_SUM_TOLERANCE = 1e-6
 
 
@@ -250,7 +250,7 @@ def indicator_features(
 
 def default_orientation(indicator: str) -> str:
     """Which values of ``indicator`` are preferred when the weights file does not say."""
-    return "lower" if indicator in _PREFER_LOWER else "higher"
+    return preferred_direction(indicator)
 
 
 def weights_problem(weights) -> str | None:
