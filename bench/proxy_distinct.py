@@ -6,8 +6,10 @@ search with R = 1 draw of d = 4 demonstrations. Over the search it counts the di
 S(w), the distinct demonstration draws the proxy showed, and the distinct J values; a selection
 whose demonstrations equal another's gets the same J, so the search cannot tell them apart.
 
-Beside the search it counts the same without the model, over 500 seeded random weight vectors:
-how many distinct S(w), and how many distinct demonstration draws at (R, d) = (1, 4) and (3, 8).
+Beside the search it counts the same without running the proxy: for the 12 weight settings study 3's
+search actually tried (``--study-trials``, its logged trials.jsonl), and for 500 seeded random weight
+vectors, how many distinct S(w) and how many distinct demonstration draws at (R, d) = (1, 4) and
+(3, 8). ``--trials 0`` skips the search.
 
 The script runs on the code it is given (``PYTHONPATH``), so the same command measures a version
 before and after a change to the proxy's draw:
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--demos", type=int, default=4)
     parser.add_argument("--random-weights", type=int, default=500)
+    parser.add_argument("--study-trials", type=Path, default=Path("bench/out/study_weights/search/trials.jsonl"),
+                        help="study 3's trial log: the weight settings its search tried")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -90,16 +94,27 @@ def main() -> None:
     model = ProxyModel(backend)
     size = selection_size(args.fraction, len(pool))
 
-    run_dir = args.out / f"search_{args.label}"
-    tuned = tune_weights(features, pool, anchor_examples, anchors, model, run_dir, fraction=args.fraction,
-                         trials=args.trials, repeats=args.repeats, demos=args.demos, seed=0,
-                         progress=lambda done, total: print(f"trial {done}/{total}", flush=True))
-    trials = tuned.search.trials
-    search_selections = [tuned.selection(record.weights) for record in trials]
-    search = distinct_counts(search_selections, [(args.repeats, args.demos)], pool, anchor_examples, anchors, model)
-    search["J_values"] = len({round(record.value, 12) for record in trials})
-    search["trials"] = len(trials)
-    search["J"] = [record.value for record in trials]
+    search = None
+    if args.trials:
+        run_dir = args.out / f"search_{args.label}"
+        tuned = tune_weights(features, pool, anchor_examples, anchors, model, run_dir, fraction=args.fraction,
+                             trials=args.trials, repeats=args.repeats, demos=args.demos, seed=0,
+                             progress=lambda done, total: print(f"trial {done}/{total}", flush=True))
+        trials = tuned.search.trials
+        search_selections = [tuned.selection(record.weights) for record in trials]
+        search = distinct_counts(search_selections, [(args.repeats, args.demos)], pool, anchor_examples, anchors,
+                                 model)
+        search["J_values"] = len({round(record.value, 12) for record in trials})
+        search["trials"] = len(trials)
+        search["J"] = [record.value for record in trials]
+
+    study_trials = None
+    if args.study_trials.exists():
+        logged = [json.loads(line) for line in args.study_trials.read_text().splitlines() if line.strip()]
+        study_trials = distinct_counts([features.top(trial["weights"], size) for trial in logged], [(1, 4), (3, 8)],
+                                       pool, anchor_examples, anchors, model)
+        study_trials["trials"] = len(logged)
+        study_trials["J_values_logged"] = len({round(trial["J"], 12) for trial in logged})
 
     rng = np.random.default_rng(0)
     random_selections = [
@@ -116,12 +131,13 @@ def main() -> None:
         "settings": {key: value for key, value in vars(args).items() if key not in ("out", "label")},
         "selection_size": size,
         "search": search,
+        "study3_trials": study_trials,
         "random_weights": model_free,
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({key: result[key] for key in ("search", "random_weights", "seconds")}, indent=2))
+    print(json.dumps({key: result[key] for key in ("search", "study3_trials", "random_weights", "seconds")}, indent=2))
 
 
 if __name__ == "__main__":
