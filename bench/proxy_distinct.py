@@ -128,7 +128,8 @@ def main() -> None:
         "label": args.label,
         "date": date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} thread(s)",
-        "settings": {key: value for key, value in vars(args).items() if key not in ("out", "label")},
+        "settings": {key: str(value) if isinstance(value, Path) else value
+                     for key, value in vars(args).items() if key not in ("out", "label")},
         "selection_size": size,
         "search": search,
         "study3_trials": study_trials,
