@@ -18,6 +18,7 @@ stages report through ``progress(stage, unit)``, a factory of context managers t
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Optional
 from tunewise.errors import TunewiseError
 
 Progress = Callable[[str, str], contextlib.AbstractContextManager]
+log = logging.getLogger(__name__)
 
 #: Files of a run folder, read back by the report.
 SCORES_FILE = "scores.parquet"
@@ -33,6 +35,7 @@ PLAN_FILE = "plan.json"
 SELECTION_FILE = "selection.jsonl"
 TO_LABEL_FILE = "to_label.jsonl"
 WEIGHTS_FILE = "weights.json"
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ def check_plan_inputs(pool, config: PlanConfig, coefficients, *, source=None) ->
 
 
 def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str | None = None,
-         task_field: str | None = None, progress: Progress | None = None):
+         task_field: str | None = None, progress: Progress | None = None, run_config: dict | None = None):
     """Score the pool, measure CoS-Low, learn weights, plan, and write the run folder ``output``.
 
     Parameters
@@ -175,6 +178,9 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         coefficients (default: the backend's fingerprint).
     task_field:
         The field that named the tasks, used to read the ``--dev`` file the same way.
+    run_config:
+        The command's resolved flags, written to ``config.yaml`` in the run folder so that
+        ``tunewise plan --config RUN/config.yaml`` runs it again.
 
     Returns
     -------
@@ -201,6 +207,8 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     output.mkdir(parents=True, exist_ok=True)
 
     measure = coefficients is not None if config.coslow is None else config.coslow
+    log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
+             config.budget, config.strategy, "measured" if measure else "not measured")
     coslow_results = coslow_per_task(pool, scores, model, name, config.seed, progress) if measure else {}
     weights, within = config.weights, config.within
     if config.dev is not None:
@@ -219,7 +227,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         result.document["notes"].append(f"no pick has a label yet, so there is nothing to export as "
                                         f"{config.export}: label to_label first and plan the labelled file")
     write_run_folder(output, pool, scores, result, provenance, weights, export=config.export,
-                     label_format=config.label_format)
+                     label_format=config.label_format, run_config=run_config)
     return result
 
 
@@ -279,7 +287,7 @@ def learn_weights(pool, scores, model, config: PlanConfig, output: Path, task_fi
 
 
 def write_run_folder(output: Path, pool, scores, result, provenance: dict, weights_file: Path | None, *,
-                     export: str | None = None, label_format: str = "tunewise") -> None:
+                     export: str | None = None, label_format: str = "tunewise", run_config: dict | None = None) -> None:
     """scores.parquet, plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels,
     train.<export>.jsonl and dataset_info.json with ``export``, then report.html."""
     from tunewise.data.export import export_examples, llamafactory_dataset_info
@@ -292,6 +300,10 @@ def write_run_folder(output: Path, pool, scores, result, provenance: dict, weigh
                           budget=result.document["budget"], scores_provenance=provenance,
                           scores_path=str(output / SCORES_FILE))
     extra = {output / PLAN_FILE: encode_json(result.document)}
+    if run_config is not None:
+        import yaml
+
+        extra[output / CONFIG_FILE] = yaml.safe_dump(run_config, sort_keys=True, allow_unicode=True).encode("utf-8")
     picks = [pool.examples[p] for p in result.selection.positions]
     unlabelled = [example for example in picks if example.response is None]
     to_label = output / to_label_file_name(label_format)

@@ -18,7 +18,7 @@ from typing import Optional
 
 import typer
 
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, did_you_mean
 
 MODEL_HELP = "smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a model folder."
 DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
@@ -58,6 +58,67 @@ def print_pool_notes(pool) -> None:
         report_skipped(skipped)
     for note in pool.notes():
         console.print("[yellow]note:[/] " + escape(note), highlight=False, soft_wrap=True)
+
+
+def _load_run_config(ctx, param, value):
+    """``--config FILE``: the YAML file's keys become the command's defaults; flags still win."""
+    from tunewise.cli.app import exit_with_user_error
+
+    if value is None:
+        return value
+    try:
+        ctx.default_map = {**(ctx.default_map or {}), **_run_config_defaults(ctx, value)}
+    except TunewiseError as error:
+        exit_with_user_error(error)
+    return value
+
+
+def _run_config_defaults(ctx, value) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunewiseError("no such config file", file=value, field="config", fix="check the path") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", None)
+        raise TunewiseError(f"not a readable YAML file ({type(error).__name__})", file=value,
+                            line=None if line is None else line + 1, field="config",
+                            fix="write one 'flag: value' per line, e.g. budget: 200") from None
+    if not isinstance(data, dict):
+        raise TunewiseError("a run config is a mapping of flag names to values", file=value, field="config",
+                            fix="write one 'flag: value' per line, e.g. budget: 200")
+    known = {p.name: p for p in ctx.command.params}
+    defaults = {}
+    for key, item in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config_file":
+            raise TunewiseError(f"'{key}' is not a flag of this command", file=value, field=str(key),
+                                fix=did_you_mean(name, [n for n in known if n != "config_file"]))
+        if isinstance(item, list):
+            item = ",".join(map(str, item))
+        defaults[name] = item
+    return defaults
+
+
+#: ``--config FILE``: a run's flags from YAML (``tunewise plan --config runs/x/config.yaml`` reproduces a run).
+CONFIG_FILE_OPTION = typer.Option(None, "--config", help="YAML file of flag values (its keys are the flag names); "
+                                  "flags given on the command line win.", is_eager=True, callback=_load_run_config,
+                                  metavar="YAML")
+
+
+def resolved_config(ctx) -> dict:
+    """Every flag's value as the command ran, for the run folder's config.yaml."""
+    values = {}
+    for name, value in ctx.params.items():
+        if name in ("config_file", "as_json", "json_output") or value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            values.update({k: v for k, v in vars(value).items() if v is not None})
+        else:
+            values[name] = value
+    return {name: (str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value)
+            for name, value in values.items()}
 
 
 def parse_list(text: str | None) -> list[str]:

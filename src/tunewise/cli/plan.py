@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, MODEL_HELP, print_pool_notes,
+from tunewise.cli.options import (CONFIG_FILE_OPTION, resolved_config, DEVICE_HELP, DTYPE_HELP, DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, MODEL_HELP, print_pool_notes,
                                   with_config_options)
 from tunewise.cli.progress import stage_progress
 from tunewise.cli.tables import print_plan
@@ -22,6 +22,7 @@ from tunewise.run import PlanConfig
 @with_config_options(PlanConfig, panel="Plan")
 @with_config_options(Columns, panel="Pool fields", name="columns")
 def plan_command(
+    ctx: typer.Context,
     pool_path: Path = typer.Argument(..., metavar="POOL", help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder to write (created if needed)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
@@ -34,6 +35,7 @@ def plan_command(
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan document as JSON on stdout."),
+    config_file: Optional[Path] = CONFIG_FILE_OPTION,
     config: PlanConfig = None,
     columns: Columns = None,
 ) -> None:
@@ -50,7 +52,8 @@ def plan_command(
     console.print(f"loading {escape(model)} …", highlight=False)
     backend = tw.load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                               max_batch_tokens=config.batch_tokens)
-    result = tw.plan(pool, backend, config, output, model_name=model, task_field=task_field, progress=stage_progress)
+    result = tw.plan(pool, backend, config, output, model_name=model, task_field=task_field, progress=stage_progress,
+                     run_config=resolved_config(ctx))
     if json_output:
         print_json(result.document)
     else:
