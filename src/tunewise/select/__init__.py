@@ -70,7 +70,8 @@ def within_class(within: Any) -> type[Strategy] | None:
     if isinstance(within, str):
         return WITHIN_TASK.get(within)
     if isinstance(within, Mapping):
-        return WITHIN_TASK.get(within.get("strategy"))
+        name = within.get("strategy")
+        return WITHIN_TASK.get(name) if isinstance(name, str) else None
     return type(within) if type(within) in WITHIN_TASK.values() else None
 
 

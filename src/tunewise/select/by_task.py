@@ -49,7 +49,7 @@ def within_selector(value):
     an object, None or anything unrecognised comes back unchanged for the parameter check."""
     if isinstance(value, str) and value in WITHIN_TASK:
         return WITHIN_TASK[value]()
-    if isinstance(value, Mapping) and value.get("strategy") in WITHIN_TASK:
+    if isinstance(value, Mapping) and isinstance(value.get("strategy"), str) and value["strategy"] in WITHIN_TASK:
         params = {key: item for key, item in value.items() if key != "strategy"}
         return build_strategy(WITHIN_TASK[value["strategy"]], params)
     return value
