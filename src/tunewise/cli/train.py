@@ -138,7 +138,7 @@ def sweep_command(
     strategies: str = typer.Option(
         "random,task_diversity",
         help="Comma-separated strategies to compare, each optionally with parameters after a colon, "
-             "e.g. random,difficulty_window:c0=0.15,beta=0.",
+             "e.g. random,difficulty_bucket:bucket=hard,task_diversity:within=difficulty_window,c0=0.15.",
     ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (selection and fine-tune)."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
