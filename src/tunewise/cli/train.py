@@ -23,8 +23,9 @@ from tunewise.training.finetune import FinetuneConfig
 _MODEL_HELP = "smollm2 (bundled), tiny-random, or a model folder."
 _DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
 _DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, bf16."
-_METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, or log_likelihood (mean log-probability "
-                "per gold-answer token; no generation).")
+_METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, log_likelihood (mean log-probability "
+                "per gold-answer token; no generation), or choice (lm-evaluation-harness multiple choice: the most "
+                "likely of each example's 'choices', or of the task's labels; acc and acc_norm; no generation).")
 _MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
 
 
@@ -188,6 +189,10 @@ def results_table(results: dict) -> Table:
         stderr = entry[f"{entry['metric']}_stderr"]
         table.add_row(escape(task), entry["metric"], str(entry["n"]), f"{entry[entry['metric']]:.4f}",
                       "-" if stderr is None else f"{stderr:.4f}")
+        if "acc_norm" in entry:
+            stderr = entry["acc_norm_stderr"]
+            table.add_row(escape(task), f"acc_norm (chance {entry['chance']:.3f})", str(entry["n"]),
+                          f"{entry['acc_norm']:.4f}", "-" if stderr is None else f"{stderr:.4f}")
     if len(results["results"]) > 1:
         table.add_row("mean over tasks", "", str(results["config"]["n_samples"]), f"{results['average']:.4f}", "")
     return table

@@ -81,12 +81,14 @@ def sequence_logprobs(
     pad_token_id: int,
     max_batch_tokens: int = 4096,
     max_padding: float = MAX_PADDING,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """Per sequence, log p(token t | tokens before t) for t from ``starts[i]`` to its end.
 
     ``starts[i]`` ≥ 1 (the first token has nothing to condition on). Sequences are run in the
     chunks of :func:`plan_padded_chunks`; returns one float32 array per sequence, in input order,
-    of length ``len(sequences[i]) - starts[i]``.
+    of length ``len(sequences[i]) - starts[i]``. ``progress(sequences_done, total)`` is called after
+    every chunk.
     """
     import torch
 
@@ -96,6 +98,7 @@ def sequence_logprobs(
     device = next(model.parameters()).device
     lengths = [len(s) for s in sequences]
     results: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(sequences)
+    done = 0
     with torch.inference_mode():
         for chunk in plan_padded_chunks(lengths, max_batch_tokens, max_padding):
             width = max(lengths[i] for i in chunk)
@@ -116,6 +119,9 @@ def sequence_logprobs(
             logprobs = _target_logprobs(head, hidden[row_index, position_index], torch.cat(targets).to(device))
             for index, values in zip(chunk, torch.split(logprobs, counts)):
                 results[index] = values.cpu().numpy()
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(sequences))
     return results
 
 
