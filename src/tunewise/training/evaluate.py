@@ -141,12 +141,14 @@ def generate_greedy(
 
     Prompts are sorted longest first (prompt plus limit) and packed into left-padded batches of
     about ``batch_tokens`` (rows x longest prompt plus limit); results come back in input order.
-    Cutting every row at its own limit makes the output independent of how rows were batched.
+    Generation stops per row: a row that has produced a stop token or reached its own limit leaves
+    the batch (and its KV cache) at once, so no step is spent on finished answers. Cutting every row
+    at its own limit makes the output independent of how rows were batched.
     """
     import torch
 
     device = next(model.parameters()).device
-    stops = stop_token_ids(model, tokenizer)
+    stops = torch.tensor(sorted(stop_token_ids(model, tokenizer)), device=device)
     pad = tokenizer.pad_token_id
     batches = plan_batches([len(prompt) + limit for prompt, limit in zip(prompts, max_new_tokens)], batch_tokens)
 
@@ -161,18 +163,34 @@ def generate_greedy(
                 length = len(prompts[index])
                 input_ids[row, width - length:] = torch.tensor(prompts[index])
                 attention_mask[row, width - length:] = 1
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max(max_new_tokens[i] for i in batch),
-                do_sample=False,
-                eos_token_id=sorted(stops),
-                pad_token_id=pad,
-            )
-            for row, index in enumerate(batch):
-                generated = output[row, width:width + max_new_tokens[index]].tolist()
-                end = next((position for position, token in enumerate(generated) if token in stops), len(generated))
-                continuations[index] = generated[:end]
+            attention_mask = attention_mask.to(device)
+            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+            output = model(input_ids=input_ids.to(device), attention_mask=attention_mask, position_ids=positions,
+                           use_cache=True, logits_to_keep=1)
+            cache, next_positions = output.cache, positions[:, -1] + 1
+            alive = list(batch)  # example positions still answering, in cache row order
+            while True:
+                tokens = output.logits[:, -1, :].argmax(dim=-1)
+                stopped = torch.isin(tokens, stops).tolist()
+                keep = []
+                for row, (index, token) in enumerate(zip(alive, tokens.tolist())):
+                    if stopped[row]:
+                        continue
+                    continuations[index].append(token)
+                    if len(continuations[index]) < max_new_tokens[index]:
+                        keep.append(row)
+                if not keep:
+                    break
+                if len(keep) < len(alive):
+                    selected = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(selected)
+                    attention_mask, next_positions, tokens = (
+                        attention_mask[selected], next_positions[selected], tokens[selected])
+                    alive = [alive[row] for row in keep]
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
+                output = model(input_ids=tokens.unsqueeze(1), attention_mask=attention_mask,
+                               position_ids=next_positions.unsqueeze(1), cache=cache, use_cache=True)
+                next_positions = next_positions + 1
             done += len(batch)
             if progress is not None:
                 progress(done, len(prompts))
