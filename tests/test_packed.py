@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunewise.model.packed import padding_share, plan_packed_rows, plan_padded_chunks
+from tunewise.model.packed import padded_width, padding_share, plan_packed_rows, plan_padded_chunks
 
 torch = pytest.importorskip("torch")
 
@@ -13,19 +13,26 @@ torch = pytest.importorskip("torch")
 # -- planning (pure) ------------------------------------------------------------------------------
 
 
+def test_padded_widths_waste_at_most_the_share_and_never_shrink():
+
+    widths = [padded_width(n) for n in range(1, 3000)]
+    assert all(w >= n and (w - n) <= 0.05 * w + 1e-9 for n, w in zip(range(1, 3000), widths))
+    assert widths == sorted(widths) and len(set(widths)) < 200
+
+
 def test_padded_chunks_keep_padding_under_the_share_and_the_budget():
     rng = np.random.default_rng(0)
     lengths = [int(x) for x in rng.integers(20, 400, size=300)]
     chunks = plan_padded_chunks(lengths, 4096, max_padding=0.05)
-    assert sorted(i for chunk in chunks for i in chunk) == list(range(300))
-    for chunk in chunks:
-        width = max(lengths[i] for i in chunk)
-        assert len(chunk) * width <= 4096
-        assert padding_share([lengths[i] for i in chunk], [list(range(len(chunk)))]) <= 0.05 + 1e-12
+    assert sorted(i for _, chunk in chunks for i in chunk) == list(range(300))
+    for width, chunk in chunks:
+        assert len(chunk) == 1 or len(chunk) * width <= 4096
+        assert all(0.95 * width <= lengths[i] <= width for i in chunk)
     assert padding_share(lengths, chunks) <= 0.05
-    # The plan depends on the lengths only, and a sequence over the budget runs alone.
-    assert plan_padded_chunks(lengths, 4096) == chunks
-    assert plan_padded_chunks([5000, 10, 10], 4096) == [[0], [1, 2]]
+    # A sequence's width depends on its own length only; a sequence over the budget runs alone.
+    alone = {i: plan_padded_chunks([lengths[i]], 4096)[0][0] for i in range(300)}
+    assert all(alone[i] == width for width, chunk in chunks for i in chunk)
+    assert plan_padded_chunks([5000, 10, 10], 4096) == [(padded_width(5000), [0]), (10, [1, 2])]
 
 
 def test_packed_rows_hold_every_item_once_within_the_width():
@@ -93,6 +100,23 @@ def test_sequence_logprobs_equal_each_sequence_run_alone(lively, budget):
     got = sequence_logprobs(lively.model, sequences, starts, lively.tokenizer.pad_token_id, max_batch_tokens=budget)
     for sequence, start, values in zip(sequences, starts, got):
         np.testing.assert_allclose(values, naive_logprobs(lively.model, sequence[:start], sequence[start:]), atol=1e-5)
+
+
+@pytest.mark.integration
+def test_sequence_logprobs_in_bf16_do_not_depend_on_the_batch(lively):
+    from tunewise.model.packed import sequence_logprobs
+
+    model = lively.model.to(torch.bfloat16)
+    try:
+        rng = np.random.default_rng(4)
+        sequences = [random_ids(rng, 5, 120) for _ in range(30)]
+        starts = [len(s) // 2 for s in sequences]
+        together = sequence_logprobs(model, sequences, starts, lively.tokenizer.pad_token_id, max_batch_tokens=100_000)
+        for sequence, start, values in zip(sequences, starts, together):
+            (alone,) = sequence_logprobs(model, [sequence], [start], lively.tokenizer.pad_token_id)
+            np.testing.assert_array_equal(values, alone)
+    finally:
+        model.to(torch.float32)
 
 
 @pytest.mark.integration

@@ -3,10 +3,11 @@
 Two layouts, one per shape of work:
 
 - :func:`sequence_logprobs`, for many independent sequences (a response after its prompt, the
-  response alone for IFD): sorted by length and right-padded into chunks whose padding share stays
-  under ``max_padding`` (5 %). No attention mask is passed, so attention runs its causal kernel:
-  with right padding a real token only ever attends to earlier real tokens, and the padding after
-  it changes nothing it computes.
+  response alone for IFD): each right-padded to a width from a fixed ladder (at most
+  ``max_padding``, 5 %, of it padding) and run in chunks of one width, so a sequence is computed at
+  the same shape whatever shares its batch. No attention mask is passed, so attention runs its
+  causal kernel: with right padding a real token only ever attends to earlier real tokens, and the
+  padding after it changes nothing it computes.
 - :func:`shared_prefix_logprobs`, for a context followed by several alternative continuations
   (the choices of a multiple-choice item): the context and every continuation are laid out once in
   a row, the continuations side by side, with a block mask in which a continuation attends to the
@@ -27,39 +28,43 @@ import numpy as np
 MAX_PADDING = 0.05
 
 
-def plan_padded_chunks(lengths: Sequence[int], max_batch_tokens: int,
-                       max_padding: float = MAX_PADDING) -> list[list[int]]:
-    """Positions of ``lengths`` in chunks for right-padded forward passes, longest first.
+def padded_width(length: int, max_padding: float = MAX_PADDING) -> int:
+    """The width a sequence of ``length`` tokens is padded to: the smallest step of a fixed ladder
+    (1, 2, 3, …, then growing by a factor 1 / (1 − ``max_padding``)) that holds it, so that the
+    padding is at most ``max_padding`` of the width."""
+    width = 1
+    while width < length:
+        width = max(width + 1, int((width + 1) / (1 - max_padding)))
+    return width
 
-    A chunk grows while rows × its longest row ≤ ``max_batch_tokens`` and its padding share
-    (padded tokens over rows × longest) stays ≤ ``max_padding``; a sequence longer than the budget
-    runs alone. Sorting is stable, so the plan depends only on the lengths.
+
+def plan_padded_chunks(lengths: Sequence[int], max_batch_tokens: int,
+                       max_padding: float = MAX_PADDING) -> list[tuple[int, list[int]]]:
+    """``(width, positions)`` chunks for right-padded forward passes, widest first.
+
+    Every sequence is padded to :func:`padded_width` of its length whatever else is in its chunk:
+    a chunk holds sequences of one width only, at most ``max_batch_tokens // width`` of them (at
+    least one). A sequence is therefore always computed at the same shape, which is what makes its
+    values independent of the batch in low precision (the attention kernels split their work by
+    sequence length), and the padding share is at most ``max_padding``. The plan depends only on
+    the lengths; within a width, longer sequences come first, ties in input order.
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    width = padded = 0
+    widths = [padded_width(max(1, length), max_padding) for length in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: (-widths[i], -lengths[i]))
+    chunks: list[tuple[int, list[int]]] = []
     for position in order:
-        length = max(1, lengths[position])
-        if current:
-            rows = len(current) + 1
-            if rows * width > max_batch_tokens or padded + width - length > max_padding * rows * width:
-                chunks.append(current)
-                current = []
-        if not current:
-            width, padded = length, 0
+        width = widths[position]
+        if chunks and chunks[-1][0] == width and (len(chunks[-1][1]) + 1) * width <= max_batch_tokens:
+            chunks[-1][1].append(position)
         else:
-            padded += width - length
-        current.append(position)
-    if current:
-        chunks.append(current)
+            chunks.append((width, [position]))
     return chunks
 
 
-def padding_share(lengths: Sequence[int], chunks: Sequence[Sequence[int]]) -> float:
-    """Padded tokens over all tokens run, for right-padded ``chunks`` of ``lengths``."""
-    run = sum(len(chunk) * max(lengths[i] for i in chunk) for chunk in chunks)
-    return 1.0 - sum(lengths) / run if run else 0.0
+def padding_share(lengths: Sequence[int], chunks: Sequence[tuple[int, Sequence[int]]]) -> float:
+    """Padded tokens over all tokens run, for the right-padded ``(width, positions)`` ``chunks``."""
+    run = sum(width * len(positions) for width, positions in chunks)
+    return 1.0 - sum(max(1, lengths[i]) for _, positions in chunks for i in positions) / run if run else 0.0
 
 
 def _decoder_and_head(model):
@@ -100,8 +105,7 @@ def sequence_logprobs(
     results: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(sequences)
     done = 0
     with torch.inference_mode():
-        for chunk in plan_padded_chunks(lengths, max_batch_tokens, max_padding):
-            width = max(lengths[i] for i in chunk)
+        for width, chunk in plan_padded_chunks(lengths, max_batch_tokens, max_padding):
             ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
             for row, index in enumerate(chunk):
                 ids[row, : lengths[index]] = torch.tensor(sequences[index])
@@ -234,5 +238,5 @@ def _attention_mask(model, allowed):
     return torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, torch.finfo(dtype).min)
 
 
-__all__ = ["MAX_PADDING", "padding_share", "plan_packed_rows", "plan_padded_chunks", "sequence_logprobs",
+__all__ = ["MAX_PADDING", "padded_width", "padding_share", "plan_packed_rows", "plan_padded_chunks", "sequence_logprobs",
            "shared_prefix_logprobs"]
