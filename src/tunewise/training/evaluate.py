@@ -167,7 +167,7 @@ def generate_greedy(
             positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
             output = model(input_ids=input_ids.to(device), attention_mask=attention_mask, position_ids=positions,
                            use_cache=True, logits_to_keep=1)
-            cache, next_positions = output.cache, positions[:, -1] + 1
+            cache, next_positions = output.past_key_values, positions[:, -1] + 1
             alive = list(batch)  # example positions still answering, in cache row order
             while True:
                 tokens = output.logits[:, -1, :].argmax(dim=-1)
@@ -189,7 +189,7 @@ def generate_greedy(
                     alive = [alive[row] for row in keep]
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
                 output = model(input_ids=tokens.unsqueeze(1), attention_mask=attention_mask,
-                               position_ids=next_positions.unsqueeze(1), cache=cache, use_cache=True)
+                               position_ids=next_positions.unsqueeze(1), past_key_values=cache, use_cache=True)
                 next_positions = next_positions + 1
             done += len(batch)
             if progress is not None:
