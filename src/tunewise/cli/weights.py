@@ -8,24 +8,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
-from tunewise.cli.score import check_output_path, parse_list
+from tunewise.cli.options import check_output_path, parse_list
 from tunewise.errors import TunewiseError
+from tunewise.data.pool import read_labelled_pool
 from tunewise.select.features import FEATURES
-
-
-def read_labelled(path: Path, task_field: str | None, role: str):
-    """Read a pool whose every example has a response (``role`` names it in the error)."""
-    from tunewise.data.pool import read_pool
-
-    pool = read_pool(path, task_field)
-    unlabelled = [example.id for example in pool.examples if example.response is None]
-    if unlabelled:
-        raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "
-                            f"(first: {unlabelled[0]})", file=str(path), field="response",
-                            fix=f"give the {role} set gold answers")
-    return pool
 
 
 def score_dev(backend, dev, outputs: list[str]):
@@ -47,6 +35,7 @@ def anchors_command(
     check_seeds: int = typer.Option(5, min=1, help="Seeds the tracking check is repeated over."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Choose m weighted anchors of a dev set and check how well they track the full dev score.
 
@@ -59,7 +48,7 @@ def anchors_command(
     from tunewise.data.table import embedding_matrix
 
     check_output_path(output)
-    dev = read_labelled(dev_path, task_field, "dev")
+    dev = read_labelled_pool(dev_path, task_field, "dev")
     backend = load_backend(model, device=device, dtype=dtype)
     table = score_dev(backend, dev, ["loss", "embedding"])
     logliks = -table["loss"].to_numpy()
@@ -68,6 +57,9 @@ def anchors_command(
     report = tracking_report(logliks, embeddings, count, seeds=range(seed, seed + check_seeds))
     write_anchors(output, dev.examples, anchors, logliks)
 
+    if as_json:
+        print_json({**report, "anchors": len(anchors), "dev": len(dev), "output": str(output)})
+        return
     stdout.print(tracking_table(report))
     if count >= len(dev):
         console.print(f"[yellow]note:[/] m = {count} is not smaller than the dev set ({len(dev)} examples): every "
@@ -138,12 +130,13 @@ def tune_weights_command(
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget of one proxy batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.
 
     Use the result with `tunewise select --strategy weighted_indicators --weights FILE`.
     """
-    from tunewise.select.features import check_feature_names, indicator_features
+    from tunewise.select.features import check_feature_names, indicator_features, resolve_orientation
     from tunewise.weights.proxy import METRICS
     from tunewise.data.table import read_scores
     from tunewise.weights.search import SAMPLERS
@@ -170,14 +163,11 @@ def tune_weights_command(
     run_dir = run_dir or output.with_name(output.stem + ".run")
 
     scores, provenance = read_scores(scores_path)
-    matrix = indicator_features(scores, names, parse_orientation(orientation))
-    pool = read_labelled(pool_path, task_field, "pool").by_id()
-    missing = [example_id for example_id in scores["id"].astype(str) if example_id not in pool]
-    if missing:
-        raise TunewiseError(f"{len(missing)} scored ids are not in the pool (e.g. {missing[0]})", file=str(pool_path),
-                            fix="pass the same pool (and --task-field) that was scored")
-    pool_examples = [pool[example_id] for example_id in scores["id"].astype(str)]
-    dev = read_labelled(dev_path, task_field, "dev")
+    orientations = parse_orientation(orientation)
+    resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
+    pool_examples = read_labelled_pool(pool_path, task_field, "pool").examples_for(
+        scores["id"], what="scored", fix="pass the same pool (and --task-field) that was scored")
+    dev = read_labelled_pool(dev_path, task_field, "dev")
 
     import optuna
 
@@ -189,7 +179,13 @@ def tune_weights_command(
 
     # Optuna's per-trial log lines would break the progress bar; its notices are not for the user.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    from tunewise.indicators.score import complete_scores
+    from tunewise.select.features import source_columns
+
     backend = load_backend(model, device=device, dtype=dtype)
+    with progress_bar("scoring missing indicators") as update:
+        scores = complete_scores(scores, pool_examples, backend, source_columns(names), progress=update)
+    matrix = indicator_features(scores, names, orientations)
     chosen = choose_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
     anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
     with progress_bar("tuning weights", unit="trials") as update:
@@ -219,6 +215,9 @@ def tune_weights_command(
     from tunewise.select.manifest import encode_json, write_files_atomically
 
     write_files_atomically({output: encode_json(document)})
+    if as_json:
+        print_json({**document, "output": str(output)})
+        return
     stdout.print(weights_table(document))
     if validation is not None:
         stdout.print(validation_table(validation))

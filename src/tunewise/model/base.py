@@ -7,10 +7,13 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from tunewise.indicators.registry import MODEL_OUTPUTS as _REGISTRY_MODEL_OUTPUTS
+
 Messages = Sequence[dict]
 
-# What one scoring pass can produce; ``score_batch`` computes only what is asked for.
-MODEL_OUTPUTS = ("loss", "loss_unconditional", "confidence", "embedding")
+# What one scoring pass can produce (``score_batch`` computes only what is asked for): re-exported
+# from the indicator registry, which owns the list.
+MODEL_OUTPUTS = _REGISTRY_MODEL_OUTPUTS
 
 
 @dataclass(frozen=True)

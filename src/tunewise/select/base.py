@@ -256,3 +256,11 @@ class GroupRanker:
         order, explain = self.rank_in_groups(scores, groups, np.array([budget]), rng)
         picked = order[:budget]
         return picked, explain(picked), {}
+
+
+def check_budget_fits_pool(budget: int, pool_size: int, path, cap_to_pool: bool) -> None:
+    """Stop on a budget above the pool, usually a typo or the wrong file, unless --cap-to-pool."""
+    if budget > pool_size and not cap_to_pool:
+        raise TunewiseError(f"--budget {budget} is larger than the pool ({pool_size} examples)", file=path,
+                            field="budget",
+                            fix=f"pass --budget {pool_size} or less, or add --cap-to-pool to take the whole pool")

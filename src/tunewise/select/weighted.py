@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from tunewise.errors import TunewiseError
+from tunewise.indicators.registry import preferred_direction
 from tunewise.select.base import GroupRanker, Param, Strategy, invalid_parameter
 
 ORIENTATIONS = ("higher", "lower")
-_PREFER_LOWER = frozenset({"confidence"})
 WEIGHT_SUM_TOLERANCE = 1e-6
 
 
 def default_orientation(indicator: str) -> str:
     """Which values of ``indicator`` are preferred when the weights file does not say."""
-    return "lower" if indicator in _PREFER_LOWER else "higher"
+    return preferred_direction(indicator)
 
 
 def weights_problem(weights) -> str | None:
