@@ -173,8 +173,6 @@ def main() -> None:
                          "same_prediction": float((packed_sums.argmax(1) == reference.argmax(1)).mean())}
         report["rows"][dtype_name] = row
         print(dtype_name, json.dumps(row, indent=1), flush=True)
-        del model
-        torch.cuda.empty_cache() if device.type == "cuda" else None
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
 
