@@ -123,6 +123,10 @@ def results_table(results: dict) -> Table:
         stderr = entry[f"{entry['metric']}_stderr"]
         table.add_row(escape(task), entry["metric"], str(entry["n"]), f"{entry[entry['metric']]:.4f}",
                       "-" if stderr is None else f"{stderr:.4f}")
+        if "acc_norm" in entry:
+            stderr = entry["acc_norm_stderr"]
+            table.add_row(escape(task), f"acc_norm (chance {entry['chance']:.3f})", str(entry["n"]),
+                          f"{entry['acc_norm']:.4f}", "-" if stderr is None else f"{stderr:.4f}")
     if len(results["results"]) > 1:
         table.add_row("mean over tasks", "", str(results["config"]["n_samples"]), f"{results['average']:.4f}", "")
     return table
