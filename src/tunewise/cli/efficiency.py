@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -360,8 +360,8 @@ def calibrate_command(
     """
     from tunewise import __version__
     from tunewise.efficiency.curve import parse_grid
-    from tunewise.efficiency.predict import (calibrate, doubling_schedule_cost, labels_needed, observed_labels_needed,
-                                             predict_auc, write_calibration)
+    from tunewise.efficiency.predict import (calibrate, calibration_summary, doubling_schedule_cost, labels_needed,
+                                             observed_labels_needed, predict_auc, write_calibration)
     from tunewise.io import check_output_file, refuse_overwriting_inputs
 
     refuse_overwriting_inputs({"-o": output}, {"the measured file": measured})
@@ -415,20 +415,9 @@ def calibrate_command(
                 "doubling_schedule_rounds": None if schedule is None else schedule.rounds,
                 "doubling_schedule_examples_trained": None if schedule is None else schedule.examples_trained,
             })
-    spread = {name: None if value is None else asdict(value)
-              for name, value in (("slope", calibration.slope_spread), ("intercept", calibration.intercept_spread))}
     summary = {
-        "slope": calibration.coefficients.slope,
-        "intercept": calibration.coefficients.intercept,
+        **calibration_summary(calibration),
         "tasks": len({fit.task for fit in calibration.tasks}),
-        "loto_mae": calibration.loto_mae,
-        "loto_mae_points": 100 * calibration.loto_mae,
-        "mean_predictor_mae": calibration.mean_mae,
-        "mean_predictor_mae_points": 100 * calibration.mean_mae,
-        "loto_relative_error_percent": calibration.loto_relative_error,
-        "mean_predictor_relative_error_percent": calibration.mean_relative_error,
-        "predictors": [asdict(report) for report in calibration.predictors],
-        "coefficient_spread": spread,
         "ceilings": ceilings,
         "tasks_without_ceiling": without,
         "calibration_file": str(output),
@@ -465,7 +454,7 @@ def calibrate_command(
     if calibration.slope_spread is not None:
         stdout.print(f"coefficients over the {summary['tasks']} leave-one-task-out folds: "
                      + "; ".join(f"{name} {entry['min']:.4f} … {entry['max']:.4f} (std {_number(entry['std'], '.4f')})"
-                                 for name, entry in spread.items()), markup=False, highlight=False)
+                                 for name, entry in summary['coefficient_spread'].items()), markup=False, highlight=False)
     if comparisons:
         labels = Table(title="labels needed: predicted (held out) vs observed, and a doubling schedule's cost")
         for column in ("task", "target", "predicted", "observed", "doubling schedule"):
