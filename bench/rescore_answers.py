@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tunewise.training.evaluate import evaluate, write_json_atomic  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
+from tunewise.training.evaluate import evaluate  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig, finetune  # noqa: E402
 from tunewise.training.metrics import detect_metric, extract_answer, is_correct  # noqa: E402
 
@@ -167,7 +168,7 @@ def main() -> None:
     if args.rejudge:
         rejudge(args.out)
         summaries = [json.loads(p.read_text()) for p in sorted(args.out.rglob("*.summary.json"))]
-        write_json_atomic(summaries, args.out / "summary.json")
+        write_json(args.out / "summary.json", summaries)
         (args.out / "table.md").write_text(markdown_table(summaries), encoding="utf-8")
         print(markdown_table(summaries))
         return
@@ -201,7 +202,7 @@ def main() -> None:
             target.with_suffix(".summary.json").write_text(json.dumps(header, indent=1) + "\n")
             print(json.dumps(header), flush=True)
     summaries = [json.loads(p.read_text()) for p in sorted(args.out.rglob("*.summary.json"))]
-    write_json_atomic(summaries, args.out / "summary.json")
+    write_json(args.out / "summary.json", summaries)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,27 @@ def test_to_label_filled_in_reads_back_as_a_labelled_pool(tmp_path, pool, fmt):
     assert [e.response for e in back.examples] == [e.response for e in pool.examples]
     assert [e.id for e in back.examples] == [e.id for e in pool.examples]  # the content ids match the pool's
     assert back.unused_fields == {"source": 8}
+
+
+@pytest.mark.integration
+def test_plan_config_yaml_reproduces_the_run(tmp_path):
+    from typer.testing import CliRunner
+
+    import tunewise.cli
+    from tunewise.cli.app import app
+
+    tunewise.cli._register_commands()
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"pool_path: {path}\nbudget: 4\ntask_field: task\nmodel: tiny-random\nno_coslow: true\n")
+    bad = CliRunner().invoke(app, ["plan", "--config", str(config), "-o", str(tmp_path / "a")])
+    assert bad.exit_code == 2 and "'no_coslow' is not a flag" in bad.output
+    config.write_text("budget: 4\ntask_field: task\nmodel: tiny-random\ncoslow: false\nseed: 3\n")
+    first = CliRunner().invoke(app, ["plan", str(path), "--config", str(config), "-o", str(tmp_path / "a")])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["plan", str(path), "--config", str(tmp_path / "a" / "config.yaml"),
+                                     "-o", str(tmp_path / "b")])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "a" / "selection.jsonl").read_bytes() == (tmp_path / "b" / "selection.jsonl").read_bytes()
+    assert "seed: 3" in (tmp_path / "b" / "config.yaml").read_text()

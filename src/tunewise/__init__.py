@@ -19,6 +19,7 @@ _LAZY = {
     "ExampleTable": "tunewise.data.table",
     "curve_auc": "tunewise.efficiency.curve",
     "predict_auc": "tunewise.efficiency.predict",
+    "CurvePredictor": "tunewise.efficiency.predict",
     "labels_needed": "tunewise.efficiency.predict",
     "coefficients_for": "tunewise.efficiency.predict",
     "calibrate": "tunewise.efficiency.predict",

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.options import (KEEP_DUPLICATES_HELP, check_output_path, parse_list, print_pool_notes,
+from tunewise.cli.options import (DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, check_output_path, parse_list, print_pool_notes,
                                   report_skipped, with_config_options)
 from tunewise.data.pool import Columns
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
@@ -22,7 +22,7 @@ from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
 @command("score")
 @with_config_options(Columns, panel="Pool fields", name="columns")
 def score_command(
-    pool: Path = typer.Argument(..., help="Pool file (JSONL, JSON, CSV, Parquet) or saved HF dataset folder."),
+    pool: Path = typer.Argument(..., help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Scores file to write (Parquet)."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     indicators: str = typer.Option(",".join(DEFAULT_INDICATORS), help="Comma-separated indicators."),
@@ -30,10 +30,12 @@ def score_command(
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N examples."),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
     keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
+    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
+    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per batch."),
-    max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer for confidence."),
+    max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer for confidence (paper A: 30)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
@@ -46,13 +48,15 @@ def score_command(
     from tunewise.data.table import read_scores, write_scores
     from tunewise.indicators.score import score_pool, scores_provenance
     from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming, streamable
+    from tunewise.io import remove_stale_temporaries
 
-    check_output_path(output)
+    check_output_path(output, {"the pool": pool})
     names = [i.name for i in resolve_indicators(parse_list(indicators))]
     if engine not in ("local", "ray"):
         raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
     started = time.perf_counter()
-    if engine == "local" and streamable(names):
+    remove_stale_temporaries(output)  # left by a killed run of this command
+    if engine == "local" and streamable(names) and split is None:
         # Model-free indicators: read, score and write in batches, so any pool size fits in memory.
         batches = iter_pool_batches(
             pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped, columns=columns,
@@ -67,7 +71,7 @@ def score_command(
         scores, _ = read_scores(output)
     else:
         examples = read_pool(pool, task_field, skip_bad=skip_bad, limit=limit, columns=columns,
-                             keep_duplicates=keep_duplicates)
+                             keep_duplicates=keep_duplicates, split=split, dataset_config=dataset_config)
         print_pool_notes(examples)
         if engine == "ray":
             from tunewise.indicators.ray import score_pool_ray
@@ -89,7 +93,8 @@ def score_command(
         print_json({"examples": len(scores), "seconds": round(seconds, 3), "output": str(output), "indicators": names, "means": summary_means(scores)})
         return
     stdout.print(summary_table(scores))
-    stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}")
+    stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}", markup=False, highlight=False,
+                 soft_wrap=True)
 
 
 def summary_means(scores) -> dict[str, dict]:

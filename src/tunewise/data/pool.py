@@ -169,15 +169,23 @@ def example_id(prompt: list[dict] | tuple[dict, ...], response: str | None) -> s
 
 
 def read_pool(
-    path: str | Path,
+    path,
     task_field: str | None = None,
     *,
     skip_bad: bool = False,
     limit: int | None = None,
     columns: Columns | None = None,
     keep_duplicates: bool = False,
+    split: str | None = None,
+    dataset_config: str | None = None,
 ) -> Pool:
-    """Read a pool file (or a saved Hugging Face dataset folder) into a :class:`Pool`.
+    """Read a pool into a :class:`Pool`.
+
+    ``path`` is a file (JSONL, JSON, CSV, Parquet; ``.gz`` or ``.zst`` compressed), a glob of such
+    files (read in sorted order), a folder saved with ``Dataset.save_to_disk`` (a ``DatasetDict``
+    needs ``split``), a Hugging Face Hub dataset id (``owner/name``; with ``dataset_config`` and
+    ``split``, from the local HF cache when ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set),
+    or, from Python, a ``datasets.Dataset``, ``datasets.IterableDataset`` or pandas ``DataFrame``.
 
     Parameters
     ----------
@@ -196,14 +204,22 @@ def read_pool(
         ``pool.duplicates``: real pools hold repeats, and a repeat would only be scored, counted and
         picked twice.
     """
-    path = Path(path)
+    source = describe_source(path, split)
     skipped: list[SkippedRecord] = []
     duplicates: list[tuple[int, int]] = []
     unused: dict[str, int] = {}
-    examples = list(iter_examples(path, iter_records(path), task_field, columns=columns, skip_bad=skip_bad,
-                                  keep_duplicates=keep_duplicates, limit=limit, on_skipped=skipped.append,
-                                  on_duplicate=lambda line, kept: duplicates.append((line, kept)), unused=unused))
-    return Pool(source=str(path), examples=examples, skipped=skipped, duplicates=duplicates,
+    examples: list[Example] = []
+    first_lines = _FirstLines()
+    for part in expand_sources(path):
+        left = None if limit is None else limit - len(examples)
+        if left == 0:
+            break
+        records = iter_records(part, split=split, dataset_config=dataset_config)
+        examples += iter_examples(describe_source(part, split), records, task_field, columns=columns,
+                                  skip_bad=skip_bad, keep_duplicates=keep_duplicates, limit=left,
+                                  first_lines=first_lines, on_skipped=skipped.append,
+                                  on_duplicate=lambda line, kept: duplicates.append((line, kept)), unused=unused)
+    return Pool(source=str(source), examples=examples, skipped=skipped, duplicates=duplicates,
                 unused_fields=unused, columns=(columns or Columns()).used())
 
 
@@ -288,22 +304,50 @@ def check_pool_was_usable(path: Path, kept: int, skipped: int, task_field: str |
                             field=task_field, fix="name an existing field with --task-field")
 
 
-def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line or record number, raw record) from any supported file kind."""
+_GLOB_CHARACTERS = frozenset("*?[")
+_COMPRESSIONS = (".gz", ".zst")
+
+
+def describe_source(path, split: str | None = None) -> str:
+    """How a pool source is named in errors and provenance."""
+    if isinstance(path, (str, Path)):
+        return str(path) if split is None else f"{path}[{split}]"
+    name = getattr(getattr(path, "info", None), "dataset_name", None) or type(path).__name__
+    return f"<{name}>"
+
+
+def iter_records(path, *, split: str | None = None, dataset_config: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (line or record number, raw record) from any supported source (see :func:`read_pool`)."""
+    if not isinstance(path, (str, Path)):
+        yield from _iter_object(path)
+        return
+    text = str(path)
+    path = Path(path)
     if not path.exists():
+        if _looks_like_hub_id(text):
+            yield from _iter_hub(text, split, dataset_config)
+            return
         raise TunewiseError("no such file or folder", file=str(path), fix="check the path")
     if path.is_dir():
-        yield from _iter_saved_dataset(path)
+        yield from _iter_saved_dataset(path, split)
         return
-    suffix = path.suffix.lower()
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in _COMPRESSIONS else None
+    suffix = (suffixes[-2] if len(suffixes) == 2 else "") if compression else (suffixes[-1] if suffixes else "")
     if suffix not in SUPPORTED_SUFFIXES:
         raise TunewiseError(
             f"unsupported pool file type '{suffix or '(none)'}'",
             file=str(path),
-            fix=f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder saved with Dataset.save_to_disk",
+            fix=f"use one of {', '.join(SUPPORTED_SUFFIXES)} (optionally .gz or .zst), a glob, a Hub dataset id, "
+                "or a folder saved with Dataset.save_to_disk",
         )
     if path.stat().st_size == 0:
         raise TunewiseError("the file is empty", file=str(path), fix="point at a file with records")
+    if compression is not None:
+        if suffix == ".parquet":
+            raise TunewiseError("a Parquet file is compressed inside already", file=str(path),
+                                fix="decompress it to a plain .parquet file")
+        path = _decompressed(path, compression)
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
     elif suffix == ".json":
@@ -312,6 +356,90 @@ def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
         yield from _iter_csv(path)
     else:
         yield from _iter_parquet(path)
+
+
+class _Decompressed(type(Path())):
+    """A compressed file's path whose ``open``/``read_bytes`` give the decompressed bytes; errors name
+    the compressed file."""
+
+    _compression: str = ".gz"
+
+    def open(self, mode="rb", *args, **kwargs):
+        if self._compression == ".gz":
+            import gzip
+
+            return gzip.open(str(self), "rb")
+        try:
+            import zstandard
+        except ImportError:
+            raise TunewiseError("reading .zst files needs the zstandard package", file=str(self),
+                                fix="pip install zstandard, or decompress the file first") from None
+        # Buffered so that the JSONL reader can iterate it line by line.
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(str(self), "rb"), closefd=True))
+
+    def read_bytes(self):
+        with self.open() as handle:
+            return handle.read()
+
+
+def _decompressed(path: Path, compression: str) -> Path:
+    decompressed = _Decompressed(path)
+    decompressed._compression = compression
+    return decompressed
+
+
+def expand_sources(path) -> list:
+    """A glob's files in sorted order; any other source as itself."""
+    text = str(path) if isinstance(path, (str, Path)) else ""
+    if not (_GLOB_CHARACTERS & set(text)) or Path(text).exists():
+        return [path]
+    import glob
+
+    files = sorted(glob.glob(text, recursive=True))
+    if not files:
+        raise TunewiseError("the glob matches no file", file=text, fix="check the pattern (quote it in the shell)")
+    return files
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not Path(text).suffix and not text.startswith((".", "~"))
+
+
+def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) -> Iterator[tuple[int, Any]]:
+    import os
+
+    try:
+        import datasets
+    except ImportError:
+        raise TunewiseError(f"'{dataset_id}' is no file, and reading a Hub dataset needs the datasets package",
+                            file=dataset_id, fix="pip install 'tunewise[hub]'") from None
+    offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes")
+                  for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if split is None:
+        raise TunewiseError("a Hub dataset needs a split", file=dataset_id, field="split",
+                            fix="pass --split train (or the split you want)")
+    try:
+        dataset = datasets.load_dataset(dataset_id, dataset_config, split=split)
+    except Exception as error:  # the datasets library raises many types for a missing or unreadable dataset
+        how = ("it is not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE): download it "
+               "once online, or unset HF_HUB_OFFLINE") if offline else "check the id, --dataset-config and --split"
+        raise TunewiseError(f"cannot load the Hub dataset ({type(error).__name__}: {str(error)[:200]})",
+                            file=dataset_id, fix=how) from None
+    yield from _iter_object(dataset)
+
+
+def _iter_object(data) -> Iterator[tuple[int, Any]]:
+    """Records of a ``datasets.Dataset``/``IterableDataset`` or a pandas DataFrame, numbered from 1."""
+    if hasattr(data, "to_dict") and hasattr(data, "columns") and hasattr(data, "iloc"):
+        rows = data.to_dict(orient="records")
+    elif hasattr(data, "__iter__") and hasattr(data, "features"):
+        rows = data
+    else:
+        raise TunewiseError(f"cannot read a pool from a {type(data).__name__}",
+                            fix="pass a path, a Hub id, a datasets.Dataset or IterableDataset, or a DataFrame")
+    for number, record in enumerate(rows, start=1):
+        yield number, record
 
 
 def _decode(raw: bytes, path: Path, line: int) -> str:
@@ -324,8 +452,14 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
 
 def _parse_json(text: str):
     """``json.loads`` with every way hostile text can fail turned into ``json.JSONDecodeError``."""
+    def refuse_constant(name: str):
+        # Python's json reads NaN and Infinity, which JSON does not have: a NaN answer would
+        # silently make a labelled example unlabelled.
+        raise json.JSONDecodeError(f"{name} is not a JSON value (write null for a missing value)", text,
+                                   max(text.find(name), 0))
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -415,10 +549,23 @@ def _numbered_records(batches, path: Path, kind: str, first: int = 1) -> Iterato
             yield number, record
 
 
-def _iter_saved_dataset(path: Path) -> Iterator[tuple[int, Any]]:
-    """A folder written by ``datasets.Dataset.save_to_disk``: Arrow stream files in order."""
+def _iter_saved_dataset(path: Path, split: str | None = None) -> Iterator[tuple[int, Any]]:
+    """A folder written by ``Dataset.save_to_disk`` (Arrow stream files in order), or by
+    ``DatasetDict.save_to_disk`` (one such folder per split; ``split`` chooses)."""
     import pyarrow as pa
 
+    if (path / "dataset_dict.json").exists():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise TunewiseError(f"unreadable dataset_dict.json ({type(error).__name__})",
+                                file=str(path / "dataset_dict.json"), fix="save the DatasetDict again") from None
+        if split not in splits:
+            raise TunewiseError(f"this DatasetDict has the splits {', '.join(map(str, splits))}"
+                                + ("" if split is None else f", not '{split}'"), file=str(path), field="split",
+                                fix="choose one with --split " + str(splits[0] if splits else "train"))
+        yield from _iter_saved_dataset(path / split)
+        return
     arrow_files = sorted(path.glob("*.arrow"))
     not_a_dataset_fix = "pass a pool file, or a folder written by Dataset.save_to_disk"
     if not arrow_files or not (path / "state.json").exists():
@@ -527,6 +674,9 @@ def _text(record: dict, key: str, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TunewiseError(f"not a finite number: {value}", field=key,
+                                    fix=f"give '{key}' as text, or leave it empty for a missing value")
             return str(value)
         raise TunewiseError(f"expected text, got {type(value).__name__}", field=key,
                             fix=f"make '{key}' a string")

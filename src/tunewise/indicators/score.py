@@ -7,6 +7,7 @@ stopped.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -18,13 +19,17 @@ from tunewise.indicators.registry import DEFAULT_INDICATORS, OUTPUT_VERSIONS, TO
 from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
 
+# Outputs read off the model's greedy answer: they need room to generate and depend on its length.
+GENERATED_OUTPUTS = ("confidence", "confidence_ppl")
+
 ProgressCallback = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 def cache_output_name(output: str, max_new_tokens: int) -> str:
     """An output's name in the cache key: a greedy answer's confidence depends on how many tokens
     it may run to."""
-    return f"confidence@{max_new_tokens}" if output == "confidence" else output
+    return f"{output}@{max_new_tokens}" if output in GENERATED_OUTPUTS else output
 
 
 def required_outputs(indicators: Sequence[str]) -> list[str]:
@@ -58,6 +63,8 @@ def score_pool(
             values[output] = cache.get(backend.fingerprint, cache_output_name(output, backend.max_new_tokens),
                                        OUTPUT_VERSIONS[output], ids)
         missing = {i for i, example_id in enumerate(ids) if any(example_id not in values[o] for o in model_outputs)}
+        log.info("scoring %d examples (%s): %d from the cache, %d need the model", len(ids),
+                 ", ".join(model_outputs) or "no model outputs", len(ids) - len(missing), len(missing))
         if missing:
             _compute_missing(examples, missing, model_outputs, backend, cache, values, progress, max_batch_tokens)
     finally:
@@ -106,7 +113,7 @@ def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], ou
                          max_batch_tokens: int | None = None) -> list[list[int]]:
     """Positions of ``encoded`` grouped into token-budgeted batches, each row leaving room for the
     greedy answer when ``confidence`` is among ``outputs``."""
-    generation_room = backend.max_new_tokens if "confidence" in outputs else 0
+    generation_room = backend.max_new_tokens if set(GENERATED_OUTPUTS) & set(outputs) else 0
     lengths = [e.prompt_length + max(e.response_length, generation_room) for e in encoded]
     return plan_batches(lengths, max_batch_tokens or getattr(backend, "max_batch_tokens", 4096))
 
