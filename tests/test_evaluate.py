@@ -115,10 +115,10 @@ def test_per_row_stopping_gives_what_transformers_generate_gives_alone(lively_ti
     for prompt, limit, answer in zip(prompts, limits, batched):
         with torch.no_grad():
             output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(model, tokenizer)),
+                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(tokenizer, model.generation_config)),
                                     pad_token_id=tokenizer.pad_token_id)
         expected = output[0, len(prompt):].tolist()
-        stops = stop_token_ids(model, tokenizer)
+        stops = stop_token_ids(tokenizer, model.generation_config)
         expected = expected[:next((i for i, t in enumerate(expected) if t in stops), len(expected))]
         assert answer == expected
 
