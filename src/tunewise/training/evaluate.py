@@ -37,7 +37,8 @@ from typing import Callable, Sequence
 
 from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompt, encode_prompts, pad_token_id, stop_token_ids
+from tunewise.model.chat import (IGNORE_INDEX, encode_example, encode_prompts, encode_responses, pad_token_id,
+                                  stop_token_ids)
 from tunewise.model.load import LoadedModel
 
 METRICS = ("exact_match", "multiple_choice", "gsm8k", "log_likelihood", "choice")
@@ -200,7 +201,7 @@ def response_log_likelihoods(
 
     encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH) for example in examples]
     starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in encoded]
-    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, tokenizer.pad_token_id,
+    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, pad_token_id(tokenizer),
                                  batch_tokens, progress=progress)
     return [float(values.mean(dtype="float64")) for values in logprobs]
 
@@ -419,14 +420,14 @@ def choice_log_likelihoods(
     """
     from tunewise.model.packed import shared_prefix_logprobs
 
-    tokenised: dict[str, list[int]] = {}
-    for text in {c for options in choices for c in options}:
-        tokenised[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not tokenised[text]:
-            raise TunewiseError(f"the choice {text!r} has no tokens", field="choices", fix="drop empty choices")
-    items = [(encode_prompt(tokenizer, example.prompt), [tokenised[c] for c in options])
-             for example, options in zip(examples, choices)]
-    logprobs = shared_prefix_logprobs(model, items, tokenizer.pad_token_id, batch_tokens, progress)
+    texts = sorted({c for options in choices for c in options})
+    tokenised = dict(zip(texts, encode_responses(tokenizer, texts)))
+    empty = [text for text, ids in tokenised.items() if not ids]
+    if empty:
+        raise TunewiseError(f"the choice {empty[0]!r} has no tokens", field="choices", fix="drop empty choices")
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
+    items = [(prompt, [tokenised[c] for c in options]) for prompt, options in zip(prompts, choices)]
+    logprobs = shared_prefix_logprobs(model, items, pad_token_id(tokenizer), batch_tokens, progress)
     return [[float(values.sum(dtype="float64")) for values in per_choice] for per_choice in logprobs]
 
 
