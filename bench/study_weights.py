@@ -32,11 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import gsm8k  # noqa: E402
 
-from tunewise.weights.anchors import choose_anchors  # noqa: E402
+from tunewise.weights.anchors import embedding_stratified_anchors  # noqa: E402
 from tunewise.model import load_backend  # noqa: E402
 from tunewise.io import write_json  # noqa: E402
 from tunewise.training.evaluate import LOG_LIKELIHOOD, evaluate  # noqa: E402
-from tunewise.select.features import FEATURES, indicator_features  # noqa: E402
+from tunewise.select.weighted import FEATURES, indicator_features  # noqa: E402
 from tunewise.indicators.registry import DEFAULT_INDICATORS  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig, finetune  # noqa: E402
 from tunewise.weights.proxy import ProxyModel  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
                         progress=lambda done, total: print(f"scoring the pool {done}/{total}", flush=True))
     features = indicator_features(scores, FEATURES)
     dev_scores = score_pool(dev, backend, ["embedding"])
-    anchors = choose_anchors(embedding_matrix(dev_scores), args.anchors, args.split_seed)
+    anchors = embedding_stratified_anchors(embedding_matrix(dev_scores), args.anchors, args.split_seed)
     anchor_examples = [dev[int(position)] for position in anchors.positions]
     tuned = tune_weights(features, pool, anchor_examples, anchors, ProxyModel(backend), args.out / "search",
                          fraction=args.fraction, trials=args.trials, repeats=args.repeats, demos=args.demos,

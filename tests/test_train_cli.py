@@ -106,6 +106,8 @@ def test_sweep_prints_curves_and_gains(tmp_path, files):
         (("evaluate", "{test}", *TINY, "--metric", "accuracy", "-o", "{tmp}/r.json"), "unknown metric"),
         (("evaluate", "{test}", *TINY, "--adapter", "{tmp}", "-o", "{tmp}/r.json"), "not an adapter folder"),
         (("evaluate", "{test}", *TINY, "-o", "{tmp}"), "is a folder"),
+        (("evaluate", "{test}", *TINY, "--task-field", "task", "--metric", "choice", "-o", "{tmp}/r.json"),
+         "distinct gold answer"),
         (("sweep", "{pool}", "--test", "{test}", "--budgets", "2,x", *TINY, "-o", "{tmp}/s"), "not a whole number"),
         (("sweep", "{pool}", "--test", "{test}", "--budgets", "20", *TINY, "-o", "{tmp}/s"), "larger than the pool"),
         (("sweep", "{pool}", "--test", "{pool}", "--budgets", "2", *TINY, "-o", "{tmp}/s"), "also appear in the pool"),

@@ -49,7 +49,8 @@ class PlanConfig:
         "help": "weighted_task_diversity (default), task_diversity, efficiency (needs predictions), "
                 "or any `tunewise select` strategy (random, uncertainty …)."})
     within: str = field(default="random", metadata={
-        "help": "Order inside each task: random, difficulty_window, weighted_indicators."})
+        "help": "Order inside each task: random, difficulty_window, difficulty_bucket, weighted_indicators (with "
+                "its defaults; `tunewise select` sets their parameters)."})
     weights: Optional[Path] = field(default=None, metadata={
         "help": "Indicator weights (weights.json of `tunewise tune-weights`) to order examples within each task."})
     dev: Optional[Path] = field(default=None, metadata={
@@ -80,7 +81,6 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         from tunewise.errors import did_you_mean
-        from tunewise.pipeline import EFFICIENCY
         from tunewise.select import WITHIN_TASK, available_strategies
 
         if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
@@ -97,7 +97,7 @@ class PlanConfig:
         if self.trials < 1:
             raise TunewiseError(f"--trials must be at least 1, got {self.trials}", field="trials",
                                 fix="pass e.g. --trials 30")
-        known = [*available_strategies(), EFFICIENCY]
+        known = available_strategies()
         if self.strategy not in known:
             raise TunewiseError(f"unknown strategy '{self.strategy}'", field="strategy",
                                 fix=did_you_mean(self.strategy, known))
@@ -124,7 +124,7 @@ class PlanConfig:
     def indicator_names(self) -> list[str]:
         """The indicators to score: the asked ones (default: ``tunewise score``'s), plus what --dev needs."""
         from tunewise.indicators.registry import DEFAULT_INDICATORS
-        from tunewise.select.features import source_columns
+        from tunewise.select.weighted import source_columns
 
         names = list(self.indicators or DEFAULT_INDICATORS)
         if self.dev is not None:
@@ -269,6 +269,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     TunewiseError
         A precondition fails (checked before any model work; see :func:`check_plan_inputs`).
     """
+    from tunewise.model.load import describe_model
     from tunewise.indicators.score import score_pool, scores_provenance
     from tunewise.pipeline import make_plan
 
@@ -292,25 +293,24 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
              config.budget, config.strategy, "measured" if measure else "not measured")
     coslow_results = coslow_per_task(pool, scores, model, name, config.seed, progress) if measure else {}
-    within, within_params, weights_content = config.within, None, None
+    from tunewise.select import WeightedIndicators, read_indicator_weights
+
+    within, weights_content = config.within, None
     if config.dev is not None:
         learned = learn_weights(pool, scores, model, config, output, task_field, progress)
-        within = "weighted_indicators"
-        within_params = {"weights": learned["weights"], "orientation": learned["orientation"]}
+        within = WeightedIndicators(weights=learned["weights"], orientation=learned["orientation"])
         weights_content = encode_json(learned)
     elif config.weights is not None:
-        from tunewise.select import read_indicator_weights
-
-        within = "weighted_indicators"
-        within_params = read_indicator_weights(config.weights)
+        within = WeightedIndicators(**read_indicator_weights(config.weights))
         if _copies_weights(config, output):
             weights_content = Path(config.weights).read_bytes()
     # Scores may come from the cache, computed with other threads; the plan records this run's.
     result = make_plan(pool, scores, config.budget, strategy=config.strategy, within=within, target=config.target,
                        coefficients=coefficients,
                        coslow_values={task: value["coslow"] for task, value in coslow_results.items()},
-                       seed=config.seed, within_params=within_params,
-                       provenance={"model": name, **provenance, "torch_threads": torch.get_num_threads()})
+                       seed=config.seed,
+                       provenance={"model": name, "model_description": describe_model(name), **provenance,
+                                   "torch_threads": torch.get_num_threads()})
     if coslow_results:
         result.document["coslow"] = coslow_results
     if config.export is not None and all(pool.examples[p].response is None for p in result.selection.positions):
@@ -355,8 +355,8 @@ def learn_weights(pool, scores, model, config: PlanConfig, output: Path, task_fi
     from tunewise.data.pool import read_labelled_pool
     from tunewise.data.table import embedding_matrix
     from tunewise.indicators.score import score_pool
-    from tunewise.select.features import FEATURES, indicator_features
-    from tunewise.weights.anchors import choose_anchors
+    from tunewise.select.weighted import FEATURES, indicator_features
+    from tunewise.weights.anchors import embedding_stratified_anchors
     from tunewise.weights.proxy import ProxyModel
     from tunewise.weights.search import tune_weights
 
@@ -366,7 +366,7 @@ def learn_weights(pool, scores, model, config: PlanConfig, output: Path, task_fi
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with progress("scoring the dev set", "examples") as update:
         dev_scores = score_pool(dev.examples, model, ["embedding"], progress=update)
-    anchors = choose_anchors(embedding_matrix(dev_scores), seed=config.seed)
+    anchors = embedding_stratified_anchors(embedding_matrix(dev_scores), seed=config.seed)
     anchor_examples = [dev.examples[int(position)] for position in anchors.positions]
     with progress("learning indicator weights", "trials") as update:
         tuned = tune_weights(matrix, pool.examples, anchor_examples, anchors, ProxyModel(model),

@@ -27,7 +27,8 @@ def calibrate_difficulty_command(
     budgets: str = typer.Option("100,300,1000", help="Three (at least two) comma-separated budgets."),
     windows: str = typer.Option("0.15,0.5,0.85", help="Fixed window centres (difficulty quantiles in [0, 1])."),
     seeds: str = typer.Option("0", help="Comma-separated seeds (selection and fine-tune)."),
-    difficulty: str = typer.Option("loss", help="What the windows rank by: loss or cot_length."),
+    difficulty: str = typer.Option("length", help="What the windows rank by: length (response tokens, paper C's "
+                                                  "chain-of-thought length), cot_length or loss."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and test)."),
     metric: str = typer.Option("auto", help=METRIC_HELP),

@@ -79,7 +79,7 @@ def demo_command(
     console.print(f"[bold]1/3[/] score and plan: {len(pool)} examples in {len(pool.tasks)} tasks "
                   f"({', '.join(pool.tasks)}), budget {size.budgets[1]}", highlight=False)
     console.print(f"loading {escape(model)} …", highlight=False)
-    backend = tw.load_backend(model, device=device, dtype="auto", max_new_tokens=32)
+    backend = tw.load_backend(model, device=device, dtype="auto", max_new_tokens=30)
     plan = tw.plan(pool, backend, plan_config, out, model_name=model, progress=stage_progress)
 
     console.print(f"[bold]2/3[/] fine-tune at budgets {size.budgets[0]} and {size.budgets[1]}: {DEMO_STRATEGY} "

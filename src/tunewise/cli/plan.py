@@ -33,7 +33,7 @@ def plan_command(
     dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
-    max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
+    max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer when scoring confidence (paper A: 30)."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan document as JSON on stdout."),
     config_file: Optional[Path] = CONFIG_FILE_OPTION,
     config: PlanConfig = None,

@@ -35,7 +35,7 @@ def score_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per batch."),
-    max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer for confidence."),
+    max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer for confidence (paper A: 30)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),

@@ -27,7 +27,8 @@ def select_command(
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
     within: Optional[str] = typer.Option(
-        None, help="Order inside each task (task strategies): random, difficulty_window, weighted_indicators."
+        None, help="Order inside each task (task strategies): random, difficulty_window, difficulty_bucket, "
+                   "weighted_indicators; its flags below apply to it."
     ),
     indicator: Optional[str] = typer.Option(None, help="top_k: the score column to rank by."),
     direction: Optional[str] = typer.Option(None, help="top_k: desc (highest first) or asc."),
@@ -35,10 +36,17 @@ def select_command(
     gamma: Optional[float] = typer.Option(None, help="weighted_task_diversity: sharpness γ of (1/c̄)^γ."),
     epsilon: Optional[float] = typer.Option(None, help="weighted_task_diversity: floor ε on mean confidence."),
     confidence_column: Optional[str] = typer.Option(None, help="Column holding the model's confidence."),
-    difficulty: Optional[str] = typer.Option(None, help="difficulty_window: loss or cot_length."),
-    c0: Optional[float] = typer.Option(None, help="difficulty_window: centre at n0 picks, in [0, 1]."),
-    beta: Optional[float] = typer.Option(None, help="difficulty_window: centre shift per decade of budget."),
+    difficulty: Optional[str] = typer.Option(
+        None, help="difficulty_window, difficulty_bucket: length (response tokens, paper C's chain-of-thought "
+                   "length; the default), cot_length or loss."),
+    c0: Optional[float] = typer.Option(None, help="difficulty_window: centre at n0 picks, in [0, 1] (default 0.35)."),
+    beta: Optional[float] = typer.Option(None, help="difficulty_window: centre shift per decade of budget (default 0: "
+                                                    "fixed; set it from `tunewise calibrate-difficulty`)."),
     n0: Optional[float] = typer.Option(None, help="difficulty_window: the budget where the centre is c0."),
+    bucket: Optional[str] = typer.Option(None, help="difficulty_bucket: easy, medium or hard third of each task."),
+    set_diversity: Optional[bool] = typer.Option(
+        None, "--set-diversity/--no-set-diversity",
+        help="weighted_indicators: pick a diverse set among the 2n best (greedy facility location on embeddings)."),
     reference_size: Optional[int] = typer.Option(None, help="facility_location: rows the coverage is measured on."),
     pool: Optional[Path] = typer.Option(None, help="The scored pool, to --export the chosen examples."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
@@ -50,7 +58,7 @@ def select_command(
     from tunewise.data.table import read_scores
     from tunewise.data.export import EXPORT_FORMATS, default_export_path
     from tunewise.io import check_output_file, refuse_overwriting_inputs
-    from tunewise.select import get_strategy, read_indicator_weights
+    from tunewise.select import read_indicator_weights
     from tunewise.select.manifest import meta_path, selection_meta, write_selection
 
     if (budget is None) == (fraction is None):
@@ -79,12 +87,12 @@ def select_command(
     flags = {
         "within": within, "indicator": indicator, "direction": direction, "gamma": gamma, "epsilon": epsilon,
         "confidence_column": confidence_column, "difficulty": difficulty, "c0": c0, "beta": beta, "n0": n0,
-        "reference_size": reference_size,
+        "bucket": bucket, "set_diversity": set_diversity, "reference_size": reference_size,
     }
     given = {name: value for name, value in flags.items() if value is not None}
     if weights is not None:
-        given.update(read_indicator_weights(weights))
-    chosen = get_strategy(strategy, **route_parameters(strategy, given))
+        given = {**read_indicator_weights(weights), **given}
+    chosen = strategy_from_flags(strategy, given)
 
     scores, provenance = read_scores(scores_path)
     if fraction is not None:
@@ -114,30 +122,33 @@ def select_command(
     )
 
 
-def route_parameters(strategy: str, given: dict) -> dict:
-    """Send each given flag to the strategy, or to its ``within`` strategy; refuse the rest."""
-    from tunewise.select import STRATEGIES, WITHIN_TASK
+def strategy_from_flags(strategy: str, given: dict):
+    """The strategy object the flags describe: a task strategy gets its ``within`` strategy built as
+    an object from the flags that belong to it; a flag that applies to neither is refused."""
+    from tunewise.errors import did_you_mean
+    from tunewise.select import STRATEGIES, WITHIN_TASK, route_parameters
+    from tunewise.select.base import build_strategy
 
     if strategy not in STRATEGIES:
-        return given  # get_strategy reports the unknown name with "did you mean"
+        raise TunewiseError(f"unknown strategy '{strategy}'", field="strategy", fix=did_you_mean(strategy, STRATEGIES))
+    if strategy == "efficiency":
+        raise TunewiseError("the efficiency strategy needs predicted learning curves, which `select` cannot make",
+                            field="strategy", fix="use `tunewise plan --strategy efficiency --coefficients ...`")
+    own, inner, rest = route_parameters(strategy, given)
     declared = STRATEGIES[strategy].parameters
-    params = {name: value for name, value in given.items() if name in declared}
-    rest = {name: value for name, value in given.items() if name not in declared}
-    within = params.get("within", "random")
-    if rest and "within_params" in declared and within in WITHIN_TASK:
-        inner = WITHIN_TASK[within].parameters
-        params["within_params"] = {name: value for name, value in rest.items() if name in inner}
-        rest = {name: value for name, value in rest.items() if name not in inner}
     if rest:
         flags = sorted(
             {"--weights" if name in ("weights", "orientation") else "--" + name.replace("_", "-") for name in rest}
         )
-        used_by = f"--strategy {strategy}" + (f" --within {within}" if "within_params" in declared else "")
+        used_by = f"--strategy {strategy}" + (f" --within {given.get('within', 'random')}" if "within" in declared
+                                              else "")
         raise TunewiseError(
             f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {used_by}",
             fix="drop the flag, or choose a strategy that uses it",
         )
-    return params
+    if inner:
+        own["within"] = build_strategy(WITHIN_TASK[own["within"]], inner)
+    return build_strategy(STRATEGIES[strategy], own)
 
 
 def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:

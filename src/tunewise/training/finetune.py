@@ -1,7 +1,8 @@
 """LoRA fine-tuning with a completion-only loss, in one readable training loop.
 
 The prompt is rendered with the model's chat template (generation prompt included) and masked out
-of the loss; the response, followed by the end-of-sequence token, is what the model learns. The
+of the loss; the response, followed by the end-of-turn token, is what the model learns (the
+encoding is :func:`tunewise.model.chat.encode_example`, shared with scoring and CoS-Low). The
 loop is plain torch, top to bottom: no Trainer, no callbacks. It is seeded end to end (LoRA
 initialisation, dropout, data order), runs in fp32 on CPU and under bf16 autocast on GPU, and
 leaves the loaded base model untouched: the adapter goes on a copy, so one loaded model serves
@@ -19,12 +20,12 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 from tunewise.errors import TunewiseError
 from tunewise.io import atomic_directory, check_output_folder, encode_json
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts, pad_examples, pad_token_id
 
-IGNORE_INDEX = -100
 ADAPTER_INFO_FILE = "tunewise_adapter.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 # What save_adapter writes (PEFT's save_pretrained adds a model card): all a folder it replaces may hold.
@@ -154,38 +155,6 @@ class FinetuneResult:
     adapter_dir: Path | None = None
 
 
-def prompt_token_ids(tokenizer, prompt: Sequence[dict]) -> list[int]:
-    """The prompt as the model sees it before answering: chat template plus generation prompt.
-
-    Training and evaluation both render prompts here, so they can never drift apart.
-    """
-    encoded = tokenizer.apply_chat_template(
-        [dict(turn) for turn in prompt], add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return list(encoded["input_ids"])
-
-
-class EncodedExample(NamedTuple):
-    """One training example as tokens: labels equal the ids on the response, -100 on the prompt."""
-
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
-
-
-def encode_example(tokenizer, prompt: Sequence[dict], response: str, max_seq_length: int) -> EncodedExample:
-    """Tokenise one training example: the rendered prompt (masked), the response, then eos."""
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = prompt_ids + response_ids
-    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
-    return EncodedExample(input_ids[:max_seq_length], labels[:max_seq_length], len(input_ids) > max_seq_length)
-
-
 def finetune(
     loaded_model,
     examples: Sequence,
@@ -222,7 +191,9 @@ def finetune(
 
     tokenizer = loaded_model.tokenizer
     device = loaded_model.device
-    encoded = [encode_example(tokenizer, e.prompt, e.response, config.max_seq_length) for e in examples]
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
+    encoded = [encode_example(tokenizer, e.prompt, e.response, config.max_seq_length, prompt_ids=p)
+               for e, p in zip(examples, prompts)]
     log = TrainingLog(examples=len(examples), truncated_examples=sum(e.truncated for e in encoded))
 
     micro_batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
@@ -275,7 +246,7 @@ def finetune(
                 learning_rate = optimizer.param_groups[0]["lr"]
                 for batch in step_batches:
                     batch_examples = [encoded[i] for i in batch]
-                    input_ids, attention_mask, labels = pad_batch(batch_examples, tokenizer.pad_token_id, device)
+                    input_ids, attention_mask, labels = pad_examples(batch_examples, pad_token_id(tokenizer), device)
                     # Position t predicts token t + 1: project to the vocabulary only where that
                     # token is a response token (the prompt's logits would be thrown away).
                     targets = labels[:, 1:]
@@ -336,22 +307,6 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator) -
         batches.extend(grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size))
     shuffled = torch.randperm(len(batches), generator=generator).tolist()
     return [batches[i] for i in shuffled]
-
-
-def pad_batch(encoded: Sequence[EncodedExample], pad_token_id: int, device):
-    """Right-pad a training batch to its longest member: ids, attention mask and labels tensors."""
-    import torch
-
-    width = max(len(e.input_ids) for e in encoded)
-    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    for row, example in enumerate(encoded):
-        length = len(example.input_ids)
-        input_ids[row, :length] = torch.tensor(example.input_ids)
-        attention_mask[row, :length] = 1
-        labels[row, :length] = torch.tensor(example.labels)
-    return input_ids.to(device), attention_mask.to(device), labels.to(device)
 
 
 def check_adapter_output(output_dir: str | os.PathLike) -> None:
@@ -476,7 +431,6 @@ __all__ = [
     "check_adapter_output",
     "finetune",
     "load_adapter",
-    "prompt_token_ids",
     "read_adapter_info",
     "save_adapter",
 ]

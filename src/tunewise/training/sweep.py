@@ -8,6 +8,10 @@ A sweep lives in one folder::
     RUN_DIR/sweep.json                   learning curves, AUC, gain over random (summarise_sweep)
     RUN_DIR/curves.png
 
+Every run also records its test score on the easy, medium and hard third of the test set, by the
+length of the reference answer in tokens within each task (paper C's measure of difficulty): paper
+C's mechanism, easy training data helping easy test items and hurting hard ones, shows there.
+
 Every run depends only on its (strategy, budget, seed) and the sweep's settings, and is written
 atomically when it finishes; a finished run is never redone. A killed sweep therefore resumes
 where it stopped and ends with the same results as an uninterrupted one, and more budgets,
@@ -106,13 +110,12 @@ def strategy_from_spec(spec: str, extra_parameters: Mapping | None = None):
     """The :class:`~tunewise.select.Strategy` a spec names, its parameters checked by
     :func:`~tunewise.select.get_strategy`; any error names the whole spec.
 
-    ``extra_parameters`` adds parameters a spec's text cannot carry, such as the mapping of
-    predicted AUCs that ``efficiency`` takes; a parameter may not be given both ways. Besides the
-    registered strategies a spec may name ``efficiency`` (:class:`~tunewise.pipeline.EfficiencyAllocation`),
-    which is not registered because it cannot run without those predictions.
+    A task strategy's ``within`` is given by name and its parameters flat beside it, e.g.
+    ``task_diversity:within=difficulty_window,c0=0.15``. ``extra_parameters`` adds parameters a
+    spec's text cannot carry, such as the mapping of predicted AUCs that ``efficiency`` takes; a
+    parameter may not be given both ways.
     """
-    from tunewise.pipeline import EFFICIENCY, EfficiencyAllocation
-    from tunewise.select import build_strategy, get_strategy
+    from tunewise.select import get_strategy
 
     name, parameters = parse_strategy_spec(spec)
     twice = sorted(set(parameters) & set(extra_parameters or {}))
@@ -121,8 +124,6 @@ def strategy_from_spec(spec: str, extra_parameters: Mapping | None = None):
                             field="strategies", fix="give each parameter one way")
     parameters.update(extra_parameters or {})
     try:
-        if name == EFFICIENCY:
-            return build_strategy(EfficiencyAllocation, parameters)
         return get_strategy(name, **parameters)
     except TunewiseError as error:
         raise TunewiseError(f"strategy spec '{spec}': {error.message}", field="strategies", fix=error.fix) from None
@@ -213,11 +214,12 @@ def run_sweep(
         return evaluate(model, loaded.tokenizer, test_examples, metric=metric,
                         max_new_tokens=max_new_tokens, batch_tokens=batch_tokens)
 
+    test_tertiles = tertiles_by_answer_length(test_examples, loaded.tokenizer)
     if not zero_shot_path.exists():
         if progress is not None:
             progress(done, total, "zero-shot")
         results = evaluate_model(loaded.model)
-        write_json(zero_shot_path, _run_record(ZERO_SHOT, 0, None, results))
+        write_json(zero_shot_path, _run_record(ZERO_SHOT, 0, None, results, test_tertiles))
         done += 1
 
     def scoring_progress(scored: int, to_score: int) -> None:
@@ -232,7 +234,7 @@ def run_sweep(
         selected = [pool_examples[position] for position in selection.positions]
         trained = finetune(loaded, selected, dataclasses.replace(finetune_config, seed=seed))
         results = evaluate_model(trained.model)
-        record = _run_record(strategy, budget, seed, results)
+        record = _run_record(strategy, budget, seed, results, test_tertiles)
         record["selected_ids"] = [example.id for example in selected]
         record["selection_notes"] = selection.notes
         record["selection_details"] = selection.details
@@ -354,17 +356,50 @@ def _selection_scores(pool_examples, strategies, loaded, progress):
     return score_pool(pool_examples, HFBackend(loaded), indicators, progress=progress)
 
 
-def _run_record(strategy: str, budget: int, seed: int | None, results: dict) -> dict:
+def _run_record(strategy: str, budget: int, seed: int | None, results: dict, test_tertiles: Mapping[str, str]) -> dict:
     return {
         "strategy": strategy,
         "budget": budget,
         "seed": seed,
         "score": results["average"],
         "scores": task_scores(results),
+        "difficulty_tertiles": tertile_scores(results["samples"], test_tertiles),
         "results": results["results"],
         "evaluation_seconds": results["config"]["seconds"],
         "tunewise_version": __version__,
     }
+
+
+TERTILES = ("easy", "medium", "hard")
+
+
+def tertiles_by_answer_length(test_examples, tokenizer) -> dict[str, str]:
+    """Test example id → ``easy``, ``medium`` or ``hard``: its third of its task by the number of
+    tokens in its reference answer (paper C's chain-of-thought length), shorter first, equal
+    lengths in test-set order (:func:`tunewise.select.difficulty.difficulty_tertiles`)."""
+    import numpy as np
+
+    from tunewise.select.difficulty import difficulty_tertiles
+
+    lengths = [len(ids) for ids in tokenizer([e.response for e in test_examples], add_special_tokens=False)["input_ids"]]
+    tasks = {task: code for code, task in enumerate(dict.fromkeys(e.task for e in test_examples))}
+    tertiles = difficulty_tertiles(np.array(lengths, dtype=np.float64), np.array([tasks[e.task] for e in test_examples]))
+    return {example.id: TERTILES[tertile] for example, tertile in zip(test_examples, tertiles)}
+
+
+def tertile_scores(samples: Sequence[Mapping], test_tertiles: Mapping[str, str]) -> dict[str, float | None]:
+    """The test score on each difficulty third: per task the mean over its samples in that third,
+    then the mean over tasks (as the overall score averages tasks). A sample's value is its
+    correctness, or its log-likelihood under ``--metric log_likelihood``; None for a third no task has."""
+    from tunewise.training.evaluate import LOG_LIKELIHOOD
+
+    values: dict[str, dict[str, list[float]]] = {tertile: {} for tertile in TERTILES}
+    for sample in samples:
+        value = sample["correct"] if "correct" in sample else sample.get(LOG_LIKELIHOOD)
+        if value is not None and sample["id"] in test_tertiles:
+            values[test_tertiles[sample["id"]]].setdefault(sample["task"], []).append(float(value))
+    return {tertile: _mean([_mean(task_values) for task_values in by_task.values()]) if by_task else None
+            for tertile, by_task in values.items()}
 
 
 def read_runs(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
@@ -431,9 +466,12 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
     strategies = list(dict.fromkeys(record["strategy"] for record in sorted(records, key=_record_order)))
     per_seed: dict[str, dict[int, dict[int, float]]] = {s: {} for s in strategies}
     task_runs: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
+    tertile_runs: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
     for record in records:
         per_seed[record["strategy"]].setdefault(record["budget"], {})[record["seed"]] = record["score"]
         task_runs[record["strategy"]].setdefault(record["budget"], []).append(record["scores"])
+        if "difficulty_tertiles" in record:  # runs of older versions have none
+            tertile_runs[record["strategy"]].setdefault(record["budget"], []).append(record["difficulty_tertiles"])
 
     curves = {}
     for strategy in strategies:
@@ -455,6 +493,7 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
             "per_seed": {str(b): {str(s): v for s, v in sorted(seeds.items())}
                          for b, seeds in sorted(per_seed[strategy].items())},
             "task_curves": _task_curves(task_runs[strategy], zero_shot),
+            "difficulty_tertile_curves": _tertile_curves(tertile_runs[strategy], zero_shot),
         }
         if strategy != BASELINE and BASELINE in per_seed:
             entry["gain_over_random"] = {
@@ -476,7 +515,8 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
                           "best score of any run" + ("" if ceiling is not None else
                                                      " (no human or target ceiling given: not paper A's scale)"),
         "confidence_level": CONFIDENCE_LEVEL,
-        "zero_shot": None if zero_shot is None else {"score": zero_shot["score"], "scores": zero_shot["scores"]},
+        "zero_shot": None if zero_shot is None else {"score": zero_shot["score"], "scores": zero_shot["scores"],
+                                                     "difficulty_tertiles": zero_shot.get("difficulty_tertiles")},
         "strategies": summary_strategies,
     }
     write_json(run_dir / SUMMARY_FILE, summary)
@@ -533,6 +573,21 @@ def _task_curves(runs_by_budget: dict[int, list[dict]], zero_shot: dict | None) 
     return curves
 
 
+def _tertile_curves(runs_by_budget: dict[int, list[dict]], zero_shot: dict | None) -> dict:
+    """easy/medium/hard → {budget: mean test score on that third over seeds}, budget 0 zero-shot."""
+    curves = {}
+    for tertile in TERTILES:
+        curve = {}
+        if zero_shot is not None and (zero_shot.get("difficulty_tertiles") or {}).get(tertile) is not None:
+            curve["0"] = zero_shot["difficulty_tertiles"][tertile]
+        for budget, runs in sorted(runs_by_budget.items()):
+            values = [run[tertile] for run in runs if run.get(tertile) is not None]
+            if values:
+                curve[str(budget)] = _mean(values)
+        curves[tertile] = curve
+    return curves
+
+
 def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
     """Mean score against budget (log scale) per strategy, with the seeds' spread and zero-shot."""
     import matplotlib
@@ -581,4 +636,6 @@ __all__ = [
     "split_strategy_specs",
     "strategy_from_spec",
     "summarise_sweep",
+    "tertile_scores",
+    "tertiles_by_answer_length",
 ]
