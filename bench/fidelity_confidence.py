@@ -30,7 +30,7 @@ from tunewise.model import load_backend  # noqa: E402
 from tunewise.model.base import CONFIDENCE_NEW_TOKENS, answer_confidence  # noqa: E402
 from tunewise.model.load import describe_model  # noqa: E402
 from tunewise.select.allocation import inverse_confidence_weights  # noqa: E402
-from tunewise.training.evaluate import write_json_atomic  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
 
 OLD_NEW_TOKENS = 32
 
@@ -88,7 +88,7 @@ def main() -> None:
                          "share_min": float(shares.min()), "share_max": float(shares.max()),
                          "share_max_over_min": float(shares.max() / shares.min())}
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(result, args.out / "confidence_spread.json")
+    write_json(args.out / "confidence_spread.json", result)
     print(f"{'task':<22}{'n':>4}{'conf before':>13}{'conf after':>12}{'share before':>14}{'share after':>13}")
     for task in tasks:
         entry = result["tasks"][task]

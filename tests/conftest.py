@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Timing is no property of the code: on a shared 2-core machine a fast example can take 0.4 s.
+settings.register_profile("tunewise", deadline=None)
+settings.load_profile("tunewise")
 
 from tunewise.model.load import model_cache_root
 

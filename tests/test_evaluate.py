@@ -171,6 +171,27 @@ def test_batched_generation_equals_one_by_one(lively_tiny_model):
     assert all(len(ids) <= limit for ids, limit in zip(batched, limits))
 
 
+def test_per_row_stopping_gives_what_transformers_generate_gives_alone(lively_tiny_model):
+    import torch
+
+    from tunewise.training.evaluate import stop_token_ids
+
+    model, tokenizer = lively_tiny_model.model, lively_tiny_model.tokenizer
+    questions = [f"Say {word}" + "!" * n for n, word in enumerate(["hi", "bye", "yes", "no", "maybe"])]
+    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    limits = [3, 9, 5, 12, 7]
+    batched = generate_greedy(model, tokenizer, prompts, limits, batch_tokens=100_000)
+    for prompt, limit, answer in zip(prompts, limits, batched):
+        with torch.no_grad():
+            output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(model, tokenizer)),
+                                    pad_token_id=tokenizer.pad_token_id)
+        expected = output[0, len(prompt):].tolist()
+        stops = stop_token_ids(model, tokenizer)
+        expected = expected[:next((i for i, t in enumerate(expected) if t in stops), len(expected))]
+        assert answer == expected
+
+
 def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
     examples = [example(f"Name {n} things", str(n), task=("a", "b")[n % 2]) for n in range(6)]
     calls = []

@@ -2,8 +2,10 @@
 
 Speed comes from doing less work rather than from a faster kernel:
 
-- one prompt pass (prefill) serves both the loss and the greedy answer: the response is scored
-  on top of the prompt's KV cache, the cache is cropped back, and generation continues from it;
+- ``loss`` and ``loss_unconditional`` (IFD) run as plain sequences, sorted by length and
+  right-padded with at most 5 % padding, with no attention mask (the causal kernel):
+  :mod:`tunewise.model.packed`. A value therefore does not depend on its batch's other examples;
+- the greedy answer (confidence) is decoded on top of the prompt's KV cache;
 - the vocabulary projection (a large share of a small model's FLOPs) runs only at the positions
   whose log-probabilities are needed, never over the prompt;
 - batches are packed by a token budget over length-sorted examples, so padding stays small.
@@ -83,11 +85,36 @@ class HFBackend:
 
         outputs: dict[str, list] = {name: [None] * len(batch) for name in wanted}
         with torch.inference_mode():
-            if wanted & {"loss", "confidence", "confidence_ppl", "embedding"}:
+            if wanted & {"loss", "loss_unconditional"}:
+                self._loss_pass(batch, wanted, outputs)
+            if wanted & {"confidence", "confidence_ppl", "embedding"}:
                 self._prompt_pass(batch, wanted, outputs)
-            if "loss_unconditional" in wanted:
-                self._unconditional_pass(batch, outputs)
         return outputs
+
+    def _loss_pass(self, batch, wanted, outputs) -> None:
+        """``loss`` (the response after its prompt) and ``loss_unconditional`` (the response after
+        the start token only) of every labelled example, all of them as one list of sequences run
+        without padding waste (:func:`tunewise.model.packed.sequence_logprobs`): the padding share
+        stays under 5 % and a value does not depend on which examples share its batch."""
+        from tunewise.model.packed import sequence_logprobs
+
+        labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
+        sequences, starts, targets = [], [], []
+        for row in labelled:
+            example = batch[row]
+            if "loss" in wanted:
+                sequences.append(example.prompt_ids + example.response_ids)
+                starts.append(example.prompt_length)
+                targets.append(("loss", row))
+            if "loss_unconditional" in wanted:
+                sequences.append((self._start_id, *example.response_ids))
+                starts.append(1)
+                targets.append(("loss_unconditional", row))
+        if not sequences:
+            return
+        logprobs = sequence_logprobs(self.model, sequences, starts, self._pad_id, self.max_batch_tokens)
+        for (name, row), values in zip(targets, logprobs):
+            outputs[name][row] = -float(values.mean(dtype=np.float64))
 
     def _left_padded(self, sequences: Sequence[Sequence[int]]):
         return pad_batch(sequences, self._pad_id, "left", self.device)
@@ -111,7 +138,7 @@ class HFBackend:
         embedding_count = prompt_mask.sum(dim=1, keepdim=True).float()
 
         labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
-        if labelled and ({"loss", "embedding"} & wanted):
+        if labelled and "embedding" in wanted:
             responses = [batch[row].response_ids or () for row in range(len(batch))]
             response_ids, response_mask = self._right_padded(responses)
             positions = prompt_lengths.unsqueeze(1) + torch.arange(response_ids.shape[1], device=self.device)
@@ -126,15 +153,6 @@ class HFBackend:
             response_hidden = response_pass.last_hidden_state
             embedding_sum += (response_hidden.float() * response_mask.unsqueeze(-1)).sum(dim=1)
             embedding_count += response_mask.sum(dim=1, keepdim=True).float()
-            if "loss" in wanted:
-                # Token t of the response is predicted by the hidden state just before it: the
-                # last prompt position for t = 0, response position t - 1 after that.
-                predictors = torch.cat([last_prompt_hidden.unsqueeze(1), response_hidden[:, :-1, :]], dim=1)
-                selected = response_mask.bool()
-                logprobs = token_logprobs(self._head, predictors[selected], response_ids[selected])
-                losses = (-row_means(logprobs, selected)).tolist()
-                for row in labelled:
-                    outputs["loss"][row] = losses[row]
         if "embedding" in wanted:
             vectors = embedding_sum / embedding_count.clamp(min=1)
             vectors = torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy().astype(np.float32)
@@ -181,19 +199,6 @@ class HFBackend:
         keep = torch.stack(alive, dim=1).cpu().numpy()
         # Each answer runs up to and including its first stop token.
         return [tokens[r][keep[r]] for r in range(rows)], [probs[r][keep[r]] for r in range(rows)]
-
-    def _unconditional_pass(self, batch, outputs) -> None:
-        labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
-        if not labelled:
-            return
-        sequences = [(self._start_id, *batch[row].response_ids) for row in labelled]
-        ids, mask = self._right_padded(sequences)
-        hidden = self._decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
-        logprobs = token_logprobs(self._head, hidden[:, :-1, :][target_mask], targets[target_mask])
-        losses = (-row_means(logprobs, target_mask)).tolist()
-        for index, row in enumerate(labelled):
-            outputs["loss_unconditional"][row] = losses[index]
 
     # -- generation and embeddings for other stages --------------------------------------------
 
