@@ -174,20 +174,20 @@ def test_batched_generation_equals_one_by_one(lively_tiny_model):
 def test_per_row_stopping_gives_what_transformers_generate_gives_alone(lively_tiny_model):
     import torch
 
-    from tunewise.training.evaluate import stop_token_ids
+    from tunewise.model.chat import stop_token_ids
 
     model, tokenizer = lively_tiny_model.model, lively_tiny_model.tokenizer
     questions = [f"Say {word}" + "!" * n for n, word in enumerate(["hi", "bye", "yes", "no", "maybe"])]
-    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     limits = [3, 9, 5, 12, 7]
     batched = generate_greedy(model, tokenizer, prompts, limits, batch_tokens=100_000)
     for prompt, limit, answer in zip(prompts, limits, batched):
         with torch.no_grad():
             output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(model, tokenizer)),
+                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(tokenizer, model.generation_config)),
                                     pad_token_id=tokenizer.pad_token_id)
         expected = output[0, len(prompt):].tolist()
-        stops = stop_token_ids(model, tokenizer)
+        stops = stop_token_ids(tokenizer, model.generation_config)
         expected = expected[:next((i for i, t in enumerate(expected) if t in stops), len(expected))]
         assert answer == expected
 
@@ -244,3 +244,17 @@ def test_mean_stderr():
     assert mean_stderr([1.0, 3.0]) == pytest.approx(1.0)
     assert mean_stderr([2.0, 2.0, 2.0]) == 0.0
     assert mean_stderr([5.0]) is None
+
+
+def test_results_carry_lm_evaluation_harness_keys():
+    from tunewise.training.evaluate import with_lm_eval_keys
+
+    document = with_lm_eval_keys({"results": {"arith": {"exact_match": 0.5, "exact_match_stderr": 0.25, "n": 4,
+                                                         "metric": "exact_match"}},
+                                  "average": 0.5, "config": {}, "samples": []})
+    entry = document["results"]["arith"]
+    assert entry["alias"] == "arith"
+    assert (entry["exact_match,none"], entry["exact_match_stderr,none"]) == (0.5, 0.25)
+    assert document["versions"] == {"arith": 1}
+    assert document["n-samples"] == {"arith": {"original": 4, "effective": 4}}
+    assert document["higher_is_better"] == {"arith": {"exact_match": True}}
