@@ -118,7 +118,9 @@ def run_variant(name, loaded, train, test, seed, legacy, args) -> dict:
     else:
         from tunewise.training.finetune import FinetuneConfig, finetune
 
-        result = finetune(loaded, train, FinetuneConfig(**common, **overrides))
+        settings = dict(overrides)
+        dtype = settings.pop("dtype")
+        result = finetune(loaded, train, FinetuneConfig(**common, **settings), dtype=dtype)
         log = result.log.to_dict()
         model = result.model
         train_seconds, positions = log["seconds"], log.get("positions_seen")
