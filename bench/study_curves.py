@@ -6,7 +6,8 @@ subjects) the examples are shuffled with a seed into a held-out test set and a t
 
 1. a sweep (``run_sweep``, strategy ``random``, one seed) measures zero-shot and the fine-tuned
    score at each budget: the learning curve, and its AUC on the study's grid with N = its largest
-   budget;
+   budget, normalised by paper A's released human score where it has one
+   (``tunewise.efficiency.ceilings``) and by ``--target-ceiling`` (1.0) elsewhere;
 2. CoS-Low from the same pool: the model answers a seeded sample of the pool's prompts greedily,
    32 examples are drawn from the least confident (10 % when at least 320 prompts were answered,
    else the 32 least confident), and their gold answers stand in for a person's labels.
@@ -41,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import require_data  # noqa: E402
 
 from tunewise.efficiency.coslow import DEFAULT_FRACTION, DEFAULT_K, coslow, lowest_confidence_prompts, minimum_pool_size  # noqa: E402
+from tunewise.efficiency.ceilings import human_ceiling  # noqa: E402
 from tunewise.efficiency.curve import curve_auc  # noqa: E402
 from tunewise.training.evaluate import write_json_atomic  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig  # noqa: E402
@@ -49,7 +51,7 @@ from tunewise.data.pool import parse_record  # noqa: E402
 from tunewise.training.sweep import BASELINE, run_sweep  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-SHIPPED_CALIBRATION = REPOSITORY / "src" / "tunewise" / "data" / "calibration_smollm2.json"
+SHIPPED_CALIBRATION = REPOSITORY / "src" / "tunewise" / "efficiency" / "calibration_smollm2.json"
 
 # Short inputs and short answers, so that a fine-tune on a shared CPU core takes a minute or two.
 BBH_TASKS = ("boolean_expressions", "sports_understanding", "object_counting", "multistep_arithmetic_two",
@@ -195,15 +197,25 @@ def study_task(name, load, args, config, tokenizer) -> dict:
         write_json_atomic(measure_coslow(pool, args.model, args.confidence_prompts, args.split_seed), coslow_path)
     measured_coslow = json.loads(coslow_path.read_text())
     # The sweep folder may hold other budgets from earlier runs; the curve is this study's grid.
-    curve = summary["strategies"][BASELINE]["curve"]
+    # One curve per seed: paper A's AUC takes each seed's envelope before the mean.
+    entry = summary["strategies"][BASELINE]
+    curve = entry["curve"]
     curve = {"0": summary["zero_shot"]["score"], **{str(b): curve[str(b)] for b in args.budgets}}
+    curves = [{"0": summary["zero_shot"]["score"], **{str(b): entry["per_seed"][str(b)][str(seed)] for b in args.budgets}}
+              for seed in args.seeds]
+    # Paper A normalises by max(human score, best score); a task it has no human score for gets
+    # the stated target (every task here has one right answer, so 1.0 is "all right").
+    known = human_ceiling(name)
+    ceiling, ceiling_source = (known.score, known.describe()) if known else (args.target_ceiling, "stated target")
     try:
-        auc = curve_auc({int(b): s for b, s in curve.items()}, max_budget=max(args.budgets), grid=args.budgets)
+        auc = curve_auc([{int(b): s for b, s in seed.items()} for seed in curves], ceiling=ceiling,
+                        max_budget=max(args.budgets), grid=args.budgets)
     except Exception as error:  # a flat curve has no AUC; it is listed and left out of the fit
         auc, note = None, str(error)
     else:
         note = None
-    return {"task": name, "coslow": measured_coslow["coslow"], "curve": curve, "auc": auc, "note": note,
+    return {"task": name, "coslow": measured_coslow["coslow"], "curve": curve, "curves": curves, "auc": auc,
+            "ceiling": ceiling, "ceiling_source": ceiling_source, "note": note,
             "pool": len(pool), "test": len(test), "max_new_tokens": max_new_tokens, "coslow_details": {k: v for k, v in measured_coslow.items()
                                                                       if k != "examples"}}
 
@@ -214,7 +226,8 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
     measured_path = args.out / "measured.json"
     fingerprints = {e["coslow_details"]["model_fingerprint"] for e in entries}
     write_json_atomic({"model": args.model, "model_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
-                       "tasks": [{"task": e["task"], "coslow": e["coslow"], "curve": e["curve"]} for e in fitted]},
+                       "tasks": [{"task": e["task"], "coslow": e["coslow"], "curves": e["curves"],
+                                  "ceiling": e["ceiling"]} for e in fitted]},
                       measured_path)
     calibration_path = args.out / "calibration.json"
     grid = ",".join(map(str, args.budgets))
@@ -336,6 +349,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"Evaluation answer length (default: the task's longest gold answer + {ANSWER_MARGIN}).")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--target-ceiling", type=float, default=1.0,
+                        help="Ceiling of a task paper A has no human score for (its stated target).")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-calibrate", action="store_true", help="Measure only; fit nothing.")
@@ -381,10 +396,10 @@ def main() -> None:
             shipped = {**calibration, "measured": "bench/out/study_curves/measured.json",
                        "source": "tunewise shipped calibration for smollm2 (bench/study_curves.py)",
                        "caveat": (f"fitted on {summary['tasks']} tasks of a reduced CPU grid (N = {max(args.budgets)}, "
-                                  f"one seed, {args.test_size} test items); leave-one-task-out error "
-                                  f"{summary['loto_relative_error_percent']:.1f} % against "
-                                  f"{summary['mean_predictor_relative_error_percent']:.1f} % for predicting the "
-                                  "mean AUC (paper A: 8.6 % against 12.5 %); Pearson r(CoS-Low, AUC) = "
+                                  f"{len(args.seeds)} seed(s), {args.test_size} test items); leave-one-task-out "
+                                  f"absolute error {100 * summary['loto_mae']:.1f} AUC points against "
+                                  f"{100 * summary['mean_predictor_mae']:.1f} for predicting the mean AUC (paper A: "
+                                  "8.6 against 12.5); Pearson r(CoS-Low, AUC) = "
                                   f"{summary['robustness']['pearson']:.2f}. Treat its predictions as rough.")}
             SHIPPED_CALIBRATION.write_text(json.dumps(shipped, indent=2) + "\n", encoding="utf-8")
     table = markdown_table(entries, calibration, args.budgets)

@@ -217,9 +217,6 @@ SCORE_CASES = [
     score_case("unpaired_surrogate", ['{"question": "bad \\udc00 text"}'], ["surrogate"], at_line=1,
                subprocess=True),
     # duplicates, tasks
-    score_case("duplicate_examples", [record(GOOD), record(OTHER), record({"prompt": "What is 2 + 2?",
-                                                                           "response": "4"})],
-               ["duplicate", "line 1"], at_line=3),
     score_case("empty_task", [record(dict(GOOD, task="math")), record(dict(OTHER, task=""))],
                ["field 'task'", "task is empty"], at_line=2, options=["--task-field", "task"]),
     score_case("unknown_task_field", [record(dict(GOOD, task="math"))], ["field 'taks'", "did you mean 'task'"],
@@ -239,7 +236,7 @@ SCORE_CASES = [
     score_case("truncated_parquet", pool=truncated_parquet, words=["Parquet"]),
     score_case("parquet_with_damaged_pages", pool=parquet_with_damaged_pages, words=["corrupt Parquet data"]),
     score_case("parquet_of_wrong_types", pool=lambda f: write_parquet(f, [{"prompt": "hi", "response": [1, 2]}]),
-               words=["field 'response'", "got list"], at_line=1),
+               words=["field 'response'", "one assistant message"], at_line=1),
     score_case("folder_that_is_not_a_dataset", pool=folder_that_is_not_a_dataset,
                words=["not a saved Hugging Face dataset"]),
     score_case("dataset_state_not_json", pool=lambda f: saved_dataset(f, "state_not_json"),
@@ -266,8 +263,6 @@ SCORE_CASES = [
     # model-free indicators stream the pool in batches: a bad record after the first batch was
     # already scored must still leave no output behind
     score_case("late_malformed_line_while_streaming", [*MANY_GOOD_LINES, '{"question": "cut'], ["malformed JSON"],
-               at_line=len(MANY_GOOD_LINES) + 1, options=STREAMING),
-    score_case("late_duplicate_while_streaming", [*MANY_GOOD_LINES, MANY_GOOD_LINES[0]], ["duplicate", "line 1"],
                at_line=len(MANY_GOOD_LINES) + 1, options=STREAMING),
     score_case("unknown_task_field_while_streaming", [record(GOOD)], ["field 'topic'"], at_line=1,
                options=[*STREAMING, "--task-field", "topic"]),

@@ -213,7 +213,8 @@ def test_export_messages_in_selection_order(tmp_path, pool_and_scores):
     picks = [json.loads(line)["id"] for line in output.read_text().splitlines()]
     exported = [json.loads(line) for line in (tmp_path / "selection.messages.jsonl").read_text().splitlines()]
     by_id = pool.by_id()
-    assert exported == [{"messages": by_id[i].messages} for i in picks]
+    assert exported == [{"messages": by_id[i].messages, "id": i, "tunewise_id": i, "task": by_id[i].task}
+                        for i in picks]
     assert all(record["messages"][-1]["role"] == "assistant" for record in exported)
 
 
@@ -227,16 +228,18 @@ def test_export_alpaca_keeps_system_and_history(tmp_path, pool_and_scores):
     assert result.exit_code == 0, result.output
     records = json.loads(target.read_text())
     assert len(records) == 12
+    ids = {"id", "tunewise_id", "task"}
     arith = next(r for r in records if r["instruction"] == "Add 2 and 2.")
-    assert arith == {"instruction": "Add 2 and 2.", "input": "", "output": "4"}
+    assert {k: v for k, v in arith.items() if k not in ids} == {"instruction": "Add 2 and 2.", "input": "", "output": "4"}
     chat = next(r for r in records if r["instruction"] == "Bye 1?")
-    assert chat == {
+    assert {k: v for k, v in chat.items() if k not in ids} == {
         "instruction": "Bye 1?",
         "input": "",
         "output": "Bye 1!",
         "system": "Be brief.",
         "history": [["Hi 1", "Hello 1"]],
     }
+    assert chat["task"] == "chat" and chat["id"] == chat["tunewise_id"]
 
 
 def test_export_refuses_unlabelled_examples_and_unknown_ids(tmp_path, pool_and_scores):

@@ -18,6 +18,7 @@ stages report through ``progress(stage, unit)``, a factory of context managers t
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Optional
 from tunewise.errors import TunewiseError
 
 Progress = Callable[[str, str], contextlib.AbstractContextManager]
+log = logging.getLogger(__name__)
 
 #: Files of a run folder, read back by the report.
 SCORES_FILE = "scores.parquet"
@@ -33,6 +35,7 @@ PLAN_FILE = "plan.json"
 SELECTION_FILE = "selection.jsonl"
 TO_LABEL_FILE = "to_label.jsonl"
 WEIGHTS_FILE = "weights.json"
+CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,12 @@ class PlanConfig:
         "help": "Comma-separated indicators to score (default: those of `tunewise score`)."})
     batch_tokens: Optional[int] = field(default=None, metadata={"help": "Token budget per scoring batch."})
     cache_dir: Optional[Path] = field(default=None, metadata={"help": "Score cache folder (default: user cache)."})
+    export: Optional[str] = field(default=None, metadata={
+        "help": "Also write the labelled picks as training data: messages, prompt_completion or alpaca "
+                "(train.<format>.jsonl, with LLaMA-Factory's dataset_info.json beside it)."})
+    label_format: str = field(default="tunewise", metadata={
+        "help": "Shape of to_label.jsonl: tunewise (prompt/response records), label-studio (its task JSON) "
+                "or argilla (its record shape); a filled-in file of any of them reads back as a pool."})
 
     def __post_init__(self) -> None:
         from tunewise.errors import did_you_mean
@@ -91,6 +100,15 @@ class PlanConfig:
         if self.weights is not None and self.dev is not None:
             raise TunewiseError("give --weights or --dev, not both", field="dev",
                                 fix="--dev learns the weights; --weights uses a file learned before")
+        from tunewise.data.export import EXPORT_FORMATS
+        from tunewise.data.label import LABEL_FORMATS
+
+        if self.export is not None and self.export not in EXPORT_FORMATS:
+            raise TunewiseError(f"unknown export format '{self.export}'", field="export",
+                                fix=did_you_mean(self.export, EXPORT_FORMATS))
+        if self.label_format not in LABEL_FORMATS:
+            raise TunewiseError(f"unknown label format '{self.label_format}'", field="label-format",
+                                fix=did_you_mean(self.label_format, LABEL_FORMATS))
         if (self.weights is not None or self.dev is not None) and self.within not in ("random",
                                                                                        "weighted_indicators"):
             raise TunewiseError(f"--weights and --dev order examples by indicator weights, not by --within "
@@ -140,7 +158,7 @@ def check_plan_inputs(pool, config: PlanConfig, coefficients, *, source=None) ->
 
 
 def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str | None = None,
-         task_field: str | None = None, progress: Progress | None = None):
+         task_field: str | None = None, progress: Progress | None = None, run_config: dict | None = None):
     """Score the pool, measure CoS-Low, learn weights, plan, and write the run folder ``output``.
 
     Parameters
@@ -160,6 +178,9 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         coefficients (default: the backend's fingerprint).
     task_field:
         The field that named the tasks, used to read the ``--dev`` file the same way.
+    run_config:
+        The command's resolved flags, written to ``config.yaml`` in the run folder so that
+        ``tunewise plan --config RUN/config.yaml`` runs it again.
 
     Returns
     -------
@@ -186,6 +207,8 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     output.mkdir(parents=True, exist_ok=True)
 
     measure = coefficients is not None if config.coslow is None else config.coslow
+    log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
+             config.budget, config.strategy, "measured" if measure else "not measured")
     coslow_results = coslow_per_task(pool, scores, model, name, config.seed, progress) if measure else {}
     weights, within, within_params = config.weights, config.within, None
     if config.dev is not None:
@@ -201,7 +224,11 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
                        seed=config.seed, within_params=within_params, provenance={"model": name, **provenance})
     if coslow_results:
         result.document["coslow"] = coslow_results
-    write_run_folder(output, pool, scores, result, provenance, weights)
+    if config.export is not None and all(pool.examples[p].response is None for p in result.selection.positions):
+        result.document["notes"].append(f"no pick has a label yet, so there is nothing to export as "
+                                        f"{config.export}: label to_label first and plan the labelled file")
+    write_run_folder(output, pool, scores, result, provenance, weights, export=config.export,
+                     label_format=config.label_format, run_config=run_config)
     return result
 
 
@@ -260,45 +287,43 @@ def learn_weights(pool, scores, model, config: PlanConfig, output: Path, task_fi
     return path
 
 
-def write_run_folder(output: Path, pool, scores, result, provenance: dict, weights_file: Path | None) -> None:
-    """scores.parquet, plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels, then
-    report.html."""
+def write_run_folder(output: Path, pool, scores, result, provenance: dict, weights_file: Path | None, *,
+                     export: str | None = None, label_format: str = "tunewise", run_config: dict | None = None) -> None:
+    """scores.parquet, plan.json, selection.jsonl (+ meta), to_label.jsonl when picks lack labels,
+    train.<export>.jsonl and dataset_info.json with ``export``, then report.html."""
+    from tunewise.data.export import export_examples, llamafactory_dataset_info
+    from tunewise.data.label import encode_to_label, to_label_file_name
     from tunewise.data.table import write_scores
     from tunewise.report.html import build_report
-    from tunewise.select.manifest import encode_json, encode_jsonl, selection_meta, write_selection
+    from tunewise.select.manifest import encode_json, selection_meta, write_selection
 
     meta = selection_meta(scores, result.selection, result.strategy, seed=result.document["seed"],
                           budget=result.document["budget"], scores_provenance=provenance,
                           scores_path=str(output / SCORES_FILE))
     extra = {output / PLAN_FILE: encode_json(result.document)}
-    unlabelled = [pool.examples[p] for p in result.selection.positions if pool.examples[p].response is None]
-    to_label = output / TO_LABEL_FILE
+    if run_config is not None:
+        import yaml
+
+        extra[output / CONFIG_FILE] = yaml.safe_dump(run_config, sort_keys=True, allow_unicode=True).encode("utf-8")
+    picks = [pool.examples[p] for p in result.selection.positions]
+    unlabelled = [example for example in picks if example.response is None]
+    to_label = output / to_label_file_name(label_format)
     if unlabelled:
-        extra[to_label] = encode_jsonl(to_label_records(unlabelled))
+        extra[to_label] = encode_to_label(unlabelled, label_format)
+    labelled = [example for example in picks if example.response is not None]
+    if export is not None and labelled:
+        name = ("train.alpaca.json" if export == "alpaca" else f"train.{export}.jsonl")
+        extra[output / name] = export_examples(labelled, export)
+        if export != "prompt_completion":
+            extra[output / "dataset_info.json"] = encode_json(llamafactory_dataset_info("tunewise_plan", name, export))
     elif to_label.exists():
         to_label.unlink()  # left by an earlier plan of an unlabelled pool in this folder
     if weights_file is not None and Path(weights_file).resolve() != (output / WEIGHTS_FILE).resolve():
         extra[output / WEIGHTS_FILE] = Path(weights_file).read_bytes()
     write_scores(scores, output / SCORES_FILE, provenance)
-    write_selection(output / SELECTION_FILE, scores, result.selection, meta, extra)
+    write_selection(output / SELECTION_FILE, scores, result.selection, meta, extra,
+                    user_ids=[example.user_id for example in pool.examples])
     build_report(output)
 
 
-def to_label_records(examples) -> list[dict]:
-    """The picks to annotate, in order, in the pool reader's prompt/response shape: fill in
-    ``response`` and the file is a labelled pool (read it with ``--task-field task``)."""
-    records = []
-    for position, example in enumerate(examples):
-        single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
-        records.append({
-            "position": position,
-            "task": example.task,
-            "prompt": example.prompt[0]["content"] if single_user_turn else [dict(t) for t in example.prompt],
-            "response": None,
-            "pool_id": example.id,
-        })
-    return records
-
-
-__all__ = ["PlanConfig", "check_plan_inputs", "learn_weights", "plan", "resolve_coefficients", "to_label_records",
-           "write_run_folder"]
+__all__ = ["PlanConfig", "check_plan_inputs", "learn_weights", "plan", "resolve_coefficients", "write_run_folder"]

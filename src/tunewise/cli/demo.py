@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
 
@@ -42,17 +42,17 @@ QUICK = DemoSize(pool_per_task=8, test_per_task=4, budgets=(5, 15), seeds=(0,), 
 
 @command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to write."),
+    out: Path = typer.Option(Path("runs/demo"), "-o", "--output", "--out", help="Run folder to write."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     quick: bool = typer.Option(False, help="A smaller pool, one seed and one epoch of fine-tuning (a smoke test)."),
     seed: int = typer.Option(0, min=0, help="Seed of the generated pool and of the plan."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run score → plan → select → fine-tune vs random → report on a built-in multi-task pool."""
     import tunewise as tw
-    from tunewise.cli.plan import print_plan
     from tunewise.cli.progress import stage_progress
-    from tunewise.cli.train import curves_table, gains_table
+    from tunewise.cli.tables import curves_table, gains_table, print_plan
     from tunewise.data.demo import demo_records
     from tunewise.training.finetune import FinetuneConfig
     from tunewise.data.pool import read_pool
@@ -89,6 +89,9 @@ def demo_command(
 
     console.print("[bold]3/3[/] report", highlight=False)
     report = build_report(out)
+    if as_json:
+        print_json({"plan": plan.document, "sweep": summary, "report": str(report), "seconds": round(time.perf_counter() - started, 1)})
+        return
     print_plan(plan.document)
     stdout.print(curves_table(summary))
     if len(summary["strategies"]) > 1:

@@ -4,38 +4,52 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.errors import TunewiseError, did_you_mean
 
 _GRID_TEXT = ",".join(map(str, DEFAULT_GRID))
+NO_CEILING = "best measured score (no human or target ceiling)"
 _TARGETS_TEXT = "0.5,0.8,0.9"
 
 
 @command("curve")
 def curve_command(
     curve_file: Path = typer.Argument(..., metavar="CURVE.json",
-                                      help='Budgets to scores: {"0": 0.39, "50": 0.41, ...}.'),
+                                      help='Budgets to scores, {"0": 0.39, "50": 0.41, ...}, or a list of them, '
+                                           "one per seed."),
     ceiling: Optional[float] = typer.Option(None,
                                             help="Human or target score (the ceiling is at least the best score)."),
+    task: Optional[str] = typer.Option(None, help="Task name: without --ceiling, paper A's released human score "
+                                                  "for it is the ceiling when tunewise ships one."),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, help="N: the largest budget counted."),
     grid: str = typer.Option(_GRID_TEXT, help="Budgets the curve should have been measured at."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (key 'auc') and nothing else."),
     plot: Optional[Path] = typer.Option(None, metavar="PNG", help="Also draw the normalised curve to this file."),
 ) -> None:
-    """Data-efficiency AUC of a measured learning curve (paper A's metric)."""
+    """Data-efficiency AUC of a measured learning curve (paper A's metric).
+
+    With several seeds, each seed's monotone envelope is taken, then their mean. The budget axis
+    ends at the largest budget kept.
+    """
     from tunewise.efficiency.curve import normalise_curve, parse_grid, plot_curve, read_curve
 
     points = read_curve(curve_file)
     budgets = parse_grid(grid)
+    ceiling, ceiling_source = _resolve_ceiling(ceiling, task)
     curve = normalise_curve(points, ceiling=ceiling, max_budget=max_budget, grid=budgets)
+    if ceiling is None:
+        unknown = f" and tunewise ships no human score for task '{task}'" if task is not None else ""
+        _warn_no_ceiling(f"{curve_file.name}: no --ceiling given{unknown}, so the curve is normalised by its best "
+                         f"measured score ({curve.ceiling:.4g})")
     if plot is not None:
         plot_curve(points, plot, ceiling=ceiling, max_budget=max_budget, grid=budgets, title=curve_file.stem)
         console.print(f"plot → {plot}", markup=False, highlight=False)
@@ -44,20 +58,29 @@ def curve_command(
             "auc": curve.auc,
             "floor": curve.floor,
             "ceiling": curve.ceiling,
+            "ceiling_source": ceiling_source,
+            "seeds": curve.seeds,
             "max_budget": max_budget,
+            "axis_end": curve.axis_end,
             "grid": list(budgets),
             "budgets": list(curve.budgets),
             "envelope": list(curve.envelope),
             "normalised": list(curve.y),
         }))
         return
-    table = Table(title=f"{curve_file.name}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g}")
+    seeds = [points] if isinstance(points, dict) else points
+    table = Table(title=f"{curve_file.name}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g} ({ceiling_source})"
+                        + (f", {curve.seeds} seeds" if curve.seeds > 1 else ""))
     for column in ("budget", "measured", "envelope", "normalised"):
         table.add_column(column, justify="right")
     for budget, value, normalised in zip(curve.budgets, curve.envelope, curve.y):
-        measured = points.get(budget)
-        table.add_row(str(budget), "-" if measured is None else f"{measured:.4f}", f"{value:.4f}", f"{normalised:.3f}")
+        measured = [seed[budget] for seed in seeds if budget in seed]
+        shown = "-" if not measured else " / ".join(f"{score:.4f}" for score in measured)
+        table.add_row(str(budget), shown, f"{value:.4f}", f"{normalised:.3f}")
     stdout.print(table)
+    if curve.axis_end != max_budget:
+        stdout.print(f"the budget axis ends at {curve.axis_end}, the largest budget kept (N = {max_budget} is "
+                     "neither measured nor on the grid)")
     stdout.print(f"data-efficiency AUC: {curve.auc:.4f}")
 
 
@@ -70,12 +93,13 @@ def coslow_command(
     labelled: Optional[Path] = typer.Option(None, metavar="LABELLED.jsonl",
                                             help="to_label.jsonl with responses filled in."),
     seed: int = typer.Option(0, help="Seeds the sample of prompts and the LoRA A matrices."),
-    output_dir: Path = typer.Option(Path("."), "-o", "--output-dir",
+    output_dir: Path = typer.Option(Path("."), "-o", "--output", "--output-dir",
                                     help="Where to write to_label.jsonl / coslow.json."),
     allow_small_pool: bool = typer.Option(
         False, help="Accept fewer than 320 prompts: sample from the 32 least confident (not the paper's protocol)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity."""
     from tunewise import __version__
@@ -142,6 +166,9 @@ def coslow_command(
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "coslow.json"
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        print_json({**document, "output": str(path)})
+        return
     stdout.print(f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} "
                  f"pairwise cosines over {result['n']} examples, {result['seconds']:.1f} s) → {path}",
                  markup=False, highlight=False)
@@ -156,8 +183,14 @@ def estimate_command(
         None, help="paper:llama-3.1-8b | paper:mistral-7b | paper:qwen2.5-14b, or a calibration file."
     ),
     model: Optional[str] = typer.Option(None, help="Model the CoS-Low was measured with (default: from the file)."),
-    targets: str = typer.Option(_TARGETS_TEXT,
-                                help="Normalised targets τ: fractions of the way from zero-shot to ceiling."),
+    targets: Optional[str] = typer.Option(
+        None, help=f"Normalised targets τ: fractions of the way from zero-shot to ceiling (default {_TARGETS_TEXT})."),
+    target_accuracy: Optional[str] = typer.Option(
+        None, help="Raw target score(s) instead of τ, e.g. 0.8 (needs --zero-shot and --ceiling): "
+                   "τ = (target − zero-shot) / (ceiling − zero-shot)."),
+    zero_shot: Optional[float] = typer.Option(None, help="The task's zero-shot score (for --target-accuracy)."),
+    ceiling: Optional[float] = typer.Option(None, help="The task's ceiling, the human or target score (for "
+                                                       "--target-accuracy); paper A uses max(human, best measured)."),
     max_budget: Optional[int] = typer.Option(
         None, help="N: the largest budget of the predicted curve (default: the N the coefficients were fitted "
                    f"with; {DEFAULT_MAX_BUDGET} for the paper's)."),
@@ -167,7 +200,8 @@ def estimate_command(
 ) -> None:
     """Predicted AUC, learning curve and labels needed for a task, from its CoS-Low."""
     from tunewise.efficiency.curve import normalised_log_budget, parse_grid
-    from tunewise.efficiency.predict import coefficients_for, labels_needed, load_coefficients, predict_auc, predicted_curve
+    from tunewise.efficiency.predict import (coefficients_for, labels_needed, load_coefficients, normalised_target,
+                                             predict_auc, predicted_curve)
 
     if (coslow_value is None) == (coslow_file is None):
         raise TunewiseError("give exactly one of --coslow and --coslow-file", field="coslow",
@@ -195,7 +229,21 @@ def estimate_command(
     max_budget = chosen.max_budget if max_budget is None else max_budget
     auc = predict_auc(coslow_value, chosen)
     budgets = chosen.grid if grid is None else parse_grid(grid)
-    tau_values = _parse_targets(targets)
+    raw_targets = None
+    if target_accuracy is not None:
+        if targets is not None:
+            raise TunewiseError("give either --targets (fractions of the way to the ceiling) or --target-accuracy "
+                                "(raw scores), not both", field="targets", fix="drop one of them")
+        if zero_shot is None or ceiling is None:
+            raise TunewiseError("--target-accuracy needs the task's --zero-shot score and its --ceiling",
+                                field="target_accuracy", fix="e.g. --target-accuracy 0.8 --zero-shot 0.4 --ceiling 0.92")
+        raw_targets = _parse_numbers(target_accuracy, "target_accuracy")
+        tau_values = [normalised_target(target, zero_shot, ceiling) for target in raw_targets]
+    else:
+        if zero_shot is not None or ceiling is not None:
+            raise TunewiseError("--zero-shot and --ceiling only convert --target-accuracy", field="target_accuracy",
+                                fix="add --target-accuracy, or drop --zero-shot / --ceiling")
+        tau_values = _parse_targets(targets or _TARGETS_TEXT)
     curve = {n: float(predicted_curve(auc, normalised_log_budget(n, max_budget))) for n in budgets if n <= max_budget}
     needed = {tau: labels_needed(auc, tau, max_budget) for tau in tau_values}
     if as_json:
@@ -207,6 +255,9 @@ def estimate_command(
             "max_budget": max_budget,
             "predicted_curve": {str(n): y for n, y in curve.items()},
             "labels_needed": {str(tau): math.ceil(n) for tau, n in needed.items()},
+            **({} if raw_targets is None else {"target_accuracy": {
+                str(raw): {"tau": tau, "labels_needed": math.ceil(needed[tau])}
+                for raw, tau in zip(raw_targets, tau_values)}, "zero_shot": zero_shot, "ceiling": ceiling}),
         }))
         return
     stdout.print(f"coefficients: AUC' = {chosen.slope:g} · CoS-Low + {chosen.intercept:g}   [{chosen.source}]",
@@ -218,6 +269,11 @@ def estimate_command(
     for n, y in curve.items():
         table.add_row(str(n), f"{y:.3f}")
     stdout.print(table)
+    if raw_targets is not None:
+        for raw, tau in zip(raw_targets, tau_values):
+            stdout.print(f"to reach a score of {raw:g} ({tau:.0%} of the way from zero-shot {zero_shot:g} to ceiling "
+                         f"{ceiling:g}): about {math.ceil(needed[tau])} labels")
+        return
     for tau, n in needed.items():
         stdout.print(f"to reach {tau:.0%} of the way to the ceiling: about {math.ceil(n)} labels")
 
@@ -225,45 +281,72 @@ def estimate_command(
 @command("calibrate")
 def calibrate_command(
     measured: Path = typer.Argument(..., metavar="MEASURED.json",
-                                    help="Per task: {task, coslow, curve: {budget: score}} or {task, coslow, auc}."),
+                                    help="Per task: {task, coslow, ceiling, curve: {budget: score}} (or 'curves': one "
+                                         "per seed, or 'auc'); optional coslow_random, grad_norm, mean_confidence."),
     output: Path = typer.Option(..., "-o", "--output", help="Calibration file to write (JSON)."),
     model: Optional[str] = typer.Option(None, help="Model the curves and CoS-Low belong to (default: from the file)."),
     targets: str = typer.Option(_TARGETS_TEXT, help="Targets τ for the labels-needed comparison."),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, help="N used for the AUC."),
     grid: str = typer.Option(_GRID_TEXT, help="Grid used for the AUC."),
     schedule_start: int = typer.Option(50, min=1, help="First budget of the doubling schedule compared against."),
+    paper_ceilings: bool = typer.Option(True, "--paper-ceilings/--no-paper-ceilings",
+                                        help="A task without a 'ceiling' gets paper A's released human score when "
+                                             "tunewise ships one for its exact name."),
+    allow_no_ceiling: bool = typer.Option(False, "--allow-no-ceiling",
+                                          help="Fit tasks with no ceiling anyway, normalised by their best measured "
+                                               "score (not paper A's scale; warns)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
 ) -> None:
-    """Fit the CoS-Low → AUC coefficients of a model from tasks with measured curves."""
+    """Fit the CoS-Low → AUC coefficients of a model from tasks with measured curves.
+
+    Reports the leave-one-task-out absolute error in AUC points first (the unit of paper A's 8.6
+    for CoS-Low and 12.5 for predicting the mean), the relative error second, the correlation of
+    every predictor column with the AUC, and the spread of the coefficients over the folds.
+    """
     from tunewise import __version__
     from tunewise.efficiency.curve import parse_grid
     from tunewise.efficiency.predict import (calibrate, doubling_schedule_cost, labels_needed, observed_labels_needed,
-                                     write_calibration)
+                                             predict_auc, write_calibration)
 
     budgets = parse_grid(grid)
     tau_values = _parse_targets(targets)
-    header, tasks = _read_measured(measured, max_budget, budgets)
-    calibration = calibrate([(t["task"], t["coslow"], t["auc"]) for t in tasks],
+    header, tasks = _read_measured(measured, max_budget, budgets, paper_ceilings)
+    without = list(dict.fromkeys(t["task"] for t in tasks if t["ceiling"] is None))
+    if without and not allow_no_ceiling:
+        listed = ", ".join(without[:8]) + (" …" if len(without) > 8 else "")
+        raise TunewiseError(
+            f"{len(without)} of {len({t['task'] for t in tasks})} tasks have no human or target ceiling ({listed}); "
+            "paper A normalises every curve by max(human score, best measured score), and the best measured score "
+            "alone inflates early gains", file=measured, field="ceiling",
+            fix='add "ceiling": SCORE (the human or target score, e.g. 1.0 where a perfect score is the aim) to each '
+                "of these tasks, or pass --allow-no-ceiling to normalise them by their best measured score")
+    if without:
+        _warn_no_ceiling(f"{len(without)} task(s) have no human or target ceiling ({', '.join(without)}); "
+                         "--allow-no-ceiling normalises them by their best measured score",
+                         fix='give each a "ceiling" in the measured file')
+    calibration = calibrate(tasks,
                             source=f"{output} (calibrated on {model or header.get('model') or 'an unnamed model'})",
                             max_budget=max_budget, grid=budgets)
+    ceilings = {t["task"]: {"ceiling": t["ceiling"], "source": t["ceiling_source"]} for t in tasks}
     calibration = replace(calibration, metadata={
         "model": model or header.get("model"),
         "model_fingerprint": header.get("model_fingerprint"),
         "max_budget": max_budget,
         "grid": list(budgets),
         "measured": str(measured),
+        "ceilings": ceilings,
+        "tasks_without_ceiling": without,
         "tunewise_version": __version__,
     })
     write_calibration(calibration, output)
-    held_out = {fit.task: fit.loto_predicted_auc for fit in calibration.tasks}
+    held_out = {fit.task: predict_auc(fit.coslow, (fit.loto_slope, fit.loto_intercept)) for fit in calibration.tasks}
     comparisons = []
     for entry in tasks:
         if entry.get("curve") is None:
             continue
         for tau in tau_values:
-            observed = observed_labels_needed(entry["curve"], tau, entry.get("ceiling"), max_budget, budgets)
-            schedule = doubling_schedule_cost(entry["curve"], tau, schedule_start, entry.get("ceiling"),
-                                              max_budget, budgets)
+            observed = observed_labels_needed(entry["curve"], tau, entry["ceiling"], max_budget, budgets)
+            schedule = doubling_schedule_cost(entry["curve"], tau, schedule_start, entry["ceiling"], max_budget, budgets)
             comparisons.append({
                 "task": entry["task"],
                 "target": tau,
@@ -273,14 +356,22 @@ def calibrate_command(
                 "doubling_schedule_rounds": None if schedule is None else schedule.rounds,
                 "doubling_schedule_examples_trained": None if schedule is None else schedule.examples_trained,
             })
+    spread = {name: None if value is None else asdict(value)
+              for name, value in (("slope", calibration.slope_spread), ("intercept", calibration.intercept_spread))}
     summary = {
         "slope": calibration.coefficients.slope,
         "intercept": calibration.coefficients.intercept,
         "tasks": len({fit.task for fit in calibration.tasks}),
         "loto_mae": calibration.loto_mae,
-        "loto_relative_error_percent": calibration.loto_relative_error,
+        "loto_mae_points": 100 * calibration.loto_mae,
         "mean_predictor_mae": calibration.mean_mae,
+        "mean_predictor_mae_points": 100 * calibration.mean_mae,
+        "loto_relative_error_percent": calibration.loto_relative_error,
         "mean_predictor_relative_error_percent": calibration.mean_relative_error,
+        "predictors": [asdict(report) for report in calibration.predictors],
+        "coefficient_spread": spread,
+        "ceilings": ceilings,
+        "tasks_without_ceiling": without,
         "calibration_file": str(output),
         "labels_needed": comparisons,
     }
@@ -288,16 +379,34 @@ def calibrate_command(
         stdout.print_json(json.dumps(summary))
         return
     fits = Table(title="leave-one-task-out predictions")
-    for column in ("task", "CoS-Low", "measured AUC", "predicted AUC", "mean of others"):
-        fits.add_column(column, justify="left" if column == "task" else "right")
+    for column in ("task", "CoS-Low", "measured AUC", "predicted AUC", "mean of others", "ceiling"):
+        fits.add_column(column, justify="left" if column in ("task", "ceiling") else "right")
     for fit in calibration.tasks:
+        entry = ceilings[fit.task]
         fits.add_row(fit.task, f"{fit.coslow:.4f}", f"{fit.measured_auc:.4f}", f"{fit.loto_predicted_auc:.4f}",
-                     f"{fit.loto_mean_auc:.4f}")
+                     f"{fit.loto_mean_auc:.4f}",
+                     "none" if entry["ceiling"] is None else f"{entry['ceiling']:g} ({entry['source']})")
     stdout.print(fits)
     stdout.print(f"AUC' = {calibration.coefficients.slope:.4f} · CoS-Low + {calibration.coefficients.intercept:.4f}"
                  f"  ({summary['tasks']} tasks) → {output}", markup=False, highlight=False)
-    stdout.print(f"leave-one-task-out MAE: {calibration.loto_mae:.4f}{_percent(calibration.loto_relative_error)}"
-                 f"   predicting the mean AUC: {calibration.mean_mae:.4f}{_percent(calibration.mean_relative_error)}")
+    stdout.print(f"leave-one-task-out absolute error: {summary['loto_mae_points']:.1f} AUC points; predicting the mean "
+                 f"AUC: {summary['mean_predictor_mae_points']:.1f} (the unit of paper A's 8.6 against 12.5)",
+                 markup=False, highlight=False)
+    stdout.print(f"relative error (|error| / AUC, not comparable with paper A's figures): "
+                 f"{_percent_or_undefined(calibration.loto_relative_error)}; predicting the mean AUC: "
+                 f"{_percent_or_undefined(calibration.mean_relative_error)}", markup=False, highlight=False)
+    predictors = Table(title="predictors against the measured AUC (leave-one-task-out errors in AUC points)")
+    for column in ("predictor", "tasks", "Pearson r", "Spearman ρ", "LOTO error", "mean predictor"):
+        predictors.add_column(column, justify="left" if column == "predictor" else "right")
+    for report in calibration.predictors:
+        predictors.add_row(report.predictor, str(report.tasks), _number(report.pearson, "+.3f"),
+                           _number(report.spearman, "+.3f"), _number(report.loto_mae, ".1f", 100),
+                           _number(report.mean_mae, ".1f", 100))
+    stdout.print(predictors)
+    if calibration.slope_spread is not None:
+        stdout.print(f"coefficients over the {summary['tasks']} leave-one-task-out folds: "
+                     + "; ".join(f"{name} {entry['min']:.4f} … {entry['max']:.4f} (std {_number(entry['std'], '.4f')})"
+                                 for name, entry in spread.items()), markup=False, highlight=False)
     if comparisons:
         labels = Table(title="labels needed: predicted (held out) vs observed, and a doubling schedule's cost")
         for column in ("task", "target", "predicted", "observed", "doubling schedule"):
@@ -308,6 +417,26 @@ def calibrate_command(
             labels.add_row(row["task"], f"{row['target']:.0%}", str(row["predicted_labels"]),
                            "not reached" if row["observed_labels"] is None else str(row["observed_labels"]), schedule)
         stdout.print(labels)
+
+
+def _resolve_ceiling(ceiling: float | None, task: str | None) -> tuple[float | None, str]:
+    """The ceiling to normalise by and where it comes from: the user's, paper A's human score for
+    ``task``, or none (the best measured score then stands in)."""
+    if ceiling is not None:
+        return ceiling, "given"
+    if task is not None:
+        from tunewise.efficiency.ceilings import human_ceiling
+
+        known = human_ceiling(task)
+        if known is not None:
+            return known.score, known.describe()
+    return None, NO_CEILING
+
+
+def _warn_no_ceiling(what: str, fix: str = "pass the human or target score with --ceiling") -> None:
+    console.print(f"[bold yellow]WARNING:[/] {escape(what)}. That is not paper A's normalisation (it used human "
+                  f"scores), inflates early gains, and the AUC cannot be set beside the paper's; {escape(fix)}.",
+                  highlight=False, soft_wrap=True)
 
 
 def _note_borrowed_paper_coefficients(spec: str, model: str | None) -> None:
@@ -373,12 +502,20 @@ def _read_coslow_file(path: Path) -> dict:
     return document
 
 
-def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]:
-    """Header fields and per-task entries ``{task, coslow, auc, curve, ceiling}`` with AUCs computed."""
-    from tunewise.efficiency.curve import curve_auc, parse_curve
+def _read_measured(path: Path, max_budget: int, grid, paper_ceilings: bool = True) -> tuple[dict, list[dict]]:
+    """Header fields and per-task rows ``{task, coslow, auc, curve, ceiling, ceiling_source, <predictors>}``.
 
-    fix = ('write a list of {"task": ..., "coslow": ..., "curve": {"0": 0.4, "50": 0.5, ...}} '
-           '(or "auc" instead of "curve")')
+    A task's curve is ``curve`` (one seed) or ``curves`` (a list, one per seed), its AUC computed
+    here with its ceiling; or an ``auc`` already computed, whose ``ceiling`` then says what it was
+    normalised by. The ceiling is the task's ``ceiling`` field, else (``paper_ceilings``) paper A's
+    human score for its exact name, else None.
+    """
+    from tunewise.efficiency.ceilings import human_ceiling
+    from tunewise.efficiency.curve import normalise_curve, parse_curves
+    from tunewise.efficiency.predict import PREDICTORS
+
+    fix = ('write a list of {"task": ..., "coslow": ..., "ceiling": ..., "curve": {"0": 0.4, "50": 0.5, ...}} '
+           '("curves": [...] for several seeds, or "auc" instead of "curve")')
     document = _read_json(path, fix)
     header = document if isinstance(document, dict) else {}
     entries = document.get("tasks") if isinstance(document, dict) else document
@@ -391,29 +528,49 @@ def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]
         if not isinstance(entry, dict) or "task" not in entry or "coslow" not in entry:
             raise TunewiseError("each task needs 'task' and 'coslow'", file=path, field=where, fix=fix)
         name = str(entry["task"])
-        coslow_value = entry["coslow"]
-        if isinstance(coslow_value, bool) or not isinstance(coslow_value, (int, float)) or not -1 <= coslow_value <= 1:
-            raise TunewiseError(f"CoS-Low {coslow_value!r} is not a cosine in [-1, 1]", file=path,
+        for predictor in PREDICTORS:
+            value = entry.get(predictor)
+            if predictor != "coslow" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TunewiseError(f"{predictor} {value!r} is not a finite number", file=path,
+                                    field=f"{where}.{predictor}", fix=fix)
+        if not -1 <= entry["coslow"] <= 1:
+            raise TunewiseError(f"CoS-Low {entry['coslow']!r} is not a cosine in [-1, 1]", file=path,
                                 field=f"{where}.coslow", fix=fix)
-        ceiling = entry.get("ceiling")
-        if ceiling is not None and (isinstance(ceiling, bool) or not isinstance(ceiling, (int, float))):
+        ceiling, source = entry.get("ceiling"), "measured file"
+        if ceiling is not None and (isinstance(ceiling, bool) or not isinstance(ceiling, (int, float))
+                                    or not math.isfinite(ceiling)):
             raise TunewiseError(f"the ceiling {ceiling!r} is not a number", file=path, field=f"{where}.ceiling",
                                 fix=fix)
         try:
-            if "curve" in entry:
-                curve = parse_curve(entry["curve"])
-                auc = curve_auc(curve, ceiling=ceiling, max_budget=max_budget, grid=grid)
+            if "curve" in entry or "curves" in entry:
+                if "curve" in entry and "curves" in entry:
+                    raise TunewiseError("give 'curve' (one seed) or 'curves' (one per seed), not both", fix=fix)
+                if "curves" in entry and not isinstance(entry["curves"], list):
+                    raise TunewiseError("'curves' must be a list of curves, one per seed", fix=fix)
+                curve = parse_curves(entry["curve"] if "curve" in entry else entry["curves"])
+                if ceiling is None and paper_ceilings and human_ceiling(name) is not None:
+                    ceiling, source = human_ceiling(name).score, human_ceiling(name).describe()
+                normalised = normalise_curve(curve, ceiling=ceiling, max_budget=max_budget, grid=grid)
+                if normalised.axis_end != max_budget:
+                    raise TunewiseError(
+                        f"the curve's largest budget kept is {normalised.axis_end}, not N = {max_budget}, so its AUC "
+                        "is on a different axis from the calibration's", field="curve",
+                        fix=f"pass --max-budget {normalised.axis_end}, or add {max_budget} to --grid")
+                auc = normalised.auc
             elif "auc" in entry:
                 curve, auc = None, entry["auc"]
                 if isinstance(auc, bool) or not isinstance(auc, (int, float)) or not 0 <= auc <= 1:
                     raise TunewiseError(f"AUC {auc!r} is not a number in [0, 1]", fix=fix)
             else:
-                raise TunewiseError("needs a 'curve' or an 'auc'", fix=fix)
+                raise TunewiseError("needs a 'curve', 'curves' or an 'auc'", fix=fix)
         except TunewiseError as error:
             field = f"{where} ({name})" + (f".{error.field}" if error.field else "")
             raise TunewiseError(error.message, file=path, field=field, fix=error.fix) from None
-        tasks.append({"task": name, "coslow": float(coslow_value), "auc": float(auc), "curve": curve,
-                      "ceiling": ceiling})
+        tasks.append({"task": name, "auc": float(auc), "curve": curve, "ceiling": ceiling,
+                      "ceiling_source": source if ceiling is not None else NO_CEILING,
+                      **{p: None if entry.get(p) is None else float(entry[p]) for p in PREDICTORS}})
     return header, tasks
 
 
@@ -429,5 +586,20 @@ def _parse_targets(text: str) -> list[float]:
     return values
 
 
-def _percent(value: float | None) -> str:
-    return "" if value is None else f" ({value:.1f} %)"
+def _parse_numbers(text: str, field: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TunewiseError(f"'{text}' is not a comma-separated list of numbers", field=field,
+                            fix="write it like 0.8 or 0.7,0.8") from None
+    if not values:
+        raise TunewiseError("no number given", field=field, fix="write it like 0.8 or 0.7,0.8")
+    return values
+
+
+def _percent_or_undefined(value: float | None) -> str:
+    return "undefined (a measured AUC is 0)" if value is None else f"{value:.1f} %"
+
+
+def _number(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(scale * value, spec)

@@ -7,29 +7,37 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich import box
 from rich.markup import escape
-from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
-from tunewise.cli.options import DEVICE_HELP, DTYPE_HELP, MODEL_HELP, with_config_options
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.cli.options import (CONFIG_FILE_OPTION, resolved_config, DEVICE_HELP, DTYPE_HELP, DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, MODEL_HELP, print_pool_notes,
+                                  with_config_options)
 from tunewise.cli.progress import stage_progress
+from tunewise.cli.tables import print_plan
 from tunewise.errors import TunewiseError
+from tunewise.data.pool import Columns
 from tunewise.run import PlanConfig
 
 @command("plan")
 @with_config_options(PlanConfig, panel="Plan")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 def plan_command(
-    pool_path: Path = typer.Argument(..., metavar="POOL", help="Pool file (labelled or not) or saved HF dataset folder."),
+    ctx: typer.Context,
+    pool_path: Path = typer.Argument(..., metavar="POOL", help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder to write (created if needed)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
+    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
+    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
+    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan document as JSON on stdout."),
+    config_file: Optional[Path] = CONFIG_FILE_OPTION,
     config: PlanConfig = None,
+    columns: Columns = None,
 ) -> None:
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
     import tunewise as tw
@@ -37,17 +45,17 @@ def plan_command(
     started = time.perf_counter()
     if output.exists() and not output.is_dir():
         raise TunewiseError("the output path is a file", file=output, field="output", fix="pass a folder with -o")
-    pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad)
+    pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad, columns=columns, keep_duplicates=keep_duplicates,
+                        split=split, dataset_config=dataset_config)
     tw.check_plan_inputs(pool, config, tw.resolve_coefficients(config.coefficients, model), source=pool_path)
-    for skipped in pool.skipped:
-        console.print("[yellow]skipped[/] " + escape(f"{skipped.file}:{skipped.line}: {skipped.reason}"),
-                      highlight=False)
+    print_pool_notes(pool)
     console.print(f"loading {escape(model)} …", highlight=False)
     backend = tw.load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                               max_batch_tokens=config.batch_tokens)
-    result = tw.plan(pool, backend, config, output, model_name=model, task_field=task_field, progress=stage_progress)
+    result = tw.plan(pool, backend, config, output, model_name=model, task_field=task_field, progress=stage_progress,
+                     run_config=resolved_config(ctx))
     if json_output:
-        stdout.print_json(data=result.document)
+        print_json(result.document)
     else:
         print_plan(result.document)
     console.print(f"done in {time.perf_counter() - started:.0f} s", highlight=False)
@@ -58,6 +66,7 @@ def plan_command(
 @command("report")
 def report_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="Folder written by `tunewise plan` (or demo)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Rebuild RUN_DIR/report.html from the files in the run folder."""
     import tunewise as tw
@@ -65,44 +74,9 @@ def report_command(
     if not run_dir.is_dir():
         raise TunewiseError("no such run folder", file=run_dir, fix="pass the -o folder of `tunewise plan`")
     path = tw.build_report(run_dir)
+    if as_json:
+        print_json({"report": str(path)})
+        return
     stdout.print(f"report → {escape(str(path))}", highlight=False, soft_wrap=True)
 
 
-def plan_table(document: dict) -> Table:
-    """The per-task plan: pool, labelled, confidence, weight, budget, prediction."""
-    target = document["target"]
-    # A light box keeps the nine columns within an 80-character terminal.
-    table = Table(title=f"Plan: {document['selected']} labels, {document['strategy']}, seed {document['seed']}",
-                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption=f"conf.: mean confidence; AUC': predicted; need: labels to reach {target:.0%} of the way "
-                          "to the ceiling")
-    table.add_column("task", no_wrap=True)
-    for name in ("pool", "labelled", "conf.", "weight", "budget", "share", "AUC'", "need"):
-        table.add_column(name, justify="right")
-
-    def cell(value, spec=".3f") -> str:
-        return "-" if value is None else format(value, spec)
-
-    for task, entry in document["tasks"].items():
-        table.add_row(escape(task), str(entry["pool"]), str(entry["labelled"]), cell(entry["mean_confidence"]),
-                      cell(entry["weight"]), str(entry["budget"]), cell(entry["share"], ".1%"),
-                      cell(entry["predicted_auc"]), cell(entry["labels_needed"], "d"))
-    return table
-
-
-def print_plan(document: dict) -> None:
-    """The plan table, then each task's reason, then the notes.
-
-    When every task's reason ends with the same sentence (all lack a prediction for the same
-    cause), that sentence is printed once after them instead of once per task.
-    """
-    from tunewise.pipeline import split_shared_closing_sentence
-
-    stdout.print(plan_table(document))
-    reasons, shared = split_shared_closing_sentence([entry["why"] for entry in document["tasks"].values()])
-    for task, why in zip(document["tasks"], reasons):
-        stdout.print(f"[bold]{escape(task)}[/]: {escape(why)}", highlight=False)
-    if shared:
-        stdout.print(f"[bold]every task[/]: {escape(shared)}", highlight=False)
-    for note in document["notes"]:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)

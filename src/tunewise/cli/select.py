@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
 
@@ -42,10 +42,12 @@ def select_command(
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
-    from tunewise.select.manifest import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
+    from tunewise.data.export import EXPORT_FORMATS, default_export_path
+    from tunewise.select.manifest import selection_meta, write_selection
     from tunewise.select import get_strategy, read_indicator_weights
 
     if (budget is None) == (fraction is None):
@@ -57,7 +59,7 @@ def select_command(
     if export is not None:
         if export not in EXPORT_FORMATS:
             raise TunewiseError(
-                f"unknown export format '{export}'", field="export", fix="use --export messages or alpaca"
+                f"unknown export format '{export}'", field="export", fix="use --export " + " or ".join(EXPORT_FORMATS)
             )
         if pool is None:
             raise TunewiseError(
@@ -93,6 +95,9 @@ def select_command(
 
     for note in selection.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if as_json:
+        print_json({**meta, "written": [str(path) for path in written]})
+        return
     stdout.print(allocation_table(meta))
     stdout.print(
         f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written))
@@ -128,18 +133,12 @@ def route_parameters(strategy: str, given: dict) -> dict:
 def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
     """The chosen examples, re-read from the pool by id, in the requested training format."""
     from tunewise.data.pool import read_pool
-    from tunewise.select.manifest import export_examples
+    from tunewise.data.export import export_examples
 
-    by_id = read_pool(pool_path, task_field).by_id()
     chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
-    missing = [example_id for example_id in chosen_ids if example_id not in by_id]
-    if missing:
-        raise TunewiseError(
-            f"{len(missing)} selected ids are not in the pool (e.g. {missing[0]})",
-            file=str(pool_path),
-            fix="pass the same pool (and --task-field) that was scored",
-        )
-    return export_examples((by_id[example_id] for example_id in chosen_ids), export_format)
+    chosen = read_pool(pool_path, task_field).examples_for(
+        chosen_ids, what="selected", fix="pass the same pool (and --task-field) that was scored")
+    return export_examples(chosen, export_format)
 
 
 def allocation_table(meta: dict) -> Table:

@@ -8,10 +8,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
-from tunewise.cli.options import parse_list
-from tunewise.cli.score import check_output_path
+from tunewise.cli.options import check_output_path, parse_list
 from tunewise.errors import TunewiseError
 from tunewise.data.pool import read_labelled_pool
 from tunewise.select.features import FEATURES
@@ -36,6 +35,7 @@ def anchors_command(
     check_seeds: int = typer.Option(5, min=1, help="Seeds the tracking check is repeated over."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Choose m weighted anchors of a dev set and check how well they track the full dev score.
 
@@ -57,6 +57,9 @@ def anchors_command(
     report = tracking_report(logliks, embeddings, count, seeds=range(seed, seed + check_seeds))
     write_anchors(output, dev.examples, anchors, logliks)
 
+    if as_json:
+        print_json({**report, "anchors": len(anchors), "dev": len(dev), "output": str(output)})
+        return
     stdout.print(tracking_table(report))
     if count >= len(dev):
         console.print(f"[yellow]note:[/] m = {count} is not smaller than the dev set ({len(dev)} examples): every "
@@ -127,6 +130,7 @@ def tune_weights_command(
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget of one proxy batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.
 
@@ -161,12 +165,8 @@ def tune_weights_command(
     scores, provenance = read_scores(scores_path)
     orientations = parse_orientation(orientation)
     resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
-    pool = read_labelled_pool(pool_path, task_field, "pool").by_id()
-    missing = [example_id for example_id in scores["id"].astype(str) if example_id not in pool]
-    if missing:
-        raise TunewiseError(f"{len(missing)} scored ids are not in the pool (e.g. {missing[0]})", file=str(pool_path),
-                            fix="pass the same pool (and --task-field) that was scored")
-    pool_examples = [pool[example_id] for example_id in scores["id"].astype(str)]
+    pool_examples = read_labelled_pool(pool_path, task_field, "pool").examples_for(
+        scores["id"], what="scored", fix="pass the same pool (and --task-field) that was scored")
     dev = read_labelled_pool(dev_path, task_field, "dev")
 
     import optuna
@@ -215,6 +215,9 @@ def tune_weights_command(
     from tunewise.select.manifest import encode_json, write_files_atomically
 
     write_files_atomically({output: encode_json(document)})
+    if as_json:
+        print_json({**document, "output": str(output)})
+        return
     stdout.print(weights_table(document))
     if validation is not None:
         stdout.print(validation_table(validation))

@@ -1,4 +1,5 @@
-"""The scores table: one row per example, one column per indicator.
+"""The scores table (one row per example, one column per indicator) and the :class:`ExampleTable`
+that carries it together with its examples.
 
 In memory it is a pandas DataFrame; on disk a Parquet file whose schema metadata carries the
 provenance (model fingerprint, indicator versions, tunewise version). Columns:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -130,3 +132,46 @@ def _check_scores(frame: pd.DataFrame, path: Path) -> None:
                     f"column '{column}' is infinite in {infinite} of {len(frame)} rows",
                     file=path, field=column, fix="re-score those rows, or drop them from the scores",
                 )
+
+
+@dataclass(frozen=True)
+class ExampleTable:
+    """The examples and their score columns together, row for row (HF ``datasets``' habit).
+
+    ``scores`` is the scores table described above; its row ``i`` belongs to ``examples[i]``
+    (checked once, at construction). Transforms return a new table and never edit this one.
+    """
+
+    examples: tuple
+    scores: pd.DataFrame
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        ids = [example.id for example in self.examples]
+        if ids != self.scores["id"].astype(str).tolist():
+            raise TunewiseError("the scores do not belong to these examples (ids or order differ)",
+                                file=self.source, fix="score this pool again, or pass the pool that was scored")
+
+    @classmethod
+    def join(cls, pool, scores: pd.DataFrame, *, file=None) -> ExampleTable:
+        """The table of ``scores`` with each row's example looked up in ``pool`` by id."""
+        examples = pool.examples_for(scores["id"], what="scored", file=file,
+                                     fix="pass the same pool (and --task-field) that was scored")
+        return cls(tuple(examples), scores.reset_index(drop=True), pool.source)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.scores.columns)
+
+    def take(self, positions) -> ExampleTable:
+        """The rows at ``positions``, in that order (e.g. a :class:`~tunewise.select.Selection`'s)."""
+        positions = [int(position) for position in positions]
+        return ExampleTable(tuple(self.examples[p] for p in positions),
+                            self.scores.iloc[positions].reset_index(drop=True), self.source)
+
+    def with_scores(self, scores: pd.DataFrame) -> ExampleTable:
+        """A new table over the same examples with another scores frame (same ids, same order)."""
+        return ExampleTable(self.examples, scores.reset_index(drop=True), self.source)

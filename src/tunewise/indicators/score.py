@@ -7,6 +7,7 @@ stopped.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, Sequence
 
 import pandas as pd
@@ -19,6 +20,7 @@ from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
 
 ProgressCallback = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 def cache_output_name(output: str, max_new_tokens: int) -> str:
@@ -58,6 +60,8 @@ def score_pool(
             values[output] = cache.get(backend.fingerprint, cache_output_name(output, backend.max_new_tokens),
                                        OUTPUT_VERSIONS[output], ids)
         missing = {i for i, example_id in enumerate(ids) if any(example_id not in values[o] for o in model_outputs)}
+        log.info("scoring %d examples (%s): %d from the cache, %d need the model", len(ids),
+                 ", ".join(model_outputs) or "no model outputs", len(ids) - len(missing), len(missing))
         if missing:
             _compute_missing(examples, missing, model_outputs, backend, cache, values, progress, max_batch_tokens)
     finally:
@@ -112,6 +116,19 @@ def _assemble(examples, chosen, values) -> pd.DataFrame:
     for indicator in chosen:
         columns.update(indicator.compute(values, examples))
     return pd.DataFrame(columns)
+
+
+def score(pool, backend: Backend, indicators: Sequence[str] = DEFAULT_INDICATORS, *,
+          cache_dir: str | None = None, progress: ProgressCallback | None = None,
+          max_batch_tokens: int | None = None):
+    """Score ``pool`` and return a new :class:`~tunewise.data.table.ExampleTable`: its examples
+    with one column per indicator column (see :func:`score_pool`, which this wraps)."""
+    from tunewise.data.table import ExampleTable
+
+    examples = tuple(getattr(pool, "examples", pool))
+    scores = score_pool(examples, backend, indicators, cache_dir=cache_dir, progress=progress,
+                        max_batch_tokens=max_batch_tokens)
+    return ExampleTable(examples, scores, getattr(pool, "source", None))
 
 
 def complete_scores(scores: pd.DataFrame, examples: Sequence[Example], backend: Backend, columns: Sequence[str],

@@ -1,4 +1,4 @@
-"""The selection manifest on disk, and the chosen examples exported for training.
+"""The selection manifest on disk (the chosen examples exported for training: :mod:`tunewise.data.export`).
 
 ``selection.jsonl`` has one row per pick, in order::
 
@@ -26,7 +26,6 @@ from tunewise.errors import TunewiseError
 from tunewise.data.table import SCALAR_INDICATORS
 from tunewise.select import Selection, Strategy
 
-EXPORT_FORMATS = ("messages", "alpaca")
 
 
 def meta_path(selection_path: str | os.PathLike) -> Path:
@@ -36,17 +35,11 @@ def meta_path(selection_path: str | os.PathLike) -> Path:
     return path.with_name(f"{stem}.meta.json")
 
 
-def default_export_path(selection_path: str | os.PathLike, export_format: str) -> Path:
-    """``X.jsonl`` → ``X.messages.jsonl`` or ``X.alpaca.json``."""
-    path = Path(selection_path)
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    suffix = ".messages.jsonl" if export_format == "messages" else ".alpaca.json"
-    return path.with_name(stem + suffix)
-
-
-def selection_records(scores: pd.DataFrame, selection: Selection) -> list[dict]:
-    """The manifest rows: position, id, task, scalar scores (NaN and ±inf as null) and reason."""
+def selection_records(scores: pd.DataFrame, selection: Selection, user_ids=None) -> list[dict]:
+    """The manifest rows: position, id, the user's own id (``user_ids``, per scores row, when the pool
+    had an ``--id-field``), task, scalar scores (NaN and ±inf as null) and reason."""
     positions = selection.positions
+    user_ids = None if user_ids is None else [user_ids[int(p)] for p in positions]
     indicators = [name for name in SCALAR_INDICATORS if name in scores.columns]
     values = {name: scores[name].to_numpy(dtype=np.float64)[positions].tolist() for name in indicators}
     ids = scores["id"].to_numpy()[positions].tolist()
@@ -55,6 +48,7 @@ def selection_records(scores: pd.DataFrame, selection: Selection) -> list[dict]:
         {
             "position": k,
             "id": str(ids[k]),
+            **({"user_id": user_ids[k]} if user_ids is not None and user_ids[k] is not None else {}),
             "task": str(tasks[k]),
             "scores": {name: _json_float(values[name][k]) for name in indicators},
             "reason": selection.reasons[k],
@@ -99,11 +93,12 @@ def write_selection(
     selection: Selection,
     meta: Mapping,
     extra_files: Mapping[Path, bytes] | None = None,
+    user_ids=None,
 ) -> list[Path]:
     """Write the manifest, its meta file and any ``extra_files``, all or none; return the paths."""
     path = Path(path)
     files = {
-        path: encode_jsonl(selection_records(scores, selection)),
+        path: encode_jsonl(selection_records(scores, selection, user_ids)),
         meta_path(path): encode_json(meta),
         **(extra_files or {}),
     }
@@ -144,58 +139,6 @@ def read_selection(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     for name in score_names:
         frame[name] = [_nan_if_none(row["scores"].get(name)) for row in rows]
     return frame, meta
-
-
-def export_examples(examples: Iterable, export_format: str) -> bytes:
-    """The chosen examples as training data, in selection order.
-
-    ``messages``: JSONL, one ``{"messages": [...]}`` per example (what TRL, axolotl and
-    LLaMA-Factory read). ``alpaca``: a JSON list of ``{"instruction", "input", "output"}``, with
-    ``system`` and ``history`` when the conversation has them. Every example needs a response.
-    """
-    if export_format not in EXPORT_FORMATS:
-        raise TunewiseError(
-            f"unknown export format '{export_format}'", field="export", fix="choose messages or alpaca"
-        )
-    examples = list(examples)
-    unlabelled = [example.id for example in examples if example.response is None]
-    if unlabelled:
-        raise TunewiseError(
-            f"{len(unlabelled)} of the {len(examples)} selected examples have no response "
-            f"(e.g. id {unlabelled[0]}), so they cannot be exported as training data",
-            field="export",
-            fix="label them first, or select from a labelled pool",
-        )
-    if export_format == "messages":
-        return encode_jsonl({"messages": _messages(example)} for example in examples)
-    return encode_json([_alpaca(example) for example in examples])
-
-
-def _messages(example) -> list[dict]:
-    turns = [{"role": turn["role"], "content": turn["content"]} for turn in example.prompt]
-    return [*turns, {"role": "assistant", "content": example.response}]
-
-
-def _alpaca(example) -> dict:
-    system = [turn["content"] for turn in example.prompt if turn["role"] == "system"]
-    dialogue = [turn for turn in example.prompt if turn["role"] != "system"]
-    roles = [turn["role"] for turn in dialogue]
-    expected = ["user", "assistant"] * (len(dialogue) // 2) + ["user"]
-    if roles != expected:
-        raise TunewiseError(
-            f"example {example.id}: its turns ({', '.join(roles) or 'none'}) do not alternate user and "
-            "assistant ending with a user turn, which the Alpaca format needs",
-            field="export",
-            fix="export with --export messages",
-        )
-    record = {"instruction": dialogue[-1]["content"], "input": "", "output": example.response}
-    if system:
-        record["system"] = "\n\n".join(system)
-    if len(dialogue) > 1:
-        record["history"] = [
-            [dialogue[i]["content"], dialogue[i + 1]["content"]] for i in range(0, len(dialogue) - 1, 2)
-        ]
-    return record
 
 
 def encode_jsonl(records: Iterable[Mapping]) -> bytes:

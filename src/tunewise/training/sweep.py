@@ -394,10 +394,16 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
     """Summarise every finished run of a sweep folder into ``sweep.json`` and ``curves.png``.
 
     Per strategy: the learning curve (budget → mean score over seeds, budget 0 the zero-shot
-    score), the per-seed scores, per-task mean scores, the AUC (:func:`tunewise.efficiency.curve.curve_auc`
-    with the sweep's budgets as the grid and the largest as N), and per budget the gain over
-    ``random`` (:func:`paired_gain`). All strategies share one ceiling (``ceiling`` or the best
-    mean score of any strategy) so that their AUCs compare; a flat curve has AUC None.
+    score), the per-seed scores, per-task mean scores, the AUC and per budget the gain over
+    ``random`` (:func:`paired_gain`).
+
+    The AUC is paper A's (:func:`tunewise.efficiency.curve.curve_auc`, with the sweep's budgets as
+    the grid and the largest as N): each seed's curve gets its own monotone envelope, then the
+    envelopes are averaged (``utils/calculate_per_task_auc.py:103-122`` of the released code), over
+    the seeds that finished every budget of the sweep (``auc_seeds``). All strategies share one
+    ceiling, max(``ceiling``, the best score of any run), so that their AUCs compare; without
+    ``ceiling`` it is the best score alone, which is not paper A's normalisation (``ceiling_source``
+    says which). A flat curve has AUC None.
     """
     from tunewise.efficiency.curve import curve_auc
 
@@ -417,14 +423,17 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
         if zero_shot is not None:
             curve[0] = zero_shot["score"]
         curves[strategy] = dict(sorted(curve.items()))
-    best = max((score for curve in curves.values() for score in curve.values()), default=0.0)
+    # The released code's ceiling is max(human, best raw score of any seed): raw, not averaged.
+    best = max([record["score"] for record in records] + ([zero_shot["score"]] if zero_shot else []), default=0.0)
     shared_ceiling = best if ceiling is None else max(ceiling, best)
 
     summary_strategies = {}
     for strategy in strategies:
+        seed_curves = _seed_curves(per_seed[strategy], budgets, zero_shot)
         entry = {
             "curve": {str(budget): score for budget, score in curves[strategy].items()},
-            "auc": _auc_or_none(curve_auc, curves[strategy], shared_ceiling, budgets),
+            "auc": _auc_or_none(curve_auc, list(seed_curves.values()), shared_ceiling, budgets),
+            "auc_seeds": sorted(seed_curves),
             "per_seed": {str(b): {str(s): v for s, v in sorted(seeds.items())}
                          for b, seeds in sorted(per_seed[strategy].items())},
             "task_curves": _task_curves(task_runs[strategy], zero_shot),
@@ -445,6 +454,9 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
         "seeds": sorted({record["seed"] for record in records}),
         "baseline": BASELINE if BASELINE in per_seed else None,
         "ceiling": shared_ceiling,
+        "ceiling_source": "given" if ceiling is not None and ceiling >= best else
+                          "best score of any run" + ("" if ceiling is not None else
+                                                     " (no human or target ceiling given: not paper A's scale)"),
         "confidence_level": CONFIDENCE_LEVEL,
         "zero_shot": None if zero_shot is None else {"score": zero_shot["score"], "scores": zero_shot["scores"]},
         "strategies": summary_strategies,
@@ -464,11 +476,27 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _auc_or_none(curve_auc, curve: dict[int, float], ceiling: float, budgets: list[int]) -> float | None:
-    if not budgets or max(budgets) < 2:
+def _seed_curves(scores: dict[int, dict[int, float]], budgets: list[int], zero_shot: dict | None) -> dict:
+    """seed → {budget: score} (budget 0 the zero-shot score) for every seed that finished every budget.
+
+    A seed missing a budget is left out rather than filled in: the AUC's envelope would otherwise
+    carry its previous score into the unfinished run.
+    """
+    seeds = set.intersection(*(set(scores.get(budget, {})) for budget in budgets)) if budgets else set()
+    curves = {}
+    for seed in sorted(seeds):
+        curve = {budget: scores[budget][seed] for budget in budgets}
+        if zero_shot is not None:
+            curve[0] = zero_shot["score"]
+        curves[seed] = curve
+    return curves
+
+
+def _auc_or_none(curve_auc, seed_curves: list[dict[int, float]], ceiling: float, budgets: list[int]) -> float | None:
+    if not budgets or max(budgets) < 2 or not seed_curves:
         return None
     try:
-        return curve_auc(curve, ceiling=ceiling, max_budget=max(budgets), grid=budgets)
+        return curve_auc(seed_curves, ceiling=ceiling, max_budget=max(budgets), grid=budgets)
     except TunewiseError:
         return None  # a flat curve: no gain over zero-shot to normalise by
 
