@@ -27,7 +27,6 @@ Run niced; on shared cores the load average is recorded with the figures.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.util
 import json
 import os
@@ -169,6 +168,7 @@ def main() -> None:
               "useful_flops_per_epoch": flops, "legacy_commit": args.legacy_commit,
               "roof_before": {"float32": matmul_roof(torch.float32), "bfloat16": matmul_roof(torch.bfloat16)},
               "runs": []}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for name in variants:
             if seed != seeds[0] and name in single:
@@ -177,11 +177,12 @@ def main() -> None:
             run["load"] = os.getloadavg()[0]
             print(json.dumps(run), flush=True)
             report["runs"].append(run)
-    report["roof_after"] = {"float32": matmul_roof(torch.float32), "bfloat16": matmul_roof(torch.bfloat16)}
-    report["load_after"] = os.getloadavg()
-    report["summary"] = summarise(report, variants)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+            # The roof again after every run, and the report so far: on shared cores a long run may
+            # have to be stopped, and its finished variants still count.
+            report["roof_after"] = {"float32": matmul_roof(torch.float32), "bfloat16": matmul_roof(torch.bfloat16)}
+            report["load_after"] = os.getloadavg()
+            report["summary"] = summarise(report, variants)
+            args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["summary"], indent=2))
 
 

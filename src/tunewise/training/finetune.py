@@ -32,7 +32,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -428,7 +428,6 @@ def finetune(
     with no response token left after truncation, adapters that cannot attach, a model that already
     carries a tunewise adapter, and a loss that turns non-finite (nothing is saved then).
     """
-    import torch
 
     from tunewise.model.precision import resolve_dtype
 
