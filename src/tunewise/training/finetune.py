@@ -428,7 +428,6 @@ def finetune(
     with no response token left after truncation, adapters that cannot attach, a model that already
     carries a tunewise adapter, and a loss that turns non-finite (nothing is saved then).
     """
-
     from tunewise.model.precision import resolve_dtype
 
     config = config or FinetuneConfig()
