@@ -28,7 +28,7 @@ from pathlib import Path
 from tunewise.efficiency.ceilings import human_ceiling
 from tunewise.efficiency.curve import curve_auc
 from tunewise.efficiency.predict import calibrate
-from tunewise.training.evaluate import write_json_atomic
+from tunewise.io import write_json
 
 
 def refit(document: dict, ceiling_for) -> dict:
@@ -67,7 +67,7 @@ def main() -> None:
     results = {name: refit(document, ceiling_for) for name, ceiling_for in variants.items()}
     results["human_ceilings"] = {task: human_ceiling(task).score for task in document["measured_curves"]
                                  if human_ceiling(task)}
-    write_json_atomic(results, args.out)
+    write_json(args.out, results)
     print("| | as shipped | human where known | human, else 1.0 |\n|---|---:|---:|---:|")
     rows = [("slope", "slope", "{:+.3f}"), ("intercept", "intercept", "{:.3f}"),
             ("LOTO absolute error (AUC points)", "loto_mae_points", "{:.1f}"),

@@ -312,43 +312,59 @@ def write_pool(path, count: int, labelled: bool = False):
 
 
 @pytest.mark.integration
-def test_coslow_two_steps_on_an_unlabelled_pool(tmp_path):
+def test_coslow_two_steps_on_an_unlabelled_pool(tmp_path, lively_model_dir):
     pool = write_pool(tmp_path / "pool.jsonl", 50)
     out = tmp_path / "out"
-    common = ["--task-field", "task", "--task", "times", "--model", "tiny-random", "-o", out]
+    common = ["--task-field", "task", "--task", "times", "--model", lively_model_dir, "-o", out]
 
     too_small = invoke("coslow", pool, *common)
-    assert too_small.exit_code == 2 and "40 prompts available, 320 needed" in too_small.stderr
+    assert too_small.exit_code == 2 and "prompts available" in too_small.stderr and "320 needed" in too_small.stderr
 
     first = invoke("coslow", pool, *common, "--allow-small-pool")
     assert first.exit_code == 0, first.output
     to_label = out / "to_label.jsonl"
     records = [json.loads(line) for line in to_label.read_text().splitlines()]
-    assert len(records) == 32 and all(r["response"] is None and r["task"] == "times" for r in records)
-    assert "--labelled" in first.stderr
+    assert all(r["response"] is None and r["task"] == "times" for r in records)
+    # The 32 least confident, then the 32 random prompts for CoS-Rand (a prompt in both is listed once).
+    assert sum(r["sample"] in ("low_confidence", "both") for r in records) == 32
+    assert sum(r["sample"] in ("random", "both") for r in records) == 32
+    assert len({r["pool_id"] for r in records}) == len(records) <= 40
+    assert "--labelled" in first.stderr and "--task-field task --task times" in first.stderr
     assert not (out / "coslow.json").exists()
 
-    unanswered = invoke("coslow", pool, "--labelled", to_label, "--model", "tiny-random", "-o", out)
-    assert unanswered.exit_code == 2 and "32 of 32 examples have no response" in unanswered.stderr
+    unanswered = invoke("coslow", pool, *common[:4], "--labelled", to_label, "--model", lively_model_dir, "-o", out)
+    assert unanswered.exit_code == 2
+    assert f"{len(records)} of {len(records)} examples have no response" in unanswered.stderr
 
     for record in records:
         record["response"] = str(3 * int(record["prompt"].split()[2]))
     to_label.write_text("".join(json.dumps(r) + "\n" for r in records))
-    second = invoke("coslow", pool, "--labelled", to_label, "--model", "tiny-random", "-o", out)
+    second = invoke("coslow", pool, *common[:4], "--labelled", to_label, "--model", lively_model_dir, "-o", out)
     assert second.exit_code == 0, second.output
     document = json.loads((out / "coslow.json").read_text())
-    assert -1 <= document["coslow"] <= 1
+    assert -1 <= document["coslow"] <= 1 and -1 <= document["coslow_random"] <= 1
+    assert document["grad_norm"] > 0 and document["grad_norm_random"] > 0
+    assert 0 < document["mean_confidence"] < 1 and document["include_eos"] is False
     assert document["k"] == 32 and len(document["cosines"]) == 496
-    assert document["task"] == "times" and document["model_fingerprint"].startswith("tiny-random")
+    assert document["task"] == "times" and document["model_fingerprint"].startswith("local:")
     assert "CoS-Low of task 'times'" in second.stdout
 
 
 @pytest.mark.integration
-def test_coslow_on_a_labelled_pool_goes_straight_to_the_value(tmp_path):
+def test_coslow_on_a_labelled_pool_goes_straight_to_the_value(tmp_path, lively_model_dir):
     pool = write_pool(tmp_path / "pool.jsonl", 40, labelled=True)
-    result = invoke("coslow", pool, "--model", "tiny-random", "--allow-small-pool", "-o", tmp_path)
+    result = invoke("coslow", pool, "--model", lively_model_dir, "--allow-small-pool", "--no-random", "-o", tmp_path)
     assert result.exit_code == 0, result.output
-    assert -1 <= json.loads((tmp_path / "coslow.json").read_text())["coslow"] <= 1
+    document = json.loads((tmp_path / "coslow.json").read_text())
+    assert -1 <= document["coslow"] <= 1 and document["coslow_random"] is None
+    assert document["lora_target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                               "v_proj"]
+    with_end = invoke("coslow", pool, "--model", lively_model_dir, "--allow-small-pool", "--no-random", "--include-eos",
+                      "-o", tmp_path / "with_end")
+    assert with_end.exit_code == 0, with_end.output
+    other = json.loads((tmp_path / "with_end" / "coslow.json").read_text())
+    assert other["include_eos"] is True and other["examples"] == document["examples"]
+    assert other["coslow"] != document["coslow"]
 
 
 def test_coslow_task_errors(tmp_path):

@@ -11,11 +11,11 @@ import pytest
 import tunewise.training.sweep
 from tunewise.efficiency.curve import curve_auc
 from tunewise.errors import TunewiseError
-from tunewise.training.evaluate import write_json_atomic
+from tunewise.io import write_json
 from tunewise.training.finetune import FinetuneConfig
 from tunewise.data.pool import parse_record
 from tunewise.training.sweep import (paired_gain, parse_strategy_spec, run_file_name, run_sweep, split_strategy_specs,
-                             strategy_from_spec, summarise_sweep)
+                                     strategy_from_spec, summarise_sweep, tertile_scores, tertiles_by_answer_length)
 
 # scipy.stats.t.ppf(0.975, df) for df = 1, 2, written out so the test checks the interval itself.
 T_975 = {1: 12.706204736174694, 2: 4.302652729749462}
@@ -38,7 +38,7 @@ def write_run(run_dir, strategy, budget, seed, scores):
     record = {"strategy": strategy, "budget": budget, "seed": seed, "score": sum(scores.values()) / len(scores),
               "scores": scores, "results": {}}
     name = "zero_shot.json" if strategy == "zero_shot" else run_file_name(strategy, budget, seed)
-    write_json_atomic(record, run_dir / "runs" / name)
+    write_json(run_dir / "runs" / name, record)
 
 
 def test_summary_of_hand_made_runs(tmp_path):
@@ -140,6 +140,9 @@ def test_sweep_runs_end_to_end_and_resumes_only_what_is_missing(tmp_path, monkey
     assert len(record["selected_ids"]) == 4
     assert {e.task for e in pool if e.id in record["selected_ids"]} == {"add", "echo"}
     assert set(record["scores"]) == {"add", "echo"} and record["training"]["final_loss"] is not None
+    assert set(record["difficulty_tertiles"]) == {"easy", "medium", "hard"}
+    curves = summary["strategies"]["random"]["difficulty_tertile_curves"]
+    assert set(curves) == {"easy", "medium", "hard"} and set(curves["easy"]) == {"0", "2", "4"}
 
     removed = tmp_path / "runs" / run_file_name("task_diversity", 4, 1)
     removed.unlink()
@@ -207,7 +210,26 @@ def test_strategy_specs_parse_to_a_name_and_typed_parameters():
     assert isinstance(parameters["beta"], int) and isinstance(parameters["c0"], float)
     assert parse_strategy_spec("difficulty_window:beta=-0.1")[1] == {"beta": -0.1}
     strategy = strategy_from_spec("difficulty_window:c0=0.15,beta=0")
-    assert (strategy.c0, strategy.beta, strategy.difficulty) == (0.15, 0, "loss")
+    assert (strategy.c0, strategy.beta, strategy.difficulty) == (0.15, 0, "length")
+    nested = strategy_from_spec("task_diversity:within=difficulty_bucket,bucket=hard,difficulty=loss")
+    assert (nested.within.name, nested.within.bucket, nested.within.difficulty) == ("difficulty_bucket", "hard", "loss")
+
+
+def test_each_run_is_scored_on_the_easy_medium_and_hard_thirds_of_the_test_set():
+    class Tokenizer:  # one token per word
+        def __call__(self, texts, add_special_tokens=False):
+            return {"input_ids": [text.split() for text in texts]}
+
+    test = [parse_record({"question": f"q{i}", "answer": " ".join(["w"] * (1 + i % 6)), "task": task}, "task")
+            for i, task in enumerate(["a"] * 6 + ["b"] * 3)]
+    tertiles = tertiles_by_answer_length(test, Tokenizer())
+    assert [tertiles[e.id] for e in test] == ["easy", "easy", "medium", "medium", "hard", "hard",
+                                              "easy", "medium", "hard"]
+    samples = [{"id": e.id, "task": e.task, "correct": i in (0, 1, 2, 6)} for i, e in enumerate(test)]
+    # easy: task a 2/2 right, task b 1/1 → 1.0; medium: a 1/2, b 0/1 → 0.25; hard: 0.
+    assert tertile_scores(samples, tertiles) == {"easy": 1.0, "medium": 0.25, "hard": 0.0}
+    loglik = [{"id": test[0].id, "task": "a", "log_likelihood": -2.0}]
+    assert tertile_scores(loglik, tertiles) == {"easy": -2.0, "medium": None, "hard": None}
 
 
 def test_a_strategy_list_keeps_each_specs_parameters_with_it():

@@ -27,7 +27,8 @@ def calibrate_difficulty_command(
     budgets: str = typer.Option("100,300,1000", help="Three (at least two) comma-separated budgets."),
     windows: str = typer.Option("0.15,0.5,0.85", help="Fixed window centres (difficulty quantiles in [0, 1])."),
     seeds: str = typer.Option("0", help="Comma-separated seeds (selection and fine-tune)."),
-    difficulty: str = typer.Option("loss", help="What the windows rank by: loss or cot_length."),
+    difficulty: str = typer.Option("length", help="What the windows rank by: length (response tokens, paper C's "
+                                                  "chain-of-thought length), cot_length or loss."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and test)."),
     metric: str = typer.Option("auto", help=METRIC_HELP),
@@ -40,10 +41,15 @@ def calibrate_difficulty_command(
 ) -> None:
     """Fine-tune on easy, medium and hard windows at each budget, find the best window per budget,
     and fit the c0 and β that `tunewise select --strategy difficulty_window` takes."""
-    from tunewise.training.difficulty import CALIBRATION_FILE, calibrate_difficulty
+    from tunewise.cli.options import check_sweep_output, model_input
     from tunewise.data.pool import read_pool
+    from tunewise.training.difficulty import CALIBRATION_FILE, calibrate_difficulty
+    from tunewise.training.sweep import CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder
 
     centres = _parse_windows(windows)
+    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(model)},
+                       (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, CALIBRATION_FILE))
+    check_sweep_folder(output)
     pool = read_pool(pool_path, task_field)
     test_set = read_pool(test, task_field)
     with progress_bar("sweep", unit="runs") as update:

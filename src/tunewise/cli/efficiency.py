@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -13,9 +13,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.io import encode_json, encode_jsonl
 
+TO_LABEL_FILE, COSLOW_FILE = "to_label.jsonl", "coslow.json"
 _GRID_TEXT = ",".join(map(str, DEFAULT_GRID))
 NO_CEILING = "best measured score (no human or target ceiling)"
 _TARGETS_TEXT = "0.5,0.8,0.9"
@@ -42,6 +45,11 @@ def curve_command(
     """
     from tunewise.efficiency.curve import normalise_curve, parse_grid, plot_curve, read_curve
 
+    if plot is not None:
+        from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+        refuse_overwriting_inputs({"--plot": plot}, {"the curve file": curve_file})
+        check_output_file(plot, field="plot", example="--plot curve.png")
     points = read_curve(curve_file)
     budgets = parse_grid(grid)
     ceiling, ceiling_source = _resolve_ceiling(ceiling, task)
@@ -69,7 +77,7 @@ def curve_command(
         }))
         return
     seeds = [points] if isinstance(points, dict) else points
-    table = Table(title=f"{curve_file.name}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g} ({ceiling_source})"
+    table = Table(title=f"{escape(curve_file.name)}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g} ({ceiling_source})"
                         + (f", {curve.seeds} seeds" if curve.seeds > 1 else ""))
     for column in ("budget", "measured", "envelope", "normalised"):
         table.add_column(column, justify="right")
@@ -89,89 +97,136 @@ def coslow_command(
     pool: Path = typer.Argument(..., help="Pool file of the task (unlabelled or labelled)."),
     task: Optional[str] = typer.Option(None, help="Task to measure (needed when the pool has several)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
-    model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
+    model: str = typer.Option("smollm2", help="smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a "
+                                              "model folder."),
     labelled: Optional[Path] = typer.Option(None, metavar="LABELLED.jsonl",
                                             help="to_label.jsonl with responses filled in."),
-    seed: int = typer.Option(0, help="Seeds the sample of prompts and the LoRA A matrices."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seeds the samples of prompts and the LoRA A matrices."),
     output_dir: Path = typer.Option(Path("."), "-o", "--output", "--output-dir",
                                     help="Where to write to_label.jsonl / coslow.json."),
     allow_small_pool: bool = typer.Option(
         False, help="Accept fewer than 320 prompts: sample from the 32 least confident (not the paper's protocol)."
     ),
+    confidence_metric: str = typer.Option(
+        "confidence", help="How the least confident prompts are found: confidence (lowest mean probability of the "
+                           "answer tokens) or confidence_ppl (highest perplexity of the answer); paper A offers both."),
+    include_eos: bool = typer.Option(False, help="Keep the end-of-turn token in the gradient's loss (paper A "
+                                                 "leaves it out)."),
+    random_sample: bool = typer.Option(True, "--random/--no-random",
+                                       help="Also measure CoS-Rand, the same on 32 random prompts (paper A's control; "
+                                            "an unlabelled pool then needs those labelled too)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity."""
+    """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity.
+
+    coslow.json also holds CoS-Rand (``coslow_random``), the mean gradient norm (``grad_norm``) and
+    the pool's mean confidence (``mean_confidence``): the predictors paper A compares CoS-Low with.
+    """
+    import numpy as np
+
     from tunewise import __version__
     from tunewise.model import load_backend
+    from tunewise.model.load import describe_model
     from tunewise.cli.progress import progress_bar
-    from tunewise.efficiency.coslow import DEFAULT_K, coslow, lowest_confidence_prompts
+    from tunewise.efficiency.coslow import (CONFIDENCE_METRICS, DEFAULT_K, coslow, lowest_confidence_prompts,
+                                            random_prompts)
     from tunewise.data.pool import read_pool
     from tunewise.indicators.score import score_pool
+    from tunewise.io import RunFolder
 
+    folder = RunFolder(output_dir)
+    # The first step writes to_label.jsonl; the second reads it back filled in and writes coslow.json.
+    folder.check([COSLOW_FILE] if labelled is not None else [TO_LABEL_FILE, COSLOW_FILE],
+                 inputs={"the pool": pool, "--labelled": labelled})
+    if confidence_metric not in CONFIDENCE_METRICS:
+        raise TunewiseError(f"unknown confidence metric '{confidence_metric}'", field="confidence_metric",
+                            fix=did_you_mean(confidence_metric, CONFIDENCE_METRICS))
+    pool_examples, task_name = _task_examples(read_pool(pool, task_field), task, pool)
+    source = {"pool": str(pool)}
     if labelled is not None:
-        examples = read_pool(labelled).examples
-        unanswered = [i for i, e in enumerate(examples, start=1) if e.response is None]
-        if unanswered:
-            listed = ", ".join(map(str, unanswered[:5])) + (" …" if len(unanswered) > 5 else "")
-            raise TunewiseError(f"{len(unanswered)} of {len(examples)} examples have no response yet "
-                                f"(examples {listed})",
-                                file=labelled, field="response",
-                                fix="fill in 'response' on every line, then run this command again")
-        task_name = task or examples[0].metadata.get("task") or examples[0].task
-        source = {"pool": str(pool), "labelled": str(labelled)}
-    else:
-        examples, task_name = _task_examples(read_pool(pool, task_field), task, pool)
-        source = {"pool": str(pool)}
-    console.print(f"loading {model} …", markup=False, highlight=False)
+        samples = _read_labelled_samples(labelled)
+        task_name = task or samples["low_confidence"][0].metadata.get("task") or task_name
+        source["labelled"] = str(labelled)
+    console.print(f"loading {describe_model(model)} …", markup=False, highlight=False)
     backend = load_backend(model, device=device, dtype="fp32")
     if not hasattr(backend, "loaded"):
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model}' has none", field="model",
                             fix="use --model smollm2, tiny-random or a model folder")
+    indicators = sorted({"confidence", confidence_metric})
+    with progress_bar("answering prompts", unit="prompts") as update:
+        scores = score_pool(pool_examples, backend, indicators, progress=update)
+    confidence = scores["confidence"].to_numpy(dtype=np.float64)
+    ranking = scores[confidence_metric].to_numpy(dtype=np.float64)
     if labelled is None:
-        with progress_bar("answering prompts", unit="prompts") as update:
-            confidence = score_pool(examples, backend, ["confidence"], progress=update)["confidence"].to_numpy()
-        chosen = lowest_confidence_prompts(confidence, k=DEFAULT_K, seed=seed, allow_small_pool=allow_small_pool)
-        examples = [examples[i] for i in chosen]
-        if any(e.response is None for e in examples):
-            path = _write_to_label(output_dir / "to_label.jsonl", examples, confidence[chosen], task_name)
+        low = lowest_confidence_prompts(ranking, k=DEFAULT_K, seed=seed, allow_small_pool=allow_small_pool,
+                                        metric=confidence_metric)
+        rand = random_prompts(len(pool_examples), k=DEFAULT_K, seed=seed) if random_sample else []
+        samples = {"low_confidence": [pool_examples[i] for i in low], "random": [pool_examples[i] for i in rand]}
+        if any(e.response is None for group in samples.values() for e in group):
+            path = output_dir / TO_LABEL_FILE
+            folder.write({TO_LABEL_FILE: _to_label_records(pool_examples, ranking, low, rand, task_name,
+                                                           confidence_metric)})
             console.print(
-                f"wrote the {len(examples)} least confident prompts of task '{task_name}' → {path}\n"
+                f"wrote the prompts to label for task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
-                f"  tunewise coslow {pool} --labelled {path} --model {model} --seed {seed} -o {output_dir}",
+                f"  tunewise coslow {pool}{f' --task-field {task_field}' if task_field else ''}"
+                f"{f' --task {task}' if task else ''} --labelled {path} --model {model} --seed {seed} -o {output_dir}",
                 markup=False,
                 highlight=False,
             )
             return
-    with progress_bar("gradients") as update:
-        result = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in examples],
-                        [e.response for e in examples], seed=seed, progress=lambda done: update(done, len(examples)))
+    results = {}
+    for name, group in samples.items():
+        if not group or (name == "random" and not random_sample):
+            continue
+        with progress_bar(f"gradients ({name.replace('_', ' ')})") as update:
+            results[name] = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in group],
+                                   [e.response for e in group], seed=seed, include_eos=include_eos,
+                                   progress=lambda done, total=len(group): update(done, total))
+    for result in results.values():
+        if not all(math.isfinite(value) for value in [result["coslow"], *result["cosines"]]):
+            raise TunewiseError("some gradient cosines are not finite numbers (a gradient was zero or overflowed), "
+                                "so there is no CoS-Low to report", field="coslow",
+                                fix="check the labelled answers (an empty or one-token answer has almost no gradient)")
+    result = results["low_confidence"]
+    finite = confidence[np.isfinite(confidence)]
     document = {
         "coslow": result["coslow"],
+        "coslow_random": results["random"]["coslow"] if "random" in results else None,
+        "grad_norm": result["grad_norm"],
+        "grad_norm_random": results["random"]["grad_norm"] if "random" in results else None,
+        "mean_confidence": float(finite.mean()) if finite.size else None,
         "k": result["n"],
         "task": task_name,
         "model": model,
+        "model_description": describe_model(model),
         "model_fingerprint": backend.fingerprint,
         "seed": seed,
+        "confidence_metric": confidence_metric,
+        "include_eos": include_eos,
         "lora_rank": result["rank"],
         "lora_alpha": result["alpha"],
-        "seconds": result["seconds"],
-        "peak_memory_bytes": result["peak_memory"],
+        "lora_target_modules": result["target_modules"],
+        "seconds": sum(r["seconds"] for r in results.values()),
+        "peak_memory_bytes": max(r["peak_memory"] for r in results.values()),
         "peak_memory_kind": result["peak_memory_kind"],
-        "examples": [e.id for e in examples],
+        "examples": [e.id for e in samples["low_confidence"]],
+        "examples_random": [e.id for e in samples.get("random", [])] if "random" in results else None,
         "cosines": result["cosines"],
         **source,
         "tunewise_version": __version__,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "coslow.json"
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    path = output_dir / COSLOW_FILE
+    folder.write({COSLOW_FILE: encode_json(document)})
     if as_json:
         print_json({**document, "output": str(path)})
         return
-    stdout.print(f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} "
-                 f"pairwise cosines over {result['n']} examples, {result['seconds']:.1f} s) → {path}",
-                 markup=False, highlight=False)
+    line = (f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} pairwise "
+            f"cosines over {result['n']} examples")
+    if "random" in results:
+        line += f"; CoS-Rand {results['random']['coslow']:.4f}"
+    stdout.print(f"{line}; {document['seconds']:.1f} s) → {path}", markup=False, highlight=False)
     console.print(f"next: tunewise estimate --coslow-file {path}", markup=False, highlight=False)
 
 
@@ -305,8 +360,12 @@ def calibrate_command(
     """
     from tunewise import __version__
     from tunewise.efficiency.curve import parse_grid
-    from tunewise.efficiency.predict import (calibrate, doubling_schedule_cost, labels_needed, observed_labels_needed,
-                                             predict_auc, write_calibration)
+    from tunewise.efficiency.predict import (calibrate, calibration_summary, doubling_schedule_cost, labels_needed,
+                                             observed_labels_needed, predict_auc, write_calibration)
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output}, {"the measured file": measured})
+    check_output_file(output, example="-o calibration.json")
 
     budgets = parse_grid(grid)
     tau_values = _parse_targets(targets)
@@ -356,20 +415,9 @@ def calibrate_command(
                 "doubling_schedule_rounds": None if schedule is None else schedule.rounds,
                 "doubling_schedule_examples_trained": None if schedule is None else schedule.examples_trained,
             })
-    spread = {name: None if value is None else asdict(value)
-              for name, value in (("slope", calibration.slope_spread), ("intercept", calibration.intercept_spread))}
     summary = {
-        "slope": calibration.coefficients.slope,
-        "intercept": calibration.coefficients.intercept,
+        **calibration_summary(calibration),
         "tasks": len({fit.task for fit in calibration.tasks}),
-        "loto_mae": calibration.loto_mae,
-        "loto_mae_points": 100 * calibration.loto_mae,
-        "mean_predictor_mae": calibration.mean_mae,
-        "mean_predictor_mae_points": 100 * calibration.mean_mae,
-        "loto_relative_error_percent": calibration.loto_relative_error,
-        "mean_predictor_relative_error_percent": calibration.mean_relative_error,
-        "predictors": [asdict(report) for report in calibration.predictors],
-        "coefficient_spread": spread,
         "ceilings": ceilings,
         "tasks_without_ceiling": without,
         "calibration_file": str(output),
@@ -383,7 +431,7 @@ def calibrate_command(
         fits.add_column(column, justify="left" if column in ("task", "ceiling") else "right")
     for fit in calibration.tasks:
         entry = ceilings[fit.task]
-        fits.add_row(fit.task, f"{fit.coslow:.4f}", f"{fit.measured_auc:.4f}", f"{fit.loto_predicted_auc:.4f}",
+        fits.add_row(escape(fit.task), f"{fit.coslow:.4f}", f"{fit.measured_auc:.4f}", f"{fit.loto_predicted_auc:.4f}",
                      f"{fit.loto_mean_auc:.4f}",
                      "none" if entry["ceiling"] is None else f"{entry['ceiling']:g} ({entry['source']})")
     stdout.print(fits)
@@ -406,7 +454,7 @@ def calibrate_command(
     if calibration.slope_spread is not None:
         stdout.print(f"coefficients over the {summary['tasks']} leave-one-task-out folds: "
                      + "; ".join(f"{name} {entry['min']:.4f} … {entry['max']:.4f} (std {_number(entry['std'], '.4f')})"
-                                 for name, entry in spread.items()), markup=False, highlight=False)
+                                 for name, entry in summary['coefficient_spread'].items()), markup=False, highlight=False)
     if comparisons:
         labels = Table(title="labels needed: predicted (held out) vs observed, and a doubling schedule's cost")
         for column in ("task", "target", "predicted", "observed", "doubling schedule"):
@@ -414,7 +462,7 @@ def calibrate_command(
         for row in comparisons:
             schedule = ("not reached" if row["doubling_schedule_labels"] is None else
                         f"{row['doubling_schedule_labels']} ({row['doubling_schedule_rounds']} rounds)")
-            labels.add_row(row["task"], f"{row['target']:.0%}", str(row["predicted_labels"]),
+            labels.add_row(escape(row["task"]), f"{row['target']:.0%}", str(row["predicted_labels"]),
                            "not reached" if row["observed_labels"] is None else str(row["observed_labels"]), schedule)
         stdout.print(labels)
 
@@ -467,21 +515,58 @@ def _task_examples(pool, task: str | None, path: Path):
     return [e for e in pool.examples if e.task == task], task
 
 
-def _write_to_label(path: Path, examples, confidences, task: str) -> Path:
-    """One JSON line per prompt in the pool-reader's prompt/response shape, ready to fill in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for example, confidence in zip(examples, confidences):
-            single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
-            record = {
-                "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
-                "response": example.response,
-                "task": task,
-                "pool_id": example.id,
-                "confidence": float(confidence),
-            }
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
+def _to_label_records(examples, ranking, low, rand, task: str, metric: str) -> bytes:
+    """One JSON line per prompt to label, in the pool reader's prompt/response shape: the
+    low-confidence sample first, then the random one; ``sample`` says which (or ``both``)."""
+    membership = {position: "low_confidence" for position in low}
+    for position in rand:
+        membership[position] = "both" if position in membership else "random"
+    records = []
+    for position, sample in membership.items():
+        example = examples[position]
+        single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
+        value = float(ranking[position])
+        records.append({
+            "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
+            "response": example.response,
+            "task": task,
+            "pool_id": example.id,
+            "sample": sample,
+            # NaN (no answer could be scored) is not JSON: written as null.
+            metric: value if math.isfinite(value) else None,
+        })
+    return encode_jsonl(records)
+
+
+def _read_labelled_samples(path: Path) -> dict[str, list]:
+    """The labelled file's examples split into the low-confidence and the random sample.
+
+    A line without ``sample`` (files written before CoS-Rand) belongs to the low-confidence one.
+    """
+    from tunewise.data.pool import read_pool
+
+    examples = read_pool(path).examples
+    unanswered = [i for i, e in enumerate(examples, start=1) if e.response is None]
+    if unanswered:
+        listed = ", ".join(map(str, unanswered[:5])) + (" …" if len(unanswered) > 5 else "")
+        raise TunewiseError(f"{len(unanswered)} of {len(examples)} examples have no response yet "
+                            f"(examples {listed})",
+                            file=path, field="response",
+                            fix="fill in 'response' on every line, then run this command again")
+    samples: dict[str, list] = {"low_confidence": [], "random": []}
+    for line, example in enumerate(examples, start=1):
+        sample = example.metadata.get("sample", "low_confidence")
+        if sample not in ("low_confidence", "random", "both"):
+            raise TunewiseError(f"unknown sample {sample!r}", file=path, line=line, field="sample",
+                                fix="use the to_label.jsonl written by `tunewise coslow` unchanged but for the answers")
+        if sample in ("low_confidence", "both"):
+            samples["low_confidence"].append(example)
+        if sample in ("random", "both"):
+            samples["random"].append(example)
+    if len(samples["low_confidence"]) < 2:
+        raise TunewiseError("fewer than 2 low-confidence examples", file=path, field="sample",
+                            fix="use the to_label.jsonl written by `tunewise coslow`")
+    return samples
 
 
 def _read_json(path: Path, fix: str):
@@ -491,6 +576,9 @@ def _read_json(path: Path, fix: str):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise TunewiseError(f"malformed JSON ({error.msg})", file=path, line=error.lineno, fix=fix) from None
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path,
+                            fix=fix + " (re-encode the file as UTF-8)") from None
 
 
 def _read_coslow_file(path: Path) -> dict:

@@ -23,8 +23,9 @@ from tunewise.errors import TunewiseError, did_you_mean
 MODEL_HELP = "smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a model folder."
 DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
 DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, bf16."
-METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, or log_likelihood (mean log-probability "
-                "per gold-answer token; no generation).")
+METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, log_likelihood (mean log-probability "
+               "per gold-answer token; no generation), or choice (lm-evaluation-harness multiple choice: the most "
+               "likely of each example's 'choices', or of the task's labels; acc and acc_norm; no generation).")
 MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
 
 
@@ -192,24 +193,24 @@ def parse_int_list(text: str, name: str) -> list[int]:
     return values
 
 
-def check_output_file(path: Path) -> None:
-    """Refuse an output path that is a folder, before any slow work starts."""
-    if path.is_dir():
-        raise TunewiseError("the output path is a folder", file=str(path), fix="pass a file path with -o")
+def check_output_path(output: Path, inputs: dict, example: str = "-o scores.parquet") -> None:
+    """Before any work: the output file can be written, and is none of the ``inputs`` (name → path)."""
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output}, inputs)
+    check_output_file(output, example=example)
 
 
-def check_output_path(output: Path) -> None:
-    """Refuse an output path that cannot be written before any work is done."""
-    if output.is_dir():
-        raise TunewiseError("the output path is a folder", file=output, field="output",
-                            fix="give a file name, e.g. -o scores.parquet")
-    for parent in output.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise TunewiseError("the output's folder is a file", file=parent, field="output",
-                                    fix="choose an output path inside a folder")
-            break
+def model_input(model: str) -> dict:
+    """``--model`` as an input to protect, when it names a local folder."""
+    return {"--model": model} if Path(model).exists() else {}
 
 
-__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "check_output_file",
-           "check_output_path", "parse_int_list", "parse_list", "with_config_options"]
+def check_sweep_output(output: Path, inputs: dict, names) -> None:
+    """A sweep folder's own files (and the folder) are none of its inputs."""
+    from tunewise.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output, **{name: output / name for name in names}}, inputs)
+
+
+__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "check_output_path", "check_sweep_output", "model_input", "parse_int_list", "parse_list", "with_config_options"]

@@ -33,7 +33,7 @@ def plan_command(
     dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
-    max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
+    max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer when scoring confidence (paper A: 30)."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan document as JSON on stdout."),
     config_file: Optional[Path] = CONFIG_FILE_OPTION,
     config: PlanConfig = None,
@@ -42,18 +42,20 @@ def plan_command(
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
     import tunewise as tw
 
+    from tunewise.io import check_output_folder
+
     started = time.perf_counter()
-    if output.exists() and not output.is_dir():
-        raise TunewiseError("the output path is a file", file=output, field="output", fix="pass a folder with -o")
+    check_output_folder(output)
     pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad, columns=columns, keep_duplicates=keep_duplicates,
                         split=split, dataset_config=dataset_config)
-    tw.check_plan_inputs(pool, config, tw.resolve_coefficients(config.coefficients, model), source=pool_path)
+    tw.check_plan_inputs(pool, config, tw.resolve_coefficients(config.coefficients, model), source=pool_path,
+                         output=output, config_file=config_file, writes_config=True)
     print_pool_notes(pool)
     console.print(f"loading {escape(model)} …", highlight=False)
     backend = tw.load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                               max_batch_tokens=config.batch_tokens)
     result = tw.plan(pool, backend, config, output, model_name=model, task_field=task_field, progress=stage_progress,
-                     run_config=resolved_config(ctx))
+                     run_config=resolved_config(ctx), config_file=config_file)
     if json_output:
         print_json(result.document)
     else:
@@ -71,8 +73,12 @@ def report_command(
     """Rebuild RUN_DIR/report.html from the files in the run folder."""
     import tunewise as tw
 
+    from tunewise.io import RunFolder
+    from tunewise.report.html import REPORT_FILE
+
     if not run_dir.is_dir():
         raise TunewiseError("no such run folder", file=run_dir, fix="pass the -o folder of `tunewise plan`")
+    RunFolder(run_dir).check([REPORT_FILE])
     path = tw.build_report(run_dir)
     if as_json:
         print_json({"report": str(path)})

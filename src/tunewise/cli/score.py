@@ -35,7 +35,7 @@ def score_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per batch."),
-    max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer for confidence."),
+    max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer for confidence (paper A: 30)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
@@ -48,12 +48,14 @@ def score_command(
     from tunewise.data.table import read_scores, write_scores
     from tunewise.indicators.score import score_pool, scores_provenance
     from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming, streamable
+    from tunewise.io import remove_stale_temporaries
 
-    check_output_path(output)
+    check_output_path(output, {"the pool": pool})
     names = [i.name for i in resolve_indicators(parse_list(indicators))]
     if engine not in ("local", "ray"):
         raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
     started = time.perf_counter()
+    remove_stale_temporaries(output)  # left by a killed run of this command
     if engine == "local" and streamable(names) and split is None:
         # Model-free indicators: read, score and write in batches, so any pool size fits in memory.
         batches = iter_pool_batches(
@@ -91,7 +93,8 @@ def score_command(
         print_json({"examples": len(scores), "seconds": round(seconds, 3), "output": str(output), "indicators": names, "means": summary_means(scores)})
         return
     stdout.print(summary_table(scores))
-    stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}")
+    stdout.print(f"{len(scores)} examples scored in {seconds:.1f} s → {output}", markup=False, highlight=False,
+                 soft_wrap=True)
 
 
 def summary_means(scores) -> dict[str, dict]:

@@ -40,6 +40,10 @@ def print_plan(document: dict) -> None:
     from tunewise.pipeline import split_shared_closing_sentence
 
     stdout.print(plan_table(document))
+    spread = document.get("task_weight_spread")
+    if spread is not None and len(document["tasks"]) > 1:
+        stdout.print(f"task weights from {spread['min']:.3f} to {spread['max']:.3f} (ratio {spread['ratio']:.2f}, "
+                     f"entropy {spread['entropy_share']:.1%} of equal weights)", highlight=False)
     reasons, shared = split_shared_closing_sentence([entry["why"] for entry in document["tasks"].values()])
     for task, why in zip(document["tasks"], reasons):
         stdout.print(f"[bold]{escape(task)}[/]: {escape(why)}", highlight=False)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, METRIC_HELP, MODEL_HELP,
-                                   check_output_file, parse_int_list, with_config_options)
+                                   check_sweep_output, model_input, parse_int_list, with_config_options)
 from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
 from tunewise.training.finetune import FinetuneConfig
@@ -70,11 +70,17 @@ def finetune_command(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Fine-tune a LoRA adapter (or the whole model) on a pool, or a selection of it, with TRL, and save it."""
-    from tunewise.training.finetune import check_adapter_output, finetune
-    from tunewise.model.load import load_model
     from tunewise.data.pool import read_pool
+    from tunewise.io import refuse_overwriting_inputs
+    from tunewise.model.load import load_model
+    from tunewise.select.manifest import meta_path
+    from tunewise.training.finetune import check_adapter_output, finetune
 
     config, sft_overrides = finetune_settings(context, config, profile, sft_config)
+    refuse_overwriting_inputs({"-o": output}, {"the pool": pool_path, "--selection": selection,
+                                               "the selection's provenance file": selection and meta_path(selection),
+                                               "--sft-config": sft_config, **model_input(model)},
+                              replaced_whole=True)
     check_adapter_output(output)
     pool = read_pool(pool_path, task_field)
     examples = selected_examples(pool, selection) if selection is not None else pool.examples
@@ -115,12 +121,16 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
-    from tunewise.training.evaluate import evaluate, write_json_atomic
-    from tunewise.training.finetune import load_adapter
-    from tunewise.model.load import load_model, model_summary
     from tunewise.data.pool import read_pool
+    from tunewise.io import check_output_file, refuse_overwriting_inputs, write_json
+    from tunewise.model.load import load_model, model_summary
+    from tunewise.training.evaluate import evaluate
+    from tunewise.training.finetune import load_adapter, read_adapter_info
 
-    check_output_file(output)
+    if adapter is not None:
+        read_adapter_info(adapter)  # a damaged adapter folder stops here, before the model loads
+    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter, **model_input(model)})
+    check_output_file(output, example="-o results.json")
     test = read_pool(test_path, task_field, limit=limit)
     loaded = load_model(model, device=device, dtype=dtype)
     adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
@@ -129,7 +139,7 @@ def evaluate_command(
                            max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update)
     results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter),
                              test=str(test_path), task_field=task_field, limit=limit)
-    write_json_atomic(results, output)
+    write_json(output, results)
     if as_json:
         print_json(results)
         return
@@ -146,6 +156,10 @@ def results_table(results: dict) -> Table:
         stderr = entry[f"{entry['metric']}_stderr"]
         table.add_row(escape(task), entry["metric"], str(entry["n"]), f"{entry[entry['metric']]:.4f}",
                       "-" if stderr is None else f"{stderr:.4f}")
+        if "acc_norm" in entry:
+            stderr = entry["acc_norm_stderr"]
+            table.add_row(escape(task), f"acc_norm (chance {entry['chance']:.3f})", str(entry["n"]),
+                          f"{entry['acc_norm']:.4f}", "-" if stderr is None else f"{stderr:.4f}")
     if len(results["results"]) > 1:
         table.add_row("mean over tasks", "", str(results["config"]["n_samples"]), f"{results['average']:.4f}", "")
     return table
@@ -162,7 +176,7 @@ def sweep_command(
     strategies: str = typer.Option(
         "random,task_diversity",
         help="Comma-separated strategies to compare, each optionally with parameters after a colon, "
-             "e.g. random,difficulty_window:c0=0.15,beta=0.",
+             "e.g. random,difficulty_bucket:bucket=hard,task_diversity:within=difficulty_window,c0=0.15.",
     ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (selection and fine-tune)."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
@@ -180,12 +194,16 @@ def sweep_command(
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
     gain over random with 95 % confidence intervals."""
     from tunewise.data.pool import read_pool
-    from tunewise.training.sweep import PLOT_FILE, SUMMARY_FILE, run_sweep, split_strategy_specs
+    from tunewise.training.sweep import (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder, run_sweep,
+                                         split_strategy_specs)
 
     config, sft_overrides = finetune_settings(context, config, profile, sft_config)
     budget_list = parse_int_list(budgets, "budgets")
     seed_list = parse_int_list(seeds, "seeds")
     strategy_list = split_strategy_specs(strategies)
+    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(model)},
+                       (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE))
+    check_sweep_folder(output)
     pool = read_pool(pool_path, task_field)
     test_set = read_pool(test, task_field)
     with progress_bar("sweep", unit="runs") as update:

@@ -57,7 +57,7 @@ def export_examples(examples: Iterable, export_format: str) -> bytes:
 
     Raises TunewiseError for an unknown format or an example without a response.
     """
-    from tunewise.select.manifest import encode_json, encode_jsonl
+    from tunewise.io import encode_json, encode_jsonl
 
     records = export_records(examples, export_format)
     return encode_json(records) if export_format == "alpaca" else encode_jsonl(records)

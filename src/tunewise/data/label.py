@@ -59,7 +59,7 @@ def to_label_records(examples: Iterable, label_format: str = "tunewise") -> list
 
 def encode_to_label(examples: Iterable, label_format: str = "tunewise") -> bytes:
     """The to-label file's bytes (JSONL, or a JSON list for Label Studio)."""
-    from tunewise.select.manifest import encode_json, encode_jsonl
+    from tunewise.io import encode_json, encode_jsonl
 
     if label_format not in LABEL_FORMATS:
         raise TunewiseError(f"unknown label format '{label_format}'", field="label-format",

@@ -450,8 +450,14 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
 
 def _parse_json(text: str):
     """``json.loads`` with every way hostile text can fail turned into ``json.JSONDecodeError``."""
+    def refuse_constant(name: str):
+        # Python's json reads NaN and Infinity, which JSON does not have: a NaN answer would
+        # silently make a labelled example unlabelled.
+        raise json.JSONDecodeError(f"{name} is not a JSON value (write null for a missing value)", text,
+                                   max(text.find(name), 0))
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -666,6 +672,9 @@ def _text(record: dict, key: str, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TunewiseError(f"not a finite number: {value}", field=key,
+                                    fix=f"give '{key}' as text, or leave it empty for a missing value")
             return str(value)
         raise TunewiseError(f"expected text, got {type(value).__name__}", field=key,
                             fix=f"make '{key}' a string")

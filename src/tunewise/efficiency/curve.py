@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
+from tunewise.io import atomic_path
 
 DEFAULT_GRID = (50, 100, 200, 500, 1000, 2500, 5000)
 DEFAULT_MAX_BUDGET = 5000
@@ -301,12 +302,13 @@ def plot_curve(
         axes.set_ylim(0, 1.05)
         axes.set_xlabel("labelled examples (log scale)")
         axes.set_ylabel(f"normalised score ({curve.floor:.3g} → {curve.ceiling:.3g})")
-        axes.set_title(title or "learning curve")
+        # A "$" would start matplotlib's mathtext and can fail the whole drawing.
+        axes.set_title((title or "learning curve").replace("$", r"\$"))
         axes.legend(loc="lower right")
         figure.tight_layout()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(figure)
     return path

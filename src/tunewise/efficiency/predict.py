@@ -28,6 +28,7 @@ from tunewise.efficiency.curve import (
     normalise_curve,
 )
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.io import write_json
 
 # AUC' is clipped into the open interval (0, 1): at exactly 0 or 1 the curve exponent
 # p = (1 - AUC') / AUC' is infinite or zero and every budget prediction degenerates.
@@ -468,15 +469,25 @@ def write_calibration(calibration: Calibration, path: str | os.PathLike) -> Path
     Errors are in AUC units; ``loto_mae_points`` and ``mean_predictor_mae_points`` give them × 100,
     the unit of paper A's 8.6 and 12.5.
     """
-    from tunewise.training.evaluate import write_json_atomic
 
     document = {
         **calibration.metadata,
-        "slope": calibration.coefficients.slope,
-        "intercept": calibration.coefficients.intercept,
+        **calibration_summary(calibration),
         "source": calibration.coefficients.source,
         "max_budget": calibration.coefficients.max_budget,
         "grid": list(calibration.coefficients.grid),
+        "tasks": [asdict(fit) for fit in calibration.tasks],
+    }
+    return write_json(path, document)
+
+
+def calibration_summary(calibration: Calibration) -> dict:
+    """The fit and its errors as plain data: coefficients, leave-one-task-out errors in AUC units and
+    × 100 (``*_points``, the unit of paper A's 8.6 and 12.5), relative errors, every predictor's
+    report and the coefficients' spread over the folds."""
+    return {
+        "slope": calibration.coefficients.slope,
+        "intercept": calibration.coefficients.intercept,
         "loto_mae": calibration.loto_mae,
         "loto_mae_points": 100 * calibration.loto_mae,
         "mean_predictor_mae": calibration.mean_mae,
@@ -488,9 +499,7 @@ def write_calibration(calibration: Calibration, path: str | os.PathLike) -> Path
             "intercept": None if calibration.intercept_spread is None else asdict(calibration.intercept_spread),
         },
         "predictors": [asdict(report) for report in calibration.predictors],
-        "tasks": [asdict(fit) for fit in calibration.tasks],
     }
-    return write_json_atomic(document, path)
 
 
 def read_calibration(path: str | os.PathLike) -> Coefficients:
@@ -507,6 +516,9 @@ def read_calibration(path: str | os.PathLike) -> Coefficients:
     except json.JSONDecodeError as error:
         raise TunewiseError(f"malformed JSON ({error.msg})", file=path, line=error.lineno,
                             fix="pass the file written by `tunewise calibrate -o`") from None
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path,
+                            fix="pass the file written by `tunewise calibrate -o` (or re-encode it as UTF-8)") from None
     if not isinstance(document, dict):
         raise TunewiseError("a calibration file must be a JSON object", file=path,
                             fix="pass the file written by `tunewise calibrate -o`")
@@ -631,6 +643,7 @@ __all__ = [
     "Spread",
     "TaskFit",
     "calibrate",
+    "calibration_summary",
     "coefficients_for",
     "compare_predictors",
     "curve_exponent",

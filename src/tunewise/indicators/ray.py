@@ -50,7 +50,7 @@ def score_pool_ray(
     cache_dir: str | os.PathLike | None = None,
     address: str | None = None,
     progress: ProgressCallback | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = 30,
     max_batch_tokens: int | None = None,
     cpu_actors: int = DEFAULT_CPU_ACTORS,
 ) -> tuple[pd.DataFrame, dict]:

@@ -23,7 +23,8 @@ from tunewise.errors import TunewiseError, did_you_mean
 #: Cached per-example outputs the indicators are built from, with their versions (part of each
 #: cache key: bump one whenever what produces it changes, so a stale value is never reused).
 #: ``length`` and ``prompt_length`` are token counts of the encoding, the others come from the model.
-OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 1, "embedding": 1,
+#: confidence 2: answer tokens only (no stop, end-of-turn, padding or bare-newline token), 30 new tokens.
+OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 2, "confidence_ppl": 1, "embedding": 1,
                    "length": 1, "prompt_length": 1}
 TOKEN_COUNTS = ("length", "prompt_length")
 MODEL_OUTPUTS = tuple(output for output in OUTPUT_VERSIONS if output not in TOKEN_COUNTS)
@@ -84,9 +85,16 @@ INDICATORS: dict[str, Indicator] = {
                   "mean negative log-likelihood of the response tokens given the prompt; ppl = exp(loss)", _loss),
         Indicator("ifd", 1, ("ifd",), ("loss", "loss_unconditional"), True, "higher",
                   "PPL(response | prompt) / PPL(response alone after the begin-of-text token)", _ifd),
-        Indicator("confidence", 1, ("confidence",), ("confidence",), False, "lower",
-                  "mean probability of the tokens the model chose when answering the prompt greedily",
+        Indicator("confidence", 2, ("confidence",), ("confidence",), False, "lower",
+                  "mean probability of the tokens the model chose when answering the prompt greedily (at most "
+                  "30 tokens), over the answer only: end, padding, end-of-turn and bare-newline tokens left "
+                  "out (paper A's avg_confidence); 0 when no answer token is left",
                   lambda values, examples: {"confidence": _floats(values, "confidence", [e.id for e in examples])}),
+        Indicator("confidence_ppl", 1, ("confidence_ppl",), ("confidence_ppl",), False, "higher",
+                  "perplexity of the model's own greedy answer over the same tokens as confidence; higher is "
+                  "less confident (paper A's --confidence_metric ppl)",
+                  lambda values, examples: {"confidence_ppl": _floats(values, "confidence_ppl",
+                                                                      [e.id for e in examples])}),
         Indicator("length", 1, ("length", "prompt_length"), TOKEN_COUNTS, False, "higher",
                   "response tokens, and rendered prompt tokens", _length),
         Indicator("cot_length", 1, ("cot_length",), (), True, "higher",

@@ -19,6 +19,9 @@ from tunewise.indicators.registry import DEFAULT_INDICATORS, OUTPUT_VERSIONS, TO
 from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
 
+# Outputs read off the model's greedy answer: they need room to generate and depend on its length.
+GENERATED_OUTPUTS = ("confidence", "confidence_ppl")
+
 ProgressCallback = Callable[[int, int], None]
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,7 @@ log = logging.getLogger(__name__)
 def cache_output_name(output: str, max_new_tokens: int) -> str:
     """An output's name in the cache key: a greedy answer's confidence depends on how many tokens
     it may run to."""
-    return f"confidence@{max_new_tokens}" if output == "confidence" else output
+    return f"{output}@{max_new_tokens}" if output in GENERATED_OUTPUTS else output
 
 
 def required_outputs(indicators: Sequence[str]) -> list[str]:
@@ -95,7 +98,7 @@ def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], ou
                          max_batch_tokens: int | None = None) -> list[list[int]]:
     """Positions of ``encoded`` grouped into token-budgeted batches, each row leaving room for the
     greedy answer when ``confidence`` is among ``outputs``."""
-    generation_room = backend.max_new_tokens if "confidence" in outputs else 0
+    generation_room = backend.max_new_tokens if set(GENERATED_OUTPUTS) & set(outputs) else 0
     lengths = [e.prompt_length + max(e.response_length, generation_room) for e in encoded]
     return plan_batches(lengths, max_batch_tokens or getattr(backend, "max_batch_tokens", 4096))
 

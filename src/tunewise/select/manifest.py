@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import pandas as pd
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError
+from tunewise.io import encode_json, encode_jsonl, write_files
 from tunewise.data.table import SCALAR_INDICATORS
 from tunewise.select import Selection, Strategy
 
@@ -74,7 +75,7 @@ def selection_meta(
     per_task = {task: {"pool": pool_sizes[task], "selected": picked[task]} for task in sorted(pool_sizes)}
     return {
         "strategy": strategy.name,
-        "params": strategy.get_params(),
+        "params": strategy.json_params(),
         "seed": seed,
         "budget": budget,
         "selected": len(selection),
@@ -102,8 +103,7 @@ def write_selection(
         meta_path(path): encode_json(meta),
         **(extra_files or {}),
     }
-    write_files_atomically(files)
-    return list(files)
+    return write_files(files)
 
 
 def read_selection(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
@@ -113,20 +113,32 @@ def read_selection(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     score (NaN where null), in pick order, and the meta dict.
     """
     path = Path(path)
+    fix = "pass the selection.jsonl written by `tunewise select` (with its .meta.json beside it)"
     rows = []
     try:
         with path.open(encoding="utf-8") as lines:
             for line_number, line in enumerate(lines, start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as error:
-                        raise TunewiseError(f"not a JSON line ({error})", file=path, line=line_number) from None
-        meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+                        raise TunewiseError(f"not a JSON line ({error})", file=path, line=line_number,
+                                            fix=fix) from None
+                    _check_pick(row, path, line_number, fix)
+                    rows.append(row)
+        meta_file = meta_path(path)
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise TunewiseError(f"malformed JSON ({error.msg})", file=meta_file, line=error.lineno, fix=fix) from None
+        if not isinstance(meta, dict):
+            raise TunewiseError(f"expected a JSON object, got {type(meta).__name__}", file=meta_file, fix=fix)
     except FileNotFoundError as error:
         raise TunewiseError(
             "no such selection file", file=error.filename, fix="run `tunewise select SCORES -o FILE` first"
         ) from None
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path, fix=fix) from None
     frame = pd.DataFrame(
         {
             "position": [row["position"] for row in rows],
@@ -141,36 +153,16 @@ def read_selection(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     return frame, meta
 
 
-def encode_jsonl(records: Iterable[Mapping]) -> bytes:
-    """One compact JSON object per line, UTF-8."""
-    lines = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
-    return "".join(lines).encode("utf-8")
-
-
-def encode_json(value) -> bytes:
-    """Indented JSON, UTF-8, ending in a newline."""
-    return (json.dumps(value, ensure_ascii=False, allow_nan=False, indent=2) + "\n").encode("utf-8")
-
-
-def write_files_atomically(files: Mapping[Path, bytes]) -> None:
-    """Write every file to a temporary name beside it, then rename them all into place.
-
-    If anything fails before the renames, no target file is touched and the temporaries are gone.
-    """
-    temporaries = {}
-    try:
-        for path, content in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temporaries[temporary] = path
-            temporary.write_bytes(content)
-        for temporary, path in temporaries.items():
-            os.replace(temporary, path)
-    finally:
-        for temporary in temporaries:
-            if temporary.exists():
-                temporary.unlink()
+def _check_pick(row, path: Path, line: int, fix: str) -> None:
+    """One manifest row: an object with a whole-number position, text id and task, and scores."""
+    if not isinstance(row, dict):
+        raise TunewiseError(f"expected a JSON object, got {type(row).__name__}", file=path, line=line, fix=fix)
+    expected = {"position": (int,), "id": (str,), "task": (str,), "reason": (str, type(None)), "scores": (dict,)}
+    for name, kinds in expected.items():
+        value = row.get(name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TunewiseError(f"expected {kinds[0].__name__}, got {type(value).__name__}", file=path, line=line,
+                                field=name, fix=fix)
 
 
 def _json_float(value: float) -> float | None:

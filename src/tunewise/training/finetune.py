@@ -1,9 +1,9 @@
 """Fine-tuning on TRL's ``SFTTrainer``: LoRA (or full) with a completion-only loss, on the loaded model.
 
 The prompt is rendered with the model's chat template (generation prompt included) and masked out
-of the loss; the response, followed by the end-of-sequence token, is what the model learns. The
-examples are tokenised here (the same tokens evaluation and scoring see) and handed to the trainer
-as ``input_ids`` plus a ``completion_mask``, so the trainer users already run does the training:
+of the loss; the response, followed by the end-of-turn token, is what the model learns. The
+examples are tokenised by :func:`tunewise.model.chat.encode_example` (the tokens scoring, CoS-Low
+and evaluation see) and handed to the trainer as ``input_ids`` plus a ``completion_mask``, so the trainer users already run does the training:
 ``SFTTrainer`` with a PEFT ``LoraConfig``, AdamW, warmup and decay, gradient accumulation over
 completion tokens, clipping, mixed precision, gradient checkpointing, evaluation and early stopping.
 
@@ -28,18 +28,26 @@ import json
 import math
 import os
 import random
-import shutil
 import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.io import atomic_directory, check_output_folder, encode_json
+from tunewise.model.chat import IGNORE_INDEX, EncodedExample, encode_example, encode_prompts
 
-IGNORE_INDEX = -100
 ADAPTER_INFO_FILE = "tunewise_adapter.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+# What save_adapter writes (PEFT's save_pretrained adds a model card; a full fine-tune writes the
+# model and its tokenizer): all a folder it replaces may hold.
+ADAPTER_FOLDER_FILES = {ADAPTER_INFO_FILE, ADAPTER_WEIGHTS_FILE, "adapter_config.json", "README.md",
+                        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                        "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
+# torch, numpy and Optuna all take seeds below 2**32.
+MAX_SEED = 2**32 - 1
 METHODS = ("lora", "full")
 SCHEDULERS = ("linear", "cosine")
 # How the examples of a micro-batch are laid out (bench/train_throughput.py measures them):
@@ -141,6 +149,15 @@ class FinetuneConfig:
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise TunewiseError(f"must be a positive integer, got {value!r}", field=name,
                                     fix=f"pass --{name.replace('_', '-')} 1 or more, or leave it out")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise TunewiseError(f"must be a whole number in [0, {MAX_SEED}], got {self.seed!r}", field="seed",
+                                fix="pass e.g. --seed 0")
+        for name in ("lora_alpha", "learning_rate", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm",
+                     "validation_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TunewiseError(f"must be a finite number, got {value!r}", field=name,
+                                    fix=f"pass --{name.replace('_', '-')} a finite number")
         for name, choices in (("method", METHODS), ("lr_scheduler", SCHEDULERS), ("batching", BATCHING)):
             if getattr(self, name) not in choices:
                 raise TunewiseError(f"unknown {name} '{getattr(self, name)}'", field=name,
@@ -339,38 +356,6 @@ class FinetuneResult:
         self.release()
 
 
-def prompt_token_ids(tokenizer, prompt: Sequence[dict]) -> list[int]:
-    """The prompt as the model sees it before answering: chat template plus generation prompt.
-
-    Training and evaluation both render prompts here, so they can never drift apart.
-    """
-    encoded = tokenizer.apply_chat_template(
-        [dict(turn) for turn in prompt], add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return list(encoded["input_ids"])
-
-
-class EncodedExample(NamedTuple):
-    """One training example as tokens: labels equal the ids on the response, -100 on the prompt."""
-
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
-
-
-def encode_example(tokenizer, prompt: Sequence[dict], response: str, max_seq_length: int) -> EncodedExample:
-    """Tokenise one training example: the rendered prompt (masked), the response, then eos."""
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = prompt_ids + response_ids
-    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
-    return EncodedExample(input_ids[:max_seq_length], labels[:max_seq_length], len(input_ids) > max_seq_length)
-
-
 def split_validation(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
     """(training, validation): a seeded ``int(fraction · n)`` of ``examples`` (at least one) held out.
 
@@ -505,10 +490,14 @@ def _check_labelled(examples: Sequence, name: str) -> None:
 
 def _encode_all(tokenizer, examples: Sequence, max_seq_length: int, name: str) -> list[EncodedExample]:
     """Encode, refusing any example that keeps no response token under ``max_seq_length``."""
-    encoded = [encode_example(tokenizer, e.prompt, e.response, max_seq_length) for e in examples]
+    if not examples:
+        return []
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
+    encoded = [encode_example(tokenizer, e.prompt, e.response, max_seq_length, prompt_ids=p)
+               for e, p in zip(examples, prompts)]
     empty = [example.id for example, tokens in zip(examples, encoded) if tokens.completion_tokens == 0]
     if empty:
-        longest = max(len(prompt_token_ids(tokenizer, e.prompt)) for e in examples)
+        longest = max(len(p) for p in prompts)
         raise TunewiseError(
             f"{len(empty)} of {len(examples)} {name} keep no response token after truncation to "
             f"{max_seq_length} tokens (first: {empty[0]}); they would train on nothing",
@@ -731,83 +720,98 @@ def _caller_random_state_kept(device):
             np.random.set_state(numpy_state)
 
 
-def pad_batch(encoded: Sequence[EncodedExample], pad_token_id: int, device):
-    """Right-pad a batch to its longest member: ids, attention mask and labels tensors."""
-    import torch
-
-    width = max(len(e.input_ids) for e in encoded)
-    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    for row, example in enumerate(encoded):
-        length = len(example.input_ids)
-        input_ids[row, :length] = torch.tensor(example.input_ids)
-        attention_mask[row, :length] = 1
-        labels[row, :length] = torch.tensor(example.labels)
-    return input_ids.to(device), attention_mask.to(device), labels.to(device)
-
-
 def check_adapter_output(output_dir: str | os.PathLike) -> None:
-    """Refuse an adapter destination that would overwrite anything but an earlier adapter."""
+    """Refuse an adapter destination that would overwrite anything but an earlier adapter, or that
+    cannot be written."""
     target = Path(output_dir)
-    earlier_adapter = (target / ADAPTER_INFO_FILE).exists()
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not earlier_adapter)):
+    check_output_folder(target)
+    if not target.exists():
+        return
+    entries = {entry.name for entry in target.iterdir()}
+    if entries and ADAPTER_INFO_FILE not in entries:
         raise TunewiseError("the output path exists and is not an adapter folder written by tunewise",
                             file=str(target), fix="pass a new folder with -o (an earlier adapter folder is replaced)")
+    foreign = sorted(entries - ADAPTER_FOLDER_FILES)
+    if foreign:
+        # The whole folder is replaced: anything else in it would be deleted with the old adapter.
+        raise TunewiseError(f"the earlier adapter folder also holds {', '.join(foreign[:5])}, which replacing it "
+                            "would delete", file=str(target),
+                            fix="move those files out of the folder, or pass a new folder with -o")
 
 
 def save_adapter(trained, output_dir: str | os.PathLike, loaded_model, config: FinetuneConfig, log: TrainingLog) -> Path:
-    """Write the adapter (the whole model for full fine-tuning) with its provenance into
-    ``output_dir``, replacing it whole or not at all."""
+    """Write the adapter (the whole model and its tokenizer for full fine-tuning) with its provenance
+    into ``output_dir``, replacing it whole or not at all."""
     from tunewise import __version__
     from tunewise.model.load import model_summary
 
     check_adapter_output(output_dir)
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    info = {
+        "tunewise_version": __version__,
+        **model_summary(loaded_model),
+        "finetune_config": asdict(config),
+        "training": log.to_dict(),
+    }
+    with atomic_directory(output_dir) as staging:
         with _peft_deprecation_silenced():
             trained.save_pretrained(staging)
         if config.method == "full":
             loaded_model.tokenizer.save_pretrained(staging)
-        info = {
-            "tunewise_version": __version__,
-            **model_summary(loaded_model),
-            "finetune_config": asdict(config),
-            "training": log.to_dict(),
-        }
-        (staging / ADAPTER_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        (staging / ADAPTER_INFO_FILE).write_bytes(encode_json(info))
+    return Path(output_dir)
+
+
+def read_adapter_info(adapter_dir: str | os.PathLike) -> dict:
+    """The provenance of an adapter folder written by :func:`save_adapter`, checked before any model loads.
+
+    The folder must hold ``adapter_config.json`` and the weights as ``adapter_model.safetensors``
+    (a pickled ``.bin`` could run code when loaded, so it is refused), and a readable
+    ``tunewise_adapter.json`` naming the base model.
+    """
+    adapter_dir = Path(adapter_dir)
+    fix = "pass the folder given to `tunewise finetune -o` (train it again if it was damaged)"
+    info_path = adapter_dir / ADAPTER_INFO_FILE
+    config_path = adapter_dir / "adapter_config.json"
+    if not adapter_dir.is_dir() or not config_path.exists() or not info_path.exists():
+        raise TunewiseError("not an adapter folder written by `tunewise finetune`", file=str(adapter_dir), fix=fix)
+    if not (adapter_dir / ADAPTER_WEIGHTS_FILE).is_file():
+        raise TunewiseError(f"the adapter has no {ADAPTER_WEIGHTS_FILE}; tunewise loads adapter weights only from "
+                            "safetensors, never from pickle files that can run code", file=str(adapter_dir),
+                            fix=fix)
+    documents = {}
+    for path in (info_path, config_path):
+        try:
+            documents[path] = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=str(path),
+                                fix=fix) from None
+        except json.JSONDecodeError as error:
+            raise TunewiseError(f"malformed JSON ({error.msg})", file=str(path), line=error.lineno, fix=fix) from None
+        if not isinstance(documents[path], dict):
+            raise TunewiseError(f"expected a JSON object, got {type(documents[path]).__name__}", file=str(path),
+                                fix=fix)
+    info = documents[info_path]
+    if not isinstance(info.get("model_fingerprint"), str) or not info["model_fingerprint"]:
+        raise TunewiseError("no base-model fingerprint", file=str(info_path), field="model_fingerprint", fix=fix)
+    return info
 
 
 def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
     """The loaded model with the saved LoRA adapter attached in place (eval mode), as a ``PeftModel``.
 
-    Refuses an adapter trained on a different base model than ``loaded_model``, and the folder of a
-    full fine-tune (load that with ``--model FOLDER``). ``.unload()`` on the result removes the adapter.
+    No copy of the base model is made; ``.unload()`` on the result takes the adapter off again.
+    Refuses an adapter trained on a different base model than ``loaded_model``, a damaged folder
+    (:func:`read_adapter_info`), and the folder of a full fine-tune (load that with ``--model FOLDER``).
     """
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     info_path = adapter_dir / ADAPTER_INFO_FILE
-    if info_path.exists() and not (adapter_dir / "adapter_config.json").exists() \
-            and json.loads(info_path.read_text()).get("finetune_config", {}).get("method") == "full":
-        raise TunewiseError("this folder holds a fully fine-tuned model, not an adapter", file=adapter_dir,
+    if info_path.is_file() and not (adapter_dir / "adapter_config.json").exists() \
+            and (adapter_dir / "model.safetensors").exists():
+        raise TunewiseError("this folder holds a fully fine-tuned model, not an adapter", file=str(adapter_dir),
                             fix=f"pass it as the model: --model {adapter_dir}")
-    if not (adapter_dir / "adapter_config.json").exists() or not info_path.exists():
-        raise TunewiseError("not an adapter folder written by `tunewise finetune`", file=adapter_dir,
-                            fix="pass the folder given to `tunewise finetune -o`")
-    info = json.loads(info_path.read_text())
+    info = read_adapter_info(adapter_dir)
     trained_on = _base_fingerprint(info.get("model_fingerprint", ""))
     if trained_on != _base_fingerprint(loaded_model.fingerprint):
         raise TunewiseError(
@@ -815,8 +819,12 @@ def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
             f"not on '{loaded_model.name}' ({_base_fingerprint(loaded_model.fingerprint)})",
             file=adapter_dir, field="model", fix=f"pass --model {info.get('model')}",
         )
-    with _peft_deprecation_silenced():
-        model = PeftModel.from_pretrained(loaded_model.model, adapter_dir)
+    try:
+        with _peft_deprecation_silenced():
+            model = PeftModel.from_pretrained(loaded_model.model, adapter_dir)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise TunewiseError(f"cannot load the adapter ({type(error).__name__}: {error})", file=str(adapter_dir),
+                            fix="train it again with `tunewise finetune -o`") from None
     model.eval()
     return model
 
@@ -836,16 +844,15 @@ def _base_fingerprint(fingerprint: str) -> str:
 
 __all__ = [
     "BATCHING",
+    "MAX_SEED",
     "FinetuneConfig",
     "FinetuneResult",
     "PROFILES",
     "TrainingLog",
     "check_adapter_output",
-    "encode_example",
     "finetune",
     "load_adapter",
-    "pad_batch",
-    "prompt_token_ids",
+    "read_adapter_info",
     "read_sft_overrides",
     "save_adapter",
     "split_validation",
