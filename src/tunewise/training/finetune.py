@@ -604,7 +604,7 @@ def _make_step_log():
         def on_step_end(self, args, state, control, **kwargs):
             trainer = self.trainer
             loss = trainer._tunewise_step_loss
-            _refuse_non_finite(loss, "loss", state.global_step)
+            _refuse_non_finite(loss, "training loss", state.global_step)
             self.log.steps.append({
                 "step": state.global_step,
                 "epoch": int(state.epoch - 1e-9) if state.epoch else 0,
@@ -628,8 +628,9 @@ def _make_step_log():
 
 def _refuse_non_finite(value: float, what: str, step: int) -> None:
     if not math.isfinite(value):
-        raise TunewiseError(f"the {what} became {value} at step {step}; training stopped and nothing was saved",
-                            field="learning_rate", fix="lower --learning-rate, or train with --dtype float32")
+        raise TunewiseError(f"the {what} became {value} at step {step}; training stopped and no adapter was saved",
+                            field="learning_rate",
+                            fix="lower --learning-rate (or --lora-alpha), train with --dtype float32, or check the examples")
 
 
 def _checkpoint_step(checkpoint: str | None) -> int | None:
