@@ -14,7 +14,7 @@ from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.options import check_output_path, parse_list
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.data.pool import read_labelled_pool
 from tunewise.select.weighted import FEATURES
 
@@ -128,7 +128,8 @@ def tune_weights_command(
                                              "anchors' own tokens dominate)."),
     anchors: int = typer.Option(64, min=1, help="m: anchor items of the tiny validation set, an embedding-stratified "
                                                 "sample of the dev set (one per k-means cluster)."),
-    metric: str = typer.Option("loglik", help="Proxy score: loglik (gold answer) or exact_match (greedy answer)."),
+    metric: str = typer.Option("log_likelihood", help="Proxy score: log_likelihood (gold answer; 'loglik' is its "
+                                                      "deprecated name) or exact_match (greedy answer)."),
     validate: int = typer.Option(0, min=0, help="Fine-tune for real on K selections and correlate J with accuracy."),
     validate_steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps of each --validate fine-tune "
                                                                   "(default: one epoch)."),
@@ -160,8 +161,11 @@ def tune_weights_command(
                             fix="pass e.g. --timeout 600, or leave it out")
     if sampler not in SAMPLERS:
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
+    from tunewise.training.metrics import canonical_metric
+
+    metric = canonical_metric(metric)
     if metric not in METRICS:
-        raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix="use --metric loglik or exact_match")
+        raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix=did_you_mean(metric, METRICS))
     from tunewise.training.evaluate import check_metric
 
     check_metric(validate_metric, field="validate-metric")

@@ -82,6 +82,8 @@ class Example:
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     #: The user's own id (``--id-field``), kept beside the content-hash ``id`` in every output.
     user_id: str | None = None
+    # (file, line) the record was read from, for errors found later (length, chat template).
+    location: tuple[str, int] | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def messages(self) -> list[dict]:
@@ -272,7 +274,7 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
                 if isinstance(value, str) and value.strip() and name != task_field and name not in BOOKKEEPING:
                     unused[name] = unused.get(name, 0) + 1
         kept += 1
-        yield example
+        yield replace(example, location=(str(path), line))
         if limit is not None and kept >= limit:
             break
     check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from tunewise.errors import TunewiseError
 from tunewise.model.chat import IGNORE_INDEX
+from tunewise.model.lengths import check_fits, context_length
 
 DEFAULT_K = 32
 DEFAULT_FRACTION = 0.1
@@ -227,11 +228,15 @@ def lora_gradient_vectors(
     device = next(model.parameters()).device
     encoded = []
     for number, (prompt, response) in enumerate(zip(prompts, responses), start=1):
-        input_ids, labels = gradient_example(tokenizer, prompt, response, include_eos)
+        input_ids, labels = gradient_example(tokenizer, prompt, response, include_eos,
+                                             source=f"CoS-Low example {number}")
         if all(label == IGNORE_INDEX for label in labels):
             raise TunewiseError(f"example {number} has no answer token (its response {response!r} is empty or only "
                                 "newlines)", field="responses", fix="give it a real answer")
         encoded.append((torch.tensor([input_ids]), torch.tensor([labels])))
+    context = context_length(model, tokenizer)
+    check_fits([ids.shape[1] for ids, _ in encoded], context, [f"CoS-Low example {i + 1}" for i in range(len(encoded))],
+               what="prompt + response", limit_name=f"the model's {context}-token context")
     peft_model, restore = _attach_lora(model, rank, alpha, seed)
     try:
         lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
@@ -253,7 +258,7 @@ def lora_gradient_vectors(
 
 
 def gradient_example(tokenizer, prompt: Sequence[dict], response: str,
-                     include_eos: bool = False) -> tuple[list[int], list[int]]:
+                     include_eos: bool = False, source=None) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of one example's CoS-Low loss.
 
     The tokens are the fine-tune's (:func:`tunewise.model.chat.encode_example`: prompt, response,
@@ -265,7 +270,7 @@ def gradient_example(tokenizer, prompt: Sequence[dict], response: str,
     """
     from tunewise.model.chat import answer_labels, answer_mask_ids, encode_example, end_of_turn_id
 
-    encoded = encode_example(tokenizer, prompt, response)
+    encoded = encode_example(tokenizer, prompt, response, source=source)
     keep = (end_of_turn_id(tokenizer),) if include_eos else ()
     return encoded.input_ids, answer_labels(encoded.labels, answer_mask_ids(tokenizer), keep=keep)
 
