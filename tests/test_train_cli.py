@@ -151,7 +151,8 @@ def test_finetune_with_the_paper_a_profile_keeps_explicit_flags(tmp_path, files)
      (("--sft-config", "{tmp}/bad.yaml"), "not an SFTConfig field"),
      (("--dtype", "bfloat61"), "unknown dtype"),
      (("--batching", "packed"), "unknown batching"),
-     (("--max-seq-length", 3), "keep no response token")],
+     (("--max-seq-length", 3), "do not fit --max-seq-length"),
+     (("--max-seq-length", 3, "--truncate"), "no example keeps a response token")],
 )
 def test_finetune_refuses_bad_training_settings(tmp_path, files, extra, message):
     pool, _ = files
