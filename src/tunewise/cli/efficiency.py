@@ -13,6 +13,7 @@ from rich.table import Table
 
 from tunewise.cli.app import command, console, stdout
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
+from tunewise.efficiency.coslow import DEFAULT_DIMENSION as DEFAULT_PROJECTION_DIM
 from tunewise.errors import TunewiseError, did_you_mean
 
 _GRID_TEXT = ",".join(map(str, DEFAULT_GRID))
@@ -76,6 +77,11 @@ def coslow_command(
         False, help="Accept fewer than 320 prompts: sample from the 32 least confident (not the paper's protocol)."
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), "
+                                           "fp32, bf16. Gradients accumulate in fp32 either way."),
+    projection_dim: int = typer.Option(
+        DEFAULT_PROJECTION_DIM, min=0, help="Project each gradient to this many numbers (seeded); 0 keeps the full "
+                                            "LoRA-B gradient (exact; memory grows with the model)."),
 ) -> None:
     """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity."""
     from tunewise import __version__
@@ -100,7 +106,7 @@ def coslow_command(
         examples, task_name = _task_examples(read_pool(pool, task_field), task, pool)
         source = {"pool": str(pool)}
     console.print(f"loading {model} …", markup=False, highlight=False)
-    backend = load_backend(model, device=device, dtype="fp32")
+    backend = load_backend(model, device=device, dtype=dtype)
     if not hasattr(backend, "loaded"):
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model}' has none", field="model",
                             fix="use --model smollm2, tiny-random or a model folder")
@@ -121,7 +127,8 @@ def coslow_command(
             return
     with progress_bar("gradients") as update:
         result = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in examples],
-                        [e.response for e in examples], seed=seed, progress=lambda done: update(done, len(examples)))
+                        [e.response for e in examples], seed=seed, progress=lambda done: update(done, len(examples)),
+                        dimension=projection_dim or None)
     document = {
         "coslow": result["coslow"],
         "k": result["n"],
@@ -131,6 +138,10 @@ def coslow_command(
         "seed": seed,
         "lora_rank": result["rank"],
         "lora_alpha": result["alpha"],
+        "dimension": result["dimension"],
+        "gradient_dimension": result["gradient_dimension"],
+        "projection_std": result["projection_std"],
+        "dtype": str(backend.loaded.dtype).removeprefix("torch."),
         "seconds": result["seconds"],
         "peak_memory_bytes": result["peak_memory"],
         "peak_memory_kind": result["peak_memory_kind"],

@@ -50,7 +50,7 @@ def plan_command(
                                                         "`tunewise score`)."),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per scoring batch."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
@@ -160,7 +160,7 @@ def run_plan(pool, output: Path, *, budget: int, strategy: str, within: str, wei
     provenance = scores_provenance(backend, indicators, pool.source)
     output.mkdir(parents=True, exist_ok=True)
 
-    coslow_results = measure_coslow_per_task(pool, scores, backend, model, device, seed) if measure else {}
+    coslow_results = measure_coslow_per_task(pool, scores, backend, model, seed) if measure else {}
     if learning is not None:
         weights = learning.learn(pool, scores, backend, output, seed)
     within_params = None
@@ -226,20 +226,14 @@ class WeightLearning:
         return path
 
 
-def measure_coslow_per_task(pool, scores, backend, model: str, device: str, seed: int) -> dict:
-    """CoS-Low of every task with enough labelled examples, on a float32 copy of the model."""
-    import torch
-
+def measure_coslow_per_task(pool, scores, backend, model: str, seed: int) -> dict:
+    """CoS-Low of every task with enough labelled examples, on the model that scored the pool."""
     from tunewise.pipeline import measure_coslow
 
     loaded = getattr(backend, "loaded", None)
     if loaded is None:
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model}' has none", field="model",
                             fix="use --no-coslow, or --model smollm2, tiny-random or a model folder")
-    if loaded.dtype != torch.float32:
-        from tunewise.model.load import load_model
-
-        loaded = load_model(model, device=device, dtype="fp32")
     with progress_bar("CoS-Low gradients") as update:
         return measure_coslow(pool, scores, loaded, seed=seed, progress=update)
 

@@ -22,7 +22,7 @@ from tunewise.training.finetune import FinetuneConfig
 
 _MODEL_HELP = "smollm2 (bundled), tiny-random, or a model folder."
 _DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
-_DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, bf16."
+_DTYPE_HELP = "auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."
 _METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, or log_likelihood (mean log-probability "
                 "per gold-answer token; no generation).")
 _MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
