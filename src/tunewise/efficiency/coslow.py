@@ -26,6 +26,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 from tunewise.errors import TunewiseError
+from tunewise.model.load import gradients_through_4bit
 
 DEFAULT_K = 32
 DEFAULT_FRACTION = 0.1
@@ -206,27 +207,31 @@ class LoraGradients:
         self._iterator.close()
 
     def _vectors(self, model, tokenizer, prompts, responses, rank, alpha, seed, dimension):
-        import torch
-
         device = model.get_input_embeddings().weight.device
         encoded = [_encode(tokenizer, prompt, response) for prompt, response in zip(prompts, responses)]
         peft_model, restore = _attach_lora(model, rank, alpha, seed)
         try:
-            lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
-            self.gradient_dimension = sum(p.numel() for p in lora_b)
-            for input_ids, labels in encoded:
-                output = peft_model(input_ids=input_ids.to(device), labels=labels.to(device))
-                output.loss.backward()
-                gradients = [parameter.grad for parameter in lora_b]
-                if dimension is None:
-                    vector = torch.cat([g.reshape(-1).float().cpu() for g in gradients])
-                else:
-                    vector = sketch_gradient(gradients, dimension, seed)
-                peft_model.zero_grad(set_to_none=True)
-                del output, gradients
-                yield vector
+            with gradients_through_4bit(peft_model):
+                yield from self._per_example(peft_model, encoded, device, seed, dimension)
         finally:
             restore(peft_model)
+
+    def _per_example(self, peft_model, encoded, device, seed, dimension):
+        import torch
+
+        lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
+        self.gradient_dimension = sum(p.numel() for p in lora_b)
+        for input_ids, labels in encoded:
+            output = peft_model(input_ids=input_ids.to(device), labels=labels.to(device))
+            output.loss.backward()
+            gradients = [parameter.grad for parameter in lora_b]
+            if dimension is None:
+                vector = torch.cat([g.reshape(-1).float().cpu() for g in gradients])
+            else:
+                vector = sketch_gradient(gradients, dimension, seed)
+            peft_model.zero_grad(set_to_none=True)
+            del output, gradients
+            yield vector
 
 
 def sketch_gradient(blocks: Sequence, dimension: int, seed: int = 0):

@@ -24,11 +24,13 @@ then a missing model is refused at once with the command that downloads it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +193,12 @@ def load_model(name: str = "smollm2", device: str | None = None, dtype: str | No
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     placed = model.get_input_embeddings().weight.device
+    if options.quantization == "4bit":
+        # bitsandbytes' fast CPU inference layout has no backward and is undone only approximately
+        # (see gradients_through_4bit): keep the one layout that scoring and gradients share.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     dtype_name = str(torch_dtype).removeprefix("torch.")
     return LoadedModel(
         name=name,
@@ -238,6 +246,43 @@ def _quantization_config(quantization: str, device, dtype):
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=dtype)
+
+
+@contextlib.contextmanager
+def gradients_through_4bit(model):
+    """Make backpropagation through a bitsandbytes 4-bit model correct for the duration.
+
+    On a CPU, bitsandbytes repacks a 4-bit weight into a faster inference layout the first time
+    the layer runs in eval mode on an input without gradient (scoring does that), and from then
+    on uses a kernel that has no backward: gradients taken afterwards come out silently wrong.
+    Inside this context every packed weight is unpacked and the 4-bit layers sit in training mode,
+    which keeps them unpacked (they have no dropout or other train-time behaviour); their modes
+    are restored afterwards. Use it around any backward pass (CoS-Low, fine-tuning) on a model
+    that may have scored before. A model with no 4-bit layer is left alone.
+    """
+    bnb = sys.modules.get("bitsandbytes")  # a model with 4-bit layers has imported it
+    layers = [] if bnb is None else [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    if not layers:
+        yield model
+        return
+    packed = [m for m in layers if getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
+    if packed:
+        try:
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse as unpack
+        except ImportError:
+            raise TunewiseError("this bitsandbytes version packs 4-bit CPU weights in a way tunewise cannot undo, "
+                                "so gradients through them would be wrong", field="quantization",
+                                fix="take gradients before scoring with this model, or drop --load-in-4bit") from None
+        for module in packed:
+            module.weight.data, module.weight.quant_state = unpack(module.weight.data, module.weight.quant_state)
+    modes = [m.training for m in layers]
+    for module in layers:
+        module.train(True)
+    try:
+        yield model
+    finally:
+        for module, mode in zip(layers, modes):
+            module.train(mode)
 
 
 def smollm2_package_dir() -> Path | None:
@@ -498,4 +543,4 @@ def model_summary(loaded: LoadedModel) -> dict:
     }
 
 
-__all__ = ["LoadOptions", "LoadedModel", "load_model", "choose_dtype", "cache_root", "build_tiny_tokenizer", "model_summary"]
+__all__ = ["LoadOptions", "LoadedModel", "load_model", "choose_dtype", "gradients_through_4bit", "cache_root", "build_tiny_tokenizer", "model_summary"]
