@@ -35,7 +35,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-OUT = HERE / "out" / "memory"
+OUT = Path(os.environ.get("MEMORY_BENCH_OUT", HERE / "out" / "memory"))
 STEPS = ("score", "coslow", "finetune", "plan")
 
 # Llama-3.2-1B's and Llama-3.1-8B's shapes, with tunewise's 260-token byte-level vocabulary (the
@@ -161,15 +161,21 @@ def table(shape: str) -> str:
         raise SystemExit(f"no results for shape {shape} in {OUT}")
     weights = results[0]["weights_bytes"]
     cuda = any("cuda_max_allocated" in r for r in results)
-    lines = [f"bf16 weights: {weights / 2**30:.2f} GiB ({shape}-shaped Llama, random, "
-             f"{'peak torch.cuda.max_memory_allocated' if cuda else 'peak RSS of the subprocess'})", "",
-             "| step | label | peak (GiB) | × weights | seconds | exit |", "|---|---|---|---|---|---|"]
+    header = "| step | label | peak RSS (GiB) | RSS × weights |"
+    if cuda:
+        header += " GPU peak (GiB) | GPU × weights |"
+    lines = [f"bf16 weights: {weights / 2**30:.2f} GiB ({shape}-shaped Llama, random); peak RSS of the step's "
+             "subprocess" + (" and its torch.cuda.max_memory_allocated" if cuda else ""), "",
+             header + " seconds | exit |", "|---" * (header.count("|") + 1) + "|"]
     order = {step: i for i, step in enumerate(STEPS)}
     for r in sorted(results, key=lambda r: (order.get(r["step"], 9), r["label"] != "before", r["label"])):
-        peak = r.get("cuda_max_allocated", r["peak_rss_bytes"]) if cuda else r["peak_rss_bytes"]
-        status = "timeout" if r["timed_out"] else str(r["exit_code"])
-        lines.append(f"| {r['step']} | {r['label']} | {peak / 2**30:.2f} | {peak / weights:.2f} | "
-                     f"{r['seconds']:.0f} | {status} |")
+        rss = r["peak_rss_bytes"]
+        status = "timeout" if r["timed_out"] else {-9: "killed (OOM)"}.get(r["exit_code"], str(r["exit_code"]))
+        row = f"| {r['step']} | {r['label']} | {rss / 2**30:.2f} | {rss / weights:.2f} |"
+        if cuda:
+            gpu = r.get("cuda_max_allocated")
+            row += " - | - |" if gpu is None else f" {gpu / 2**30:.2f} | {gpu / weights:.2f} |"
+        lines.append(row + f" {r['seconds']:.0f} | {status} |")
     return "\n".join(lines)
 
 
