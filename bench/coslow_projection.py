@@ -59,12 +59,18 @@ def gradients(loaded, examples, seed: int) -> list[list]:
     return blocks
 
 
-def cosines(vectors) -> list[float]:
+def cosines(examples: list[list]) -> list[float]:
+    """Pairwise cosines of examples given as blocks, the Gram matrix summed block by block in fp64
+    (stacking 32 full gradients at once would take gigabytes)."""
     import torch
 
-    unit = torch.nn.functional.normalize(torch.stack(vectors).double(), dim=1)
-    gram = unit @ unit.T
-    rows, columns = torch.triu_indices(len(vectors), len(vectors), offset=1)
+    gram = None
+    for blocks in zip(*examples):
+        stacked = torch.stack([b.reshape(-1) for b in blocks]).double()
+        gram = stacked @ stacked.T if gram is None else gram + stacked @ stacked.T
+    norms = gram.diagonal().sqrt()
+    gram = gram / norms[:, None] / norms[None, :]
+    rows, columns = torch.triu_indices(len(examples), len(examples), offset=1)
     return gram[rows, columns].tolist()
 
 
@@ -97,7 +103,7 @@ def main() -> None:
         exact = None
         for dtype, loaded in models.items():
             blocks = gradients(loaded, examples, args.seed)
-            full = cosines([torch.cat([b.reshape(-1) for b in example]) for example in blocks])
+            full = cosines(blocks)
             results["gradient_dimension"] = sum(b.numel() for b in blocks[0])
             if exact is None:
                 exact = full
@@ -105,7 +111,7 @@ def main() -> None:
             else:
                 entry["bf16_full"] = compare(exact, full)
             for d in DIMENSIONS:
-                projected = cosines([sketch_gradient(example, d, args.seed) for example in blocks])
+                projected = cosines([[sketch_gradient(example, d, args.seed)] for example in blocks])
                 entry[f"{dtype}_d{d}"] = compare(exact, projected)
             del blocks
         entry["seconds"] = round(time.perf_counter() - started, 1)
