@@ -82,8 +82,6 @@ def compare(exact: list[float], other: list[float]) -> dict:
 
 
 def main() -> None:
-    import torch
-
     from tunewise.efficiency.coslow import sketch_gradient
     from tunewise.model.load import load_model
 
