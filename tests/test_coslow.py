@@ -143,8 +143,6 @@ def test_gradients_are_streamed_one_example_at_a_time(tiny):
 
 @pytest.mark.integration
 def test_coslow_errors(tiny):
-    import torch
-
     prompts, responses = arithmetic(3)
     with pytest.raises(TunewiseError, match="3 prompts but 2 responses"):
         coslow(tiny.model, tiny.tokenizer, prompts, responses[:2])

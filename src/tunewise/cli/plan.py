@@ -50,7 +50,8 @@ def plan_command(
                                                         "`tunewise score`)."),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, "
+                                                        "else fp32), fp32, bf16."),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest greedy answer when scoring confidence."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per scoring batch."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),

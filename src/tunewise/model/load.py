@@ -152,8 +152,10 @@ class LoadOptions:
         values: dict[str, Any] = {}
         for field_name, variable in _OPTION_VARIABLES.items():
             value = os.environ.get(variable)
-            if value:
-                values[field_name] = value.lower() in ("1", "true", "yes") if field_name == "trust_remote_code" else value
+            if value and field_name == "trust_remote_code":
+                values[field_name] = value.lower() in ("1", "true", "yes")
+            elif value:
+                values[field_name] = value
         return cls(**values)
 
     def to_environment(self) -> dict[str, str]:
@@ -543,4 +545,5 @@ def model_summary(loaded: LoadedModel) -> dict:
     }
 
 
-__all__ = ["LoadOptions", "LoadedModel", "load_model", "choose_dtype", "gradients_through_4bit", "cache_root", "build_tiny_tokenizer", "model_summary"]
+__all__ = ["LoadOptions", "LoadedModel", "build_tiny_tokenizer", "cache_root", "choose_dtype", "gradients_through_4bit",
+           "load_model", "model_summary"]
