@@ -42,7 +42,9 @@ def task_examples(seed: int) -> dict[str, list[tuple[list[dict], str]]]:
 
 def gradients(loaded, examples, seed: int) -> list[list]:
     """Per example, the ``lora_B`` gradient blocks (fp32, CPU), as ``coslow`` takes them."""
-    from tunewise.efficiency.coslow import _attach_lora, _encode
+    import torch
+
+    from tunewise.efficiency.coslow import _attach_lora, gradient_example
 
     model = loaded.model
     peft_model, restore = _attach_lora(model, 64, 32, seed)
@@ -50,7 +52,7 @@ def gradients(loaded, examples, seed: int) -> list[list]:
     try:
         lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
         for prompt, response in examples:
-            input_ids, labels = _encode(loaded.tokenizer, prompt, response)
+            input_ids, labels = (torch.tensor([ids]) for ids in gradient_example(loaded.tokenizer, prompt, response))
             peft_model(input_ids=input_ids, labels=labels).loss.backward()
             blocks.append([p.grad.float().cpu().clone() for p in lora_b])
             peft_model.zero_grad(set_to_none=True)

@@ -7,8 +7,10 @@ The data stay where they are; these functions read them and return tunewise ``Ex
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
+import re
 from pathlib import Path
 
 from tunewise.data.pool import Example, parse_record
@@ -88,3 +90,42 @@ def write_jsonl(examples: list[Example], path: Path) -> Path:
             record = {"prompt": list(example.prompt), "response": example.response, "task": example.task}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+_OPTION = re.compile(r"^\(([A-Z])\)", re.MULTILINE)
+_LETTER_TARGET = re.compile(r"\(?[A-Z]\)?")
+
+
+def letter_choices(prompt: str, target: str) -> list[str] | None:
+    """The options an "(A) ... (B) ..." prompt lists, written the way ``target`` writes its letter
+    ("(B)" or "B"); None when the target is no letter or the prompt lists fewer than two options
+    or not the target's."""
+    if not _LETTER_TARGET.fullmatch(target.strip()):
+        return None
+    letters = list(dict.fromkeys(_OPTION.findall(prompt)))
+    bracketed = target.strip().startswith("(")
+    choices = [f"({letter})" if bracketed else letter for letter in letters]
+    return choices if len(choices) >= 2 and target.strip() in choices else None
+
+
+def with_choices(examples: list[Example], max_labels: int = 10) -> list[Example]:
+    """``examples`` with a ``choices`` field for the ``choice`` metric where one can be built:
+    the listed letter options of a multiple-choice prompt, else the distinct gold answers of the
+    example's T0 template (``template`` field) or task when there are at most ``max_labels``.
+    Examples that get none are returned unchanged (``evaluate --metric choice`` then refuses their
+    task, or uses its label set)."""
+    groups: dict[str, list[str]] = {}
+    for example in examples:
+        key = example.metadata.get("template", example.task)
+        groups.setdefault(key, [])
+        if example.response not in groups[key]:
+            groups[key].append(example.response)
+    out = []
+    for example in examples:
+        choices = letter_choices(example.prompt[-1]["content"], example.response or "")
+        if choices is None:
+            labels = groups[example.metadata.get("template", example.task)]
+            choices = labels if 2 <= len(labels) <= max_labels else None
+        out.append(example if choices is None else
+                   dataclasses.replace(example, metadata={**example.metadata, "choices": choices}))
+    return out

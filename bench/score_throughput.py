@@ -100,13 +100,14 @@ def plain_loop(loaded, examples, max_new_tokens: int, flops: FlopModel, with_con
 
 
 def fused_flops(backend, examples, confidences_steps, flops: FlopModel) -> float:
+    """Analytic FLOPs of tunewise's scoring: the loss pass (prompt + response, head on response
+    rows), the response alone (IFD), and for confidence a prompt prefill plus greedy steps."""
     encoded = backend.encode([e.prompt for e in examples], [e.response for e in examples])
     total = 0.0
     for e, g in zip(encoded, confidences_steps):
         p, r = e.prompt_length, e.response_length
-        total += flops.forward(p, p / 2, 0) + flops.forward(r, p + r / 2, r)
-        total += flops.forward(r + 1, (r + 1) / 2, r)
-        total += g * flops.head + sum(flops.forward(1, p + i, 0) for i in range(1, g))
+        total += flops.forward(p + r, (p + r) / 2, r) + flops.forward(r + 1, (r + 1) / 2, r)
+        total += flops.forward(p, p / 2, 0) + g * flops.head + sum(flops.forward(1, p + i, 0) for i in range(1, g))
     return total
 
 

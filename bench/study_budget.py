@@ -43,12 +43,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realdata import _examples, require_data, t0  # noqa: E402
+from realdata import _examples, require_data, t0, with_choices  # noqa: E402
 from study_curves import measure_coslow  # noqa: E402
 
 from tunewise.efficiency.predict import coefficients_for, predict_auc  # noqa: E402
 
-from tunewise.training.evaluate import write_json_atomic  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
+from tunewise.training.evaluate import CHOICE  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig  # noqa: E402
 from tunewise.training.sweep import BASELINE, paired_gain, read_runs, run_sweep  # noqa: E402
 
@@ -134,13 +135,13 @@ def predicted_aucs(out: Path, spare: dict, model: str, prompts: int, seed: int) 
         path = out / "coslow" / f"{task}.json"
         if not path.exists():
             print(f"CoS-Low of {task} ({min(prompts, len(rows))} prompts of {len(rows)} spare rows)", flush=True)
-            write_json_atomic(measure_coslow(rows, model, prompts, seed), path)
+            write_json(path, measure_coslow(rows, model, prompts, seed))
         coslow = json.loads(path.read_text())["coslow"]
         tasks[task] = {"coslow": coslow, "predicted_auc": predict_auc(coslow, coefficients)}
     document = {"coefficients": {"slope": coefficients.slope, "intercept": coefficients.intercept,
                                  "max_budget": coefficients.max_budget, "source": coefficients.source},
                 "tasks": tasks}
-    write_json_atomic(document, out / "predicted_auc.json")
+    write_json(out / "predicted_auc.json", document)
     return document
 
 
@@ -195,7 +196,7 @@ def summarise_study(out: Path, pool, test) -> dict:
         "predicted_auc": (json.loads((out / "predicted_auc.json").read_text())
                           if (out / "predicted_auc.json").exists() else None),
     }
-    write_json_atomic(summary, out / "study_budget.json")
+    write_json(out / "study_budget.json", summary)
     return summary
 
 
@@ -262,6 +263,9 @@ def main() -> None:
     parser.add_argument("--benchmark-size", type=int, default=20, help="MMLU + BBH test questions, half each")
     parser.add_argument("--coslow-prompts", type=int, default=96,
                         help="per task, spare prompts answered to find the 32 least confident for CoS-Low")
+    parser.add_argument("--metric", default="auto",
+                        help="evaluate's metric; 'choice' scores by log-likelihood over each test question's "
+                             "options (or its template's labels) and drops test questions that have neither")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
@@ -272,6 +276,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pool, test, spare = build_study_data(args.pool_fraction, args.test_per_task, args.benchmark_size,
                                          args.split_seed)
+    if args.metric == CHOICE:
+        kept = [e for e in with_choices(test) if "choices" in e.metadata]
+        print(f"choice metric: {len(kept)} of {len(test)} test questions have options or a small label set", flush=True)
+        test = kept
     print(f"pool: {len(pool)} examples {dict(Counter(e.task for e in pool))}; test: {len(test)}", flush=True)
     strategies = args.strategies.split(",")
     if not args.summarise_only:
@@ -283,7 +291,7 @@ def main() -> None:
                                  "max_budget": predictions["coefficients"]["max_budget"]}
         run_sweep(pool, test, [int(b) for b in args.budgets.split(",")], strategies,
                   [int(s) for s in args.seeds.split(",")], args.model, args.out, FinetuneConfig(),
-                  metric="auto", strategy_parameters=extra,
+                  metric=args.metric, strategy_parameters=extra,
                   progress=lambda done, total, label: print(f"[{done}/{total}] {label}", flush=True))
     summary = summarise_study(args.out, pool, test)
     tables = markdown_table(summary) + "\n\nExamples per task (mean over seeds):\n\n" + allocation_table(summary)

@@ -6,7 +6,8 @@ subjects) the examples are shuffled with a seed into a held-out test set and a t
 
 1. a sweep (``run_sweep``, strategy ``random``, one seed) measures zero-shot and the fine-tuned
    score at each budget: the learning curve, and its AUC on the study's grid with N = its largest
-   budget;
+   budget, normalised by paper A's released human score where it has one
+   (``tunewise.efficiency.ceilings``) and by ``--target-ceiling`` (1.0) elsewhere;
 2. CoS-Low from the same pool: the model answers a seeded sample of the pool's prompts greedily,
    32 examples are drawn from the least confident (10 % when at least 320 prompts were answered,
    else the 32 least confident), and their gold answers stand in for a person's labels.
@@ -38,18 +39,21 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realdata import require_data  # noqa: E402
+from realdata import require_data, with_choices  # noqa: E402
 
 from tunewise.efficiency.coslow import DEFAULT_FRACTION, DEFAULT_K, coslow, lowest_confidence_prompts, minimum_pool_size  # noqa: E402
+from tunewise.efficiency.ceilings import human_ceiling  # noqa: E402
 from tunewise.efficiency.curve import curve_auc  # noqa: E402
-from tunewise.training.evaluate import write_json_atomic  # noqa: E402
+from tunewise.errors import TunewiseError  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
+from tunewise.training.evaluate import CHOICE, choice_sets  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig  # noqa: E402
 from tunewise.model.load import load_model  # noqa: E402
 from tunewise.data.pool import parse_record  # noqa: E402
 from tunewise.training.sweep import BASELINE, run_sweep  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-SHIPPED_CALIBRATION = REPOSITORY / "src" / "tunewise" / "data" / "calibration_smollm2.json"
+SHIPPED_CALIBRATION = REPOSITORY / "src" / "tunewise" / "efficiency" / "calibration_smollm2.json"
 
 # Short inputs and short answers, so that a fine-tune on a shared CPU core takes a minute or two.
 BBH_TASKS = ("boolean_expressions", "sports_understanding", "object_counting", "multistep_arithmetic_two",
@@ -181,29 +185,48 @@ def answer_length(examples, tokenizer) -> int:
     return max(len(tokenizer(e.response, add_special_tokens=False)["input_ids"]) for e in examples) + ANSWER_MARGIN
 
 
-def study_task(name, load, args, config, tokenizer) -> dict:
-    """Sweep and CoS-Low of one task (each skipped when already on disk); its measured entry."""
+def study_task(name, load, args, config, tokenizer) -> dict | None:
+    """Sweep and CoS-Low of one task (each skipped when already on disk); its measured entry, or
+    None for a task the ``choice`` metric cannot score (no option list and too many labels)."""
     folder = args.out / "tasks" / name
     pool, test = split_task(load(), args.test_size, args.pool_cap, args.split_seed)
+    if args.metric == CHOICE:
+        labelled = with_choices(pool + test)
+        pool, test = labelled[:len(pool)], labelled[len(pool):]
+        try:
+            choice_sets(test)
+        except TunewiseError as error:
+            print(f"  [{name}] skipped: {error}", flush=True)
+            return None
     log = lambda done, total, label: print(f"  [{name} {done}/{total}] {label}", flush=True)  # noqa: E731
     max_new_tokens = args.max_new_tokens or answer_length(pool + test, tokenizer)
     summary = run_sweep(pool, test, args.budgets, [BASELINE], args.seeds, args.model, folder / "sweep", config,
-                        metric="auto", max_new_tokens=max_new_tokens, progress=log)
+                        metric=args.metric, max_new_tokens=max_new_tokens, progress=log)
     coslow_path = folder / "coslow.json"
     if not coslow_path.exists():
         print(f"  [{name}] CoS-Low", flush=True)
-        write_json_atomic(measure_coslow(pool, args.model, args.confidence_prompts, args.split_seed), coslow_path)
+        write_json(coslow_path, measure_coslow(pool, args.model, args.confidence_prompts, args.split_seed))
     measured_coslow = json.loads(coslow_path.read_text())
     # The sweep folder may hold other budgets from earlier runs; the curve is this study's grid.
-    curve = summary["strategies"][BASELINE]["curve"]
+    # One curve per seed: paper A's AUC takes each seed's envelope before the mean.
+    entry = summary["strategies"][BASELINE]
+    curve = entry["curve"]
     curve = {"0": summary["zero_shot"]["score"], **{str(b): curve[str(b)] for b in args.budgets}}
+    curves = [{"0": summary["zero_shot"]["score"], **{str(b): entry["per_seed"][str(b)][str(seed)] for b in args.budgets}}
+              for seed in args.seeds]
+    # Paper A normalises by max(human score, best score); a task it has no human score for gets
+    # the stated target (every task here has one right answer, so 1.0 is "all right").
+    known = human_ceiling(name)
+    ceiling, ceiling_source = (known.score, known.describe()) if known else (args.target_ceiling, "stated target")
     try:
-        auc = curve_auc({int(b): s for b, s in curve.items()}, max_budget=max(args.budgets), grid=args.budgets)
+        auc = curve_auc([{int(b): s for b, s in seed.items()} for seed in curves], ceiling=ceiling,
+                        max_budget=max(args.budgets), grid=args.budgets)
     except Exception as error:  # a flat curve has no AUC; it is listed and left out of the fit
         auc, note = None, str(error)
     else:
         note = None
-    return {"task": name, "coslow": measured_coslow["coslow"], "curve": curve, "auc": auc, "note": note,
+    return {"task": name, "coslow": measured_coslow["coslow"], "curve": curve, "curves": curves, "auc": auc,
+            "ceiling": ceiling, "ceiling_source": ceiling_source, "note": note,
             "pool": len(pool), "test": len(test), "max_new_tokens": max_new_tokens, "coslow_details": {k: v for k, v in measured_coslow.items()
                                                                       if k != "examples"}}
 
@@ -213,9 +236,9 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
     fitted = [e for e in entries if e["auc"] is not None]
     measured_path = args.out / "measured.json"
     fingerprints = {e["coslow_details"]["model_fingerprint"] for e in entries}
-    write_json_atomic({"model": args.model, "model_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
-                       "tasks": [{"task": e["task"], "coslow": e["coslow"], "curve": e["curve"]} for e in fitted]},
-                      measured_path)
+    write_json(measured_path, {"model": args.model, "model_fingerprint": fingerprints.pop() if len(fingerprints) == 1 else None,
+                       "tasks": [{"task": e["task"], "coslow": e["coslow"], "curves": e["curves"],
+                                  "ceiling": e["ceiling"]} for e in fitted]})
     calibration_path = args.out / "calibration.json"
     grid = ",".join(map(str, args.budgets))
     calibrate_command = [str(REPOSITORY / ".venv" / "bin" / "tunewise"), "calibrate", str(measured_path),
@@ -247,7 +270,7 @@ def calibrate_measured(args, entries: list[dict], command: str) -> dict:
                     "confidence on at most %d prompts of each pool (DESIGN: >= 320, lowest 10 %%)"
                     % (max(args.budgets), args.test_size, args.confidence_prompts)),
     }
-    write_json_atomic(calibration, calibration_path)
+    write_json(calibration_path, calibration)
     return {"summary": summary, "calibration": calibration}
 
 
@@ -335,7 +358,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"Evaluation answer length (default: the task's longest gold answer + {ANSWER_MARGIN}).")
+    parser.add_argument("--metric", default="auto",
+                        help="evaluate's metric; 'choice' scores multiple choice by log-likelihood (tasks it "
+                             "cannot score are skipped). The shipped calibration was measured with 'auto'.")
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--target-ceiling", type=float, default=1.0,
+                        help="Ceiling of a task paper A has no human score for (its stated target).")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-calibrate", action="store_true", help="Measure only; fit nothing.")
@@ -360,10 +388,13 @@ def main() -> None:
     for number, name in enumerate(names, start=1):
         started = time.perf_counter()
         print(f"[{number}/{len(names)}] {name}", flush=True)
-        entries.append(study_task(name, loaders[name], args, config, tokenizer))
+        entry = study_task(name, loaders[name], args, config, tokenizer)
+        if entry is None:
+            continue
+        entries.append(entry)
         print(f"[{number}/{len(names)}] {name}: AUC {entries[-1]['auc']}, CoS-Low {entries[-1]['coslow']:.4f} "
               f"({time.perf_counter() - started:.0f} s)", flush=True)
-    write_json_atomic(entries, args.out / "entries.json")
+    write_json(args.out / "entries.json", entries)
 
     calibration = None
     if not args.no_calibrate and sum(e["auc"] is not None for e in entries) >= 3:
@@ -374,17 +405,17 @@ def main() -> None:
                                                    "loto_relative_error_percent", "mean_predictor_mae",
                                                    "mean_predictor_relative_error_percent")}
         summary["robustness"] = robustness(entries, args.min_gain)
-        write_json_atomic(summary, args.out / "summary.json")
+        write_json(args.out / "summary.json", summary)
         print(json.dumps(summary, indent=1))
         if args.ship:
             SHIPPED_CALIBRATION.parent.mkdir(parents=True, exist_ok=True)
             shipped = {**calibration, "measured": "bench/out/study_curves/measured.json",
                        "source": "tunewise shipped calibration for smollm2 (bench/study_curves.py)",
                        "caveat": (f"fitted on {summary['tasks']} tasks of a reduced CPU grid (N = {max(args.budgets)}, "
-                                  f"one seed, {args.test_size} test items); leave-one-task-out error "
-                                  f"{summary['loto_relative_error_percent']:.1f} % against "
-                                  f"{summary['mean_predictor_relative_error_percent']:.1f} % for predicting the "
-                                  "mean AUC (paper A: 8.6 % against 12.5 %); Pearson r(CoS-Low, AUC) = "
+                                  f"{len(args.seeds)} seed(s), {args.test_size} test items); leave-one-task-out "
+                                  f"absolute error {100 * summary['loto_mae']:.1f} AUC points against "
+                                  f"{100 * summary['mean_predictor_mae']:.1f} for predicting the mean AUC (paper A: "
+                                  "8.6 against 12.5); Pearson r(CoS-Low, AUC) = "
                                   f"{summary['robustness']['pearson']:.2f}. Treat its predictions as rough.")}
             SHIPPED_CALIBRATION.write_text(json.dumps(shipped, indent=2) + "\n", encoding="utf-8")
     table = markdown_table(entries, calibration, args.budgets)

@@ -9,7 +9,9 @@ Two settings, each split with a seed into a training pool and a held-out test se
 - ``--task boolean_expressions`` (BBH): fine-tuning moves exact match (about 0.05 zero-shot to 0.6
   after a 32-example LoRA), so accuracy is the score.
 
-The ``calibrate-difficulty`` grid (budgets × easy/medium/hard loss windows) and ``random`` at the
+The ``calibrate-difficulty`` grid (budgets × easy/medium/hard windows of ``--difficulty``: response
+tokens by default, paper C's measure; the study in BENCHMARKS.md ran with ``--difficulty loss``,
+the default of its day) and ``random`` at the
 same budgets run seed by seed into one resumable sweep folder: every finished run is a file under
 ``OUT/runs`` and a rerun of the same command picks up where it stopped. The summary reports each
 window's mean score, its paired gain over random per budget with a 95 % t interval over seeds,
@@ -33,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import bbh, gsm8k  # noqa: E402
 
 from tunewise.training.difficulty import DEFAULT_WINDOWS, calibrate_difficulty  # noqa: E402
-from tunewise.training.evaluate import LOG_LIKELIHOOD, write_json_atomic  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
+from tunewise.training.evaluate import LOG_LIKELIHOOD  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig  # noqa: E402
 from tunewise.training.sweep import BASELINE, paired_gain, run_sweep  # noqa: E402
 
@@ -101,6 +104,7 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=300, help="training pool size (BBH: at most the rest)")
     parser.add_argument("--test-size", type=int, default=40)
     parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--difficulty", default="length", help="length (paper C), cot_length or loss")
     parser.add_argument("--metric", default=None, help=f"default: {LOG_LIKELIHOOD} for gsm8k, exact_match for BBH")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--threads", type=int, default=1)
@@ -115,15 +119,17 @@ def main() -> None:
     pool, test = study_data(args.task, args.pool_size, args.test_size, args.split_seed)
     print(f"{args.task}: pool {len(pool)}, test {len(test)}, metric {metric}", flush=True)
     config = FinetuneConfig()
-    options = dict(metric=metric, progress=lambda done, total, label: print(f"[{done}/{total}] {label}", flush=True))
+    options = dict(metric=metric, difficulty=args.difficulty,
+                   progress=lambda done, total, label: print(f"[{done}/{total}] {label}", flush=True))
     # Seed by seed, windows then random, so that a stopped run leaves whole seeds behind it.
     for seed in seeds:
         calibrate_difficulty(pool, test, budgets, args.model, args.out, windows, [seed], config, **options)
-        run_sweep(pool, test, budgets, [BASELINE], [seed], args.model, args.out, config, **options)
+        run_sweep(pool, test, budgets, [BASELINE], [seed], args.model, args.out, config,
+                  **{key: value for key, value in options.items() if key != "difficulty"})
     calibration = calibrate_difficulty(pool, test, budgets, args.model, args.out, windows, seeds, config, **options)
     gains = gains_over_random(calibration)
-    write_json_atomic({"task": args.task, "metric": metric, "pool": len(pool), "test": len(test),
-                       "calibration": calibration, "gain_over_random": gains}, args.out / "study_difficulty.json")
+    write_json(args.out / "study_difficulty.json", {"task": args.task, "metric": metric, "pool": len(pool), "test": len(test),
+                       "calibration": calibration, "gain_over_random": gains})
     table = score_table(calibration, gains)
     (args.out / "study_difficulty.md").write_text(table + "\n", encoding="utf-8")
     print(json.dumps({key: calibration[key] for key in ("c0", "beta", "n0", "zero_shot")}, indent=1))

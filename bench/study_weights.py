@@ -32,10 +32,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import gsm8k  # noqa: E402
 
-from tunewise.weights.anchors import choose_anchors  # noqa: E402
+from tunewise.weights.anchors import embedding_stratified_anchors  # noqa: E402
 from tunewise.model import load_backend  # noqa: E402
-from tunewise.training.evaluate import LOG_LIKELIHOOD, evaluate, write_json_atomic  # noqa: E402
-from tunewise.select.features import FEATURES, indicator_features  # noqa: E402
+from tunewise.io import write_json  # noqa: E402
+from tunewise.training.evaluate import LOG_LIKELIHOOD, evaluate  # noqa: E402
+from tunewise.select.weighted import FEATURES, indicator_features  # noqa: E402
 from tunewise.indicators.registry import DEFAULT_INDICATORS  # noqa: E402
 from tunewise.training.finetune import FinetuneConfig, finetune  # noqa: E402
 from tunewise.weights.proxy import ProxyModel  # noqa: E402
@@ -65,7 +66,7 @@ def fine_tune_run(path: Path, loaded, selected, test, seed: int, extra: dict) ->
               "stderr": entry[f"{LOG_LIKELIHOOD}_stderr"], "n_test": entry["n"],
               "selected_ids": [example.id for example in selected],
               "finetune_seconds": round(adapted.log.seconds, 1), "final_loss": adapted.log.final_loss}
-    write_json_atomic(record, path)
+    write_json(path, record)
     return record
 
 
@@ -85,7 +86,7 @@ def summarise(out: Path, arms: dict, zero_shot: float, proxy_points: list[dict],
         "proxy_check": {**rank_correlation([p["J"] for p in proxy_points], [p["score"] for p in proxy_points]),
                         "fine_tunes": proxy_points},
     }
-    write_json_atomic(summary, out / "study_weights.json")
+    write_json(out / "study_weights.json", summary)
     return summary
 
 
@@ -143,7 +144,7 @@ def main() -> None:
                         progress=lambda done, total: print(f"scoring the pool {done}/{total}", flush=True))
     features = indicator_features(scores, FEATURES)
     dev_scores = score_pool(dev, backend, ["embedding"])
-    anchors = choose_anchors(embedding_matrix(dev_scores), args.anchors, args.split_seed)
+    anchors = embedding_stratified_anchors(embedding_matrix(dev_scores), args.anchors, args.split_seed)
     anchor_examples = [dev[int(position)] for position in anchors.positions]
     tuned = tune_weights(features, pool, anchor_examples, anchors, ProxyModel(backend), args.out / "search",
                          fraction=args.fraction, trials=args.trials, repeats=args.repeats, demos=args.demos,
@@ -155,7 +156,7 @@ def main() -> None:
     loaded = backend.loaded
     zero_shot_path = runs / "zero_shot.json"
     if not zero_shot_path.exists():
-        write_json_atomic({"score": evaluate(loaded, None, test, metric=LOG_LIKELIHOOD)["average"]}, zero_shot_path)
+        write_json(zero_shot_path, {"score": evaluate(loaded, None, test, metric=LOG_LIKELIHOOD)["average"]})
     zero_shot = json.loads(zero_shot_path.read_text())["score"]
 
     size = tuned.selection_size

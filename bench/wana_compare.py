@@ -11,6 +11,11 @@ re-running the same command skips finished chunks, so an interrupted study conti
 time covers scoring only (model loads are recorded apart), with an empty tunewise score cache. A
 dense matmul at the same dtype and thread count is timed after every chunk, so the achieved FLOP/s
 is set against the roof of the same minutes on a shared machine.
+
+Engines: tunewise loss + IFD in fp32 and bf16 (padding-free pass, its padding share recorded per
+chunk), the plain one-at-a-time loop in fp32 and bf16, wana, tunewise bf16 with every example
+scored alone (``--alone-n``: batched against alone, the batch-composition check), and tunewise's
+default indicator set.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
@@ -45,18 +51,39 @@ TUNEWISE_ENGINES = {
     "tunewise-ifd-bf16": ("bf16", IFD_INDICATORS),
     "tunewise-default-fp32": ("fp32", DEFAULT_INDICATORS),
 }
-ENGINES = ("tunewise-ifd-fp32", "plain-ifd-fp32", "wana", "tunewise-ifd-bf16", "tunewise-default-fp32")
+PLAIN_ENGINES = {"plain-ifd-fp32": "fp32", "plain-ifd-bf16": "bf16"}
+# tunewise bf16 with every example scored alone: the batch-composition check.
+ALONE_ENGINE = "tunewise-ifd-bf16-alone"
+ENGINES = ("tunewise-ifd-fp32", "plain-ifd-fp32", "wana", "tunewise-ifd-bf16", "plain-ifd-bf16", ALONE_ENGINE,
+           "tunewise-default-fp32")
 
 
 def ifd_flops(encoded, flops: FlopModel) -> float:
-    """Analytic FLOPs of tunewise's loss + IFD pass: prompt prefill, response on the cache with the
-    vocabulary head on response rows only, and the response alone after the start token."""
+    """Analytic FLOPs of tunewise's loss + IFD pass: prompt + response with the vocabulary head on
+    response rows only, and the response alone after the start token (padding not counted)."""
     total = 0.0
     for e in encoded:
         p, r = e.prompt_length, e.response_length
-        total += flops.forward(p, p / 2, 0) + flops.forward(r, p + r / 2, r)
+        total += flops.forward(p + r, (p + r) / 2, r)
         total += flops.forward(r + 1, (r + 1) / 2, r)
     return total
+
+
+def padding_tokens(backend, encoded, indicators, batch_tokens: int) -> tuple[int, int]:
+    """(padded tokens, tokens run) of the loss + IFD sequences, as score_pool batches them and
+    tunewise.model.packed pads them."""
+    from tunewise.indicators.score import plan_scoring_batches, required_outputs
+    from tunewise.model.packed import plan_padded_chunks
+
+    outputs = required_outputs(indicators)
+    padded = run = 0
+    for batch in plan_scoring_batches(backend, encoded, outputs, batch_tokens):
+        lengths = [n for i in batch for n in (encoded[i].prompt_length + encoded[i].response_length,
+                                              encoded[i].response_length + 1)]
+        for width, chunk in plan_padded_chunks(lengths, batch_tokens):
+            run += width * len(chunk)
+            padded += sum(width - lengths[j] for j in chunk)
+    return padded, run
 
 
 def full_logit_flops(prompt_lengths, response_lengths, flops: FlopModel) -> float:
@@ -112,14 +139,17 @@ class Models:
 
 
 def run_tunewise_chunk(engine: str, chunk, first: int, args, models: Models, target: Path) -> None:
-    dtype, indicators = TUNEWISE_ENGINES[engine]
+    dtype, indicators = TUNEWISE_ENGINES["tunewise-ifd-bf16" if engine == ALONE_ENGINE else engine]
     loaded = models.get(dtype)
     flops = FlopModel(loaded.model)
     backend = HFBackend(loaded, max_new_tokens=args.max_new_tokens, max_batch_tokens=args.batch_tokens)
     cache_dir = Path(tempfile.mkdtemp(prefix="wana-compare-cache-"))
     try:
         with Timer() as timer:
-            scores = score_pool(chunk, backend, indicators, cache_dir=str(cache_dir))
+            if engine == ALONE_ENGINE:
+                scores = pd.concat([score_pool([e], backend, indicators, cache_dir=str(cache_dir)) for e in chunk])
+            else:
+                scores = score_pool(chunk, backend, indicators, cache_dir=str(cache_dir))
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     encoded = backend.encode([e.prompt for e in chunk], [e.response for e in chunk])
@@ -128,8 +158,10 @@ def run_tunewise_chunk(engine: str, chunk, first: int, args, models: Models, tar
         work = fused_flops(backend, chunk, [args.max_new_tokens] * len(chunk), flops)
     else:
         work = ifd_flops(encoded, flops)
+    padded, run = padding_tokens(backend, encoded, indicators, args.batch_tokens)
     write_atomically(target, {
         "engine": engine, "dtype": dtype, "indicators": list(indicators), "threads": args.threads,
+        "padded_tokens": padded, "run_tokens": run,
         "load_seconds": models.load_seconds[dtype], "first": first, "seconds": timer.seconds,
         "cpu_seconds": timer.cpu_seconds, "flops": work, "roof_flops_per_s": matmul_roof(loaded.dtype),
         "ids": scores["id"].tolist(), "loss": scores["loss"].tolist(), "ifd": scores["ifd"].tolist(),
@@ -139,19 +171,20 @@ def run_tunewise_chunk(engine: str, chunk, first: int, args, models: Models, tar
     print(f"{engine} chunk {first}: {len(chunk) / timer.seconds:.3f} examples/s", flush=True)
 
 
-def run_plain_chunk(chunk, first: int, args, models: Models, target: Path) -> None:
-    loaded = models.get("fp32")
+def run_plain_chunk(engine: str, chunk, first: int, args, models: Models, target: Path) -> None:
+    dtype = PLAIN_ENGINES[engine]
+    loaded = models.get(dtype)
     flops = FlopModel(loaded.model)
     with Timer() as timer:
         results, work = plain_loop(loaded, chunk, args.max_new_tokens, flops, with_confidence=False)
     write_atomically(target, {
-        "engine": "plain-ifd-fp32", "dtype": "fp32", "indicators": list(IFD_INDICATORS),
-        "threads": args.threads, "load_seconds": models.load_seconds["fp32"], "first": first,
+        "engine": engine, "dtype": dtype, "indicators": list(IFD_INDICATORS),
+        "threads": args.threads, "load_seconds": models.load_seconds[dtype], "first": first,
         "seconds": timer.seconds, "cpu_seconds": timer.cpu_seconds, "flops": work,
-        "roof_flops_per_s": matmul_roof(torch.float32),
+        "roof_flops_per_s": matmul_roof(loaded.dtype),
         "ids": [e.id for e in chunk], "loss": results[:, 0].tolist(), "ifd": results[:, 1].tolist(),
     })
-    print(f"plain-ifd-fp32 chunk {first}: {len(chunk) / timer.seconds:.3f} examples/s", flush=True)
+    print(f"{engine} chunk {first}: {len(chunk) / timer.seconds:.3f} examples/s", flush=True)
 
 
 def wana_python(venv: Path) -> Path:
@@ -215,6 +248,8 @@ def summarise(results: dict, flops: FlopModel) -> dict:
                 c["flops"] = full_logit_flops(c["prompt_tokens"], c["response_tokens"], flops)
         n, seconds, cpu_seconds = len(r["ids"]), total(chunks, "seconds"), total(chunks, "cpu_seconds")
         row = {"examples": n, "chunks": sorted(r["chunks"]), "threads": r["threads"],
+               **({"padding_share": total(chunks, "padded_tokens") / total(chunks, "run_tokens")}
+                  if "run_tokens" in chunks[0] else {}),
                "load_seconds": r["load_seconds"], "seconds": seconds, "cpu_seconds": cpu_seconds,
                "examples_per_s": n / seconds, "examples_per_cpu_s": n / cpu_seconds,
                "flops_per_s": total(chunks, "flops") / seconds,
@@ -239,6 +274,22 @@ def summarise(results: dict, flops: FlopModel) -> dict:
             rows[engine]["speed_over_wana"] = speed_ratio(ours, theirs, "seconds")
             rows[engine]["cpu_speed_over_wana"] = speed_ratio(ours, theirs, "cpu_seconds")
     comparison: dict[str, object] = {}
+    # bf16 pairs: tunewise against the plain loop at the same dtype, and batched against alone.
+    for ours, theirs in (("tunewise-ifd-bf16", "plain-ifd-bf16"), ("tunewise-ifd-bf16", ALONE_ENGINE)):
+        if ours in results and theirs in results:
+            a, b = results[ours], results[theirs]
+            shared = sorted(set(a["chunks"]) & set(b["chunks"]))
+            where = {i: k for k, i in enumerate(a["ids"])}
+            at = [(where[i], k) for k, i in enumerate(b["ids"]) if i in where]
+            entry = {"examples": len(at),
+                     "speed_ratio": speed_ratio([a["chunks"][f] for f in shared], [b["chunks"][f] for f in shared], "seconds"),
+                     "cpu_speed_ratio": speed_ratio([a["chunks"][f] for f in shared], [b["chunks"][f] for f in shared],
+                                                    "cpu_seconds")}
+            for key in ("loss", "ifd"):
+                mine, other = np.array(a[key])[[x for x, _ in at]], np.array(b[key])[[y for _, y in at]]
+                entry[f"max_abs_diff_{key}"] = float(np.max(np.abs(mine - other)))
+                entry[f"spearman_{key}"] = rank_agreement(mine, other)
+            comparison[f"{ours} vs {theirs}"] = entry
     reference = results.get("tunewise-ifd-fp32")
     if reference is None:
         return {"rows": rows, "comparison": comparison}
@@ -294,6 +345,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plain-n", type=int, default=100, help="the plain loop's share of the sample")
     parser.add_argument("--default-n", type=int, default=50, help="the default indicator set's share")
+    parser.add_argument("--alone-n", type=int, default=50, help="examples tunewise bf16 also scores one at a time")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--chunk", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
@@ -306,7 +358,8 @@ def main() -> None:
     os.environ["TUNEWISE_THREADS"] = str(args.threads)
     # The plain loop and the default set run on the head of the sample: a seeded subset itself.
     examples = realdata.gsm8k("train", limit=args.n, seed=args.seed)
-    sizes = {"plain-ifd-fp32": args.plain_n, "tunewise-default-fp32": args.default_n}
+    sizes = {"plain-ifd-fp32": args.plain_n, "plain-ifd-bf16": args.plain_n, "tunewise-default-fp32": args.default_n,
+             ALONE_ENGINE: args.alone_n}
     engines = [e for e in args.engines.split(",") if e]
     unknown = set(engines) - set(ENGINES)
     if unknown:
@@ -325,8 +378,8 @@ def main() -> None:
             chunk = subset[first:first + args.chunk]
             if engine == "wana":
                 run_wana_chunk(subset, first, args, folder)
-            elif engine == "plain-ifd-fp32":
-                run_plain_chunk(chunk, first, args, models, target)
+            elif engine in PLAIN_ENGINES:
+                run_plain_chunk(engine, chunk, first, args, models, target)
             else:
                 run_tunewise_chunk(engine, chunk, first, args, models, target)
 

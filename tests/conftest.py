@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Timing is no property of the code: on a shared 2-core machine a fast example can take 0.4 s.
+settings.register_profile("tunewise", deadline=None)
+settings.load_profile("tunewise")
 
 from tunewise.model.load import model_cache_root
 
@@ -22,6 +27,28 @@ def isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEWISE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     yield
+
+
+@pytest.fixture(scope="session")
+def lively_model_dir(tmp_path_factory):
+    """tiny-random with sharper seeded weights, saved as a model folder (``--model FOLDER``).
+
+    The stock tiny-random answers every prompt with newlines only, so no prompt has an answer
+    token to take a confidence of, and CoS-Low has no least confident prompt to sample.
+    """
+    torch = pytest.importorskip("torch")
+    from tunewise.model.load import load_model
+
+    loaded = load_model("tiny-random", device="cpu")
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if "norm" not in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.35)
+    folder = tmp_path_factory.mktemp("lively-tiny")
+    loaded.model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return folder
 
 
 def require_shared_data(*parts: str) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,9 +11,11 @@ from hypothesis import strategies as st
 
 from tunewise.select.allocation import (
     allocate_budget,
+    interleave,
     inverse_confidence_weights,
     round_robin_order,
     water_filled_shares,
+    weight_spread,
 )
 from tunewise.errors import TunewiseError
 
@@ -146,3 +150,20 @@ def test_inverse_confidence_weights_favour_the_less_confident_task():
     assert sum(weights.values()) == pytest.approx(1.0)
     flat = inverse_confidence_weights({"a": 0.8, "b": 0.2}, gamma=0.0)
     assert flat["a"] == pytest.approx(flat["b"])
+
+
+def test_weight_spread_says_how_far_task_weights_are_from_equal():
+    equal = weight_spread({"a": 0.25, "b": 0.25, "c": 0.25, "d": 0.25})
+    assert equal == pytest.approx({"min": 0.25, "max": 0.25, "ratio": 1.0, "entropy_share": 1.0})
+    skewed = weight_spread({"a": 0.8, "b": 0.2})
+    entropy = -(0.8 * math.log(0.8) + 0.2 * math.log(0.2)) / math.log(2)
+    assert skewed == pytest.approx({"min": 0.2, "max": 0.8, "ratio": 4.0, "entropy_share": entropy})
+    assert weight_spread({}) is None and weight_spread({"only": 1.0})["entropy_share"] == 1.0
+
+
+def test_interleave_takes_each_groups_best_rows_in_round_robin_order():
+    ranked = np.array([4, 0, 2, 9, 7, 8, 5])  # group 0: rows 4, 0, 2; group 1: rows 9, 7, 8, 5
+    picked, sequence = interleave(ranked, [3, 4], [1, 3])
+    assert sequence.tolist() == round_robin_order([1, 3]).tolist()
+    assert sorted(picked.tolist()) == [4, 7, 8, 9]
+    assert [row for row, group in zip(picked, sequence) if group == 1] == [9, 7, 8]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tunewise.weights.anchors import Anchors, anchor_estimate, choose_anchors, tracking_report, write_anchors
+from tunewise.weights.anchors import Anchors, anchor_estimate, embedding_stratified_anchors, tracking_report, write_anchors
 from tunewise.data.pool import Example, example_id, read_pool
 
 
@@ -24,14 +24,14 @@ def test_anchors_as_many_as_dev_rows_reproduce_the_full_mean_exactly(count_over_
     rng = np.random.default_rng(1)
     embeddings = rng.standard_normal((37, 5))
     scores = rng.standard_normal(37) * 3 - 1
-    anchors = choose_anchors(embeddings, 37 + count_over_size, seed=4)
+    anchors = embedding_stratified_anchors(embeddings, 37 + count_over_size, seed=4)
     assert anchors.positions.tolist() == list(range(37))
     assert anchor_estimate(scores[anchors.positions], anchors) == np.mean(scores)
 
 
 def test_weights_are_cluster_shares_that_sum_to_one():
     embeddings, labels = blobs([10, 25, 5])
-    anchors = choose_anchors(embeddings, 3, seed=0)
+    anchors = embedding_stratified_anchors(embeddings, 3, seed=0)
     assert len(anchors) == 3 and anchors.dev_size == 40
     assert anchors.weights.sum() == pytest.approx(1.0, abs=1e-12)
     # One anchor per blob, standing for exactly that blob's rows.
@@ -42,7 +42,7 @@ def test_weights_are_cluster_shares_that_sum_to_one():
 
 def test_each_anchor_is_the_member_nearest_its_cluster_centre():
     embeddings, labels = blobs([12, 12])
-    anchors = choose_anchors(embeddings, 2, seed=0)
+    anchors = embedding_stratified_anchors(embeddings, 2, seed=0)
     for position in anchors.positions:
         members = np.flatnonzero(labels == labels[position])
         centre = embeddings[members].mean(axis=0)
@@ -57,7 +57,7 @@ def test_anchor_estimate_is_the_size_weighted_mean():
 
 def test_same_seed_same_anchors():
     embeddings = np.random.default_rng(7).standard_normal((120, 6)).astype(np.float32)
-    first, second = choose_anchors(embeddings, 16, seed=3), choose_anchors(embeddings, 16, seed=3)
+    first, second = embedding_stratified_anchors(embeddings, 16, seed=3), embedding_stratified_anchors(embeddings, 16, seed=3)
     assert first.positions.tolist() == second.positions.tolist()
     assert first.cluster_sizes.tolist() == second.cluster_sizes.tolist()
     assert first.cluster_sizes.sum() == 120 and len(set(first.positions.tolist())) == 16
@@ -65,7 +65,7 @@ def test_same_seed_same_anchors():
 
 def test_duplicate_rows_give_fewer_anchors_that_still_cover_the_dev_set():
     embeddings = np.repeat(np.eye(3, dtype=np.float32), [4, 4, 4], axis=0)
-    anchors = choose_anchors(embeddings, 6, seed=0)
+    anchors = embedding_stratified_anchors(embeddings, 6, seed=0)
     assert len(anchors) == 3 and anchors.cluster_sizes.tolist() == [4, 4, 4]
     assert anchors.weights.sum() == pytest.approx(1.0)
 

@@ -77,10 +77,20 @@ def naive_mean_nll(model, context: list[int], targets: list[int]) -> float:
 
 
 def naive_stop_ids(model, tokenizer) -> list[int]:
-    stops = {tokenizer.eos_token_id}
+    """eos, pad, unknown (<|endoftext|>) and the generation config's eos; tiny-random's ChatML
+    template ends a turn with <|im_end|>, its eos."""
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id}
     configured = model.generation_config.eos_token_id
     stops.update([configured] if isinstance(configured, int) else (configured or []))
     return sorted(s for s in stops if s is not None)
+
+
+def naive_confidence(model, tokenizer, tokens: list[int], probabilities: np.ndarray) -> float:
+    """Mean probability over the answer tokens: no stop token and no bare newline (ChatML's "\n")."""
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    excluded = set(naive_stop_ids(model, tokenizer)) | set(newline)
+    kept = [p for token, p in zip(tokens, probabilities) if token not in excluded]
+    return float(np.mean(kept)) if kept else 0.0
 
 
 def naive_greedy(model, tokenizer, prompt_ids: list[int], max_new_tokens: int) -> tuple[list[int], np.ndarray]:
@@ -105,7 +115,8 @@ def naive_scores(backend, examples):
         for example in examples:
             prompt_ids = naive_prompt_ids(tokenizer, example)
             tokens, probabilities = naive_greedy(model, tokenizer, prompt_ids, MAX_NEW_TOKENS)
-            row = {"confidence": probabilities.mean(), "prompt_length": len(prompt_ids), "answer_tokens": len(tokens),
+            row = {"confidence": naive_confidence(model, tokenizer, tokens, probabilities),
+                   "prompt_length": len(prompt_ids), "answer_tokens": len(tokens),
                    "loss": np.nan, "ifd": np.nan, "length": np.nan}
             if example.response is not None:
                 response_ids = tokenizer(example.response, add_special_tokens=False)["input_ids"]
@@ -186,7 +197,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(backend, examples, naive
         (alone,) = backend.generate([prompt], MAX_NEW_TOKENS)
         assert generation.text == alone.text
         np.testing.assert_allclose(generation.token_probabilities, alone.token_probabilities, atol=1e-5)
-        assert generation.confidence == pytest.approx(row["confidence"], abs=1e-4)
+        assert generation.confidence == pytest.approx(row["confidence"], abs=1e-4, nan_ok=True)
 
 
 # -- lazy imports ---------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ def test_the_grid_runs_as_a_sweep_of_fixed_windows(calibrated):
     runs = {path.name for path in (run_dir / "runs").iterdir()}
     assert runs == {"zero_shot.json"} | {run_file_name(window_spec(w), b, 0) for w in WINDOWS for b in BUDGETS}
     record = json.loads((run_dir / "runs" / run_file_name(window_spec(0.85), 4, 0)).read_text())
-    assert record["strategy"] == "difficulty_window:c0=0.85,beta=0" and len(record["selected_ids"]) == 4
+    assert record["strategy"] == "difficulty_window:c0=0.85,beta=0,difficulty=length"
+    assert len(record["selected_ids"]) == 4
 
 
 def test_the_best_window_per_budget_is_fitted_and_printed(calibrated):

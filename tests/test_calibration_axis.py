@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 import tunewise.cli.efficiency  # noqa: F401  (registers the commands)
 from tunewise.cli.app import app
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
-from tunewise.efficiency.predict import (Coefficients, calibrate, coefficients_for, labels_needed, predict_auc,
-                                 read_calibration, write_calibration)
+from tunewise.efficiency.predict import (SUPERSEDED, Coefficients, calibrate, coefficients_for, labels_needed,
+                                         predict_auc, read_calibration, write_calibration)
 from tunewise.errors import TunewiseError
 from tunewise.pipeline import make_plan
 from tunewise.data.pool import Pool, parse_record
@@ -111,4 +111,27 @@ def test_a_caveat_reaches_the_estimate_and_the_plan_notes_only_with_predictions(
     assert not any("made-up" in note for note in unpredicted.document["notes"])
     path.write_text(json.dumps({**document, "caveat": 3}))
     with pytest.raises(TunewiseError, match="not a text"):
+        read_calibration(path)
+
+
+def test_shipped_smollm2_calibration_is_marked_superseded_with_like_for_like_errors():
+    document = json.loads((resources.files("tunewise") / "efficiency" / "calibration_smollm2.json").read_text())
+    assert document["superseded"] is True and "A9" in document["superseded_reason"]
+    coefficients = coefficients_for("smollm2")
+    assert coefficients.caveat.startswith(SUPERSEDED)
+    # The caveat's absolute errors are those of the fit it describes (AUC points, paper A's unit).
+    refit = calibrate([(t["task"], t["coslow"], t["measured_auc"]) for t in document["tasks"]])
+    assert f"{100 * refit.loto_mae:.1f} AUC points against {100 * refit.mean_mae:.1f}" in coefficients.caveat
+    assert "%" not in coefficients.caveat
+    result = CliRunner().invoke(app, ["estimate", "--coslow", "0.3", "--model", "smollm2"])
+    assert result.exit_code == 0 and f"note: {SUPERSEDED}" in result.output
+
+
+def test_a_superseded_file_always_says_so(tmp_path):
+    path = small_calibration(tmp_path)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "superseded": True, "caveat": "old fit"}))
+    assert read_calibration(path).caveat == f"{SUPERSEDED} old fit"
+    path.write_text(json.dumps({**document, "superseded": "yes"}))
+    with pytest.raises(TunewiseError, match="not true or false"):
         read_calibration(path)

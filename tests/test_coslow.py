@@ -9,7 +9,6 @@ import pytest
 
 from conftest import require_shared_data, require_smollm2
 from tunewise.efficiency.coslow import (
-    LORA_TARGET_MODULES,
     coslow,
     lora_gradient_vectors,
     lowest_confidence_prompts,
@@ -48,7 +47,7 @@ def test_ties_resolve_by_position():
 
 
 def test_small_pool_is_an_error_unless_allowed():
-    confidences = np.linspace(1, 0, 100)
+    confidences = np.linspace(1, 0.01, 100)
     with pytest.raises(TunewiseError, match="100 prompts available, 320 needed") as raised:
         lowest_confidence_prompts(confidences)
     assert "--allow-small-pool" in raised.value.fix
@@ -59,7 +58,7 @@ def test_small_pool_is_an_error_unless_allowed():
 
 @pytest.mark.parametrize(
     "confidences, options, message",
-    [([0.1, float("nan")] * 200, {}, "finite"), ([0.1] * 400, {"k": 1}, "k >= 2"),
+    [([0.1, float("inf")] * 200, {}, "one number per prompt"), ([0.1] * 400, {"k": 1}, "k >= 2"),
      ([0.1] * 400, {"fraction": 0.0}, r"\(0, 1\]")],
 )
 def test_invalid_selection_arguments(confidences, options, message):
@@ -136,7 +135,7 @@ def test_gradients_are_streamed_one_example_at_a_time(tiny):
         assert vector.numel() == 8 * outputs_per_layer * config.num_hidden_layers
         # While the generator is paused the adapter sits inside the model's own modules.
         lora_parameters = [p for name, p in tiny.model.named_parameters() if "lora_" in name]
-        assert len(lora_parameters) == 2 * len(LORA_TARGET_MODULES) * config.num_hidden_layers
+        assert len(lora_parameters) == 2 * 7 * config.num_hidden_layers  # q/k/v/o, gate/up/down
         assert all(p.grad is None for p in lora_parameters)
     assert seen == 4
 
@@ -233,3 +232,69 @@ def test_coslow_on_smollm2_for_a_bbh_task():
                     [examples[i].response for i in chosen])
     assert -1.0 <= result["coslow"] <= 1.0
     assert result["n"] == 32 and len(result["cosines"]) == 496
+
+
+# -- paper A's masking, the comparison predictors, LoRA targets from the model ----------------------
+
+
+def test_unanswerable_prompts_are_left_out_of_the_lowest_decile():
+    confidences = np.random.default_rng(3).random(400)
+    confidences[::7] = 0.0  # answered with newlines or a stop token only
+    chosen = lowest_confidence_prompts(confidences, allow_small_pool=True)
+    assert all(confidences[i] > 0 for i in chosen)
+    finite = np.flatnonzero(confidences > 0)
+    assert set(chosen) <= set(finite[np.argsort(confidences[finite])[:34]].tolist())
+
+
+def test_the_ppl_metric_takes_the_highest_perplexities():
+    perplexity = np.arange(320, dtype=float)
+    assert sorted(lowest_confidence_prompts(perplexity, metric="confidence_ppl")) == list(range(288, 320))
+    with pytest.raises(TunewiseError, match="unknown confidence metric"):
+        lowest_confidence_prompts(perplexity, metric="entropy")
+
+
+def test_random_prompts_are_seeded_and_differ_from_the_low_confidence_draw():
+    from tunewise.efficiency.coslow import random_prompts
+
+    first = random_prompts(500, seed=0)
+    assert len(set(first)) == 32 and first == sorted(first) and max(first) < 500
+    assert random_prompts(500, seed=0) == first and random_prompts(500, seed=1) != first
+    with pytest.raises(TunewiseError, match="10 prompts available, 32 requested"):
+        random_prompts(10)
+
+
+@pytest.mark.integration
+def test_lora_targets_are_every_linear_projection_of_the_blocks(tiny):
+    from tunewise.efficiency.coslow import lora_target_modules
+
+    assert lora_target_modules(tiny.model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
+                                                "v_proj"]
+
+
+@pytest.mark.integration
+def test_coslow_runs_on_an_architecture_without_llama_names():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tunewise.efficiency.coslow import lora_target_modules
+    from tunewise.model.load import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=256))
+    model.eval()
+    assert lora_target_modules(model) == ["c_attn", "c_fc", "c_proj"]
+    result = coslow(model, tokenizer, *arithmetic(3), rank=4)
+    assert result["target_modules"] == ["c_attn", "c_fc", "c_proj"] and len(result["cosines"]) == 3
+
+
+@pytest.mark.integration
+def test_the_end_token_is_left_out_unless_asked_and_the_gradient_norm_is_reported(tiny):
+    prompts, responses = arithmetic(4)
+    answer_only = coslow(tiny.model, tiny.tokenizer, prompts, responses)
+    with_end = coslow(tiny.model, tiny.tokenizer, prompts, responses, include_eos=True)
+    assert not answer_only["include_eos"] and with_end["include_eos"]
+    assert answer_only["cosines"] != with_end["cosines"]
+    assert answer_only["grad_norm"] > 0 and np.isfinite(answer_only["grad_norm"])
+    with pytest.raises(TunewiseError, match="no answer token"):
+        coslow(tiny.model, tiny.tokenizer, prompts[:2], ["3", "\n"])

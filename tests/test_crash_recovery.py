@@ -125,3 +125,107 @@ def test_killed_runs_resume_to_exactly_the_uninterrupted_scores(tmp_path):
         assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         counts = connection.execute("SELECT output, COUNT(*), COUNT(DISTINCT example) FROM scores GROUP BY output")
         assert {(total, distinct) for _, total, distinct in counts} == {(EXAMPLES, EXAMPLES)}
+
+
+# -- issue 19: plan and streaming score ----------------------------------------------------------
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob(".*.tmp")) if folder.exists() else []
+
+
+def run_and_kill_when(command: list[str], ready, cwd: Path | None = None, timeout: float = 120) -> bool:
+    """Start the command, SIGKILL it once ``ready()`` holds; False when it finished first."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment(), cwd=cwd)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if process.poll() is not None:
+                assert process.returncode == 0, process.stderr.read().decode()[-2000:]
+                return False
+            if time.monotonic() > deadline:
+                pytest.fail(f"the kill point was not reached after {timeout} s")
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        return True
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stderr.close()
+
+
+STREAMING_EXAMPLES = 30_000  # four batches of the streaming reader
+
+
+def test_a_killed_streaming_score_leaves_a_temporary_the_next_run_removes(tmp_path):
+    if not ENTRY_POINT.exists():
+        pytest.skip(f"the tunewise entry point is not installed at {ENTRY_POINT}")
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"question": f"Question {i}: " + " ".join(WORDS[: i % 9 + 1]),
+                                        "answer": "\n".join(WORDS[: i % 4 + 1])}) + "\n"
+                            for i in range(STREAMING_EXAMPLES)), encoding="utf-8")
+
+    def command(output: Path, cache: Path) -> list[str]:
+        return [str(ENTRY_POINT), "score", str(pool), "-o", str(output), "--model", "tiny-random",
+                "--indicators", "length,cot_length", "--cache-dir", str(cache)]
+
+    reference = tmp_path / "reference" / "scores.parquet"
+    run_to_completion(command(reference, tmp_path / "reference-cache"))
+
+    folder = tmp_path / "resumed"
+    output = folder / "scores.parquet"
+    resumed = command(output, tmp_path / "cache")
+    kill_points = [lambda: bool(temporaries(folder)),  # the writer has opened its temporary
+                   lambda: any(p.stat().st_size > 50_000 for p in temporaries(folder))]  # and written to it
+    for ready in kill_points:
+        assert run_and_kill_when(resumed, ready), "the run finished before the kill point"
+    assert temporaries(folder) and not output.exists()  # what the kills left: temporaries, no scores file
+
+    run_to_completion(resumed)
+
+    assert sorted(p.name for p in folder.iterdir()) == ["scores.parquet"]  # the stale temporaries are gone
+    assert output.read_bytes() == reference.read_bytes()
+
+
+PLAN_KILL_AFTER = (1, 150)  # committed examples at which the scoring of successive runs is killed
+
+
+def test_killed_plans_resume_to_the_same_run_folder_with_no_stray_files(tmp_path):
+    if not ENTRY_POINT.exists():
+        pytest.skip(f"the tunewise entry point is not installed at {ENTRY_POINT}")
+
+    def command(cache: Path) -> list[str]:
+        # Relative paths, run from each folder: the run folders record them and must match byte for byte.
+        return [str(ENTRY_POINT), "plan", "pool.jsonl", "--task-field", "task", "--budget", "20", "-o", "runs/plan",
+                "--model", "tiny-random", "--indicators", "loss,ifd,confidence,length,embedding",
+                "--batch-tokens", "512", "--max-new-tokens", "4", "--device", "cpu", "--dtype", "fp32",
+                "--cache-dir", str(cache)]
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    for folder in (reference, resumed):
+        folder.mkdir()
+        write_pool(folder / "pool.jsonl")
+    completed = subprocess.run(command(tmp_path / "reference-cache"), capture_output=True, env=environment(),
+                               timeout=300, cwd=reference)
+    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
+
+    cache = tmp_path / "cache"
+    run_folder = resumed / "runs" / "plan"
+    for examples in PLAN_KILL_AFTER:
+        assert run_and_kill_when(command(cache), lambda k=examples: committed_examples(cache / "scores.sqlite") >= k,
+                                 cwd=resumed)
+        assert not run_folder.exists()  # killed while scoring: no run folder, not even an empty one
+    # Killed once the run folder starts being written (or, on a fast machine, just after it was).
+    run_and_kill_when(command(cache), lambda: run_folder.exists(), cwd=resumed)
+
+    completed = subprocess.run(command(cache), capture_output=True, env=environment(), timeout=300, cwd=resumed)
+    assert completed.returncode == 0, completed.stderr.decode()[-3000:]
+
+    expected = reference / "runs" / "plan"
+    names = sorted(p.name for p in expected.iterdir())
+    assert sorted(p.name for p in run_folder.iterdir()) == names  # no temporaries, nothing else
+    assert ".tunewise-files.json" in names and "to_label.jsonl" in names
+    for name in names:
+        assert (run_folder / name).read_bytes() == (expected / name).read_bytes(), name

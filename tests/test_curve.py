@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -128,6 +129,73 @@ def test_invalid_settings_are_errors():
         curve_auc({0: -0.1, 50: 0.2})
 
 
+# -- several seeds: envelope per seed, then the mean (released code, auc.py:103-122) -------------
+
+
+def test_several_seeds_take_each_envelope_then_the_mean_by_hand():
+    # x(10) = 1/2 on the axis 0, 10, 100. Envelopes: seed a 0.2, 0.6, 0.6; seed b 0.2, 0.2, 0.8;
+    # mean 0.2, 0.4, 0.7; floor 0.2, ceiling 0.8 (the best raw score of any seed);
+    # y = 0, 1/3, 5/6; AUC = 1/2 · (0 + 1/3) / 2 + 1/2 · (1/3 + 5/6) / 2 = 1/12 + 7/24 = 3/8.
+    seed_a = {0: 0.2, 10: 0.6, 100: 0.4}
+    seed_b = {0: 0.2, 10: 0.2, 100: 0.8}
+    curve = normalise_curve([seed_a, seed_b], max_budget=100, grid=(10, 100))
+    assert curve.seed_envelopes == ((0.2, 0.6, 0.6), (0.2, 0.2, 0.8))
+    assert curve.envelope == pytest.approx((0.2, 0.4, 0.7), abs=1e-15)
+    assert (curve.floor, curve.ceiling, curve.seeds) == (0.2, 0.8, 2)
+    assert curve.auc == pytest.approx(3 / 8, abs=1e-15)
+    # Averaging the raw scores first (0.2, 0.4, 0.6) and enveloping after gives 1/3 with the same
+    # ceiling: not the paper's.
+    averaged_first = {0: 0.2, 10: 0.4, 100: 0.6}
+    assert curve_auc(averaged_first, ceiling=0.8, max_budget=100, grid=(10, 100)) == pytest.approx(1 / 3, abs=1e-15)
+    # With a human ceiling of 1.0: y = 0, 1/4, 5/8, AUC = 1/16 + 7/32 = 9/32.
+    assert curve_auc([seed_a, seed_b], ceiling=1.0, max_budget=100, grid=(10, 100)) == pytest.approx(9 / 32, abs=1e-15)
+
+
+def test_several_seeds_share_only_the_budgets_all_have():
+    # Seed a also measured 50 (off the grid): its envelope carries 0.9 on to 100, but 50 itself is
+    # dropped from the mean because seed b lacks it (the released code's inner join, auc.py:121).
+    seed_a = {0: 0.2, 10: 0.6, 50: 0.9, 100: 0.4}
+    seed_b = {0: 0.2, 10: 0.2, 100: 0.8}
+    curve = normalise_curve([seed_a, seed_b], max_budget=100, grid=(10, 100))
+    assert curve.budgets == (0, 10, 100)
+    assert curve.envelope == pytest.approx((0.2, 0.4, 0.85), abs=1e-15)
+    assert curve.ceiling == 0.9
+
+
+def test_one_seed_in_a_list_is_the_same_curve():
+    points = {0: 0.2, 50: 0.5, 500: 0.7}
+    assert curve_auc([points], ceiling=0.9) == curve_auc(points, ceiling=0.9)
+
+
+def test_a_seed_needs_two_kept_budgets_and_a_list_needs_curves():
+    with pytest.raises(TunewiseError, match="seed 1: only one measured budget"):
+        curve_auc([{0: 0.1, 50: 0.5}, {0: 0.1, 20: 0.3}])
+    with pytest.raises(TunewiseError, match="list of them"):
+        curve_auc([])
+
+
+# -- the x axis ends at the largest budget kept (auc.py:133-135) ---------------------------------
+
+
+def test_axis_ends_at_the_largest_budget_kept_when_n_is_off_the_grid():
+    # N = 3000 is not on the default grid and not measured: the largest budget kept is 2500, so
+    # x = log2(n) / log2(2500) and the curve ends at x = 1 (log2(3000) would end it at 0.977).
+    def x_2500(n):
+        return math.log2(n) / math.log2(2500)
+
+    points = {0: 0.0, 50: 0.5, 2500: 1.0}
+    curve = normalise_curve(points, max_budget=3000)
+    assert curve.axis_end == 2500 and curve.max_budget == 3000
+    assert curve.budgets == (0, 50, 100, 200, 500, 1000, 2500)
+    assert curve.x[-1] == 1.0
+    expected = x_2500(50) * 0.25 + (x_2500(1000) - x_2500(50)) * 0.5 + (1 - x_2500(1000)) * 0.75
+    assert curve.auc == pytest.approx(expected, abs=1e-15)
+    # Measured at N itself, the axis ends there.
+    measured_at_n = normalise_curve({**points, 3000: 1.0}, max_budget=3000)
+    assert measured_at_n.axis_end == 3000
+    assert measured_at_n.x[-2] == pytest.approx(math.log2(2500) / math.log2(3000), abs=1e-15)
+
+
 @given(
     st.dictionaries(st.sampled_from(FULL_GRID + (75, 3000)), st.floats(0, 1), min_size=2),
     st.floats(0, 100).filter(lambda scale: scale > 1e-3),
@@ -145,28 +213,25 @@ def test_auc_is_in_unit_interval_and_scale_free(points, scale):
 
 # -- paper A's published values ------------------------------------------------------------------
 #
-# Curves and AUCs from github.com/r-three/dataefficiency at commit 243023172cc2: the score its
-# `utils/calculate_per_task_auc.py` reads from `results/finetune_results/{model}_{task}_full_result_v2.json`
-# (accuracy, exact-match where accuracy is absent, F1 for generation tasks such as squad_v2), the
-# human score from `results/human_eval.json` (None where it has none) and `extrapolation_auc`
-# from `results/auc_res/{model}_auc_logscale_by_task_5000.json`. All 100 published values match
-# to 1e-15; these twelve cover extra budgets (few-shot points, 750, 4000, 4800, 8000, 8480,
-# 10000), missing grid budgets, a missing zero-shot point (qwen/overruling), ceilings above and
-# below the best score, no ceiling, and non-monotone curves.
-PAPER_CURVES = [
-    ("llama", "anli", {0: 0.393, 4: 0.37, 8: 0.362, 16: 0.375, 32: 0.359, 50: 0.385, 100: 0.412, 200: 0.417, 500: 0.574, 1000: 0.704, 2500: 0.738, 5000: 0.726, 10000: 0.746}, 0.92, 0.18393439255532396),
-    ("llama", "banking77", {0: 0.32954545454545453, 4: 0.5275974025974026, 8: 0.3691558441558442, 16: 0.41753246753246753, 32: 0.3594155844155844, 50: 0.5386363636363637, 100: 0.5100649350649351, 200: 0.4474025974025974, 500: 0.8074675324675324, 1000: 0.8178571428571428, 2500: 0.8860389610389611, 5000: 0.9327922077922078, 8000: 0.9334415584415584}, 0.607, 0.43384392484233925),
-    ("llama", "disaster_response_messages", {0: 0.6348421453023964, 50: 0.7965005705591479, 100: 0.8098136173449981, 200: 0.8444275389882084, 500: 0.9121338912133892, 1000: 0.9128946367440092, 2500: 0.9132750095093192, 5000: 0.9128946367440092}, None, 0.6028439874851189),
-    ("llama", "boolq", {0: 0.855779427359491, 4: 0.8610816542948038, 8: 0.8610816542948038, 16: 0.8632025450689289, 32: 0.8621420996818664, 50: 0.8525980911983033, 100: 0.855779427359491, 200: 0.8674443266171792, 500: 0.8685047720042418, 1000: 0.8663838812301167, 2500: 0.8759278897136797, 5000: 0.8992576882290562, 8480: 0.9077412513255567}, 0.89, 0.16513037873910325),
-    ("llama", "squad_v2", {0: 0.05715909569894013, 50: 0.3910805320331396, 100: 0.3855479643382903, 200: 0.3854634527854212, 500: 0.379766385903592, 1000: 0.42725634910625443, 2500: 0.44172661476426645, 5000: 0.4499070220119246}, None, 0.6819429479322267),
-    ("llama", "temporal_sequences", {0: 0.25, 4: 0.01, 8: 0.0, 16: 1.0, 32: 1.0, 50: 1.0, 100: 1.0, 200: 0.99, 500: 1.0, 750: 0.92}, 1.0, 0.770345528303224),
-    ("llama", "toxicchat0124", {0: 0.8764, 4: 0.9008, 8: 0.9374, 16: 0.947, 32: 0.909, 50: 0.943, 100: 0.9454, 200: 0.944, 500: 0.9666, 1000: 0.9714, 4000: 0.9654}, 1.0, 0.4893126266105856),
-    ("mistral", "temporal_sequences", {0: 0.0, 50: 0.99, 100: 0.99, 200: 0.98}, 1.0, 0.7626420730201917),
-    ("mistral", "wic", {0: 0.6500920810313076, 50: 0.6040515653775322, 100: 0.7200736648250461, 200: 0.7053406998158379, 500: 0.7053406998158379, 1000: 0.7495395948434622, 2500: 0.7955801104972375, 4800: 0.7955801104972375}, 0.8, 0.3200711382179202),
-    ("qwen", "overruling", {50: 0.9291666666666667, 100: 0.9416666666666667, 200: 0.9416666666666667, 500: 0.9541666666666667, 1000: 0.9666666666666667}, 0.937, 0.3512635503129052),
-    ("qwen", "medmcqa", {0: 0.6886, 50: 0.6968, 100: 0.6984, 200: 0.6992, 500: 0.7014, 1000: 0.6964, 2500: 0.7206, 5000: 0.7222}, 0.9, 0.051207426670433605),
-    ("qwen", "boolean_expressions", {0: 0.709, 50: 0.837, 100: 0.854, 200: 0.869, 500: 0.901, 1000: 0.971, 2500: 0.988, 5000: 0.994}, 1.0, 0.48925687288437014),
-]
+# tests/data/paper_a_curves.json holds, for all 100 tasks of github.com/r-three/dataefficiency at
+# commit 2430231, the score its `utils/calculate_per_task_auc.py` reads per budget (accuracy,
+# exact match where accuracy is absent, F1 for generation tasks such as squad_v2), the task's human
+# score from `results/human_eval.json` (None where it has none) and the published
+# `extrapolation_auc` from `results/auc_res/{model}_auc_logscale_by_task_5000.json`
+# (tests/data/make_paper_a_curves.py rebuilds it). Between them they cover few-shot budgets and
+# budgets above 5000 (dropped), budgets off the grid (750, 4000, 4800), missing grid budgets, a
+# missing zero-shot point (qwen/overruling), ceilings above and below the best score, no ceiling,
+# and non-monotone curves.
+PAPER_A = json.loads((Path(__file__).parent / "data" / "paper_a_curves.json").read_text(encoding="utf-8"))
+PAPER_CURVES = [(c["model"], c["task"], {int(n): s for n, s in c["points"].items()}, c["human_score"],
+                 c["published_auc"]) for c in PAPER_A["curves"]]
+
+
+def test_the_fixture_holds_all_100_published_aucs():
+    per_model = {}
+    for model, task, *_ in PAPER_CURVES:
+        per_model.setdefault(model, set()).add(task)
+    assert {model: len(tasks) for model, tasks in per_model.items()} == {"llama": 40, "mistral": 30, "qwen": 30}
 
 
 @pytest.mark.parametrize("model, task, points, ceiling, published", PAPER_CURVES,
@@ -211,13 +276,23 @@ def test_read_curve_errors_name_file_and_key(tmp_path, text, message, key):
     assert str(path) in str(raised.value) and f"'{key}'" in str(raised.value)
 
 
+def test_read_curve_takes_a_list_of_seeds_and_names_the_bad_one(tmp_path):
+    path = write(tmp_path, json.dumps([{"0": 0.39, "50": 0.4}, {"0": 0.39, "50": 0.45}]))
+    assert read_curve(path) == [{0: 0.39, 50: 0.4}, {0: 0.39, 50: 0.45}]
+    with pytest.raises(TunewiseError, match="negative") as raised:
+        read_curve(write(tmp_path, json.dumps([{"0": 0.39}, {"50": -1}])))
+    assert raised.value.field == "[1].50"
+    with pytest.raises(TunewiseError, match="empty"):
+        read_curve(write(tmp_path, "[]"))
+
+
 def test_read_curve_file_level_errors(tmp_path):
     with pytest.raises(TunewiseError, match="no such curve file"):
         read_curve(tmp_path / "missing.json")
     with pytest.raises(TunewiseError, match="malformed JSON") as raised:
         read_curve(write(tmp_path, '{\n"0": 0.4,\n"50" 0.5}'))
     assert raised.value.line == 3
-    for text in ("[0.4, 0.5]", "{}"):
+    for text in ("[0.4, 0.5]", "{}", "7"):
         with pytest.raises(TunewiseError, match="non-empty JSON object"):
             read_curve(write(tmp_path, text))
 
@@ -233,3 +308,5 @@ def test_parse_grid():
 def test_plot_curve_writes_a_png(tmp_path):
     path = plot_curve({0: 0.39, 50: 0.385, 100: 0.5, 1000: 0.8}, tmp_path / "plots" / "curve.png", ceiling=0.9)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seeds = plot_curve([{0: 0.39, 50: 0.5, 1000: 0.8}, {0: 0.39, 50: 0.4, 1000: 0.7}], tmp_path / "seeds.png")
+    assert seeds.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,7 @@ from tunewise.training.evaluate import (
     response_log_likelihoods,
     task_scores,
 )
-from tunewise.training.finetune import prompt_token_ids
+from tunewise.model.chat import encode_prompt
 from tunewise.model.load import build_tiny_tokenizer, load_model
 from tunewise.data.pool import parse_record
 
@@ -162,13 +162,34 @@ def lively_tiny_model():
 def test_batched_generation_equals_one_by_one(lively_tiny_model):
     tokenizer = lively_tiny_model.tokenizer
     questions = [f"What is {a} plus {b}?" + " Think." * a for a in range(4) for b in range(3)]
-    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     limits = [6 + (i % 3) for i in range(len(prompts))]
     batched = generate_greedy(lively_tiny_model.model, tokenizer, prompts, limits, batch_tokens=100_000)
     one_by_one = generate_greedy(lively_tiny_model.model, tokenizer, prompts, limits, batch_tokens=1)
     assert batched == one_by_one
     assert len({tuple(ids) for ids in batched}) > 1
     assert all(len(ids) <= limit for ids, limit in zip(batched, limits))
+
+
+def test_per_row_stopping_gives_what_transformers_generate_gives_alone(lively_tiny_model):
+    import torch
+
+    from tunewise.training.evaluate import stop_token_ids
+
+    model, tokenizer = lively_tiny_model.model, lively_tiny_model.tokenizer
+    questions = [f"Say {word}" + "!" * n for n, word in enumerate(["hi", "bye", "yes", "no", "maybe"])]
+    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    limits = [3, 9, 5, 12, 7]
+    batched = generate_greedy(model, tokenizer, prompts, limits, batch_tokens=100_000)
+    for prompt, limit, answer in zip(prompts, limits, batched):
+        with torch.no_grad():
+            output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(model, tokenizer)),
+                                    pad_token_id=tokenizer.pad_token_id)
+        expected = output[0, len(prompt):].tolist()
+        stops = stop_token_ids(model, tokenizer)
+        expected = expected[:next((i for i, t in enumerate(expected) if t in stops), len(expected))]
+        assert answer == expected
 
 
 def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
@@ -186,7 +207,7 @@ def test_evaluate_on_tiny_random_is_independent_of_batching(lively_tiny_model):
 def test_log_likelihood_is_minus_the_training_loss_whatever_the_batching(lively_tiny_model):
     import torch
 
-    from tunewise.training.finetune import encode_example
+    from tunewise.model.chat import encode_example
 
     examples = [example(f"Count to {n}" + " now" * n, " ".join(map(str, range(n + 1))), task=("a", "b")[n % 2])
                 for n in range(7)]

@@ -8,17 +8,14 @@ import json
 import pytest
 
 from tunewise.errors import TunewiseError
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompt, pad_examples
 from tunewise.training.finetune import (
     ADAPTER_INFO_FILE,
-    IGNORE_INDEX,
     FinetuneConfig,
     check_adapter_output,
-    encode_example,
     finetune,
     length_grouped_batches,
     load_adapter,
-    pad_batch,
-    prompt_token_ids,
 )
 from tunewise.model.load import load_model
 from tunewise.data.pool import parse_record
@@ -48,15 +45,15 @@ def test_config_refuses_invalid_values(field, value):
 def test_encode_example_masks_the_prompt_and_ends_with_eos(tiny):
     tokenizer = tiny.tokenizer
     prompt = ({"role": "user", "content": "What is 2 + 3?"},)
-    encoded = encode_example(tokenizer, prompt, "5", max_seq_length=512)
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
+    encoded = encode_example(tokenizer, prompt, "5", max_length=512)
+    prompt_ids = encode_prompt(tokenizer, prompt)
     response_ids = tokenizer("5", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     assert tokenizer.decode(prompt_ids).endswith("<|im_start|>assistant\n")
     assert encoded.input_ids == prompt_ids + response_ids
     assert encoded.labels == [IGNORE_INDEX] * len(prompt_ids) + response_ids
     assert encoded.completion_tokens == len(response_ids) and not encoded.truncated
 
-    cut = encode_example(tokenizer, prompt, "5", max_seq_length=len(prompt_ids) + 1)
+    cut = encode_example(tokenizer, prompt, "5", max_length=len(prompt_ids) + 1)
     assert cut.truncated and cut.labels[-1] == response_ids[0] and len(cut.input_ids) == len(prompt_ids) + 1
 
 
@@ -79,7 +76,7 @@ def test_first_step_loss_is_the_completion_only_loss_of_the_base_model(tiny, sum
     config = FinetuneConfig(batch_size=len(sums), gradient_accumulation_steps=1, max_steps=1, lora_dropout=0.0)
     result = finetune(tiny, sums, config)
     encoded = [encode_example(tiny.tokenizer, e.prompt, e.response, 512) for e in sums]
-    input_ids, attention_mask, labels = pad_batch(encoded, tiny.tokenizer.pad_token_id, tiny.device)
+    input_ids, attention_mask, labels = pad_examples(encoded, tiny.tokenizer.pad_token_id, tiny.device)
     with torch.no_grad():
         expected = tiny.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
     assert result.log.steps[0]["loss"] == pytest.approx(expected, rel=1e-5)

@@ -9,6 +9,7 @@ registered with the options the case needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -48,6 +49,8 @@ class Case:
     needs_options: tuple[str, ...] = ()
     subprocess: bool = False
     marks: list = field(default_factory=list)
+    in_process: bool = False  # a command other than score run through the Typer app, not a new process
+    has_output: bool = True  # the command takes -o
 
 
 # -- input builders -------------------------------------------------------------------------------
@@ -217,9 +220,6 @@ SCORE_CASES = [
     score_case("unpaired_surrogate", ['{"question": "bad \\udc00 text"}'], ["surrogate"], at_line=1,
                subprocess=True),
     # duplicates, tasks
-    score_case("duplicate_examples", [record(GOOD), record(OTHER), record({"prompt": "What is 2 + 2?",
-                                                                           "response": "4"})],
-               ["duplicate", "line 1"], at_line=3),
     score_case("empty_task", [record(dict(GOOD, task="math")), record(dict(OTHER, task=""))],
                ["field 'task'", "task is empty"], at_line=2, options=["--task-field", "task"]),
     score_case("unknown_task_field", [record(dict(GOOD, task="math"))], ["field 'taks'", "did you mean 'task'"],
@@ -239,7 +239,7 @@ SCORE_CASES = [
     score_case("truncated_parquet", pool=truncated_parquet, words=["Parquet"]),
     score_case("parquet_with_damaged_pages", pool=parquet_with_damaged_pages, words=["corrupt Parquet data"]),
     score_case("parquet_of_wrong_types", pool=lambda f: write_parquet(f, [{"prompt": "hi", "response": [1, 2]}]),
-               words=["field 'response'", "got list"], at_line=1),
+               words=["field 'response'", "one assistant message"], at_line=1),
     score_case("folder_that_is_not_a_dataset", pool=folder_that_is_not_a_dataset,
                words=["not a saved Hugging Face dataset"]),
     score_case("dataset_state_not_json", pool=lambda f: saved_dataset(f, "state_not_json"),
@@ -266,8 +266,6 @@ SCORE_CASES = [
     # model-free indicators stream the pool in batches: a bad record after the first batch was
     # already scored must still leave no output behind
     score_case("late_malformed_line_while_streaming", [*MANY_GOOD_LINES, '{"question": "cut'], ["malformed JSON"],
-               at_line=len(MANY_GOOD_LINES) + 1, options=STREAMING),
-    score_case("late_duplicate_while_streaming", [*MANY_GOOD_LINES, MANY_GOOD_LINES[0]], ["duplicate", "line 1"],
                at_line=len(MANY_GOOD_LINES) + 1, options=STREAMING),
     score_case("unknown_task_field_while_streaming", [record(GOOD)], ["field 'topic'"], at_line=1,
                options=[*STREAMING, "--task-field", "topic"]),
@@ -404,18 +402,227 @@ OTHER_COMMAND_CASES = [
         command="plan", needs_options=("--budget", "--model")),
 ]
 
-ALL_CASES = SCORE_CASES + SELECT_CASES + OTHER_COMMAND_CASES
+# -- issue 19: damaged settings files, non-finite numbers, unsafe checkpoints, wrong output kinds ---------
+
+
+def raw_scores(folder: Path, columns: dict, metadata: dict | None = None, name: str = "scores.parquet") -> Path:
+    """A scores file written as-is (not through write_scores), as a hand edit would leave it."""
+    path = folder / name
+    table = pa.table(columns)
+    pq.write_table(table.replace_schema_metadata(metadata) if metadata is not None else table, path)
+    return path
+
+
+SIX = {"task": ["a", "a", "a", "b", "b", "b"], "loss": [1.0, 1.5, 2.0, 2.5, 3.0, 3.5],
+       "confidence": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}
+IDS = [f"ex{i}" for i in range(6)]
+
+
+def pickled_model(folder: Path) -> Path:
+    """A model folder whose weights are a pickle that would run a command when unpickled."""
+    import torch
+
+    from tunewise.model.load import load_model
+
+    target = folder / "model"
+    target.mkdir()
+    loaded = load_model("tiny-random", device="cpu", dtype="fp32")
+    loaded.model.config.save_pretrained(target)
+    loaded.tokenizer.save_pretrained(target)
+    torch.save({**loaded.model.state_dict(), "payload": _RunsCode()}, target / "pytorch_model.bin")
+    return target
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("echo this-should-never-run",))
+
+
+def adapter_folder(folder: Path, info: str, weights_file: str = "adapter_model.safetensors") -> Path:
+    target = folder / "adapter"
+    target.mkdir()
+    (target / "adapter_config.json").write_text("{}")
+    (target / weights_file).write_bytes(b"\0" * 16)
+    (target / "tunewise_adapter.json").write_text(info)
+    return target
+
+
+def sweep_folder_with_settings(folder: Path, settings: bytes) -> Path:
+    target = folder / "sweep"
+    (target / "runs").mkdir(parents=True)
+    (target / "sweep_config.json").write_bytes(settings)
+    return target
+
+
+def measured_file(folder: Path) -> Path:
+    return write_file(folder, "measured.json", json.dumps([{"task": t, "coslow": c, "auc": a} for t, c, a in
+                                                           (("x", 0.1, 0.3), ("y", 0.2, 0.4), ("z", 0.3, 0.6))]))
+
+
+def selection_with_garbage_meta(folder: Path) -> Path:
+    pool = labelled_pool(folder)
+    first = read_pool_ids(pool)[0]
+    path = jsonl(folder, record({"position": 0, "id": first, "task": "a", "scores": {}, "reason": "r"}),
+                 name="selection.jsonl")
+    write_file(folder, "selection.meta.json", "{'not': json")
+    return path
+
+
+def read_pool_ids(path: Path) -> list[str]:
+    from tunewise.data.pool import read_pool
+
+    return [example.id for example in read_pool(path).examples]
+
+
+def unwritable_folder() -> Path | None:
+    """A folder this process cannot create files in (even as root), or None."""
+    candidate = Path("/sys/kernel")
+    try:
+        (candidate / ".tunewise-probe").touch()
+    except OSError:
+        return candidate if candidate.is_dir() else None
+    (candidate / ".tunewise-probe").unlink()
+    return None
+
+
+NO_UNWRITABLE_FOLDER = pytest.mark.skipif(unwritable_folder() is None,
+                                          reason="no folder here refuses writes to this user")
+NOT_UTF8 = b'{"slope": 0.5, "intercept": 0.1, "source": "caf\xe9"}'
+LABELLED_TWO = [record({"question": "What is 2 + 2?", "answer": "4", "task": "a"}),
+                record({"question": "Capital of France?", "answer": "Paris", "task": "b"})]
+UNLABELLED_TWO = [record({"question": "What is 2 + 2?", "task": "a"}), record({"question": "Capital?", "task": "b"})]
+
+
+def case19(name: str, command: str, build, **kwargs) -> Case:
+    return Case(name, build, command=command, in_process=True, **kwargs)
+
+
+ISSUE_19_CASES = [
+    # numbers that are not finite, and ids that are not ids
+    score_case("json_nan_answer", [record(GOOD), '{"question": "q", "answer": NaN}'], ["NaN is not a JSON value"],
+               at_line=2),
+    score_case("json_infinite_answer", ['{"question": "q", "answer": -Infinity}'], ["Infinity is not a JSON value"],
+               at_line=1),
+    score_case("parquet_infinite_answer", pool=lambda f: write_parquet(f, [{"prompt": "p", "response": float("inf")}]),
+               words=["field 'response'", "not a finite number"], at_line=1),
+    case19("select_null_id", "select", lambda f: (
+        [raw_scores(f, {"id": ["ex0", None, "ex2", "ex3", "ex4", "ex5"], **SIX}), "--strategy", "random",
+         "--budget", "2", "-o", "{out}"], ["scores.parquet", "field 'id'", "empty id", "row 2"])),
+    case19("select_numeric_nan_id", "select", lambda f: (
+        [raw_scores(f, {"id": [0.0, 1.0, float("nan"), 3.0, 4.0, 5.0], **SIX}), "--strategy", "random",
+         "--budget", "2", "-o", "{out}"], ["field 'id'", "not text"])),
+    case19("select_string_loss_column", "select", lambda f: (
+        [raw_scores(f, {"id": IDS, **SIX, "loss": ["1.0", "x", "2", "3", "4", "5"]}), "--strategy", "top_k",
+         "--indicator", "loss", "--budget", "2", "-o", "{out}"], ["field 'loss'", "not numbers"])),
+    case19("select_string_embedding_column", "select", lambda f: (
+        [raw_scores(f, {"id": IDS, **SIX, "embedding": ["[0.1, 0.2]"] * 6}), "--strategy", "k_center",
+         "--budget", "2", "-o", "{out}"], ["field 'embedding'", "not a list of finite numbers"])),
+    case19("select_garbage_provenance", "select", lambda f: (
+        [raw_scores(f, {"id": IDS, **SIX}, {b"tunewise": b"{oops"}), "--strategy", "random", "--budget", "2",
+         "-o", "{out}"], ["scores.parquet", "provenance", "not readable JSON"])),
+    case19("select_seed_beyond_every_generator", "select", lambda f: (
+        [scores_file(f), "--strategy", "random", "--budget", "2", "--seed", str(10**30), "-o", "{out}"],
+        ["--seed", "4294967295"])),
+    case19("finetune_seed_beyond_every_generator", "finetune", lambda f: (
+        [labelled_pool(f), "--model", "tiny-random", "--seed", str(10**30), "-o", "{out}"],
+        ["field 'seed'", "4294967295"])),
+    case19("sweep_seed_beyond_every_generator", "sweep", lambda f: (
+        [labelled_pool(f), "--test", dev_pool(f), "--budgets", "1", "--strategies", "random", "--seeds",
+         str(10**30), "--model", "tiny-random", "-o", "{out}"], ["seed", "4294967295"])),
+    case19("finetune_infinite_learning_rate", "finetune", lambda f: (
+        [labelled_pool(f), "--model", "tiny-random", "--learning-rate", "inf", "-o", "{out}"],
+        ["field 'learning_rate'", "finite"])),
+    case19("finetune_nan_learning_rate", "finetune", lambda f: (
+        [labelled_pool(f), "--model", "tiny-random", "--learning-rate", "nan", "-o", "{out}"],
+        ["field 'learning_rate'", "finite"])),
+    case19("finetune_loss_becomes_non_finite", "finetune", lambda f: (
+        [labelled_pool(f), "--model", "tiny-random", "--learning-rate", "1e30", "--max-steps", "3", "-o", "{out}"],
+        ["training loss became", "no adapter was saved", "--learning-rate"])),
+    # files that run code, and damaged settings files
+    case19("model_with_a_pickled_payload", "score", lambda f: (
+        [jsonl(f, record(GOOD)), "--model", pickled_model(f), "--indicators", "loss", "-o", "{out}"],
+        ["field 'model'", "pickle", "refused"])),
+    case19("adapter_settings_garbage", "evaluate", lambda f: (
+        [dev_pool(f), "--model", "tiny-random", "--adapter", adapter_folder(f, "{truncated"), "-o", "{out}"],
+        ["tunewise_adapter.json:1", "malformed JSON"])),
+    case19("adapter_settings_not_an_object", "evaluate", lambda f: (
+        [dev_pool(f), "--model", "tiny-random", "--adapter", adapter_folder(f, "[1, 2]"), "-o", "{out}"],
+        ["tunewise_adapter.json", "expected a JSON object"])),
+    case19("adapter_weights_pickled", "evaluate", lambda f: (
+        [dev_pool(f), "--model", "tiny-random", "--adapter",
+         adapter_folder(f, '{"model_fingerprint": "x"}', "adapter_model.bin"), "-o", "{out}"],
+        ["adapter_model.safetensors", "never from pickle"])),
+    case19("sweep_settings_garbage", "sweep", lambda f: (
+        [labelled_pool(f), "--test", dev_pool(f), "--budgets", "1", "--strategies", "random", "--seeds", "0",
+         "--model", "tiny-random", "-o", sweep_folder_with_settings(f, b'{"model": "tiny-ran')],
+        ["sweep_config.json:1", "malformed JSON"])),
+    case19("sweep_settings_not_utf8", "sweep", lambda f: (
+        [labelled_pool(f), "--test", dev_pool(f), "--budgets", "1", "--strategies", "random", "--seeds", "0",
+         "--model", "tiny-random", "-o", sweep_folder_with_settings(f, b'{"model": "caf\xe9"}')],
+        ["sweep_config.json", "not valid UTF-8"])),
+    case19("selection_provenance_garbage", "finetune", lambda f: (
+        [labelled_pool(f), "--selection", selection_with_garbage_meta(f), "--model", "tiny-random", "-o", "{out}"],
+        ["selection.meta.json:1", "malformed JSON"])),
+    case19("calibration_not_utf8", "estimate", lambda f: (
+        ["--coslow", "0.5", "--coefficients", write_file(f, "calibration.json", NOT_UTF8)],
+        ["calibration.json", "not valid UTF-8"]), has_output=False),
+    case19("plan_calibration_not_utf8", "plan", lambda f: (
+        [jsonl(f, *LABELLED_TWO), "--budget", "1", "--coefficients", write_file(f, "calibration.json", NOT_UTF8),
+         "--model", "tiny-random", "-o", "{out}"], ["calibration.json", "not valid UTF-8"])),
+    case19("measured_curves_not_utf8", "calibrate", lambda f: (
+        [write_file(f, "measured.json", b'[{"task": "caf\xe9"}]'), "-o", "{out}"], ["measured.json", "not valid UTF-8"])),
+    # checked before any model work: a model name that cannot load must not be what is reported
+    case19("plan_bad_weights_file_before_scoring", "plan", lambda f: (
+        [jsonl(f, *LABELLED_TWO), "--budget", "1", "--weights", write_file(f, "weights.json", "{oops"),
+         "--model", "no-such-model", "-o", "{out}"], ["weights.json", "not a readable JSON weights file"])),
+    case19("plan_efficiency_without_enough_labels_before_scoring", "plan", lambda f: (
+        [jsonl(f, *UNLABELLED_TWO), "--task-field", "task", "--budget", "1", "--strategy", "efficiency",
+         "--coefficients", "paper:llama-3.1-8b", "--model", "no-such-model", "-o", "{out}"],
+        ["efficiency strategy", "labelled examples", "'a' (0)"])),
+    case19("plan_efficiency_with_coslow_off", "plan", lambda f: (
+        [jsonl(f, *LABELLED_TWO), "--budget", "1", "--strategy", "efficiency", "--coefficients",
+         "paper:llama-3.1-8b", "--no-coslow", "--model", "no-such-model", "-o", "{out}"], ["--no-coslow"])),
+    # a folder where a file is expected, and the reverse
+    case19("select_output_is_a_folder", "select", lambda f: (
+        [scores_file(f), "--strategy", "random", "--budget", "2", "-o", f], ["output path is a folder"])),
+    case19("calibrate_output_is_a_folder", "calibrate", lambda f: (
+        [measured_file(f), "-o", f], ["output path is a folder"])),
+    case19("tune_weights_output_is_a_folder", "tune-weights", lambda f: (
+        [scores_for_pool(f), "--pool", labelled_pool(f), "--dev", dev_pool(f), "--model", "tiny-random",
+         "-o", f], ["output path is a folder"])),
+    case19("plan_output_is_a_file", "plan", lambda f: (
+        [jsonl(f, *LABELLED_TWO), "--budget", "1", "--model", "tiny-random", "-o", write_file(f, "notes.txt", "x")],
+        ["output path is a file"])),
+    case19("sweep_output_is_a_file", "sweep", lambda f: (
+        [labelled_pool(f), "--test", dev_pool(f), "--budgets", "1", "--strategies", "random", "--seeds", "0",
+         "--model", "tiny-random", "-o", write_file(f, "notes.txt", "x")], ["output path is a file"])),
+    case19("finetune_output_is_a_file", "finetune", lambda f: (
+        [labelled_pool(f), "--model", "tiny-random", "-o", write_file(f, "notes.txt", "x")],
+        ["output path is a file"])),
+    case19("coslow_output_is_a_file", "coslow", lambda f: (
+        [jsonl(f, *UNLABELLED_TWO), "--model", "tiny-random", "-o", write_file(f, "notes.txt", "x")],
+        ["output path is a file"])),
+    # folders this user cannot write in (root included: /sys refuses everyone)
+    case19("score_into_an_unwritable_folder", "score", lambda f: (
+        [jsonl(f, record(GOOD)), "--model", "tiny-random", "-o", "/sys/kernel/scores.parquet"],
+        ["/sys/kernel", "cannot write in this folder"]), marks=[NO_UNWRITABLE_FOLDER]),
+    case19("plan_into_an_unwritable_folder", "plan", lambda f: (
+        [jsonl(f, *LABELLED_TWO), "--budget", "1", "--model", "tiny-random", "-o", "/sys/kernel/run"],
+        ["/sys/kernel", "cannot write in this folder"]), marks=[NO_UNWRITABLE_FOLDER]),
+]
+
+ALL_CASES = SCORE_CASES + SELECT_CASES + OTHER_COMMAND_CASES + ISSUE_19_CASES
 
 
 # -- running --------------------------------------------------------------------------------------
 
 
-def require_command(command: str, options: tuple[str, ...]) -> None:
+def require_command(command: str, options: tuple[str, ...], has_output: bool = True) -> None:
     """Fail unless ``tunewise COMMAND --help`` works and lists every option the case uses: a renamed
     command or flag breaks the contract users' scripts rely on."""
     result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0, f"`tunewise {command} --help` exited {result.exit_code}"
-    missing = [option for option in (*options, "-o") if option not in result.output]
+    missing = [option for option in (*options, *(("-o",) if has_output else ())) if option not in result.output]
     assert not missing, f"`tunewise {command}` has no {', '.join(missing)} option"
 
 
@@ -437,10 +644,16 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
+def file_digests(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` by relative path, with the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.name, marks=case.marks) for case in ALL_CASES])
 def test_hostile_input_exits_2_with_a_message_and_writes_nothing(case, tmp_path):
     if case.command != "score":
-        require_command(case.command, case.needs_options)
+        require_command(case.command, case.needs_options, case.has_output)
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     out_folder = tmp_path / "out"
@@ -450,9 +663,10 @@ def test_hostile_input_exits_2_with_a_message_and_writes_nothing(case, tmp_path)
                            "result.json" if case.command == "tune-weights" else "result.parquet")
     arguments, fragments = case.build(inputs)
     arguments = [str(a).replace("{out}", str(output)) for a in arguments]
-    before = files_under(inputs)
+    before = files_under(inputs), file_digests(inputs)
 
-    exit_code, message = run(case.command, arguments, case.subprocess or case.command != "score")
+    exit_code, message = run(case.command, arguments,
+                             case.subprocess or (case.command != "score" and not case.in_process))
 
     assert exit_code == 2, message
     assert "Traceback" not in message
@@ -461,7 +675,8 @@ def test_hostile_input_exits_2_with_a_message_and_writes_nothing(case, tmp_path)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in the message:\n{message}"
     assert files_under(out_folder) == [], "partial output left behind"
-    assert files_under(inputs) == before, "the inputs were changed or temporary files were left beside them"
+    assert (files_under(inputs), file_digests(inputs)) == before, \
+        "the inputs were changed or temporary files were left beside them"
 
 
 def test_there_are_at_least_thirty_hostile_cases():
@@ -498,3 +713,56 @@ def test_select_budget_larger_than_the_pool_stops_unless_capped_to_the_pool(tmp_
     assert capped.exit_code == 0, capped.output
     assert "larger than the pool" in capped.output
     assert len(output.read_text(encoding="utf-8").splitlines()) == 6
+
+@pytest.mark.integration
+def test_user_strings_that_look_like_rich_markup_are_printed_verbatim(tmp_path):
+    """Task names and paths are the user's text: printed as written, never read as Rich markup."""
+    tasks = ["[/]", "[bold]b[/bold]"]
+    pool = jsonl(tmp_path, *(record({"question": f"What is {i} + {i}?", "answer": str(2 * i), "task": tasks[i % 2]})
+                             for i in range(6)))
+    folder = tmp_path / "out[red]"
+    scores = folder / "scores[/].parquet"
+    scored = CliRunner().invoke(app, ["score", str(pool), "-o", str(scores), "--model", "tiny-random", "--task-field",
+                                      "task", "--indicators", "length,confidence", "--max-new-tokens", "2"],
+                                env={"COLUMNS": "250"})
+    assert scored.exit_code == 0, scored.output
+    assert str(scores) in scored.output and all(task in scored.output for task in tasks)
+    selection = folder / "[/]selection.jsonl"
+    selected = CliRunner().invoke(app, ["select", str(scores), "-o", str(selection), "--strategy", "task_diversity",
+                                        "--budget", "2"], env={"COLUMNS": "250"})
+    assert selected.exit_code == 0, selected.output
+    assert str(selection) in selected.output and all(task in selected.output for task in tasks)
+
+
+def test_a_full_disk_is_exit_2_naming_the_file_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The disk fills up while the output is written, after all the work: a message, no traceback."""
+    import errno
+
+    real_write = Path.write_bytes
+
+    def no_space(self, data):
+        if self.name.endswith(".tmp"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    real_write_table = pq.ParquetWriter.write_table
+
+    def no_space_while_streaming(self, table, *args, **kwargs):
+        if isinstance(self.where, (str, Path)):  # a file on disk, not an in-memory buffer
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_table(self, table, *args, **kwargs)
+
+    scores = scores_file(tmp_path)
+    pool = jsonl(tmp_path, record(GOOD))
+    out = tmp_path / "out"
+    monkeypatch.setattr(Path, "write_bytes", no_space)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", no_space_while_streaming)
+    for arguments in (["select", scores, "--strategy", "random", "--budget", "2", "-o", out / "selection.jsonl"],
+                      ["score", pool, "--model", "tiny-random", "--indicators", "confidence", "--max-new-tokens", "2",
+                       "-o", out / "s.parquet"],
+                      ["score", pool, "--model", "tiny-random", "--indicators", "length", "-o", out / "s.parquet"]):
+        result = CliRunner().invoke(app, [str(a) for a in arguments])
+        assert result.exit_code == 2, result.output
+        assert "no space left on the device" in result.output and str(out) in result.output
+        assert not isinstance(result.exception, OSError)
+        assert not out.exists()  # not even the folder the write made

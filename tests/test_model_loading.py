@@ -178,7 +178,7 @@ def test_a_4bit_model_scores_and_gives_coslow_gradients(small_folder):
     backend = HFBackend(loaded, max_new_tokens=4)
     scored = backend.score_batch(backend.encode([[{"role": "user", "content": "What is 1 plus 2?"}]], ["3"]),
                                  {"loss", "confidence"})
-    assert scored["loss"][0] > 0 and 0 < scored["confidence"][0] <= 1
+    assert scored["loss"][0] > 0 and not scored["confidence"][0] > 1  # 0 or NaN when it answers only stop tokens
     prompts = [[{"role": "user", "content": f"What is {i} plus 2?"}] for i in range(4)]
     result = coslow(loaded.model, loaded.tokenizer, prompts, [str(i + 2) for i in range(4)], dimension=1024)
     assert -1 <= result["coslow"] <= 1 and result["dimension"] == 1024
@@ -192,9 +192,10 @@ def test_a_4bit_model_scores_and_gives_coslow_gradients(small_folder):
 
 @pytest.mark.integration
 def test_plan_with_coslow_loads_the_model_once_and_keeps_its_weights_in_place(tmp_path, monkeypatch):
-    from tunewise.cli.plan import run_plan
     from tunewise.data.pool import read_pool
     from tunewise.model import load as load_module
+    from tunewise.model import load_backend
+    from tunewise.run import PlanConfig, plan
 
     pool_file = tmp_path / "pool.jsonl"
     pool_file.write_text("".join(json.dumps({"task": "add", "prompt": f"What is {i} plus {i + 4}?",
@@ -209,11 +210,22 @@ def test_plan_with_coslow_loads_the_model_once_and_keeps_its_weights_in_place(tm
         return loaded
 
     monkeypatch.setattr(load_module, "load_model", counting_load)
-    plan = run_plan(read_pool(pool_file, "task"), tmp_path / "run", budget=8, strategy="task_diversity",
-                    within="random", weights=None, target=0.9, model="tiny-random", coefficients=None, coslow=True,
-                    seed=0, indicators=["loss", "confidence"], device="cpu", dtype="bf16", max_new_tokens=4,
-                    batch_tokens=None, cache_dir=tmp_path / "cache")
-    assert plan.document["coslow"]["add"]["k"] == 32
+    from tunewise.indicators import score as score_module
+
+    real_score = score_module.score_pool
+
+    def positive_confidence(*args, **kwargs):
+        # The random model answers with a stop token at once (confidence 0), which CoS-Low skips.
+        scores = real_score(*args, **kwargs)
+        scores["confidence"] = [0.1 + 0.02 * i for i in range(len(scores))]
+        return scores
+
+    monkeypatch.setattr(score_module, "score_pool", positive_confidence)
+    backend = load_backend("tiny-random", device="cpu", dtype="bf16", max_new_tokens=4)
+    config = PlanConfig(budget=8, strategy="task_diversity", coslow=True, indicators=("loss", "confidence"),
+                        cache_dir=tmp_path / "cache")
+    result = plan(read_pool(pool_file, "task"), backend, config, tmp_path / "run", model_name="tiny-random")
+    assert result.document["coslow"]["add"]["k"] == 32
     assert len(loads) == 1
     model = loads[0].model
     assert {name: p.data_ptr() for name, p in model.named_parameters()} == storages[0]

@@ -16,7 +16,8 @@ from tunewise.cli.app import app
 from tunewise.data.demo import DEMO_TASKS, demo_records
 from tunewise.efficiency.predict import Coefficients, paper_coefficients
 from tunewise.errors import TunewiseError
-from tunewise.pipeline import NO_CALIBRATION, efficiency_allocation, make_plan, next_label_gain
+from tunewise.pipeline import NO_CALIBRATION, make_plan
+from tunewise.select.allocation import efficiency_allocation, next_label_gain
 from tunewise.data.pool import read_pool
 from tunewise.select import get_strategy
 
@@ -162,13 +163,13 @@ def test_unknown_strategy_and_missing_calibration_exit_2_before_any_model_work(t
 
 
 @pytest.mark.integration
-def test_efficiency_plan_with_coslow_end_to_end(tmp_path):
-    """Two labelled tasks of 32+ examples: CoS-Low is measured on tiny-random, the paper's
+def test_efficiency_plan_with_coslow_end_to_end(tmp_path, lively_model_dir):
+    """Two labelled tasks of 32+ examples: CoS-Low is measured on a tiny random model, the paper's
     coefficients turn it into predictions, and the efficiency strategy spends the budget."""
     records, _ = demo_records(pool_per_task=34, test_per_task=0, seed=5)
     records = [r for r in records if r["task"] in ("addition", "parity")]
     pool = write_jsonl(tmp_path / "pool.jsonl", records)
-    result = invoke("plan", pool, "--budget", 40, "--task-field", "task", "--model", "tiny-random",
+    result = invoke("plan", pool, "--budget", 40, "--task-field", "task", "--model", lively_model_dir,
                     "--strategy", "efficiency", "--coefficients", "paper:llama-3.1-8b", "--indicators",
                     "loss,confidence", "--max-new-tokens", 4, "-o", tmp_path / "run")
     assert result.exit_code == 0, result.output
@@ -208,6 +209,35 @@ def test_make_plan_matches_tunewise_select_for_the_same_strategy_and_seed():
     assert plan.selection.positions.tolist() == expected.positions.tolist()
     assert {t: e["budget"] for t, e in plan.tasks.items()} == expected.details["allocation"]
     assert plan.tasks["a"]["weight"] == pytest.approx(expected.details["task_weights"]["a"])
+
+
+def test_the_plan_reports_how_far_the_task_weights_spread():
+    pool, scores = generated_pool_and_scores({"a": 30, "b": 30, "c": 30})
+    scores["confidence"] = np.where(scores["task"] == "a", 0.5, 0.6)  # nearly equal: weights 0.375/0.3125/0.3125
+    plan = make_plan(pool, scores, 12, seed=0)
+    spread = plan.document["task_weight_spread"]
+    assert spread["ratio"] == pytest.approx(1.2) and spread["min"] == pytest.approx(0.3125)
+    assert 0.99 < spread["entropy_share"] < 1.0
+    assert any("barely differ" in note for note in plan.document["notes"])
+    scores["confidence"] = np.where(scores["task"] == "a", 0.1, 0.9)
+    skewed = make_plan(pool, scores, 12, seed=0).document
+    assert skewed["task_weight_spread"]["ratio"] == pytest.approx(9.0)
+    assert not any("barely differ" in note for note in skewed["notes"])
+    equal = make_plan(pool, scores, 12, strategy="task_diversity").document
+    assert equal["task_weight_spread"]["ratio"] == 1.0
+    assert equal["task_weight_spread"]["entropy_share"] == pytest.approx(1.0)
+
+
+def test_make_plan_takes_strategy_and_within_objects():
+    from tunewise.select import DifficultyWindow, TaskDiversity
+
+    pool, scores = generated_pool_and_scores({"a": 30, "b": 10})
+    by_object = make_plan(pool, scores, 12, strategy=TaskDiversity(within=DifficultyWindow(difficulty="loss")))
+    by_within = make_plan(pool, scores, 12, strategy="task_diversity", within=DifficultyWindow(difficulty="loss"))
+    assert by_object.selection.positions.tolist() == by_within.selection.positions.tolist()
+    assert by_object.document["within"] == "difficulty_window" == by_within.document["params"]["within"]["strategy"]
+    with pytest.raises(TunewiseError, match="--within applies to the task strategies"):
+        make_plan(pool, scores, 12, strategy="uncertainty", within=DifficultyWindow())
 
 
 def test_predictions_need_both_coslow_and_coefficients_and_never_appear_otherwise():
@@ -278,7 +308,7 @@ def test_plan_with_a_dev_set_learns_weights_and_orders_within_tasks_by_them(tmp_
     assert sum(weights["weights"].values()) == pytest.approx(1.0) and len(weights["trials"]) == 2
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert plan["within"] == "weighted_indicators"
-    assert plan["params"]["within_params"]["weights"] == weights["weights"]
+    assert plan["params"]["within"]["weights"] == weights["weights"]
     rows = read_rows(tmp_path / "run" / "selection.jsonl")
     assert all("weighted score" in row["reason"] for row in rows)
     assert "Learned indicator weights" in (tmp_path / "run" / "report.html").read_text()

@@ -341,13 +341,13 @@ def test_skip_bad_lists_every_skipped_record_and_keeps_the_rest(tmp_path):
     path = write_lines(tmp_path / "pool.jsonl", BAD_LINES)
     pool = read_pool(path, skip_bad=True)
     assert [e.id for e in pool.examples] == [expected_id("fine", "1"), expected_id("also fine", None)]
-    assert [(s.file, s.line) for s in pool.skipped] == [(str(path), n) for n in (2, 3, 5, 6, 7)]
+    assert [(s.file, s.line) for s in pool.skipped] == [(str(path), n) for n in (2, 3, 5, 7)]
     reasons = [s.reason for s in pool.skipped]
     assert "malformed JSON" in reasons[0]
     assert "unknown role 'wizard'" in reasons[1]
     assert "got list" in reasons[2]
-    assert "duplicate" in reasons[3] and "line 1" in reasons[3]
-    assert "unrecognised record shape" in reasons[4]
+    assert "unrecognised record shape" in reasons[3]
+    assert pool.duplicates == [(6, 1)]  # an exact repeat is merged, not an error
 
 
 def test_skip_bad_also_skips_a_line_that_is_not_utf8(tmp_path):
@@ -366,13 +366,15 @@ def test_a_pool_of_only_bad_records_says_how_many_were_skipped(tmp_path):
         read_pool(path, skip_bad=True)
 
 
-def test_duplicate_is_reported_at_the_second_occurrence(tmp_path):
+def test_duplicate_is_merged_into_its_first_occurrence_and_listed(tmp_path):
     path = write_lines(tmp_path / "pool.jsonl", ['{"prompt": "p", "response": "r"}', '{"question": "q"}',
                                                  '{"messages": [{"role": "user", "content": "p"},'
                                                  ' {"role": "assistant", "content": "r"}]}'])
-    with pytest.raises(TunewiseError, match="same prompt and response as line 1") as caught:
-        read_pool(path)
-    assert caught.value.line == 3
+    pool = read_pool(path)
+    assert len(pool) == 2 and pool.duplicates == [(3, 1)]
+    assert any("1 exact repeats merged" in note and "3 (= 1)" in note for note in pool.notes())
+    kept = read_pool(path, keep_duplicates=True)
+    assert [e.id for e in kept.examples] == [pool.examples[0].id, pool.examples[1].id, pool.examples[0].id + "~2"]
 
 
 def test_unknown_task_field_names_the_field_and_suggests_a_close_one(tmp_path):
@@ -510,8 +512,10 @@ def valid_pools(draw):
     rows = draw(st.lists(st.tuples(record_shapes, texts, st.none() | answers), min_size=1, max_size=12))
     records, expected, seen = [], [], set()
     for shape, prompt, response in rows:
-        if shape not in ("openai_messages", "sharegpt") and not prompt:
-            prompt = "p"  # an empty flat prompt is (rightly) rejected as missing
+        if shape not in ("openai_messages", "sharegpt") and not prompt.strip():
+            prompt = "p"  # an empty or blank flat prompt is (rightly) rejected as missing
+        if response is not None and not response.strip():
+            response = "r"  # a blank answer is no answer (unlabelled, or refused in a chat)
         identifier = example_id([{"role": "user", "content": prompt}], response)
         if identifier in seen:
             continue

@@ -78,11 +78,28 @@ def test_proxy_draws_demonstrations_from_the_selection_never_an_anchor(tiny):
     selection = [10, 2, 4, 6, 8]
     draws = proxy.demonstrations(selection)
     assert len(draws) == 3
-    assert all(len(draw) == 2 and set(draw) <= {2, 4, 6, 8} for draw in draws)
+    # The showable members in rank order, 2 4 | 6 8, are two strata: one demonstration from each.
+    assert all(len(draw) == 2 and len(set(draw) & {2, 4}) == 1 == len(set(draw) & {6, 8}) for draw in draws)
     assert draws == InContextProxy(tiny, pool, ANCHORS, anchors, repeats=3, demos=2, seed=5).demonstrations(selection)
-    # Common random numbers: adding a low-priority example leaves the draws unchanged.
-    for draw, bigger in zip(draws, proxy.demonstrations(selection + [0, 1, 3])):
-        assert set(bigger) <= set(draw) | {0, 1, 3}
+    # Common random numbers: a stratum with the same members shows the same demonstration.
+    for draw, other in zip(draws, proxy.demonstrations([10, 2, 4, 8, 6])):
+        assert set(draw) == set(other)
+
+
+def test_demonstrations_represent_the_whole_selection_so_different_selections_show_different_ones(tiny):
+    pool = [example(f"q{i}", f"a{i}") for i in range(40)]
+    anchors = Anchors(positions=np.arange(5), cluster_sizes=np.ones(5, dtype=np.int64))
+    proxy = InContextProxy(tiny, pool, ANCHORS, anchors, repeats=3, demos=4, seed=0)
+    selection = list(range(20))  # ranked best first: strata 0–4, 5–9, 10–14, 15–19
+    draws = proxy.demonstrations(selection)
+    assert all(sorted(p // 5 for p in draw) == [0, 1, 2, 3] for draw in draws)  # one per rank quantile
+    for stratum in range(4):  # replacing the members of any one stratum changes every repeat's draw
+        changed = selection[:5 * stratum] + list(range(20 + 5 * stratum, 25 + 5 * stratum)) + selection[5 * stratum + 5:]
+        assert all(a != b for a, b in zip(draws, proxy.demonstrations(changed)))
+    value = proxy.evaluate(selection)
+    assert len(value.repeats) == 3 and value.value == pytest.approx(np.mean(value.repeats))
+    assert value.spread == pytest.approx(np.std(value.repeats, ddof=1)) and value.spread > 0
+    assert [list(draw) for draw in value.draws] == draws
 
 
 def test_proxy_value_is_the_anchor_weighted_loglik_averaged_over_repeats(tiny):

@@ -61,7 +61,7 @@ def test_select_writes_one_row_per_pick_and_the_provenance(tmp_path, scores_file
 
     meta = json.loads((tmp_path / "out" / "selection.meta.json").read_text())
     assert meta["strategy"] == "task_diversity"
-    assert meta["params"] == {"within": "random", "within_params": None}
+    assert meta["params"] == {"within": {"strategy": "random"}}
     assert (meta["seed"], meta["budget"], meta["selected"], meta["pool"]) == (3, 12, 12, 40)
     assert meta["tasks"] == {
         "arith": {"pool": 14, "selected": 4},
@@ -115,7 +115,23 @@ def test_flags_reach_the_within_strategy(tmp_path, scores_file):
     )
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "selection.meta.json").read_text())
-    assert meta["params"] == {"within": "difficulty_window", "within_params": {"c0": 0.6, "difficulty": "cot_length"}}
+    assert meta["params"] == {"within": {"strategy": "difficulty_window", "c0": 0.6, "difficulty": "cot_length",
+                                         "beta": 0.0, "n0": 100.0}}
+
+
+def test_bucket_and_weights_file_flags_reach_the_within_strategy(tmp_path, scores_file):
+    weights = tmp_path / "weights.json"
+    weights.write_text(json.dumps({"weights": {"loss": 1.0}, "set_diversity": True}))
+    for name, arguments in (("bucket", ["--within", "difficulty_bucket", "--bucket", "hard"]),
+                            ("weights", ["--within", "weighted_indicators", "--weights", weights])):
+        output = tmp_path / name / "selection.jsonl"
+        result = invoke(scores_file, "--budget", 6, "--strategy", "task_diversity", *arguments, "-o", output)
+        assert result.exit_code == 0, result.output
+        within = json.loads((tmp_path / name / "selection.meta.json").read_text())["params"]["within"]
+        expected = ({"strategy": "difficulty_bucket", "bucket": "hard", "difficulty": "length"} if name == "bucket"
+                    else {"strategy": "weighted_indicators", "weights": {"loss": 1.0}, "orientation": None,
+                          "set_diversity": True})
+        assert within == expected
 
 
 def test_weights_file_for_weighted_indicators(tmp_path, scores_file):
@@ -127,7 +143,7 @@ def test_weights_file_for_weighted_indicators(tmp_path, scores_file):
     )
     assert result.exit_code == 0, result.output
     meta = json.loads((tmp_path / "selection.meta.json").read_text())
-    assert meta["params"] == {"weights": {"loss": 0.7, "confidence": 0.3}, "orientation": None}
+    assert meta["params"] == {"weights": {"loss": 0.7, "confidence": 0.3}, "orientation": None, "set_diversity": False}
 
 
 @pytest.mark.parametrize(
@@ -139,6 +155,8 @@ def test_weights_file_for_weighted_indicators(tmp_path, scores_file):
         (["--fraction", 0, "--strategy", "random"], "--fraction must be"),
         (["--budget", 5, "--strategy", "randon"], "did you mean 'random'"),
         (["--budget", 5, "--strategy", "random", "--gamma", 2], "--gamma does not apply"),
+        (["--budget", 5, "--strategy", "task_diversity", "--bucket", "hard"], "--bucket does not apply"),
+        (["--budget", 5, "--strategy", "efficiency"], "needs predicted learning curves"),
         (["--budget", 5, "--strategy", "top_k", "--within", "random"], "--within does not apply"),
         (["--budget", 5, "--strategy", "task_diversity", "--within", "nope"], "invalid parameter within='nope'"),
         (["--budget", 5, "--strategy", "difficulty_window", "--c0", 1.5], "invalid parameter c0=1.5"),
@@ -213,7 +231,8 @@ def test_export_messages_in_selection_order(tmp_path, pool_and_scores):
     picks = [json.loads(line)["id"] for line in output.read_text().splitlines()]
     exported = [json.loads(line) for line in (tmp_path / "selection.messages.jsonl").read_text().splitlines()]
     by_id = pool.by_id()
-    assert exported == [{"messages": by_id[i].messages} for i in picks]
+    assert exported == [{"messages": by_id[i].messages, "id": i, "tunewise_id": i, "task": by_id[i].task}
+                        for i in picks]
     assert all(record["messages"][-1]["role"] == "assistant" for record in exported)
 
 
@@ -227,16 +246,18 @@ def test_export_alpaca_keeps_system_and_history(tmp_path, pool_and_scores):
     assert result.exit_code == 0, result.output
     records = json.loads(target.read_text())
     assert len(records) == 12
+    ids = {"id", "tunewise_id", "task"}
     arith = next(r for r in records if r["instruction"] == "Add 2 and 2.")
-    assert arith == {"instruction": "Add 2 and 2.", "input": "", "output": "4"}
+    assert {k: v for k, v in arith.items() if k not in ids} == {"instruction": "Add 2 and 2.", "input": "", "output": "4"}
     chat = next(r for r in records if r["instruction"] == "Bye 1?")
-    assert chat == {
+    assert {k: v for k, v in chat.items() if k not in ids} == {
         "instruction": "Bye 1?",
         "input": "",
         "output": "Bye 1!",
         "system": "Be brief.",
         "history": [["Hi 1", "Hello 1"]],
     }
+    assert chat["task"] == "chat" and chat["id"] == chat["tunewise_id"]
 
 
 def test_export_refuses_unlabelled_examples_and_unknown_ids(tmp_path, pool_and_scores):

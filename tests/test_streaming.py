@@ -85,12 +85,15 @@ def test_batches_accept_skip_and_refuse_records_as_read_pool_does(tmp_path):
     pool = write_pool(tmp_path / "pool.jsonl", extra_lines={5: "{not json", 30: duplicate_of_line_2})
 
     in_memory = read_pool(pool, "task", skip_bad=True)
-    skipped = []
-    batches = list(iter_pool_batches(pool, "task", batch_size=4, skip_bad=True, on_skipped=skipped.append))
+    skipped, duplicates = [], []
+    batches = list(iter_pool_batches(pool, "task", batch_size=4, skip_bad=True, on_skipped=skipped.append,
+                                     on_duplicate=lambda line, kept: duplicates.append((line, kept))))
     assert [e for batch in batches for e in batch] == in_memory.examples
     assert all(len(batch) == 4 for batch in batches[:-1])
     assert skipped == in_memory.skipped
-    assert [s.line for s in skipped] == [6, 31]  # the duplicate is met in a later batch than its original
+    assert [s.line for s in skipped] == [6]
+    # the repeat is met in a later batch than its original, and merged the same way
+    assert duplicates == in_memory.duplicates == [(31, 2)]
 
     for limit in (1, 9):
         limited = [e for batch in iter_pool_batches(pool, "task", batch_size=4, skip_bad=True, limit=limit)

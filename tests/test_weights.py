@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tunewise.select import features as features_module
+from tunewise.select import weighted as features_module
 from tunewise.weights.anchors import Anchors
 from tunewise.errors import TunewiseError
-from tunewise.select.features import indicator_features, knn_diversity, selection_size
+from tunewise.select.weighted import indicator_features, knn_diversity, selection_size
 from tunewise.data.pool import Example, example_id
 from tunewise.select import get_strategy, read_indicator_weights
 from tunewise.weights.search import (TrialRecord, correlation_verdict, rank_correlation, search_weights, simplex_weights,
@@ -202,3 +202,33 @@ def test_tune_weights_on_tiny_random_writes_weights_that_select_the_searched_sel
     again = tune_weights(matrix, pool, dev, anchors, model, tmp_path / "again", **arguments)
     assert again.document()["trials"][0]["J"] == document["trials"][0]["J"]
     assert [t["weights"] for t in again.document()["trials"]] == [t["weights"] for t in document["trials"]]
+
+    # J's spread over the repeats, and how many trials the proxy could tell apart.
+    for trial in document["trials"]:
+        assert len(trial["J_repeats"]) == 2 and trial["J"] == pytest.approx(np.mean(trial["J_repeats"]))
+        assert trial["J_spread"] == pytest.approx(np.std(trial["J_repeats"], ddof=1))
+    best = document["trials"][document["best_trial"]]
+    assert document["J_spread"] == best["J_spread"]
+    distinct = document["distinct"]
+    assert distinct["trials"] == 3 and 1 <= distinct["demonstrations"] <= 3 and 1 <= distinct["selections"] <= 3
+    assert document["proxy"]["demonstrations"] == "stratified"
+
+
+@pytest.mark.integration
+def test_set_diverse_weights_select_under_tune_weights_as_under_select(tmp_path):
+    from tunewise.model import load_backend
+    from tunewise.weights.proxy import ProxyModel
+
+    pool = [make_example(f"{i} * 2?", f"{2 * i}") for i in range(20)]
+    scores = generated_scores(rows=20, ids=[example.id for example in pool])
+    matrix = indicator_features(scores, ["loss", "ifd"], set_diversity=True)
+    anchors = Anchors(positions=np.arange(2), cluster_sizes=np.array([1, 1]))
+    tuned = tune_weights(matrix, pool, pool[:2], anchors, ProxyModel(load_backend("tiny-random", device="cpu")),
+                         tmp_path / "run", fraction=0.3, trials=2, repeats=1, demos=2)
+    document = tuned.document()
+    assert document["set_diversity"] is True
+    (tmp_path / "weights.json").write_text(json.dumps(document))
+    strategy = get_strategy("weighted_indicators", **read_indicator_weights(tmp_path / "weights.json"))
+    assert strategy.set_diversity
+    picked = strategy.select(scores, document["selection_size"]).positions
+    assert picked.tolist() == tuned.selection(document["weights"]).tolist()

@@ -142,3 +142,17 @@ def test_tune_weights_then_select_with_the_learned_weights(files):
     result = tune(files, "--model", "tiny-random", "--trials", 3, "--anchors", 3, "--repeats", 1, "--demos", 2,
                   "--fraction", 0.25, "--features", "loss,confidence,diversity", "--run-dir", run_dir)
     assert result.exit_code == 2 and "demos differ" in result.output
+
+
+@pytest.mark.integration
+def test_tune_weights_after_a_default_score_computes_the_embedding_it_needs(files):
+    """`score` with its defaults writes no embedding; `tune-weights` with its defaults needs one for
+    the diversity feature and computes it through the cache instead of stopping."""
+    scores = files["dir"] / "default-scores.parquet"
+    scored = invoke("score", files["pool"], "-o", scores, "--model", "tiny-random")
+    assert scored.exit_code == 0, scored.output
+    result = invoke("tune-weights", scores, "--pool", files["pool"], "--dev", files["dev"],
+                    "-o", files["dir"] / "weights.json", "--model", "tiny-random", "--trials", "2",
+                    "--anchors", "3", "--repeats", "1", "--demos", "2")
+    assert result.exit_code == 0, result.output
+    assert "diversity" in json.loads((files["dir"] / "weights.json").read_text())["weights"]

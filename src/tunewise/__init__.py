@@ -15,8 +15,11 @@ _LAZY = {
     "Pool": "tunewise.data.pool",
     "load_backend": "tunewise.model",
     "score_pool": "tunewise.indicators.score",
+    "score": "tunewise.indicators.score",
+    "ExampleTable": "tunewise.data.table",
     "curve_auc": "tunewise.efficiency.curve",
     "predict_auc": "tunewise.efficiency.predict",
+    "CurvePredictor": "tunewise.efficiency.predict",
     "labels_needed": "tunewise.efficiency.predict",
     "coefficients_for": "tunewise.efficiency.predict",
     "calibrate": "tunewise.efficiency.predict",
@@ -28,6 +31,10 @@ _LAZY = {
     "evaluate": "tunewise.training.evaluate",
     "run_sweep": "tunewise.training.sweep",
     "make_plan": "tunewise.pipeline",
+    "plan": "tunewise.run",
+    "PlanConfig": "tunewise.run",
+    "check_plan_inputs": "tunewise.run",
+    "resolve_coefficients": "tunewise.run",
     "build_report": "tunewise.report.html",
 }
 

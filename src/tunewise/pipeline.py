@@ -7,14 +7,16 @@ needed to reach a target. It never invents coefficients: a task without a predic
 is missing.
 
 The budget is split by a registered task strategy (``weighted_task_diversity`` by default,
-``task_diversity``), by any other registered strategy (the tasks then get whatever that strategy
-picks), or by ``efficiency``: labels go one at a time to the task whose predicted curve gains most
-from its next label (:func:`efficiency_allocation`), which needs a prediction for every task.
+``task_diversity``, or ``efficiency``: labels one at a time to the task whose predicted curve gains
+most from its next label, :func:`~tunewise.select.allocation.efficiency_allocation`, which needs a
+prediction for every task), or by any other registered strategy (the tasks then get whatever that
+strategy picks). The plan reports how far the task weights spread
+(:func:`~tunewise.select.allocation.weight_spread`): where they barely differ, weighted task
+diversity is task diversity in all but name.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 import numbers
 from collections import Counter
@@ -31,13 +33,14 @@ from tunewise.efficiency.coslow import DEFAULT_K as COSLOW_K
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET, normalised_log_budget
 from tunewise.efficiency.predict import labels_needed, predict_auc, predicted_curve
 from tunewise.errors import TunewiseError
-from tunewise.select import Selection, Strategy, get_strategy
-from tunewise.select.base import Param, build_strategy, integer, task_codes
-from tunewise.select.by_task import TaskDiversity
+from tunewise.select import TASK_STRATEGIES, EfficiencyAllocation, Selection, Strategy, get_strategy
+from tunewise.select.allocation import next_label_gain, weight_spread
 
 DEFAULT_STRATEGY = "weighted_task_diversity"
-EFFICIENCY = "efficiency"
-TASK_STRATEGIES = ("task_diversity", "weighted_task_diversity", EFFICIENCY)
+EFFICIENCY = EfficiencyAllocation.name
+# Task weights whose largest is less than this multiple of the smallest get a note in the plan
+# (study 2's 12 tasks had 1.43): a rule of thumb for "hardly different from equal", not a paper's.
+_NEAR_EQUAL_RATIO = 1.5
 NO_CALIBRATION = "no calibration for this model: run tunewise calibrate or pass --coefficients"
 
 
@@ -56,126 +59,17 @@ class Plan:
         return self.document["tasks"]
 
 
-def efficiency_allocation(
-    pool_sizes: Mapping[str, int],
-    predicted_auc: Mapping[str, float],
-    budget: int,
-    max_budget: int = DEFAULT_MAX_BUDGET,
-    seed: int | np.random.Generator = 0,
-) -> dict[str, int]:
-    """Give labels one at a time to the task whose predicted curve gains most from the next one.
-
-    Task t's predicted normalised curve is y = x^p with x = log2(n) / log2(``max_budget``) and
-    p = (1 − AUC'_t) / AUC'_t. Each label goes to the task with the largest y(b_t + 1) − y(b_t),
-    never beyond its pool; equal gains are broken by an order drawn from ``seed``. The result sums
-    to min(budget, Σ pool sizes) and keeps the key order of ``pool_sizes``.
-    """
-    tasks = list(pool_sizes)
-    missing = [task for task in tasks if task not in predicted_auc]
-    if missing:
-        raise TunewiseError(f"no predicted AUC for task(s) {', '.join(map(repr, missing[:5]))}",
-                            field="predicted_auc", fix="predict every task, or use another strategy")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    tiebreak = rng.permutation(len(tasks))
-    allocation = dict.fromkeys(tasks, 0)
-    heap = [(-next_label_gain(predicted_auc[task], 0, max_budget), int(tiebreak[i]), i)
-            for i, task in enumerate(tasks) if pool_sizes[task] > 0]
-    heapq.heapify(heap)
-    for _ in range(min(budget, sum(pool_sizes.values()))):
-        _, order, index = heapq.heappop(heap)
-        task = tasks[index]
-        allocation[task] += 1
-        if allocation[task] < pool_sizes[task]:
-            heapq.heappush(heap, (-next_label_gain(predicted_auc[task], allocation[task], max_budget), order, index))
-    return allocation
-
-
-def next_label_gain(auc: float, labelled: int, max_budget: int = DEFAULT_MAX_BUDGET) -> float:
-    """How much of the way to the ceiling the predicted curve gains from label ``labelled + 1``.
-
-    The curve y = x^p is flat from 0 to 1 label (x = log2(1) = 0), so a first label alone would
-    gain nothing on any task and the greedy allocation could never start one: the first two labels
-    share the step to n = 2 equally instead.
-    """
-    if labelled < 2:
-        return float(predicted_curve(auc, normalised_log_budget(2, max_budget))) / 2
-    return float(predicted_curve(auc, normalised_log_budget(labelled + 1, max_budget))
-                 - predicted_curve(auc, normalised_log_budget(labelled, max_budget)))
-
-
-def _predicted_auc_mapping(value) -> str | None:
-    if not isinstance(value, Mapping) or not value:
-        return "a non-empty mapping"
-    if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1 for v in value.values()):
-        return "every value in (0, 1)"
-    return None
-
-
-class EfficiencyAllocation(TaskDiversity):
-    """``efficiency``: per-task budgets from :func:`efficiency_allocation`, interleaved round-robin.
-
-    Parameters
-    ----------
-    predicted_auc:
-        Task name → predicted AUC' in (0, 1), for every task of the scores.
-    max_budget:
-        N, the budget where the predicted curve's log axis ends.
-    within, within_params:
-        How rows are ordered inside a task, as for ``task_diversity``.
-    """
-
-    name = EFFICIENCY
-    parameters = {
-        **TaskDiversity.parameters,
-        "predicted_auc": Param("a mapping of task → predicted AUC in (0, 1)", _predicted_auc_mapping),
-        "max_budget": Param("a whole number ≥ 2", integer(2)),
-    }
-
-    def __init__(self, predicted_auc: Mapping[str, float], max_budget: int = DEFAULT_MAX_BUDGET,
-                 within: str = "random", within_params: Mapping | None = None) -> None:
-        super().__init__(within, within_params)
-        self.predicted_auc = predicted_auc
-        self.max_budget = max_budget
-
-    def _select(self, scores, budget, rng):
-        from tunewise.select.allocation import round_robin_order
-
-        codes, names = task_codes(scores)
-        sizes = np.bincount(codes, minlength=len(names))
-        allocation = efficiency_allocation(dict(zip(names, sizes.tolist())), self.predicted_auc, budget,
-                                           self.max_budget, rng)
-        task_budgets = np.array(list(allocation.values()), dtype=np.int64)
-        ranked, explain = self._within_strategy().rank_in_groups(scores, codes, task_budgets, rng)
-        # `ranked` holds every row grouped by task code, best first; the k-th time task t comes up
-        # in the round-robin sequence, it takes its k-th best row.
-        sequence = round_robin_order(task_budgets)
-        occurrence = np.zeros(len(sequence), dtype=np.int64)
-        seen = np.zeros(len(names), dtype=np.int64)
-        for step, task in enumerate(sequence):
-            occurrence[step] = seen[task]
-            seen[task] += 1
-        group_start = np.cumsum(sizes) - sizes
-        picked = ranked[group_start[sequence] + occurrence]
-        reasons = [
-            f"task '{names[task]}' gets {allocation[names[task]]} of {budget} picks (largest predicted gain "
-            f"per label, AUC' {self.predicted_auc[names[task]]:.3f}); {reason}"
-            for task, reason in zip(sequence, explain(picked))
-        ]
-        return picked, reasons, {"allocation": allocation, "predicted_auc": dict(self.predicted_auc)}
-
-
 def make_plan(
     pool,
     scores: pd.DataFrame,
     budget: int,
-    strategy: str = DEFAULT_STRATEGY,
-    within: str = "random",
+    strategy: str | Strategy = DEFAULT_STRATEGY,
+    within: str | Strategy | None = None,
     target: float = 0.9,
     coefficients=None,
     coslow_values: Mapping[str, float] | None = None,
     seed: int = 0,
     *,
-    within_params: Mapping[str, Any] | None = None,
     strategy_params: Mapping[str, Any] | None = None,
     max_budget: int | None = None,
     provenance: Mapping[str, Any] | None = None,
@@ -189,15 +83,18 @@ def make_plan(
         one scores row per example in the same order.
     scores:
         The scores table; ``confidence`` is needed for per-task confidence and
-        ``weighted_task_diversity``, ``loss`` for ``within="difficulty_window"``.
+        ``weighted_task_diversity``, the difficulty column for a difficulty ``within``.
     budget:
         Labels to spend in total (≥ 0); more than the pool selects everything.
     strategy:
         ``weighted_task_diversity``, ``task_diversity``, ``efficiency``, or any registered strategy
-        (``random``, ``uncertainty`` …), whose picks then decide each task's share.
-    within, within_params:
-        How the task strategies order rows inside a task: ``random``, ``difficulty_window`` or
-        ``weighted_indicators``, and that strategy's parameters.
+        (``random``, ``uncertainty`` …), whose picks then decide each task's share; by name, or
+        a :class:`~tunewise.select.Strategy` object (e.g. ``WeightedTaskDiversity(gamma=2)``).
+        ``efficiency`` by name gets its predicted AUCs from ``coefficients`` and ``coslow_values``.
+    within:
+        How a task strategy named by ``strategy`` orders rows inside a task: a within-task
+        strategy object (``DifficultyWindow(c0=0.4)``), or its name (``random``,
+        ``difficulty_window``, ``difficulty_bucket``, ``weighted_indicators``); None is random.
     target:
         τ in (0, 1]: the fraction of the way from zero-shot to ceiling that "labels needed" aims at.
     coefficients:
@@ -207,7 +104,7 @@ def make_plan(
     seed:
         Seeds every random choice.
     strategy_params:
-        Extra parameters of the strategy (e.g. ``{"gamma": 2.0}``).
+        Extra parameters of a strategy given by name (e.g. ``{"gamma": 2.0}``).
     max_budget:
         N, the end of the predicted curve's log-budget axis. By default the N the coefficients were
         fitted with (their AUCs are on that axis), else DESIGN's 5000.
@@ -237,11 +134,13 @@ def make_plan(
     if coefficients is not None:
         predicted = {task: predict_auc(coslow_values[task], coefficients) for task in tasks if task in coslow_values}
 
-    chosen = _build_strategy(strategy, within, within_params, strategy_params, predicted, tasks, coefficients,
-                             labelled, max_budget)
+    chosen = _build_strategy(strategy, within, strategy_params, predicted, tasks, coefficients, labelled,
+                             max_budget)
+    strategy = chosen.name
     selection = chosen.select(scores, int(budget), seed)
     picked = Counter(scores["task"].astype(str).to_numpy()[selection.positions].tolist())
     weights = _task_weights(strategy, selection, tasks)
+    spread = weight_spread(weights) if weights else None
 
     entries = {}
     for task in tasks:
@@ -285,8 +184,9 @@ def make_plan(
         "budget": int(budget),
         "selected": len(selection),
         "strategy": strategy,
-        "params": _json_params(chosen),
-        "within": within if strategy in TASK_STRATEGIES else None,
+        "params": chosen.json_params(),
+        "within": chosen.json_params()["within"]["strategy"] if strategy in TASK_STRATEGIES else None,
+        "task_weight_spread": spread,
         "seed": seed,
         "target": target,
         "max_budget": max_budget,
@@ -294,7 +194,7 @@ def make_plan(
             "slope": coefficients.slope, "intercept": coefficients.intercept, "source": coefficients.source,
             "max_budget": coefficients.max_budget, "caveat": coefficients.caveat,
         },
-        "notes": list(selection.notes)
+        "notes": list(selection.notes) + _spread_notes(strategy, spread)
                  + ([f"About the predicted curves: {coefficients.caveat}"] if predicted and coefficients.caveat else []),
         "provenance": dict(provenance or {}),
         "tasks": entries,
@@ -302,12 +202,20 @@ def make_plan(
     return Plan(document=document, selection=selection, strategy=chosen)
 
 
-def _build_strategy(strategy, within, within_params, strategy_params, predicted, tasks, coefficients,
-                    labelled, max_budget) -> Strategy:
+def _build_strategy(strategy, within, strategy_params, predicted, tasks, coefficients, labelled,
+                    max_budget) -> Strategy:
+    """The strategy object: ``strategy`` itself when it is one, else built by name."""
+    within_given = within is not None and within != "random"
+    if isinstance(strategy, Strategy):
+        if within_given or strategy_params:
+            raise TunewiseError("a strategy object carries its own parameters and within-task order",
+                                field="strategy", fix="set them on the object, e.g. TaskDiversity(within=...)")
+        return strategy
     params = dict(strategy_params or {})
     if strategy in TASK_STRATEGIES:
-        params.update(within=within, within_params=dict(within_params) if within_params else None)
-    elif within != "random" or within_params:
+        if within is not None:
+            params["within"] = within
+    elif within_given:
         raise TunewiseError(f"--within applies to the task strategies ({', '.join(TASK_STRATEGIES)}), "
                             f"not to '{strategy}'", field="within", fix="drop --within, or pick a task strategy")
     if strategy != EFFICIENCY:
@@ -322,7 +230,7 @@ def _build_strategy(strategy, within, within_params, strategy_params, predicted,
             fix="pass --coefficients (a calibration file or paper:NAME) and a labelled pool with at least "
             f"{COSLOW_K} examples per task, or use --strategy weighted_task_diversity",
         )
-    return build_strategy(EfficiencyAllocation, {**params, "predicted_auc": predicted, "max_budget": max_budget})
+    return get_strategy(EFFICIENCY, **params, predicted_auc=predicted, max_budget=max_budget)
 
 
 def _missing_prediction(coefficients, labelled: int) -> str:
@@ -349,9 +257,13 @@ def _task_weights(strategy: str, selection: Selection, tasks: list[str]) -> dict
     return {}
 
 
-def _json_params(strategy: Strategy) -> dict:
-    params = strategy.get_params()
-    return {key: dict(value) if isinstance(value, Mapping) else value for key, value in params.items()}
+def _spread_notes(strategy: str, spread: dict | None) -> list[str]:
+    """A note when weighted task diversity's weights are nearly equal (paper B's mechanism idle)."""
+    if strategy != "weighted_task_diversity" or spread is None or spread["ratio"] >= _NEAR_EQUAL_RATIO:
+        return []
+    return [f"The task weights barely differ (from {spread['min']:.3f} to {spread['max']:.3f}, ratio "
+            f"{spread['ratio']:.2f}; entropy {spread['entropy_share']:.1%} of equal weights), so this split is close "
+            "to task_diversity's equal shares."]
 
 
 def _why(task, entry, strategy, confidence, task_count, selected, coefficients, target, max_budget) -> str:
@@ -426,7 +338,7 @@ def measure_coslow(
     ``loaded_model`` is the run's :class:`~tunewise.model.load.LoadedModel`, in any dtype: the
     adapter is attached to it in place and removed. ``dimension``: see :func:`~tunewise.efficiency.coslow.coslow`. ``progress(done, total)``
     counts gradients over all the tasks measured. Returns task → ``{coslow, k, protocol,
-    examples, seconds}``.
+    examples, grad_norm, seconds}``.
     """
     from tunewise.efficiency.coslow import coslow, lowest_confidence_prompts, minimum_pool_size
 
@@ -437,7 +349,8 @@ def measure_coslow(
     confidence = scores["confidence"].to_numpy(dtype=np.float64)
     rows_by_task: dict[str, list[int]] = {}
     for row, example in enumerate(examples):
-        if example.response is not None and np.isfinite(confidence[row]):
+        # Confidence 0: answered with no answer token, which paper A's sample never draws.
+        if example.response is not None and np.isfinite(confidence[row]) and confidence[row] > 0:
             rows_by_task.setdefault(example.task, []).append(row)
     eligible = {task: rows for task, rows in rows_by_task.items() if len(rows) >= COSLOW_K}
     total = COSLOW_K * len(eligible)
@@ -458,6 +371,7 @@ def measure_coslow(
             "protocol": ("paper: sampled from the least confident 10 %" if len(rows) >= minimum_pool_size()
                          else f"small task: its {COSLOW_K} least confident examples"),
             "examples": [examples[i].id for i in chosen],
+            "grad_norm": result["grad_norm"],
             "seconds": round(result["seconds"], 3),
             "dimension": result["dimension"],
             "projection_std": round(result["projection_std"], 6),
@@ -469,10 +383,7 @@ __all__ = [
     "DEFAULT_STRATEGY",
     "EFFICIENCY",
     "NO_CALIBRATION",
-    "EfficiencyAllocation",
     "Plan",
-    "efficiency_allocation",
     "make_plan",
     "measure_coslow",
-    "next_label_gain",
 ]

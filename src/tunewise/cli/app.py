@@ -7,6 +7,8 @@ the app object and the error handling shared by all of them.
 from __future__ import annotations
 
 import functools
+import json
+import math
 import os
 import sys
 
@@ -28,6 +30,32 @@ console = Console(stderr=True)
 stdout = Console()
 
 
+JSON_HELP = "Print the result as one JSON object on stdout, and nothing else there."
+
+
+def _finite(value):
+    """JSON has no NaN or infinity: they become null (a number is right or absent, never invalid)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        return _finite(value.item())  # numpy scalars
+    if hasattr(value, "tolist"):
+        return _finite(value.tolist())
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
+
+
+def print_json(document) -> None:
+    """``--json``: the result document, plain JSON on stdout (progress stays on stderr)."""
+    sys.stdout.write(json.dumps(_finite(document), ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.flush()
+
+
 def user_errors_exit_2(func):
     """Turn a TunewiseError into a clear message and exit code 2, with no traceback."""
 
@@ -36,11 +64,17 @@ def user_errors_exit_2(func):
         try:
             return func(*args, **kwargs)
         except TunewiseError as error:
-            console.print("[bold red]error:[/] ", end="")
-            console.print(str(error), markup=False, highlight=False, soft_wrap=True)
-            sys.exit(2)
+            exit_with_user_error(error)
 
     return wrapper
+
+
+def exit_with_user_error(error: TunewiseError):
+    """Print a user error (file, line, field, fix) and exit with code 2, no traceback (even --quiet)."""
+    console.quiet = False
+    console.print("[bold red]error:[/] ", end="")
+    console.print(str(error), markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 def command(*args, **kwargs):
@@ -52,10 +86,20 @@ def command(*args, **kwargs):
     return decorate
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: handled while the options are parsed, so no command is needed."""
+    if value:
+        from tunewise import __version__
+
+        stdout.print(f"tunewise {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 @user_errors_exit_2
 def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
     load_in_4bit: bool = typer.Option(False, "--load-in-4bit", rich_help_panel="Model loading",
                                       help="Load the model's weights in 4 bits (NF4, bitsandbytes); fine-tuning "
@@ -72,12 +116,15 @@ def _root(
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code/--no-trust-remote-code",
                                            rich_help_panel="Model loading",
                                            help="Run the Python code a Hub model ships (only for code you trust)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only results and errors: no progress, notes or logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the library's log (debug level) on stderr."),
 ) -> None:
     """How many labelled examples does each task need, and which should they be?
 
     Model-loading options go before the command and hold for every model it loads:
     tunewise --load-in-4bit finetune POOL --model org/name -o adapter
     """
+    configure_output(quiet=quiet, verbose=verbose)
     prefer_passive_openmp_waits()
     # The CLI says "loading MODEL …" itself; transformers' per-tensor bar adds only noise.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -85,11 +132,22 @@ def _root(
         # Read when a model is loaded, so that importing the CLI never imports torch.
         os.environ["TUNEWISE_THREADS"] = str(threads)
     set_load_options(load_in_4bit, load_in_8bit, device_map, attn_implementation, revision, trust_remote_code)
-    if version:
-        from tunewise import __version__
 
-        stdout.print(f"tunewise {__version__}")
-        raise typer.Exit()
+
+def configure_output(*, quiet: bool, verbose: bool) -> None:
+    """--quiet silences stderr's progress and notes (errors still print); the library's ``logging``
+    records go to stderr at WARNING, INFO with nothing said, DEBUG with --verbose."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    console.quiet = quiet
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    logger = logging.getLogger("tunewise")
+    logger.handlers[:] = [RichHandler(console=Console(stderr=True), show_path=False, show_time=False,
+                                      markup=False)]
+    logger.setLevel(level)
+    logger.propagate = False
 
 
 def set_load_options(load_in_4bit: bool, load_in_8bit: bool, device_map: str | None,

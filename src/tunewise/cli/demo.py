@@ -14,11 +14,12 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
-from tunewise.errors import TunewiseError
 
 DEMO_STRATEGY = "weighted_task_diversity"
+POOL_FILE, TEST_FILE, SWEEP_FOLDER = "pool.jsonl", "test.jsonl", "sweep"
 
 
 @dataclass(frozen=True)
@@ -42,39 +43,44 @@ QUICK = DemoSize(pool_per_task=8, test_per_task=4, budgets=(5, 15), seeds=(0,), 
 
 @command("demo")
 def demo_command(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder to write."),
+    out: Path = typer.Option(Path("runs/demo"), "-o", "--output", "--out", help="Run folder to write."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     quick: bool = typer.Option(False, help="A smaller pool, one seed and one epoch of fine-tuning (a smoke test)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the generated pool and of the plan."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the generated pool and of the plan."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run score → plan → select → fine-tune vs random → report on a built-in multi-task pool."""
-    from tunewise.cli.plan import print_plan, resolve_coefficients, run_plan
-    from tunewise.cli.train import curves_table, gains_table
+    import tunewise as tw
+    from tunewise.cli.progress import stage_progress
+    from tunewise.cli.tables import curves_table, gains_table, print_plan
     from tunewise.data.demo import demo_records
+    from tunewise.io import RunFolder, encode_jsonl
+    from tunewise.run import run_folder_names
+    from tunewise.training.sweep import check_sweep_folder
     from tunewise.training.finetune import FinetuneConfig
-    from tunewise.indicators.registry import DEFAULT_INDICATORS
     from tunewise.data.pool import read_pool
     from tunewise.report.html import build_report
     from tunewise.training.sweep import run_sweep
 
     started = time.perf_counter()
     size = QUICK if quick else FULL
-    if out.exists() and not out.is_dir():
-        raise TunewiseError("the output path is a file", file=out, field="out", fix="pass a folder with --out")
+    folder = RunFolder(out)
+    pool_path, test_path = out / POOL_FILE, out / TEST_FILE
+    # CoS-Low costs about a minute per task on a CPU, more than the demo can spend.
+    plan_config = tw.PlanConfig(budget=size.budgets[1], strategy=DEMO_STRATEGY, seed=seed, coslow=False)
+    # Every file the demo writes is checked before any is: none may be the user's own.
+    folder.check([POOL_FILE, TEST_FILE, *run_folder_names(plan_config, labelled=True, writes_weights=False)],
+                 field="out")
+    check_sweep_folder(out / SWEEP_FOLDER)
     pool_records, test_records = demo_records(size.pool_per_task, size.test_per_task, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    pool_path, test_path = out / "pool.jsonl", out / "test.jsonl"
-    _write_jsonl(pool_path, pool_records)
-    _write_jsonl(test_path, test_records)
+    folder.write({POOL_FILE: encode_jsonl(pool_records), TEST_FILE: encode_jsonl(test_records)})
     pool, test = read_pool(pool_path, "task"), read_pool(test_path, "task")
     console.print(f"[bold]1/3[/] score and plan: {len(pool)} examples in {len(pool.tasks)} tasks "
                   f"({', '.join(pool.tasks)}), budget {size.budgets[1]}", highlight=False)
-    plan = run_plan(pool, out, budget=size.budgets[1], strategy=DEMO_STRATEGY, within="random", weights=None,
-                    target=0.9, model=model, coefficients=resolve_coefficients(None, model),
-                    # CoS-Low costs about a minute per task on a CPU, more than the demo can spend.
-                    coslow=False, seed=seed, indicators=list(DEFAULT_INDICATORS), device=device, dtype="auto",
-                    max_new_tokens=32, batch_tokens=None, cache_dir=None)
+    console.print(f"loading {escape(model)} …", highlight=False)
+    backend = tw.load_backend(model, device=device, dtype="auto", max_new_tokens=30)
+    plan = tw.plan(pool, backend, plan_config, out, model_name=model, progress=stage_progress)
 
     console.print(f"[bold]2/3[/] fine-tune at budgets {size.budgets[0]} and {size.budgets[1]}: {DEMO_STRATEGY} "
                   f"against random, seeds {', '.join(map(str, size.seeds))}, evaluated on {len(test)} held-out "
@@ -83,23 +89,20 @@ def demo_command(
                             warmup_ratio=0.0)
     with progress_bar("fine-tune and evaluate", unit="runs") as update:
         summary = run_sweep(pool, test, list(size.budgets), [DEMO_STRATEGY, "random"], list(size.seeds), model,
-                            out / "sweep", config, device=device, metric="exact_match",
+                            out / SWEEP_FOLDER, config, device=device, metric="exact_match",
                             max_new_tokens=size.answer_tokens, progress=lambda done, total, _: update(done, total))
 
     console.print("[bold]3/3[/] report", highlight=False)
     report = build_report(out)
+    if as_json:
+        print_json({"plan": plan.document, "sweep": summary, "report": str(report), "seconds": round(time.perf_counter() - started, 1)})
+        return
     print_plan(plan.document)
     stdout.print(curves_table(summary))
     if len(summary["strategies"]) > 1:
         stdout.print(gains_table(summary))
     stdout.print(f"demo finished in {time.perf_counter() - started:.0f} s; report → {escape(str(report))}",
                  highlight=False, soft_wrap=True)
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    from tunewise.select.manifest import encode_jsonl, write_files_atomically
-
-    write_files_atomically({path: encode_jsonl(records)})
 
 
 __all__ = ["demo_command"]

@@ -9,34 +9,56 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.efficiency.coslow import DEFAULT_DIMENSION as DEFAULT_PROJECTION_DIM
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.io import encode_json, encode_jsonl
 
+TO_LABEL_FILE, COSLOW_FILE = "to_label.jsonl", "coslow.json"
 _GRID_TEXT = ",".join(map(str, DEFAULT_GRID))
+NO_CEILING = "best measured score (no human or target ceiling)"
 _TARGETS_TEXT = "0.5,0.8,0.9"
 
 
 @command("curve")
 def curve_command(
     curve_file: Path = typer.Argument(..., metavar="CURVE.json",
-                                      help='Budgets to scores: {"0": 0.39, "50": 0.41, ...}.'),
+                                      help='Budgets to scores, {"0": 0.39, "50": 0.41, ...}, or a list of them, '
+                                           "one per seed."),
     ceiling: Optional[float] = typer.Option(None,
                                             help="Human or target score (the ceiling is at least the best score)."),
+    task: Optional[str] = typer.Option(None, help="Task name: without --ceiling, paper A's released human score "
+                                                  "for it is the ceiling when tunewise ships one."),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, help="N: the largest budget counted."),
     grid: str = typer.Option(_GRID_TEXT, help="Budgets the curve should have been measured at."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (key 'auc') and nothing else."),
     plot: Optional[Path] = typer.Option(None, metavar="PNG", help="Also draw the normalised curve to this file."),
 ) -> None:
-    """Data-efficiency AUC of a measured learning curve (paper A's metric)."""
+    """Data-efficiency AUC of a measured learning curve (paper A's metric).
+
+    With several seeds, each seed's monotone envelope is taken, then their mean. The budget axis
+    ends at the largest budget kept.
+    """
     from tunewise.efficiency.curve import normalise_curve, parse_grid, plot_curve, read_curve
 
+    if plot is not None:
+        from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+        refuse_overwriting_inputs({"--plot": plot}, {"the curve file": curve_file})
+        check_output_file(plot, field="plot", example="--plot curve.png")
     points = read_curve(curve_file)
     budgets = parse_grid(grid)
+    ceiling, ceiling_source = _resolve_ceiling(ceiling, task)
     curve = normalise_curve(points, ceiling=ceiling, max_budget=max_budget, grid=budgets)
+    if ceiling is None:
+        unknown = f" and tunewise ships no human score for task '{task}'" if task is not None else ""
+        _warn_no_ceiling(f"{curve_file.name}: no --ceiling given{unknown}, so the curve is normalised by its best "
+                         f"measured score ({curve.ceiling:.4g})")
     if plot is not None:
         plot_curve(points, plot, ceiling=ceiling, max_budget=max_budget, grid=budgets, title=curve_file.stem)
         console.print(f"plot → {plot}", markup=False, highlight=False)
@@ -45,20 +67,29 @@ def curve_command(
             "auc": curve.auc,
             "floor": curve.floor,
             "ceiling": curve.ceiling,
+            "ceiling_source": ceiling_source,
+            "seeds": curve.seeds,
             "max_budget": max_budget,
+            "axis_end": curve.axis_end,
             "grid": list(budgets),
             "budgets": list(curve.budgets),
             "envelope": list(curve.envelope),
             "normalised": list(curve.y),
         }))
         return
-    table = Table(title=f"{curve_file.name}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g}")
+    seeds = [points] if isinstance(points, dict) else points
+    table = Table(title=f"{escape(curve_file.name)}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g} ({ceiling_source})"
+                        + (f", {curve.seeds} seeds" if curve.seeds > 1 else ""))
     for column in ("budget", "measured", "envelope", "normalised"):
         table.add_column(column, justify="right")
     for budget, value, normalised in zip(curve.budgets, curve.envelope, curve.y):
-        measured = points.get(budget)
-        table.add_row(str(budget), "-" if measured is None else f"{measured:.4f}", f"{value:.4f}", f"{normalised:.3f}")
+        measured = [seed[budget] for seed in seeds if budget in seed]
+        shown = "-" if not measured else " / ".join(f"{score:.4f}" for score in measured)
+        table.add_row(str(budget), shown, f"{value:.4f}", f"{normalised:.3f}")
     stdout.print(table)
+    if curve.axis_end != max_budget:
+        stdout.print(f"the budget axis ends at {curve.axis_end}, the largest budget kept (N = {max_budget} is "
+                     "neither measured nor on the grid)")
     stdout.print(f"data-efficiency AUC: {curve.auc:.4f}")
 
 
@@ -67,95 +98,146 @@ def coslow_command(
     pool: Path = typer.Argument(..., help="Pool file of the task (unlabelled or labelled)."),
     task: Optional[str] = typer.Option(None, help="Task to measure (needed when the pool has several)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
-    model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
+    model: str = typer.Option("smollm2", help="smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a "
+                                              "model folder."),
     labelled: Optional[Path] = typer.Option(None, metavar="LABELLED.jsonl",
                                             help="to_label.jsonl with responses filled in."),
-    seed: int = typer.Option(0, help="Seeds the sample of prompts and the LoRA A matrices."),
-    output_dir: Path = typer.Option(Path("."), "-o", "--output-dir",
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seeds the samples of prompts and the LoRA A matrices."),
+    output_dir: Path = typer.Option(Path("."), "-o", "--output", "--output-dir",
                                     help="Where to write to_label.jsonl / coslow.json."),
     allow_small_pool: bool = typer.Option(
         False, help="Accept fewer than 320 prompts: sample from the 32 least confident (not the paper's protocol)."
     ),
+    confidence_metric: str = typer.Option(
+        "confidence", help="How the least confident prompts are found: confidence (lowest mean probability of the "
+                           "answer tokens) or confidence_ppl (highest perplexity of the answer); paper A offers both."),
+    include_eos: bool = typer.Option(False, help="Keep the end-of-turn token in the gradient's loss (paper A "
+                                                 "leaves it out)."),
+    random_sample: bool = typer.Option(True, "--random/--no-random",
+                                       help="Also measure CoS-Rand, the same on 32 random prompts (paper A's control; "
+                                            "an unlabelled pool then needs those labelled too)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), "
                                            "fp32, bf16. Gradients accumulate in fp32 either way."),
     projection_dim: int = typer.Option(
         DEFAULT_PROJECTION_DIM, min=0, help="Project each gradient to this many numbers (seeded); 0 keeps the full "
                                             "LoRA-B gradient (exact; memory grows with the model)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity."""
+    """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity.
+
+    coslow.json also holds CoS-Rand (``coslow_random``), the mean gradient norm (``grad_norm``) and
+    the pool's mean confidence (``mean_confidence``): the predictors paper A compares CoS-Low with.
+    """
+    import numpy as np
+
     from tunewise import __version__
     from tunewise.model import load_backend
+    from tunewise.model.load import describe_model
     from tunewise.cli.progress import progress_bar
-    from tunewise.efficiency.coslow import DEFAULT_K, coslow, lowest_confidence_prompts
+    from tunewise.efficiency.coslow import (CONFIDENCE_METRICS, DEFAULT_K, coslow, lowest_confidence_prompts,
+                                            random_prompts)
     from tunewise.data.pool import read_pool
     from tunewise.indicators.score import score_pool
+    from tunewise.io import RunFolder
 
+    folder = RunFolder(output_dir)
+    # The first step writes to_label.jsonl; the second reads it back filled in and writes coslow.json.
+    folder.check([COSLOW_FILE] if labelled is not None else [TO_LABEL_FILE, COSLOW_FILE],
+                 inputs={"the pool": pool, "--labelled": labelled})
+    if confidence_metric not in CONFIDENCE_METRICS:
+        raise TunewiseError(f"unknown confidence metric '{confidence_metric}'", field="confidence_metric",
+                            fix=did_you_mean(confidence_metric, CONFIDENCE_METRICS))
+    pool_examples, task_name = _task_examples(read_pool(pool, task_field), task, pool)
+    source = {"pool": str(pool)}
     if labelled is not None:
-        examples = read_pool(labelled).examples
-        unanswered = [i for i, e in enumerate(examples, start=1) if e.response is None]
-        if unanswered:
-            listed = ", ".join(map(str, unanswered[:5])) + (" …" if len(unanswered) > 5 else "")
-            raise TunewiseError(f"{len(unanswered)} of {len(examples)} examples have no response yet "
-                                f"(examples {listed})",
-                                file=labelled, field="response",
-                                fix="fill in 'response' on every line, then run this command again")
-        task_name = task or examples[0].metadata.get("task") or examples[0].task
-        source = {"pool": str(pool), "labelled": str(labelled)}
-    else:
-        examples, task_name = _task_examples(read_pool(pool, task_field), task, pool)
-        source = {"pool": str(pool)}
-    console.print(f"loading {model} …", markup=False, highlight=False)
+        samples = _read_labelled_samples(labelled)
+        task_name = task or samples["low_confidence"][0].metadata.get("task") or task_name
+        source["labelled"] = str(labelled)
+    console.print(f"loading {describe_model(model)} …", markup=False, highlight=False)
     backend = load_backend(model, device=device, dtype=dtype)
     if not hasattr(backend, "loaded"):
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model}' has none", field="model",
                             fix="use --model smollm2, tiny-random or a model folder")
+    indicators = sorted({"confidence", confidence_metric})
+    with progress_bar("answering prompts", unit="prompts") as update:
+        scores = score_pool(pool_examples, backend, indicators, progress=update)
+    confidence = scores["confidence"].to_numpy(dtype=np.float64)
+    ranking = scores[confidence_metric].to_numpy(dtype=np.float64)
     if labelled is None:
-        with progress_bar("answering prompts", unit="prompts") as update:
-            confidence = score_pool(examples, backend, ["confidence"], progress=update)["confidence"].to_numpy()
-        chosen = lowest_confidence_prompts(confidence, k=DEFAULT_K, seed=seed, allow_small_pool=allow_small_pool)
-        examples = [examples[i] for i in chosen]
-        if any(e.response is None for e in examples):
-            path = _write_to_label(output_dir / "to_label.jsonl", examples, confidence[chosen], task_name)
+        low = lowest_confidence_prompts(ranking, k=DEFAULT_K, seed=seed, allow_small_pool=allow_small_pool,
+                                        metric=confidence_metric)
+        rand = random_prompts(len(pool_examples), k=DEFAULT_K, seed=seed) if random_sample else []
+        samples = {"low_confidence": [pool_examples[i] for i in low], "random": [pool_examples[i] for i in rand]}
+        if any(e.response is None for group in samples.values() for e in group):
+            path = output_dir / TO_LABEL_FILE
+            folder.write({TO_LABEL_FILE: _to_label_records(pool_examples, ranking, low, rand, task_name,
+                                                           confidence_metric)})
             console.print(
-                f"wrote the {len(examples)} least confident prompts of task '{task_name}' → {path}\n"
+                f"wrote the prompts to label for task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
-                f"  tunewise coslow {pool} --labelled {path} --model {model} --seed {seed} -o {output_dir}",
+                f"  tunewise coslow {pool}{f' --task-field {task_field}' if task_field else ''}"
+                f"{f' --task {task}' if task else ''} --labelled {path} --model {model} --seed {seed} -o {output_dir}",
                 markup=False,
                 highlight=False,
             )
             return
-    with progress_bar("gradients") as update:
-        result = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in examples],
-                        [e.response for e in examples], seed=seed, progress=lambda done: update(done, len(examples)),
-                        dimension=projection_dim or None)
+    results = {}
+    for name, group in samples.items():
+        if not group or (name == "random" and not random_sample):
+            continue
+        with progress_bar(f"gradients ({name.replace('_', ' ')})") as update:
+            results[name] = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in group],
+                                   [e.response for e in group], seed=seed, include_eos=include_eos,
+                                   dimension=projection_dim or None,
+                                   progress=lambda done, total=len(group): update(done, total))
+    for result in results.values():
+        if not all(math.isfinite(value) for value in [result["coslow"], *result["cosines"]]):
+            raise TunewiseError("some gradient cosines are not finite numbers (a gradient was zero or overflowed), "
+                                "so there is no CoS-Low to report", field="coslow",
+                                fix="check the labelled answers (an empty or one-token answer has almost no gradient)")
+    result = results["low_confidence"]
+    finite = confidence[np.isfinite(confidence)]
     document = {
         "coslow": result["coslow"],
+        "coslow_random": results["random"]["coslow"] if "random" in results else None,
+        "grad_norm": result["grad_norm"],
+        "grad_norm_random": results["random"]["grad_norm"] if "random" in results else None,
+        "mean_confidence": float(finite.mean()) if finite.size else None,
         "k": result["n"],
         "task": task_name,
         "model": model,
+        "model_description": describe_model(model),
         "model_fingerprint": backend.fingerprint,
         "seed": seed,
+        "confidence_metric": confidence_metric,
+        "include_eos": include_eos,
         "lora_rank": result["rank"],
         "lora_alpha": result["alpha"],
+        "lora_target_modules": result["target_modules"],
         "dimension": result["dimension"],
         "gradient_dimension": result["gradient_dimension"],
         "projection_std": result["projection_std"],
         "dtype": str(backend.loaded.dtype).removeprefix("torch."),
-        "seconds": result["seconds"],
-        "peak_memory_bytes": result["peak_memory"],
+        "seconds": sum(r["seconds"] for r in results.values()),
+        "peak_memory_bytes": max(r["peak_memory"] for r in results.values()),
         "peak_memory_kind": result["peak_memory_kind"],
-        "examples": [e.id for e in examples],
+        "examples": [e.id for e in samples["low_confidence"]],
+        "examples_random": [e.id for e in samples.get("random", [])] if "random" in results else None,
         "cosines": result["cosines"],
         **source,
         "tunewise_version": __version__,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / "coslow.json"
-    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    stdout.print(f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} "
-                 f"pairwise cosines over {result['n']} examples, {result['seconds']:.1f} s) → {path}",
-                 markup=False, highlight=False)
+    path = output_dir / COSLOW_FILE
+    folder.write({COSLOW_FILE: encode_json(document)})
+    if as_json:
+        print_json({**document, "output": str(path)})
+        return
+    line = (f"CoS-Low of task '{task_name}': {result['coslow']:.4f} (median of {len(result['cosines'])} pairwise "
+            f"cosines over {result['n']} examples")
+    if "random" in results:
+        line += f"; CoS-Rand {results['random']['coslow']:.4f}"
+    stdout.print(f"{line}; {document['seconds']:.1f} s) → {path}", markup=False, highlight=False)
     console.print(f"next: tunewise estimate --coslow-file {path}", markup=False, highlight=False)
 
 
@@ -167,8 +249,14 @@ def estimate_command(
         None, help="paper:llama-3.1-8b | paper:mistral-7b | paper:qwen2.5-14b, or a calibration file."
     ),
     model: Optional[str] = typer.Option(None, help="Model the CoS-Low was measured with (default: from the file)."),
-    targets: str = typer.Option(_TARGETS_TEXT,
-                                help="Normalised targets τ: fractions of the way from zero-shot to ceiling."),
+    targets: Optional[str] = typer.Option(
+        None, help=f"Normalised targets τ: fractions of the way from zero-shot to ceiling (default {_TARGETS_TEXT})."),
+    target_accuracy: Optional[str] = typer.Option(
+        None, help="Raw target score(s) instead of τ, e.g. 0.8 (needs --zero-shot and --ceiling): "
+                   "τ = (target − zero-shot) / (ceiling − zero-shot)."),
+    zero_shot: Optional[float] = typer.Option(None, help="The task's zero-shot score (for --target-accuracy)."),
+    ceiling: Optional[float] = typer.Option(None, help="The task's ceiling, the human or target score (for "
+                                                       "--target-accuracy); paper A uses max(human, best measured)."),
     max_budget: Optional[int] = typer.Option(
         None, help="N: the largest budget of the predicted curve (default: the N the coefficients were fitted "
                    f"with; {DEFAULT_MAX_BUDGET} for the paper's)."),
@@ -178,7 +266,8 @@ def estimate_command(
 ) -> None:
     """Predicted AUC, learning curve and labels needed for a task, from its CoS-Low."""
     from tunewise.efficiency.curve import normalised_log_budget, parse_grid
-    from tunewise.efficiency.predict import coefficients_for, labels_needed, load_coefficients, predict_auc, predicted_curve
+    from tunewise.efficiency.predict import (coefficients_for, labels_needed, load_coefficients, normalised_target,
+                                             predict_auc, predicted_curve)
 
     if (coslow_value is None) == (coslow_file is None):
         raise TunewiseError("give exactly one of --coslow and --coslow-file", field="coslow",
@@ -206,7 +295,21 @@ def estimate_command(
     max_budget = chosen.max_budget if max_budget is None else max_budget
     auc = predict_auc(coslow_value, chosen)
     budgets = chosen.grid if grid is None else parse_grid(grid)
-    tau_values = _parse_targets(targets)
+    raw_targets = None
+    if target_accuracy is not None:
+        if targets is not None:
+            raise TunewiseError("give either --targets (fractions of the way to the ceiling) or --target-accuracy "
+                                "(raw scores), not both", field="targets", fix="drop one of them")
+        if zero_shot is None or ceiling is None:
+            raise TunewiseError("--target-accuracy needs the task's --zero-shot score and its --ceiling",
+                                field="target_accuracy", fix="e.g. --target-accuracy 0.8 --zero-shot 0.4 --ceiling 0.92")
+        raw_targets = _parse_numbers(target_accuracy, "target_accuracy")
+        tau_values = [normalised_target(target, zero_shot, ceiling) for target in raw_targets]
+    else:
+        if zero_shot is not None or ceiling is not None:
+            raise TunewiseError("--zero-shot and --ceiling only convert --target-accuracy", field="target_accuracy",
+                                fix="add --target-accuracy, or drop --zero-shot / --ceiling")
+        tau_values = _parse_targets(targets or _TARGETS_TEXT)
     curve = {n: float(predicted_curve(auc, normalised_log_budget(n, max_budget))) for n in budgets if n <= max_budget}
     needed = {tau: labels_needed(auc, tau, max_budget) for tau in tau_values}
     if as_json:
@@ -218,6 +321,9 @@ def estimate_command(
             "max_budget": max_budget,
             "predicted_curve": {str(n): y for n, y in curve.items()},
             "labels_needed": {str(tau): math.ceil(n) for tau, n in needed.items()},
+            **({} if raw_targets is None else {"target_accuracy": {
+                str(raw): {"tau": tau, "labels_needed": math.ceil(needed[tau])}
+                for raw, tau in zip(raw_targets, tau_values)}, "zero_shot": zero_shot, "ceiling": ceiling}),
         }))
         return
     stdout.print(f"coefficients: AUC' = {chosen.slope:g} · CoS-Low + {chosen.intercept:g}   [{chosen.source}]",
@@ -229,6 +335,11 @@ def estimate_command(
     for n, y in curve.items():
         table.add_row(str(n), f"{y:.3f}")
     stdout.print(table)
+    if raw_targets is not None:
+        for raw, tau in zip(raw_targets, tau_values):
+            stdout.print(f"to reach a score of {raw:g} ({tau:.0%} of the way from zero-shot {zero_shot:g} to ceiling "
+                         f"{ceiling:g}): about {math.ceil(needed[tau])} labels")
+        return
     for tau, n in needed.items():
         stdout.print(f"to reach {tau:.0%} of the way to the ceiling: about {math.ceil(n)} labels")
 
@@ -236,45 +347,76 @@ def estimate_command(
 @command("calibrate")
 def calibrate_command(
     measured: Path = typer.Argument(..., metavar="MEASURED.json",
-                                    help="Per task: {task, coslow, curve: {budget: score}} or {task, coslow, auc}."),
+                                    help="Per task: {task, coslow, ceiling, curve: {budget: score}} (or 'curves': one "
+                                         "per seed, or 'auc'); optional coslow_random, grad_norm, mean_confidence."),
     output: Path = typer.Option(..., "-o", "--output", help="Calibration file to write (JSON)."),
     model: Optional[str] = typer.Option(None, help="Model the curves and CoS-Low belong to (default: from the file)."),
     targets: str = typer.Option(_TARGETS_TEXT, help="Targets τ for the labels-needed comparison."),
     max_budget: int = typer.Option(DEFAULT_MAX_BUDGET, help="N used for the AUC."),
     grid: str = typer.Option(_GRID_TEXT, help="Grid used for the AUC."),
     schedule_start: int = typer.Option(50, min=1, help="First budget of the doubling schedule compared against."),
+    paper_ceilings: bool = typer.Option(True, "--paper-ceilings/--no-paper-ceilings",
+                                        help="A task without a 'ceiling' gets paper A's released human score when "
+                                             "tunewise ships one for its exact name."),
+    allow_no_ceiling: bool = typer.Option(False, "--allow-no-ceiling",
+                                          help="Fit tasks with no ceiling anyway, normalised by their best measured "
+                                               "score (not paper A's scale; warns)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
 ) -> None:
-    """Fit the CoS-Low → AUC coefficients of a model from tasks with measured curves."""
+    """Fit the CoS-Low → AUC coefficients of a model from tasks with measured curves.
+
+    Reports the leave-one-task-out absolute error in AUC points first (the unit of paper A's 8.6
+    for CoS-Low and 12.5 for predicting the mean), the relative error second, the correlation of
+    every predictor column with the AUC, and the spread of the coefficients over the folds.
+    """
     from tunewise import __version__
     from tunewise.efficiency.curve import parse_grid
-    from tunewise.efficiency.predict import (calibrate, doubling_schedule_cost, labels_needed, observed_labels_needed,
-                                     write_calibration)
+    from tunewise.efficiency.predict import (calibrate, calibration_summary, doubling_schedule_cost, labels_needed,
+                                             observed_labels_needed, predict_auc, write_calibration)
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output}, {"the measured file": measured})
+    check_output_file(output, example="-o calibration.json")
 
     budgets = parse_grid(grid)
     tau_values = _parse_targets(targets)
-    header, tasks = _read_measured(measured, max_budget, budgets)
-    calibration = calibrate([(t["task"], t["coslow"], t["auc"]) for t in tasks],
+    header, tasks = _read_measured(measured, max_budget, budgets, paper_ceilings)
+    without = list(dict.fromkeys(t["task"] for t in tasks if t["ceiling"] is None))
+    if without and not allow_no_ceiling:
+        listed = ", ".join(without[:8]) + (" …" if len(without) > 8 else "")
+        raise TunewiseError(
+            f"{len(without)} of {len({t['task'] for t in tasks})} tasks have no human or target ceiling ({listed}); "
+            "paper A normalises every curve by max(human score, best measured score), and the best measured score "
+            "alone inflates early gains", file=measured, field="ceiling",
+            fix='add "ceiling": SCORE (the human or target score, e.g. 1.0 where a perfect score is the aim) to each '
+                "of these tasks, or pass --allow-no-ceiling to normalise them by their best measured score")
+    if without:
+        _warn_no_ceiling(f"{len(without)} task(s) have no human or target ceiling ({', '.join(without)}); "
+                         "--allow-no-ceiling normalises them by their best measured score",
+                         fix='give each a "ceiling" in the measured file')
+    calibration = calibrate(tasks,
                             source=f"{output} (calibrated on {model or header.get('model') or 'an unnamed model'})",
                             max_budget=max_budget, grid=budgets)
+    ceilings = {t["task"]: {"ceiling": t["ceiling"], "source": t["ceiling_source"]} for t in tasks}
     calibration = replace(calibration, metadata={
         "model": model or header.get("model"),
         "model_fingerprint": header.get("model_fingerprint"),
         "max_budget": max_budget,
         "grid": list(budgets),
         "measured": str(measured),
+        "ceilings": ceilings,
+        "tasks_without_ceiling": without,
         "tunewise_version": __version__,
     })
     write_calibration(calibration, output)
-    held_out = {fit.task: fit.loto_predicted_auc for fit in calibration.tasks}
+    held_out = {fit.task: predict_auc(fit.coslow, (fit.loto_slope, fit.loto_intercept)) for fit in calibration.tasks}
     comparisons = []
     for entry in tasks:
         if entry.get("curve") is None:
             continue
         for tau in tau_values:
-            observed = observed_labels_needed(entry["curve"], tau, entry.get("ceiling"), max_budget, budgets)
-            schedule = doubling_schedule_cost(entry["curve"], tau, schedule_start, entry.get("ceiling"),
-                                              max_budget, budgets)
+            observed = observed_labels_needed(entry["curve"], tau, entry["ceiling"], max_budget, budgets)
+            schedule = doubling_schedule_cost(entry["curve"], tau, schedule_start, entry["ceiling"], max_budget, budgets)
             comparisons.append({
                 "task": entry["task"],
                 "target": tau,
@@ -285,13 +427,10 @@ def calibrate_command(
                 "doubling_schedule_examples_trained": None if schedule is None else schedule.examples_trained,
             })
     summary = {
-        "slope": calibration.coefficients.slope,
-        "intercept": calibration.coefficients.intercept,
+        **calibration_summary(calibration),
         "tasks": len({fit.task for fit in calibration.tasks}),
-        "loto_mae": calibration.loto_mae,
-        "loto_relative_error_percent": calibration.loto_relative_error,
-        "mean_predictor_mae": calibration.mean_mae,
-        "mean_predictor_relative_error_percent": calibration.mean_relative_error,
+        "ceilings": ceilings,
+        "tasks_without_ceiling": without,
         "calibration_file": str(output),
         "labels_needed": comparisons,
     }
@@ -299,16 +438,34 @@ def calibrate_command(
         stdout.print_json(json.dumps(summary))
         return
     fits = Table(title="leave-one-task-out predictions")
-    for column in ("task", "CoS-Low", "measured AUC", "predicted AUC", "mean of others"):
-        fits.add_column(column, justify="left" if column == "task" else "right")
+    for column in ("task", "CoS-Low", "measured AUC", "predicted AUC", "mean of others", "ceiling"):
+        fits.add_column(column, justify="left" if column in ("task", "ceiling") else "right")
     for fit in calibration.tasks:
-        fits.add_row(fit.task, f"{fit.coslow:.4f}", f"{fit.measured_auc:.4f}", f"{fit.loto_predicted_auc:.4f}",
-                     f"{fit.loto_mean_auc:.4f}")
+        entry = ceilings[fit.task]
+        fits.add_row(escape(fit.task), f"{fit.coslow:.4f}", f"{fit.measured_auc:.4f}", f"{fit.loto_predicted_auc:.4f}",
+                     f"{fit.loto_mean_auc:.4f}",
+                     "none" if entry["ceiling"] is None else f"{entry['ceiling']:g} ({entry['source']})")
     stdout.print(fits)
     stdout.print(f"AUC' = {calibration.coefficients.slope:.4f} · CoS-Low + {calibration.coefficients.intercept:.4f}"
                  f"  ({summary['tasks']} tasks) → {output}", markup=False, highlight=False)
-    stdout.print(f"leave-one-task-out MAE: {calibration.loto_mae:.4f}{_percent(calibration.loto_relative_error)}"
-                 f"   predicting the mean AUC: {calibration.mean_mae:.4f}{_percent(calibration.mean_relative_error)}")
+    stdout.print(f"leave-one-task-out absolute error: {summary['loto_mae_points']:.1f} AUC points; predicting the mean "
+                 f"AUC: {summary['mean_predictor_mae_points']:.1f} (the unit of paper A's 8.6 against 12.5)",
+                 markup=False, highlight=False)
+    stdout.print(f"relative error (|error| / AUC, not comparable with paper A's figures): "
+                 f"{_percent_or_undefined(calibration.loto_relative_error)}; predicting the mean AUC: "
+                 f"{_percent_or_undefined(calibration.mean_relative_error)}", markup=False, highlight=False)
+    predictors = Table(title="predictors against the measured AUC (leave-one-task-out errors in AUC points)")
+    for column in ("predictor", "tasks", "Pearson r", "Spearman ρ", "LOTO error", "mean predictor"):
+        predictors.add_column(column, justify="left" if column == "predictor" else "right")
+    for report in calibration.predictors:
+        predictors.add_row(report.predictor, str(report.tasks), _number(report.pearson, "+.3f"),
+                           _number(report.spearman, "+.3f"), _number(report.loto_mae, ".1f", 100),
+                           _number(report.mean_mae, ".1f", 100))
+    stdout.print(predictors)
+    if calibration.slope_spread is not None:
+        stdout.print(f"coefficients over the {summary['tasks']} leave-one-task-out folds: "
+                     + "; ".join(f"{name} {entry['min']:.4f} … {entry['max']:.4f} (std {_number(entry['std'], '.4f')})"
+                                 for name, entry in summary['coefficient_spread'].items()), markup=False, highlight=False)
     if comparisons:
         labels = Table(title="labels needed: predicted (held out) vs observed, and a doubling schedule's cost")
         for column in ("task", "target", "predicted", "observed", "doubling schedule"):
@@ -316,9 +473,29 @@ def calibrate_command(
         for row in comparisons:
             schedule = ("not reached" if row["doubling_schedule_labels"] is None else
                         f"{row['doubling_schedule_labels']} ({row['doubling_schedule_rounds']} rounds)")
-            labels.add_row(row["task"], f"{row['target']:.0%}", str(row["predicted_labels"]),
+            labels.add_row(escape(row["task"]), f"{row['target']:.0%}", str(row["predicted_labels"]),
                            "not reached" if row["observed_labels"] is None else str(row["observed_labels"]), schedule)
         stdout.print(labels)
+
+
+def _resolve_ceiling(ceiling: float | None, task: str | None) -> tuple[float | None, str]:
+    """The ceiling to normalise by and where it comes from: the user's, paper A's human score for
+    ``task``, or none (the best measured score then stands in)."""
+    if ceiling is not None:
+        return ceiling, "given"
+    if task is not None:
+        from tunewise.efficiency.ceilings import human_ceiling
+
+        known = human_ceiling(task)
+        if known is not None:
+            return known.score, known.describe()
+    return None, NO_CEILING
+
+
+def _warn_no_ceiling(what: str, fix: str = "pass the human or target score with --ceiling") -> None:
+    console.print(f"[bold yellow]WARNING:[/] {escape(what)}. That is not paper A's normalisation (it used human "
+                  f"scores), inflates early gains, and the AUC cannot be set beside the paper's; {escape(fix)}.",
+                  highlight=False, soft_wrap=True)
 
 
 def _note_borrowed_paper_coefficients(spec: str, model: str | None) -> None:
@@ -349,21 +526,58 @@ def _task_examples(pool, task: str | None, path: Path):
     return [e for e in pool.examples if e.task == task], task
 
 
-def _write_to_label(path: Path, examples, confidences, task: str) -> Path:
-    """One JSON line per prompt in the pool-reader's prompt/response shape, ready to fill in."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for example, confidence in zip(examples, confidences):
-            single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
-            record = {
-                "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
-                "response": example.response,
-                "task": task,
-                "pool_id": example.id,
-                "confidence": float(confidence),
-            }
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
+def _to_label_records(examples, ranking, low, rand, task: str, metric: str) -> bytes:
+    """One JSON line per prompt to label, in the pool reader's prompt/response shape: the
+    low-confidence sample first, then the random one; ``sample`` says which (or ``both``)."""
+    membership = {position: "low_confidence" for position in low}
+    for position in rand:
+        membership[position] = "both" if position in membership else "random"
+    records = []
+    for position, sample in membership.items():
+        example = examples[position]
+        single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
+        value = float(ranking[position])
+        records.append({
+            "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
+            "response": example.response,
+            "task": task,
+            "pool_id": example.id,
+            "sample": sample,
+            # NaN (no answer could be scored) is not JSON: written as null.
+            metric: value if math.isfinite(value) else None,
+        })
+    return encode_jsonl(records)
+
+
+def _read_labelled_samples(path: Path) -> dict[str, list]:
+    """The labelled file's examples split into the low-confidence and the random sample.
+
+    A line without ``sample`` (files written before CoS-Rand) belongs to the low-confidence one.
+    """
+    from tunewise.data.pool import read_pool
+
+    examples = read_pool(path).examples
+    unanswered = [i for i, e in enumerate(examples, start=1) if e.response is None]
+    if unanswered:
+        listed = ", ".join(map(str, unanswered[:5])) + (" …" if len(unanswered) > 5 else "")
+        raise TunewiseError(f"{len(unanswered)} of {len(examples)} examples have no response yet "
+                            f"(examples {listed})",
+                            file=path, field="response",
+                            fix="fill in 'response' on every line, then run this command again")
+    samples: dict[str, list] = {"low_confidence": [], "random": []}
+    for line, example in enumerate(examples, start=1):
+        sample = example.metadata.get("sample", "low_confidence")
+        if sample not in ("low_confidence", "random", "both"):
+            raise TunewiseError(f"unknown sample {sample!r}", file=path, line=line, field="sample",
+                                fix="use the to_label.jsonl written by `tunewise coslow` unchanged but for the answers")
+        if sample in ("low_confidence", "both"):
+            samples["low_confidence"].append(example)
+        if sample in ("random", "both"):
+            samples["random"].append(example)
+    if len(samples["low_confidence"]) < 2:
+        raise TunewiseError("fewer than 2 low-confidence examples", file=path, field="sample",
+                            fix="use the to_label.jsonl written by `tunewise coslow`")
+    return samples
 
 
 def _read_json(path: Path, fix: str):
@@ -373,6 +587,9 @@ def _read_json(path: Path, fix: str):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise TunewiseError(f"malformed JSON ({error.msg})", file=path, line=error.lineno, fix=fix) from None
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path,
+                            fix=fix + " (re-encode the file as UTF-8)") from None
 
 
 def _read_coslow_file(path: Path) -> dict:
@@ -384,12 +601,20 @@ def _read_coslow_file(path: Path) -> dict:
     return document
 
 
-def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]:
-    """Header fields and per-task entries ``{task, coslow, auc, curve, ceiling}`` with AUCs computed."""
-    from tunewise.efficiency.curve import curve_auc, parse_curve
+def _read_measured(path: Path, max_budget: int, grid, paper_ceilings: bool = True) -> tuple[dict, list[dict]]:
+    """Header fields and per-task rows ``{task, coslow, auc, curve, ceiling, ceiling_source, <predictors>}``.
 
-    fix = ('write a list of {"task": ..., "coslow": ..., "curve": {"0": 0.4, "50": 0.5, ...}} '
-           '(or "auc" instead of "curve")')
+    A task's curve is ``curve`` (one seed) or ``curves`` (a list, one per seed), its AUC computed
+    here with its ceiling; or an ``auc`` already computed, whose ``ceiling`` then says what it was
+    normalised by. The ceiling is the task's ``ceiling`` field, else (``paper_ceilings``) paper A's
+    human score for its exact name, else None.
+    """
+    from tunewise.efficiency.ceilings import human_ceiling
+    from tunewise.efficiency.curve import normalise_curve, parse_curves
+    from tunewise.efficiency.predict import PREDICTORS
+
+    fix = ('write a list of {"task": ..., "coslow": ..., "ceiling": ..., "curve": {"0": 0.4, "50": 0.5, ...}} '
+           '("curves": [...] for several seeds, or "auc" instead of "curve")')
     document = _read_json(path, fix)
     header = document if isinstance(document, dict) else {}
     entries = document.get("tasks") if isinstance(document, dict) else document
@@ -402,29 +627,49 @@ def _read_measured(path: Path, max_budget: int, grid) -> tuple[dict, list[dict]]
         if not isinstance(entry, dict) or "task" not in entry or "coslow" not in entry:
             raise TunewiseError("each task needs 'task' and 'coslow'", file=path, field=where, fix=fix)
         name = str(entry["task"])
-        coslow_value = entry["coslow"]
-        if isinstance(coslow_value, bool) or not isinstance(coslow_value, (int, float)) or not -1 <= coslow_value <= 1:
-            raise TunewiseError(f"CoS-Low {coslow_value!r} is not a cosine in [-1, 1]", file=path,
+        for predictor in PREDICTORS:
+            value = entry.get(predictor)
+            if predictor != "coslow" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TunewiseError(f"{predictor} {value!r} is not a finite number", file=path,
+                                    field=f"{where}.{predictor}", fix=fix)
+        if not -1 <= entry["coslow"] <= 1:
+            raise TunewiseError(f"CoS-Low {entry['coslow']!r} is not a cosine in [-1, 1]", file=path,
                                 field=f"{where}.coslow", fix=fix)
-        ceiling = entry.get("ceiling")
-        if ceiling is not None and (isinstance(ceiling, bool) or not isinstance(ceiling, (int, float))):
+        ceiling, source = entry.get("ceiling"), "measured file"
+        if ceiling is not None and (isinstance(ceiling, bool) or not isinstance(ceiling, (int, float))
+                                    or not math.isfinite(ceiling)):
             raise TunewiseError(f"the ceiling {ceiling!r} is not a number", file=path, field=f"{where}.ceiling",
                                 fix=fix)
         try:
-            if "curve" in entry:
-                curve = parse_curve(entry["curve"])
-                auc = curve_auc(curve, ceiling=ceiling, max_budget=max_budget, grid=grid)
+            if "curve" in entry or "curves" in entry:
+                if "curve" in entry and "curves" in entry:
+                    raise TunewiseError("give 'curve' (one seed) or 'curves' (one per seed), not both", fix=fix)
+                if "curves" in entry and not isinstance(entry["curves"], list):
+                    raise TunewiseError("'curves' must be a list of curves, one per seed", fix=fix)
+                curve = parse_curves(entry["curve"] if "curve" in entry else entry["curves"])
+                if ceiling is None and paper_ceilings and human_ceiling(name) is not None:
+                    ceiling, source = human_ceiling(name).score, human_ceiling(name).describe()
+                normalised = normalise_curve(curve, ceiling=ceiling, max_budget=max_budget, grid=grid)
+                if normalised.axis_end != max_budget:
+                    raise TunewiseError(
+                        f"the curve's largest budget kept is {normalised.axis_end}, not N = {max_budget}, so its AUC "
+                        "is on a different axis from the calibration's", field="curve",
+                        fix=f"pass --max-budget {normalised.axis_end}, or add {max_budget} to --grid")
+                auc = normalised.auc
             elif "auc" in entry:
                 curve, auc = None, entry["auc"]
                 if isinstance(auc, bool) or not isinstance(auc, (int, float)) or not 0 <= auc <= 1:
                     raise TunewiseError(f"AUC {auc!r} is not a number in [0, 1]", fix=fix)
             else:
-                raise TunewiseError("needs a 'curve' or an 'auc'", fix=fix)
+                raise TunewiseError("needs a 'curve', 'curves' or an 'auc'", fix=fix)
         except TunewiseError as error:
             field = f"{where} ({name})" + (f".{error.field}" if error.field else "")
             raise TunewiseError(error.message, file=path, field=field, fix=error.fix) from None
-        tasks.append({"task": name, "coslow": float(coslow_value), "auc": float(auc), "curve": curve,
-                      "ceiling": ceiling})
+        tasks.append({"task": name, "auc": float(auc), "curve": curve, "ceiling": ceiling,
+                      "ceiling_source": source if ceiling is not None else NO_CEILING,
+                      **{p: None if entry.get(p) is None else float(entry[p]) for p in PREDICTORS}})
     return header, tasks
 
 
@@ -440,5 +685,20 @@ def _parse_targets(text: str) -> list[float]:
     return values
 
 
-def _percent(value: float | None) -> str:
-    return "" if value is None else f" ({value:.1f} %)"
+def _parse_numbers(text: str, field: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise TunewiseError(f"'{text}' is not a comma-separated list of numbers", field=field,
+                            fix="write it like 0.8 or 0.7,0.8") from None
+    if not values:
+        raise TunewiseError("no number given", field=field, fix="write it like 0.8 or 0.7,0.8")
+    return values
+
+
+def _percent_or_undefined(value: float | None) -> str:
+    return "undefined (a measured AUC is 0)" if value is None else f"{value:.1f} %"
+
+
+def _number(value: float | None, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(scale * value, spec)

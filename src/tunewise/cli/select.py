@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
 
@@ -23,9 +25,10 @@ def select_command(
     fraction: Optional[float] = typer.Option(None, help="Fraction of the pool to select, in (0, 1]."),
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
-    seed: int = typer.Option(0, min=0, help="Seed for every random choice."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
     within: Optional[str] = typer.Option(
-        None, help="Order inside each task (task strategies): random, difficulty_window, weighted_indicators."
+        None, help="Order inside each task (task strategies): random, difficulty_window, difficulty_bucket, "
+                   "weighted_indicators; its flags below apply to it."
     ),
     indicator: Optional[str] = typer.Option(None, help="top_k: the score column to rank by."),
     direction: Optional[str] = typer.Option(None, help="top_k: desc (highest first) or asc."),
@@ -33,20 +36,30 @@ def select_command(
     gamma: Optional[float] = typer.Option(None, help="weighted_task_diversity: sharpness γ of (1/c̄)^γ."),
     epsilon: Optional[float] = typer.Option(None, help="weighted_task_diversity: floor ε on mean confidence."),
     confidence_column: Optional[str] = typer.Option(None, help="Column holding the model's confidence."),
-    difficulty: Optional[str] = typer.Option(None, help="difficulty_window: loss or cot_length."),
-    c0: Optional[float] = typer.Option(None, help="difficulty_window: centre at n0 picks, in [0, 1]."),
-    beta: Optional[float] = typer.Option(None, help="difficulty_window: centre shift per decade of budget."),
+    difficulty: Optional[str] = typer.Option(
+        None, help="difficulty_window, difficulty_bucket: length (response tokens, paper C's chain-of-thought "
+                   "length; the default), cot_length or loss."),
+    c0: Optional[float] = typer.Option(None, help="difficulty_window: centre at n0 picks, in [0, 1] (default 0.35)."),
+    beta: Optional[float] = typer.Option(None, help="difficulty_window: centre shift per decade of budget (default 0: "
+                                                    "fixed; set it from `tunewise calibrate-difficulty`)."),
     n0: Optional[float] = typer.Option(None, help="difficulty_window: the budget where the centre is c0."),
+    bucket: Optional[str] = typer.Option(None, help="difficulty_bucket: easy, medium or hard third of each task."),
+    set_diversity: Optional[bool] = typer.Option(
+        None, "--set-diversity/--no-set-diversity",
+        help="weighted_indicators: pick a diverse set among the 2n best (greedy facility location on embeddings)."),
     reference_size: Optional[int] = typer.Option(None, help="facility_location: rows the coverage is measured on."),
     pool: Optional[Path] = typer.Option(None, help="The scored pool, to --export the chosen examples."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
-    from tunewise.select.manifest import EXPORT_FORMATS, default_export_path, selection_meta, write_selection
-    from tunewise.select import get_strategy, read_indicator_weights
+    from tunewise.data.export import EXPORT_FORMATS, default_export_path
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+    from tunewise.select import read_indicator_weights
+    from tunewise.select.manifest import meta_path, selection_meta, write_selection
 
     if (budget is None) == (fraction is None):
         raise TunewiseError("give exactly one of --budget and --fraction", fix="e.g. --budget 500 or --fraction 0.1")
@@ -57,87 +70,96 @@ def select_command(
     if export is not None:
         if export not in EXPORT_FORMATS:
             raise TunewiseError(
-                f"unknown export format '{export}'", field="export", fix="use --export messages or alpaca"
+                f"unknown export format '{export}'", field="export", fix="use --export " + " or ".join(EXPORT_FORMATS)
             )
         if pool is None:
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
 
+    export_target = None if export is None else export_path or default_export_path(output, export)
+    outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
+    refuse_overwriting_inputs(outputs, {"the scores": scores_path, "--pool": pool, "--weights": weights})
+    for name, path in outputs.items():
+        if path is not None:
+            check_output_file(path, field=name.lstrip("-"), example="-o selection.jsonl")
+
     flags = {
         "within": within, "indicator": indicator, "direction": direction, "gamma": gamma, "epsilon": epsilon,
         "confidence_column": confidence_column, "difficulty": difficulty, "c0": c0, "beta": beta, "n0": n0,
-        "reference_size": reference_size,
+        "bucket": bucket, "set_diversity": set_diversity, "reference_size": reference_size,
     }
     given = {name: value for name, value in flags.items() if value is not None}
     if weights is not None:
-        given.update(read_indicator_weights(weights))
-    chosen = get_strategy(strategy, **route_parameters(strategy, given))
+        given = {**read_indicator_weights(weights), **given}
+    chosen = strategy_from_flags(strategy, given)
 
     scores, provenance = read_scores(scores_path)
     if fraction is not None:
         budget = math.floor(fraction * len(scores) + 0.5)
+    from tunewise.select.base import check_budget_fits_pool
+
     check_budget_fits_pool(budget, len(scores), scores_path, cap_to_pool)
     selection = chosen.select(scores, budget, seed)
 
     extra_files = {}
     if export is not None:
-        target = export_path or default_export_path(output, export)
-        extra_files[target] = export_selected(scores, selection, pool, task_field, export)
+        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
     )
     written = write_selection(output, scores, selection, meta, extra_files)
 
     for note in selection.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+    if as_json:
+        print_json({**meta, "written": [str(path) for path in written]})
+        return
     stdout.print(allocation_table(meta))
     stdout.print(
-        f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written))
+        f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written)),
+        markup=False, highlight=False, soft_wrap=True,
     )
 
 
-def route_parameters(strategy: str, given: dict) -> dict:
-    """Send each given flag to the strategy, or to its ``within`` strategy; refuse the rest."""
-    from tunewise.select import STRATEGIES, WITHIN_TASK
+def strategy_from_flags(strategy: str, given: dict):
+    """The strategy object the flags describe: a task strategy gets its ``within`` strategy built as
+    an object from the flags that belong to it; a flag that applies to neither is refused."""
+    from tunewise.errors import did_you_mean
+    from tunewise.select import STRATEGIES, WITHIN_TASK, route_parameters
+    from tunewise.select.base import build_strategy
 
     if strategy not in STRATEGIES:
-        return given  # get_strategy reports the unknown name with "did you mean"
+        raise TunewiseError(f"unknown strategy '{strategy}'", field="strategy", fix=did_you_mean(strategy, STRATEGIES))
+    if strategy == "efficiency":
+        raise TunewiseError("the efficiency strategy needs predicted learning curves, which `select` cannot make",
+                            field="strategy", fix="use `tunewise plan --strategy efficiency --coefficients ...`")
+    own, inner, rest = route_parameters(strategy, given)
     declared = STRATEGIES[strategy].parameters
-    params = {name: value for name, value in given.items() if name in declared}
-    rest = {name: value for name, value in given.items() if name not in declared}
-    within = params.get("within", "random")
-    if rest and "within_params" in declared and within in WITHIN_TASK:
-        inner = WITHIN_TASK[within].parameters
-        params["within_params"] = {name: value for name, value in rest.items() if name in inner}
-        rest = {name: value for name, value in rest.items() if name not in inner}
     if rest:
         flags = sorted(
             {"--weights" if name in ("weights", "orientation") else "--" + name.replace("_", "-") for name in rest}
         )
-        used_by = f"--strategy {strategy}" + (f" --within {within}" if "within_params" in declared else "")
+        used_by = f"--strategy {strategy}" + (f" --within {given.get('within', 'random')}" if "within" in declared
+                                              else "")
         raise TunewiseError(
             f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {used_by}",
             fix="drop the flag, or choose a strategy that uses it",
         )
-    return params
+    if inner:
+        own["within"] = build_strategy(WITHIN_TASK[own["within"]], inner)
+    return build_strategy(STRATEGIES[strategy], own)
 
 
 def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
     """The chosen examples, re-read from the pool by id, in the requested training format."""
     from tunewise.data.pool import read_pool
-    from tunewise.select.manifest import export_examples
+    from tunewise.data.export import export_examples
 
-    by_id = read_pool(pool_path, task_field).by_id()
     chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
-    missing = [example_id for example_id in chosen_ids if example_id not in by_id]
-    if missing:
-        raise TunewiseError(
-            f"{len(missing)} selected ids are not in the pool (e.g. {missing[0]})",
-            file=str(pool_path),
-            fix="pass the same pool (and --task-field) that was scored",
-        )
-    return export_examples((by_id[example_id] for example_id in chosen_ids), export_format)
+    chosen = read_pool(pool_path, task_field).examples_for(
+        chosen_ids, what="selected", fix="pass the same pool (and --task-field) that was scored")
+    return export_examples(chosen, export_format)
 
 
 def allocation_table(meta: dict) -> Table:
@@ -149,15 +171,7 @@ def allocation_table(meta: dict) -> Table:
     table.add_column("share", justify="right")
     for task, counts in meta["tasks"].items():
         share = counts["selected"] / meta["selected"] if meta["selected"] else 0.0
-        table.add_row(task, str(counts["pool"]), str(counts["selected"]), f"{share:.1%}")
+        table.add_row(escape(task), str(counts["pool"]), str(counts["selected"]), f"{share:.1%}")
     total_share = "100.0%" if meta["selected"] else "0.0%"
     table.add_row("total", str(meta["pool"]), str(meta["selected"]), total_share, style="bold")
     return table
-
-
-def check_budget_fits_pool(budget: int, pool_size: int, path: Path, cap_to_pool: bool) -> None:
-    """Stop on a budget above the pool, usually a typo or the wrong file, unless --cap-to-pool."""
-    if budget > pool_size and not cap_to_pool:
-        raise TunewiseError(f"--budget {budget} is larger than the pool ({pool_size} examples)", file=path,
-                            field="budget",
-                            fix=f"pass --budget {pool_size} or less, or add --cap-to-pool to take the whole pool")

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.app import command, console, stdout
+from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
-from tunewise.cli.score import check_output_path, parse_list
+from tunewise.cli.options import check_output_path, parse_list
 from tunewise.errors import TunewiseError
-from tunewise.select.features import FEATURES
-
-
-def read_labelled(path: Path, task_field: str | None, role: str):
-    """Read a pool whose every example has a response (``role`` names it in the error)."""
-    from tunewise.data.pool import read_pool
-
-    pool = read_pool(path, task_field)
-    unlabelled = [example.id for example in pool.examples if example.response is None]
-    if unlabelled:
-        raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "
-                            f"(first: {unlabelled[0]})", file=str(path), field="response",
-                            fix=f"give the {role} set gold answers")
-    return pool
+from tunewise.data.pool import read_labelled_pool
+from tunewise.select.weighted import FEATURES
 
 
 def score_dev(backend, dev, outputs: list[str]):
@@ -42,33 +33,38 @@ def anchors_command(
     output: Path = typer.Option(..., "-o", "--output", help="Anchors file to write (JSONL)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
-    count: int = typer.Option(64, "-m", "--anchors", min=1, help="Number of anchors m."),
-    seed: int = typer.Option(0, min=0, help="Seed of the k-means that picks the written anchors."),
+    count: int = typer.Option(64, "-m", "--anchors", min=1, help="Number of anchors m (k-means clusters)."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the k-means that picks the written anchors."),
     check_seeds: int = typer.Option(5, min=1, help="Seeds the tracking check is repeated over."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, "
-                                                        "else fp32), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Choose m weighted anchors of a dev set and check how well they track the full dev score.
+    """Choose m weighted anchors of a dev set by embedding-stratified sampling (one per k-means
+    cluster of the embeddings, weighted by the cluster's size; not tinyBenchmarks' IRT anchors) and
+    check how well they track the full dev score.
 
     The score checked is the base model's per-token log-likelihood of each gold answer: its full
     dev mean, the anchors' weighted estimate, and the mean of a random subset of the same size,
     over several seeds.
     """
-    from tunewise.weights.anchors import choose_anchors, tracking_report, write_anchors
+    from tunewise.weights.anchors import embedding_stratified_anchors, tracking_report, write_anchors
     from tunewise.model import load_backend
     from tunewise.data.table import embedding_matrix
 
-    check_output_path(output)
-    dev = read_labelled(dev_path, task_field, "dev")
+    check_output_path(output, {"the dev set": dev_path}, example="-o anchors.jsonl")
+    dev = read_labelled_pool(dev_path, task_field, "dev")
     backend = load_backend(model, device=device, dtype=dtype)
     table = score_dev(backend, dev, ["loss", "embedding"])
     logliks = -table["loss"].to_numpy()
     embeddings = embedding_matrix(table)
-    anchors = choose_anchors(embeddings, count, seed)
+    anchors = embedding_stratified_anchors(embeddings, count, seed)
     report = tracking_report(logliks, embeddings, count, seeds=range(seed, seed + check_seeds))
     write_anchors(output, dev.examples, anchors, logliks)
 
+    if as_json:
+        print_json({**report, "anchors": len(anchors), "dev": len(dev), "output": str(output)})
+        return
     stdout.print(tracking_table(report))
     if count >= len(dev):
         console.print(f"[yellow]note:[/] m = {count} is not smaller than the dev set ({len(dev)} examples): every "
@@ -79,7 +75,7 @@ def anchors_command(
         f"mean |error| over {check_seeds} seeds: anchors {report['mean_anchor_error']:.4f}, random subset "
         f"{report['mean_random_error']:.4f} ({verdict})"
     )
-    stdout.print(f"{len(anchors)} anchors of {len(dev)} dev examples → {output}")
+    stdout.print(f"{len(anchors)} anchors of {len(dev)} dev examples → {output}", markup=False, highlight=False)
 
 
 def tracking_table(report: dict) -> Table:
@@ -118,13 +114,20 @@ def tune_weights_command(
         None, help="Preferred direction per feature, e.g. length=lower (default: higher, confidence lower)."
     ),
     fraction: float = typer.Option(0.3, help="ρ: the selection S(w) is the top ρ·N of the pool."),
+    set_diversity: bool = typer.Option(False, "--set-diversity/--no-set-diversity",
+                                       help="Make S(w) a diverse set: greedy facility location (on the pool's "
+                                            "embeddings) picks ρ·N among the 2ρ·N best-scored; needs an embedding "
+                                            "column."),
     trials: int = typer.Option(30, min=1, help="Trials of the search (counting those of a resumed run)."),
     timeout: Optional[float] = typer.Option(None, help="Stop the search after this many seconds."),
     sampler: str = typer.Option("tpe", help="Optuna sampler: tpe or gp."),
-    repeats: int = typer.Option(3, min=1, help="R: seeded demonstration draws per trial."),
-    demos: int = typer.Option(8, min=1, help="d: demonstrations per draw (with the shared prefix cache, more "
-                                             "demonstrations cost little: the anchors' own tokens dominate)."),
-    anchors: int = typer.Option(64, min=1, help="m: anchor items of the tiny validation set."),
+    repeats: int = typer.Option(3, min=1, help="R: seeded demonstration draws per trial (J's spread over them is "
+                                               "reported)."),
+    demos: int = typer.Option(8, min=1, help="d: demonstrations per draw, one from each of d rank strata of S(w) "
+                                             "(with the shared prefix cache, more demonstrations cost little: the "
+                                             "anchors' own tokens dominate)."),
+    anchors: int = typer.Option(64, min=1, help="m: anchor items of the tiny validation set, an embedding-stratified "
+                                                "sample of the dev set (one per k-means cluster)."),
     metric: str = typer.Option("loglik", help="Proxy score: loglik (gold answer) or exact_match (greedy answer)."),
     validate: int = typer.Option(0, min=0, help="Fine-tune for real on K selections and correlate J with accuracy."),
     validate_steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps of each --validate fine-tune "
@@ -133,27 +136,28 @@ def tune_weights_command(
                                                      "exact_match, multiple_choice, gsm8k or log_likelihood "
                                                      "(use it where accuracy stays near zero)."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
-    seed: int = typer.Option(0, min=0, help="Seed of the anchors, the demonstrations and the search."),
+    seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the anchors, the demonstrations and the search."),
     run_dir: Optional[Path] = typer.Option(None, help="Search folder (Optuna study, trial log); default: "
                                                       "beside -o, named after it with .run."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget of one proxy batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, "
-                                                        "else fp32), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.
 
     Use the result with `tunewise select --strategy weighted_indicators --weights FILE`.
     """
-    from tunewise.select.features import check_feature_names, indicator_features
+    from tunewise.select.weighted import check_feature_names, indicator_features, resolve_orientation
     from tunewise.weights.proxy import METRICS
     from tunewise.data.table import read_scores
     from tunewise.weights.search import SAMPLERS
 
     if not 0 < fraction <= 1:
         raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
-    if timeout is not None and timeout <= 0:
-        raise TunewiseError(f"--timeout must be positive, got {timeout}", field="timeout")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise TunewiseError(f"--timeout must be positive, got {timeout} (seconds)", field="timeout",
+                            fix="pass e.g. --timeout 600, or leave it out")
     if sampler not in SAMPLERS:
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
     if metric not in METRICS:
@@ -168,22 +172,24 @@ def tune_weights_command(
     if len(names) < 2:
         raise TunewiseError("one feature leaves nothing to weigh", field="features",
                             fix="name two or more features, or rank by one with `select --strategy top_k`")
-    check_output_path(output)
+    inputs = {"the scores": scores_path, "--pool": pool_path, "--dev": dev_path}
+    check_output_path(output, inputs, example="-o weights.json")
     run_dir = run_dir or output.with_name(output.stem + ".run")
+    from tunewise.io import check_output_folder, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"--run-dir": run_dir, "-o": output}, inputs)
+    check_output_folder(run_dir, field="run-dir")
 
     scores, provenance = read_scores(scores_path)
-    matrix = indicator_features(scores, names, parse_orientation(orientation))
-    pool = read_labelled(pool_path, task_field, "pool").by_id()
-    missing = [example_id for example_id in scores["id"].astype(str) if example_id not in pool]
-    if missing:
-        raise TunewiseError(f"{len(missing)} scored ids are not in the pool (e.g. {missing[0]})", file=str(pool_path),
-                            fix="pass the same pool (and --task-field) that was scored")
-    pool_examples = [pool[example_id] for example_id in scores["id"].astype(str)]
-    dev = read_labelled(dev_path, task_field, "dev")
+    orientations = parse_orientation(orientation)
+    resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
+    pool_examples = read_labelled_pool(pool_path, task_field, "pool").examples_for(
+        scores["id"], what="scored", fix="pass the same pool (and --task-field) that was scored")
+    dev = read_labelled_pool(dev_path, task_field, "dev")
 
     import optuna
 
-    from tunewise.weights.anchors import choose_anchors
+    from tunewise.weights.anchors import embedding_stratified_anchors
     from tunewise.model import load_backend
     from tunewise.weights.proxy import ProxyModel
     from tunewise.data.table import embedding_matrix
@@ -191,8 +197,15 @@ def tune_weights_command(
 
     # Optuna's per-trial log lines would break the progress bar; its notices are not for the user.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    from tunewise.indicators.score import complete_scores
+    from tunewise.select.weighted import source_columns
+
     backend = load_backend(model, device=device, dtype=dtype)
-    chosen = choose_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
+    with progress_bar("scoring missing indicators") as update:
+        needed = source_columns([*names, *(["diversity"] if set_diversity else [])])  # diversity: the embedding
+        scores = complete_scores(scores, pool_examples, backend, needed, progress=update)
+    matrix = indicator_features(scores, names, orientations, set_diversity=set_diversity)
+    chosen = embedding_stratified_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
     anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
     with progress_bar("tuning weights", unit="trials") as update:
         tuned = tune_weights(
@@ -201,7 +214,7 @@ def tune_weights_command(
             metric=metric, seed=seed, progress=update,
         )
     if tuned.search.resumed_from:
-        console.print(f"[yellow]note:[/] continued the search in {run_dir} "
+        console.print(f"[yellow]note:[/] continued the search in {escape(str(run_dir))} "
                       f"({tuned.search.resumed_from} trials were already done)", highlight=False)
 
     validation = None
@@ -218,17 +231,29 @@ def tune_weights_command(
         "run_dir": str(run_dir),
         "validation": validation,
     }
-    from tunewise.select.manifest import encode_json, write_files_atomically
+    from tunewise.io import write_json
 
-    write_files_atomically({output: encode_json(document)})
+    write_json(output, document)
+    if as_json:
+        print_json({**document, "output": str(output)})
+        return
     stdout.print(weights_table(document))
     if validation is not None:
         stdout.print(validation_table(validation))
         colour = "green" if validation["spearman"] is not None and validation["spearman"] >= 0.4 else "yellow"
-        stdout.print(f"[{colour}]proxy check:[/] {validation['verdict']}", highlight=False)
+        stdout.print(f"[{colour}]proxy check:[/] {escape(validation['verdict'])}", highlight=False)
         if "note" in validation:
-            console.print(f"[yellow]note:[/] {validation['note']}", highlight=False)
-    stdout.print(f"best J {document['J']:.4f} after {len(document['trials'])} trials (log: {run_dir}) → {output}")
+            console.print(f"[yellow]note:[/] {escape(validation['note'])}", highlight=False)
+    distinct = document["distinct"]
+    stdout.print(f"{distinct['selections']} distinct selections and {distinct['demonstrations']} distinct "
+                 f"demonstration draws over {distinct['trials']} trials", highlight=False)
+    if distinct["demonstrations"] is not None and distinct["demonstrations"] < distinct["selections"]:
+        console.print("[yellow]note:[/] some different selections showed the same demonstrations, so J could not "
+                      "tell them apart; raise --demos or --repeats", highlight=False)
+    repeats = len(document["trials"][document["best_trial"]].get("J_repeats", []))
+    spread = "" if repeats < 2 else f" (sd {document['J_spread']:.4f} over {repeats} repeats)"
+    stdout.print(f"best J {document['J']:.4f}{spread} after {len(document['trials'])} trials (log: {run_dir}) "
+                 f"→ {output}", markup=False, highlight=False)
 
 
 def validate_selections(backend, pool_examples, tuned, dev, count: int, steps: int | None, seed: int,
@@ -251,7 +276,7 @@ def weights_table(document: dict) -> Table:
     table.add_column("prefer")
     table.add_column("weight", justify="right")
     for name, weight in sorted(document["weights"].items(), key=lambda item: -item[1]):
-        table.add_row(name, document["orientation"][name], f"{weight:.3f}")
+        table.add_row(escape(name), document["orientation"][name], f"{weight:.3f}")
     return table
 
 

@@ -14,26 +14,61 @@ import io
 import json
 import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from tunewise.errors import TunewiseError, did_you_mean
+
+#: Fields tunewise writes into files it asks people to fill in; read back, they are no user text.
+BOOKKEEPING = ("position", "pool_id")
 
 DEFAULT_TASK = "default"
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _ROLE_ALIASES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
     "model": "assistant", "bot": "assistant", "chatgpt": "assistant", "system": "system",
+    # LLaMA-Factory's ShareGPT tool turns.
+    "function_call": "assistant", "observation": "tool", "tool": "tool",
 }
 RECORD_SHAPES = (
     "messages (OpenAI chat)",
     "conversations (ShareGPT)",
-    "instruction/input/output (Alpaca)",
-    "prompt/completion",
+    "instruction/input/output (Alpaca; with system/history as LLaMA-Factory writes it)",
+    "instruction/context/response (Dolly)",
+    "prompt/completion (text, or TRL's conversational lists)",
     "prompt/response",
     "question/answer",
+    "query/response",
+    "problem/solution",
+    "input/output",
 )
+# Simple single-turn shapes after the chat and Alpaca ones: (prompt field, response field), first match wins.
+_PAIR_SHAPES = (("prompt", "completion"), ("prompt", "response"), ("question", "answer"), ("query", "response"),
+                ("problem", "solution"), ("input", "output"))
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which record fields hold what (LLaMA-Factory's ``columns`` idea); None means "find it by shape".
+
+    Every field named here must exist in the records; the mapping is recorded in the provenance of
+    every output made from the pool.
+    """
+
+    prompt_field: Optional[str] = field(default=None, metadata={"help": "Record field holding the prompt."})
+    response_field: Optional[str] = field(default=None, metadata={"help": "Record field holding the answer."})
+    messages_field: Optional[str] = field(default=None, metadata={
+        "help": "Record field holding a chat (a list of {role, content} or ShareGPT {from, value} turns)."})
+    system_field: Optional[str] = field(default=None, metadata={"help": "Record field holding a system prompt."})
+    history_field: Optional[str] = field(default=None, metadata={
+        "help": "Record field holding earlier [question, answer] pairs (LLaMA-Factory's history)."})
+    id_field: Optional[str] = field(default=None, metadata={
+        "help": "Record field holding your own example id (kept in every output)."})
+
+    def used(self) -> dict[str, str]:
+        """The fields given, for provenance."""
+        return {name: value for name, value in vars(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -45,6 +80,8 @@ class Example:
     prompt: tuple[dict, ...]
     response: str | None
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    #: The user's own id (``--id-field``), kept beside the content-hash ``id`` in every output.
+    user_id: str | None = None
 
     @property
     def messages(self) -> list[dict]:
@@ -69,6 +106,11 @@ class Pool:
     source: str
     examples: list[Example]
     skipped: list[SkippedRecord] = field(default_factory=list)
+    #: Exact repeats merged into their first occurrence: (line of the repeat, line kept).
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    #: Text fields no reader used, with how many records had them (reported, never dropped silently).
+    unused_fields: dict[str, int] = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -82,8 +124,35 @@ class Pool:
     def labelled(self) -> bool:
         return bool(self.examples) and all(e.response is not None for e in self.examples)
 
+    def notes(self) -> list[str]:
+        """What the reader did that the user should hear of: merged repeats, text fields no reader used."""
+        notes = []
+        if self.duplicates:
+            lines = ", ".join(f"{line} (= {kept})" for line, kept in self.duplicates[:10])
+            more = f" and {len(self.duplicates) - 10} more" if len(self.duplicates) > 10 else ""
+            notes.append(f"{len(self.duplicates)} exact repeats merged into their first occurrence: lines "
+                         f"{lines}{more} (--keep-duplicates keeps them)")
+        for name, count in self.unused_fields.items():
+            notes.append(f"the text field '{name}' of {count} records is not part of the prompt or the answer "
+                         "(it is kept with the example; map it with --prompt-field, --response-field or "
+                         "--system-field if it should be)")
+        return notes
+
     def by_id(self) -> dict[str, Example]:
         return {example.id: example for example in self.examples}
+
+    def examples_for(self, ids, *, what: str, file=None, fix: str) -> list[Example]:
+        """The examples with these ids, in the order given; ``what`` names the ids in the error.
+
+        Raises TunewiseError naming how many ids are missing and the first of them.
+        """
+        by_id = self.by_id()
+        ids = [str(example_id) for example_id in ids]
+        missing = [example_id for example_id in ids if example_id not in by_id]
+        if missing:
+            raise TunewiseError(f"{len(missing)} {what} ids are not in the pool (e.g. {missing[0]})",
+                                file=str(file if file is not None else self.source), fix=fix)
+        return [by_id[example_id] for example_id in ids]
 
 
 def example_id(prompt: list[dict] | tuple[dict, ...], response: str | None) -> str:
@@ -98,13 +167,23 @@ def example_id(prompt: list[dict] | tuple[dict, ...], response: str | None) -> s
 
 
 def read_pool(
-    path: str | Path,
+    path,
     task_field: str | None = None,
     *,
     skip_bad: bool = False,
     limit: int | None = None,
+    columns: Columns | None = None,
+    keep_duplicates: bool = False,
+    split: str | None = None,
+    dataset_config: str | None = None,
 ) -> Pool:
-    """Read a pool file (or a saved Hugging Face dataset folder) into a :class:`Pool`.
+    """Read a pool into a :class:`Pool`.
+
+    ``path`` is a file (JSONL, JSON, CSV, Parquet; ``.gz`` or ``.zst`` compressed), a glob of such
+    files (read in sorted order), a folder saved with ``Dataset.save_to_disk`` (a ``DatasetDict``
+    needs ``split``), a Hugging Face Hub dataset id (``owner/name``; with ``dataset_config`` and
+    ``split``, from the local HF cache when ``HF_HUB_OFFLINE`` or ``HF_DATASETS_OFFLINE`` is set),
+    or, from Python, a ``datasets.Dataset``, ``datasets.IterableDataset`` or pandas ``DataFrame``.
 
     Parameters
     ----------
@@ -114,34 +193,100 @@ def read_pool(
         Skip malformed records (listed in ``pool.skipped``) instead of stopping at the first.
     limit:
         Keep only the first ``limit`` good examples.
+    columns:
+        Which fields hold the prompt, response, chat, system prompt, history and id
+        (:class:`Columns`); by default the record's shape decides.
+    keep_duplicates:
+        Keep exact repeats (same prompt and response) as examples of their own, with ``~2``, ``~3`` …
+        after the repeat's id. By default a repeat is merged into its first occurrence and listed in
+        ``pool.duplicates``: real pools hold repeats, and a repeat would only be scored, counted and
+        picked twice.
     """
-    path = Path(path)
-    examples: list[Example] = []
+    source = describe_source(path, split)
     skipped: list[SkippedRecord] = []
-    seen: dict[str, int] = {}
+    duplicates: list[tuple[int, int]] = []
+    unused: dict[str, int] = {}
+    examples: list[Example] = []
+    first_lines = _FirstLines()
+    for part in expand_sources(path):
+        left = None if limit is None else limit - len(examples)
+        if left == 0:
+            break
+        records = iter_records(part, split=split, dataset_config=dataset_config)
+        examples += iter_examples(describe_source(part, split), records, task_field, columns=columns,
+                                  skip_bad=skip_bad, keep_duplicates=keep_duplicates, limit=left,
+                                  first_lines=first_lines, on_skipped=skipped.append,
+                                  on_duplicate=lambda line, kept: duplicates.append((line, kept)), unused=unused)
+    return Pool(source=str(source), examples=examples, skipped=skipped, duplicates=duplicates,
+                unused_fields=unused, columns=(columns or Columns()).used())
+
+
+class _FirstLines(dict):
+    """Example id → the line it was first read at (the streaming reader keeps a compact one)."""
+
+    def add(self, example_id: str, line: int) -> None:
+        self.setdefault(example_id, line)
+
+
+def iter_examples(path: Path, records, task_field: str | None = None, *, columns: Columns | None = None,
+                  skip_bad: bool = False, keep_duplicates: bool = False, limit: int | None = None,
+                  first_lines=None, on_skipped=None, on_duplicate=None, unused: dict | None = None) -> Iterator[Example]:
+    """The examples of ``records`` (numbered raw records of ``path``), as :func:`read_pool` keeps them.
+
+    The one read loop of the pool readers (in memory and streaming): each bad record is refused
+    with its line, or with ``skip_bad`` passed to ``on_skipped``; an exact repeat goes to
+    ``on_duplicate(line, first_line)`` (or is kept under a ``~N`` id with ``keep_duplicates``); text
+    fields no reader used are counted in ``unused``. ``first_lines`` remembers where each id was
+    first seen (a dict by default). After the last record, a pool with no usable example is refused.
+    """
+    first_lines = _FirstLines() if first_lines is None else first_lines
+    repeats: dict[str, int] = {}
+    kept = skipped = 0
     saw_task_field = False
-    for line, record in iter_records(path):
+    for line, record in records:
         try:
-            example = parse_record(record, task_field)
-            if example.id in seen:
-                raise TunewiseError(
-                    f"duplicate example: same prompt and response as line {seen[example.id]}",
-                    fix="remove the duplicate, or pass --skip-bad to drop repeats",
-                )
+            example = parse_record(record, task_field, columns)
         except TunewiseError as error:
             if not skip_bad:
                 raise TunewiseError(error.message, file=str(path), line=line, field=error.field,
                                     fix=error.fix) from None
-            skipped.append(SkippedRecord(str(path), line, str(error.message)))
+            skipped += 1
+            if on_skipped is not None:
+                on_skipped(SkippedRecord(str(path), line, str(error.message)))
             continue
-        if task_field is not None and task_field in record:
-            saw_task_field = True
-        seen[example.id] = line
-        examples.append(example)
-        if limit is not None and len(examples) >= limit:
+        first_line = first_lines.get(example.id)
+        if first_line is not None:
+            if not keep_duplicates:
+                if on_duplicate is not None:
+                    on_duplicate(line, first_line)
+                continue
+            repeats[example.id] = repeats.get(example.id, 1) + 1
+            example = replace(example, id=f"{example.id}~{repeats[example.id]}")
+        else:
+            first_lines.add(example.id, line)
+        # parse_record refuses a record without the task field, so any kept example had one
+        # (for a Label Studio or Argilla record, inside its data or metadata).
+        saw_task_field = task_field is not None
+        if unused is not None:
+            for name, value in example.metadata.items():
+                if isinstance(value, str) and value.strip() and name != task_field and name not in BOOKKEEPING:
+                    unused[name] = unused.get(name, 0) + 1
+        kept += 1
+        yield example
+        if limit is not None and kept >= limit:
             break
-    check_pool_was_usable(path, len(examples), len(skipped), task_field, saw_task_field)
-    return Pool(source=str(path), examples=examples, skipped=skipped)
+    check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)
+
+
+def read_labelled_pool(path: str | Path, task_field: str | None, role: str) -> Pool:
+    """Read a pool whose every example has a response; ``role`` (e.g. "dev") names it in the error."""
+    pool = read_pool(path, task_field)
+    unlabelled = [example.id for example in pool.examples if example.response is None]
+    if unlabelled:
+        raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "
+                            f"(first: {unlabelled[0]})", file=str(path), field="response",
+                            fix=f"give the {role} set gold answers")
+    return pool
 
 
 def check_pool_was_usable(path: Path, kept: int, skipped: int, task_field: str | None, saw_task_field: bool) -> None:
@@ -157,22 +302,50 @@ def check_pool_was_usable(path: Path, kept: int, skipped: int, task_field: str |
                             field=task_field, fix="name an existing field with --task-field")
 
 
-def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line or record number, raw record) from any supported file kind."""
+_GLOB_CHARACTERS = frozenset("*?[")
+_COMPRESSIONS = (".gz", ".zst")
+
+
+def describe_source(path, split: str | None = None) -> str:
+    """How a pool source is named in errors and provenance."""
+    if isinstance(path, (str, Path)):
+        return str(path) if split is None else f"{path}[{split}]"
+    name = getattr(getattr(path, "info", None), "dataset_name", None) or type(path).__name__
+    return f"<{name}>"
+
+
+def iter_records(path, *, split: str | None = None, dataset_config: str | None = None) -> Iterator[tuple[int, Any]]:
+    """Yield (line or record number, raw record) from any supported source (see :func:`read_pool`)."""
+    if not isinstance(path, (str, Path)):
+        yield from _iter_object(path)
+        return
+    text = str(path)
+    path = Path(path)
     if not path.exists():
+        if _looks_like_hub_id(text):
+            yield from _iter_hub(text, split, dataset_config)
+            return
         raise TunewiseError("no such file or folder", file=str(path), fix="check the path")
     if path.is_dir():
-        yield from _iter_saved_dataset(path)
+        yield from _iter_saved_dataset(path, split)
         return
-    suffix = path.suffix.lower()
+    suffixes = [s.lower() for s in path.suffixes[-2:]]
+    compression = suffixes[-1] if suffixes and suffixes[-1] in _COMPRESSIONS else None
+    suffix = (suffixes[-2] if len(suffixes) == 2 else "") if compression else (suffixes[-1] if suffixes else "")
     if suffix not in SUPPORTED_SUFFIXES:
         raise TunewiseError(
             f"unsupported pool file type '{suffix or '(none)'}'",
             file=str(path),
-            fix=f"use one of {', '.join(SUPPORTED_SUFFIXES)} or a folder saved with Dataset.save_to_disk",
+            fix=f"use one of {', '.join(SUPPORTED_SUFFIXES)} (optionally .gz or .zst), a glob, a Hub dataset id, "
+                "or a folder saved with Dataset.save_to_disk",
         )
     if path.stat().st_size == 0:
         raise TunewiseError("the file is empty", file=str(path), fix="point at a file with records")
+    if compression is not None:
+        if suffix == ".parquet":
+            raise TunewiseError("a Parquet file is compressed inside already", file=str(path),
+                                fix="decompress it to a plain .parquet file")
+        path = _decompressed(path, compression)
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
     elif suffix == ".json":
@@ -181,6 +354,90 @@ def iter_records(path: Path) -> Iterator[tuple[int, Any]]:
         yield from _iter_csv(path)
     else:
         yield from _iter_parquet(path)
+
+
+class _Decompressed(type(Path())):
+    """A compressed file's path whose ``open``/``read_bytes`` give the decompressed bytes; errors name
+    the compressed file."""
+
+    _compression: str = ".gz"
+
+    def open(self, mode="rb", *args, **kwargs):
+        if self._compression == ".gz":
+            import gzip
+
+            return gzip.open(str(self), "rb")
+        try:
+            import zstandard
+        except ImportError:
+            raise TunewiseError("reading .zst files needs the zstandard package", file=str(self),
+                                fix="pip install zstandard, or decompress the file first") from None
+        # Buffered so that the JSONL reader can iterate it line by line.
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(str(self), "rb"), closefd=True))
+
+    def read_bytes(self):
+        with self.open() as handle:
+            return handle.read()
+
+
+def _decompressed(path: Path, compression: str) -> Path:
+    decompressed = _Decompressed(path)
+    decompressed._compression = compression
+    return decompressed
+
+
+def expand_sources(path) -> list:
+    """A glob's files in sorted order; any other source as itself."""
+    text = str(path) if isinstance(path, (str, Path)) else ""
+    if not (_GLOB_CHARACTERS & set(text)) or Path(text).exists():
+        return [path]
+    import glob
+
+    files = sorted(glob.glob(text, recursive=True))
+    if not files:
+        raise TunewiseError("the glob matches no file", file=text, fix="check the pattern (quote it in the shell)")
+    return files
+
+
+def _looks_like_hub_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not Path(text).suffix and not text.startswith((".", "~"))
+
+
+def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) -> Iterator[tuple[int, Any]]:
+    import os
+
+    try:
+        import datasets
+    except ImportError:
+        raise TunewiseError(f"'{dataset_id}' is no file, and reading a Hub dataset needs the datasets package",
+                            file=dataset_id, fix="pip install 'tunewise[hub]'") from None
+    offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes")
+                  for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if split is None:
+        raise TunewiseError("a Hub dataset needs a split", file=dataset_id, field="split",
+                            fix="pass --split train (or the split you want)")
+    try:
+        dataset = datasets.load_dataset(dataset_id, dataset_config, split=split)
+    except Exception as error:  # the datasets library raises many types for a missing or unreadable dataset
+        how = ("it is not in the local Hugging Face cache and the Hub is offline (HF_HUB_OFFLINE): download it "
+               "once online, or unset HF_HUB_OFFLINE") if offline else "check the id, --dataset-config and --split"
+        raise TunewiseError(f"cannot load the Hub dataset ({type(error).__name__}: {str(error)[:200]})",
+                            file=dataset_id, fix=how) from None
+    yield from _iter_object(dataset)
+
+
+def _iter_object(data) -> Iterator[tuple[int, Any]]:
+    """Records of a ``datasets.Dataset``/``IterableDataset`` or a pandas DataFrame, numbered from 1."""
+    if hasattr(data, "to_dict") and hasattr(data, "columns") and hasattr(data, "iloc"):
+        rows = data.to_dict(orient="records")
+    elif hasattr(data, "__iter__") and hasattr(data, "features"):
+        rows = data
+    else:
+        raise TunewiseError(f"cannot read a pool from a {type(data).__name__}",
+                            fix="pass a path, a Hub id, a datasets.Dataset or IterableDataset, or a DataFrame")
+    for number, record in enumerate(rows, start=1):
+        yield number, record
 
 
 def _decode(raw: bytes, path: Path, line: int) -> str:
@@ -193,8 +450,14 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
 
 def _parse_json(text: str):
     """``json.loads`` with every way hostile text can fail turned into ``json.JSONDecodeError``."""
+    def refuse_constant(name: str):
+        # Python's json reads NaN and Infinity, which JSON does not have: a NaN answer would
+        # silently make a labelled example unlabelled.
+        raise json.JSONDecodeError(f"{name} is not a JSON value (write null for a missing value)", text,
+                                   max(text.find(name), 0))
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -284,10 +547,23 @@ def _numbered_records(batches, path: Path, kind: str, first: int = 1) -> Iterato
             yield number, record
 
 
-def _iter_saved_dataset(path: Path) -> Iterator[tuple[int, Any]]:
-    """A folder written by ``datasets.Dataset.save_to_disk``: Arrow stream files in order."""
+def _iter_saved_dataset(path: Path, split: str | None = None) -> Iterator[tuple[int, Any]]:
+    """A folder written by ``Dataset.save_to_disk`` (Arrow stream files in order), or by
+    ``DatasetDict.save_to_disk`` (one such folder per split; ``split`` chooses)."""
     import pyarrow as pa
 
+    if (path / "dataset_dict.json").exists():
+        try:
+            splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise TunewiseError(f"unreadable dataset_dict.json ({type(error).__name__})",
+                                file=str(path / "dataset_dict.json"), fix="save the DatasetDict again") from None
+        if split not in splits:
+            raise TunewiseError(f"this DatasetDict has the splits {', '.join(map(str, splits))}"
+                                + ("" if split is None else f", not '{split}'"), file=str(path), field="split",
+                                fix="choose one with --split " + str(splits[0] if splits else "train"))
+        yield from _iter_saved_dataset(path / split)
+        return
     arrow_files = sorted(path.glob("*.arrow"))
     not_a_dataset_fix = "pass a pool file, or a folder written by Dataset.save_to_disk"
     if not arrow_files or not (path / "state.json").exists():
@@ -320,14 +596,39 @@ class _BadRecord:
     fix: str
 
 
-def parse_record(record: Any, task_field: str | None = None) -> Example:
-    """Turn one raw record of any supported shape into an :class:`Example`."""
+def parse_record(record: Any, task_field: str | None = None, columns: Columns | None = None) -> Example:
+    """Turn one raw record of any supported shape into an :class:`Example`.
+
+    Record-level ``system``, ``tools`` and ``history`` (LLaMA-Factory's Alpaca and ShareGPT) become
+    turns before the prompt: the system prompt (with the tools described in it) first, then each
+    earlier ``[question, answer]`` pair as a user and an assistant turn. A blank or whitespace-only
+    field counts as absent, the same way in every shape.
+    """
     if isinstance(record, _BadRecord):
         raise TunewiseError(record.reason, fix=record.fix)
     if not isinstance(record, dict):
         raise TunewiseError(f"a record must be an object, got {type(record).__name__}",
                             fix="write one JSON object per record")
-    prompt, response, used = _prompt_and_response(record)
+    from tunewise.data.label import labelled_record
+
+    record = labelled_record(record) or record  # a Label Studio task or an Argilla record, filled in or not
+    columns = columns or Columns()
+    for name, value in columns.used().items():
+        if value not in record:
+            raise TunewiseError(f"the record has no field '{value}' (--{name.replace('_', '-')})", field=value,
+                                fix=f"name a field of the record: {did_you_mean(value, [str(k) for k in record])}")
+    prompt, response, used = _prompt_and_response(record, columns)
+    context, context_used = _context_turns(record, columns)
+    if context:
+        prompt = context + [turn for turn in prompt if not (turn["role"] == "system" and context[0]["role"] == "system"
+                                                           and turn["content"] == context[0]["content"])]
+    used |= context_used
+    user_id = None
+    if columns.id_field is not None:
+        if _is_missing(record[columns.id_field]):
+            raise TunewiseError("the id is empty", field=columns.id_field, fix="give every record an id")
+        user_id = str(record[columns.id_field])
+        used.add(columns.id_field)
     if task_field is None:
         task = DEFAULT_TASK
     else:
@@ -353,11 +654,14 @@ def parse_record(record: Any, task_field: str | None = None) -> Example:
         prompt=tuple(prompt),
         response=response,
         metadata=metadata,
+        user_id=user_id,
     )
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
+    """None, NaN, and blank or whitespace-only text count as absent."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or (
+        isinstance(value, str) and not value.strip())
 
 
 def _text(record: dict, key: str, *, required: bool) -> str | None:
@@ -368,33 +672,91 @@ def _text(record: dict, key: str, *, required: bool) -> str | None:
         return None
     if not isinstance(value, str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise TunewiseError(f"not a finite number: {value}", field=key,
+                                    fix=f"give '{key}' as text, or leave it empty for a missing value")
             return str(value)
         raise TunewiseError(f"expected text, got {type(value).__name__}", field=key,
                             fix=f"make '{key}' a string")
     return value
 
 
-def _prompt_and_response(record: dict) -> tuple[list[dict], str | None, set]:
+def _prompt_and_response(record: dict, columns: Columns) -> tuple[list[dict], str | None, set]:
+    if columns.messages_field is not None:
+        name = columns.messages_field
+        first = record[name][0] if isinstance(record[name], list) and record[name] else {}
+        keys = ("from", "value") if isinstance(first, dict) and "from" in first else ("role", "content")
+        return (*_split_conversation(record[name], name, *keys), {name})
+    if columns.prompt_field is not None:
+        name = columns.prompt_field
+        response = _response_value(record, columns.response_field) if columns.response_field else None
+        return _prompt_value(record, name), response, {name, columns.response_field} - {None}
     if "messages" in record:
         return (*_split_conversation(record["messages"], "messages", "role", "content"), {"messages"})
     if "conversations" in record:
         return (*_split_conversation(record["conversations"], "conversations", "from", "value"), {"conversations"})
     if "instruction" in record:
+        # Alpaca (input/output) and Dolly (context/response): the extra text follows the instruction.
         instruction = _text(record, "instruction", required=True)
-        extra = _text(record, "input", required=False)
+        extra_key = "input" if not _is_missing(record.get("input")) else "context"
+        extra = _text(record, extra_key, required=False)
         content = instruction if not extra else f"{instruction}\n\n{extra}"
-        response = _text(record, "output", required=False)
-        return [{"role": "user", "content": content}], response, {"instruction", "input", "output"}
-    if "prompt" in record:
-        # prompt/completion or prompt/response: the response is whichever of the two is present.
-        response_key = "completion" if "completion" in record else "response"
-        return _prompt_value(record, "prompt"), _text(record, response_key, required=False), {"prompt", response_key}
-    if "question" in record:
-        return _prompt_value(record, "question"), _text(record, "answer", required=False), {"question", "answer"}
+        response_key = columns.response_field or ("output" if "output" in record else "response")
+        return ([{"role": "user", "content": content}], _text(record, response_key, required=False),
+                {"instruction", "input", "context", response_key})
+    for prompt_key, response_key in _PAIR_SHAPES:
+        if prompt_key in record and (response_key in record or prompt_key != "input"):
+            if prompt_key == "prompt" and response_key not in record and "response" in record:
+                continue  # prompt/response comes next
+            response_key = columns.response_field or response_key
+            response = _response_value(record, response_key) if response_key in record else None
+            return _prompt_value(record, prompt_key), response, {prompt_key, response_key}
     raise TunewiseError(
         f"unrecognised record shape (fields: {', '.join(sorted(map(str, record))) or 'none'})",
-        fix="use one of: " + ", ".join(RECORD_SHAPES),
+        fix="use one of: " + ", ".join(RECORD_SHAPES) + "; or name the fields with --prompt-field and "
+            "--response-field (or --messages-field)",
     )
+
+
+def _response_value(record: dict, key: str) -> str | None:
+    """A response given as text, or as TRL's conversational completion: a list of assistant messages."""
+    value = record.get(key)
+    if isinstance(value, list):
+        turns, response = _split_conversation(value, key, "role", "content", answer_only=True)
+        return response
+    return _text(record, key, required=False)
+
+
+def _context_turns(record: dict, columns: Columns) -> tuple[list[dict], set]:
+    """Record-level system prompt, tools and history, as the turns that go before the prompt."""
+    turns, used = [], set()
+    system_key = columns.system_field or "system"
+    system = _text(record, system_key, required=False) if system_key in record else None
+    tools = record.get("tools")
+    if not _is_missing(tools):
+        described = tools if isinstance(tools, str) else json.dumps(tools, ensure_ascii=False)
+        system = f"{system}\n\n" if system else ""
+        system += f"You can call these tools:\n{described}"
+        used.add("tools")
+    if system:
+        turns.append({"role": "system", "content": system})
+    if system_key in record:
+        used.add(system_key)
+    history_key = columns.history_field or "history"
+    history = record.get(history_key)
+    if history_key in record:
+        used.add(history_key)
+    if not _is_missing(history) and history != []:
+        if not isinstance(history, list) or not all(isinstance(pair, (list, tuple)) and len(pair) == 2
+                                                    for pair in history):
+            raise TunewiseError("expected a list of [question, answer] pairs", field=history_key,
+                                fix=f"write '{history_key}' as [[\"question\", \"answer\"], ...]")
+        for index, (question, answer) in enumerate(history):
+            if not isinstance(question, str) or not isinstance(answer, str):
+                raise TunewiseError("a history turn must be text", field=f"{history_key}[{index}]",
+                                    fix="write each pair as two strings")
+            turns += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return turns, used
 
 
 def _prompt_value(record: dict, key: str) -> list[dict]:
@@ -407,11 +769,20 @@ def _prompt_value(record: dict, key: str) -> list[dict]:
     return [{"role": "user", "content": _text(record, key, required=True)}]
 
 
-def _split_conversation(turns: Any, field_name: str, role_key: str, content_key: str):
-    """Prompt = every turn before the final assistant turn; response = that turn (if any)."""
+def _split_conversation(turns: Any, field_name: str, role_key: str, content_key: str, *, answer_only: bool = False):
+    """Prompt = every turn before the final assistant turn; response = that turn (if any).
+
+    ``answer_only``: the list is a completion (TRL's conversational prompt–completion), exactly one
+    assistant message.
+    """
     if not isinstance(turns, list) or not turns:
         raise TunewiseError("expected a non-empty list of turns", field=field_name,
                             fix=f"give '{field_name}' as a list of {{{role_key}, {content_key}}} objects")
+    if answer_only and (len(turns) != 1 or not isinstance(turns[0], dict)
+                        or _ROLE_ALIASES.get(str(turns[0].get(role_key)).lower()) != "assistant"):
+        raise TunewiseError("a conversational completion must be one assistant message", field=field_name,
+                            fix=f"write '{field_name}' as [{{\"role\": \"assistant\", \"content\": ...}}], "
+                                "and earlier turns in the prompt")
     normalised = []
     for index, turn in enumerate(turns):
         where = f"{field_name}[{index}]"
@@ -429,7 +800,7 @@ def _split_conversation(turns: Any, field_name: str, role_key: str, content_key:
         normalised.append({"role": role, "content": content})
     if normalised[-1]["role"] == "assistant":
         prompt, response = normalised[:-1], normalised[-1]["content"]
-        if not prompt:
+        if not prompt and not answer_only:
             raise TunewiseError("the conversation has an answer but no prompt", field=field_name,
                                 fix="start the conversation with a user turn")
         if not response.strip():

@@ -1,4 +1,5 @@
-"""The scores table: one row per example, one column per indicator.
+"""The scores table (one row per example, one column per indicator) and the :class:`ExampleTable`
+that carries it together with its examples.
 
 In memory it is a pandas DataFrame; on disk a Parquet file whose schema metadata carries the
 provenance (model fingerprint, indicator versions, tunewise version). Columns:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tunewise.errors import TunewiseError
+from tunewise.indicators.registry import INDICATORS, SCALAR_COLUMNS
+from tunewise.io import write_bytes
 
-SCALAR_INDICATORS = ("loss", "ppl", "ifd", "confidence", "length", "prompt_length", "cot_length")
-VECTOR_INDICATORS = ("embedding",)
+SCALAR_INDICATORS = SCALAR_COLUMNS
+VECTOR_INDICATORS = tuple(column for indicator in INDICATORS.values() if indicator.is_vector
+                          for column in indicator.columns)
 _PROVENANCE_KEY = b"tunewise"
 
 
@@ -38,9 +43,8 @@ def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
     return np.stack(scores["embedding"].to_numpy()).astype(np.float32, copy=False)
 
 
-def write_scores(scores: pd.DataFrame, path: str | os.PathLike, provenance: dict) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
+def encode_scores(scores: pd.DataFrame, provenance: dict) -> bytes:
+    """The scores table as the bytes of a Parquet file, its provenance in the schema metadata."""
     columns = {}
     for name in scores.columns:
         values = scores[name]
@@ -54,26 +58,14 @@ def write_scores(scores: pd.DataFrame, path: str | os.PathLike, provenance: dict
     table = table.replace_schema_metadata(
         {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
-def remove_stale_temporaries(path: Path) -> None:
-    """Delete temporaries that killed writers of ``path`` left behind (their process is gone)."""
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
-        try:
-            os.kill(int(leftover.name.rsplit(".", 2)[-2]), 0)
-        except (ValueError, ProcessLookupError):
-            leftover.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # the writer is alive under another user
+def write_scores(scores: pd.DataFrame, path: str | os.PathLike, provenance: dict) -> None:
+    """Write :func:`encode_scores` atomically: a temporary file in the same folder, then a rename."""
+    write_bytes(path, encode_scores(scores, provenance))
 
 
 def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
@@ -97,13 +89,67 @@ def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
                 field=required,
                 fix="pass the file written by `tunewise score -o`",
             )
-    metadata = table.schema.metadata or {}
-    provenance = json.loads(metadata.get(_PROVENANCE_KEY, b"{}"))
+    provenance = _read_provenance(table.schema.metadata or {}, path)
     frame = table.to_pandas()
+    _check_columns(frame, path)
     if "embedding" in frame.columns:
         frame["embedding"] = [np.asarray(v, dtype=np.float32) for v in frame["embedding"]]
     _check_scores(frame, path)
     return frame, provenance
+
+
+def _read_provenance(metadata: dict, path: Path) -> dict:
+    """The provenance JSON object in the schema metadata; ``{}`` when there is none."""
+    raw = metadata.get(_PROVENANCE_KEY)
+    if raw is None:
+        return {}
+    try:
+        provenance = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TunewiseError(f"the provenance in the file's metadata is not readable JSON ({error})", file=path,
+                            field="tunewise (schema metadata)",
+                            fix="score the pool again with `tunewise score`, which writes it") from None
+    if not isinstance(provenance, dict):
+        raise TunewiseError(f"the provenance in the file's metadata is a {type(provenance).__name__}, not an object",
+                            file=path, field="tunewise (schema metadata)",
+                            fix="score the pool again with `tunewise score`, which writes it")
+    return provenance
+
+
+def _check_columns(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse columns of the wrong kind: ids and tasks that are not text, scores that are not numbers,
+    embeddings that are not equal-length lists of finite numbers."""
+    fix = "pass the file written by `tunewise score -o` (edited columns must keep their types)"
+    ids = frame["id"]
+    bad = [i for i, value in enumerate(ids) if not isinstance(value, str) or not value.strip()]
+    if bad:
+        raise TunewiseError(f"{len(bad)} rows have an empty id or one that is not text (row {bad[0] + 1}: "
+                            f"{ids.iloc[bad[0]]!r})", file=path, field="id", fix=fix)
+    # Empty and missing task names are reported by _check_scores; here only their type.
+    tasks = frame["task"]
+    bad = [i for i, value in enumerate(tasks) if value is not None and not isinstance(value, str)]
+    if bad:
+        raise TunewiseError(f"{len(bad)} rows have a task that is not text (row {bad[0] + 1}: "
+                            f"{tasks.iloc[bad[0]]!r})", file=path, field="task", fix=fix)
+    for column in SCALAR_INDICATORS:
+        if column in frame.columns and not (pd.api.types.is_numeric_dtype(frame[column])
+                                            and not pd.api.types.is_bool_dtype(frame[column])):
+            raise TunewiseError(f"column '{column}' holds {frame[column].dtype} values, not numbers", file=path,
+                                field=column, fix=fix)
+    if "embedding" in frame.columns:
+        lengths = set()
+        for row, value in enumerate(frame["embedding"]):
+            try:
+                vector = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                vector = None
+            if vector is None or vector.ndim != 1 or not np.isfinite(vector).all():
+                raise TunewiseError(f"row {row + 1}: the embedding is not a list of finite numbers", file=path,
+                                    field="embedding", fix=fix)
+            lengths.add(len(vector))
+        if len(lengths) > 1:
+            raise TunewiseError(f"the embeddings have different lengths ({', '.join(map(str, sorted(lengths)))})",
+                                file=path, field="embedding", fix=fix)
 
 
 def _check_scores(frame: pd.DataFrame, path: Path) -> None:
@@ -128,3 +174,46 @@ def _check_scores(frame: pd.DataFrame, path: Path) -> None:
                     f"column '{column}' is infinite in {infinite} of {len(frame)} rows",
                     file=path, field=column, fix="re-score those rows, or drop them from the scores",
                 )
+
+
+@dataclass(frozen=True)
+class ExampleTable:
+    """The examples and their score columns together, row for row (HF ``datasets``' habit).
+
+    ``scores`` is the scores table described above; its row ``i`` belongs to ``examples[i]``
+    (checked once, at construction). Transforms return a new table and never edit this one.
+    """
+
+    examples: tuple
+    scores: pd.DataFrame
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        ids = [example.id for example in self.examples]
+        if ids != self.scores["id"].astype(str).tolist():
+            raise TunewiseError("the scores do not belong to these examples (ids or order differ)",
+                                file=self.source, fix="score this pool again, or pass the pool that was scored")
+
+    @classmethod
+    def join(cls, pool, scores: pd.DataFrame, *, file=None) -> ExampleTable:
+        """The table of ``scores`` with each row's example looked up in ``pool`` by id."""
+        examples = pool.examples_for(scores["id"], what="scored", file=file,
+                                     fix="pass the same pool (and --task-field) that was scored")
+        return cls(tuple(examples), scores.reset_index(drop=True), pool.source)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.scores.columns)
+
+    def take(self, positions) -> ExampleTable:
+        """The rows at ``positions``, in that order (e.g. a :class:`~tunewise.select.Selection`'s)."""
+        positions = [int(position) for position in positions]
+        return ExampleTable(tuple(self.examples[p] for p in positions),
+                            self.scores.iloc[positions].reset_index(drop=True), self.source)
+
+    def with_scores(self, scores: pd.DataFrame) -> ExampleTable:
+        """A new table over the same examples with another scores frame (same ids, same order)."""
+        return ExampleTable(self.examples, scores.reset_index(drop=True), self.source)

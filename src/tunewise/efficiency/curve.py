@@ -1,11 +1,17 @@
 """Learning curves and their data-efficiency AUC (paper A, DESIGN.md §2).
 
 A learning curve maps a fine-tuning budget n (number of labelled examples; 0 is zero-shot) to the
-score a(n) of the model fine-tuned on that many examples. Its data efficiency is the area under
-the curve after both axes are normalised: budgets on a log scale from 1 to the maximum budget N,
-scores from the curve's floor (its zero-shot score) to its ceiling. The computation follows the
-released code of Je & Raffel (github.com/r-three/dataefficiency, ``calculate_per_task_auc.py``)
-step by step, so that it reproduces their published per-task values.
+score a(n) of the model fine-tuned on that many examples, measured once per seed. Its data
+efficiency is the area under the curve after both axes are normalised: budgets on a log scale up to
+the largest budget kept, scores from the curve's floor (its zero-shot score) to its ceiling (the
+human or target score, or the best measured score when that is higher).
+
+The computation follows the released code of Je & Raffel (github.com/r-three/dataefficiency at
+commit 2430231, ``utils/calculate_per_task_auc.py``, cited below as ``auc.py:LINE``) step by step,
+so that it reproduces their 100 published per-task values (``results/auc_res/*.json``; the tests
+recompute all of them). The paper's written definition (``plots/dataefficiency_def.png``: a mean
+of f(n) over n = 0..N, linear in n) is not what its code computes (a trapezoid over log2 budgets);
+tunewise follows the code, because the published coefficients were fitted on the code's values.
 """
 
 from __future__ import annotations
@@ -19,17 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
+from tunewise.io import atomic_path
 
 DEFAULT_GRID = (50, 100, 200, 500, 1000, 2500, 5000)
 DEFAULT_MAX_BUDGET = 5000
 
+Curve = Mapping[int, float]
+
 
 @dataclass(frozen=True)
 class NormalisedCurve:
-    """A learning curve after steps 1–5 of DESIGN.md §2, ready for its area to be taken.
+    """A learning curve (one or several seeds) after steps 1–6 of :func:`normalise_curve`.
 
-    ``budgets`` are increasing; ``envelope`` is the running maximum of the scores (missing grid
-    budgets filled in); ``x`` and ``y`` are the normalised log budget and score in [0, 1].
+    ``budgets`` are increasing; ``seed_envelopes[s][i]`` is seed s's running maximum at
+    ``budgets[i]``; ``envelope`` is their mean over seeds; ``x`` and ``y`` are the normalised log
+    budget and score in [0, 1]. ``max_budget`` is the N asked for (budgets above it are dropped);
+    ``axis_end`` is the largest budget kept, where x = 1 (N itself when N is measured or on the grid).
     """
 
     budgets: tuple[int, ...]
@@ -39,17 +50,24 @@ class NormalisedCurve:
     floor: float
     ceiling: float
     max_budget: int
+    axis_end: int
+    seed_envelopes: tuple[tuple[float, ...], ...]
+
+    @property
+    def seeds(self) -> int:
+        """How many seeds the curve averages."""
+        return len(self.seed_envelopes)
 
     @property
     def auc(self) -> float:
-        """Trapezoidal area under (x, y)."""
+        """Trapezoidal area under (x, y), as ``sklearn.metrics.auc`` in auc.py:13-19."""
         return sum(
             (self.x[i + 1] - self.x[i]) * (self.y[i] + self.y[i + 1]) / 2 for i in range(len(self.x) - 1)
         )
 
 
 def normalised_log_budget(budget: float, max_budget: int = DEFAULT_MAX_BUDGET) -> float:
-    """x = log2(max(n, 1)) / log2(N): where budget n sits on the AUC's horizontal axis."""
+    """x = log2(max(n, 1)) / log2(N): where budget n sits on an AUC axis that ends at N (auc.py:133-135)."""
     return math.log2(max(budget, 1)) / math.log2(max_budget)
 
 
@@ -59,46 +77,72 @@ def budget_at(x: float, max_budget: int = DEFAULT_MAX_BUDGET) -> float:
 
 
 def normalise_curve(
-    points: Mapping[int, float],
+    points: Curve | Sequence[Curve],
     ceiling: float | None = None,
     max_budget: int = DEFAULT_MAX_BUDGET,
     grid: Sequence[int] = DEFAULT_GRID,
 ) -> NormalisedCurve:
-    """Apply steps 1–5 of DESIGN.md §2 to a curve ``{budget: score}``.
+    """Normalise a learning curve ``{budget: score}``, or a list of them (one per seed).
 
-    1. Keep the zero-shot point (n = 0) and the points with min(grid) <= n <= ``max_budget``.
-    2. A grid budget up to ``max_budget`` with no measurement is filled in by step 3, which gives
-       it the best score measured at a smaller budget (0 when there is none, as in the released
-       code).
-    3. Each score becomes the running maximum over increasing budgets (the monotone envelope,
-       which starts from 0 as in the released code; scores are non-negative).
-    4. Ceiling C = max(``ceiling``, highest kept raw score); floor F = lowest envelope value.
-    5. y = (envelope - F) / (C - F); x = log2(max(n, 1)) / log2(N).
+    Steps, each as in the released code (``auc.py`` = ``utils/calculate_per_task_auc.py``):
+
+    1. Per seed, keep the zero-shot point (n = 0) and the points with min(grid) <= n <= N
+       (auc.py:63, 69, where the grid starts at 50). A seed with fewer than two kept points is not
+       a curve and is refused (the released code skips it, auc.py:104-105).
+    2. Per seed, add every grid budget up to N that was not measured (auc.py:25-29) and take the
+       running maximum over increasing budgets, starting from 0 (auc.py:32-38): the monotone
+       envelope. An added budget thus gets the best score measured before it, or 0.
+    3. Average the seeds' envelopes over the budgets all seeds have (auc.py:121-122, an inner
+       join): the envelope is taken per seed, then the mean, never the other way round.
+    4. Ceiling C = max(``ceiling``, highest kept raw score of any seed) (auc.py:100-102); floor
+       F = the lowest value of the mean envelope (auc.py:128).
+    5. y = (envelope − F) / (C − F) (auc.py:128).
+    6. x = log2(max(n, 1)) / log2(largest budget kept) (auc.py:133-135): the axis ends at the
+       largest budget kept, which is N when N is measured or on the grid.
+
+    Raises
+    ------
+    TunewiseError
+        Bad settings or points, a seed with fewer than two kept budgets, or a curve whose floor
+        reaches its ceiling (its AUC is undefined: pass a higher ``ceiling``).
     """
     _check_grid(grid)
     if max_budget < 2 or max_budget < min(grid):
         raise TunewiseError(f"the maximum budget {max_budget} must be at least 2 and at least the smallest "
                             f"grid budget {min(grid)}", field="max_budget", fix="raise --max-budget or lower the grid")
-    if ceiling is not None and not math.isfinite(ceiling):
+    if ceiling is not None and (isinstance(ceiling, bool) or not math.isfinite(ceiling)):
         raise TunewiseError(f"the ceiling {ceiling} is not a finite number", field="ceiling",
                             fix="pass the human or target score, e.g. --ceiling 0.92")
-    _check_points(points)
+    seeds = _seed_curves(points)
     smallest_grid_budget = min(grid)
-    kept = {int(n): float(s) for n, s in points.items() if n == 0 or smallest_grid_budget <= n <= max_budget}
-    if not kept:
-        raise TunewiseError(
-            f"no measured budget is 0 or between {smallest_grid_budget} and {max_budget}",
-            field="budgets",
-            fix="measure the zero-shot score or a grid budget, or change --grid / --max-budget",
-        )
-    budgets = sorted(set(kept) | {g for g in grid if g <= max_budget})
-    envelope = []
-    best = 0.0
-    for budget in budgets:
-        best = max(best, kept.get(budget, 0.0))
-        envelope.append(best)
-    top = max(kept.values()) if ceiling is None else max(float(ceiling), max(kept.values()))
-    floor = min(envelope)
+    filled_in = {g for g in grid if g <= max_budget}
+    top = None if ceiling is None else float(ceiling)
+    envelopes: list[dict[int, float]] = []
+    for number, seed in enumerate(seeds):
+        _check_points(seed)
+        kept = {int(n): float(s) for n, s in seed.items() if n == 0 or smallest_grid_budget <= n <= max_budget}
+        which = f"seed {number}: " if len(seeds) > 1 else ""
+        if len(kept) < 2:
+            raise TunewiseError(
+                f"{which}{'no' if not kept else 'only one'} measured budget is 0 or between "
+                f"{smallest_grid_budget} and {max_budget}; a learning curve needs two",
+                field="budgets",
+                fix="measure the zero-shot score and at least one grid budget, or change --grid / --max-budget",
+            )
+        top = max(kept.values()) if top is None else max(top, max(kept.values()))
+        envelope, best = {}, 0.0
+        for budget in sorted(set(kept) | filled_in):
+            best = max(best, kept.get(budget, 0.0))
+            envelope[budget] = best
+        envelopes.append(envelope)
+    budgets = sorted(set.intersection(*(set(envelope) for envelope in envelopes)))
+    axis_end = budgets[-1]
+    if axis_end < 2:
+        raise TunewiseError(f"the largest budget kept is {axis_end}, so the log-budget axis has no length",
+                            field="budgets", fix="measure a budget of at least 2")
+    seed_envelopes = tuple(tuple(envelope[n] for n in budgets) for envelope in envelopes)
+    mean = tuple(sum(column) / len(column) for column in zip(*seed_envelopes))
+    floor = min(mean)
     if top <= floor:
         raise TunewiseError(
             f"the curve is flat at {floor:g} and no ceiling above it was given, so its AUC is undefined",
@@ -107,35 +151,41 @@ def normalise_curve(
         )
     return NormalisedCurve(
         budgets=tuple(budgets),
-        envelope=tuple(envelope),
-        x=tuple(normalised_log_budget(n, max_budget) for n in budgets),
-        y=tuple((value - floor) / (top - floor) for value in envelope),
+        envelope=mean,
+        x=tuple(normalised_log_budget(n, axis_end) for n in budgets),
+        y=tuple((value - floor) / (top - floor) for value in mean),
         floor=floor,
         ceiling=top,
         max_budget=max_budget,
+        axis_end=axis_end,
+        seed_envelopes=seed_envelopes,
     )
 
 
 def curve_auc(
-    points: Mapping[int, float],
+    points: Curve | Sequence[Curve],
     ceiling: float | None = None,
     max_budget: int = DEFAULT_MAX_BUDGET,
     grid: Sequence[int] = DEFAULT_GRID,
 ) -> float:
-    """Data efficiency of a learning curve: the area under its normalised envelope (DESIGN.md §2).
+    """Data efficiency of a learning curve: the area under its normalised envelope.
 
     Parameters
     ----------
     points:
-        ``{budget: score}``; budget 0 is the zero-shot score. Scores are non-negative
-        (accuracy, F1, exact match …), on any scale.
+        ``{budget: score}`` for one seed, or a list of them, one per seed (each seed's monotone
+        envelope is taken first, then their mean: auc.py:103-122). Budget 0 is the zero-shot
+        score. Scores are non-negative (accuracy, F1, exact match …), on any scale.
     ceiling:
         The human or target score; the ceiling is the larger of it and the best measured score.
+        Without it the best measured score is the ceiling, which is not paper A's normalisation
+        (it used published human scores) and inflates early gains; see
+        :mod:`tunewise.efficiency.ceilings` for the human scores tunewise ships.
     max_budget:
-        N: budgets above it are ignored and the log-budget axis ends at it.
+        N: budgets above it are ignored. The log-budget axis ends at the largest budget kept.
     grid:
         The budgets the curve was meant to be measured at; a missing one counts as the best
-        score at a smaller budget.
+        score at a smaller budget; budgets below the smallest are ignored (except 0).
 
     Returns
     -------
@@ -145,8 +195,9 @@ def curve_auc(
     return normalise_curve(points, ceiling=ceiling, max_budget=max_budget, grid=grid).auc
 
 
-def read_curve(path: str | os.PathLike) -> dict[int, float]:
-    """Read a curve file: a JSON object mapping budgets to scores, ``{"0": 0.39, "50": 0.385}``."""
+def read_curve(path: str | os.PathLike) -> dict[int, float] | list[dict[int, float]]:
+    """Read a curve file: a JSON object mapping budgets to scores, ``{"0": 0.39, "50": 0.385}``, or a
+    JSON list of such objects, one per seed (returned as a list)."""
     path = Path(path)
     if not path.is_file():
         raise TunewiseError("no such curve file", file=path, fix="check the path")
@@ -158,9 +209,27 @@ def read_curve(path: str | os.PathLike) -> dict[int, float]:
     except UnicodeDecodeError:
         raise TunewiseError("not valid UTF-8", file=path, fix="re-encode the file as UTF-8") from None
     try:
-        return parse_curve(data)
+        return parse_curves(data)
     except TunewiseError as error:
         raise TunewiseError(error.message, file=path, field=error.field, fix=error.fix) from None
+
+
+def parse_curves(data: object) -> dict[int, float] | list[dict[int, float]]:
+    """Validate a decoded JSON curve: an object (one seed, see :func:`parse_curve`) or a non-empty
+    list of objects (one per seed, errors name ``[i].budget``)."""
+    if not isinstance(data, list):
+        return parse_curve(data)
+    if not data:
+        raise TunewiseError("the list of per-seed curves is empty",
+                            fix='write one {"0": 0.39, "50": 0.41, ...} object per seed')
+    curves = []
+    for number, item in enumerate(data):
+        try:
+            curves.append(parse_curve(item))
+        except TunewiseError as error:
+            raise TunewiseError(error.message, field=f"[{number}]" + (f".{error.field}" if error.field else ""),
+                                fix=error.fix) from None
+    return curves
 
 
 def parse_curve(data: object) -> dict[int, float]:
@@ -199,14 +268,17 @@ def parse_grid(text: str) -> tuple[int, ...]:
 
 
 def plot_curve(
-    points: Mapping[int, float],
+    points: Curve | Sequence[Curve],
     path: str | os.PathLike,
     ceiling: float | None = None,
     max_budget: int = DEFAULT_MAX_BUDGET,
     grid: Sequence[int] = DEFAULT_GRID,
     title: str | None = None,
 ) -> Path:
-    """Draw the normalised curve, its envelope and the shaded AUC to a PNG file; return its path."""
+    """Draw the normalised curve, its envelope and the shaded AUC to a PNG file; return its path.
+
+    With several seeds the envelope is their mean and every seed's measured points are drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,13 +286,14 @@ def plot_curve(
 
     curve = normalise_curve(points, ceiling=ceiling, max_budget=max_budget, grid=grid)
     span = curve.ceiling - curve.floor
-    measured = sorted((n, s) for n, s in points.items() if n in curve.budgets)
+    measured = sorted((n, s) for seed in _seed_curves(points) for n, s in seed.items() if n in curve.budgets)
     figure, axes = plt.subplots(figsize=(6, 4))
     try:
         axes.fill_between(curve.x, curve.y, alpha=0.2, label=f"AUC = {curve.auc:.3f}")
-        axes.plot(curve.x, curve.y, marker="o", label="envelope")
+        envelope_label = "envelope" if curve.seeds == 1 else f"mean of {curve.seeds} seeds' envelopes"
+        axes.plot(curve.x, curve.y, marker="o", label=envelope_label)
         axes.scatter(
-            [normalised_log_budget(n, max_budget) for n, _ in measured],
+            [normalised_log_budget(n, curve.axis_end) for n, _ in measured],
             [(s - curve.floor) / span for _, s in measured],
             marker="x", color="black", zorder=3, label="measured",
         )
@@ -229,25 +302,37 @@ def plot_curve(
         axes.set_ylim(0, 1.05)
         axes.set_xlabel("labelled examples (log scale)")
         axes.set_ylabel(f"normalised score ({curve.floor:.3g} → {curve.ceiling:.3g})")
-        axes.set_title(title or "learning curve")
+        # A "$" would start matplotlib's mathtext and can fail the whole drawing.
+        axes.set_title((title or "learning curve").replace("$", r"\$"))
         axes.legend(loc="lower right")
         figure.tight_layout()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=120)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(figure)
     return path
 
 
-def _check_points(points: Mapping[int, float]) -> None:
+def _seed_curves(points: Curve | Sequence[Curve]) -> list[Curve]:
+    """One curve as a one-seed list; a list of curves as it is."""
+    if isinstance(points, Mapping):
+        return [points]
+    if isinstance(points, Sequence) and not isinstance(points, (str, bytes)) and points \
+            and all(isinstance(seed, Mapping) for seed in points):
+        return list(points)
+    raise TunewiseError("a learning curve is a mapping {budget: score} or a non-empty list of them, one per seed",
+                        fix='give e.g. {0: 0.39, 50: 0.41} or [{0: 0.39, 50: 0.41}, {0: 0.39, 50: 0.45}]')
+
+
+def _check_points(points: Curve) -> None:
     if not points:
         raise TunewiseError("the curve has no points", fix="give at least the zero-shot score and one budget")
     for budget, score in points.items():
         if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
             raise TunewiseError(f"budget {budget!r} is not a non-negative whole number", field=str(budget),
                                 fix="use whole-number budgets such as 0, 50, 100")
-        if not math.isfinite(score) or score < 0:
+        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not math.isfinite(score) or score < 0:
             raise TunewiseError(f"the score {score!r} is not a finite non-negative number", field=str(budget),
                                 fix="use a non-negative score such as accuracy or F1")
 
@@ -267,6 +352,7 @@ __all__ = [
     "normalise_curve",
     "normalised_log_budget",
     "parse_curve",
+    "parse_curves",
     "parse_grid",
     "plot_curve",
     "read_curve",

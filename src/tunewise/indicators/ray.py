@@ -29,7 +29,8 @@ from tunewise.indicators.cache import ScoreCache
 from tunewise.errors import TunewiseError
 from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
-from tunewise.indicators.score import (OUTPUT_VERSIONS, ProgressCallback, cache_output_name, plan_scoring_batches,
+from tunewise.indicators.registry import OUTPUT_VERSIONS
+from tunewise.indicators.score import (ProgressCallback, cache_output_name, plan_scoring_batches,
                               required_outputs, score_encoded_batch, score_pool, scores_provenance)
 
 DEFAULT_CPU_ACTORS = 2
@@ -49,7 +50,7 @@ def score_pool_ray(
     cache_dir: str | os.PathLike | None = None,
     address: str | None = None,
     progress: ProgressCallback | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = 30,
     max_batch_tokens: int | None = None,
     cpu_actors: int = DEFAULT_CPU_ACTORS,
 ) -> tuple[pd.DataFrame, dict]:

@@ -7,39 +7,36 @@ stopped.
 
 from __future__ import annotations
 
-import math
+import logging
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from tunewise import __version__
 from tunewise.model.base import Backend, EncodedExample, plan_batches
 from tunewise.indicators.cache import ScoreCache
-from tunewise.indicators.registry import DEFAULT_INDICATORS, cot_length, ifd_from_losses, resolve_indicators
+from tunewise.indicators.registry import DEFAULT_INDICATORS, OUTPUT_VERSIONS, TOKEN_COUNTS, resolve_indicators
 from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
 
-# Versions of the backend outputs the indicators are built from (part of each cache key).
-OUTPUT_VERSIONS = {"loss": 1, "loss_unconditional": 1, "confidence": 1, "embedding": 1,
-                   "length": 1, "prompt_length": 1}
+# Outputs read off the model's greedy answer: they need room to generate and depend on its length.
+GENERATED_OUTPUTS = ("confidence", "confidence_ppl")
 
 ProgressCallback = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 
 
 def cache_output_name(output: str, max_new_tokens: int) -> str:
     """An output's name in the cache key: a greedy answer's confidence depends on how many tokens
     it may run to."""
-    return f"confidence@{max_new_tokens}" if output == "confidence" else output
+    return f"{output}@{max_new_tokens}" if output in GENERATED_OUTPUTS else output
 
 
 def required_outputs(indicators: Sequence[str]) -> list[str]:
     """The cached outputs (of the model, or token counts) that ``indicators`` are built from."""
     chosen = resolve_indicators(indicators)
-    outputs = sorted({output for indicator in chosen for output in indicator.model_outputs})
-    if any(indicator.name == "length" for indicator in chosen):
-        outputs += ["length", "prompt_length"]
-    return outputs
+    wanted = {output for indicator in chosen for output in indicator.outputs}
+    return sorted(wanted - set(TOKEN_COUNTS)) + [output for output in TOKEN_COUNTS if output in wanted]
 
 
 def score_pool(
@@ -66,6 +63,8 @@ def score_pool(
             values[output] = cache.get(backend.fingerprint, cache_output_name(output, backend.max_new_tokens),
                                        OUTPUT_VERSIONS[output], ids)
         missing = {i for i, example_id in enumerate(ids) if any(example_id not in values[o] for o in model_outputs)}
+        log.info("scoring %d examples (%s): %d from the cache, %d need the model", len(ids),
+                 ", ".join(model_outputs) or "no model outputs", len(ids) - len(missing), len(missing))
         if missing:
             _compute_missing(examples, missing, model_outputs, backend, cache, values, progress, max_batch_tokens)
     finally:
@@ -99,7 +98,7 @@ def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], ou
                          max_batch_tokens: int | None = None) -> list[list[int]]:
     """Positions of ``encoded`` grouped into token-budgeted batches, each row leaving room for the
     greedy answer when ``confidence`` is among ``outputs``."""
-    generation_room = backend.max_new_tokens if "confidence" in outputs else 0
+    generation_room = backend.max_new_tokens if set(GENERATED_OUTPUTS) & set(outputs) else 0
     lengths = [e.prompt_length + max(e.response_length, generation_room) for e in encoded]
     return plan_batches(lengths, max_batch_tokens or getattr(backend, "max_batch_tokens", 4096))
 
@@ -107,39 +106,54 @@ def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], ou
 def score_encoded_batch(backend: Backend, batch: Sequence[EncodedExample], outputs: Sequence[str]) -> dict[str, list]:
     """Every output in ``outputs`` for one batch: the model's in one pass, token counts from the
     encoding; one list per output, in batch order."""
-    model_wanted = {o for o in outputs if o not in ("length", "prompt_length")}
+    model_wanted = {o for o in outputs if o not in TOKEN_COUNTS}
     produced = backend.score_batch(batch, model_wanted) if model_wanted else {}
     produced["length"] = [e.response_length if e.response_ids is not None else None for e in batch]
     produced["prompt_length"] = [e.prompt_length for e in batch]
     return produced
 
 
-def _as_float(value) -> float:
-    return math.nan if value is None else float(value)
-
-
 def _assemble(examples, chosen, values) -> pd.DataFrame:
-    ids = [example.id for example in examples]
-    columns: dict[str, object] = {"id": ids, "task": [example.task for example in examples]}
+    columns: dict[str, object] = {"id": [example.id for example in examples],
+                                  "task": [example.task for example in examples]}
     for indicator in chosen:
-        if indicator.name == "loss":
-            loss = np.array([_as_float(values["loss"][i]) for i in ids])
-            columns["loss"] = loss
-            columns["ppl"] = np.exp(loss)
-        elif indicator.name == "ifd":
-            columns["ifd"] = np.array(
-                [ifd_from_losses(values["loss"][i], values["loss_unconditional"][i]) for i in ids]
-            )
-        elif indicator.name == "confidence":
-            columns["confidence"] = np.array([_as_float(values["confidence"][i]) for i in ids])
-        elif indicator.name == "length":
-            columns["length"] = np.array([_as_float(values["length"][i]) for i in ids])
-            columns["prompt_length"] = np.array([_as_float(values["prompt_length"][i]) for i in ids])
-        elif indicator.name == "cot_length":
-            columns["cot_length"] = np.array([cot_length(example.response) for example in examples])
-        elif indicator.name == "embedding":
-            columns["embedding"] = [np.asarray(values["embedding"][i], dtype=np.float32) for i in ids]
+        columns.update(indicator.compute(values, examples))
     return pd.DataFrame(columns)
+
+
+def score(pool, backend: Backend, indicators: Sequence[str] = DEFAULT_INDICATORS, *,
+          cache_dir: str | None = None, progress: ProgressCallback | None = None,
+          max_batch_tokens: int | None = None):
+    """Score ``pool`` and return a new :class:`~tunewise.data.table.ExampleTable`: its examples
+    with one column per indicator column (see :func:`score_pool`, which this wraps)."""
+    from tunewise.data.table import ExampleTable
+
+    examples = tuple(getattr(pool, "examples", pool))
+    scores = score_pool(examples, backend, indicators, cache_dir=cache_dir, progress=progress,
+                        max_batch_tokens=max_batch_tokens)
+    return ExampleTable(examples, scores, getattr(pool, "source", None))
+
+
+def complete_scores(scores: pd.DataFrame, examples: Sequence[Example], backend: Backend, columns: Sequence[str],
+                    cache_dir: str | None = None, progress: ProgressCallback | None = None,
+                    max_batch_tokens: int | None = None) -> pd.DataFrame:
+    """A new scores table with every column of ``columns`` present, the missing ones computed.
+
+    A command that needs an indicator an earlier ``score`` did not ask for computes it here,
+    through the cache, instead of failing. ``examples`` are the scored examples in the table's
+    row order. The input table is not modified.
+    """
+    from tunewise.indicators.registry import INDICATORS
+
+    missing = [name for name, indicator in INDICATORS.items()
+               if any(column in columns and column not in scores.columns for column in indicator.columns)]
+    if not missing:
+        return scores
+    added = score_pool(list(examples), backend, missing, cache_dir=cache_dir, progress=progress,
+                       max_batch_tokens=max_batch_tokens)
+    extra = added.drop(columns=["id", "task"])
+    return pd.concat([scores.reset_index(drop=True), extra[[c for c in extra.columns if c not in scores.columns]]],
+                     axis=1)
 
 
 def scores_provenance(backend: Backend, indicators: Sequence[str], source: str | None = None) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -26,8 +25,10 @@ import pyarrow.parquet as pq
 
 from tunewise.model.base import Backend
 from tunewise.errors import TunewiseError
+from tunewise.io import atomic_path
 from tunewise.indicators.registry import resolve_indicators
-from tunewise.data.pool import Example, SkippedRecord, check_pool_was_usable, iter_records, parse_record
+from tunewise.data.pool import (Columns, Example, SkippedRecord, describe_source, expand_sources, iter_examples,
+                                iter_records)
 from tunewise.data.table import _PROVENANCE_KEY
 from tunewise.indicators.score import score_pool
 
@@ -76,58 +77,47 @@ def iter_pool_batches(
     skip_bad: bool = False,
     limit: int | None = None,
     on_skipped: Callable[[SkippedRecord], None] | None = None,
+    on_duplicate: Callable[[int, int], None] | None = None,
+    columns: Columns | None = None,
+    keep_duplicates: bool = False,
 ) -> Iterator[list[Example]]:
     """The examples of a pool file in lists of up to ``batch_size``, read as they are asked for.
 
     Records are accepted, skipped and refused exactly as by :func:`tunewise.data.pool.read_pool`, with
-    the same errors; with ``skip_bad`` each skipped record goes to ``on_skipped`` when it is met.
+    the same errors; with ``skip_bad`` each skipped record goes to ``on_skipped`` when it is met,
+    and each exact repeat, merged into its first occurrence, to ``on_duplicate(line, first_line)``.
     A file that cannot be read at all (missing, empty, unsupported) is reported by this call,
     before the first batch is asked for. JSONL and Parquet are read incrementally; JSON and CSV
     files are parsed whole by their readers first.
     """
     if batch_size < 1:
         raise TunewiseError(f"batch_size must be at least 1, got {batch_size}", field="batch_size")
-    path = Path(path)
-    records = iter_records(path)
+    parts = expand_sources(path)
+    records = iter_records(parts[0])
     first = next(records, None)
     remaining = records if first is None else itertools.chain([first], records)
-    return _batches(path, remaining, task_field, batch_size, skip_bad, limit, on_skipped)
+    return _batches(parts, remaining, task_field, batch_size, limit, dict(
+        skip_bad=skip_bad, on_skipped=on_skipped, on_duplicate=on_duplicate, columns=columns,
+        keep_duplicates=keep_duplicates))
 
 
-def _batches(path, records, task_field, batch_size, skip_bad, limit, on_skipped) -> Iterator[list[Example]]:
+def _batches(parts, first_records, task_field, batch_size, limit, options: dict) -> Iterator[list[Example]]:
     first_lines = _FirstLines()
     batch: list[Example] = []
-    kept = skipped = 0
-    saw_task_field = False
-    for line, record in records:
-        try:
-            example = parse_record(record, task_field)
-            first_line = first_lines.get(example.id)
-            if first_line is not None:
-                raise TunewiseError(
-                    f"duplicate example: same prompt and response as line {first_line}",
-                    fix="remove the duplicate, or pass --skip-bad to drop repeats",
-                )
-        except TunewiseError as error:
-            if not skip_bad:
-                raise TunewiseError(error.message, file=str(path), line=line, field=error.field,
-                                    fix=error.fix) from None
-            skipped += 1
-            if on_skipped is not None:
-                on_skipped(SkippedRecord(str(path), line, str(error.message)))
-            continue
-        if task_field is not None and task_field in record:
-            saw_task_field = True
-        first_lines.add(example.id, line)
-        batch.append(example)
-        kept += 1
-        if limit is not None and kept >= limit:
+    kept = 0
+    for index, part in enumerate(parts):
+        records = first_records if index == 0 else iter_records(part)
+        left = None if limit is None else limit - kept
+        if left == 0:
             break
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-            first_lines.seal_batch()
-    check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)
+        for example in iter_examples(describe_source(part), records, task_field, first_lines=first_lines,
+                                     limit=left, **options):
+            batch.append(example)
+            kept += 1
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+                first_lines.seal_batch()
     if batch:
         yield batch
 
@@ -155,31 +145,24 @@ def score_pool_streaming(
         model_indicators = [i.name for i in resolve_indicators(indicators) if i.model_outputs]
         raise TunewiseError(f"{', '.join(model_indicators)} need(s) the model and cannot be scored in streaming "
                             "batches", field="indicators", fix="score with tunewise.indicators.score.score_pool")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     writer = None
     rows = 0
-    try:
-        for batch in batches:
-            table = _arrow_table(score_pool(batch, backend, indicators, cache_dir=cache_dir))
+    with atomic_path(output) as temporary:
+        try:
+            for batch in batches:
+                table = _arrow_table(score_pool(batch, backend, indicators, cache_dir=cache_dir))
+                if writer is None:
+                    metadata = {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
+                    writer = pq.ParquetWriter(temporary, table.schema.with_metadata(metadata))
+                writer.write_table(table.cast(writer.schema))
+                rows += table.num_rows
+                if progress is not None:
+                    progress(rows, None)
             if writer is None:
-                metadata = {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
-                writer = pq.ParquetWriter(temporary, table.schema.with_metadata(metadata))
-            writer.write_table(table.cast(writer.schema))
-            rows += table.num_rows
-            if progress is not None:
-                progress(rows, None)
-        if writer is None:
-            raise TunewiseError("the pool has no examples to score", fix="check the pool file")
-        writer.close()
-        writer = None
-        os.replace(temporary, output)
-    finally:
-        if writer is not None:
-            writer.close()
-        if temporary.exists():
-            temporary.unlink()
+                raise TunewiseError("the pool has no examples to score", fix="check the pool file")
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 

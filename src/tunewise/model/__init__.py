@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from tunewise.model.base import Backend, EncodedExample, Generation, plan_batches
+from tunewise.model.base import CONFIDENCE_NEW_TOKENS, Backend, EncodedExample, Generation, plan_batches
 
 
 def load_backend(
     model: str = "smollm2",
     device: str | None = None,
     dtype: str | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = CONFIDENCE_NEW_TOKENS,
     max_batch_tokens: int | None = None,
 ) -> Backend:
     """The backend for a model name: ``fake`` (tests, no torch), or any name ``load_model`` knows."""

@@ -7,10 +7,49 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from tunewise.indicators.registry import MODEL_OUTPUTS as _REGISTRY_MODEL_OUTPUTS
+
 Messages = Sequence[dict]
 
-# What one scoring pass can produce; ``score_batch`` computes only what is asked for.
-MODEL_OUTPUTS = ("loss", "loss_unconditional", "confidence", "embedding")
+# What one scoring pass can produce (``score_batch`` computes only what is asked for): re-exported
+# from the indicator registry, which owns the list.
+MODEL_OUTPUTS = _REGISTRY_MODEL_OUTPUTS
+# Longest greedy answer a confidence is taken over: paper A's ``max_new_tokens=30``
+# (r-three/dataefficiency utils/calculate_coslow.py:39).
+CONFIDENCE_NEW_TOKENS = 30
+
+
+def answer_confidence(token_ids, probabilities, not_answer_ids) -> tuple[float, float]:
+    """Confidence of one greedy answer: ``(mean probability, perplexity)`` over its answer tokens.
+
+    Parameters
+    ----------
+    token_ids, probabilities:
+        The tokens the model chose, in order, up to and including the token that stopped it,
+        and the probability it gave each (same length).
+    not_answer_ids:
+        Ids that are not part of the answer: :func:`tunewise.model.chat.answer_mask_ids` and the
+        stop tokens. Every position holding one is left out, wherever it occurs.
+
+    Paper A (r-three/dataefficiency ``utils/calculate_coslow.py``) masks these ids from the
+    generated answer (``:183``, ``mask_non_answer_tokens`` ``:52-69``), then takes the mean of the
+    top probability at the remaining positions, which is the chosen token's under greedy decoding
+    (``avg_confidence``, ``:149-153``), and ``exp`` of the mean negative log-likelihood of the same
+    tokens (``ppl``, ``:159``).
+
+    An answer with no answer token (only stop or newline tokens) gets confidence 0 (the model gave
+    no answer to be sure of; any real answer's mean probability is above 0, so 0 marks exactly
+    these) and perplexity NaN. Paper A's mean is NaN there, which leaves the example out of every
+    decile; :func:`tunewise.efficiency.coslow.lowest_confidence_prompts` leaves 0 out likewise,
+    while the selectors and the task means read it as "not confident".
+    """
+    tokens = np.asarray(token_ids)
+    chosen = np.asarray(probabilities, dtype=np.float64)
+    keep = ~np.isin(tokens, np.asarray(list(not_answer_ids), dtype=tokens.dtype if tokens.size else np.int64))
+    if not keep.any():
+        return 0.0, float("nan")
+    kept = chosen[keep]
+    return float(kept.mean()), float(np.exp(-np.log(kept).mean()))
 
 
 @dataclass(frozen=True)
@@ -31,14 +70,19 @@ class EncodedExample:
 
 @dataclass
 class Generation:
-    """A greedy answer and the probability of each token the model chose."""
+    """A greedy answer: its text (stop tokens removed), and for every token the model chose (up
+    to and including the stop token) its id and probability; ``not_answer_ids`` are the ids the
+    confidence leaves out (see :func:`answer_confidence`)."""
 
     text: str
     token_probabilities: np.ndarray
+    token_ids: np.ndarray
+    not_answer_ids: Sequence[int] = ()
 
     @property
     def confidence(self) -> float:
-        return float(self.token_probabilities.mean()) if self.token_probabilities.size else float("nan")
+        """Mean probability of the answer tokens (0 when there are none)."""
+        return answer_confidence(self.token_ids, self.token_probabilities, self.not_answer_ids)[0]
 
 
 class Backend(Protocol):

@@ -45,6 +45,9 @@ class FakeBackend:
                 )
             if "confidence" in wanted:
                 outputs["confidence"].append(0.05 + 0.9 * _unit_interval("confidence", example.prompt_ids))
+            if "confidence_ppl" in wanted:
+                # One answer token at the confidence's probability: perplexity = 1 / probability.
+                outputs["confidence_ppl"].append(1 / (0.05 + 0.9 * _unit_interval("confidence", example.prompt_ids)))
             if "embedding" in wanted:
                 outputs["embedding"].append(self._vector(key))
         return outputs
@@ -53,7 +56,8 @@ class FakeBackend:
         generations = []
         for prompt in prompts:
             probability = 0.05 + 0.9 * _unit_interval("confidence", str(prompt))
-            generations.append(Generation("fake answer", np.full(min(3, max_new_tokens), probability)))
+            steps = min(3, max_new_tokens)
+            generations.append(Generation("fake answer", np.full(steps, probability), np.arange(steps)))
         return generations
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

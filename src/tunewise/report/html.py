@@ -69,7 +69,8 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
 
     Needs ``plan.json``; uses ``scores.parquet``, ``selection.jsonl``, ``sweep.json`` (or
     ``sweep/sweep.json``) and ``weights.json`` when they are there. ``output`` defaults to
-    ``RUN_DIR/report.html``. The file is written atomically.
+    ``RUN_DIR/report.html``, which is written as a :class:`~tunewise.io.RunFolder` file (never over a
+    report.html tunewise did not write). The file is written atomically.
     """
     run_dir = Path(run_dir)
     plan = _read_json(run_dir / PLAN_FILE, required=True,
@@ -97,11 +98,12 @@ def build_report(run_dir: str | os.PathLike, output: str | os.PathLike | None = 
         + "\n".join(section for section in sections if section)
         + "\n</main>\n</body>\n</html>\n"
     )
-    from tunewise.select.manifest import write_files_atomically
+    from tunewise.io import RunFolder, write_bytes
 
-    path = Path(output) if output is not None else run_dir / REPORT_FILE
-    write_files_atomically({path: page.encode("utf-8")})
-    return path
+    if output is not None:
+        return write_bytes(output, page.encode("utf-8"))
+    RunFolder(run_dir).write({REPORT_FILE: page.encode("utf-8")})
+    return run_dir / REPORT_FILE
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -234,6 +236,10 @@ def _summary(plan: dict, sweep: dict | None) -> str:
         + (f" (within each task: {_e(plan['within'])})" if plan.get("within") else "")
         + f", seed {_e(plan['seed'])}."
     ]
+    spread = plan.get("task_weight_spread")
+    if spread is not None and pool["tasks"] > 1:
+        lines.append(f"Task weights run from {spread['min']:.3f} to {spread['max']:.3f} (ratio {spread['ratio']:.2f}; "
+                     f"their entropy is {spread['entropy_share']:.0%} of that of equal weights).")
     if pool["labelled"] < pool["examples"]:
         lines.append(f"{_number(pool['examples'] - pool['labelled'])} examples have no label yet: the chosen ones "
                      "are listed, in annotation order, in <code>to_label.jsonl</code>. Every prefix of that list "
@@ -509,10 +515,18 @@ def _weights_section(weights: dict | None, used: bool) -> str:
             + (_table(["setting", "value"], fact_rows) if fact_rows else ""))
 
 
+def _param_text(value) -> str:
+    """A strategy parameter as text; a nested strategy ({"strategy": name, ...}) as name(key=value, ...)."""
+    if isinstance(value, dict) and "strategy" in value:
+        inner = ", ".join(f"{key}={item}" for key, item in value.items() if key != "strategy" and item is not None)
+        return f"{value['strategy']}({inner})"
+    return str(value)
+
+
 def _provenance_section(plan: dict, sweep: dict | None, weights: dict | None) -> str:
     scores = plan.get("provenance") or {}
     coefficients = plan.get("coefficients")
-    params = ", ".join(f"{key}={value}" for key, value in (plan.get("params") or {}).items()
+    params = ", ".join(f"{key}={_param_text(value)}" for key, value in (plan.get("params") or {}).items()
                        if key != "predicted_auc" and value is not None)
     facts = [
         ("tunewise", plan.get("tunewise_version")),

@@ -2,18 +2,23 @@
 
 :func:`allocate_budget` water-fills the budget over the tasks in proportion to their weights,
 capping each task at its pool size, then rounds to integers by largest remainder.
-:func:`round_robin_order` interleaves the per-task picks so that every prefix of the selection
-keeps the allocation's proportions. :func:`inverse_confidence_weights` gives the
-WeightedTaskDiversity weights.
+:func:`efficiency_allocation` instead gives labels one at a time to the task whose predicted
+learning curve gains most. :func:`round_robin_order` and :func:`interleave` order the per-task
+picks so that every prefix of the selection keeps the allocation's proportions.
+:func:`inverse_confidence_weights` gives the WeightedTaskDiversity weights and
+:func:`weight_spread` says how far from equal a set of task weights is.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
+from tunewise.efficiency.curve import DEFAULT_MAX_BUDGET, normalised_log_budget
+from tunewise.efficiency.predict import predicted_curve
 from tunewise.errors import TunewiseError
 
 # Fractional parts closer than this are the same remainder: shares computed along different
@@ -161,6 +166,73 @@ def round_robin_order(task_budgets) -> np.ndarray:
     return np.array(order, dtype=np.int64)
 
 
+def interleave(ranked: np.ndarray, group_sizes, group_budgets) -> tuple[np.ndarray, np.ndarray]:
+    """The picks in round-robin order, and the group of each pick.
+
+    ``ranked`` holds every row position grouped by group code (group 0's rows first), best first
+    within each group; group g has ``group_sizes[g]`` rows and gets ``group_budgets[g]`` picks.
+    The k-th time group g comes up in :func:`round_robin_order` it takes g's k-th best row, so
+    every prefix of the picks keeps the budgets' proportions.
+    """
+    sizes = np.asarray(group_sizes, dtype=np.int64)
+    budgets = np.asarray(group_budgets, dtype=np.int64)
+    sequence = round_robin_order(budgets)
+    by_group = np.argsort(sequence, kind="stable")
+    occurrence = np.empty(len(sequence), dtype=np.int64)
+    first_of_group = np.cumsum(budgets) - budgets
+    occurrence[by_group] = np.arange(len(sequence)) - np.repeat(first_of_group, budgets)
+    group_start = np.cumsum(sizes) - sizes
+    return np.asarray(ranked, dtype=np.int64)[group_start[sequence] + occurrence], sequence
+
+
+def efficiency_allocation(
+    pool_sizes: Mapping[str, int],
+    predicted_auc: Mapping[str, float],
+    budget: int,
+    max_budget: int = DEFAULT_MAX_BUDGET,
+    seed: int | np.random.Generator = 0,
+) -> dict[str, int]:
+    """Give labels one at a time to the task whose predicted curve gains most from the next one.
+
+    Task t's predicted normalised curve is y = x^p with x = log2(n) / log2(``max_budget``) and
+    p = (1 − AUC'_t) / AUC'_t (paper A's curve shape). Each label goes to the task with the
+    largest y(b_t + 1) − y(b_t) (:func:`next_label_gain`), never beyond its pool; equal gains are
+    broken by an order drawn from ``seed``. The result sums to min(budget, Σ pool sizes) and keeps
+    the key order of ``pool_sizes``. This allocation is tunewise's own, beyond papers A and B.
+    """
+    tasks = list(pool_sizes)
+    missing = [task for task in tasks if task not in predicted_auc]
+    if missing:
+        raise TunewiseError(f"no predicted AUC for task(s) {', '.join(map(repr, missing[:5]))}",
+                            field="predicted_auc", fix="predict every task, or use another strategy")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    tiebreak = rng.permutation(len(tasks))
+    allocation = dict.fromkeys(tasks, 0)
+    heap = [(-next_label_gain(predicted_auc[task], 0, max_budget), int(tiebreak[i]), i)
+            for i, task in enumerate(tasks) if pool_sizes[task] > 0]
+    heapq.heapify(heap)
+    for _ in range(min(budget, sum(pool_sizes.values()))):
+        _, order, index = heapq.heappop(heap)
+        task = tasks[index]
+        allocation[task] += 1
+        if allocation[task] < pool_sizes[task]:
+            heapq.heappush(heap, (-next_label_gain(predicted_auc[task], allocation[task], max_budget), order, index))
+    return allocation
+
+
+def next_label_gain(auc: float, labelled: int, max_budget: int = DEFAULT_MAX_BUDGET) -> float:
+    """How much of the way to the ceiling the predicted curve gains from label ``labelled + 1``.
+
+    The curve y = x^p is flat from 0 to 1 label (x = log2(1) = 0), so a first label alone would
+    gain nothing on any task and the greedy allocation could never start one: the first two labels
+    share the step to n = 2 equally instead.
+    """
+    if labelled < 2:
+        return float(predicted_curve(auc, normalised_log_budget(2, max_budget))) / 2
+    return float(predicted_curve(auc, normalised_log_budget(labelled + 1, max_budget))
+                 - predicted_curve(auc, normalised_log_budget(labelled, max_budget)))
+
+
 def inverse_confidence_weights(
     mean_confidence: Mapping[str, float], gamma: float = 1.0, epsilon: float = 1e-3
 ) -> dict[str, float]:
@@ -172,3 +244,24 @@ def inverse_confidence_weights(
     floored = np.maximum(np.array([mean_confidence[task] for task in tasks], dtype=np.float64), epsilon)
     raw = floored ** (-float(gamma))
     return dict(zip(tasks, (raw / raw.sum()).tolist()))
+
+
+def weight_spread(weights: Mapping[str, float]) -> dict | None:
+    """How far task weights are from equal: ``{"min", "max", "ratio", "entropy_share"}``.
+
+    ``ratio`` is max / min (1 for equal weights); ``entropy_share`` is the entropy of the
+    normalised weights over its largest possible value, log(number of tasks): 1 for equal
+    weights, towards 0 as one task takes all. Paper B's WeightedTaskDiversity only differs from
+    TaskDiversity when the weights spread; these say by how much. None for no weights.
+    """
+    values = np.array([float(value) for value in weights.values()], dtype=np.float64)
+    if len(values) == 0 or not np.isfinite(values).all() or (values <= 0).any():
+        return None
+    shares = values / values.sum()
+    entropy = float(-(shares * np.log(shares)).sum())
+    return {
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "ratio": float(values.max() / values.min()),
+        "entropy_share": entropy / math.log(len(values)) if len(values) > 1 else 1.0,
+    }

@@ -11,7 +11,7 @@ import difflib
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,16 +39,35 @@ class Selection:
         return len(self.positions)
 
 
+class ParamCheck(NamedTuple):
+    """The outcome of :meth:`Param.check`: whether the value is valid and, when it is not and the
+    expected form alone does not say why, what is wrong with it."""
+
+    valid: bool
+    detail: str = ""
+
+
 @dataclass(frozen=True)
 class Param:
-    """A declared parameter: what a valid value looks like, and the check.
+    """A declared parameter: what a valid value looks like, the test, and an optional explanation.
 
-    ``check(value)`` returns None when the value is valid, or a short detail of what is wrong
-    (an empty string when ``expected`` already says it all).
+    ``accepts(value)`` is True for a valid value. ``explain(value)``, when given, says what is
+    wrong with a refused value (e.g. "did you mean 'asc'?"); ``convert``, when given, turns what a
+    caller passes by name (a string, a JSON mapping) into the value the strategy stores, or returns
+    the value unchanged when it cannot, so that the test then refuses it with the uniform message
+    (:func:`build_strategy` applies it; the constructor itself only stores).
     """
 
     expected: str
-    check: Callable[[Any], str | None]
+    accepts: Callable[[Any], bool]
+    explain: Callable[[Any], str] | None = None
+    convert: Callable[[Any], Any] | None = None
+
+    def check(self, value: Any) -> ParamCheck:
+        """``ParamCheck(True)`` for a valid value, else ``ParamCheck(False, detail)``."""
+        if self.accepts(value):
+            return ParamCheck(True)
+        return ParamCheck(False, self.explain(value) if self.explain is not None else "")
 
 
 def invalid_parameter(strategy: str, name: str, value: Any, expected: str, detail: str = "") -> TunewiseError:
@@ -59,47 +78,45 @@ def invalid_parameter(strategy: str, name: str, value: Any, expected: str, detai
     return TunewiseError(message)
 
 
-def real(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable:
-    """Check: a finite real number in [low, high] (or (low, high] with ``low_open``)."""
+def real(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[Any], bool]:
+    """Test: a finite real number in [low, high] (or (low, high] with ``low_open``)."""
 
-    def check(value: Any) -> str | None:
+    def accepts(value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-            return ""
+            return False
         if low is not None and (value <= low if low_open else value < low):
-            return ""
-        if high is not None and value > high:
-            return ""
-        return None
+            return False
+        return high is None or value <= high
 
-    return check
+    return accepts
 
 
-def integer(low: int) -> Callable:
-    """Check: a whole number ≥ low."""
-
-    def check(value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            return ""
-        return None
-
-    return check
+def integer(low: int) -> Callable[[Any], bool]:
+    """Test: a whole number ≥ low."""
+    return lambda value: not isinstance(value, bool) and isinstance(value, numbers.Integral) and value >= low
 
 
-def one_of(*choices: str) -> Callable:
-    """Check: one of the given strings (a near miss gets "did you mean")."""
-
-    def check(value: Any) -> str | None:
-        if isinstance(value, str) and value in choices:
-            return None
-        close = difflib.get_close_matches(value, choices, n=1) if isinstance(value, str) else []
-        return f"did you mean '{close[0]}'?" if close else ""
-
-    return check
+def boolean(value: Any) -> bool:
+    """Test: True or False."""
+    return isinstance(value, bool)
 
 
-def column_name(value: Any) -> str | None:
-    """Check: a non-empty column name (whether the column exists is checked against the scores)."""
-    return None if isinstance(value, str) and value else ""
+def near_miss(value: Any, choices) -> str:
+    """"did you mean 'x'?" for a string close to one of ``choices``, else ""."""
+    close = difflib.get_close_matches(value, list(choices), n=1) if isinstance(value, str) else []
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def choice(expected: str, choices) -> Param:
+    """A parameter that takes one of ``choices`` (strings); a near miss gets "did you mean"."""
+    choices = tuple(choices)
+    return Param(expected, lambda value: isinstance(value, str) and value in choices,
+                 lambda value: near_miss(value, choices))
+
+
+def column_name(value: Any) -> bool:
+    """Test: a non-empty column name (whether the column exists is checked against the scores)."""
+    return isinstance(value, str) and bool(value)
 
 
 class Strategy:
@@ -107,26 +124,80 @@ class Strategy:
 
     Subclasses set ``name``, declare ``parameters`` and implement :meth:`_select`; they may
     override :meth:`required_columns` and :meth:`_check_params` (for checks across parameters).
+    A parameter may itself be a strategy (the ``within`` order of the task strategies); as in
+    scikit-learn, :meth:`get_params` with ``deep=True`` then also lists its parameters as
+    ``within__c0`` and :meth:`set_params` sets them. Strategies hold no fitted state, so two of the
+    same class with the same parameters are equal.
     """
 
     name: ClassVar[str]
     parameters: ClassVar[dict[str, Param]] = {}
 
-    def get_params(self) -> dict[str, Any]:
-        """The strategy's parameters, as passed (JSON-ready)."""
-        return {key: getattr(self, key) for key in self.parameters}
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The parameters as stored; with ``deep``, nested strategies' too, as ``outer__inner``."""
+        params: dict[str, Any] = {}
+        for key in self.parameters:
+            value = getattr(self, key)
+            if deep and isinstance(value, Strategy):
+                params.update((f"{key}__{inner}", item) for inner, item in value.get_params().items())
+            params[key] = value
+        return params
+
+    def set_params(self, **params) -> Strategy:
+        """Set parameters, ``outer__inner`` names reaching into nested strategies; returns self.
+
+        Only the names are checked here (unknown ones get the uniform error); the values are
+        checked by :meth:`validate` and :meth:`select`.
+        """
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            outer, separator, inner = key.partition("__")
+            if outer not in self.parameters:
+                raise unknown_parameter(type(self), key, value)
+            if separator:
+                nested.setdefault(outer, {})[inner] = value
+            else:
+                setattr(self, key, value)
+        for outer, inner_params in nested.items():
+            inner = getattr(self, outer)
+            if not isinstance(inner, Strategy):
+                raise invalid_parameter(self.name, outer, inner, self.parameters[outer].expected,
+                                        f"cannot set {', '.join(sorted(inner_params))} on it")
+            inner.set_params(**inner_params)
+        return self
+
+    def json_params(self) -> dict[str, Any]:
+        """The parameters, JSON-ready: a nested strategy becomes ``{"strategy": name, **its params}``
+        (what ``get_strategy`` takes back), a mapping a plain dict."""
+        params = {}
+        for key in self.parameters:
+            value = getattr(self, key)
+            if isinstance(value, Strategy):
+                value = {"strategy": value.name, **value.json_params()}
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            params[key] = value
+        return params
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.json_params() == self.json_params()
+
+    __hash__ = None  # parameters may change (set_params), so a strategy is no dictionary key
 
     def __repr__(self) -> str:
-        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items())
+        arguments = ", ".join(f"{key}={value!r}" for key, value in self.get_params(deep=False).items())
         return f"{type(self).__name__}({arguments})"
 
     def validate(self) -> Strategy:
-        """Check every parameter; raise the uniform error on the first invalid one."""
+        """Check every parameter (nested strategies' included); raise the uniform error on the first
+        invalid one."""
         for key, param in self.parameters.items():
             value = getattr(self, key)
-            detail = param.check(value)
-            if detail is not None:
+            valid, detail = param.check(value)
+            if not valid:
                 raise invalid_parameter(self.name, key, value, param.expected, detail)
+            if isinstance(value, Strategy):
+                value.validate()
         self._check_params()
         return self
 
@@ -167,14 +238,39 @@ class Strategy:
         raise NotImplementedError
 
 
+def unknown_parameter(strategy_class: type[Strategy], key: str, value: Any) -> TunewiseError:
+    """The uniform error for a parameter name the strategy does not declare."""
+    known = list(strategy_class.parameters)
+    expected = f"one of its parameters: {did_you_mean(key, known)}" if known else "no parameters at all"
+    return invalid_parameter(strategy_class.name, key, value, expected)
+
+
 def build_strategy(strategy_class: type[Strategy], params: Mapping[str, Any]) -> Strategy:
-    """Construct and validate a strategy, refusing parameter names it does not declare."""
+    """Construct and validate a strategy from keyword parameters.
+
+    Names it does not declare are refused with the uniform error. A parameter with a ``convert``
+    (a nested strategy given by name or as its JSON form) is converted first; ``outer__inner``
+    names then set parameters of nested strategies, as :meth:`Strategy.set_params` does.
+    """
+    direct, nested = {}, {}
     for key, value in params.items():
-        if key not in strategy_class.parameters:
-            known = list(strategy_class.parameters)
-            expected = f"one of its parameters: {did_you_mean(key, known)}" if known else "no parameters at all"
-            raise invalid_parameter(strategy_class.name, key, value, expected)
-    return strategy_class(**params).validate()
+        outer, separator, _ = key.partition("__")
+        if outer not in strategy_class.parameters:
+            raise unknown_parameter(strategy_class, key, value)
+        (nested if separator else direct)[key] = value
+    for key, value in direct.items():
+        convert = strategy_class.parameters[key].convert
+        if convert is not None:
+            direct[key] = convert(value)
+    strategy = strategy_class(**direct)
+    if nested:
+        for key in {key.partition("__")[0] for key in nested}:
+            inner = getattr(strategy, key)
+            if isinstance(inner, Strategy):
+                # Never change a strategy object the caller passed in: set the values on a copy.
+                setattr(strategy, key, type(inner)(**inner.get_params(deep=False)))
+        strategy.set_params(**nested)
+    return strategy.validate()
 
 
 def check_column(scores: pd.DataFrame, column: str) -> None:
@@ -256,3 +352,11 @@ class GroupRanker:
         order, explain = self.rank_in_groups(scores, groups, np.array([budget]), rng)
         picked = order[:budget]
         return picked, explain(picked), {}
+
+
+def check_budget_fits_pool(budget: int, pool_size: int, path, cap_to_pool: bool) -> None:
+    """Stop on a budget above the pool, usually a typo or the wrong file, unless --cap-to-pool."""
+    if budget > pool_size and not cap_to_pool:
+        raise TunewiseError(f"--budget {budget} is larger than the pool ({pool_size} examples)", file=path,
+                            field="budget",
+                            fix=f"pass --budget {pool_size} or less, or add --cap-to-pool to take the whole pool")

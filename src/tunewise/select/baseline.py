@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunewise.select.base import GroupRanker, Param, Strategy, column_name, one_of
+from tunewise.select.base import GroupRanker, Param, Strategy, choice, column_name
 
 
 class RandomSelection(GroupRanker, Strategy):
@@ -28,7 +28,7 @@ class TopK(Strategy):
     name = "top_k"
     parameters = {
         "indicator": Param("the name of a score column", column_name),
-        "direction": Param("'asc' (lowest first) or 'desc' (highest first)", one_of("asc", "desc")),
+        "direction": choice("'asc' (lowest first) or 'desc' (highest first)", ("asc", "desc")),
     }
 
     def __init__(self, indicator: str = "loss", direction: str = "desc") -> None:

@@ -1,41 +1,71 @@
 """Budget split across tasks, then picks within each task (DESIGN.md §3, paper B).
 
-``task_diversity`` gives every task an equal weight; ``weighted_task_diversity`` weights task t by
-(1 / max(c̄_t, ε))^γ, c̄_t the model's mean confidence on it. Both water-fill the budget over the
-tasks (:func:`tunewise.select.allocation.allocate_budget`), order each task's rows with the ``within``
-strategy, and interleave the tasks round-robin so that every prefix keeps the proportions.
+A task strategy splits the budget over the tasks (its one hook, ``_task_budgets``), orders each
+task's rows with its ``within`` strategy (an object: ``TaskDiversity(within=DifficultyWindow(c0=0.4))``,
+as scikit-learn nests estimators), and interleaves the tasks round-robin so that every prefix keeps
+the proportions (:func:`tunewise.select.allocation.interleave`).
+
+- ``task_diversity``: equal task weights, water-filled (:func:`~tunewise.select.allocation.allocate_budget`);
+- ``weighted_task_diversity``: task t weighted by (1 / max(c̄_t, ε))^γ, c̄_t the model's mean confidence;
+- ``efficiency``: labels one at a time to the task whose predicted learning curve gains most
+  (:func:`~tunewise.select.allocation.efficiency_allocation`; tunewise's own, beyond both papers).
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
-from tunewise.select.allocation import allocate_budget, inverse_confidence_weights, round_robin_order
+from tunewise.efficiency.curve import DEFAULT_MAX_BUDGET
+from tunewise.select.allocation import (
+    allocate_budget,
+    efficiency_allocation,
+    interleave,
+    inverse_confidence_weights,
+)
 from tunewise.select.base import (
-    GroupRanker,
     Param,
     Strategy,
     build_strategy,
     column_name,
-    one_of,
+    integer,
+    near_miss,
     real,
     task_codes,
 )
 from tunewise.select.baseline import RandomSelection
-from tunewise.select.difficulty import DifficultyWindow
+from tunewise.select.difficulty import DifficultyBucket, DifficultyWindow
 from tunewise.select.weighted import WeightedIndicators
 
-WITHIN_TASK: dict[str, type[GroupRanker]] = {
-    "random": RandomSelection,
-    "difficulty_window": DifficultyWindow,
-    "weighted_indicators": WeightedIndicators,
+WITHIN_TASK: dict[str, type[Strategy]] = {
+    strategy.name: strategy for strategy in (RandomSelection, DifficultyWindow, DifficultyBucket, WeightedIndicators)
 }
 
 
-def _mapping_or_none(value) -> str | None:
-    return None if value is None or isinstance(value, Mapping) else ""
+def within_selector(value):
+    """A within-task strategy from its name or its JSON form (``{"strategy": name, **params}``);
+    an object, None or anything unrecognised comes back unchanged for the parameter check."""
+    if isinstance(value, str) and value in WITHIN_TASK:
+        return WITHIN_TASK[value]()
+    if isinstance(value, Mapping) and isinstance(value.get("strategy"), str) and value["strategy"] in WITHIN_TASK:
+        params = {key: item for key, item in value.items() if key != "strategy"}
+        return build_strategy(WITHIN_TASK[value["strategy"]], params)
+    return value
+
+
+def _is_within_selector(value) -> bool:
+    return value is None or type(value) in WITHIN_TASK.values()
+
+
+WITHIN_PARAM = Param(
+    "None (random order) or a within-task strategy: RandomSelection(), DifficultyWindow(...), "
+    "DifficultyBucket(...) or WeightedIndicators(...); by name: " + ", ".join(WITHIN_TASK),
+    _is_within_selector,
+    lambda value: near_miss(value, WITHIN_TASK),
+    within_selector,
+)
 
 
 class TaskDiversity(Strategy):
@@ -44,68 +74,49 @@ class TaskDiversity(Strategy):
     Parameters
     ----------
     within:
-        How rows are ordered inside a task: ``random``, ``difficulty_window`` or
-        ``weighted_indicators``.
-    within_params:
-        Parameters of the ``within`` strategy (e.g. ``{"c0": 0.4}`` or ``{"weights": {...}}``).
+        How rows are ordered inside a task: a :class:`RandomSelection` (the default, also meant
+        by None), :class:`DifficultyWindow`, :class:`DifficultyBucket` or
+        :class:`WeightedIndicators` object.
     """
 
     name = "task_diversity"
-    parameters = {
-        "within": Param("one of: " + ", ".join(WITHIN_TASK), one_of(*WITHIN_TASK)),
-        "within_params": Param("None or a mapping of the within strategy's parameters", _mapping_or_none),
-    }
+    parameters = {"within": WITHIN_PARAM}
 
-    def __init__(self, within: str = "random", within_params: Mapping | None = None) -> None:
+    def __init__(self, within: Strategy | None = None) -> None:
         self.within = within
-        self.within_params = within_params
 
-    def _check_params(self) -> None:
-        self._within_strategy()
+    def _within(self) -> Strategy:
+        return RandomSelection() if self.within is None else self.within
 
-    def _within_strategy(self) -> Strategy:
-        return build_strategy(WITHIN_TASK[self.within], self.within_params or {})
+    def json_params(self):
+        params = super().json_params()
+        if params["within"] is None:
+            params["within"] = {"strategy": RandomSelection.name}
+        return params
 
     def required_columns(self):
-        return ("task", *self._within_strategy().required_columns())
+        return ("task", *self._within().required_columns())
 
-    def _task_weights(self, scores, codes, names) -> dict[str, float] | None:
-        """Weight per task name; None for equal weights."""
-        return None
-
-    def _weight_label(self, weights: dict[str, float] | None, task: str) -> str:
-        return "equal task weights" if weights is None else f"task weight {weights[task]:.4f}"
+    def _task_budgets(self, scores, codes: np.ndarray, names: list[str], sizes: np.ndarray, budget: int,
+                      rng: np.random.Generator) -> tuple[dict[str, int], dict[str, str], dict]:
+        """The hook: each task's budget (in ``names`` order), a few words per task on why, and
+        JSON-ready details for the provenance. ``budget`` ≤ Σ sizes."""
+        allocation = allocate_budget(dict(zip(names, sizes.tolist())), None, budget, seed=rng)
+        return allocation, dict.fromkeys(names, "equal task weights"), {}
 
     def _select(self, scores, budget, rng):
         codes, names = task_codes(scores)
         sizes = np.bincount(codes, minlength=len(names))
-        weights = self._task_weights(scores, codes, names)
-        allocation = allocate_budget(dict(zip(names, sizes.tolist())), weights, budget, seed=rng)
-        task_budgets = np.array(list(allocation.values()), dtype=np.int64)
-
-        ranked, explain = self._within_strategy().rank_in_groups(scores, codes, task_budgets, rng)
-        # `ranked` lists every row grouped by task (in code order), best first within each task;
-        # the k-th time task t comes up in the round-robin sequence it takes t's k-th best row.
-        sequence = round_robin_order(task_budgets)
-        by_task = np.argsort(sequence, kind="stable")
-        occurrence = np.empty(len(sequence), dtype=np.int64)
-        first_of_task = np.cumsum(task_budgets) - task_budgets
-        occurrence[by_task] = np.arange(len(sequence)) - np.repeat(first_of_task, task_budgets)
-        group_start = np.cumsum(sizes) - sizes
-        picked = ranked[group_start[sequence] + occurrence]
-
+        allocation, why, details = self._task_budgets(scores, codes, names, sizes, budget, rng)
+        task_budgets = np.array([allocation[task] for task in names], dtype=np.int64)
+        ranked, explain = self._within().rank_in_groups(scores, codes, task_budgets, rng)
+        picked, sequence = interleave(ranked, sizes, task_budgets)
         prefixes = np.array(
-            [
-                f"task '{task}' gets {allocation[task]} of {budget} picks ({self._weight_label(weights, task)}); "
-                for task in names
-            ],
+            [f"task '{task}' gets {allocation[task]} of {budget} picks ({why[task]}); " for task in names],
             dtype=object,
         )
         reasons = [prefix + reason for prefix, reason in zip(prefixes[sequence], explain(picked))]
-        details = {"allocation": allocation}
-        if weights is not None:
-            details["task_weights"] = weights
-        return picked, reasons, details
+        return picked, reasons, {"allocation": allocation, **details}
 
 
 class WeightedTaskDiversity(TaskDiversity):
@@ -119,7 +130,7 @@ class WeightedTaskDiversity(TaskDiversity):
         Floor on the mean confidence (> 0), so a task at zero confidence gets a finite weight.
     confidence_column:
         The score column holding each example's confidence.
-    within, within_params:
+    within:
         As for ``task_diversity``.
     """
 
@@ -133,13 +144,12 @@ class WeightedTaskDiversity(TaskDiversity):
 
     def __init__(
         self,
-        within: str = "random",
-        within_params: Mapping | None = None,
+        within: Strategy | None = None,
         gamma: float = 1.0,
         epsilon: float = 1e-3,
         confidence_column: str = "confidence",
     ) -> None:
-        super().__init__(within, within_params)
+        super().__init__(within)
         self.gamma = gamma
         self.epsilon = epsilon
         self.confidence_column = confidence_column
@@ -147,9 +157,52 @@ class WeightedTaskDiversity(TaskDiversity):
     def required_columns(self):
         return (*super().required_columns(), self.confidence_column)
 
-    def _task_weights(self, scores, codes, names):
-        sizes = np.bincount(codes, minlength=len(names))
+    def _task_budgets(self, scores, codes, names, sizes, budget, rng):
         confidence = scores[self.confidence_column].to_numpy(dtype=np.float64)
         totals = np.bincount(codes, weights=confidence, minlength=len(names))
         mean_confidence = dict(zip(names, (totals / np.maximum(sizes, 1)).tolist()))
-        return inverse_confidence_weights(mean_confidence, self.gamma, self.epsilon)
+        weights = inverse_confidence_weights(mean_confidence, self.gamma, self.epsilon)
+        allocation = allocate_budget(dict(zip(names, sizes.tolist())), weights, budget, seed=rng)
+        why = {task: f"task weight {weights[task]:.4f}" for task in names}
+        return allocation, why, {"task_weights": weights}
+
+
+def _predicted_auc_mapping(value) -> bool:
+    return (isinstance(value, Mapping) and bool(value) and all(
+        isinstance(task, str) and not isinstance(auc, bool) and isinstance(auc, numbers.Real) and 0 < auc < 1
+        for task, auc in value.items()))
+
+
+class EfficiencyAllocation(TaskDiversity):
+    """``efficiency``: per-task budgets from :func:`~tunewise.select.allocation.efficiency_allocation`,
+    interleaved round-robin.
+
+    Parameters
+    ----------
+    predicted_auc:
+        Task name → predicted AUC' in (0, 1) (from CoS-Low, paper A), for every task of the
+        scores; tasks of the mapping that the scores lack are ignored.
+    max_budget:
+        N, the budget where the predicted curve's log axis ends.
+    within:
+        As for ``task_diversity``.
+    """
+
+    name = "efficiency"
+    parameters = {
+        **TaskDiversity.parameters,
+        "predicted_auc": Param("a non-empty mapping of task name → predicted AUC in (0, 1)", _predicted_auc_mapping),
+        "max_budget": Param("a whole number ≥ 2", integer(2)),
+    }
+
+    def __init__(self, predicted_auc: Mapping[str, float] | None = None, max_budget: int = DEFAULT_MAX_BUDGET,
+                 within: Strategy | None = None) -> None:
+        super().__init__(within)
+        self.predicted_auc = predicted_auc
+        self.max_budget = max_budget
+
+    def _task_budgets(self, scores, codes, names, sizes, budget, rng):
+        allocation = efficiency_allocation(dict(zip(names, sizes.tolist())), self.predicted_auc, budget,
+                                           self.max_budget, rng)
+        why = {task: f"largest predicted gain per label, AUC' {self.predicted_auc[task]:.3f}" for task in names}
+        return allocation, why, {"predicted_auc": {task: float(self.predicted_auc[task]) for task in names}}

@@ -1,9 +1,24 @@
-"""The budget-dependent difficulty window (DESIGN.md §3, paper C).
+"""Difficulty within a task: the budget-dependent window and the three buckets (DESIGN.md §3, paper C).
 
-Difficulty is a rank quantile q in [0, 1] within each task; for n picks the window is centred at
-c(n) = clip(c0 + β·log10(n / n0), 0, 1) and takes the n rows nearest to it, so it widens by
-itself when one side runs out. The defaults (c0 = 0.35 at n0 = 100, β = 0.15 per decade) are
-tunewise's choice, not the paper's; :func:`fit_window_centre` fits c0 and β from real fine-tunes.
+Paper C (Liu et al., arXiv 2605.12906) measures the difficulty of a reasoning example by the length
+of its reference chain of thought in tokens, and argues for it over model loss (perplexity is
+relative to the model and drifts during fine-tuning). tunewise's default difficulty is therefore
+``length``, the response's token count (the reference solution, for reasoning data); ``loss``
+(model-relative) and ``cot_length`` (non-empty lines of the solution) are options.
+
+Difficulty becomes a rank quantile q in [0, 1] within each task. Two ways to pick from it:
+
+- ``difficulty_window`` takes the n rows whose q is nearest the centre
+  c(n) = clip(c0 + β·log10(n / n0), 0, 1), widened by itself when one side runs out. The paper
+  gives no formula for how the best difficulty moves with n (its Table 1 has easy data best at
+  200k examples on two of three datasets), so β defaults to 0, a fixed centre: a drift belongs to
+  a calibration (:func:`fit_window_centre`, ``tunewise calibrate-difficulty``), not to a default.
+  c0 = 0.35 (easy to medium) is tunewise's choice.
+- ``difficulty_bucket`` is the paper's own design: the task's rows split into easy, medium and hard
+  tertiles of difficulty, and the n picks drawn at random inside one of them.
+
+Rows of equal difficulty are ordered by the seeded generator, so with a discrete difficulty (a few
+distinct lengths) different seeds pick different rows of a tie block.
 """
 
 from __future__ import annotations
@@ -13,9 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunewise.errors import TunewiseError
-from tunewise.select.base import GroupRanker, Param, Strategy, one_of, rank_quantile, real, task_codes
+from tunewise.select.base import GroupRanker, Param, Strategy, choice, rank_quantile, real, task_codes
 
-DIFFICULTY_COLUMNS = ("loss", "cot_length")
+DIFFICULTY_COLUMNS = ("length", "cot_length", "loss")
+DEFAULT_DIFFICULTY = "length"
+BUCKETS = ("easy", "medium", "hard")
 
 
 @dataclass(frozen=True)
@@ -23,7 +40,7 @@ class WindowCentre:
     """c(n) = clip(c0 + β·log10(n / n0), 0, 1): where the difficulty window sits for n picks."""
 
     c0: float = 0.35
-    beta: float = 0.15
+    beta: float = 0.0
     n0: float = 100.0
 
     def at(self, n) -> np.ndarray:
@@ -57,22 +74,34 @@ def fit_window_centre(budgets, best_centres, n0: float = 100.0) -> WindowCentre:
     return WindowCentre(float(c0), float(beta), float(n0))
 
 
+_DIFFICULTY_PARAM = choice("one of: " + ", ".join(map(repr, DIFFICULTY_COLUMNS)), DIFFICULTY_COLUMNS)
+
+
 class DifficultyWindow(GroupRanker, Strategy):
     """The n rows whose within-task difficulty quantile is nearest the centre c(n).
 
-    Ties in distance go to the easier row, then to the earlier row. Used within tasks, each task's
-    window is centred for that task's own budget.
+    Ties in distance go to the easier row, then to an order drawn from the seed. Used within tasks,
+    each task's window is centred for that task's own budget.
+
+    Parameters
+    ----------
+    difficulty:
+        The score column that measures difficulty: ``length`` (response tokens; paper C's
+        chain-of-thought length), ``cot_length`` or ``loss``.
+    c0, beta, n0:
+        The centre c(n) = clip(c0 + β·log10(n / n0), 0, 1); β = 0 (the default) fixes it at c0.
     """
 
     name = "difficulty_window"
     parameters = {
-        "difficulty": Param("'loss' or 'cot_length'", one_of(*DIFFICULTY_COLUMNS)),
+        "difficulty": _DIFFICULTY_PARAM,
         "c0": Param("a number in [0, 1]", real(0.0, 1.0)),
         "beta": Param("a finite number", real()),
         "n0": Param("a number > 0", real(0.0, low_open=True)),
     }
 
-    def __init__(self, difficulty: str = "loss", c0: float = 0.35, beta: float = 0.15, n0: float = 100.0) -> None:
+    def __init__(self, difficulty: str = DEFAULT_DIFFICULTY, c0: float = 0.35, beta: float = 0.0,
+                 n0: float = 100.0) -> None:
         self.difficulty = difficulty
         self.c0 = c0
         self.beta = beta
@@ -88,13 +117,85 @@ class DifficultyWindow(GroupRanker, Strategy):
         # Rounded so that distances equal on paper (0.25 and 0.45 from 0.35) tie exactly and
         # the tie goes to the easier row rather than to floating-point noise.
         distance = np.round(np.abs(quantile - centres[groups]), 12)
-        order = np.lexsort((np.arange(len(scores)), quantile, distance, groups))
+        order = np.lexsort((rng.permutation(len(scores)), quantile, distance, groups))
 
         def explain(picked: np.ndarray) -> list[str]:
             return [
                 f"{self.difficulty} quantile {quantile[row]:.3f} in its task, "
                 f"{distance[row]:.3f} from the window centre {centres[groups[row]]:.3f} "
                 f"for {group_budgets[groups[row]]} picks"
+                for row in picked
+            ]
+
+        return order, explain
+
+
+def difficulty_tertiles(values, groups=None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Each row's difficulty tertile within its group: 0 easy, 1 medium, 2 hard.
+
+    A group's rows are sorted by value (equal values in an order drawn from ``rng``, else in row
+    order) and cut into three parts whose sizes differ by at most one, the larger parts first
+    (as ``numpy.array_split``), so each tertile holds a third of the group.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.zeros(len(values), dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    tiebreak = rng.permutation(len(values)) if rng is not None else np.arange(len(values))
+    order = np.lexsort((tiebreak, values, groups))
+    tertile = np.empty(len(values), dtype=np.int64)
+    sizes = np.bincount(groups, minlength=int(groups.max()) + 1 if len(groups) else 0)
+    start = 0
+    for size in sizes:
+        rows = order[start:start + size]
+        for index, part in enumerate(np.array_split(rows, 3)):
+            tertile[part] = index
+        start += size
+    return tertile
+
+
+class DifficultyBucket(GroupRanker, Strategy):
+    """Paper C's buckets: n rows drawn at random from the easy, medium or hard third of a task.
+
+    Each task's rows are split into difficulty tertiles (:func:`difficulty_tertiles`, ties in a
+    seeded order) and the picks are a seeded random sample of the chosen tertile. When a task's
+    budget exceeds its tertile, the rest come from the nearest other tertile (for ``medium``: the
+    easier one first), again in random order, and their reasons say so.
+
+    Parameters
+    ----------
+    bucket:
+        ``easy``, ``medium`` or ``hard``. ``easy`` by default: it was best in two of the three
+        datasets of paper C's Table 1 (tunewise's choice, the paper names no default).
+    difficulty:
+        As for ``difficulty_window``.
+    """
+
+    name = "difficulty_bucket"
+    parameters = {
+        "bucket": choice("one of: 'easy', 'medium', 'hard'", BUCKETS),
+        "difficulty": _DIFFICULTY_PARAM,
+    }
+
+    def __init__(self, bucket: str = "easy", difficulty: str = DEFAULT_DIFFICULTY) -> None:
+        self.bucket = bucket
+        self.difficulty = difficulty
+
+    def required_columns(self):
+        return (self.difficulty,)
+
+    def rank_in_groups(self, scores, groups, group_budgets, rng):
+        tasks, _ = task_codes(scores)
+        tertile = difficulty_tertiles(scores[self.difficulty].to_numpy(), tasks, rng)
+        target = BUCKETS.index(self.bucket)
+        # Other tertiles by distance from the chosen one, the easier first on equal distance.
+        away = np.abs(tertile - target) * 2 + (tertile > target)
+        order = np.lexsort((rng.permutation(len(scores)), away, groups))
+
+        def explain(picked: np.ndarray) -> list[str]:
+            return [
+                f"drawn at random from the {self.bucket} third of its task by {self.difficulty}"
+                if tertile[row] == target else
+                f"the {self.bucket} third of its task ran out: drawn at random from the {BUCKETS[tertile[row]]} "
+                f"third by {self.difficulty}"
                 for row in picked
             ]
 

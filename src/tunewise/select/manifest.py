@@ -1,4 +1,4 @@
-"""The selection manifest on disk, and the chosen examples exported for training.
+"""The selection manifest on disk (the chosen examples exported for training: :mod:`tunewise.data.export`).
 
 ``selection.jsonl`` has one row per pick, in order::
 
@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +23,10 @@ import pandas as pd
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError
+from tunewise.io import encode_json, encode_jsonl, write_files
 from tunewise.data.table import SCALAR_INDICATORS
 from tunewise.select import Selection, Strategy
 
-EXPORT_FORMATS = ("messages", "alpaca")
 
 
 def meta_path(selection_path: str | os.PathLike) -> Path:
@@ -36,17 +36,11 @@ def meta_path(selection_path: str | os.PathLike) -> Path:
     return path.with_name(f"{stem}.meta.json")
 
 
-def default_export_path(selection_path: str | os.PathLike, export_format: str) -> Path:
-    """``X.jsonl`` → ``X.messages.jsonl`` or ``X.alpaca.json``."""
-    path = Path(selection_path)
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    suffix = ".messages.jsonl" if export_format == "messages" else ".alpaca.json"
-    return path.with_name(stem + suffix)
-
-
-def selection_records(scores: pd.DataFrame, selection: Selection) -> list[dict]:
-    """The manifest rows: position, id, task, scalar scores (NaN and ±inf as null) and reason."""
+def selection_records(scores: pd.DataFrame, selection: Selection, user_ids=None) -> list[dict]:
+    """The manifest rows: position, id, the user's own id (``user_ids``, per scores row, when the pool
+    had an ``--id-field``), task, scalar scores (NaN and ±inf as null) and reason."""
     positions = selection.positions
+    user_ids = None if user_ids is None else [user_ids[int(p)] for p in positions]
     indicators = [name for name in SCALAR_INDICATORS if name in scores.columns]
     values = {name: scores[name].to_numpy(dtype=np.float64)[positions].tolist() for name in indicators}
     ids = scores["id"].to_numpy()[positions].tolist()
@@ -55,6 +49,7 @@ def selection_records(scores: pd.DataFrame, selection: Selection) -> list[dict]:
         {
             "position": k,
             "id": str(ids[k]),
+            **({"user_id": user_ids[k]} if user_ids is not None and user_ids[k] is not None else {}),
             "task": str(tasks[k]),
             "scores": {name: _json_float(values[name][k]) for name in indicators},
             "reason": selection.reasons[k],
@@ -80,7 +75,7 @@ def selection_meta(
     per_task = {task: {"pool": pool_sizes[task], "selected": picked[task]} for task in sorted(pool_sizes)}
     return {
         "strategy": strategy.name,
-        "params": strategy.get_params(),
+        "params": strategy.json_params(),
         "seed": seed,
         "budget": budget,
         "selected": len(selection),
@@ -99,16 +94,16 @@ def write_selection(
     selection: Selection,
     meta: Mapping,
     extra_files: Mapping[Path, bytes] | None = None,
+    user_ids=None,
 ) -> list[Path]:
     """Write the manifest, its meta file and any ``extra_files``, all or none; return the paths."""
     path = Path(path)
     files = {
-        path: encode_jsonl(selection_records(scores, selection)),
+        path: encode_jsonl(selection_records(scores, selection, user_ids)),
         meta_path(path): encode_json(meta),
         **(extra_files or {}),
     }
-    write_files_atomically(files)
-    return list(files)
+    return write_files(files)
 
 
 def read_selection(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
@@ -118,20 +113,32 @@ def read_selection(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     score (NaN where null), in pick order, and the meta dict.
     """
     path = Path(path)
+    fix = "pass the selection.jsonl written by `tunewise select` (with its .meta.json beside it)"
     rows = []
     try:
         with path.open(encoding="utf-8") as lines:
             for line_number, line in enumerate(lines, start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as error:
-                        raise TunewiseError(f"not a JSON line ({error})", file=path, line=line_number) from None
-        meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
+                        raise TunewiseError(f"not a JSON line ({error})", file=path, line=line_number,
+                                            fix=fix) from None
+                    _check_pick(row, path, line_number, fix)
+                    rows.append(row)
+        meta_file = meta_path(path)
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise TunewiseError(f"malformed JSON ({error.msg})", file=meta_file, line=error.lineno, fix=fix) from None
+        if not isinstance(meta, dict):
+            raise TunewiseError(f"expected a JSON object, got {type(meta).__name__}", file=meta_file, fix=fix)
     except FileNotFoundError as error:
         raise TunewiseError(
             "no such selection file", file=error.filename, fix="run `tunewise select SCORES -o FILE` first"
         ) from None
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=path, fix=fix) from None
     frame = pd.DataFrame(
         {
             "position": [row["position"] for row in rows],
@@ -146,88 +153,16 @@ def read_selection(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
     return frame, meta
 
 
-def export_examples(examples: Iterable, export_format: str) -> bytes:
-    """The chosen examples as training data, in selection order.
-
-    ``messages``: JSONL, one ``{"messages": [...]}`` per example (what TRL, axolotl and
-    LLaMA-Factory read). ``alpaca``: a JSON list of ``{"instruction", "input", "output"}``, with
-    ``system`` and ``history`` when the conversation has them. Every example needs a response.
-    """
-    if export_format not in EXPORT_FORMATS:
-        raise TunewiseError(
-            f"unknown export format '{export_format}'", field="export", fix="choose messages or alpaca"
-        )
-    examples = list(examples)
-    unlabelled = [example.id for example in examples if example.response is None]
-    if unlabelled:
-        raise TunewiseError(
-            f"{len(unlabelled)} of the {len(examples)} selected examples have no response "
-            f"(e.g. id {unlabelled[0]}), so they cannot be exported as training data",
-            field="export",
-            fix="label them first, or select from a labelled pool",
-        )
-    if export_format == "messages":
-        return encode_jsonl({"messages": _messages(example)} for example in examples)
-    return encode_json([_alpaca(example) for example in examples])
-
-
-def _messages(example) -> list[dict]:
-    turns = [{"role": turn["role"], "content": turn["content"]} for turn in example.prompt]
-    return [*turns, {"role": "assistant", "content": example.response}]
-
-
-def _alpaca(example) -> dict:
-    system = [turn["content"] for turn in example.prompt if turn["role"] == "system"]
-    dialogue = [turn for turn in example.prompt if turn["role"] != "system"]
-    roles = [turn["role"] for turn in dialogue]
-    expected = ["user", "assistant"] * (len(dialogue) // 2) + ["user"]
-    if roles != expected:
-        raise TunewiseError(
-            f"example {example.id}: its turns ({', '.join(roles) or 'none'}) do not alternate user and "
-            "assistant ending with a user turn, which the Alpaca format needs",
-            field="export",
-            fix="export with --export messages",
-        )
-    record = {"instruction": dialogue[-1]["content"], "input": "", "output": example.response}
-    if system:
-        record["system"] = "\n\n".join(system)
-    if len(dialogue) > 1:
-        record["history"] = [
-            [dialogue[i]["content"], dialogue[i + 1]["content"]] for i in range(0, len(dialogue) - 1, 2)
-        ]
-    return record
-
-
-def encode_jsonl(records: Iterable[Mapping]) -> bytes:
-    """One compact JSON object per line, UTF-8."""
-    lines = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n" for record in records)
-    return "".join(lines).encode("utf-8")
-
-
-def encode_json(value) -> bytes:
-    """Indented JSON, UTF-8, ending in a newline."""
-    return (json.dumps(value, ensure_ascii=False, allow_nan=False, indent=2) + "\n").encode("utf-8")
-
-
-def write_files_atomically(files: Mapping[Path, bytes]) -> None:
-    """Write every file to a temporary name beside it, then rename them all into place.
-
-    If anything fails before the renames, no target file is touched and the temporaries are gone.
-    """
-    temporaries = {}
-    try:
-        for path, content in files.items():
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temporaries[temporary] = path
-            temporary.write_bytes(content)
-        for temporary, path in temporaries.items():
-            os.replace(temporary, path)
-    finally:
-        for temporary in temporaries:
-            if temporary.exists():
-                temporary.unlink()
+def _check_pick(row, path: Path, line: int, fix: str) -> None:
+    """One manifest row: an object with a whole-number position, text id and task, and scores."""
+    if not isinstance(row, dict):
+        raise TunewiseError(f"expected a JSON object, got {type(row).__name__}", file=path, line=line, fix=fix)
+    expected = {"position": (int,), "id": (str,), "task": (str,), "reason": (str, type(None)), "scores": (dict,)}
+    for name, kinds in expected.items():
+        value = row.get(name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise TunewiseError(f"expected {kinds[0].__name__}, got {type(value).__name__}", file=path, line=line,
+                                field=name, fix=fix)
 
 
 def _json_float(value: float) -> float | None:

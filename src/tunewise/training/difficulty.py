@@ -1,8 +1,10 @@
 """Calibrate the difficulty window from real fine-tunes (DESIGN.md §3, paper C).
 
 A small grid of fine-tunes, budgets × fixed window centres, runs as one sweep of
-``difficulty_window:c0=<centre>,beta=0`` strategies (β = 0 pins the window at ``c0`` whatever the
-budget). The centre that scores best at each budget says where the window belongs for that budget,
+``difficulty_window:c0=<centre>,beta=0,difficulty=<column>`` strategies (β = 0 pins the window at
+``c0`` whatever the budget). The default centres 0.15 / 0.5 / 0.85 sit near the middles of paper C's
+easy, medium and hard thirds, and the default difficulty is the paper's: response length in tokens.
+The centre that scores best at each budget says where the window belongs for that budget,
 and :func:`~tunewise.select.fit_window_centre` turns those into the c0 and β that
 ``difficulty_window`` takes. Results land in ``RUN_DIR/difficulty_calibration.json`` beside the
 sweep's own files, so the grid resumes like any sweep.
@@ -16,17 +18,19 @@ from pathlib import Path
 from typing import Sequence
 
 from tunewise.errors import TunewiseError
-from tunewise.training.evaluate import write_json_atomic
+from tunewise.io import write_json
+from tunewise.select.difficulty import DEFAULT_DIFFICULTY
 from tunewise.training.sweep import BASELINE, read_runs, run_sweep
 
 CALIBRATION_FILE = "difficulty_calibration.json"
 DEFAULT_WINDOWS = (0.15, 0.5, 0.85)
 
 
-def window_spec(centre: float, difficulty: str = "loss") -> str:
-    """The sweep strategy spec of a window fixed at ``centre``, e.g. ``difficulty_window:c0=0.15,beta=0``."""
-    spec = f"difficulty_window:c0={centre:g},beta=0"
-    return spec if difficulty == "loss" else f"{spec},difficulty={difficulty}"
+def window_spec(centre: float, difficulty: str = DEFAULT_DIFFICULTY) -> str:
+    """The sweep strategy spec of a window fixed at ``centre``, e.g.
+    ``difficulty_window:c0=0.15,beta=0,difficulty=length``; the difficulty is always named, so a
+    sweep folder never mixes runs made under different default difficulties."""
+    return f"difficulty_window:c0={centre:g},beta=0,difficulty={difficulty}"
 
 
 def calibrate_difficulty(
@@ -39,7 +43,7 @@ def calibrate_difficulty(
     seeds: Sequence[int] = (0,),
     finetune_config=None,
     *,
-    difficulty: str = "loss",
+    difficulty: str = DEFAULT_DIFFICULTY,
     **sweep_options,
 ) -> dict:
     """Run the budgets × windows grid of fine-tunes and fit the difficulty window's c0 and β.
@@ -58,7 +62,8 @@ def calibrate_difficulty(
         The sweep folder; finished runs are kept and a rerun resumes. It may also hold runs of
         other strategies (e.g. ``random`` at the same budgets), which are reported beside the grid.
     difficulty:
-        ``loss`` or ``cot_length``, what the windows rank by.
+        What the windows rank by: ``length`` (response tokens, paper C's measure), ``cot_length`` or
+        ``loss``.
     sweep_options:
         Passed to :func:`tunewise.training.sweep.run_sweep` (device, dtype, metric, max_new_tokens, …).
 
@@ -106,15 +111,14 @@ def calibrate_difficulty(
         "zero_shot": None if zero_shot is None else zero_shot["score"],
         "select_command": select_command(fitted, difficulty),
     }
-    write_json_atomic(calibration, Path(run_dir) / CALIBRATION_FILE)
+    write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
     return calibration
 
 
-def select_command(centre, difficulty: str = "loss") -> str:
+def select_command(centre, difficulty: str = DEFAULT_DIFFICULTY) -> str:
     """The ``tunewise select`` line that applies a fitted :class:`~tunewise.select.WindowCentre`."""
-    line = (f"tunewise select SCORES --budget N --strategy difficulty_window "
-            f"--c0 {centre.c0:.4g} --beta {centre.beta:.4g} --n0 {centre.n0:.4g}")
-    return line if difficulty == "loss" else f"{line} --difficulty {difficulty}"
+    return (f"tunewise select SCORES --budget N --strategy difficulty_window "
+            f"--c0 {centre.c0:.4g} --beta {centre.beta:.4g} --n0 {centre.n0:.4g} --difficulty {difficulty}")
 
 
 def _check_windows(windows: Sequence[float]) -> list[float]:

@@ -11,10 +11,17 @@ Metrics (the answer is the model's whole generation, decoded without special tok
 - ``auto`` picks per task: ``gsm8k`` when every target has ``####``, ``multiple_choice`` when every
   target is a lone letter, else ``exact_match``.
 - ``log_likelihood`` generates nothing: it is the mean log-probability per token of the gold answer
-  (and the end-of-sequence token after it) given the prompt, exactly the tokens fine-tuning trains
+  (and the end-of-turn token after it) given the prompt, exactly the tokens fine-tuning trains
   on, averaged over the task's examples (higher is better, at most 0). It moves with fine-tuning
   where a small model's accuracy stays near zero, e.g. SmolLM2-135M on GSM8K; it is never chosen by
   ``auto``.
+- ``choice`` generates nothing either: lm-evaluation-harness's multiple-choice scoring. Every
+  choice is scored by the summed log-probability of its tokens after the chat-templated prompt;
+  the prediction is the most likely choice (``acc``, the task's score) and, beside it, the most
+  likely per character of the choice (``acc_norm``). Choices come from each example's ``choices``
+  field (a list of strings holding the gold answer), or, for a classification task, from the
+  task's distinct gold answers when there are at most ``MAX_LABEL_SET``. Each task's entry also
+  gives ``chance``, the mean of 1 / number of choices.
 
 Results follow lm-evaluation-harness: ``{"results": {task: {metric: value, metric_stderr: value,
 "n": count, "metric": name}}, "average": macro mean over tasks, "config": {...}, "samples": [...]}``.
@@ -22,22 +29,23 @@ Results follow lm-evaluation-harness: ``{"results": {task: {metric: value, metri
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import time
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Callable, Sequence
 
 from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.training.finetune import IGNORE_INDEX, encode_example, pad_batch, prompt_token_ids
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompt, encode_prompts, pad_token_id, stop_token_ids
 from tunewise.model.load import LoadedModel
 
-METRICS = ("exact_match", "multiple_choice", "gsm8k", "log_likelihood")
+METRICS = ("exact_match", "multiple_choice", "gsm8k", "log_likelihood", "choice")
 LOG_LIKELIHOOD = "log_likelihood"
+CHOICE = "choice"
+# A task without a ``choices`` field is scored over its distinct gold answers only when they are
+# this few: a label set, not free text.
+MAX_LABEL_SET = 10
 # Long enough for any gold answer a test set holds; the answer is never cut.
 _UNLIMITED_LENGTH = 1 << 30
 DEFAULT_BATCH_TOKENS = 8192
@@ -106,18 +114,6 @@ def detect_metric(targets: Sequence[str]) -> str:
     return "exact_match"
 
 
-def stop_token_ids(model, tokenizer) -> set[int]:
-    """The tokenizer's eos plus any the model's generation config names (chat models often add
-    an end-of-turn token there)."""
-    stops = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        stops.add(configured)
-    elif configured:
-        stops.update(configured)
-    return stops
-
-
 def generate_greedy(
     model,
     tokenizer,
@@ -130,13 +126,15 @@ def generate_greedy(
 
     Prompts are sorted longest first (prompt plus limit) and packed into left-padded batches of
     about ``batch_tokens`` (rows x longest prompt plus limit); results come back in input order.
-    Cutting every row at its own limit makes the output independent of how rows were batched.
+    Generation stops per row: a row that has produced a stop token or reached its own limit leaves
+    the batch (and its KV cache) at once, so no step is spent on finished answers. Cutting every row
+    at its own limit makes the output independent of how rows were batched.
     """
     import torch
 
     device = next(model.parameters()).device
-    stops = stop_token_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id
+    stops = torch.tensor(sorted(stop_token_ids(tokenizer, getattr(model, "generation_config", None))), device=device)
+    pad = pad_token_id(tokenizer)
     batches = plan_batches([len(prompt) + limit for prompt, limit in zip(prompts, max_new_tokens)], batch_tokens)
 
     continuations: list[list[int]] = [[] for _ in prompts]
@@ -150,18 +148,34 @@ def generate_greedy(
                 length = len(prompts[index])
                 input_ids[row, width - length:] = torch.tensor(prompts[index])
                 attention_mask[row, width - length:] = 1
-            output = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=max(max_new_tokens[i] for i in batch),
-                do_sample=False,
-                eos_token_id=sorted(stops),
-                pad_token_id=pad,
-            )
-            for row, index in enumerate(batch):
-                generated = output[row, width:width + max_new_tokens[index]].tolist()
-                end = next((position for position, token in enumerate(generated) if token in stops), len(generated))
-                continuations[index] = generated[:end]
+            attention_mask = attention_mask.to(device)
+            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+            output = model(input_ids=input_ids.to(device), attention_mask=attention_mask, position_ids=positions,
+                           use_cache=True, logits_to_keep=1)
+            cache, next_positions = output.past_key_values, positions[:, -1] + 1
+            alive = list(batch)  # example positions still answering, in cache row order
+            while True:
+                tokens = output.logits[:, -1, :].argmax(dim=-1)
+                stopped = torch.isin(tokens, stops).tolist()
+                keep = []
+                for row, (index, token) in enumerate(zip(alive, tokens.tolist())):
+                    if stopped[row]:
+                        continue
+                    continuations[index].append(token)
+                    if len(continuations[index]) < max_new_tokens[index]:
+                        keep.append(row)
+                if not keep:
+                    break
+                if len(keep) < len(alive):
+                    selected = torch.tensor(keep, device=device)
+                    cache.batch_select_indices(selected)
+                    attention_mask, next_positions, tokens = (
+                        attention_mask[selected], next_positions[selected], tokens[selected])
+                    alive = [alive[row] for row in keep]
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
+                output = model(input_ids=tokens.unsqueeze(1), attention_mask=attention_mask,
+                               position_ids=next_positions.unsqueeze(1), past_key_values=cache, use_cache=True)
+                next_positions = next_positions + 1
             done += len(batch)
             if progress is not None:
                 progress(done, len(prompts))
@@ -175,36 +189,20 @@ def response_log_likelihoods(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[float]:
-    """Per example, the mean log-probability per token of its response plus eos given its prompt.
+    """Per example, the mean log-probability per token of its response plus the end-of-turn token given its prompt.
 
-    The tokens are the ones fine-tuning trains on (:func:`tunewise.training.finetune.encode_example`), in
-    right-padded batches of about ``batch_tokens``; only the response positions are projected onto
-    the vocabulary. Results come back in input order.
+    The tokens are the ones fine-tuning trains on (:func:`tunewise.model.chat.encode_example`),
+    run without padding waste (:func:`tunewise.model.packed.sequence_logprobs`, batches of about
+    ``batch_tokens``); only the response positions are projected onto the vocabulary. Results come
+    back in input order and do not depend on the batching.
     """
-    import torch
+    from tunewise.model.packed import sequence_logprobs
 
-    from tunewise.model.hf import row_means, token_logprobs
-
-    device = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
     encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH) for example in examples]
-    values: list[float] = [0.0] * len(encoded)
-    done = 0
-    with torch.inference_mode():
-        for batch in plan_batches([len(e.input_ids) for e in encoded], batch_tokens):
-            input_ids, attention_mask, labels = pad_batch([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            # Position t predicts token t + 1.
-            targets = labels[:, 1:]
-            scored = targets != IGNORE_INDEX
-            logprobs = token_logprobs(head, hidden[:, :-1, :][scored], targets[scored])
-            means = row_means(logprobs, scored).tolist()
-            for row, index in enumerate(batch):
-                values[index] = means[row]
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(encoded))
-    return values
+    starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in encoded]
+    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, tokenizer.pad_token_id,
+                                 batch_tokens, progress=progress)
+    return [float(values.mean(dtype="float64")) for values in logprobs]
 
 
 def check_metric(metric: str, field: str = "metric") -> None:
@@ -233,11 +231,11 @@ def evaluate(
         Labelled :class:`~tunewise.data.pool.Example` s; their ``response`` is the gold answer and
         their prompt is rendered with the chat template exactly as in fine-tuning.
     metric:
-        One of ``exact_match``, ``multiple_choice``, ``gsm8k``, ``log_likelihood`` or ``auto``
-        (chosen per task among the first three).
+        One of ``exact_match``, ``multiple_choice``, ``gsm8k``, ``log_likelihood``, ``choice`` or
+        ``auto`` (chosen per task among the first three).
     max_new_tokens:
         The answer length limit; by default each task's longest gold answer plus 16 tokens.
-        Unused by ``log_likelihood``.
+        Unused by ``log_likelihood`` and ``choice``.
     batch_tokens:
         Token budget of one batch (prompt plus answer room, summed over rows).
     progress:
@@ -263,6 +261,8 @@ def evaluate(
     tasks = list(dict.fromkeys(example.task for example in examples))
     if metric == LOG_LIKELIHOOD:
         return _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress)
+    if metric == CHOICE:
+        return _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress)
     targets_by_task = {task: [e.response for e in examples if e.task == task] for task in tasks}
     metrics = {task: detect_metric(targets) if metric == "auto" else metric
                for task, targets in targets_by_task.items()}
@@ -282,7 +282,7 @@ def evaluate(
         limits = dict.fromkeys(tasks, max_new_tokens)
 
     started = time.perf_counter()
-    prompts = [prompt_token_ids(tokenizer, example.prompt) for example in examples]
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
     continuations = generate_greedy(model, tokenizer, prompts, [limits[e.task] for e in examples],
                                     batch_tokens, progress)
     samples = []
@@ -351,6 +351,122 @@ def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, pr
     return _results_document(samples, metrics, LOG_LIKELIHOOD, mean_stderr, config)
 
 
+def choice_sets(examples: Sequence) -> tuple[list[list[str]], dict[str, str]]:
+    """Per example its choices, in order; and per task where they came from.
+
+    A task whose examples carry a ``choices`` field uses them (every example of the task must have
+    one: a list of at least two distinct non-empty strings holding its gold answer). Otherwise the
+    task's distinct gold answers, in order of first appearance, are every example's choices, when
+    there are 2 to ``MAX_LABEL_SET`` of them. Anything else raises :class:`TunewiseError`.
+    """
+    tasks = list(dict.fromkeys(example.task for example in examples))
+    sources: dict[str, str] = {}
+    label_sets: dict[str, list[str]] = {}
+    for task in tasks:
+        members = [example for example in examples if example.task == task]
+        with_field = [example for example in members if "choices" in example.metadata]
+        if with_field:
+            if len(with_field) != len(members):
+                missing = next(example for example in members if "choices" not in example.metadata)
+                raise TunewiseError(
+                    f"task '{task}': {len(with_field)} of its {len(members)} examples have a 'choices' field, "
+                    f"example {missing.id} has none", field="choices",
+                    fix="give every example of the task its choices, or none of them (then the task's label set is used)")
+            sources[task] = "choices field"
+            continue
+        labels = list(dict.fromkeys(example.response for example in members))
+        if not 2 <= len(labels) <= MAX_LABEL_SET:
+            raise TunewiseError(
+                f"task '{task}' has {len(labels)} distinct gold answer(s) and no 'choices' field: the choice metric "
+                f"scores a classification task over its label set only when it holds 2 to {MAX_LABEL_SET} labels",
+                field="choices", fix="give each example a 'choices' list (holding its gold answer), or use another --metric")
+        label_sets[task] = labels
+        sources[task] = f"label set of {len(labels)}"
+    choices: list[list[str]] = []
+    for example in examples:
+        if example.task in label_sets:
+            choices.append(label_sets[example.task])
+            continue
+        given = example.metadata["choices"]
+        if (not isinstance(given, list) or len(given) < 2 or not all(isinstance(c, str) and c for c in given)
+                or len(set(given)) != len(given)):
+            raise TunewiseError(f"example {example.id} (task '{example.task}'): 'choices' must be a list of at least "
+                                f"two distinct non-empty strings, got {str(given)[:80]}", field="choices",
+                                fix="write the choices as a JSON list of strings")
+        if example.response not in given:
+            raise TunewiseError(f"example {example.id} (task '{example.task}'): its gold answer "
+                                f"{example.response[:60]!r} is not among its choices", field="choices",
+                                fix="make the response exactly one of the choices")
+        choices.append(list(given))
+    return choices, sources
+
+
+def choice_log_likelihoods(
+    model,
+    tokenizer,
+    examples: Sequence,
+    choices: Sequence[Sequence[str]],
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[list[float]]:
+    """Per example, per choice, the summed log-probability of the choice's tokens after the prompt.
+
+    The prompt is rendered with the chat template as in fine-tuning and a choice is tokenised on
+    its own, as a response is: the assistant turn's header stands where lm-evaluation-harness puts
+    its target delimiter, and no end-of-sequence token follows (lm-eval's ``loglikelihood``). Each
+    prompt runs once with all its choices beside it
+    (:func:`tunewise.model.packed.shared_prefix_logprobs`).
+    """
+    from tunewise.model.packed import shared_prefix_logprobs
+
+    tokenised: dict[str, list[int]] = {}
+    for text in {c for options in choices for c in options}:
+        tokenised[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not tokenised[text]:
+            raise TunewiseError(f"the choice {text!r} has no tokens", field="choices", fix="drop empty choices")
+    items = [(encode_prompt(tokenizer, example.prompt), [tokenised[c] for c in options])
+             for example, options in zip(examples, choices)]
+    logprobs = shared_prefix_logprobs(model, items, tokenizer.pad_token_id, batch_tokens, progress)
+    return [[float(values.sum(dtype="float64")) for values in per_choice] for per_choice in logprobs]
+
+
+def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) -> dict:
+    started = time.perf_counter()
+    choices, sources = choice_sets(examples)
+    likelihoods = choice_log_likelihoods(model, tokenizer, examples, choices, batch_tokens, progress)
+    samples = []
+    for example, options, values in zip(examples, choices, likelihoods):
+        gold = options.index(example.response)
+        # Ties go to the first choice, as numpy's argmax in lm-evaluation-harness.
+        best = max(range(len(options)), key=lambda i: (values[i], -i))
+        best_norm = max(range(len(options)), key=lambda i: (values[i] / len(options[i]), -i))
+        samples.append({
+            "id": example.id, "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
+            "target": example.response, "choices": list(options), "log_likelihoods": values,
+            "prediction": options[best], "correct": best == gold,
+            "prediction_norm": options[best_norm], "correct_norm": best_norm == gold,
+        })
+    metrics = dict.fromkeys(tasks, CHOICE)
+    config = {
+        "metric": CHOICE,
+        "metrics": metrics,
+        "choices": sources,
+        "batch_tokens": batch_tokens,
+        "n_samples": len(samples),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    def stderr(values):
+        return binomial_stderr(sum(values) / len(values), len(values))
+
+    document = _results_document(samples, metrics, "correct", stderr, config)
+    for task, entry in document["results"].items():
+        normalised = [float(s["correct_norm"]) for s in samples if s["task"] == task]
+        entry["acc_norm"] = sum(normalised) / len(normalised)
+        entry["acc_norm_stderr"] = stderr(normalised)
+        entry["chance"] = sum(1 / len(s["choices"]) for s in samples if s["task"] == task) / len(normalised)
+    return document
+
+
 def mean_stderr(values: Sequence[float]) -> float | None:
     """The standard error of a mean: sample standard deviation / sqrt(n); None for one value."""
     if len(values) < 2:
@@ -371,20 +487,11 @@ def task_scores(results: dict) -> dict[str, float]:
     return {task: entry[entry["metric"]] for task, entry in results["results"].items()}
 
 
-def write_json_atomic(data, path: str | os.PathLike) -> Path:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
 __all__ = [
+    "CHOICE",
+    "MAX_LABEL_SET",
+    "choice_log_likelihoods",
+    "choice_sets",
     "LOG_LIKELIHOOD",
     "METRICS",
     "check_metric",
@@ -400,5 +507,4 @@ __all__ = [
     "normalise_answer",
     "task_scores",
     "binomial_stderr",
-    "write_json_atomic",
 ]

@@ -1,7 +1,8 @@
 """LoRA fine-tuning with a completion-only loss, in one readable training loop.
 
 The prompt is rendered with the model's chat template (generation prompt included) and masked out
-of the loss; the response, followed by the end-of-sequence token, is what the model learns. The
+of the loss; the response, followed by the end-of-turn token, is what the model learns (the
+encoding is :func:`tunewise.model.chat.encode_example`, shared with scoring and CoS-Low). The
 loop is plain torch, top to bottom: no Trainer, no callbacks. It is seeded end to end (LoRA
 initialisation, dropout, data order), runs in fp32 on CPU and under bf16 autocast on GPU, and
 leaves the loaded base model untouched: the adapter goes on a copy, so one loaded model serves
@@ -15,18 +16,22 @@ import copy
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 from tunewise.errors import TunewiseError
+from tunewise.io import atomic_directory, check_output_folder, encode_json
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts, pad_examples, pad_token_id
 
-IGNORE_INDEX = -100
 ADAPTER_INFO_FILE = "tunewise_adapter.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+# What save_adapter writes (PEFT's save_pretrained adds a model card): all a folder it replaces may hold.
+ADAPTER_FOLDER_FILES = {ADAPTER_INFO_FILE, ADAPTER_WEIGHTS_FILE, "adapter_config.json", "README.md"}
+# torch, numpy and Optuna all take seeds below 2**32.
+MAX_SEED = 2**32 - 1
 # Examples per length-sorting window: long enough to cut padding, short enough to keep batches mixed.
 _LENGTH_GROUP_BATCHES = 16
 
@@ -76,6 +81,14 @@ class FinetuneConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise TunewiseError(f"must be a positive integer, got {self.max_steps!r}", field="max_steps",
                                 fix="pass --max-steps 1 or more, or leave it out to train by epochs")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise TunewiseError(f"must be a whole number in [0, {MAX_SEED}], got {self.seed!r}", field="seed",
+                                fix="pass e.g. --seed 0")
+        for name in ("lora_alpha", "learning_rate", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise TunewiseError(f"must be a finite number, got {value!r}", field=name,
+                                    fix=f"pass --{name.replace('_', '-')} a finite number")
         checks = (
             ("lora_alpha", self.lora_alpha > 0, "a positive number"),
             ("learning_rate", self.learning_rate > 0, "a positive number"),
@@ -142,38 +155,6 @@ class FinetuneResult:
     adapter_dir: Path | None = None
 
 
-def prompt_token_ids(tokenizer, prompt: Sequence[dict]) -> list[int]:
-    """The prompt as the model sees it before answering: chat template plus generation prompt.
-
-    Training and evaluation both render prompts here, so they can never drift apart.
-    """
-    encoded = tokenizer.apply_chat_template(
-        [dict(turn) for turn in prompt], add_generation_prompt=True, tokenize=True, return_dict=True
-    )
-    return list(encoded["input_ids"])
-
-
-class EncodedExample(NamedTuple):
-    """One training example as tokens: labels equal the ids on the response, -100 on the prompt."""
-
-    input_ids: list[int]
-    labels: list[int]
-    truncated: bool
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
-
-
-def encode_example(tokenizer, prompt: Sequence[dict], response: str, max_seq_length: int) -> EncodedExample:
-    """Tokenise one training example: the rendered prompt (masked), the response, then eos."""
-    prompt_ids = prompt_token_ids(tokenizer, prompt)
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    input_ids = prompt_ids + response_ids
-    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
-    return EncodedExample(input_ids[:max_seq_length], labels[:max_seq_length], len(input_ids) > max_seq_length)
-
-
 def finetune(
     loaded_model,
     examples: Sequence,
@@ -210,7 +191,9 @@ def finetune(
 
     tokenizer = loaded_model.tokenizer
     device = loaded_model.device
-    encoded = [encode_example(tokenizer, e.prompt, e.response, config.max_seq_length) for e in examples]
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
+    encoded = [encode_example(tokenizer, e.prompt, e.response, config.max_seq_length, prompt_ids=p)
+               for e, p in zip(examples, prompts)]
     log = TrainingLog(examples=len(examples), truncated_examples=sum(e.truncated for e in encoded))
 
     micro_batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
@@ -263,7 +246,7 @@ def finetune(
                 learning_rate = optimizer.param_groups[0]["lr"]
                 for batch in step_batches:
                     batch_examples = [encoded[i] for i in batch]
-                    input_ids, attention_mask, labels = pad_batch(batch_examples, tokenizer.pad_token_id, device)
+                    input_ids, attention_mask, labels = pad_examples(batch_examples, pad_token_id(tokenizer), device)
                     # Position t predicts token t + 1: project to the vocabulary only where that
                     # token is a response token (the prompt's logits would be thrown away).
                     targets = labels[:, 1:]
@@ -278,6 +261,12 @@ def finetune(
                     step_loss += loss.item()
                     log.examples_seen += len(batch)
                     log.tokens_seen += sum(len(e.input_ids) for e in batch_examples)
+                if not math.isfinite(step_loss):
+                    raise TunewiseError(
+                        f"the training loss became {step_loss} at step {step + 1} of {total_steps}; no adapter "
+                        "was saved", field="learning_rate",
+                        fix=f"lower --learning-rate (it was {config.learning_rate:g}) or --lora-alpha, or check "
+                            "the examples")
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
@@ -320,29 +309,23 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator) -
     return [batches[i] for i in shuffled]
 
 
-def pad_batch(encoded: Sequence[EncodedExample], pad_token_id: int, device):
-    """Right-pad a training batch to its longest member: ids, attention mask and labels tensors."""
-    import torch
-
-    width = max(len(e.input_ids) for e in encoded)
-    input_ids = torch.full((len(encoded), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE_INDEX, dtype=torch.long)
-    for row, example in enumerate(encoded):
-        length = len(example.input_ids)
-        input_ids[row, :length] = torch.tensor(example.input_ids)
-        attention_mask[row, :length] = 1
-        labels[row, :length] = torch.tensor(example.labels)
-    return input_ids.to(device), attention_mask.to(device), labels.to(device)
-
-
 def check_adapter_output(output_dir: str | os.PathLike) -> None:
-    """Refuse an adapter destination that would overwrite anything but an earlier adapter."""
+    """Refuse an adapter destination that would overwrite anything but an earlier adapter, or that
+    cannot be written."""
     target = Path(output_dir)
-    earlier_adapter = (target / ADAPTER_INFO_FILE).exists()
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not earlier_adapter)):
+    check_output_folder(target)
+    if not target.exists():
+        return
+    entries = {entry.name for entry in target.iterdir()}
+    if entries and ADAPTER_INFO_FILE not in entries:
         raise TunewiseError("the output path exists and is not an adapter folder written by tunewise",
                             file=str(target), fix="pass a new folder with -o (an earlier adapter folder is replaced)")
+    foreign = sorted(entries - ADAPTER_FOLDER_FILES)
+    if foreign:
+        # The whole folder is replaced: anything else in it would be deleted with the old adapter.
+        raise TunewiseError(f"the earlier adapter folder also holds {', '.join(foreign[:5])}, which replacing it "
+                            "would delete", file=str(target),
+                            fix="move those files out of the folder, or pass a new folder with -o")
 
 
 def save_adapter(
@@ -353,29 +336,52 @@ def save_adapter(
     from tunewise.model.load import model_summary
 
     check_adapter_output(output_dir)
-    target = Path(output_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    info = {
+        "tunewise_version": __version__,
+        **model_summary(loaded_model),
+        "finetune_config": asdict(config),
+        "training": log.to_dict(),
+    }
+    with atomic_directory(output_dir) as staging:
         with _peft_deprecation_silenced():
             peft_model.save_pretrained(staging)
-        info = {
-            "tunewise_version": __version__,
-            **model_summary(loaded_model),
-            "finetune_config": asdict(config),
-            "training": log.to_dict(),
-        }
-        (staging / ADAPTER_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        (staging / ADAPTER_INFO_FILE).write_bytes(encode_json(info))
+    return Path(output_dir)
+
+
+def read_adapter_info(adapter_dir: str | os.PathLike) -> dict:
+    """The provenance of an adapter folder written by :func:`save_adapter`, checked before any model loads.
+
+    The folder must hold ``adapter_config.json`` and the weights as ``adapter_model.safetensors``
+    (a pickled ``.bin`` could run code when loaded, so it is refused), and a readable
+    ``tunewise_adapter.json`` naming the base model.
+    """
+    adapter_dir = Path(adapter_dir)
+    fix = "pass the folder given to `tunewise finetune -o` (train it again if it was damaged)"
+    info_path = adapter_dir / ADAPTER_INFO_FILE
+    config_path = adapter_dir / "adapter_config.json"
+    if not adapter_dir.is_dir() or not config_path.exists() or not info_path.exists():
+        raise TunewiseError("not an adapter folder written by `tunewise finetune`", file=str(adapter_dir), fix=fix)
+    if not (adapter_dir / ADAPTER_WEIGHTS_FILE).is_file():
+        raise TunewiseError(f"the adapter has no {ADAPTER_WEIGHTS_FILE}; tunewise loads adapter weights only from "
+                            "safetensors, never from pickle files that can run code", file=str(adapter_dir),
+                            fix=fix)
+    documents = {}
+    for path in (info_path, config_path):
+        try:
+            documents[path] = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=str(path),
+                                fix=fix) from None
+        except json.JSONDecodeError as error:
+            raise TunewiseError(f"malformed JSON ({error.msg})", file=str(path), line=error.lineno, fix=fix) from None
+        if not isinstance(documents[path], dict):
+            raise TunewiseError(f"expected a JSON object, got {type(documents[path]).__name__}", file=str(path),
+                                fix=fix)
+    info = documents[info_path]
+    if not isinstance(info.get("model_fingerprint"), str) or not info["model_fingerprint"]:
+        raise TunewiseError("no base-model fingerprint", file=str(info_path), field="model_fingerprint", fix=fix)
+    return info
 
 
 def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
@@ -386,11 +392,7 @@ def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    info_path = adapter_dir / ADAPTER_INFO_FILE
-    if not (adapter_dir / "adapter_config.json").exists() or not info_path.exists():
-        raise TunewiseError("not an adapter folder written by `tunewise finetune`", file=adapter_dir,
-                            fix="pass the folder given to `tunewise finetune -o`")
-    info = json.loads(info_path.read_text())
+    info = read_adapter_info(adapter_dir)
     trained_on = _base_fingerprint(info.get("model_fingerprint", ""))
     if trained_on != _base_fingerprint(loaded_model.fingerprint):
         raise TunewiseError(
@@ -398,8 +400,12 @@ def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
             f"not on '{loaded_model.name}' ({_base_fingerprint(loaded_model.fingerprint)})",
             file=adapter_dir, field="model", fix=f"pass --model {info.get('model')}",
         )
-    with _peft_deprecation_silenced():
-        model = PeftModel.from_pretrained(copy.deepcopy(loaded_model.model), adapter_dir)
+    try:
+        with _peft_deprecation_silenced():
+            model = PeftModel.from_pretrained(copy.deepcopy(loaded_model.model), adapter_dir)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise TunewiseError(f"cannot load the adapter ({type(error).__name__}: {error})", file=str(adapter_dir),
+                            fix="train it again with `tunewise finetune -o`") from None
     merged = model.merge_and_unload()
     merged.eval()
     return merged
@@ -425,6 +431,6 @@ __all__ = [
     "check_adapter_output",
     "finetune",
     "load_adapter",
-    "prompt_token_ids",
+    "read_adapter_info",
     "save_adapter",
 ]

@@ -8,6 +8,10 @@ A sweep lives in one folder::
     RUN_DIR/sweep.json                   learning curves, AUC, gain over random (summarise_sweep)
     RUN_DIR/curves.png
 
+Every run also records its test score on the easy, medium and hard third of the test set, by the
+length of the reference answer in tokens within each task (paper C's measure of difficulty): paper
+C's mechanism, easy training data helping easy test items and hurting hard ones, shows there.
+
 Every run depends only on its (strategy, budget, seed) and the sweep's settings, and is written
 atomically when it finishes; a finished run is never redone. A killed sweep therefore resumes
 where it stopped and ends with the same results as an uninterrupted one, and more budgets,
@@ -27,8 +31,9 @@ from typing import Callable, Mapping, Sequence
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError
-from tunewise.training.evaluate import DEFAULT_BATCH_TOKENS, evaluate, task_scores, write_json_atomic
-from tunewise.training.finetune import FinetuneConfig, finetune
+from tunewise.io import atomic_path, check_output_folder, write_json
+from tunewise.training.evaluate import DEFAULT_BATCH_TOKENS, evaluate, task_scores
+from tunewise.training.finetune import MAX_SEED, FinetuneConfig, finetune
 
 BASELINE = "random"
 ZERO_SHOT = "zero_shot"
@@ -105,13 +110,12 @@ def strategy_from_spec(spec: str, extra_parameters: Mapping | None = None):
     """The :class:`~tunewise.select.Strategy` a spec names, its parameters checked by
     :func:`~tunewise.select.get_strategy`; any error names the whole spec.
 
-    ``extra_parameters`` adds parameters a spec's text cannot carry, such as the mapping of
-    predicted AUCs that ``efficiency`` takes; a parameter may not be given both ways. Besides the
-    registered strategies a spec may name ``efficiency`` (:class:`~tunewise.pipeline.EfficiencyAllocation`),
-    which is not registered because it cannot run without those predictions.
+    A task strategy's ``within`` is given by name and its parameters flat beside it, e.g.
+    ``task_diversity:within=difficulty_window,c0=0.15``. ``extra_parameters`` adds parameters a
+    spec's text cannot carry, such as the mapping of predicted AUCs that ``efficiency`` takes; a
+    parameter may not be given both ways.
     """
-    from tunewise.pipeline import EFFICIENCY, EfficiencyAllocation
-    from tunewise.select import build_strategy, get_strategy
+    from tunewise.select import get_strategy
 
     name, parameters = parse_strategy_spec(spec)
     twice = sorted(set(parameters) & set(extra_parameters or {}))
@@ -120,8 +124,6 @@ def strategy_from_spec(spec: str, extra_parameters: Mapping | None = None):
                             field="strategies", fix="give each parameter one way")
     parameters.update(extra_parameters or {})
     try:
-        if name == EFFICIENCY:
-            return build_strategy(EfficiencyAllocation, parameters)
         return get_strategy(name, **parameters)
     except TunewiseError as error:
         raise TunewiseError(f"strategy spec '{spec}': {error.message}", field="strategies", fix=error.fix) from None
@@ -189,6 +191,7 @@ def run_sweep(
 
     run_dir = Path(run_dir)
     runs = run_dir / RUNS_FOLDER
+    check_sweep_folder(run_dir)
     loaded = load_model(model_name, device=device, dtype=dtype)
     settings = {
         "model": model_name,
@@ -211,11 +214,12 @@ def run_sweep(
         return evaluate(model, loaded.tokenizer, test_examples, metric=metric,
                         max_new_tokens=max_new_tokens, batch_tokens=batch_tokens)
 
+    test_tertiles = tertiles_by_answer_length(test_examples, loaded.tokenizer)
     if not zero_shot_path.exists():
         if progress is not None:
             progress(done, total, "zero-shot")
         results = evaluate_model(loaded.model)
-        write_json_atomic(_run_record(ZERO_SHOT, 0, None, results), zero_shot_path)
+        write_json(zero_shot_path, _run_record(ZERO_SHOT, 0, None, results, test_tertiles))
         done += 1
 
     def scoring_progress(scored: int, to_score: int) -> None:
@@ -230,14 +234,14 @@ def run_sweep(
         selected = [pool_examples[position] for position in selection.positions]
         trained = finetune(loaded, selected, dataclasses.replace(finetune_config, seed=seed))
         results = evaluate_model(trained.model)
-        record = _run_record(strategy, budget, seed, results)
+        record = _run_record(strategy, budget, seed, results, test_tertiles)
         record["selected_ids"] = [example.id for example in selected]
         record["selection_notes"] = selection.notes
         record["selection_details"] = selection.details
         if strategy in strategy_parameters:
             record["strategy_parameters"] = strategy_parameters[strategy]
         record["training"] = trained.log.to_dict()
-        write_json_atomic(record, runs / run_file_name(strategy, budget, seed))
+        write_json(runs / run_file_name(strategy, budget, seed), record)
         done += 1
     if progress is not None:
         progress(done, total, "done")
@@ -259,8 +263,8 @@ def _check_grid(budgets, strategies, seeds, pool_size: int):
             raise TunewiseError(f"budget {budget} is larger than the pool ({pool_size} examples)",
                                 field="budgets", fix=f"use budgets up to {pool_size}, or a larger pool")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise TunewiseError(f"seed {seed!r} is not a whole number ≥ 0", field="seeds",
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise TunewiseError(f"seed {seed!r} is not a whole number in [0, {MAX_SEED}]", field="seeds",
                                 fix="use seeds such as 0,1,2")
     for strategy in strategies:
         if "__" in strategy or strategy == ZERO_SHOT:
@@ -287,11 +291,40 @@ def _ids_digest(examples) -> str:
     return hashlib.sha256("\n".join(example.id for example in examples).encode()).hexdigest()[:16]
 
 
+def check_sweep_folder(run_dir: str | os.PathLike) -> None:
+    """Before any model work: the folder can be written, and is new, empty or a readable sweep folder."""
+    run_dir = Path(run_dir)
+    check_output_folder(run_dir)
+    config_path = run_dir / CONFIG_FILE
+    if config_path.exists():
+        read_settings(config_path)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise TunewiseError("the output folder exists and is not a sweep folder", file=str(run_dir),
+                            fix="pass a new or empty folder with -o")
+
+
+def read_settings(config_path: Path) -> dict:
+    """The settings a sweep folder was made with, or a clear error when the file is damaged."""
+    fix = "write the sweep to a new -o folder, or delete this one to start over"
+    try:
+        settings = json.loads(config_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise TunewiseError(f"not valid UTF-8 ({error.reason} at byte {error.start})", file=str(config_path),
+                            fix=fix) from None
+    except json.JSONDecodeError as error:
+        raise TunewiseError(f"malformed JSON ({error.msg})", file=str(config_path), line=error.lineno,
+                            fix=fix) from None
+    if not isinstance(settings, dict):
+        raise TunewiseError(f"expected a JSON object of sweep settings, got {type(settings).__name__}",
+                            file=str(config_path), fix=fix)
+    return settings
+
+
 def _claim_run_dir(run_dir: Path, settings: dict) -> None:
     """Write the sweep's settings, or check that a folder being resumed was made with the same."""
     config_path = run_dir / CONFIG_FILE
     if config_path.exists():
-        existing = json.loads(config_path.read_text(encoding="utf-8"))
+        existing = read_settings(config_path)
         differing = sorted(key for key in settings.keys() | existing.keys() if settings.get(key) != existing.get(key))
         if differing:
             raise TunewiseError(
@@ -303,7 +336,7 @@ def _claim_run_dir(run_dir: Path, settings: dict) -> None:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise TunewiseError("the output folder exists and is not a sweep folder", file=str(run_dir),
                             fix="pass a new or empty folder with -o")
-    write_json_atomic(settings, config_path)
+    write_json(config_path, settings)
 
 
 def _selection_scores(pool_examples, strategies, loaded, progress):
@@ -323,17 +356,50 @@ def _selection_scores(pool_examples, strategies, loaded, progress):
     return score_pool(pool_examples, HFBackend(loaded), indicators, progress=progress)
 
 
-def _run_record(strategy: str, budget: int, seed: int | None, results: dict) -> dict:
+def _run_record(strategy: str, budget: int, seed: int | None, results: dict, test_tertiles: Mapping[str, str]) -> dict:
     return {
         "strategy": strategy,
         "budget": budget,
         "seed": seed,
         "score": results["average"],
         "scores": task_scores(results),
+        "difficulty_tertiles": tertile_scores(results["samples"], test_tertiles),
         "results": results["results"],
         "evaluation_seconds": results["config"]["seconds"],
         "tunewise_version": __version__,
     }
+
+
+TERTILES = ("easy", "medium", "hard")
+
+
+def tertiles_by_answer_length(test_examples, tokenizer) -> dict[str, str]:
+    """Test example id → ``easy``, ``medium`` or ``hard``: its third of its task by the number of
+    tokens in its reference answer (paper C's chain-of-thought length), shorter first, equal
+    lengths in test-set order (:func:`tunewise.select.difficulty.difficulty_tertiles`)."""
+    import numpy as np
+
+    from tunewise.select.difficulty import difficulty_tertiles
+
+    lengths = [len(ids) for ids in tokenizer([e.response for e in test_examples], add_special_tokens=False)["input_ids"]]
+    tasks = {task: code for code, task in enumerate(dict.fromkeys(e.task for e in test_examples))}
+    tertiles = difficulty_tertiles(np.array(lengths, dtype=np.float64), np.array([tasks[e.task] for e in test_examples]))
+    return {example.id: TERTILES[tertile] for example, tertile in zip(test_examples, tertiles)}
+
+
+def tertile_scores(samples: Sequence[Mapping], test_tertiles: Mapping[str, str]) -> dict[str, float | None]:
+    """The test score on each difficulty third: per task the mean over its samples in that third,
+    then the mean over tasks (as the overall score averages tasks). A sample's value is its
+    correctness, or its log-likelihood under ``--metric log_likelihood``; None for a third no task has."""
+    from tunewise.training.evaluate import LOG_LIKELIHOOD
+
+    values: dict[str, dict[str, list[float]]] = {tertile: {} for tertile in TERTILES}
+    for sample in samples:
+        value = sample["correct"] if "correct" in sample else sample.get(LOG_LIKELIHOOD)
+        if value is not None and sample["id"] in test_tertiles:
+            values[test_tertiles[sample["id"]]].setdefault(sample["task"], []).append(float(value))
+    return {tertile: _mean([_mean(task_values) for task_values in by_task.values()]) if by_task else None
+            for tertile, by_task in values.items()}
 
 
 def read_runs(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
@@ -346,9 +412,13 @@ def read_runs(run_dir: str | os.PathLike) -> tuple[dict | None, list[dict]]:
     for path in sorted(runs.glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise TunewiseError(f"unreadable run file ({error})", file=str(path),
                                 fix="delete it; the next `tunewise sweep` redoes that run") from None
+        required = ("strategy", "budget", "seed", "score", "scores")
+        if not isinstance(record, dict) or any(name not in record for name in required):
+            raise TunewiseError(f"not a run record (it needs {', '.join(required)})", file=str(path),
+                                fix="delete it; the next `tunewise sweep` redoes that run")
         if record["strategy"] == ZERO_SHOT:
             zero_shot = record
         else:
@@ -377,10 +447,16 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
     """Summarise every finished run of a sweep folder into ``sweep.json`` and ``curves.png``.
 
     Per strategy: the learning curve (budget → mean score over seeds, budget 0 the zero-shot
-    score), the per-seed scores, per-task mean scores, the AUC (:func:`tunewise.efficiency.curve.curve_auc`
-    with the sweep's budgets as the grid and the largest as N), and per budget the gain over
-    ``random`` (:func:`paired_gain`). All strategies share one ceiling (``ceiling`` or the best
-    mean score of any strategy) so that their AUCs compare; a flat curve has AUC None.
+    score), the per-seed scores, per-task mean scores, the AUC and per budget the gain over
+    ``random`` (:func:`paired_gain`).
+
+    The AUC is paper A's (:func:`tunewise.efficiency.curve.curve_auc`, with the sweep's budgets as
+    the grid and the largest as N): each seed's curve gets its own monotone envelope, then the
+    envelopes are averaged (``utils/calculate_per_task_auc.py:103-122`` of the released code), over
+    the seeds that finished every budget of the sweep (``auc_seeds``). All strategies share one
+    ceiling, max(``ceiling``, the best score of any run), so that their AUCs compare; without
+    ``ceiling`` it is the best score alone, which is not paper A's normalisation (``ceiling_source``
+    says which). A flat curve has AUC None.
     """
     from tunewise.efficiency.curve import curve_auc
 
@@ -390,9 +466,12 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
     strategies = list(dict.fromkeys(record["strategy"] for record in sorted(records, key=_record_order)))
     per_seed: dict[str, dict[int, dict[int, float]]] = {s: {} for s in strategies}
     task_runs: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
+    tertile_runs: dict[str, dict[int, list[dict]]] = {s: {} for s in strategies}
     for record in records:
         per_seed[record["strategy"]].setdefault(record["budget"], {})[record["seed"]] = record["score"]
         task_runs[record["strategy"]].setdefault(record["budget"], []).append(record["scores"])
+        if "difficulty_tertiles" in record:  # runs of older versions have none
+            tertile_runs[record["strategy"]].setdefault(record["budget"], []).append(record["difficulty_tertiles"])
 
     curves = {}
     for strategy in strategies:
@@ -400,17 +479,21 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
         if zero_shot is not None:
             curve[0] = zero_shot["score"]
         curves[strategy] = dict(sorted(curve.items()))
-    best = max((score for curve in curves.values() for score in curve.values()), default=0.0)
+    # The released code's ceiling is max(human, best raw score of any seed): raw, not averaged.
+    best = max([record["score"] for record in records] + ([zero_shot["score"]] if zero_shot else []), default=0.0)
     shared_ceiling = best if ceiling is None else max(ceiling, best)
 
     summary_strategies = {}
     for strategy in strategies:
+        seed_curves = _seed_curves(per_seed[strategy], budgets, zero_shot)
         entry = {
             "curve": {str(budget): score for budget, score in curves[strategy].items()},
-            "auc": _auc_or_none(curve_auc, curves[strategy], shared_ceiling, budgets),
+            "auc": _auc_or_none(curve_auc, list(seed_curves.values()), shared_ceiling, budgets),
+            "auc_seeds": sorted(seed_curves),
             "per_seed": {str(b): {str(s): v for s, v in sorted(seeds.items())}
                          for b, seeds in sorted(per_seed[strategy].items())},
             "task_curves": _task_curves(task_runs[strategy], zero_shot),
+            "difficulty_tertile_curves": _tertile_curves(tertile_runs[strategy], zero_shot),
         }
         if strategy != BASELINE and BASELINE in per_seed:
             entry["gain_over_random"] = {
@@ -423,16 +506,20 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
     config_path = run_dir / CONFIG_FILE
     summary = {
         "tunewise_version": __version__,
-        "settings": json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else None,
+        "settings": read_settings(config_path) if config_path.exists() else None,
         "budgets": budgets,
         "seeds": sorted({record["seed"] for record in records}),
         "baseline": BASELINE if BASELINE in per_seed else None,
         "ceiling": shared_ceiling,
+        "ceiling_source": "given" if ceiling is not None and ceiling >= best else
+                          "best score of any run" + ("" if ceiling is not None else
+                                                     " (no human or target ceiling given: not paper A's scale)"),
         "confidence_level": CONFIDENCE_LEVEL,
-        "zero_shot": None if zero_shot is None else {"score": zero_shot["score"], "scores": zero_shot["scores"]},
+        "zero_shot": None if zero_shot is None else {"score": zero_shot["score"], "scores": zero_shot["scores"],
+                                                     "difficulty_tertiles": zero_shot.get("difficulty_tertiles")},
         "strategies": summary_strategies,
     }
-    write_json_atomic(summary, run_dir / SUMMARY_FILE)
+    write_json(run_dir / SUMMARY_FILE, summary)
     if curves and budgets:
         plot_sweep(summary, run_dir / PLOT_FILE)
     return summary
@@ -447,11 +534,27 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _auc_or_none(curve_auc, curve: dict[int, float], ceiling: float, budgets: list[int]) -> float | None:
-    if not budgets or max(budgets) < 2:
+def _seed_curves(scores: dict[int, dict[int, float]], budgets: list[int], zero_shot: dict | None) -> dict:
+    """seed → {budget: score} (budget 0 the zero-shot score) for every seed that finished every budget.
+
+    A seed missing a budget is left out rather than filled in: the AUC's envelope would otherwise
+    carry its previous score into the unfinished run.
+    """
+    seeds = set.intersection(*(set(scores.get(budget, {})) for budget in budgets)) if budgets else set()
+    curves = {}
+    for seed in sorted(seeds):
+        curve = {budget: scores[budget][seed] for budget in budgets}
+        if zero_shot is not None:
+            curve[0] = zero_shot["score"]
+        curves[seed] = curve
+    return curves
+
+
+def _auc_or_none(curve_auc, seed_curves: list[dict[int, float]], ceiling: float, budgets: list[int]) -> float | None:
+    if not budgets or max(budgets) < 2 or not seed_curves:
         return None
     try:
-        return curve_auc(curve, ceiling=ceiling, max_budget=max(budgets), grid=budgets)
+        return curve_auc(seed_curves, ceiling=ceiling, max_budget=max(budgets), grid=budgets)
     except TunewiseError:
         return None  # a flat curve: no gain over zero-shot to normalise by
 
@@ -467,6 +570,21 @@ def _task_curves(runs_by_budget: dict[int, list[dict]], zero_shot: dict | None) 
         for budget, runs in sorted(runs_by_budget.items()):
             curve[str(budget)] = _mean([scores[task] for scores in runs if task in scores])
         curves[task] = curve
+    return curves
+
+
+def _tertile_curves(runs_by_budget: dict[int, list[dict]], zero_shot: dict | None) -> dict:
+    """easy/medium/hard → {budget: mean test score on that third over seeds}, budget 0 zero-shot."""
+    curves = {}
+    for tertile in TERTILES:
+        curve = {}
+        if zero_shot is not None and (zero_shot.get("difficulty_tertiles") or {}).get(tertile) is not None:
+            curve["0"] = zero_shot["difficulty_tertiles"][tertile]
+        for budget, runs in sorted(runs_by_budget.items()):
+            values = [run[tertile] for run in runs if run.get(tertile) is not None]
+            if values:
+                curve[str(budget)] = _mean(values)
+        curves[tertile] = curve
     return curves
 
 
@@ -499,26 +617,25 @@ def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
         axes.set_title("learning curves")
         axes.legend(loc="best", fontsize="small")
         figure.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-        try:
-            figure.savefig(temporary, dpi=120)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=path.suffix.lstrip(".") or "png")
     finally:
         plt.close(figure)
     return path
 
 
 __all__ = [
+    "check_sweep_folder",
     "paired_gain",
     "parse_strategy_spec",
     "plot_sweep",
     "read_runs",
+    "read_settings",
     "run_file_name",
     "run_sweep",
     "split_strategy_specs",
     "strategy_from_spec",
     "summarise_sweep",
+    "tertile_scores",
+    "tertiles_by_answer_length",
 ]

@@ -1,9 +1,15 @@
 """The tiny validation set: a few weighted anchor items that stand for a whole dev set.
 
-Following tinyBenchmarks' anchor points (DESIGN.md §4 step 3): cluster the dev set in embedding
-space with k-means (m clusters, seeded), take as anchor the dev example nearest each cluster
-centre, and weight it by its cluster's share of the dev set. The weighted mean of the anchors'
-scores then estimates the mean score over the whole dev set from m items only.
+Embedding-stratified sampling (DESIGN.md §4 step 3): cluster the dev set in the scoring model's
+embedding space with k-means (m clusters, seeded), take as anchor the dev example nearest each
+cluster centre, and weight it by its cluster's share of the dev set. The weighted mean of the
+anchors' scores then estimates the mean score over the whole dev set from m items only.
+
+This is not tinyBenchmarks' method (Polo et al. 2024), although it borrows the word "anchor": their
+anchor points cluster items by the *correctness pattern of many source models* (and add IRT
+estimates), which a user's own task does not have. Paper D (Song et al., arXiv 2605.09665) names
+"compact tiny-validation sets" without a construction that could be read; this one is tunewise's.
+:func:`tracking_report` measures how well it tracks the full dev mean against a random subset.
 """
 
 from __future__ import annotations
@@ -44,8 +50,9 @@ class Anchors:
         return self.cluster_sizes / self.cluster_sizes.sum()
 
 
-def choose_anchors(embeddings: np.ndarray, count: int = DEFAULT_ANCHORS, seed: int = 0) -> Anchors:
-    """Pick ``count`` anchors among the rows of ``embeddings`` by seeded k-means.
+def embedding_stratified_anchors(embeddings: np.ndarray, count: int = DEFAULT_ANCHORS, seed: int = 0) -> Anchors:
+    """Pick ``count`` anchors among the rows of ``embeddings`` by embedding-stratified sampling:
+    one per cluster of a seeded k-means, weighted by the cluster's size.
 
     With ``count`` at least the number of rows, every row is its own anchor of weight 1/n. When
     the rows hold fewer distinct points than ``count`` (duplicates), k-means finds fewer
@@ -99,7 +106,7 @@ def tracking_report(dev_scores: Sequence[float], embeddings: np.ndarray, count: 
     full = float(dev_scores.mean())
     runs = []
     for seed in seeds:
-        anchors = choose_anchors(embeddings, count, seed)
+        anchors = embedding_stratified_anchors(embeddings, count, seed)
         subset = np.random.default_rng(seed).choice(len(dev_scores), size=len(anchors), replace=False)
         anchor_value = anchor_estimate(dev_scores[anchors.positions], anchors)
         random_value = float(dev_scores[subset].mean())
@@ -143,12 +150,12 @@ def anchor_records(dev: Sequence[Example], anchors: Anchors, dev_scores: Sequenc
 def write_anchors(path: str | os.PathLike, dev: Sequence[Example], anchors: Anchors,
                   dev_scores: Sequence[float] | None = None) -> Path:
     """Write :func:`anchor_records` as JSONL, atomically."""
-    from tunewise.select.manifest import encode_jsonl, write_files_atomically
+    from tunewise.io import write_jsonl
 
     path = Path(path)
-    write_files_atomically({path: encode_jsonl(anchor_records(dev, anchors, dev_scores))})
+    write_jsonl(path, anchor_records(dev, anchors, dev_scores))
     return path
 
 
-__all__ = ["DEFAULT_ANCHORS", "Anchors", "anchor_estimate", "anchor_records", "choose_anchors", "tracking_report",
+__all__ = ["DEFAULT_ANCHORS", "Anchors", "anchor_estimate", "anchor_records", "embedding_stratified_anchors", "tracking_report",
            "write_anchors"]

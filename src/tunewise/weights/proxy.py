@@ -6,7 +6,12 @@ turns and measure how well it then answers the anchor items of the tiny validati
     J(w) = mean over R seeded repeats of  Σ_a weight_a · score_a(demonstrations_r)
 
 where score_a is the per-token mean log-likelihood of anchor a's gold answer (or, with
-``metric="exact_match"``, whether its greedy answer is right).
+``metric="exact_match"``, whether its greedy answer is right). The demonstrations of a repeat are
+drawn stratified over S(w) (one from each of d consecutive rank strata), so that they represent
+the whole selection and two different selections almost always show different demonstrations;
+J's spread over the repeats is reported with it (:class:`ProxyValue`). Paper D (Song et al.,
+arXiv 2605.09665) describes its proxy only as "ICL signals on compact tiny-validation sets"; the
+draw, the score and R, d are tunewise's.
 
 Every anchor of a repeat sees the same demonstrations, so their rendered conversations share a
 long token prefix (the chat template's system prompt, then the demonstrations). The cached
@@ -20,11 +25,13 @@ conversation on its own; it exists to check the cached one and to measure the sa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from tunewise.weights.anchors import Anchors, anchor_estimate
 from tunewise.model.base import plan_batches
+from tunewise.model.chat import encode_prompts, encode_responses, pad_batch, pad_token_id, stop_token_ids
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.data.pool import Example
 
@@ -89,24 +96,18 @@ class ProxyModel:
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 8192)
         self._decoder = self.model.get_decoder()
         self._head = self.model.get_output_embeddings()
-        self._pad_id = self.tokenizer.pad_token_id
-        self._eos_id = self.tokenizer.eos_token_id
+        self._pad_id = pad_token_id(self.tokenizer)
+        self._stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         self._max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
     # -- tokenisation -------------------------------------------------------------------------
 
     def context_ids(self, demonstrations: Sequence[Example], prompts: Sequence[Sequence[dict]]) -> list[list[int]]:
         """Each prompt's whole conversation, rendered with the chat template and tokenised."""
-        texts = [
-            self.tokenizer.apply_chat_template(
-                in_context_conversation(demonstrations, prompt), tokenize=False, add_generation_prompt=True
-            )
-            for prompt in prompts
-        ]
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return encode_prompts(self.tokenizer, [in_context_conversation(demonstrations, prompt) for prompt in prompts])
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
-        return [list(ids) for ids in self.tokenizer(list(answers), add_special_tokens=False)["input_ids"]]
+        return encode_responses(self.tokenizer, answers)
 
     def _check_lengths(self, lengths: Sequence[int]) -> None:
         longest = max(lengths, default=0)
@@ -197,15 +198,7 @@ class ProxyModel:
         return torch.zeros(ids.shape[0], device=self.device).index_add_(0, rows_of, logprobs)
 
     def _right_padded(self, sequences: Sequence[Sequence[int]]):
-        import torch
-
-        width = max(len(s) for s in sequences)
-        ids = torch.full((len(sequences), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, sequence in enumerate(sequences):
-            ids[row, : len(sequence)] = torch.tensor(sequence)
-            mask[row, : len(sequence)] = 1
-        return ids.to(self.device), mask.to(self.device)
+        return pad_batch(sequences, self._pad_id, "right", self.device)
 
     # -- greedy answers ------------------------------------------------------------------------
 
@@ -216,7 +209,7 @@ class ProxyModel:
         max_new_tokens: Sequence[int],
         naive: bool = False,
     ) -> list[str]:
-        """Each anchor's greedy answer after the demonstrations (cut at eos and its own limit).
+        """Each anchor's greedy answer after the demonstrations (cut at a stop token and its own limit).
 
         ``naive=True`` generates from every full conversation with ``tunewise.training.evaluate``'s
         batched ``generate``; the cached path decodes on top of the shared prefix cache.
@@ -249,13 +242,8 @@ class ProxyModel:
         left (between the prefix and the row's tokens) so that every row ends at the same column."""
         import torch
 
-        rows, width = len(own_parts), max(len(part) for part in own_parts)
-        ids = torch.full((rows, width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        for row, part in enumerate(own_parts):
-            ids[row, width - len(part):] = torch.tensor(part)
-            mask[row, width - len(part):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        rows = len(own_parts)
+        ids, mask = pad_batch(own_parts, self._pad_id, "left", self.device)
         positions = prefix_length + (mask.cumsum(dim=1) - 1).clamp(min=0)
         attention = torch.cat([torch.ones((rows, prefix_length), dtype=mask.dtype, device=self.device), mask], dim=1)
         cache = self._expanded_cache(prefix_cache, rows) if prefix_cache is not None else None
@@ -263,11 +251,12 @@ class ProxyModel:
                             past_key_values=cache, use_cache=True)
         next_position = prefix_length + mask.sum(dim=1)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        stops = torch.tensor(sorted(self._stop_ids), device=self.device)
         chosen = []
         for step in range(max(limits)):
             token = self._head(out.last_hidden_state[:, -1, :]).argmax(dim=-1)
             chosen.append(token)
-            finished |= token == self._eos_id
+            finished |= torch.isin(token, stops)
             if step == max(limits) - 1 or bool(finished.all()):
                 break
             attention = torch.cat([attention, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
@@ -278,18 +267,39 @@ class ProxyModel:
         answers = []
         for row, limit in enumerate(limits):
             answer = generated[row][:limit]
-            answers.append(answer[: answer.index(self._eos_id)] if self._eos_id in answer else answer)
+            end = next((position for position, token in enumerate(answer) if token in self._stop_ids), len(answer))
+            answers.append(answer[:end])
         return answers
+
+
+@dataclass(frozen=True)
+class ProxyValue:
+    """J of one selection: the mean over the repeats (``value``), each repeat's anchor-weighted
+    score, and the pool positions of each repeat's demonstrations."""
+
+    value: float
+    repeats: tuple[float, ...]
+    draws: tuple[tuple[int, ...], ...]
+
+    @property
+    def spread(self) -> float:
+        """Standard deviation of J over the repeats (0 with one repeat): how much of a difference
+        in J between two selections the demonstration draw alone can make."""
+        return float(np.std(self.repeats, ddof=1)) if len(self.repeats) > 1 else 0.0
 
 
 class InContextProxy:
     """J(w) for selections of a pool, scored on weighted anchors (DESIGN.md §4 step 4).
 
-    Demonstrations are drawn with common random numbers: repeat r gives every pool example a
-    fixed seeded priority, and the demonstrations of a selection are its ``demos`` members with
-    the smallest priorities, in that order. Two selections that differ in a few examples thus
-    mostly share their demonstrations, which makes J a far less noisy function of w for the
-    search. Pool examples identical to an anchor are never shown (that would leak the answer).
+    Demonstrations are drawn stratified over the selection: its showable members, in rank order
+    (best weighted score first), are cut into ``demos`` consecutive strata of (nearly) equal size,
+    and repeat r takes from each stratum the member with the smallest seeded priority (common
+    random numbers: repeat r gives every pool example one fixed priority), shown in priority order.
+    Every part of the selection's ranking is thus represented, from its best-scored to its
+    marginal members, and a change anywhere in the selection moves stratum boundaries and so,
+    almost always, some demonstration; yet two similar selections mostly share demonstrations,
+    which keeps J a smooth function of w for the search. Pool examples identical to an anchor
+    are never shown (that would leak the answer).
 
     Anchor scores are memoised by the demonstrations drawn, so weight settings whose selections
     lead to the same demonstrations cost one evaluation.
@@ -303,7 +313,7 @@ class InContextProxy:
     anchor_examples, anchors:
         The labelled anchor items and their weights (:class:`~tunewise.weights.anchors.Anchors`).
     repeats, demos:
-        R seeded draws of d demonstrations each.
+        R seeded draws of d demonstrations each (d strata).
     metric:
         ``loglik`` (per-token mean log-likelihood of the gold answer) or ``exact_match``
         (greedy answer judged as ``tunewise.training.evaluate`` judges it: the final number for GSM8K-style
@@ -352,13 +362,17 @@ class InContextProxy:
                                    for ids in model.answer_ids([e.response for e in self.anchor_examples])]
 
     def demonstrations(self, selection: Sequence[int]) -> list[list[int]]:
-        """Pool positions of the demonstrations of each repeat, drawn from ``selection``."""
+        """Pool positions of the demonstrations of each repeat, drawn stratified over ``selection``
+        (pool positions, best first)."""
         candidates = np.asarray(selection, dtype=np.int64)
         candidates = candidates[self._shown_allowed[candidates]]
+        if len(candidates) == 0:
+            return [[] for _ in self._priorities]
+        strata = np.array_split(candidates, min(self.demos, len(candidates)))
         draws = []
         for priorities in self._priorities:
-            order = np.argsort(priorities[candidates], kind="mergesort")
-            draws.append(candidates[order[: self.demos]].tolist())
+            drawn = np.array([stratum[np.argmin(priorities[stratum])] for stratum in strata])
+            draws.append(drawn[np.argsort(priorities[drawn], kind="mergesort")].tolist())
         return draws
 
     def anchor_scores(self, demonstration_positions: Sequence[int]) -> np.ndarray:
@@ -379,14 +393,20 @@ class InContextProxy:
             self._memo[key] = values
         return self._memo[key]
 
-    def __call__(self, selection: Sequence[int]) -> float:
-        """J of a selection: the anchor-weighted score, averaged over the repeats."""
+    def evaluate(self, selection: Sequence[int]) -> ProxyValue:
+        """J of a selection with its per-repeat values and demonstrations."""
         draws = self.demonstrations(selection)
         if not any(draws):
             raise TunewiseError("the selection holds no example that can be shown as a demonstration",
                                 fix="select a larger fraction of the pool, or use a dev set that does not "
                                     "repeat the pool's examples")
-        return float(np.mean([anchor_estimate(self.anchor_scores(draw), self.anchors) for draw in draws]))
+        values = tuple(anchor_estimate(self.anchor_scores(draw), self.anchors) for draw in draws)
+        return ProxyValue(float(np.mean(values)), values, tuple(tuple(draw) for draw in draws))
+
+    def __call__(self, selection: Sequence[int]) -> float:
+        """J of a selection: the anchor-weighted score, averaged over the repeats."""
+        return self.evaluate(selection).value
 
 
-__all__ = ["METRICS", "InContextProxy", "ProxyModel", "in_context_conversation", "shared_prefix_length"]
+__all__ = ["METRICS", "InContextProxy", "ProxyModel", "ProxyValue", "in_context_conversation",
+           "shared_prefix_length"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.select.features import DIVERSITY_NEIGHBOURS, FeatureMatrix, selection_size
+from tunewise.select.weighted import DIVERSITY_NEIGHBOURS, FeatureMatrix, selection_size
 
 SAMPLERS = ("tpe", "gp")
 STUDY_NAME = "tune-weights"
@@ -40,20 +40,33 @@ TRIAL_LOG_FILE = "trials.jsonl"
 # u = 0 would give an infinite weight: Optuna draws u from [1e-9, 1] instead.
 _SMALLEST_DRAW = 1e-9
 
-Objective = Callable[[dict[str, float]], float]
+# weights → J, or → a ProxyValue (tunewise.weights.proxy) whose per-repeat values and drawn
+# demonstrations are logged with the trial.
+Objective = Callable[[dict[str, float]], object]
 
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One finished trial: its place among the finished trials, the weights, J and its cost."""
+    """One finished trial: its place among the finished trials, the weights, J and its cost;
+    with a proxy objective also J of each repeat and a digest of the demonstrations shown."""
 
     index: int
     weights: dict[str, float]
     value: float
     seconds: float
+    repeats: tuple[float, ...] = ()
+    demonstrations: str | None = None
+
+    @property
+    def spread(self) -> float | None:
+        """Standard deviation of J over the repeats (None without per-repeat values)."""
+        return float(np.std(self.repeats, ddof=1)) if len(self.repeats) > 1 else (0.0 if self.repeats else None)
 
     def to_dict(self) -> dict:
-        return {"trial": self.index, "weights": self.weights, "J": self.value, "seconds": round(self.seconds, 3)}
+        record = {"trial": self.index, "weights": self.weights, "J": self.value, "seconds": round(self.seconds, 3)}
+        if self.repeats:
+            record.update(J_repeats=list(self.repeats), J_spread=self.spread, demonstrations=self.demonstrations)
+        return record
 
 
 @dataclass(frozen=True)
@@ -98,17 +111,18 @@ def _finished_records(study) -> list[TrialRecord]:
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     finished.sort(key=lambda trial: trial.number)
     return [
-        TrialRecord(index, dict(trial.user_attrs["weights"]), float(trial.value), float(trial.user_attrs["seconds"]))
+        TrialRecord(index, dict(trial.user_attrs["weights"]), float(trial.value), float(trial.user_attrs["seconds"]),
+                    tuple(trial.user_attrs.get("repeats", ())), trial.user_attrs.get("demonstrations"))
         for index, trial in enumerate(finished)
     ]
 
 
 def write_trial_log(run_dir: str | os.PathLike, records: Sequence[TrialRecord]) -> Path:
     """Rewrite ``trials.jsonl`` from the finished trials, so it always matches the study."""
-    from tunewise.select.manifest import encode_jsonl, write_files_atomically
+    from tunewise.io import write_jsonl
 
     path = Path(run_dir) / TRIAL_LOG_FILE
-    write_files_atomically({path: encode_jsonl(record.to_dict() for record in records)})
+    write_jsonl(path, (record.to_dict() for record in records))
     return path
 
 
@@ -155,6 +169,9 @@ def search_weights(
 ) -> SearchResult:
     """Maximise ``objective(weights)`` over the simplex of ``features``' weights.
 
+    The objective returns J, or a :class:`~tunewise.weights.proxy.ProxyValue` whose per-repeat
+    values and demonstrations are kept with the trial.
+
     Runs until ``trials`` trials have finished in the run folder (counting those of earlier,
     interrupted runs), or until a trial ends after ``timeout`` seconds of this call (as Optuna's
     ``timeout``: the running trial is finished, so every call runs at least one trial when any
@@ -174,9 +191,13 @@ def search_weights(
         trial = study.ask()
         weights = simplex_weights({name: trial.suggest_float(f"u_{name}", _SMALLEST_DRAW, 1.0) for name in features})
         trial_started = time.perf_counter()
-        value = float(objective(weights))
+        result = objective(weights)
+        value = float(getattr(result, "value", result))
         trial.set_user_attr("weights", weights)
         trial.set_user_attr("seconds", time.perf_counter() - trial_started)
+        if hasattr(result, "repeats"):
+            trial.set_user_attr("repeats", [float(v) for v in result.repeats])
+            trial.set_user_attr("demonstrations", _digest(",".join(map(str, draw)) for draw in result.draws))
         study.tell(trial, value)
         records = _finished_records(study)
         write_trial_log(run_dir, records)
@@ -213,10 +234,12 @@ class TunedWeights:
         from tunewise import __version__
 
         best = self.best
-        return {
+        document = {
             "weights": best.weights,
             "orientation": self.features.orientation,
+            "set_diversity": self.features.set_diversity,
             "J": best.value,
+            "J_spread": best.spread,
             "metric": self.settings["metric"],
             "features": list(self.features.names),
             "diversity_neighbours": self.settings["diversity_neighbours"],
@@ -228,10 +251,23 @@ class TunedWeights:
             "trials_resumed_from": self.search.resumed_from,
             "sampler": self.settings["sampler"],
             "seed": self.settings["seed"],
-            "proxy": {key: self.settings[key] for key in ("repeats", "demos", "anchors", "dev_size")},
+            "proxy": {key: self.settings[key] for key in ("repeats", "demos", "demonstrations", "anchors", "dev_size")},
+            "distinct": self.distinct(),
             "model_fingerprint": self.settings["model_fingerprint"],
             "tunewise_version": __version__,
         }
+        return document
+
+    def distinct(self) -> dict:
+        """How many of the trials differ: in the selection S(w), in the demonstrations the proxy
+        showed, and in J. Fewer distinct demonstrations than selections means the proxy could not
+        tell some selections apart (raise ``demos`` or ``repeats``)."""
+        trials = self.search.trials
+        selections = {tuple(sorted(self.selection(record.weights).tolist())) for record in trials}
+        shown = {record.demonstrations for record in trials if record.demonstrations is not None}
+        return {"trials": len(trials), "selections": len(selections),
+                "demonstrations": len(shown) if shown else None,
+                "J_values": len({round(record.value, 12) for record in trials})}
 
 
 def tune_weights(
@@ -257,7 +293,7 @@ def tune_weights(
     Parameters
     ----------
     features:
-        The pool's oriented features (:func:`tunewise.select.features.indicator_features`).
+        The pool's oriented features (:func:`tunewise.select.weighted.indicator_features`).
     pool:
         The labelled pool examples, one per feature row, in the same order.
     anchor_examples, anchors:
@@ -273,6 +309,8 @@ def tune_weights(
         The search (:func:`search_weights`).
     repeats, demos, metric:
         The proxy (:class:`~tunewise.weights.proxy.InContextProxy`); the proxy draws with ``seed`` too.
+
+    Set-level diversity is a property of ``features`` (``indicator_features(..., set_diversity=True)``).
     """
     from tunewise.weights.proxy import InContextProxy
 
@@ -292,6 +330,8 @@ def tune_weights(
         "metric": metric,
         "repeats": repeats,
         "demos": demos,
+        "demonstrations": "stratified",
+        "set_diversity": features.set_diversity,
         "anchors": len(anchors),
         "dev_size": anchors.dev_size,
         "sampler": sampler,
@@ -301,7 +341,7 @@ def tune_weights(
         "features_digest": _digest([features.values.tobytes()]),
         "anchor_digest": _digest(f"{e.id}:{members}" for e, members in zip(anchor_examples, anchors.cluster_sizes)),
     }
-    search = search_weights(lambda weights: proxy(features.top(weights, size)), features.names, run_dir,
+    search = search_weights(lambda weights: proxy.evaluate(features.top(weights, size)), features.names, run_dir,
                             trials=trials, timeout=timeout, sampler=sampler, seed=seed, settings=settings,
                             progress=progress)
     return TunedWeights(features=features, selection_size=size, search=search, settings=settings)

@@ -1,0 +1,216 @@
+"""Command-line flags generated from the library's config dataclasses (TRL's habit).
+
+A config dataclass declares each setting once: its type, default and ``metadata["help"]``.
+:func:`with_config_options` turns every field into a ``--flag`` of a Typer command and hands the
+command one validated config object, so the flag, its default and its help cannot drift from the
+library. Field metadata may add ``flags`` (extra spellings such as ``-n``); a field typed
+``Optional[bool]`` becomes ``--name/--no-name``; a tuple of strings is written comma-separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunewise.errors import TunewiseError, did_you_mean
+
+MODEL_HELP = "smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a model folder."
+DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
+DTYPE_HELP = "auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."
+METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, log_likelihood (mean log-probability "
+               "per gold-answer token; no generation), or choice (lm-evaluation-harness multiple choice: the most "
+               "likely of each example's 'choices', or of the task's labels; acc and acc_norm; no generation).")
+MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
+
+
+KEEP_DUPLICATES_HELP = ("Keep exact repeats (same prompt and answer) as examples of their own; by default each "
+                        "is merged into its first occurrence and listed.")
+
+
+POOL_HELP = ("Pool (labelled or not): a JSONL, JSON, CSV or Parquet file (.gz/.zst too), a quoted glob, a folder "
+             "saved with save_to_disk, or a Hugging Face Hub dataset id with --split.")
+SPLIT_HELP = "Split of a Hub dataset or a saved DatasetDict (e.g. train)."
+DATASET_CONFIG_HELP = "Configuration (subset) name of a Hub dataset."
+
+
+def report_skipped(skipped) -> None:
+    """Print one skipped record. Its reason may quote the record: plain text, never Rich markup."""
+    from rich.markup import escape
+
+    from tunewise.cli.app import console
+
+    where = f"{skipped.file}:{skipped.line}: {skipped.reason}".encode("utf-8", "backslashreplace").decode()
+    console.print("[yellow]skipped[/] " + escape(where), highlight=False, soft_wrap=True)
+
+
+def print_pool_notes(pool) -> None:
+    """What the pool reader skipped, merged or left unused, on stderr (user text escaped)."""
+    from rich.markup import escape
+
+    from tunewise.cli.app import console
+
+    for skipped in pool.skipped:
+        report_skipped(skipped)
+    for note in pool.notes():
+        console.print("[yellow]note:[/] " + escape(note), highlight=False, soft_wrap=True)
+
+
+def _load_run_config(ctx, param, value):
+    """``--config FILE``: the YAML file's keys become the command's defaults; flags still win."""
+    from tunewise.cli.app import exit_with_user_error
+
+    if value is None:
+        return value
+    try:
+        ctx.default_map = {**(ctx.default_map or {}), **_run_config_defaults(ctx, value)}
+    except TunewiseError as error:
+        exit_with_user_error(error)
+    return value
+
+
+def _run_config_defaults(ctx, value) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunewiseError("no such config file", file=value, field="config", fix="check the path") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        line = getattr(getattr(error, "problem_mark", None), "line", None)
+        raise TunewiseError(f"not a readable YAML file ({type(error).__name__})", file=value,
+                            line=None if line is None else line + 1, field="config",
+                            fix="write one 'flag: value' per line, e.g. budget: 200") from None
+    if not isinstance(data, dict):
+        raise TunewiseError("a run config is a mapping of flag names to values", file=value, field="config",
+                            fix="write one 'flag: value' per line, e.g. budget: 200")
+    known = {p.name: p for p in ctx.command.params}
+    defaults = {}
+    for key, item in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config_file":
+            raise TunewiseError(f"'{key}' is not a flag of this command", file=value, field=str(key),
+                                fix=did_you_mean(name, [n for n in known if n != "config_file"]))
+        if isinstance(item, list):
+            item = ",".join(map(str, item))
+        defaults[name] = item
+    return defaults
+
+
+#: ``--config FILE``: a run's flags from YAML (``tunewise plan --config runs/x/config.yaml`` reproduces a run).
+CONFIG_FILE_OPTION = typer.Option(None, "--config", help="YAML file of flag values (its keys are the flag names); "
+                                  "flags given on the command line win.", is_eager=True, callback=_load_run_config,
+                                  metavar="YAML")
+
+
+def resolved_config(ctx) -> dict:
+    """Every flag's value as the command ran, for the run folder's config.yaml."""
+    values = {}
+    for name, value in ctx.params.items():
+        if name in ("config_file", "as_json", "json_output") or value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            values.update({k: v for k, v in vars(value).items() if v is not None})
+        else:
+            values[name] = value
+    return {name: (str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value)
+            for name, value in values.items()}
+
+
+def parse_list(text: str | None) -> list[str]:
+    """``"loss, ifd"`` → ``["loss", "ifd"]``; empty or None → ``[]``."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _flag(field: dataclasses.Field, annotation, panel: str | None):
+    flag = "--" + field.name.replace("_", "-")
+    required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    default = ... if required else field.default
+    declarations = [flag, *field.metadata.get("flags", ())]
+    if annotation == Optional[bool]:
+        declarations = [f"{flag}/--no-{field.name.replace('_', '-')}"]
+    elif typing.get_origin(typing.Optional[annotation]) is typing.Union and tuple in (
+            typing.get_origin(arg) for arg in typing.get_args(annotation)):
+        annotation = Optional[str]
+        default = None if default in (None, ...) else ",".join(default)
+    option = typer.Option(default, *declarations, help=field.metadata.get("help"), rich_help_panel=panel)
+    return option, annotation
+
+
+def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str | None = None,
+                        name: str = "config"):
+    """Give a command one ``--flag`` per field of ``config_class``, passed in as ``name``.
+
+    Raises :class:`~tunewise.errors.TunewiseError` (exit 2 under ``@command``) when the config
+    refuses the values.
+    """
+    hints = typing.get_type_hints(config_class)
+    fields = [f for f in dataclasses.fields(config_class) if f.name not in exclude]
+    tuple_fields = {f.name for f in fields if tuple in (typing.get_origin(a) for a in typing.get_args(hints[f.name]))}
+
+    def decorate(func):
+        signature = inspect.signature(func, eval_str=True)
+        parameters = [p for p in signature.parameters.values() if p.name != name]
+        for field in fields:
+            option, annotation = _flag(field, hints[field.name], panel)
+            parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                                annotation=annotation))
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            values = {field.name: kwargs.pop(field.name) for field in fields}
+            for field_name in tuple_fields:
+                if values[field_name] is not None:
+                    values[field_name] = tuple(parse_list(values[field_name])) or None
+            try:
+                config = config_class(**values)
+            except (TypeError, ValueError) as error:
+                raise TunewiseError(str(error), fix="check the flags against --help") from None
+            return func(*args, **{name: config}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)
+        return wrapper
+
+    return decorate
+
+
+def parse_int_list(text: str, name: str) -> list[int]:
+    """``"50,100"`` → ``[50, 100]``, or a clear error naming the flag."""
+    values = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise TunewiseError(f"'{part}' is not a whole number", field=name,
+                                fix=f"write --{name} as comma-separated whole numbers, e.g. 0,1,2") from None
+    return values
+
+
+def check_output_path(output: Path, inputs: dict, example: str = "-o scores.parquet") -> None:
+    """Before any work: the output file can be written, and is none of the ``inputs`` (name → path)."""
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output}, inputs)
+    check_output_file(output, example=example)
+
+
+def model_input(model: str) -> dict:
+    """``--model`` as an input to protect, when it names a local folder."""
+    return {"--model": model} if Path(model).exists() else {}
+
+
+def check_sweep_output(output: Path, inputs: dict, names) -> None:
+    """A sweep folder's own files (and the folder) are none of its inputs."""
+    from tunewise.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"-o": output, **{name: output / name for name in names}}, inputs)
+
+
+__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "check_output_path", "check_sweep_output", "model_input", "parse_int_list", "parse_list", "with_config_options"]

@@ -1,0 +1,113 @@
+"""The chosen examples as training data, in the shapes trainers read.
+
+- ``messages``: JSONL, one ``{"messages": [...]}`` per example: TRL's conversational shape,
+  axolotl's ``chat_template`` type and LLaMA-Factory's ShareGPT-style ``openai`` format.
+- ``prompt_completion``: JSONL, TRL's conversational prompt–completion shape,
+  ``{"prompt": [...], "completion": [{"role": "assistant", ...}]}`` (completion-only loss).
+- ``alpaca``: a JSON list of ``{"instruction", "input", "output"}`` (LLaMA-Factory's Alpaca, with
+  ``system`` and ``history`` when the conversation has them).
+
+Every record keeps the example's id (``id``: the user's own id when the pool had one, else the
+content hash; ``tunewise_id``: the content hash), its task and the record's other fields, so an
+export can be joined back to the user's data. :func:`llamafactory_dataset_info` gives the entry
+LLaMA-Factory's ``dataset_info.json`` needs to read a file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tunewise.errors import TunewiseError
+
+EXPORT_FORMATS = ("messages", "prompt_completion", "alpaca")
+
+
+def default_export_path(selection_path: str | os.PathLike, export_format: str) -> Path:
+    """``X.jsonl`` → ``X.messages.jsonl``, ``X.prompt_completion.jsonl`` or ``X.alpaca.json``."""
+    path = Path(selection_path)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    suffix = ".alpaca.json" if export_format == "alpaca" else f".{export_format}.jsonl"
+    return path.with_name(stem + suffix)
+
+
+def export_records(examples: Iterable, export_format: str) -> list[dict]:
+    """The records of :func:`export_examples`, before encoding."""
+    if export_format not in EXPORT_FORMATS:
+        raise TunewiseError(f"unknown export format '{export_format}'", field="export",
+                            fix="choose one of " + ", ".join(EXPORT_FORMATS))
+    examples = list(examples)
+    unlabelled = [example.id for example in examples if example.response is None]
+    if unlabelled:
+        raise TunewiseError(
+            f"{len(unlabelled)} of the {len(examples)} selected examples have no response "
+            f"(e.g. id {unlabelled[0]}), so they cannot be exported as training data",
+            field="export",
+            fix="label them first, or select from a labelled pool",
+        )
+    shape = {"messages": lambda e: {"messages": _messages(e)},
+             "prompt_completion": lambda e: {"prompt": _messages(e)[:-1], "completion": _messages(e)[-1:]},
+             "alpaca": _alpaca}[export_format]
+    return [{**shape(example), **_identity(example)} for example in examples]
+
+
+def export_examples(examples: Iterable, export_format: str) -> bytes:
+    """The chosen examples as training data, in selection order (see the module docstring).
+
+    Raises TunewiseError for an unknown format or an example without a response.
+    """
+    from tunewise.io import encode_json, encode_jsonl
+
+    records = export_records(examples, export_format)
+    return encode_json(records) if export_format == "alpaca" else encode_jsonl(records)
+
+
+def llamafactory_dataset_info(name: str, file_name: str, export_format: str) -> dict:
+    """The ``dataset_info.json`` entry that lets LLaMA-Factory read an export as dataset ``name``."""
+    if export_format == "alpaca":
+        return {name: {"file_name": file_name, "columns": {"prompt": "instruction", "query": "input",
+                                                            "response": "output", "system": "system",
+                                                            "history": "history"}}}
+    if export_format == "messages":
+        return {name: {"file_name": file_name, "formatting": "sharegpt", "columns": {"messages": "messages"},
+                       "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                "assistant_tag": "assistant", "system_tag": "system"}}}
+    raise TunewiseError(f"LLaMA-Factory reads the messages and alpaca exports, not {export_format}",
+                        field="export", fix="export with --export messages or alpaca for LLaMA-Factory")
+
+
+def _identity(example) -> dict:
+    """The example's ids, task and the user's other fields (which never overwrite the training shape)."""
+    reserved = {"messages", "prompt", "completion", "instruction", "input", "output", "system", "history",
+                "id", "tunewise_id", "task"}
+    fields = {key: value for key, value in example.metadata.items() if key not in reserved}
+    return {"id": example.user_id if example.user_id is not None else example.id, "tunewise_id": example.id,
+            "task": example.task, **fields}
+
+
+def _messages(example) -> list[dict]:
+    turns = [{"role": turn["role"], "content": turn["content"]} for turn in example.prompt]
+    return [*turns, {"role": "assistant", "content": example.response}]
+
+
+def _alpaca(example) -> dict:
+    system = [turn["content"] for turn in example.prompt if turn["role"] == "system"]
+    dialogue = [turn for turn in example.prompt if turn["role"] != "system"]
+    roles = [turn["role"] for turn in dialogue]
+    expected = ["user", "assistant"] * (len(dialogue) // 2) + ["user"]
+    if roles != expected:
+        raise TunewiseError(
+            f"example {example.id}: its turns ({', '.join(roles) or 'none'}) do not alternate user and "
+            "assistant ending with a user turn, which the Alpaca format needs",
+            field="export",
+            fix="export with --export messages",
+        )
+    record = {"instruction": dialogue[-1]["content"], "input": "", "output": example.response}
+    if system:
+        record["system"] = "\n\n".join(system)
+    if len(dialogue) > 1:
+        record["history"] = [
+            [dialogue[i]["content"], dialogue[i + 1]["content"]] for i in range(0, len(dialogue) - 1, 2)
+        ]
+    return record
