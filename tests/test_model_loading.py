@@ -230,3 +230,21 @@ def test_plan_with_coslow_loads_the_model_once_and_keeps_its_weights_in_place(tm
     model = loads[0].model
     assert {name: p.data_ptr() for name, p in model.named_parameters()} == storages[0]
     assert not any("lora_" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.integration
+@needs_bitsandbytes
+def test_a_4bit_model_fine_tunes_end_to_end(small_folder, tmp_path):
+    import math
+
+    from tunewise.data.pool import parse_record
+    from tunewise.model.load import load_model
+    from tunewise.training.finetune import FinetuneConfig, finetune
+
+    loaded = load_model(str(small_folder), device="cpu", dtype="bf16", options=LoadOptions(quantization="4bit"))
+    examples = [parse_record({"prompt": f"What is {i} plus 2?", "response": str(i + 2)}) for i in range(6)]
+    result = finetune(loaded, examples, FinetuneConfig(max_steps=2, batch_size=2), output_dir=tmp_path / "adapter")
+    losses = [step["loss"] for step in result.log.to_dict()["steps"]]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert "Linear4bit" in {type(m).__name__ for m in loaded.model.modules()}
