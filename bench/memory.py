@@ -149,6 +149,11 @@ def run_step(step: str, shape: str, label: str, src: Path, device: str, timeout:
     }
     if report.exists():
         result.update(json.loads(report.read_text()))
+    plan_file = work / "run" / "plan.json"
+    if step == "plan" and plan_file.exists():
+        # CoS-Low skips examples the model answers with no answer token (confidence 0), which a
+        # random model may do: say whether the plan's figure includes CoS-Low at all.
+        result["coslow_measured"] = bool(json.loads(plan_file.read_text()).get("coslow"))
     (OUT / f"result-{shape}-{label}-{step}.json").write_text(json.dumps(result, indent=2) + "\n")
     tail = (work / "log.txt").read_text()[-600:] if result["exit_code"] else ""
     print(json.dumps(result), tail, sep="\n" if tail else "")
