@@ -17,6 +17,32 @@ from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
 
+_TRAIN_DTYPE_HELP = ("Compute type: auto (bf16 mixed precision where the hardware runs bf16: CUDA, CPUs with "
+                     "AVX512-BF16 or AMX; fp32 otherwise), float32, bfloat16.")
+_PROFILE_HELP = ("Start from a named fine-tuning recipe; flags given explicitly win. paper-a: paper A's "
+                 "learning-curve recipe (full fine-tuning, lr 1e-5 cosine, 500 steps, validation every 4 "
+                 "steps, early stopping after 10, best checkpoint restored).")
+_SFT_CONFIG_HELP = "YAML file of TRL SFTConfig fields passed through to the trainer (they win over tunewise's)."
+
+
+def finetune_settings(context: typer.Context, config: FinetuneConfig, profile: str | None, sft_config: Path | None):
+    """The command's ``FinetuneConfig`` on top of ``--profile`` (flags given on the command line
+    win) and the ``--sft-config`` overrides."""
+    import dataclasses
+
+    from tunewise.training.finetune import read_sft_overrides
+
+    if profile is not None:
+        def given(name: str) -> bool:
+            source = context.get_parameter_source(name)
+            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+        explicit = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                    if f.name in context.params and given(f.name)}
+        config = FinetuneConfig.from_profile(profile, **explicit)
+    return config, (read_sft_overrides(sft_config) if sft_config is not None else None)
+
+
 def selected_examples(pool, selection_path: Path) -> list:
     """The pool's examples named by a selection manifest, in the manifest's order."""
     from tunewise.select.manifest import read_selection
@@ -29,6 +55,7 @@ def selected_examples(pool, selection_path: Path) -> list:
 @command("finetune")
 @with_config_options(FinetuneConfig, panel="Fine-tuning")
 def finetune_command(
+    context: typer.Context,
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool file (or saved HF dataset folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder to write the LoRA adapter to."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
@@ -37,27 +64,33 @@ def finetune_command(
     ),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    dtype: str = typer.Option("auto", help=_TRAIN_DTYPE_HELP),
+    profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP, rich_help_panel="Fine-tuning"),
+    sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Fine-tune a LoRA adapter on a pool (or a selection of it) and save it."""
+    """Fine-tune a LoRA adapter (or the whole model) on a pool, or a selection of it, with TRL, and save it."""
     from tunewise.data.pool import read_pool
     from tunewise.io import refuse_overwriting_inputs
     from tunewise.model.load import load_model
     from tunewise.select.manifest import meta_path
     from tunewise.training.finetune import check_adapter_output, finetune
 
+    config, sft_overrides = finetune_settings(context, config, profile, sft_config)
     refuse_overwriting_inputs({"-o": output}, {"the pool": pool_path, "--selection": selection,
                                                "the selection's provenance file": selection and meta_path(selection),
-                                               **model_input(model)}, replaced_whole=True)
+                                               "--sft-config": sft_config, **model_input(model)},
+                              replaced_whole=True)
     check_adapter_output(output)
     pool = read_pool(pool_path, task_field)
     examples = selected_examples(pool, selection) if selection is not None else pool.examples
     loaded = load_model(model, device=device, dtype=dtype)
     with progress_bar("fine-tuning", unit="steps") as bar:
         update = lambda step, total, loss: bar(step, total, f"loss {loss:.4f}")  # noqa: E731
-        result = finetune(loaded, examples, config, output_dir=output, progress=update)
+        result = finetune(loaded, examples, config, output_dir=output, progress=update, dtype=dtype,
+                          sft_overrides=sft_overrides)
+    result.release()
     log = result.log.to_dict()
     print_length_notes(log["lengths"])
     if as_json:
@@ -186,6 +219,7 @@ def results_table(results: dict) -> Table:
 @command("sweep")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def sweep_command(
+    context: typer.Context,
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
     output: Path = typer.Option(..., "-o", "--output", help="Sweep folder (resumed when it exists)."),
@@ -202,7 +236,9 @@ def sweep_command(
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_NEW_TOKENS_HELP),
     batch_tokens: int = typer.Option(8192, min=1, help="Token budget per generation batch."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    dtype: str = typer.Option("auto", help=_TRAIN_DTYPE_HELP),
+    profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP, rich_help_panel="Fine-tuning"),
+    sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -212,6 +248,7 @@ def sweep_command(
     from tunewise.training.sweep import (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder, run_sweep,
                                          split_strategy_specs)
 
+    config, sft_overrides = finetune_settings(context, config, profile, sft_config)
     budget_list = parse_int_list(budgets, "budgets")
     seed_list = parse_int_list(seeds, "seeds")
     strategy_list = split_strategy_specs(strategies)
@@ -223,7 +260,7 @@ def sweep_command(
     with progress_bar("sweep", unit="runs") as update:
         summary = run_sweep(pool, test_set, budget_list, strategy_list, seed_list, model, output, config,
                             device=device, dtype=dtype, metric=metric, max_new_tokens=max_new_tokens,
-                            batch_tokens=batch_tokens, progress=update)
+                            batch_tokens=batch_tokens, progress=update, sft_overrides=sft_overrides)
     if as_json:
         print_json(summary)
         return

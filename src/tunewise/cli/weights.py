@@ -37,7 +37,7 @@ def anchors_command(
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the k-means that picks the written anchors."),
     check_seeds: int = typer.Option(5, min=1, help="Seeds the tracking check is repeated over."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Choose m weighted anchors of a dev set by embedding-stratified sampling (one per k-means
@@ -142,7 +142,7 @@ def tune_weights_command(
                                                       "beside -o, named after it with .run."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget of one proxy batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.

@@ -42,7 +42,8 @@ from typing import Callable, Collection, Sequence
 
 from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompt, encode_prompts, pad_token_id, stop_token_ids
+from tunewise.model.chat import (IGNORE_INDEX, encode_example, encode_prompts, encode_responses,
+                                  pad_token_id, stop_token_ids)
 from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import LoadedModel
 from tunewise.training.metrics import LOG_LIKELIHOOD, detect_metric, extract_answer, extract_gold, is_correct
@@ -157,7 +158,7 @@ def response_log_likelihoods(
         encoded[position] = replace(cut, input_ids=cut.input_ids[-context:], labels=cut.labels[-context:],
                                     truncated=True)
     starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in encoded]
-    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, tokenizer.pad_token_id,
+    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, pad_token_id(tokenizer),
                                  batch_tokens, progress=progress)
     return [float(values.mean(dtype="float64")) for values in logprobs]
 
@@ -393,12 +394,41 @@ def _results_document(samples: list[dict], metrics: dict[str, str], value_key: s
             "n": len(values),
             "metric": metric,
         }
-    return {
+    document = {
         "results": results,
         "average": sum(task_scores({"results": results}).values()) / len(results),
         "config": config,
         "samples": samples,
     }
+    return with_lm_eval_keys(document)
+
+
+#: The version of tunewise's scoring of a task, in lm-evaluation-harness's ``versions`` table.
+RESULTS_VERSION = 1
+
+
+def with_lm_eval_keys(document: dict) -> dict:
+    """Add the keys lm-evaluation-harness's tools read to a results document (in place; returned).
+
+    Per task: ``alias`` and every numeric metric again as ``"<metric>,none"`` (lm-eval names a
+    value by metric and filter; tunewise applies no filter); top level: ``versions``,
+    ``n-samples`` (``original`` and ``effective`` counts) and ``higher_is_better``. tunewise's own
+    keys stay, so earlier readers keep working.
+    """
+    results = document["results"]
+    for task, entry in results.items():
+        entry["alias"] = task
+        for key, value in list(entry.items()):
+            if key not in ("n", "metric", "alias", "chance") and "," not in key and (
+                    value is None or isinstance(value, (int, float))) and not isinstance(value, bool):
+                entry[f"{key},none"] = value
+    document["versions"] = dict.fromkeys(results, RESULTS_VERSION)
+    document["n-samples"] = {task: {"original": entry["n"], "effective": entry["n"]}
+                             for task, entry in results.items()}
+    document["higher_is_better"] = {
+        task: {key.split(",")[0]: True for key in entry if key.endswith(",none") and "_stderr" not in key}
+        for task, entry in results.items()}
+    return document
 
 
 def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress, truncate) -> dict:
@@ -488,14 +518,14 @@ def choice_log_likelihoods(
     """
     from tunewise.model.packed import shared_prefix_logprobs
 
-    tokenised: dict[str, list[int]] = {}
-    for text in {c for options in choices for c in options}:
-        tokenised[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not tokenised[text]:
-            raise TunewiseError(f"the choice {text!r} has no tokens", field="choices", fix="drop empty choices")
-    items = [(encode_prompt(tokenizer, example.prompt), [tokenised[c] for c in options])
-             for example, options in zip(examples, choices)]
-    logprobs = shared_prefix_logprobs(model, items, tokenizer.pad_token_id, batch_tokens, progress)
+    texts = sorted({c for options in choices for c in options})
+    tokenised = dict(zip(texts, encode_responses(tokenizer, texts)))
+    empty = [text for text, ids in tokenised.items() if not ids]
+    if empty:
+        raise TunewiseError(f"the choice {empty[0]!r} has no tokens", field="choices", fix="drop empty choices")
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
+    items = [(prompt, [tokenised[c] for c in options]) for prompt, options in zip(prompts, choices)]
+    logprobs = shared_prefix_logprobs(model, items, pad_token_id(tokenizer), batch_tokens, progress)
     return [[float(values.sum(dtype="float64")) for values in per_choice] for per_choice in logprobs]
 
 
@@ -533,7 +563,9 @@ def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) 
         entry["acc_norm"] = sum(normalised) / len(normalised)
         entry["acc_norm_stderr"] = stderr(normalised)
         entry["chance"] = sum(1 / len(s["choices"]) for s in samples if s["task"] == task) / len(normalised)
-    return document
+        # lm-evaluation-harness calls the multiple-choice accuracy "acc".
+        entry["acc,none"], entry["acc_stderr,none"] = entry[CHOICE], entry[f"{CHOICE}_stderr"]
+    return with_lm_eval_keys(document)
 
 
 def mean_stderr(values: Sequence[float]) -> float | None:

@@ -458,11 +458,10 @@ def validate_proxy(
         progress(0, len(chosen))
     for done, record in enumerate(chosen, start=1):
         selected = [pool[int(position)] for position in selection_of(record.weights)]
-        adapted = finetune(loaded, selected, finetune_config)
-        accuracy = evaluate(adapted.model, loaded.tokenizer, dev, metric=metric)["average"]
+        with finetune(loaded, selected, finetune_config) as adapted:
+            accuracy = evaluate(adapted.model, loaded.tokenizer, dev, metric=metric)["average"]
         points.append({"trial": record.index, "weights": record.weights, "J": record.value,
                        "accuracy": float(accuracy), "finetune_seconds": round(adapted.log.seconds, 3)})
-        del adapted  # free this adapted copy of the model before the next fine-tune makes another
         if progress is not None:
             progress(done, len(chosen))
     report = rank_correlation([p["J"] for p in points], [p["accuracy"] for p in points])
