@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, METRIC_HELP, MODEL_HELP,
+from tunewise.cli.options import (CONFIG_FILE_OPTION, DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, METRIC_HELP, MODEL_HELP,
                                    check_sweep_output, model_input, parse_int_list, with_config_options)
 from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
@@ -241,9 +241,10 @@ def sweep_command(
     sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    config_file: Optional[Path] = CONFIG_FILE_OPTION,
 ) -> None:
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
-    gain over random with 95 % confidence intervals."""
+    gain over random with 95 % confidence intervals. ``--config run.yaml`` takes the flags from YAML."""
     from tunewise.data.pool import read_pool
     from tunewise.training.sweep import (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder, run_sweep,
                                          split_strategy_specs)

@@ -373,7 +373,7 @@ class _Decompressed(type(Path())):
             import zstandard
         except ImportError:
             raise TunewiseError("reading .zst files needs the zstandard package", file=str(self),
-                                fix="pip install zstandard, or decompress the file first") from None
+                                fix="pip install 'tunewise[hub]' (zstandard), or decompress the file first") from None
         # Buffered so that the JSONL reader can iterate it line by line.
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(str(self), "rb"), closefd=True))
 
@@ -413,7 +413,7 @@ def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) ->
         import datasets
     except ImportError:
         raise TunewiseError(f"'{dataset_id}' is no file, and reading a Hub dataset needs the datasets package",
-                            file=dataset_id, fix="pip install 'tunewise[hub]'") from None
+                            file=dataset_id, fix="pip install datasets") from None
     offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes")
                   for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if split is None:
