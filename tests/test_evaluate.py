@@ -244,3 +244,17 @@ def test_mean_stderr():
     assert mean_stderr([1.0, 3.0]) == pytest.approx(1.0)
     assert mean_stderr([2.0, 2.0, 2.0]) == 0.0
     assert mean_stderr([5.0]) is None
+
+
+def test_results_carry_lm_evaluation_harness_keys():
+    from tunewise.training.evaluate import with_lm_eval_keys
+
+    document = with_lm_eval_keys({"results": {"arith": {"exact_match": 0.5, "exact_match_stderr": 0.25, "n": 4,
+                                                         "metric": "exact_match"}},
+                                  "average": 0.5, "config": {}, "samples": []})
+    entry = document["results"]["arith"]
+    assert entry["alias"] == "arith"
+    assert (entry["exact_match,none"], entry["exact_match_stderr,none"]) == (0.5, 0.25)
+    assert document["versions"] == {"arith": 1}
+    assert document["n-samples"] == {"arith": {"original": 4, "effective": 4}}
+    assert document["higher_is_better"] == {"arith": {"exact_match": True}}

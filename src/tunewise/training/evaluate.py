@@ -325,12 +325,41 @@ def _results_document(samples: list[dict], metrics: dict[str, str], value_key: s
             "n": len(values),
             "metric": metric,
         }
-    return {
+    document = {
         "results": results,
         "average": sum(task_scores({"results": results}).values()) / len(results),
         "config": config,
         "samples": samples,
     }
+    return with_lm_eval_keys(document)
+
+
+#: The version of tunewise's scoring of a task, in lm-evaluation-harness's ``versions`` table.
+RESULTS_VERSION = 1
+
+
+def with_lm_eval_keys(document: dict) -> dict:
+    """Add the keys lm-evaluation-harness's tools read to a results document (in place; returned).
+
+    Per task: ``alias`` and every numeric metric again as ``"<metric>,none"`` (lm-eval names a
+    value by metric and filter; tunewise applies no filter); top level: ``versions``,
+    ``n-samples`` (``original`` and ``effective`` counts) and ``higher_is_better``. tunewise's own
+    keys stay, so earlier readers keep working.
+    """
+    results = document["results"]
+    for task, entry in results.items():
+        entry["alias"] = task
+        for key, value in list(entry.items()):
+            if key not in ("n", "metric", "alias", "chance") and "," not in key and (
+                    value is None or isinstance(value, (int, float))) and not isinstance(value, bool):
+                entry[f"{key},none"] = value
+    document["versions"] = dict.fromkeys(results, RESULTS_VERSION)
+    document["n-samples"] = {task: {"original": entry["n"], "effective": entry["n"]}
+                             for task, entry in results.items()}
+    document["higher_is_better"] = {
+        task: {key.split(",")[0]: True for key in entry if key.endswith(",none") and "_stderr" not in key}
+        for task, entry in results.items()}
+    return document
 
 
 def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress) -> dict:
@@ -465,7 +494,9 @@ def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) 
         entry["acc_norm"] = sum(normalised) / len(normalised)
         entry["acc_norm_stderr"] = stderr(normalised)
         entry["chance"] = sum(1 / len(s["choices"]) for s in samples if s["task"] == task) / len(normalised)
-    return document
+        # lm-evaluation-harness calls the multiple-choice accuracy "acc".
+        entry["acc,none"], entry["acc_stderr,none"] = entry[CHOICE], entry[f"{CHOICE}_stderr"]
+    return with_lm_eval_keys(document)
 
 
 def mean_stderr(values: Sequence[float]) -> float | None:
