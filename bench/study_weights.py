@@ -59,8 +59,8 @@ def fine_tune_run(path: Path, loaded, selected, test, seed: int, extra: dict) ->
     """Fine-tune on ``selected``, score ``test``, write the run to ``path``; a finished run is read back."""
     if path.exists():
         return json.loads(path.read_text())
-    adapted = finetune(loaded, selected, FinetuneConfig(seed=seed))
-    results = evaluate(adapted.model, loaded.tokenizer, test, metric=LOG_LIKELIHOOD)
+    with finetune(loaded, selected, FinetuneConfig(seed=seed)) as adapted:
+        results = evaluate(adapted.model, loaded.tokenizer, test, metric=LOG_LIKELIHOOD)
     (entry,) = results["results"].values()
     record = {**extra, "seed": seed, "examples": len(selected), "score": results["average"],
               "stderr": entry[f"{LOG_LIKELIHOOD}_stderr"], "n_test": entry["n"],

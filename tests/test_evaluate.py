@@ -10,14 +10,9 @@ from tunewise.errors import TunewiseError
 from tunewise.training.evaluate import (
     LOG_LIKELIHOOD,
     binomial_stderr,
-    detect_metric,
     evaluate,
-    extract_choice,
-    extract_final_number,
     generate_greedy,
-    is_correct,
     mean_stderr,
-    normalise_answer,
     response_log_likelihoods,
     task_scores,
 )
@@ -29,71 +24,6 @@ from tunewise.data.pool import parse_record
 def example(question: str, answer: str | None, task: str = "default"):
     record = {"question": question, "answer": answer, "task": task}
     return parse_record(record, task_field="task")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("  Yes.  ", "yes"),
-        ("The  Answer\n is\tTrue", "the answer is true"),
-        ("valid...", "valid"),
-        ("3.5", "3.5"),
-        ("", ""),
-    ],
-)
-def test_normalise_answer(text, expected):
-    assert normalise_answer(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("(B)", "B"),
-        ("The answer is (C).", "C"),
-        ("D) four", "D"),
-        ("answer: J", "J"),
-        ("Because of (E), the answer is A", "E"),
-        ("Apples and (K)", None),
-        ("no letter here, only lowercase a b", None),
-        ("ABC is not a letter", None),
-    ],
-)
-def test_extract_choice(text, expected):
-    assert extract_choice(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("She has 3 + 4 = 7 apples.\n#### 7", "7"),
-        ("#### 1,234", "1234"),
-        ("#### -3.5 dollars, not 9", "-3.5"),
-        ("first 5, then 12, so 18", "18"),
-        ("It costs $1,000.50 in total", "1000.50"),
-        ("no number at all", None),
-        ("#### none", None),
-    ],
-)
-def test_extract_final_number(text, expected):
-    assert extract_final_number(text) == expected
-
-
-def test_is_correct_per_metric():
-    assert is_correct("gsm8k", "so the total is 72.0", "48 + 24 = 72\n#### 72")
-    assert is_correct("gsm8k", "#### 1,000", "#### 1000")
-    assert not is_correct("gsm8k", "#### 71 then 72", "#### 72")
-    assert not is_correct("gsm8k", "I do not know", "#### 72")
-    assert is_correct("multiple_choice", "(A) the blue jay", "(A)")
-    assert not is_correct("multiple_choice", "the blue jay", "(A)")
-    assert is_correct("exact_match", " True. ", "true")
-    assert not is_correct("exact_match", "True because", "True")
-
-
-def test_detect_metric():
-    assert detect_metric(["3 + 4 = 7\n#### 7", "#### 10"]) == "gsm8k"
-    assert detect_metric(["(A)", "(C)", " B "]) == "multiple_choice"
-    assert detect_metric(["(A)", "True"]) == "exact_match"
-    assert detect_metric(["#### 7", "8"]) == "exact_match"
 
 
 def test_binomial_stderr_matches_the_harness_formula():
@@ -132,7 +62,8 @@ def test_evaluate_scores_known_predictions_per_task(monkeypatch):
     sample = results["samples"][2]
     assert sample == {
         "id": examples[2].id, "task": "math", "prompt": [{"role": "user", "content": "4 + 4?"}],
-        "target": "#### 8", "prediction": "#### 9", "extracted": "9", "correct": False,
+        "target": "#### 8", "prediction": "#### 9", "extracted": "9", "target_extracted": "8", "correct": False,
+        "truncated": False,
     }
 
 

@@ -289,3 +289,19 @@ def test_extra_parameters_are_refused_twice_or_for_an_unswept_strategy(tmp_path)
     with pytest.raises(TunewiseError, match="not swept: efficiency"):
         run_sweep(pool, test, run_dir=tmp_path / "sweep", strategy_parameters={"efficiency": {}}, **SWEEP)
     assert not (tmp_path / "sweep").exists()
+
+
+def test_sweep_with_the_paper_a_profile_validates_on_unselected_pool_examples(tmp_path):
+    pool, test = generated_examples(12), generated_examples(3, offset=100)
+    config = FinetuneConfig.from_profile("paper-a", method="lora", learning_rate=5e-2, max_steps=4, eval_steps=2,
+                                         batch_size=2, gradient_accumulation_steps=1)
+    run_sweep(pool, test, budgets=[5, 10], strategies=["random"], seeds=[0], model_name="tiny-random",
+              run_dir=tmp_path, finetune_config=config, max_new_tokens=2)
+    settings = json.loads((tmp_path / "sweep_config.json").read_text())
+    assert settings["finetune_config"]["eval_steps"] == 2 and settings["finetune_config"]["lr_scheduler"] == "cosine"
+    for budget in (5, 10):
+        record = json.loads((tmp_path / "runs" / run_file_name("random", budget, 0)).read_text())
+        training = record["training"]
+        # the whole budget trains; validation is int(20 % of it) drawn from examples it did not select
+        assert training["examples"] == budget and training["validation_examples"] == max(1, int(0.2 * budget))
+        assert len(training["steps"]) == 4 and [e["step"] for e in training["evaluations"]] == [2, 4]

@@ -57,7 +57,7 @@ def test_finetune_then_evaluate_with_the_adapter(tmp_path, files):
     assert evaluated.exit_code == 0, evaluated.output
     results = json.loads(results_path.read_text())
     assert set(results["results"]) == {"low", "high"}
-    assert results["results"]["low"]["n"] == 2 and results["results"]["low"]["metric"] == "exact_match"
+    assert results["results"]["low"]["n"] == 2 and results["results"]["low"]["metric"] == "gsm8k"  # numeric golds: the final number
     assert results["config"]["adapter"] == str(adapter) and results["config"]["model"] == "tiny-random"
     assert len(results["samples"]) == 3
     assert "Evaluation" in evaluated.output and "mean over tasks" in evaluated.output
@@ -122,4 +122,43 @@ def test_bad_input_exits_2_without_writing(tmp_path, files, arguments, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_finetune_with_the_paper_a_profile_keeps_explicit_flags(tmp_path, files):
+    pool, _ = files
+    adapter = tmp_path / "adapter"
+    sft = tmp_path / "sft.yaml"
+    sft.write_text("logging_first_step: true\n")
+    result = invoke("finetune", pool, *TINY, "--task-field", "task", "--profile", "paper-a", "--method", "lora",
+                    "--max-steps", 4, "--eval-steps", 2, "--batch-size", 2, "--gradient-accumulation-steps", 1,
+                    "--sft-config", sft, "--dtype", "float32", "-o", adapter)
+    assert result.exit_code == 0, result.output
+    info = json.loads((adapter / "tunewise_adapter.json").read_text())
+    config = info["finetune_config"]
+    # explicit flags win; the rest is paper A's recipe
+    assert (config["method"], config["max_steps"], config["eval_steps"]) == ("lora", 4, 2)
+    assert (config["learning_rate"], config["lr_scheduler"], config["early_stopping_patience"]) == (1e-5, "cosine", 10)
+    training = info["training"]
+    assert training["examples"] == 7 and training["validation_examples"] == 1
+    assert [e["step"] for e in training["evaluations"]] == [2, 4] and training["best_step"] in (2, 4)
+    assert training["precision"] == "float32"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [(("--profile", "paper-z"), "unknown fine-tuning profile"),
+     (("--sft-config", "{tmp}/bad.yaml"), "not an SFTConfig field"),
+     (("--dtype", "bfloat61"), "unknown dtype"),
+     (("--batching", "packed"), "unknown batching"),
+     (("--max-seq-length", 3), "do not fit --max-seq-length"),
+     (("--max-seq-length", 3, "--truncate"), "no example keeps a response token")],
+)
+def test_finetune_refuses_bad_training_settings(tmp_path, files, extra, message):
+    pool, _ = files
+    (tmp_path / "bad.yaml").write_text("learning_rat: 0.1\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke("finetune", pool, *TINY, *(str(a).format(tmp=tmp_path) for a in extra), "-o", tmp_path / "a")
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -14,7 +14,34 @@ from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, 
                                    check_sweep_output, model_input, parse_int_list, with_config_options)
 from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
+from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
+
+_TRAIN_DTYPE_HELP = ("Compute type: auto (bf16 mixed precision where the hardware runs bf16: CUDA, CPUs with "
+                     "AVX512-BF16 or AMX; fp32 otherwise), float32, bfloat16.")
+_PROFILE_HELP = ("Start from a named fine-tuning recipe; flags given explicitly win. paper-a: paper A's "
+                 "learning-curve recipe (full fine-tuning, lr 1e-5 cosine, 500 steps, validation every 4 "
+                 "steps, early stopping after 10, best checkpoint restored).")
+_SFT_CONFIG_HELP = "YAML file of TRL SFTConfig fields passed through to the trainer (they win over tunewise's)."
+
+
+def finetune_settings(context: typer.Context, config: FinetuneConfig, profile: str | None, sft_config: Path | None):
+    """The command's ``FinetuneConfig`` on top of ``--profile`` (flags given on the command line
+    win) and the ``--sft-config`` overrides."""
+    import dataclasses
+
+    from tunewise.training.finetune import read_sft_overrides
+
+    if profile is not None:
+        def given(name: str) -> bool:
+            source = context.get_parameter_source(name)
+            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+        explicit = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                    if f.name in context.params and given(f.name)}
+        config = FinetuneConfig.from_profile(profile, **explicit)
+    return config, (read_sft_overrides(sft_config) if sft_config is not None else None)
+
 
 def selected_examples(pool, selection_path: Path) -> list:
     """The pool's examples named by a selection manifest, in the manifest's order."""
@@ -28,6 +55,7 @@ def selected_examples(pool, selection_path: Path) -> list:
 @command("finetune")
 @with_config_options(FinetuneConfig, panel="Fine-tuning")
 def finetune_command(
+    context: typer.Context,
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool file (or saved HF dataset folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder to write the LoRA adapter to."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
@@ -36,31 +64,35 @@ def finetune_command(
     ),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    dtype: str = typer.Option("auto", help=_TRAIN_DTYPE_HELP),
+    profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP, rich_help_panel="Fine-tuning"),
+    sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
-    """Fine-tune a LoRA adapter on a pool (or a selection of it) and save it."""
+    """Fine-tune a LoRA adapter (or the whole model) on a pool, or a selection of it, with TRL, and save it."""
     from tunewise.data.pool import read_pool
     from tunewise.io import refuse_overwriting_inputs
     from tunewise.model.load import load_model
     from tunewise.select.manifest import meta_path
     from tunewise.training.finetune import check_adapter_output, finetune
 
+    config, sft_overrides = finetune_settings(context, config, profile, sft_config)
     refuse_overwriting_inputs({"-o": output}, {"the pool": pool_path, "--selection": selection,
                                                "the selection's provenance file": selection and meta_path(selection),
-                                               **model_input(model)}, replaced_whole=True)
+                                               "--sft-config": sft_config, **model_input(model)},
+                              replaced_whole=True)
     check_adapter_output(output)
     pool = read_pool(pool_path, task_field)
     examples = selected_examples(pool, selection) if selection is not None else pool.examples
     loaded = load_model(model, device=device, dtype=dtype)
     with progress_bar("fine-tuning", unit="steps") as bar:
         update = lambda step, total, loss: bar(step, total, f"loss {loss:.4f}")  # noqa: E731
-        result = finetune(loaded, examples, config, output_dir=output, progress=update)
+        result = finetune(loaded, examples, config, output_dir=output, progress=update, dtype=dtype,
+                          sft_overrides=sft_overrides)
+    result.release()
     log = result.log.to_dict()
-    if log["truncated_examples"]:
-        console.print(f"[yellow]note:[/] {log['truncated_examples']} examples were longer than "
-                      f"--max-seq-length {config.max_seq_length} tokens and were cut", highlight=False)
+    print_length_notes(log["lengths"])
     if as_json:
         print_json({**log, "adapter": str(result.adapter_dir)})
         return
@@ -70,6 +102,20 @@ def finetune_command(
         f"final loss {log['final_loss']:.4f} → {escape(str(result.adapter_dir))}",
         highlight=False,
     )
+
+
+def print_length_notes(lengths: dict) -> None:
+    """Say which training examples --truncate cut, and which were left with no response token."""
+    from tunewise.model.lengths import listing
+
+    if lengths.get("truncated"):
+        console.print(f"[yellow]note:[/] {len(lengths['truncated'])} examples were longer than "
+                      f"{lengths['max_tokens']} tokens and were cut (--truncate): "
+                      f"{escape(listing(lengths['truncated']))}", highlight=False)
+    if lengths.get("without_response"):
+        console.print(f"[yellow]note:[/] {len(lengths['without_response'])} examples keep no response token "
+                      f"after the cut and train nothing (left out): {escape(listing(lengths['without_response']))}",
+                      highlight=False)
 
 
 @command("evaluate")
@@ -86,6 +132,12 @@ def evaluate_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    predictions: Optional[Path] = typer.Option(
+        None, help="Score these answers (JSONL, one {\"id\" or \"line\", \"prediction\"} per test item, "
+                   "made elsewhere: vLLM, an API, another harness) instead of generating; no model is loaded."),
+    truncate: bool = typer.Option(False, help="Cut the beginning of prompts too long for the model's context "
+                                              "instead of refusing them (marked in the samples, counted in the "
+                                              "config)."),
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
     from tunewise.data.pool import read_pool
@@ -96,22 +148,54 @@ def evaluate_command(
 
     if adapter is not None:
         read_adapter_info(adapter)  # a damaged adapter folder stops here, before the model loads
-    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter, **model_input(model)})
+    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter,
+                                               "--predictions": predictions, **model_input(model)})
     check_output_file(output, example="-o results.json")
     test = read_pool(test_path, task_field, limit=limit)
-    loaded = load_model(model, device=device, dtype=dtype)
-    adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
-    with progress_bar("evaluating") as update:
-        results = evaluate(adapted, loaded.tokenizer, test.examples, metric=metric,
-                           max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update)
-    results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter),
-                             test=str(test_path), task_field=task_field, limit=limit)
+    if predictions is not None:
+        if adapter is not None:
+            raise TunewiseError("--adapter has no effect when --predictions gives the answers", field="adapter",
+                                fix="drop --adapter, or drop --predictions to generate the answers")
+        results = score_prediction_file(test.examples, predictions, metric)
+    else:
+        loaded = load_model(model, device=device, dtype=dtype)
+        adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
+        with progress_bar("evaluating") as update:
+            results = evaluate(adapted, loaded.tokenizer, test.examples, metric=metric,
+                               max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
+                               truncate=truncate)
+        results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter))
+    results["config"].update(test=str(test_path), task_field=task_field, limit=limit)
     write_json(output, results)
     if as_json:
         print_json(results)
         return
     stdout.print(results_table(results))
+    if results["config"].get("truncated"):
+        stdout.print(f"truncated: {results['config']['truncated']} of {results['config']['n_samples']} prompts lost "
+                     "their beginning to fit the model's context (--truncate; 'truncated' in the samples)",
+                     highlight=False)
     stdout.print(f"results → {escape(str(output))}", highlight=False)
+
+
+def score_prediction_file(examples, predictions: Path, metric: str) -> dict:
+    """The results document for answers read from ``predictions`` (see ``read_predictions``)."""
+    from tunewise.training.evaluate import LOG_LIKELIHOOD, answer_metrics, check_metric, read_predictions
+    from tunewise.training.evaluate import score_predictions
+
+    check_metric(metric)
+    if metric == LOG_LIKELIHOOD:
+        raise TunewiseError("log_likelihood scores the gold answer with the model, not a prediction",
+                            field="metric", fix="drop --predictions, or choose an answer metric (auto, exact_match, "
+                                                "multiple_choice, gsm8k)")
+    if any(example.response is None for example in examples):
+        raise TunewiseError("the test set has items without a gold answer", field="response",
+                            fix="score predictions against a labelled test set")
+    answers = read_predictions(predictions, examples)
+    metrics = answer_metrics(examples, metric)
+    config = {"metric": metric, "metrics": metrics, "predictions": str(predictions), "n_samples": len(examples),
+              "truncated": 0}
+    return score_predictions(examples, answers, metrics, config)
 
 
 def results_table(results: dict) -> Table:
@@ -135,6 +219,7 @@ def results_table(results: dict) -> Table:
 @command("sweep")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def sweep_command(
+    context: typer.Context,
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
     output: Path = typer.Option(..., "-o", "--output", help="Sweep folder (resumed when it exists)."),
@@ -151,7 +236,9 @@ def sweep_command(
     max_new_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_NEW_TOKENS_HELP),
     batch_tokens: int = typer.Option(8192, min=1, help="Token budget per generation batch."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    dtype: str = typer.Option("auto", help=_TRAIN_DTYPE_HELP),
+    profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP, rich_help_panel="Fine-tuning"),
+    sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
@@ -161,6 +248,7 @@ def sweep_command(
     from tunewise.training.sweep import (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder, run_sweep,
                                          split_strategy_specs)
 
+    config, sft_overrides = finetune_settings(context, config, profile, sft_config)
     budget_list = parse_int_list(budgets, "budgets")
     seed_list = parse_int_list(seeds, "seeds")
     strategy_list = split_strategy_specs(strategies)
@@ -172,7 +260,7 @@ def sweep_command(
     with progress_bar("sweep", unit="runs") as update:
         summary = run_sweep(pool, test_set, budget_list, strategy_list, seed_list, model, output, config,
                             device=device, dtype=dtype, metric=metric, max_new_tokens=max_new_tokens,
-                            batch_tokens=batch_tokens, progress=update)
+                            batch_tokens=batch_tokens, progress=update, sft_overrides=sft_overrides)
     if as_json:
         print_json(summary)
         return

@@ -1,52 +1,98 @@
-"""LoRA fine-tuning with a completion-only loss, in one readable training loop.
+"""Fine-tuning on TRL's ``SFTTrainer``: LoRA (or full) with a completion-only loss, on the loaded model.
 
 The prompt is rendered with the model's chat template (generation prompt included) and masked out
-of the loss; the response, followed by the end-of-turn token, is what the model learns (the
-encoding is :func:`tunewise.model.chat.encode_example`, shared with scoring and CoS-Low). The
-loop is plain torch, top to bottom: no Trainer, no callbacks. It is seeded end to end (LoRA
-initialisation, dropout, data order), runs in fp32 on CPU and under bf16 autocast on GPU, and
-leaves the loaded base model untouched: the adapter goes on a copy, so one loaded model serves
-many fine-tunes (a sweep).
+of the loss; the response, followed by the end-of-turn token, is what the model learns. The
+examples are tokenised by :func:`tunewise.model.chat.encode_example` (the tokens scoring, CoS-Low
+and evaluation see) and handed to the trainer as ``input_ids`` plus a ``completion_mask``, so the trainer users already run does the training:
+``SFTTrainer`` with a PEFT ``LoraConfig``, AdamW, warmup and decay, gradient accumulation over
+completion tokens, clipping, mixed precision, gradient checkpointing, evaluation and early stopping.
+
+- **No copy of the base model.** The adapter is attached to the loaded model in place and removed
+  again by :meth:`FinetuneResult.release` (``with finetune(...) as result:`` does it on exit);
+  the base weights are never written (full fine-tuning keeps a CPU snapshot and restores it).
+- **Seeded end to end** (adapter initialisation, dropout, data order), while the caller's global
+  random state (torch, numpy, ``random``) is left as it was.
+- **Precision**: ``dtype="auto"`` trains in bf16 mixed precision wherever the hardware runs bf16
+  (see :mod:`tunewise.model.precision`), fp32 otherwise or when asked.
+- **Refusals**: an example whose response is cut away entirely by ``max_seq_length`` is refused
+  (it would train on nothing and report loss 0); a loss that turns non-finite stops training with
+  a :class:`~tunewise.errors.TunewiseError`, and nothing is saved.
+- **Profiles**: ``FinetuneConfig.from_profile("paper-a")`` is the recipe paper A measured its
+  learning curves with (see :data:`PROFILES`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
 import os
+import random
+import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.io import atomic_directory, check_output_folder, encode_json
-from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts, pad_examples, pad_token_id
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts
 
 ADAPTER_INFO_FILE = "tunewise_adapter.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-# What save_adapter writes (PEFT's save_pretrained adds a model card): all a folder it replaces may hold.
-ADAPTER_FOLDER_FILES = {ADAPTER_INFO_FILE, ADAPTER_WEIGHTS_FILE, "adapter_config.json", "README.md"}
+# What save_adapter writes (PEFT's save_pretrained adds a model card; a full fine-tune writes the
+# model and its tokenizer): all a folder it replaces may hold.
+ADAPTER_FOLDER_FILES = {ADAPTER_INFO_FILE, ADAPTER_WEIGHTS_FILE, "adapter_config.json", "README.md",
+                        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                        "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"}
 # torch, numpy and Optuna all take seeds below 2**32.
 MAX_SEED = 2**32 - 1
-# Examples per length-sorting window: long enough to cut padding, short enough to keep batches mixed.
-_LENGTH_GROUP_BATCHES = 16
+METHODS = ("lora", "full")
+SCHEDULERS = ("linear", "cosine")
+# How the examples of a micro-batch are laid out (bench/train_throughput.py measures them):
+# "random" pads each random batch to its longest member; "group_by_length" draws batches of
+# similar length (transformers' LengthGroupedSampler); "padding_free" concatenates a batch into
+# one row with per-example position ids, so no position is padding.
+BATCHING = ("random", "group_by_length", "padding_free")
+
+# Paper A's learning-curve recipe (Je & Raffel, released code github.com/r-three/dataefficiency,
+# commit 2430231): README.md:64-80 launches scripts/finetune_ds.py with --step 500 (max_steps at every
+# budget), --lr 1e-5, --warmup_ratio 0.1, --batch_size 2 × --grad_accumulation_step 8 × 2 GPUs
+# (= 32 per step; 2 × 16 on one device here), --log_and_save_step 4 (evaluate and save every 4
+# steps); finetune_ds.py:175-206 sets lr_scheduler_type="cosine", eval/save by steps and
+# load_best_model_at_end=True (best validation loss restored), finetune_ds.py:280 adds
+# EarlyStoppingCallback(early_stopping_patience=10); full fine-tuning, since the README passes no
+# --use_peft (finetune_ds.py:288). The validation split is capped at 20 % of the training examples
+# (scripts/base_model.py:171-173).
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper-a": {
+        "method": "full",
+        "learning_rate": 1e-5,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.1,
+        "max_steps": 500,
+        "batch_size": 2,
+        "gradient_accumulation_steps": 16,
+        "eval_steps": 4,
+        "early_stopping_patience": 10,
+        "validation_fraction": 0.2,
+    },
+}
 
 
 @dataclass
 class FinetuneConfig:
-    """Hyperparameters of one LoRA fine-tune; every field is also a ``tunewise finetune`` flag.
+    """Hyperparameters of one fine-tune; every field is also a ``tunewise finetune`` flag.
 
     The defaults suit the small budgets tunewise plans (tens to a few thousand examples) on a
-    135M model on CPU: an effective batch of 4 gives small budgets enough optimizer steps, split
-    into micro-batches of 2 because training memory grows with the tokens in a micro-batch
-    (about 4 MB per token for SmolLM2 in fp32); the sequence cap covers GSM8K- and BBH-length
-    examples. On a GPU, raise ``batch_size``.
+    135M model on CPU: LoRA, an effective batch of 4 so small budgets get enough optimizer steps,
+    in micro-batches of 2 because training memory grows with the tokens in a micro-batch; the
+    sequence cap covers GSM8K- and BBH-length examples. On a GPU, raise ``batch_size``.
+    :meth:`to_sft_config` maps the fields onto TRL's ``SFTConfig``.
     """
 
+    method: str = field(default="lora", metadata={"help": "lora (a LoRA adapter) or full (every weight)."})
     lora_rank: int = field(default=8, metadata={"help": "LoRA rank r."})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (scale = alpha / r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
@@ -56,6 +102,7 @@ class FinetuneConfig:
                           "projection) or a comma-separated list such as q_proj,v_proj."},
     )
     learning_rate: float = field(default=2e-4, metadata={"help": "Peak AdamW learning rate."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "Decay after warmup: linear or cosine."})
     epochs: int = field(default=3, metadata={"help": "Passes over the training examples."})
     max_steps: int | None = field(
         default=None, metadata={"help": "Stop after this many optimizer steps (overrides epochs)."}
@@ -65,12 +112,36 @@ class FinetuneConfig:
         default=2, metadata={"help": "Forward passes per optimizer step (effective batch = product)."}
     )
     max_seq_length: int = field(
-        default=512, metadata={"help": "Tokens per example (prompt + response); longer ones are cut at the end."}
+        default=512, metadata={"help": "Tokens per example (prompt + response); a longer one is refused "
+                                       "(its line named) unless --truncate is given."}
+    )
+    truncate: bool = field(
+        default=False, metadata={"help": "Cut examples longer than --max-seq-length (or the model's context) "
+                                         "at the end instead of refusing them; they are counted in the log."}
+    )
+    batching: str = field(
+        default="group_by_length",
+        metadata={"help": "random (pad each batch), group_by_length (batches of similar length) or "
+                          "padding_free (one row per batch, per-example positions)."},
     )
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps with linear warmup."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the gradient norm to this before each step."})
-    seed: int = field(default=0, metadata={"help": "Seed for LoRA initialisation, dropout and data order."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in the backward pass (less memory, ~30 % slower)."}
+    )
+    eval_steps: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate the loss on a held-out split every this many steps and keep the best "
+                          "checkpoint (off by default)."},
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without a better loss (needs --eval-steps)."}
+    )
+    validation_fraction: float = field(
+        default=0.2, metadata={"help": "Held-out split as a fraction of the training examples (with --eval-steps)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for adapter initialisation, dropout and data order."})
 
     def __post_init__(self) -> None:
         positive_ints = ("lora_rank", "epochs", "batch_size", "gradient_accumulation_steps", "max_seq_length")
@@ -78,17 +149,24 @@ class FinetuneConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise TunewiseError(f"must be a positive integer, got {getattr(self, name)!r}", field=name,
                                     fix=f"pass --{name.replace('_', '-')} 1 or more")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise TunewiseError(f"must be a positive integer, got {self.max_steps!r}", field="max_steps",
-                                fix="pass --max-steps 1 or more, or leave it out to train by epochs")
+        for name in ("max_steps", "eval_steps", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise TunewiseError(f"must be a positive integer, got {value!r}", field=name,
+                                    fix=f"pass --{name.replace('_', '-')} 1 or more, or leave it out")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise TunewiseError(f"must be a whole number in [0, {MAX_SEED}], got {self.seed!r}", field="seed",
                                 fix="pass e.g. --seed 0")
-        for name in ("lora_alpha", "learning_rate", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm"):
+        for name in ("lora_alpha", "learning_rate", "lora_dropout", "warmup_ratio", "weight_decay", "max_grad_norm",
+                     "validation_fraction"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TunewiseError(f"must be a finite number, got {value!r}", field=name,
                                     fix=f"pass --{name.replace('_', '-')} a finite number")
+        for name, choices in (("method", METHODS), ("lr_scheduler", SCHEDULERS), ("batching", BATCHING)):
+            if getattr(self, name) not in choices:
+                raise TunewiseError(f"unknown {name} '{getattr(self, name)}'", field=name,
+                                    fix=did_you_mean(str(getattr(self, name)), choices))
         checks = (
             ("lora_alpha", self.lora_alpha > 0, "a positive number"),
             ("learning_rate", self.learning_rate > 0, "a positive number"),
@@ -96,14 +174,26 @@ class FinetuneConfig:
             ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, "zero or more"),
             ("max_grad_norm", self.max_grad_norm > 0, "a positive number"),
+            ("validation_fraction", 0 < self.validation_fraction < 1, "in (0, 1)"),
         )
         for name, ok, expected in checks:
             if not ok:
                 raise TunewiseError(f"must be {expected}, got {getattr(self, name)!r}", field=name,
                                     fix=f"pass --{name.replace('_', '-')} {expected}")
+        if self.early_stopping_patience is not None and self.eval_steps is None:
+            raise TunewiseError("early stopping needs evaluations", field="early_stopping_patience",
+                                fix="pass --eval-steps K as well, or leave --early-stopping-patience out")
         if not self.target_modules_list():
             raise TunewiseError("names no module", field="target_modules",
                                 fix="pass --target-modules all-linear or names such as q_proj,v_proj")
+
+    @classmethod
+    def from_profile(cls, name: str, **overrides) -> "FinetuneConfig":
+        """The named profile's settings (:data:`PROFILES`), then ``overrides`` on top."""
+        if name not in PROFILES:
+            raise TunewiseError(f"unknown fine-tuning profile '{name}'", field="profile",
+                                fix=did_you_mean(name, PROFILES))
+        return cls(**{**PROFILES[name], **overrides})
 
     def target_modules_list(self) -> str | list[str]:
         """The PEFT ``target_modules`` value: ``"all-linear"`` or a list of module names."""
@@ -111,32 +201,133 @@ class FinetuneConfig:
             return "all-linear"
         return [name.strip() for name in self.target_modules.split(",") if name.strip()]
 
+    def to_sft_config(self, output_dir: str, bf16: bool, use_cpu: bool, overrides: Mapping[str, Any] | None = None):
+        """TRL ``SFTConfig`` for this fine-tune: the fields above, then the user's ``overrides``.
+
+        tunewise hands the trainer tokenised examples already cut to ``max_seq_length``, so the
+        trainer's own ``max_length`` is off; ``overrides`` (e.g. from ``--sft-config FILE``) may set
+        any other ``SFTConfig`` field, and win.
+        """
+        from trl import SFTConfig
+
+        evaluating = self.eval_steps is not None
+        settings = dict(
+            output_dir=output_dir,
+            seed=self.seed,
+            data_seed=self.seed,
+            num_train_epochs=self.epochs,
+            max_steps=self.max_steps or -1,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler,
+            warmup_steps=self.warmup_ratio,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            optim="adamw_torch",
+            bf16=bf16,
+            fp16=False,
+            use_cpu=use_cpu,
+            gradient_checkpointing=self.gradient_checkpointing,
+            completion_only_loss=True,
+            max_length=None,
+            padding_free=self.batching == "padding_free",
+            train_sampling_strategy="group_by_length" if self.batching == "group_by_length" else "random",
+            logging_strategy="steps",
+            logging_steps=1,
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            eval_strategy="steps" if evaluating else "no",
+            eval_steps=self.eval_steps,
+            save_strategy="steps" if evaluating else "no",
+            save_steps=self.eval_steps if evaluating else 500,
+            save_total_limit=1 if evaluating else None,
+            load_best_model_at_end=evaluating,
+            metric_for_best_model="eval_loss" if evaluating else None,
+            greater_is_better=False if evaluating else None,
+        )
+        settings.update(overrides or {})
+        with warnings.catch_warnings():
+            # transformers 5 renames gradient_checkpointing; TRL's SFTConfig still declares it.
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
+            return SFTConfig(**settings)
+
+
+def read_sft_overrides(path: str | os.PathLike) -> dict[str, Any]:
+    """``SFTConfig`` fields from a YAML (or JSON) file, checked against TRL's field names.
+
+    ``output_dir`` is refused: tunewise manages the trainer's checkpoints (``-o`` names where the
+    adapter goes).
+    """
+    import yaml
+    from trl import SFTConfig
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TunewiseError("no such file", file=str(path), fix="pass an existing YAML file to --sft-config") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise TunewiseError(f"not valid YAML ({getattr(error, 'problem', error)})", file=str(path),
+                            line=None if mark is None else mark.line + 1,
+                            fix="write one `field: value` per line, SFTConfig's field names") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TunewiseError("must hold a mapping of SFTConfig fields", file=str(path),
+                            fix="write one `field: value` per line, e.g. `lr_scheduler_type: cosine`")
+    known = {f.name for f in fields(SFTConfig)}
+    for key in data:
+        if key == "output_dir":
+            raise TunewiseError("output_dir is managed by tunewise", file=str(path), field=key,
+                                fix="remove it; pass the adapter folder with -o")
+        if key not in known:
+            raise TunewiseError("is not an SFTConfig field", file=str(path), field=str(key),
+                                fix=did_you_mean(str(key), known))
+    return dict(data)
+
 
 @dataclass
 class TrainingLog:
-    """What happened during one fine-tune: one entry per optimizer step, and totals."""
+    """What happened during one fine-tune: one entry per optimizer step, evaluations, and totals."""
 
     steps: list[dict] = field(default_factory=list)
+    evaluations: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     examples: int = 0
+    validation_examples: int = 0
     examples_seen: int = 0
     tokens_seen: int = 0
+    positions_seen: int = 0
     truncated_examples: int = 0
+    precision: str = "float32"
+    best_step: int | None = None
+    # What fitting the examples to the sequence cap did (tunewise.model.lengths.TrainingLengths).
+    lengths: dict = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float | None:
         return self.steps[-1]["loss"] if self.steps else None
 
     def to_dict(self) -> dict:
-        """JSON-ready form, with throughput."""
+        """JSON-ready form, with throughput. ``positions_seen`` counts padding too."""
         seconds = max(self.seconds, 1e-9)
         return {
             "steps": self.steps,
+            "evaluations": self.evaluations,
+            "best_step": self.best_step,
             "seconds": round(self.seconds, 3),
+            "precision": self.precision,
             "examples": self.examples,
+            "validation_examples": self.validation_examples,
             "examples_seen": self.examples_seen,
             "tokens_seen": self.tokens_seen,
+            "positions_seen": self.positions_seen,
             "truncated_examples": self.truncated_examples,
+            "lengths": self.lengths,
             "final_loss": self.final_loss,
             "steps_per_second": round(len(self.steps) / seconds, 4),
             "examples_per_second": round(self.examples_seen / seconds, 4),
@@ -146,13 +337,68 @@ class TrainingLog:
 
 @dataclass
 class FinetuneResult:
-    """The adapted model (LoRA merged into a copy of the base weights, eval mode), its log, and
-    where the adapter was saved (None when it was not)."""
+    """The fine-tuned model, its log, and where the adapter was saved (None when it was not).
+
+    ``model`` is the loaded model itself with the adapter attached (eval mode): use it, then call
+    :meth:`release` (or use the result as a context manager) to remove the adapter and give the
+    loaded model back unchanged. A second fine-tune of the same model refuses to start before that.
+    """
 
     model: Any
     log: TrainingLog
     config: FinetuneConfig
     adapter_dir: Path | None = None
+    _restore: Callable[[], None] | None = None
+
+    def release(self) -> None:
+        """Remove the adapter (or restore the base weights) from the loaded model; idempotent."""
+        if self._restore is not None:
+            restore, self._restore = self._restore, None
+            restore()
+            self.model = None
+
+    def __enter__(self) -> "FinetuneResult":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def split_validation(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    """(training, validation): a seeded ``int(fraction · n)`` of ``examples`` (at least one) held out.
+
+    Paper A's runs take the validation split from the dataset's own split and cap it at 20 % of the
+    training examples (scripts/base_model.py:171-173); a tunewise pool usually has no such split, so
+    it is held out of the examples given. Pass ``validation=`` to :func:`finetune` to use your own.
+    """
+    if len(examples) < 2:
+        raise TunewiseError(f"{len(examples)} example cannot be split into training and validation",
+                            field="eval_steps", fix="fine-tune on 2 or more examples, or leave --eval-steps out")
+    order = random.Random(seed).sample(range(len(examples)), len(examples))
+    held = max(1, int(fraction * len(examples)))
+    return [examples[i] for i in sorted(order[held:])], [examples[i] for i in sorted(order[:held])]
+
+
+def encode_training_set(tokenizer, examples: Sequence, config: FinetuneConfig, context: int | None):
+    """Tokenise labelled examples for fine-tuning, fitted to ``config.max_seq_length`` and the
+    model's ``context``: a too-long example is refused unless ``config.truncate``; with it, the
+    examples cut before their response are left out and reported, and a set where none keeps a
+    response token is refused (:func:`tunewise.model.lengths.check_training_lengths`).
+
+    Returns ``(encoded, lengths)``: the examples that train, and the
+    :class:`~tunewise.model.lengths.TrainingLengths` report.
+    """
+    from tunewise.model.lengths import check_training_lengths
+
+    limit = config.max_seq_length if context is None else min(config.max_seq_length, context)
+    limit_name = (f"--max-seq-length {config.max_seq_length}" if limit == config.max_seq_length
+                  else f"the model's {context}-token context")
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples], examples)
+    encoded = [encode_example(tokenizer, e.prompt, e.response, limit, prompt_ids=p)
+               for e, p in zip(examples, prompts)]
+    lengths = check_training_lengths([e.full_length for e in encoded], [e.completion_tokens for e in encoded],
+                                     list(examples), limit, limit_name, config.truncate)
+    return [e for e in encoded if e.completion_tokens], lengths
 
 
 def finetune(
@@ -161,152 +407,333 @@ def finetune(
     config: FinetuneConfig | None = None,
     output_dir: str | os.PathLike | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    *,
+    validation: Sequence | None = None,
+    dtype: str | None = "auto",
+    sft_overrides: Mapping[str, Any] | None = None,
+    quantization_hook: Callable[[Any], Any] | None = None,
 ) -> FinetuneResult:
-    """Fine-tune a fresh LoRA adapter on ``examples`` (labelled :class:`~tunewise.data.pool.Example` s).
+    """Fine-tune ``loaded_model`` on ``examples`` (labelled :class:`~tunewise.data.pool.Example` s) with TRL.
 
     Parameters
     ----------
     loaded_model:
-        A :class:`~tunewise.model.load.LoadedModel`; it is not modified.
+        A :class:`~tunewise.model.load.LoadedModel`. The adapter goes onto its model in place;
+        the result's :meth:`~FinetuneResult.release` takes it off again.
     config:
         Hyperparameters (defaults: :class:`FinetuneConfig`).
     output_dir:
-        When given, the adapter, the config and the training log are saved there (atomically:
-        the folder appears complete or not at all).
+        When given, the adapter (the whole model for ``method="full"``), the config and the
+        training log are saved there (atomically: the folder appears complete or not at all).
     progress:
         Called after every optimizer step with ``(step, total_steps, loss)``.
+    validation:
+        Held-out examples for ``config.eval_steps`` (capped at ``validation_fraction`` of the
+        training examples, seeded, as paper A does); without them a split of ``examples`` is held out.
+    dtype:
+        ``auto``, ``float32`` or ``bfloat16``: the compute type (:func:`tunewise.model.precision.resolve_dtype`);
+        bf16 runs as mixed precision (autocast) over the model's own weights.
+    sft_overrides:
+        ``SFTConfig`` fields that win over the ones tunewise derives (:func:`read_sft_overrides`).
+    quantization_hook:
+        Called with the model before the adapter is attached (e.g. PEFT's
+        ``prepare_model_for_kbit_training`` for a 4-bit model); returns the model to train.
+
+    Raises :class:`~tunewise.errors.TunewiseError` for no examples, unlabelled examples, an example
+    with no response token left after truncation, adapters that cannot attach, a model that already
+    carries a tunewise adapter, and a loss that turns non-finite (nothing is saved then).
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
+    from tunewise.model.precision import resolve_dtype
 
     config = config or FinetuneConfig()
     if output_dir is not None:
         check_adapter_output(output_dir)
+    _check_labelled(examples, "examples")
+    if validation is not None:
+        _check_labelled(validation, "validation")
+    model = loaded_model.model
+    if getattr(model, "_tunewise_fine_tune_attached", False):
+        raise TunewiseError("this model already carries a fine-tune that was not released",
+                            fix="call .release() on the earlier FinetuneResult (or use `with finetune(...)`)")
+    precision = resolve_dtype(dtype, loaded_model.device)
+    tokenizer = loaded_model.tokenizer
+
+    train_examples, valid_examples = list(examples), []
+    if config.eval_steps is not None:
+        if validation is None:
+            train_examples, valid_examples = split_validation(train_examples, config.validation_fraction, config.seed)
+        else:
+            cap = max(1, int(config.validation_fraction * len(train_examples)))
+            order = random.Random(config.seed).sample(range(len(validation)), len(validation))
+            valid_examples = [validation[i] for i in sorted(order[:cap])]
+    from tunewise.model.lengths import context_length
+
+    context = context_length(model, tokenizer)
+    encoded, fitted = encode_training_set(tokenizer, train_examples, config, context)
+    valid_encoded = encode_training_set(tokenizer, valid_examples, config, context)[0] if valid_examples else []
+    log = TrainingLog(examples=len(train_examples), validation_examples=len(valid_examples),
+                      truncated_examples=len(fitted.truncated), precision=precision, lengths=fitted.to_dict())
+
+    with _caller_random_state_kept(loaded_model.device), tempfile.TemporaryDirectory(prefix="tunewise-sft-") as work:
+        restore = _attach_point(model)
+        if config.method == "full":
+            restore.snapshot_weights()
+            for parameter in model.parameters():
+                parameter.requires_grad_(True)
+        trained = None
+        try:
+            if quantization_hook is not None:
+                model = quantization_hook(model)
+            trainer = _build_trainer(model, tokenizer, encoded, valid_encoded, config, precision, work,
+                                     sft_overrides, log, progress, loaded_model.device)
+            trained = trainer.model
+            started = time.perf_counter()
+            with _peft_deprecation_silenced(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+                trainer.train()
+            log.seconds = time.perf_counter() - started
+            if config.eval_steps is not None:
+                log.best_step = _checkpoint_step(trainer.state.best_model_checkpoint)
+            # Under mixed precision accelerate wraps forward in autocast; the result computes in the
+            # loaded model's own dtype, like the base model it is compared with.
+            trained = trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+            trained.eval()
+            del trainer
+            adapter_dir = None
+            if output_dir is not None:
+                adapter_dir = save_adapter(trained, output_dir, loaded_model, config, log)
+        except BaseException:
+            restore(trained)
+            raise
+    result = FinetuneResult(model=trained, log=log, config=config, adapter_dir=adapter_dir)
+    result._restore = lambda: restore(trained)
+    model._tunewise_fine_tune_attached = True
+    return result
+
+
+def _check_labelled(examples: Sequence, name: str) -> None:
     if not examples:
-        raise TunewiseError("there are no examples to fine-tune on", fix="pass a non-empty pool or selection")
+        raise TunewiseError(f"there are no {name} to fine-tune on", field=name,
+                            fix="pass a non-empty pool or selection")
     unlabelled = [example.id for example in examples if example.response is None]
     if unlabelled:
-        raise TunewiseError(f"{len(unlabelled)} of {len(examples)} examples have no response (first: {unlabelled[0]})",
+        raise TunewiseError(f"{len(unlabelled)} of {len(examples)} {name} have no response (first: {unlabelled[0]})",
                             field="response", fix="fine-tune on a labelled pool")
 
-    tokenizer = loaded_model.tokenizer
-    device = loaded_model.device
-    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
-    encoded = [encode_example(tokenizer, e.prompt, e.response, config.max_seq_length, prompt_ids=p)
-               for e, p in zip(examples, prompts)]
-    log = TrainingLog(examples=len(examples), truncated_examples=sum(e.truncated for e in encoded))
 
-    micro_batches_per_epoch = math.ceil(len(encoded) / config.batch_size)
-    steps_per_epoch = math.ceil(micro_batches_per_epoch / config.gradient_accumulation_steps)
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    warmup_steps = int(config.warmup_ratio * total_steps)
 
-    def learning_rate_factor(step: int) -> float:
-        """Linear warmup, then linear decay to zero at the last step."""
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+def _build_trainer(model, tokenizer, encoded, valid_encoded, config, precision, work, sft_overrides, log,
+                   progress, device):
+    """An ``SFTTrainer`` over pre-tokenised examples, with tunewise's step log and loss check."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import EarlyStoppingCallback
+    from trl import SFTTrainer
 
-    # fork_rng keeps the caller's global RNG untouched while LoRA init and dropout draw from it.
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(config.seed)
-        data_order = torch.Generator().manual_seed(config.seed)
-        lora = LoraConfig(
-            r=config.lora_rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.target_modules_list(),
-            task_type="CAUSAL_LM",
-        )
-        try:
-            with _peft_deprecation_silenced():
-                model = get_peft_model(copy.deepcopy(loaded_model.model), lora)
-        except ValueError as error:
+    def dataset(rows):
+        return Dataset.from_dict({
+            "input_ids": [row.input_ids for row in rows],
+            "completion_mask": [[int(label != IGNORE_INDEX) for label in row.labels] for row in rows],
+        })
+
+    args = config.to_sft_config(work, bf16=precision == "bfloat16", use_cpu=device.type == "cpu",
+                                overrides=sft_overrides)
+    peft_config = None
+    if config.method == "lora":
+        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=config.target_modules_list(), task_type="CAUSAL_LM")
+    step_log = _step_log(log, progress)
+    callbacks = [step_log]
+    if config.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer_class = _counting_trainer_class(SFTTrainer)
+    try:
+        with _peft_deprecation_silenced(), _quiet_datasets():
+            trainer = trainer_class(model=model, args=args, train_dataset=dataset(encoded),
+                                    eval_dataset=dataset(valid_encoded) if valid_encoded else None,
+                                    processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    except ValueError as error:
+        if "target modules" in str(error).lower() or "target_modules" in str(error):
             raise TunewiseError(f"cannot attach LoRA adapters ({error})", field="target_modules",
                                 fix="use --target-modules all-linear or names of the model's linear layers") from None
-        model.train()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate_factor)
-        lengths = [len(e.input_ids) for e in encoded]
+        raise
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-        started = time.perf_counter()
-        step = 0
-        epoch = 0
-        while step < total_steps:
-            micro_batches = length_grouped_batches(lengths, config.batch_size, data_order)
-            for first in range(0, len(micro_batches), config.gradient_accumulation_steps):
-                if step >= total_steps:
-                    break
-                step_batches = micro_batches[first:first + config.gradient_accumulation_steps]
-                # Normalise by the step's completion tokens, so accumulation equals one big batch.
-                step_tokens = sum(encoded[i].completion_tokens for batch in step_batches for i in batch)
-                step_loss = 0.0
-                learning_rate = optimizer.param_groups[0]["lr"]
-                for batch in step_batches:
-                    batch_examples = [encoded[i] for i in batch]
-                    input_ids, attention_mask, labels = pad_examples(batch_examples, pad_token_id(tokenizer), device)
-                    # Position t predicts token t + 1: project to the vocabulary only where that
-                    # token is a response token (the prompt's logits would be thrown away).
-                    targets = labels[:, 1:]
-                    predicts_response = torch.nn.functional.pad(targets != IGNORE_INDEX, (0, 1))
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                                       logits_to_keep=predicts_response).logits
-                    loss = torch.nn.functional.cross_entropy(
-                        logits.float(), targets[targets != IGNORE_INDEX], reduction="sum"
-                    ) / max(step_tokens, 1)
-                    loss.backward()
-                    step_loss += loss.item()
-                    log.examples_seen += len(batch)
-                    log.tokens_seen += sum(len(e.input_ids) for e in batch_examples)
-                if not math.isfinite(step_loss):
-                    raise TunewiseError(
-                        f"the training loss became {step_loss} at step {step + 1} of {total_steps}; no adapter "
-                        "was saved", field="learning_rate",
-                        fix=f"lower --learning-rate (it was {config.learning_rate:g}) or --lora-alpha, or check "
-                            "the examples")
-                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                log.steps.append({
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": round(step_loss, 6),
-                    "learning_rate": learning_rate,
-                    "completion_tokens": int(step_tokens),
-                    "seconds": round(time.perf_counter() - started, 3),
-                })
-                if progress is not None:
-                    progress(step, total_steps, step_loss)
-            epoch += 1
-        log.seconds = time.perf_counter() - started
-
-    model.eval()
-    adapter_dir = None
-    if output_dir is not None:
-        adapter_dir = save_adapter(model, output_dir, loaded_model, config, log)
-    merged = model.merge_and_unload()
-    merged.eval()
-    return FinetuneResult(model=merged, log=log, config=config, adapter_dir=adapter_dir)
+    # The library never prints: progress reaches the caller through ``progress`` only.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.tunewise_log = log
+    step_log.trainer = trainer
+    return trainer
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator) -> list[list[int]]:
-    """One epoch's micro-batches: shuffled, then sorted by length within windows to cut padding,
-    then the batches shuffled again so that length does not become a curriculum."""
+def _counting_trainer_class(base):
+    """``SFTTrainer`` that also counts what each optimizer step saw: examples, tokens, padding, loss."""
+
+    class CountingSFTTrainer(base):
+        def get_batch_samples(self, epoch_iterator, num_batches, device):
+            batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+            log = self.tunewise_log
+            for batch in batches:
+                if "attention_mask" in batch:
+                    log.examples_seen += int(batch["input_ids"].shape[0])
+                    log.tokens_seen += int(batch["attention_mask"].sum())
+                else:  # padding-free: one row, each example starting at position 0
+                    log.examples_seen += int((batch["position_ids"] == 0).sum())
+                    log.tokens_seen += int(batch["input_ids"].numel())
+                log.positions_seen += int(batch["input_ids"].numel())
+            self._tunewise_step_tokens = int(sum((b["labels"] != IGNORE_INDEX).sum() for b in batches))
+            self._tunewise_step_loss = 0.0
+            self._tunewise_step_lr = self.lr_scheduler.get_last_lr()[0]
+            return batches, num_items
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            self._tunewise_step_loss += float(loss)
+            return loss
+
+    return CountingSFTTrainer
+
+
+def _step_log(log: TrainingLog, progress):
+    """The step-log callback, its class built on first use (importing this module imports no transformers)."""
+    global _STEP_LOG_CLASS
+    if _STEP_LOG_CLASS is None:
+        _STEP_LOG_CLASS = _make_step_log()
+    return _STEP_LOG_CLASS(log, progress)
+
+
+_STEP_LOG_CLASS = None
+
+
+def _make_step_log():
+    from transformers import TrainerCallback
+
+    class StepLog(TrainerCallback):
+        """Records each optimizer step (exact loss, learning rate, completion tokens) and each
+        evaluation; raises on a non-finite loss, so training stops and nothing is saved."""
+
+        def __init__(self, log: TrainingLog, progress) -> None:
+            self.log, self.progress, self.started, self.trainer = log, progress, time.perf_counter(), None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            trainer = self.trainer
+            loss = trainer._tunewise_step_loss
+            _refuse_non_finite(loss, "training loss", state.global_step)
+            self.log.steps.append({
+                "step": state.global_step,
+                "epoch": int(state.epoch - 1e-9) if state.epoch else 0,
+                "loss": round(loss, 6),
+                "learning_rate": trainer._tunewise_step_lr,
+                "completion_tokens": trainer._tunewise_step_tokens,
+                "seconds": round(time.perf_counter() - self.started, 3),
+            })
+            if self.progress is not None:
+                self.progress(state.global_step, state.max_steps, loss)
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "eval_loss" in logs:
+                _refuse_non_finite(float(logs["eval_loss"]), "validation loss", state.global_step)
+                self.log.evaluations.append({"step": state.global_step, "eval_loss": float(logs["eval_loss"])})
+            return control
+
+    return StepLog
+
+
+def _refuse_non_finite(value: float, what: str, step: int) -> None:
+    if not math.isfinite(value):
+        raise TunewiseError(f"the {what} became {value} at step {step}; training stopped and no adapter was saved",
+                            field="learning_rate",
+                            fix="lower --learning-rate (or --lora-alpha), train with --dtype float32, or check the examples")
+
+
+def _checkpoint_step(checkpoint: str | None) -> int | None:
+    if not checkpoint:
+        return None
+    return int(Path(checkpoint).name.rpartition("-")[2])
+
+
+def _attach_point(model) -> Callable[[Any], None]:
+    """Record what training changes on ``model``; the returned function undoes it.
+
+    Called with the trained model (a ``PeftModel`` for LoRA) it removes the adapter layers
+    (``unload``: nothing is merged into the base weights); for full fine-tuning it restores the
+    weights from a CPU snapshot. Either way it also undoes what the trainer set on the model:
+    TRL's fused-head ``forward``, gradient checkpointing and its input hook, ``requires_grad``,
+    train mode.
+    """
+    patched_forward = "forward" in vars(model)
+    checkpointing = _checkpointing(model)
+    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    snapshot: dict | None = None
+
+    def snapshot_weights() -> None:
+        nonlocal snapshot
+        snapshot = {name: t.detach().to("cpu", copy=True) for name, t in model.state_dict().items()}
+
+    def restore(trained) -> None:
+        from peft import PeftModel
+
+        if isinstance(trained, PeftModel):
+            with _peft_deprecation_silenced():
+                trained.unload()
+        if snapshot is not None:
+            model.load_state_dict(snapshot)
+        if "forward" in vars(model) and not patched_forward:
+            del model.forward
+        if not checkpointing and _checkpointing(model):
+            model.gradient_checkpointing_disable()
+            if hasattr(model, "disable_input_require_grads"):
+                model.disable_input_require_grads()
+        for name, p in model.named_parameters():
+            if name in requires_grad:
+                p.requires_grad_(requires_grad[name])
+        model.eval()
+        with contextlib.suppress(AttributeError):
+            del model._tunewise_fine_tune_attached
+
+    restore.snapshot_weights = snapshot_weights
+    return restore
+
+
+def _checkpointing(model) -> bool:
+    # transformers 5 renamed the property (the old name warns); read whichever exists.
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if name in dir(type(model)):
+            return bool(getattr(model, name))
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_datasets():
+    """No progress bars from ``datasets`` while the trainer prepares the examples."""
+    from datasets.utils import logging as datasets_logging
+
+    enabled = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            datasets_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def _caller_random_state_kept(device):
+    """Training seeds torch, numpy and ``random`` globally (transformers' ``set_seed``); give the
+    caller's states back afterwards."""
+    import numpy as np
     import torch
 
-    order = torch.randperm(len(lengths), generator=generator).tolist()
-    window = batch_size * _LENGTH_GROUP_BATCHES
-    batches = []
-    for start in range(0, len(order), window):
-        grouped = sorted(order[start:start + window], key=lambda i: -lengths[i])
-        batches.extend(grouped[i:i + batch_size] for i in range(0, len(grouped), batch_size))
-    shuffled = torch.randperm(len(batches), generator=generator).tolist()
-    return [batches[i] for i in shuffled]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def check_adapter_output(output_dir: str | os.PathLike) -> None:
@@ -328,10 +755,9 @@ def check_adapter_output(output_dir: str | os.PathLike) -> None:
                             fix="move those files out of the folder, or pass a new folder with -o")
 
 
-def save_adapter(
-    peft_model, output_dir: str | os.PathLike, loaded_model, config: FinetuneConfig, log: TrainingLog
-) -> Path:
-    """Write the adapter with its provenance into ``output_dir``, replacing it whole or not at all."""
+def save_adapter(trained, output_dir: str | os.PathLike, loaded_model, config: FinetuneConfig, log: TrainingLog) -> Path:
+    """Write the adapter (the whole model and its tokenizer for full fine-tuning) with its provenance
+    into ``output_dir``, replacing it whole or not at all."""
     from tunewise import __version__
     from tunewise.model.load import model_summary
 
@@ -344,7 +770,9 @@ def save_adapter(
     }
     with atomic_directory(output_dir) as staging:
         with _peft_deprecation_silenced():
-            peft_model.save_pretrained(staging)
+            trained.save_pretrained(staging)
+        if config.method == "full":
+            loaded_model.tokenizer.save_pretrained(staging)
         (staging / ADAPTER_INFO_FILE).write_bytes(encode_json(info))
     return Path(output_dir)
 
@@ -385,13 +813,20 @@ def read_adapter_info(adapter_dir: str | os.PathLike) -> dict:
 
 
 def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
-    """A copy of the base model with the saved adapter merged in (eval mode).
+    """The loaded model with the saved LoRA adapter attached in place (eval mode), as a ``PeftModel``.
 
-    Refuses an adapter trained on a different base model than ``loaded_model``.
+    No copy of the base model is made; ``.unload()`` on the result takes the adapter off again.
+    Refuses an adapter trained on a different base model than ``loaded_model``, a damaged folder
+    (:func:`read_adapter_info`), and the folder of a full fine-tune (load that with ``--model FOLDER``).
     """
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
+    info_path = adapter_dir / ADAPTER_INFO_FILE
+    if info_path.is_file() and not (adapter_dir / "adapter_config.json").exists() \
+            and (adapter_dir / "model.safetensors").exists():
+        raise TunewiseError("this folder holds a fully fine-tuned model, not an adapter", file=str(adapter_dir),
+                            fix=f"pass it as the model: --model {adapter_dir}")
     info = read_adapter_info(adapter_dir)
     trained_on = _base_fingerprint(info.get("model_fingerprint", ""))
     if trained_on != _base_fingerprint(loaded_model.fingerprint):
@@ -402,20 +837,19 @@ def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
         )
     try:
         with _peft_deprecation_silenced():
-            model = PeftModel.from_pretrained(copy.deepcopy(loaded_model.model), adapter_dir)
+            model = PeftModel.from_pretrained(loaded_model.model, adapter_dir)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
         raise TunewiseError(f"cannot load the adapter ({type(error).__name__}: {error})", file=str(adapter_dir),
                             fix="train it again with `tunewise finetune -o`") from None
-    merged = model.merge_and_unload()
-    merged.eval()
-    return merged
+    model.eval()
+    return model
 
 
 @contextlib.contextmanager
 def _peft_deprecation_silenced():
     """PEFT reads a transformers property deprecated for v6: a warning no user can act on."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
         yield
 
 
@@ -425,12 +859,18 @@ def _base_fingerprint(fingerprint: str) -> str:
 
 
 __all__ = [
+    "BATCHING",
+    "MAX_SEED",
     "FinetuneConfig",
     "FinetuneResult",
+    "PROFILES",
     "TrainingLog",
     "check_adapter_output",
+    "encode_training_set",
     "finetune",
     "load_adapter",
     "read_adapter_info",
+    "read_sft_overrides",
     "save_adapter",
+    "split_validation",
 ]

@@ -146,6 +146,7 @@ def run_sweep(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int, str], None] | None = None,
     strategy_parameters: Mapping[str, Mapping] | None = None,
+    sft_overrides: Mapping | None = None,
 ) -> dict:
     """Run every missing (strategy, budget, seed) and the zero-shot baseline, then summarise.
 
@@ -162,7 +163,15 @@ def run_sweep(
     model_name:
         The base model (see :func:`tunewise.model.load.load_model`); every run gets a fresh LoRA on it.
     finetune_config:
-        Hyperparameters shared by every run (its ``seed`` is replaced by the run's seed).
+        Hyperparameters shared by every run (its ``seed`` is replaced by the run's seed), e.g.
+        ``FinetuneConfig.from_profile("paper-a")``. With ``eval_steps`` set, each run's validation
+        examples are drawn (seeded) from the pool examples it did not select, capped at
+        ``validation_fraction`` of its budget, as paper A's validation split is separate from
+        the training budget.
+    dtype:
+        Compute type for loading, training and evaluation (:func:`tunewise.model.precision.resolve_dtype`).
+    sft_overrides:
+        TRL ``SFTConfig`` fields passed through to every fine-tune (:func:`tunewise.training.finetune.read_sft_overrides`).
     metric, max_new_tokens, batch_tokens:
         Passed to :func:`tunewise.training.evaluate.evaluate`.
     progress:
@@ -176,6 +185,7 @@ def run_sweep(
     Returns the summary that :func:`summarise_sweep` writes to ``RUN_DIR/sweep.json``.
     """
     from tunewise.model.load import load_model
+    from tunewise.model.precision import resolve_dtype
 
     pool_examples = list(getattr(pool, "examples", pool))
     test_examples = list(getattr(test, "examples", test))
@@ -199,6 +209,8 @@ def run_sweep(
         "pool": {"examples": len(pool_examples), "ids_sha256": _ids_digest(pool_examples)},
         "test": {"examples": len(test_examples), "ids_sha256": _ids_digest(test_examples)},
         "finetune_config": {k: v for k, v in dataclasses.asdict(finetune_config).items() if k != "seed"},
+        "train_dtype": resolve_dtype(dtype, loaded.device),
+        "sft_overrides": dict(sft_overrides or {}),
         "metric": metric,
         "max_new_tokens": max_new_tokens,
     }
@@ -212,7 +224,7 @@ def run_sweep(
 
     def evaluate_model(model) -> dict:
         return evaluate(model, loaded.tokenizer, test_examples, metric=metric,
-                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens)
+                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, truncate=finetune_config.truncate)
 
     test_tertiles = tertiles_by_answer_length(test_examples, loaded.tokenizer)
     if not zero_shot_path.exists():
@@ -232,8 +244,13 @@ def run_sweep(
             progress(done, total, f"{strategy} b={budget} s={seed}")
         selection = chosen[strategy].select(scores, budget, seed)
         selected = [pool_examples[position] for position in selection.positions]
-        trained = finetune(loaded, selected, dataclasses.replace(finetune_config, seed=seed))
-        results = evaluate_model(trained.model)
+        validation = None
+        if finetune_config.eval_steps is not None:
+            chosen_positions = set(selection.positions)
+            validation = [e for k, e in enumerate(pool_examples) if k not in chosen_positions] or None
+        with finetune(loaded, selected, dataclasses.replace(finetune_config, seed=seed), validation=validation,
+                      dtype=dtype, sft_overrides=sft_overrides) as trained:
+            results = evaluate_model(trained.model)
         record = _run_record(strategy, budget, seed, results, test_tertiles)
         record["selected_ids"] = [example.id for example in selected]
         record["selection_notes"] = selection.notes
