@@ -554,6 +554,7 @@ def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) 
         "n_samples": len(samples),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
     def stderr(values):
         return binomial_stderr(sum(values) / len(values), len(values))
 
