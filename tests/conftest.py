@@ -39,7 +39,7 @@ def lively_model_dir(tmp_path_factory):
     torch = pytest.importorskip("torch")
     from tunewise.model.load import load_model
 
-    loaded = load_model("tiny-random", device="cpu")
+    loaded = load_model("tiny-random", device="cpu", dtype="fp32")
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in loaded.model.named_parameters():

@@ -13,6 +13,7 @@ from tunewise.efficiency.coslow import (
     lora_gradient_vectors,
     lowest_confidence_prompts,
     minimum_pool_size,
+    sketch_gradient,
 )
 from tunewise.errors import TunewiseError
 
@@ -72,7 +73,7 @@ def test_invalid_selection_arguments(confidences, options, message):
 def tiny():
     from tunewise.model.load import load_model
 
-    return load_model("tiny-random", device="cpu")
+    return load_model("tiny-random", device="cpu", dtype="fp32")
 
 
 def arithmetic(count: int):
@@ -141,19 +142,73 @@ def test_gradients_are_streamed_one_example_at_a_time(tiny):
 
 @pytest.mark.integration
 def test_coslow_errors(tiny):
-    import torch
-
     prompts, responses = arithmetic(3)
     with pytest.raises(TunewiseError, match="3 prompts but 2 responses"):
         coslow(tiny.model, tiny.tokenizer, prompts, responses[:2])
     with pytest.raises(TunewiseError, match="at least 2"):
         coslow(tiny.model, tiny.tokenizer, prompts[:1], responses[:1])
-    tiny.model.to(torch.bfloat16)
-    try:
-        with pytest.raises(TunewiseError, match="float32"):
-            coslow(tiny.model, tiny.tokenizer, prompts, responses)
-    finally:
-        tiny.model.to(torch.float32)
+    with pytest.raises(TunewiseError, match="projection dimension"):
+        coslow(tiny.model, tiny.tokenizer, prompts, responses, dimension=0)
+
+
+# -- the projection -------------------------------------------------------------------------------
+
+
+def test_sketch_is_seeded_linear_and_keeps_inner_products():
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = [torch.randn(3000, generator=generator), torch.randn(50, 40, generator=generator)]
+    noise = [torch.randn(b.shape, generator=generator) for b in x]
+    y = [0.6 * a + 0.8 * n for a, n in zip(x, noise)]  # cosine about 0.6 with x
+    sx, sy = sketch_gradient(x, 4096, seed=3), sketch_gradient(y, 4096, seed=3)
+    assert sx.shape == (4096,) and sx.dtype == torch.float32
+    assert torch.equal(sketch_gradient(x, 4096, seed=3), sx)
+    assert not torch.equal(sketch_gradient(x, 4096, seed=4), sx)
+    both = sketch_gradient([a + b for a, b in zip(x, y)], 4096, seed=3)
+    assert torch.allclose(both, sx + sy, atol=1e-4)
+    flat_x, flat_y = (torch.cat([b.reshape(-1) for b in v]) for v in (x, y))
+    exact = torch.nn.functional.cosine_similarity(flat_x, flat_y, dim=0)
+    projected = torch.nn.functional.cosine_similarity(sx, sy, dim=0)
+    # One cosine's standard deviation is √((1 + c²)/d) ≈ 0.018 here; five of them is a safe bound.
+    assert abs(float(projected - exact)) < 5 * ((1 + float(exact) ** 2) / 4096) ** 0.5
+
+
+def test_sketch_of_one_coordinate_is_that_coordinate_with_a_sign():
+    import torch
+
+    vector = torch.zeros(100)
+    vector[17] = 2.5
+    sketch = sketch_gradient([vector], 64, seed=0)
+    assert sketch.abs().max() == 2.5 and int((sketch != 0).sum()) == 1
+
+
+@pytest.mark.integration
+def test_projected_coslow_stays_near_the_exact_value(tiny):
+    prompts, responses = arithmetic(8)
+    exact = coslow(tiny.model, tiny.tokenizer, prompts, responses, seed=0, dimension=None)
+    projected = coslow(tiny.model, tiny.tokenizer, prompts, responses, seed=0, dimension=4096)
+    assert not exact["projected"] and exact["dimension"] == exact["gradient_dimension"]
+    assert projected["projected"] and projected["dimension"] == 4096
+    assert projected["gradient_dimension"] == exact["gradient_dimension"] > 4096
+    assert abs(projected["coslow"] - exact["coslow"]) < 4 * projected["projection_std"]
+    assert projected["coslow"] != exact["coslow"]
+
+
+@pytest.mark.integration
+def test_coslow_runs_on_a_bf16_model_and_leaves_it_bf16():
+    import torch
+
+    from tunewise.model.load import load_model
+
+    prompts, responses = arithmetic(6)
+    fp32 = load_model("tiny-random", device="cpu", dtype="fp32")
+    bf16 = load_model("tiny-random", device="cpu", dtype="bf16")
+    exact = coslow(fp32.model, fp32.tokenizer, prompts, responses, dimension=None)
+    result = coslow(bf16.model, bf16.tokenizer, prompts, responses, dimension=None)
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    assert not any("lora_" in name for name, _ in bf16.model.named_parameters())
+    assert result["coslow"] == pytest.approx(exact["coslow"], abs=0.05)
 
 
 # -- CoS-Low on the bundled model and real data --------------------------------------------------

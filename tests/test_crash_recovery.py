@@ -196,31 +196,31 @@ def test_killed_plans_resume_to_the_same_run_folder_with_no_stray_files(tmp_path
     if not ENTRY_POINT.exists():
         pytest.skip(f"the tunewise entry point is not installed at {ENTRY_POINT}")
 
-    def command(cache: Path) -> list[str]:
-        # Relative paths, run from each folder: the run folders record them and must match byte for byte.
+    def command() -> list[str]:
+        # Relative paths, run from each folder: the run folders record them (plan.json, config.yaml)
+        # and must match byte for byte.
         return [str(ENTRY_POINT), "plan", "pool.jsonl", "--task-field", "task", "--budget", "20", "-o", "runs/plan",
                 "--model", "tiny-random", "--indicators", "loss,ifd,confidence,length,embedding",
                 "--batch-tokens", "512", "--max-new-tokens", "4", "--device", "cpu", "--dtype", "fp32",
-                "--cache-dir", str(cache)]
+                "--cache-dir", "cache"]
 
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     for folder in (reference, resumed):
         folder.mkdir()
         write_pool(folder / "pool.jsonl")
-    completed = subprocess.run(command(tmp_path / "reference-cache"), capture_output=True, env=environment(),
-                               timeout=300, cwd=reference)
+    completed = subprocess.run(command(), capture_output=True, env=environment(), timeout=300, cwd=reference)
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
 
-    cache = tmp_path / "cache"
+    cache = resumed / "cache"
     run_folder = resumed / "runs" / "plan"
     for examples in PLAN_KILL_AFTER:
-        assert run_and_kill_when(command(cache), lambda k=examples: committed_examples(cache / "scores.sqlite") >= k,
+        assert run_and_kill_when(command(), lambda k=examples: committed_examples(cache / "scores.sqlite") >= k,
                                  cwd=resumed)
         assert not run_folder.exists()  # killed while scoring: no run folder, not even an empty one
     # Killed once the run folder starts being written (or, on a fast machine, just after it was).
-    run_and_kill_when(command(cache), lambda: run_folder.exists(), cwd=resumed)
+    run_and_kill_when(command(), lambda: run_folder.exists(), cwd=resumed)
 
-    completed = subprocess.run(command(cache), capture_output=True, env=environment(), timeout=300, cwd=resumed)
+    completed = subprocess.run(command(), capture_output=True, env=environment(), timeout=300, cwd=resumed)
     assert completed.returncode == 0, completed.stderr.decode()[-3000:]
 
     expected = reference / "runs" / "plan"

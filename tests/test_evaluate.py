@@ -10,14 +10,9 @@ from tunewise.errors import TunewiseError
 from tunewise.training.evaluate import (
     LOG_LIKELIHOOD,
     binomial_stderr,
-    detect_metric,
     evaluate,
-    extract_choice,
-    extract_final_number,
     generate_greedy,
-    is_correct,
     mean_stderr,
-    normalise_answer,
     response_log_likelihoods,
     task_scores,
 )
@@ -29,71 +24,6 @@ from tunewise.data.pool import parse_record
 def example(question: str, answer: str | None, task: str = "default"):
     record = {"question": question, "answer": answer, "task": task}
     return parse_record(record, task_field="task")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("  Yes.  ", "yes"),
-        ("The  Answer\n is\tTrue", "the answer is true"),
-        ("valid...", "valid"),
-        ("3.5", "3.5"),
-        ("", ""),
-    ],
-)
-def test_normalise_answer(text, expected):
-    assert normalise_answer(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("(B)", "B"),
-        ("The answer is (C).", "C"),
-        ("D) four", "D"),
-        ("answer: J", "J"),
-        ("Because of (E), the answer is A", "E"),
-        ("Apples and (K)", None),
-        ("no letter here, only lowercase a b", None),
-        ("ABC is not a letter", None),
-    ],
-)
-def test_extract_choice(text, expected):
-    assert extract_choice(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("She has 3 + 4 = 7 apples.\n#### 7", "7"),
-        ("#### 1,234", "1234"),
-        ("#### -3.5 dollars, not 9", "-3.5"),
-        ("first 5, then 12, so 18", "18"),
-        ("It costs $1,000.50 in total", "1000.50"),
-        ("no number at all", None),
-        ("#### none", None),
-    ],
-)
-def test_extract_final_number(text, expected):
-    assert extract_final_number(text) == expected
-
-
-def test_is_correct_per_metric():
-    assert is_correct("gsm8k", "so the total is 72.0", "48 + 24 = 72\n#### 72")
-    assert is_correct("gsm8k", "#### 1,000", "#### 1000")
-    assert not is_correct("gsm8k", "#### 71 then 72", "#### 72")
-    assert not is_correct("gsm8k", "I do not know", "#### 72")
-    assert is_correct("multiple_choice", "(A) the blue jay", "(A)")
-    assert not is_correct("multiple_choice", "the blue jay", "(A)")
-    assert is_correct("exact_match", " True. ", "true")
-    assert not is_correct("exact_match", "True because", "True")
-
-
-def test_detect_metric():
-    assert detect_metric(["3 + 4 = 7\n#### 7", "#### 10"]) == "gsm8k"
-    assert detect_metric(["(A)", "(C)", " B "]) == "multiple_choice"
-    assert detect_metric(["(A)", "True"]) == "exact_match"
-    assert detect_metric(["#### 7", "8"]) == "exact_match"
 
 
 def test_binomial_stderr_matches_the_harness_formula():
@@ -132,7 +62,8 @@ def test_evaluate_scores_known_predictions_per_task(monkeypatch):
     sample = results["samples"][2]
     assert sample == {
         "id": examples[2].id, "task": "math", "prompt": [{"role": "user", "content": "4 + 4?"}],
-        "target": "#### 8", "prediction": "#### 9", "extracted": "9", "correct": False,
+        "target": "#### 8", "prediction": "#### 9", "extracted": "9", "target_extracted": "8", "correct": False,
+        "truncated": False,
     }
 
 
@@ -174,20 +105,20 @@ def test_batched_generation_equals_one_by_one(lively_tiny_model):
 def test_per_row_stopping_gives_what_transformers_generate_gives_alone(lively_tiny_model):
     import torch
 
-    from tunewise.training.evaluate import stop_token_ids
+    from tunewise.model.chat import stop_token_ids
 
     model, tokenizer = lively_tiny_model.model, lively_tiny_model.tokenizer
     questions = [f"Say {word}" + "!" * n for n, word in enumerate(["hi", "bye", "yes", "no", "maybe"])]
-    prompts = [prompt_token_ids(tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": q}]) for q in questions]
     limits = [3, 9, 5, 12, 7]
     batched = generate_greedy(model, tokenizer, prompts, limits, batch_tokens=100_000)
     for prompt, limit, answer in zip(prompts, limits, batched):
         with torch.no_grad():
             output = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(model, tokenizer)),
+                                    do_sample=False, max_new_tokens=limit, eos_token_id=sorted(stop_token_ids(tokenizer, model.generation_config)),
                                     pad_token_id=tokenizer.pad_token_id)
         expected = output[0, len(prompt):].tolist()
-        stops = stop_token_ids(model, tokenizer)
+        stops = stop_token_ids(tokenizer, model.generation_config)
         expected = expected[:next((i for i, t in enumerate(expected) if t in stops), len(expected))]
         assert answer == expected
 
@@ -244,3 +175,17 @@ def test_mean_stderr():
     assert mean_stderr([1.0, 3.0]) == pytest.approx(1.0)
     assert mean_stderr([2.0, 2.0, 2.0]) == 0.0
     assert mean_stderr([5.0]) is None
+
+
+def test_results_carry_lm_evaluation_harness_keys():
+    from tunewise.training.evaluate import with_lm_eval_keys
+
+    document = with_lm_eval_keys({"results": {"arith": {"exact_match": 0.5, "exact_match_stderr": 0.25, "n": 4,
+                                                         "metric": "exact_match"}},
+                                  "average": 0.5, "config": {}, "samples": []})
+    entry = document["results"]["arith"]
+    assert entry["alias"] == "arith"
+    assert (entry["exact_match,none"], entry["exact_match_stderr,none"]) == (0.5, 0.25)
+    assert document["versions"] == {"arith": 1}
+    assert document["n-samples"] == {"arith": {"original": 4, "effective": 4}}
+    assert document["higher_is_better"] == {"arith": {"exact_match": True}}

@@ -95,9 +95,9 @@ def tiny():
 def naive_choice_log_likelihood(loaded, example_, choice):
     import torch
 
-    from tunewise.training.finetune import prompt_token_ids
+    from tunewise.model.chat import encode_prompt
 
-    prompt = prompt_token_ids(loaded.tokenizer, example_.prompt)
+    prompt = encode_prompt(loaded.tokenizer, example_.prompt)
     continuation = loaded.tokenizer(choice, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = loaded.model(torch.tensor([prompt + continuation])).logits[0].double()

@@ -180,12 +180,14 @@ def test_no_copy_of_the_base_model_the_adapter_goes_on_in_place(tiny, sums):
 
 
 def test_refuses_examples_without_a_response_token_after_truncation(tiny, sums):
-    prompt_length = len(encode_prompt(tiny.tokenizer, sums[0].prompt))
-    with pytest.raises(TunewiseError, match="keep no response token") as raised:
+    prompt_length = max(len(encode_prompt(tiny.tokenizer, example.prompt)) for example in sums)
+    with pytest.raises(TunewiseError, match="do not fit --max-seq-length"):  # cut only when asked
         finetune(tiny, sums, FinetuneConfig(max_steps=1, max_seq_length=prompt_length))
-    assert raised.value.field == "max_seq_length" and str(prompt_length) in raised.value.fix
+    with pytest.raises(TunewiseError, match="no example keeps a response token") as raised:
+        finetune(tiny, sums, FinetuneConfig(max_steps=1, max_seq_length=prompt_length, truncate=True))
+    assert "--max-seq-length" in raised.value.fix
     assert not any("lora" in name for name, _ in tiny.model.named_parameters())
-    finetune(tiny, sums, FinetuneConfig(max_steps=1, max_seq_length=prompt_length + 1)).release()
+    finetune(tiny, sums, FinetuneConfig(max_steps=1, max_seq_length=prompt_length + 1, truncate=True)).release()
 
 
 def test_non_finite_loss_stops_training_and_saves_nothing(tiny, sums, tmp_path):

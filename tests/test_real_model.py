@@ -20,6 +20,7 @@ pytestmark = pytest.mark.real
 
 MAX_NEW_TOKENS = 16
 EXAMPLES = 4
+SMOLLM_MASK_IDS = (0, 2, 198)  # <|endoftext|>, <|im_end|>, "\n"
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,12 @@ def reference_scores(backend, example) -> dict:
     probabilities = [float(torch.softmax(step[0].double(), dim=-1)[token])
                      for step, token in zip(generated.logits, tokens)]
     loss = mean_nll(prompt_ids, response_ids)
+    # Paper A's mask for SmolLM (r-three/dataefficiency utils/calculate_coslow.py:61-62): the
+    # confidence is the mean over the other tokens.
+    answer = [p for token, p in zip(tokens, probabilities) if token not in SMOLLM_MASK_IDS]
     return {"loss": loss, "ifd": float(np.exp(loss - mean_nll([start], response_ids))),
-            "confidence": float(np.mean(probabilities)), "length": len(response_ids), "prompt_length": len(prompt_ids)}
+            "confidence": float(np.mean(answer)) if answer else 0.0, "length": len(response_ids),
+            "prompt_length": len(prompt_ids)}
 
 
 def test_smollm2_indicators_on_gsm8k_equal_an_independent_computation(smollm2, gsm8k_examples, tmp_path):

@@ -95,3 +95,17 @@ def test_plan_config_yaml_reproduces_the_run(tmp_path):
     assert again.exit_code == 0, again.output
     assert (tmp_path / "a" / "selection.jsonl").read_bytes() == (tmp_path / "b" / "selection.jsonl").read_bytes()
     assert "seed: 3" in (tmp_path / "b" / "config.yaml").read_text()
+
+
+def test_sweep_takes_its_flags_from_a_yaml_config(tmp_path):
+    from typer.testing import CliRunner
+
+    import tunewise.cli
+    from tunewise.cli.app import app
+
+    tunewise.cli._register_commands()
+    config = tmp_path / "sweep.yaml"
+    config.write_text("budgets: [4, 8]\nseeds: [0]\nbudgetz: 3\n")
+    result = CliRunner().invoke(app, ["sweep", "pool.jsonl", "--test", "t.jsonl", "-o", str(tmp_path / "s"),
+                                      "--config", str(config)])
+    assert result.exit_code == 2 and "'budgetz' is not a flag" in result.output and "did you mean 'budgets'" in result.output

@@ -57,7 +57,7 @@ def test_finetune_then_evaluate_with_the_adapter(tmp_path, files):
     assert evaluated.exit_code == 0, evaluated.output
     results = json.loads(results_path.read_text())
     assert set(results["results"]) == {"low", "high"}
-    assert results["results"]["low"]["n"] == 2 and results["results"]["low"]["metric"] == "exact_match"
+    assert results["results"]["low"]["n"] == 2 and results["results"]["low"]["metric"] == "gsm8k"  # numeric golds: the final number
     assert results["config"]["adapter"] == str(adapter) and results["config"]["model"] == "tiny-random"
     assert len(results["samples"]) == 3
     assert "Evaluation" in evaluated.output and "mean over tasks" in evaluated.output
@@ -151,7 +151,8 @@ def test_finetune_with_the_paper_a_profile_keeps_explicit_flags(tmp_path, files)
      (("--sft-config", "{tmp}/bad.yaml"), "not an SFTConfig field"),
      (("--dtype", "bfloat61"), "unknown dtype"),
      (("--batching", "packed"), "unknown batching"),
-     (("--max-seq-length", 3), "keep no response token")],
+     (("--max-seq-length", 3), "do not fit --max-seq-length"),
+     (("--max-seq-length", 3, "--truncate"), "no example keeps a response token")],
 )
 def test_finetune_refuses_bad_training_settings(tmp_path, files, extra, message):
     pool, _ = files

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise import __version__
+from tunewise.efficiency.coslow import DEFAULT_DIMENSION as COSLOW_DIMENSION
 from tunewise.efficiency.coslow import DEFAULT_K as COSLOW_K
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET, normalised_log_budget
 from tunewise.efficiency.predict import labels_needed, predict_auc, predicted_curve
@@ -327,13 +328,15 @@ def measure_coslow(
     loaded_model,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    dimension: int | None = COSLOW_DIMENSION,
 ) -> dict[str, dict]:
     """CoS-Low of every labelled task with at least 32 labelled examples.
 
     Per task: the 32 examples are sampled from the least confident 10 % of its labelled examples
     (from its 32 least confident when the task has fewer than 320, which departs from the paper's
     protocol and is recorded as such), then :func:`tunewise.efficiency.coslow.coslow` takes their gradients.
-    ``loaded_model`` is a float32 :class:`~tunewise.model.load.LoadedModel`. ``progress(done, total)``
+    ``loaded_model`` is the run's :class:`~tunewise.model.load.LoadedModel`, in any dtype: the
+    adapter is attached to it in place and removed. ``dimension``: see :func:`~tunewise.efficiency.coslow.coslow`. ``progress(done, total)``
     counts gradients over all the tasks measured. Returns task → ``{coslow, k, protocol,
     examples, grad_norm, seconds}``.
     """
@@ -358,6 +361,7 @@ def measure_coslow(
         result = coslow(
             loaded_model.model, loaded_model.tokenizer,
             [list(examples[i].prompt) for i in chosen], [examples[i].response for i in chosen], seed=seed,
+            dimension=dimension,
             progress=None if progress is None else (
                 lambda done, before=done_tasks * COSLOW_K: progress(before + done, total)),
         )
@@ -369,6 +373,8 @@ def measure_coslow(
             "examples": [examples[i].id for i in chosen],
             "grad_norm": result["grad_norm"],
             "seconds": round(result["seconds"], 3),
+            "dimension": result["dimension"],
+            "projection_std": round(result["projection_std"], 6),
         }
     return measured
 

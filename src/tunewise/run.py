@@ -327,20 +327,15 @@ def _no_progress(stage: str, unit: str):
 
 
 def coslow_per_task(pool, scores, model, model_name: str, seed: int, progress: Progress) -> dict:
-    """CoS-Low of every task with enough labelled examples (:func:`tunewise.pipeline.measure_coslow`)."""
-    import torch
-
+    """CoS-Low of every task with enough labelled examples (:func:`tunewise.pipeline.measure_coslow`), on
+    the model that scored the pool: its adapter is attached in place and removed, never on a second copy
+    (the gradients run in the model's dtype, as the paper's bf16 runs do, and accumulate in fp32)."""
     from tunewise.pipeline import measure_coslow
 
     loaded = getattr(model, "loaded", None)
     if loaded is None:
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model_name}' has none",
                             field="model", fix="use --no-coslow, or --model smollm2, tiny-random or a model folder")
-    if loaded.dtype != torch.float32:
-        from tunewise.model.load import load_model
-
-        # The gradient cosines are taken in float32 (fidelity.md A5: more precise than the paper's bf16).
-        loaded = load_model(model_name, device=str(loaded.device), dtype="fp32")
     with progress("CoS-Low gradients", "examples") as update:
         return measure_coslow(pool, scores, loaded, seed=seed, progress=update)
 

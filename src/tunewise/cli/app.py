@@ -96,14 +96,34 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
+@user_errors_exit_2
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
                                  callback=_print_version),
     threads: int = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    load_in_4bit: bool = typer.Option(False, "--load-in-4bit", rich_help_panel="Model loading",
+                                      help="Load the model's weights in 4 bits (NF4, bitsandbytes); fine-tuning "
+                                           "then trains LoRA on them (QLoRA)."),
+    load_in_8bit: bool = typer.Option(False, "--load-in-8bit", rich_help_panel="Model loading",
+                                      help="Load the model's weights in 8 bits (LLM.int8(), bitsandbytes)."),
+    device_map: str = typer.Option(None, "--device-map", rich_help_panel="Model loading",
+                                   help="'auto': spread a model too large for one device over every GPU (then "
+                                        "the CPU); default: all of it on --device."),
+    attn_implementation: str = typer.Option(None, "--attn-implementation", rich_help_panel="Model loading",
+                                            help="eager, sdpa, flash_attention_2 … (default: transformers' choice)."),
+    revision: str = typer.Option(None, "--revision", rich_help_panel="Model loading",
+                                 help="Branch, tag or commit of a Hugging Face Hub model."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code/--no-trust-remote-code",
+                                           rich_help_panel="Model loading",
+                                           help="Run the Python code a Hub model ships (only for code you trust)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only results and errors: no progress, notes or logs."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also the library's log (debug level) on stderr."),
 ) -> None:
-    """How many labelled examples does each task need, and which should they be?"""
+    """How many labelled examples does each task need, and which should they be?
+
+    Model-loading options go before the command and hold for every model it loads:
+    tunewise --load-in-4bit finetune POOL --model org/name -o adapter
+    """
     configure_output(quiet=quiet, verbose=verbose)
     prefer_passive_openmp_waits()
     # The CLI says "loading MODEL …" itself; transformers' per-tensor bar adds only noise.
@@ -111,6 +131,7 @@ def _root(
     if threads is not None:
         # Read when a model is loaded, so that importing the CLI never imports torch.
         os.environ["TUNEWISE_THREADS"] = str(threads)
+    set_load_options(load_in_4bit, load_in_8bit, device_map, attn_implementation, revision, trust_remote_code)
 
 
 def configure_output(*, quiet: bool, verbose: bool) -> None:
@@ -127,6 +148,24 @@ def configure_output(*, quiet: bool, verbose: bool) -> None:
                                       markup=False)]
     logger.setLevel(level)
     logger.propagate = False
+
+
+def set_load_options(load_in_4bit: bool, load_in_8bit: bool, device_map: str | None,
+                     attn_implementation: str | None, revision: str | None, trust_remote_code: bool) -> None:
+    """Hand the model-loading flags to every ``load_model`` of this run (and its Ray workers) through
+    the environment, as ``--threads`` does, so that importing the CLI never imports torch."""
+    from tunewise.model.load import LoadOptions
+
+    if load_in_4bit and load_in_8bit:
+        raise TunewiseError("--load-in-4bit and --load-in-8bit exclude each other", field="load_in_4bit",
+                            fix="pass one of them")
+    if device_map not in (None, "auto", "balanced", "balanced_low_0", "sequential"):
+        raise TunewiseError(f"unknown --device-map '{device_map}'", field="device_map",
+                            fix="use --device-map auto (or balanced, sequential)")
+    options = LoadOptions(quantization="4bit" if load_in_4bit else "8bit" if load_in_8bit else None,
+                          device_map=device_map, attn_implementation=attn_implementation, revision=revision,
+                          trust_remote_code=trust_remote_code)
+    os.environ.update(options.to_environment())
 
 
 def prefer_passive_openmp_waits() -> None:

@@ -15,6 +15,7 @@ from rich.table import Table
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
+from tunewise.efficiency.coslow import DEFAULT_DIMENSION as DEFAULT_PROJECTION_DIM
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.io import encode_json, encode_jsonl
 
@@ -116,6 +117,11 @@ def coslow_command(
                                        help="Also measure CoS-Rand, the same on 32 random prompts (paper A's control; "
                                             "an unlabelled pool then needs those labelled too)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), "
+                                           "fp32, bf16. Gradients accumulate in fp32 either way."),
+    projection_dim: int = typer.Option(
+        DEFAULT_PROJECTION_DIM, min=0, help="Project each gradient to this many numbers (seeded); 0 keeps the full "
+                                            "LoRA-B gradient (exact; memory grows with the model)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity.
@@ -149,7 +155,7 @@ def coslow_command(
         task_name = task or samples["low_confidence"][0].metadata.get("task") or task_name
         source["labelled"] = str(labelled)
     console.print(f"loading {describe_model(model)} …", markup=False, highlight=False)
-    backend = load_backend(model, device=device, dtype="fp32")
+    backend = load_backend(model, device=device, dtype=dtype)
     if not hasattr(backend, "loaded"):
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model}' has none", field="model",
                             fix="use --model smollm2, tiny-random or a model folder")
@@ -183,6 +189,7 @@ def coslow_command(
         with progress_bar(f"gradients ({name.replace('_', ' ')})") as update:
             results[name] = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in group],
                                    [e.response for e in group], seed=seed, include_eos=include_eos,
+                                   dimension=projection_dim or None,
                                    progress=lambda done, total=len(group): update(done, total))
     for result in results.values():
         if not all(math.isfinite(value) for value in [result["coslow"], *result["cosines"]]):
@@ -208,6 +215,10 @@ def coslow_command(
         "lora_rank": result["rank"],
         "lora_alpha": result["alpha"],
         "lora_target_modules": result["target_modules"],
+        "dimension": result["dimension"],
+        "gradient_dimension": result["gradient_dimension"],
+        "projection_std": result["projection_std"],
+        "dtype": str(backend.loaded.dtype).removeprefix("torch."),
         "seconds": sum(r["seconds"] for r in results.values()),
         "peak_memory_bytes": max(r["peak_memory"] for r in results.values()),
         "peak_memory_kind": result["peak_memory_kind"],

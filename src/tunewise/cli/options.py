@@ -22,7 +22,7 @@ from tunewise.errors import TunewiseError, did_you_mean
 
 MODEL_HELP = "smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a model folder."
 DEVICE_HELP = "auto, cpu, cuda, cuda:1 …"
-DTYPE_HELP = "auto (fp32 on CPU, bf16 on GPU), fp32, bf16."
+DTYPE_HELP = "auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."
 METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, log_likelihood (mean log-probability "
                "per gold-answer token; no generation), or choice (lm-evaluation-harness multiple choice: the most "
                "likely of each example's 'choices', or of the task's labels; acc and acc_norm; no generation).")

@@ -33,7 +33,8 @@ def score_command(
     split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
     dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, "
+                                                        "else fp32), fp32, bf16."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per batch."),
     max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer for confidence (paper A: 30)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),

@@ -97,10 +97,19 @@ def select_command(
     scores, provenance = read_scores(scores_path)
     if fraction is not None:
         budget = math.floor(fraction * len(scores) + 0.5)
+        if budget == 0:
+            raise TunewiseError(
+                f"--fraction {fraction} of {len(scores)} examples selects none "
+                f"({fraction * len(scores):.3g} rounds to 0)",
+                field="fraction", fix=f"pass --fraction {0.5 / len(scores):.3g} or more, or --budget 1 or more",
+            )
+    if budget == 0:
+        raise TunewiseError("--budget 0 selects nothing", field="budget", fix="pass --budget 1 or more")
     from tunewise.select.base import check_budget_fits_pool
 
     check_budget_fits_pool(budget, len(scores), scores_path, cap_to_pool)
     selection = chosen.select(scores, budget, seed)
+    selection.notes.extend(starved_task_notes(scores, selection))
 
     extra_files = {}
     if export is not None:
@@ -120,6 +129,21 @@ def select_command(
         f"{len(selection)} of {len(scores)} examples selected with {strategy} → " + ", ".join(map(str, written)),
         markup=False, highlight=False, soft_wrap=True,
     )
+
+
+def starved_task_notes(scores, selection) -> list[str]:
+    """A note naming the tasks that got no example, when the budget left some out: with fewer
+    picks than tasks a per-task split cannot give each task one, and the user must be told."""
+    if "task" not in scores.columns or not len(selection):
+        return []
+    picked = set(scores["task"].astype(str).to_numpy()[selection.positions].tolist())
+    tasks = list(dict.fromkeys(scores["task"].astype(str).tolist()))
+    starved = [task for task in tasks if task not in picked]
+    if not starved:
+        return []
+    shown = ", ".join(starved[:5]) + (f" and {len(starved) - 5} more" if len(starved) > 5 else "")
+    return [f"{len(starved)} of {len(tasks)} tasks get no example from {len(selection)} picks: {shown}"
+            + (" (fewer picks than tasks)" if len(selection) < len(tasks) else "")]
 
 
 def strategy_from_flags(strategy: str, given: dict):

@@ -10,10 +10,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, METRIC_HELP, MODEL_HELP,
+from tunewise.cli.options import (CONFIG_FILE_OPTION, DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, METRIC_HELP, MODEL_HELP,
                                    check_sweep_output, model_input, parse_int_list, with_config_options)
 from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
+from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
 
 _TRAIN_DTYPE_HELP = ("Compute type: auto (bf16 mixed precision where the hardware runs bf16: CUDA, CPUs with "
@@ -91,9 +92,7 @@ def finetune_command(
                           sft_overrides=sft_overrides)
     result.release()
     log = result.log.to_dict()
-    if log["truncated_examples"]:
-        console.print(f"[yellow]note:[/] {log['truncated_examples']} examples were longer than "
-                      f"--max-seq-length {config.max_seq_length} tokens and were cut", highlight=False)
+    print_length_notes(log["lengths"])
     if as_json:
         print_json({**log, "adapter": str(result.adapter_dir)})
         return
@@ -103,6 +102,20 @@ def finetune_command(
         f"final loss {log['final_loss']:.4f} → {escape(str(result.adapter_dir))}",
         highlight=False,
     )
+
+
+def print_length_notes(lengths: dict) -> None:
+    """Say which training examples --truncate cut, and which were left with no response token."""
+    from tunewise.model.lengths import listing
+
+    if lengths.get("truncated"):
+        console.print(f"[yellow]note:[/] {len(lengths['truncated'])} examples were longer than "
+                      f"{lengths['max_tokens']} tokens and were cut (--truncate): "
+                      f"{escape(listing(lengths['truncated']))}", highlight=False)
+    if lengths.get("without_response"):
+        console.print(f"[yellow]note:[/] {len(lengths['without_response'])} examples keep no response token "
+                      f"after the cut and train nothing (left out): {escape(listing(lengths['without_response']))}",
+                      highlight=False)
 
 
 @command("evaluate")
@@ -119,6 +132,12 @@ def evaluate_command(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    predictions: Optional[Path] = typer.Option(
+        None, help="Score these answers (JSONL, one {\"id\" or \"line\", \"prediction\"} per test item, "
+                   "made elsewhere: vLLM, an API, another harness) instead of generating; no model is loaded."),
+    truncate: bool = typer.Option(False, help="Cut the beginning of prompts too long for the model's context "
+                                              "instead of refusing them (marked in the samples, counted in the "
+                                              "config)."),
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
     from tunewise.data.pool import read_pool
@@ -129,22 +148,54 @@ def evaluate_command(
 
     if adapter is not None:
         read_adapter_info(adapter)  # a damaged adapter folder stops here, before the model loads
-    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter, **model_input(model)})
+    refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter,
+                                               "--predictions": predictions, **model_input(model)})
     check_output_file(output, example="-o results.json")
     test = read_pool(test_path, task_field, limit=limit)
-    loaded = load_model(model, device=device, dtype=dtype)
-    adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
-    with progress_bar("evaluating") as update:
-        results = evaluate(adapted, loaded.tokenizer, test.examples, metric=metric,
-                           max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update)
-    results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter),
-                             test=str(test_path), task_field=task_field, limit=limit)
+    if predictions is not None:
+        if adapter is not None:
+            raise TunewiseError("--adapter has no effect when --predictions gives the answers", field="adapter",
+                                fix="drop --adapter, or drop --predictions to generate the answers")
+        results = score_prediction_file(test.examples, predictions, metric)
+    else:
+        loaded = load_model(model, device=device, dtype=dtype)
+        adapted = load_adapter(loaded, adapter) if adapter is not None else loaded.model
+        with progress_bar("evaluating") as update:
+            results = evaluate(adapted, loaded.tokenizer, test.examples, metric=metric,
+                               max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
+                               truncate=truncate)
+        results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter))
+    results["config"].update(test=str(test_path), task_field=task_field, limit=limit)
     write_json(output, results)
     if as_json:
         print_json(results)
         return
     stdout.print(results_table(results))
+    if results["config"].get("truncated"):
+        stdout.print(f"truncated: {results['config']['truncated']} of {results['config']['n_samples']} prompts lost "
+                     "their beginning to fit the model's context (--truncate; 'truncated' in the samples)",
+                     highlight=False)
     stdout.print(f"results → {escape(str(output))}", highlight=False)
+
+
+def score_prediction_file(examples, predictions: Path, metric: str) -> dict:
+    """The results document for answers read from ``predictions`` (see ``read_predictions``)."""
+    from tunewise.training.evaluate import LOG_LIKELIHOOD, answer_metrics, check_metric, read_predictions
+    from tunewise.training.evaluate import score_predictions
+
+    check_metric(metric)
+    if metric == LOG_LIKELIHOOD:
+        raise TunewiseError("log_likelihood scores the gold answer with the model, not a prediction",
+                            field="metric", fix="drop --predictions, or choose an answer metric (auto, exact_match, "
+                                                "multiple_choice, gsm8k)")
+    if any(example.response is None for example in examples):
+        raise TunewiseError("the test set has items without a gold answer", field="response",
+                            fix="score predictions against a labelled test set")
+    answers = read_predictions(predictions, examples)
+    metrics = answer_metrics(examples, metric)
+    config = {"metric": metric, "metrics": metrics, "predictions": str(predictions), "n_samples": len(examples),
+              "truncated": 0}
+    return score_predictions(examples, answers, metrics, config)
 
 
 def results_table(results: dict) -> Table:
@@ -190,9 +241,10 @@ def sweep_command(
     sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    config_file: Optional[Path] = CONFIG_FILE_OPTION,
 ) -> None:
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
-    gain over random with 95 % confidence intervals."""
+    gain over random with 95 % confidence intervals. ``--config run.yaml`` takes the flags from YAML."""
     from tunewise.data.pool import read_pool
     from tunewise.training.sweep import (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder, run_sweep,
                                          split_strategy_specs)

@@ -14,7 +14,7 @@ from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.options import check_output_path, parse_list
-from tunewise.errors import TunewiseError
+from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.data.pool import read_labelled_pool
 from tunewise.select.weighted import FEATURES
 
@@ -37,7 +37,7 @@ def anchors_command(
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the k-means that picks the written anchors."),
     check_seeds: int = typer.Option(5, min=1, help="Seeds the tracking check is repeated over."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Choose m weighted anchors of a dev set by embedding-stratified sampling (one per k-means
@@ -128,7 +128,8 @@ def tune_weights_command(
                                              "anchors' own tokens dominate)."),
     anchors: int = typer.Option(64, min=1, help="m: anchor items of the tiny validation set, an embedding-stratified "
                                                 "sample of the dev set (one per k-means cluster)."),
-    metric: str = typer.Option("loglik", help="Proxy score: loglik (gold answer) or exact_match (greedy answer)."),
+    metric: str = typer.Option("log_likelihood", help="Proxy score: log_likelihood (gold answer; 'loglik' is its "
+                                                      "deprecated name) or exact_match (greedy answer)."),
     validate: int = typer.Option(0, min=0, help="Fine-tune for real on K selections and correlate J with accuracy."),
     validate_steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps of each --validate fine-tune "
                                                                   "(default: one epoch)."),
@@ -141,7 +142,7 @@ def tune_weights_command(
                                                       "beside -o, named after it with .run."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget of one proxy batch."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
-    dtype: str = typer.Option("auto", help="auto (fp32 on CPU, bf16 on GPU), fp32, bf16."),
+    dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.
@@ -160,8 +161,11 @@ def tune_weights_command(
                             fix="pass e.g. --timeout 600, or leave it out")
     if sampler not in SAMPLERS:
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix="use --sampler tpe or gp")
+    from tunewise.training.metrics import canonical_metric
+
+    metric = canonical_metric(metric)
     if metric not in METRICS:
-        raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix="use --metric loglik or exact_match")
+        raise TunewiseError(f"unknown metric '{metric}'", field="metric", fix=did_you_mean(metric, METRICS))
     from tunewise.training.evaluate import check_metric
 
     check_metric(validate_metric, field="validate-metric")

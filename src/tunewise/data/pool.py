@@ -82,6 +82,8 @@ class Example:
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     #: The user's own id (``--id-field``), kept beside the content-hash ``id`` in every output.
     user_id: str | None = None
+    # (file, line) the record was read from, for errors found later (length, chat template).
+    location: tuple[str, int] | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def messages(self) -> list[dict]:
@@ -272,7 +274,7 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
                 if isinstance(value, str) and value.strip() and name != task_field and name not in BOOKKEEPING:
                     unused[name] = unused.get(name, 0) + 1
         kept += 1
-        yield example
+        yield replace(example, location=(str(path), line))
         if limit is not None and kept >= limit:
             break
     check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)
@@ -371,7 +373,7 @@ class _Decompressed(type(Path())):
             import zstandard
         except ImportError:
             raise TunewiseError("reading .zst files needs the zstandard package", file=str(self),
-                                fix="pip install zstandard, or decompress the file first") from None
+                                fix="pip install 'tunewise[hub]' (zstandard), or decompress the file first") from None
         # Buffered so that the JSONL reader can iterate it line by line.
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(str(self), "rb"), closefd=True))
 
@@ -411,7 +413,7 @@ def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) ->
         import datasets
     except ImportError:
         raise TunewiseError(f"'{dataset_id}' is no file, and reading a Hub dataset needs the datasets package",
-                            file=dataset_id, fix="pip install 'tunewise[hub]'") from None
+                            file=dataset_id, fix="pip install datasets") from None
     offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes")
                   for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if split is None:

@@ -17,8 +17,12 @@ Line references are to paper A's released code, r-three/dataefficiency ``utils/c
 4. CoS-Low is the median cosine similarity over the k(k − 1)/2 pairs (``:118-138``). Beside it
    :func:`coslow` reports the mean gradient norm, one of the predictors paper A compares with.
 
-Gradients are computed one example at a time in fp32 and moved to CPU at once, so device memory
-stays that of a single example whatever k is.
+Gradients are computed one example at a time in the model's own dtype (the LoRA adapter itself
+is float32, so every gradient accumulates in float32). Each is projected at once to ``dimension``
+numbers by a seeded random projection (:func:`sketch_gradient`; LESS and TRAK project gradients the
+same way), so memory does not grow with the model: 32 × 16,384 floats (2 MiB) where the full
+``lora_B`` gradients of an 8B Llama would take about 11 GB. ``dimension=None`` keeps the exact
+vectors; bench/coslow_projection.py measures what the projection changes.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 from tunewise.errors import TunewiseError
 from tunewise.model.chat import IGNORE_INDEX
+from tunewise.model.lengths import check_fits, context_length
+from tunewise.model.load import gradients_through_4bit
 
 DEFAULT_K = 32
 DEFAULT_FRACTION = 0.1
+DEFAULT_DIMENSION = 16384
 CONFIDENCE_METRICS = ("confidence", "confidence_ppl")
 
 
@@ -124,14 +131,16 @@ def coslow(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     include_eos: bool = False,
+    dimension: int | None = DEFAULT_DIMENSION,
 ) -> dict:
     """CoS-Low of labelled examples: the median pairwise cosine of their LoRA-B gradients.
 
     Parameters
     ----------
     model, tokenizer:
-        A transformers causal LM in float32 (any device) and its tokenizer, which needs a chat
-        template. The model is left as it was found: the adapter is removed afterwards.
+        A transformers causal LM in any dtype, quantised or not, on any device(s), and its
+        tokenizer, which needs a chat template. The adapter is attached in place and removed
+        afterwards: the model is left as it was found, and never copied.
     prompts, responses:
         The k labelled examples: chat messages (``[{role, content}]``) and the answer to each.
     rank, alpha, seed:
@@ -142,15 +151,21 @@ def coslow(
         Keep the end-of-turn token in the loss. Off by default, as in paper A, whose loss covers
         the answer tokens only (``calculate_coslow.py:226-232``); on, every example shares one
         more, nearly identical, loss term, which raises all cosines.
+    dimension:
+        Project each gradient to this many numbers (:func:`sketch_gradient`, seeded by ``seed``);
+        ``None`` keeps the full ``lora_B`` gradient (exact, but k × its length in memory).
 
     Returns
     -------
     dict
         ``coslow`` (the median), ``cosines`` (the k(k − 1)/2 pairwise values, pair (i, j) with
-        i < j in row order), ``grad_norm`` (mean L2 norm of the per-example gradient vectors),
-        ``n`` (k), ``rank``, ``alpha``, ``include_eos``, ``target_modules`` (the adapted module
-        names), ``dimension`` (length of a gradient vector), ``seconds``, ``peak_memory`` (bytes)
-        and ``peak_memory_kind`` (``cuda_max_allocated`` on a GPU, else the process's peak
+        i < j in row order), ``grad_norm`` (mean L2 norm of the per-example full gradients, exact
+        even when projected), ``n`` (k), ``rank``, ``alpha``, ``include_eos``, ``target_modules``
+        (the adapted module names), ``dimension`` (length of a stored gradient vector),
+        ``gradient_dimension`` (length of the full ``lora_B`` gradient), ``projected`` (bool),
+        ``projection_std`` (the expected standard deviation of one projected cosine around its
+        exact value, √((1 + c²)/d) at c = the median; 0 when exact), ``seconds``, ``peak_memory``
+        (bytes) and ``peak_memory_kind`` (``cuda_max_allocated`` on a GPU, else the process's peak
         resident memory).
     """
     import numpy as np
@@ -162,31 +177,39 @@ def coslow(
     if len(prompts) < 2:
         raise TunewiseError(f"CoS-Low compares pairs, so it needs at least 2 labelled examples, got {len(prompts)}",
                             field="responses", fix="label the examples in to_label.jsonl")
-    device = next(model.parameters()).device
+    if dimension is not None and dimension < 1:
+        raise TunewiseError(f"the projection dimension must be a whole number >= 1, got {dimension}",
+                            field="dimension", fix=f"use e.g. {DEFAULT_DIMENSION}, or no projection")
+    device = model.get_input_embeddings().weight.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     count = len(prompts)
     unit_vectors = None
     gram = np.zeros((count, count))
-    norms = []
-    vectors = lora_gradient_vectors(model, tokenizer, prompts, responses, rank, alpha, seed, include_eos=include_eos)
-    for index, vector in enumerate(vectors):
-        norm = torch.linalg.vector_norm(vector)
-        if norm == 0:
-            raise TunewiseError(f"example {index + 1} has a zero gradient", field="responses",
-                                fix="check that its response is not empty")
-        norms.append(float(norm))
-        vector /= norm
-        if unit_vectors is None:
-            unit_vectors = torch.empty((count, vector.numel()), dtype=torch.float32)
-        gram[:index, index] = (unit_vectors[:index] @ vector).double().numpy()
-        unit_vectors[index] = vector
-        if progress is not None:
-            progress(index + 1)
+    vectors = lora_gradient_vectors(model, tokenizer, prompts, responses, rank, alpha, seed,
+                                    include_eos=include_eos, dimension=dimension)
+    try:
+        for index, vector in enumerate(vectors):
+            norm = torch.linalg.vector_norm(vector)
+            if norm == 0:
+                raise TunewiseError(f"example {index + 1} has a zero gradient", field="responses",
+                                    fix="check that its response is not empty")
+            vector /= norm
+            if unit_vectors is None:
+                unit_vectors = torch.empty((count, vector.numel()), dtype=torch.float32)
+            gram[:index, index] = (unit_vectors[:index] @ vector).double().numpy()
+            unit_vectors[index] = vector
+            if progress is not None:
+                progress(index + 1)
+    finally:
+        vectors.close()  # removes the adapter even when an example is refused half-way
+    norms = vectors.norms
     cosines = gram[np.triu_indices(count, k=1)]
+    median = float(np.median(cosines))
+    stored = int(unit_vectors.shape[1])
     return {
-        "coslow": float(np.median(cosines)),
+        "coslow": median,
         "cosines": [float(c) for c in cosines],
         "grad_norm": float(np.mean(norms)),
         "n": count,
@@ -194,66 +217,134 @@ def coslow(
         "alpha": alpha,
         "include_eos": include_eos,
         "target_modules": lora_target_modules(model),
-        "dimension": int(unit_vectors.shape[1]),
+        "dimension": stored,
+        "gradient_dimension": vectors.gradient_dimension,
+        "projected": dimension is not None,
+        "projection_std": math.sqrt((1 + median ** 2) / stored) if dimension is not None else 0.0,
         "seconds": time.perf_counter() - started,
         **_peak_memory(device),
     }
 
 
-def lora_gradient_vectors(
-    model,
-    tokenizer,
-    prompts: Sequence[Sequence[dict]],
-    responses: Sequence[str],
-    rank: int = 64,
-    alpha: int = 32,
-    seed: int = 0,
-    include_eos: bool = False,
-) -> Iterator:
-    """Yield, one example at a time, the concatenated ``lora_B`` gradient as a CPU fp32 vector.
+def lora_gradient_vectors(model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
+                          rank: int = 64, alpha: int = 32, seed: int = 0, include_eos: bool = False,
+                          dimension: int | None = None) -> "LoraGradients":
+    """The examples' ``lora_B`` gradients, one at a time: see :class:`LoraGradients`."""
+    return LoraGradients(model, tokenizer, prompts, responses, rank, alpha, seed, include_eos, dimension)
 
-    A fresh LoRA adapter is attached to every attention and MLP projection for the duration and
-    removed when the generator finishes or is closed; the model's own weights are never updated.
-    The loss is over :func:`gradient_example`'s labels (answer tokens only unless ``include_eos``).
+
+class LoraGradients:
+    """Iterate, one example at a time, over the concatenated ``lora_B`` gradients as CPU fp32
+    vectors: full (``dimension=None``) or projected to ``dimension`` numbers (:func:`sketch_gradient`).
+
+    A fresh LoRA adapter is attached in place to every attention and MLP projection for the
+    duration and removed when the iteration finishes or :meth:`close` is called; the model's own
+    weights are never updated nor copied. The loss is over :func:`gradient_example`'s labels
+    (answer tokens only unless ``include_eos``). ``gradient_dimension`` is the full gradient's
+    length and ``norms`` the exact L2 norm of each full gradient so far (both filled as it goes).
     """
-    import torch
 
-    if next(model.parameters()).dtype != torch.float32:
-        raise TunewiseError(
-            f"CoS-Low gradients are taken in float32, but the model is {next(model.parameters()).dtype}",
-            field="dtype",
-            fix="load the model with dtype='fp32'",
-        )
-    device = next(model.parameters()).device
-    encoded = []
-    for number, (prompt, response) in enumerate(zip(prompts, responses), start=1):
-        input_ids, labels = gradient_example(tokenizer, prompt, response, include_eos)
-        if all(label == IGNORE_INDEX for label in labels):
-            raise TunewiseError(f"example {number} has no answer token (its response {response!r} is empty or only "
-                                "newlines)", field="responses", fix="give it a real answer")
-        encoded.append((torch.tensor([input_ids]), torch.tensor([labels])))
-    peft_model, restore = _attach_lora(model, rank, alpha, seed)
-    try:
+    def __init__(self, model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
+                 rank: int = 64, alpha: int = 32, seed: int = 0, include_eos: bool = False,
+                 dimension: int | None = None) -> None:
+        import torch
+
+        self.gradient_dimension = 0
+        self.norms: list[float] = []
+        encoded = []
+        for number, (prompt, response) in enumerate(zip(prompts, responses), start=1):
+            input_ids, labels = gradient_example(tokenizer, prompt, response, include_eos,
+                                                 source=f"CoS-Low example {number}")
+            if all(label == IGNORE_INDEX for label in labels):
+                raise TunewiseError(f"example {number} has no answer token (its response {response!r} is empty or "
+                                    "only newlines)", field="responses", fix="give it a real answer")
+            encoded.append((torch.tensor([input_ids]), torch.tensor([labels])))
+        context = context_length(model, tokenizer)
+        check_fits([ids.shape[1] for ids, _ in encoded], context,
+                   [f"CoS-Low example {i + 1}" for i in range(len(encoded))],
+                   what="prompt + response", limit_name=f"the model's {context}-token context")
+        self._iterator = self._vectors(model, encoded, rank, alpha, seed, dimension)
+
+    def __iter__(self) -> Iterator:
+        return self._iterator
+
+    def __next__(self):
+        return next(self._iterator)
+
+    def close(self) -> None:
+        self._iterator.close()
+
+    def _vectors(self, model, encoded, rank, alpha, seed, dimension):
+        device = model.get_input_embeddings().weight.device
+        peft_model, restore = _attach_lora(model, rank, alpha, seed)
+        try:
+            with gradients_through_4bit(peft_model):
+                yield from self._per_example(peft_model, encoded, device, seed, dimension)
+        finally:
+            restore(peft_model)
+
+    def _per_example(self, peft_model, encoded, device, seed, dimension):
+        import torch
+
         lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
-        dimension = sum(p.numel() for p in lora_b)
+        self.gradient_dimension = sum(p.numel() for p in lora_b)
         for input_ids, labels in encoded:
             output = peft_model(input_ids=input_ids.to(device), labels=labels.to(device))
             output.loss.backward()
-            vector = torch.empty(dimension, dtype=torch.float32)
-            offset = 0
-            for parameter in lora_b:
-                size = parameter.numel()
-                vector[offset:offset + size] = parameter.grad.reshape(-1).cpu()
-                offset += size
+            gradients = [parameter.grad for parameter in lora_b]
+            squares = sum(torch.linalg.vector_norm(g.float()).double() ** 2 for g in gradients)
+            self.norms.append(float(squares) ** 0.5)
+            if dimension is None:
+                vector = torch.cat([g.reshape(-1).float().cpu() for g in gradients])
+            else:
+                vector = sketch_gradient(gradients, dimension, seed)
             peft_model.zero_grad(set_to_none=True)
-            del output
+            del output, gradients
             yield vector
-    finally:
-        restore(peft_model)
+
+
+def sketch_gradient(blocks: Sequence, dimension: int, seed: int = 0):
+    """Project a gradient given as blocks (one tensor per module, in a fixed order) to ``dimension``
+    numbers with a seeded CountSketch; returns a CPU float32 vector of that length.
+
+    The projection is the sparse form of a Rademacher (Johnson–Lindenstrauss) matrix: each
+    coordinate of block b goes to one of ``dimension`` buckets with a random sign, both drawn from
+    a generator seeded by (``seed``, b), so every example of a run meets the same projection and
+    the d × P matrix is never formed (Charikar, Chen & Farach-Colton 2002; Clarkson & Woodruff
+    2013). For two vectors x, y the projected inner product is unbiased with variance
+    (‖x‖²‖y‖² + ⟨x, y⟩² − 2 Σᵢ xᵢ²yᵢ²)/d, no more than a dense Gaussian projection's
+    (‖x‖²‖y‖² + ⟨x, y⟩²)/d, at O(P) work per example instead of O(dP). LESS and TRAK project
+    their gradients to d = 8192 with a dense Rademacher matrix on a GPU (``fast_jl``); the
+    sparse form keeps CPU cost linear in the model. Buckets and signs are drawn on each block's
+    device, so the projection is the same for a seed on one kind of device.
+    """
+    import torch
+
+    sketch = None
+    for index, block in enumerate(blocks):
+        device = block.device
+        if sketch is None or sketch.device != device:
+            sketch = (torch.zeros(dimension, dtype=torch.float32, device=device) if sketch is None
+                      else sketch.to(device))
+        generator = torch.Generator(device=device)
+        generator.manual_seed(_block_seed(seed, index))
+        draws = torch.randint(0, 2 * dimension, (block.numel(),), generator=generator, device=device)
+        signs = (draws % 2).to(torch.float32).mul_(2).sub_(1)
+        sketch.index_add_(0, draws // 2, block.reshape(-1).to(torch.float32) * signs)
+        del draws, signs
+    if sketch is None:
+        raise TunewiseError("the gradient has no blocks to project", field="model",
+                            fix="check that the LoRA adapter reached the model's projections")
+    return sketch.cpu()
+
+
+def _block_seed(seed: int, index: int) -> int:
+    """One generator seed per (seed, block), spread so that nearby pairs give unrelated streams."""
+    return (seed * 1_000_003 + index * 7_919 + 0x5EED) % (2**63 - 1)
 
 
 def gradient_example(tokenizer, prompt: Sequence[dict], response: str,
-                     include_eos: bool = False) -> tuple[list[int], list[int]]:
+                     include_eos: bool = False, source=None) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` of one example's CoS-Low loss.
 
     The tokens are the fine-tune's (:func:`tunewise.model.chat.encode_example`: prompt, response,
@@ -265,7 +356,7 @@ def gradient_example(tokenizer, prompt: Sequence[dict], response: str,
     """
     from tunewise.model.chat import answer_labels, answer_mask_ids, encode_example, end_of_turn_id
 
-    encoded = encode_example(tokenizer, prompt, response)
+    encoded = encode_example(tokenizer, prompt, response, source=source)
     keep = (end_of_turn_id(tokenizer),) if include_eos else ()
     return encoded.input_ids, answer_labels(encoded.labels, answer_mask_ids(tokenizer), keep=keep)
 
@@ -307,7 +398,7 @@ def _attach_lora(model, rank: int, alpha: int, seed: int):
         target_modules=lora_target_modules(model),
         task_type="CAUSAL_LM",
     )
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device
     # Seed A without touching the caller's global random state.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
         torch.manual_seed(seed)
@@ -342,6 +433,6 @@ def _peak_memory(device) -> dict:
             "peak_memory_kind": "process_max_rss"}
 
 
-__all__ = ["CONFIDENCE_METRICS", "DEFAULT_FRACTION", "DEFAULT_K", "coslow", "gradient_example",
-           "lora_gradient_vectors", "lora_target_modules", "lowest_confidence_prompts", "minimum_pool_size",
-           "random_prompts"]
+__all__ = ["CONFIDENCE_METRICS", "DEFAULT_DIMENSION", "DEFAULT_FRACTION", "DEFAULT_K", "LoraGradients", "coslow",
+           "gradient_example", "lora_gradient_vectors", "lora_target_modules", "lowest_confidence_prompts",
+           "minimum_pool_size", "random_prompts", "sketch_gradient"]

@@ -31,7 +31,8 @@ from tunewise.model.load import cache_root
 from tunewise.data.pool import Example
 from tunewise.indicators.registry import OUTPUT_VERSIONS
 from tunewise.indicators.score import (ProgressCallback, cache_output_name, plan_scoring_batches,
-                              required_outputs, score_encoded_batch, score_pool, scores_provenance)
+                              required_outputs, score_encoded_batch, score_pool, scores_provenance,
+                              check_context)
 
 DEFAULT_CPU_ACTORS = 2
 # Rows handed to an actor per call: enough for full token-budgeted batches, few enough that
@@ -206,7 +207,9 @@ class ModelActor:
     def __call__(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         prompts = [json.loads(prompt) for prompt in rows["prompt"]]
         responses = [None if response is None else str(response) for response in rows["response"]]
-        encoded = self.backend.encode(prompts, responses)
+        sources = [f"example {example_id}" for example_id in rows["id"]]
+        encoded = self.backend.encode(prompts, responses, sources=sources)
+        check_context(self.backend, encoded, self.outputs, sources)
         values: dict[str, list] = {output: [None] * len(encoded) for output in self.outputs}
         for batch in plan_scoring_batches(self.backend, encoded, self.outputs, self.max_batch_tokens):
             produced = score_encoded_batch(self.backend, [encoded[p] for p in batch], self.outputs)

@@ -76,7 +76,8 @@ def _compute_missing(examples, missing, outputs, backend, cache, values, progres
     # Batches are planned over the whole pool, and a batch with any missing example is run whole:
     # a float depends slightly on its batch's padding and shape, so a resumed run must see the
     # same batches as an uninterrupted one to give identical scores.
-    encoded = backend.encode([e.prompt for e in examples], [e.response for e in examples])
+    encoded = backend.encode([e.prompt for e in examples], [e.response for e in examples], sources=examples)
+    check_context(backend, encoded, outputs, examples)
     planned = plan_scoring_batches(backend, encoded, outputs, max_batch_tokens)
     batches = [batch for batch in planned if not missing.isdisjoint(batch)]
     total = sum(len(batch) for batch in batches)
@@ -92,6 +93,20 @@ def _compute_missing(examples, missing, outputs, backend, cache, values, progres
         done += len(batch)
         if progress is not None:
             progress(done, total)
+
+
+def check_context(backend: Backend, encoded: Sequence[EncodedExample], outputs: Sequence[str],
+                  examples: Sequence) -> None:
+    """Refuse examples whose prompt plus response (or plus the greedy answer's room, for
+    ``confidence``) exceed the model's context: scored anyway they give numbers from positions the
+    model never saw, or crash a learned-position model."""
+    from tunewise.model.lengths import check_fits
+
+    context = getattr(backend, "context_length", None)
+    generation_room = backend.max_new_tokens if "confidence" in outputs else 0
+    check_fits([e.prompt_length + max(e.response_length, generation_room) for e in encoded], context, examples,
+               what="prompt + response, or + answer room for confidence",
+               limit_name=f"the model's {context}-token context")
 
 
 def plan_scoring_batches(backend: Backend, encoded: Sequence[EncodedExample], outputs: Sequence[str],

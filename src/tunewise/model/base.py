@@ -91,8 +91,10 @@ class Backend(Protocol):
     fingerprint: str
     max_new_tokens: int
 
-    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None]) -> list[EncodedExample]:
-        """Tokenise prompts with the chat template and responses as plain continuations."""
+    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None],
+               sources: Sequence | None = None) -> list[EncodedExample]:
+        """Tokenise prompts with the chat template and responses as plain continuations;
+        ``sources`` (one example per prompt) are named in a chat-template error."""
 
     def score_batch(self, batch: Sequence[EncodedExample], wanted: set[str]) -> dict[str, list]:
         """One batch through the model; returns a list per wanted output of ``MODEL_OUTPUTS``."""

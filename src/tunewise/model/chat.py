@@ -41,37 +41,84 @@ _SENTINEL_ANSWER = "tunewise sentinel answer"
 # -- rendering and tokenisation -------------------------------------------------------------------
 
 
-def render_chat(tokenizer, messages: Messages, add_generation_prompt: bool = True) -> str:
+def render_chat(tokenizer, messages: Messages, add_generation_prompt: bool = True, *, source=None) -> str:
     """The conversation rendered with the tokenizer's chat template, as text.
 
+    ``source`` is where the record came from, named in the error: an
+    :class:`~tunewise.data.pool.Example` (its file and line when the pool reader recorded them,
+    else its id), a ``(file, line)`` pair, or a description.
+
     Raises :class:`TunewiseError` when the tokenizer has no chat template or the template
-    refuses the conversation (for instance a template that forbids a system turn).
+    refuses the conversation (``raise_exception`` for two user turns in a row, a system turn it
+    forbids, a missing key): the message names ``source``, quotes the template's own message and
+    suggests the fix.
     """
     from jinja2 import TemplateError
 
     if getattr(tokenizer, "chat_template", None) is None:
-        raise TunewiseError("the tokenizer has no chat template", field="model",
+        file, line, where = _where(source)
+        raise TunewiseError(f"{where}the tokenizer has no chat template", file=file, line=line, field="model",
                             fix="use an instruct model whose tokenizer defines a chat template")
+    turns = [dict(turn) for turn in messages]
     try:
-        return tokenizer.apply_chat_template([dict(turn) for turn in messages], tokenize=False,
-                                             add_generation_prompt=add_generation_prompt)
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=add_generation_prompt)
     # Templates refuse conversations through raise_exception (a TemplateError) or by failing on a
     # missing key or an unexpected role.
     except (TemplateError, ValueError, TypeError, KeyError, IndexError) as error:
-        raise TunewiseError(f"the model's chat template cannot render this conversation ({error})",
-                            field="prompt", fix="check the example's roles (user/assistant/system) and their "
-                                                "order, or use a model whose template accepts them") from None
+        file, line, where = _where(source)
+        raise TunewiseError(
+            f"{where}the model's chat template cannot render this conversation ({_roles(turns)}): "
+            f"{type(error).__name__}: {error}",
+            file=file, line=line, field="messages", fix=_fix_for(turns, str(error)),
+        ) from None
 
 
-def encode_prompts(tokenizer, prompts: Sequence[Messages]) -> list[list[int]]:
-    """Token ids of each prompt as the model sees it before answering (template + generation prompt)."""
-    texts = [render_chat(tokenizer, prompt) for prompt in prompts]
+def _where(source) -> tuple[str | None, int | None, str]:
+    """(file, line, text prefix) for an error, from whatever ``source`` was given."""
+    if source is None:
+        return None, None, ""
+    if isinstance(source, str):
+        return None, None, f"{source}: "
+    if isinstance(source, tuple) and len(source) == 2:
+        return str(source[0]), source[1], ""
+    location = getattr(source, "location", None)
+    if location:
+        return str(location[0]), location[1], ""
+    example_id = getattr(source, "id", None)
+    return None, None, f"example {example_id}: " if example_id else f"{source}: "
+
+
+def _roles(turns: Sequence[dict]) -> str:
+    return "roles " + " → ".join(str(turn.get("role")) for turn in turns)
+
+
+def _fix_for(turns: Sequence[dict], message: str) -> str:
+    """The likely fix, read from the conversation's shape, then from the template's message."""
+    roles = [turn.get("role") for turn in turns]
+    repeated = next((role for first, role in zip(roles, roles[1:]) if first == role), None)
+    lowered = message.lower()
+    if repeated is not None or "alternate" in lowered:
+        return (f"merge consecutive '{repeated or 'same-role'}' turns into one (this template requires "
+                "user and assistant turns to alternate), or use a model whose template allows it")
+    if "system" in roles and "system" in lowered:
+        return "fold the system message into the first user turn, or use a model whose template accepts system turns"
+    if roles and roles[0] != "user" and ("user" in lowered or "start" in lowered or "first" in lowered):
+        return "start the conversation with a user turn"
+    return ("check the example's roles (user/assistant/system) and their order, or use a model whose "
+            "template accepts them")
+
+
+def encode_prompts(tokenizer, prompts: Sequence[Messages], sources: Sequence | None = None) -> list[list[int]]:
+    """Token ids of each prompt as the model sees it before answering (template + generation prompt);
+    ``sources`` (one per prompt, see :func:`render_chat`) name the record in a template error."""
+    sources = sources if sources is not None else [None] * len(prompts)
+    texts = [render_chat(tokenizer, prompt, source=source) for prompt, source in zip(prompts, sources)]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
 
 
-def encode_prompt(tokenizer, messages: Messages) -> list[int]:
+def encode_prompt(tokenizer, messages: Messages, source=None) -> list[int]:
     """Token ids of one prompt (see :func:`encode_prompts`)."""
-    return encode_prompts(tokenizer, [messages])[0]
+    return encode_prompts(tokenizer, [messages], [source])[0]
 
 
 def encode_responses(tokenizer, responses: Sequence[str]) -> list[list[int]]:
@@ -89,6 +136,8 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    # The length before the cut (prompt + response + end token).
+    full_length: int = 0
 
     @property
     def completion_tokens(self) -> int:
@@ -96,7 +145,7 @@ class EncodedExample:
 
 
 def encode_example(tokenizer, messages: Messages, response: str, max_length: int | None = None,
-                   prompt_ids: Sequence[int] | None = None) -> EncodedExample:
+                   prompt_ids: Sequence[int] | None = None, source=None) -> EncodedExample:
     """Prompt (masked) + response + the end-of-turn token, cut at ``max_length`` tokens.
 
     Fine-tuning learns every labelled token, the end token included (the model must learn to
@@ -104,13 +153,13 @@ def encode_example(tokenizer, messages: Messages, response: str, max_length: int
     end token; CoS-Low takes :func:`answer_labels` of these labels. ``prompt_ids`` may pass the
     prompt already encoded by :func:`encode_prompts` (a batch is tokenised at once).
     """
-    prompt = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, messages)
+    prompt = list(prompt_ids) if prompt_ids is not None else encode_prompt(tokenizer, messages, source)
     answer = encode_responses(tokenizer, [response])[0] + [end_of_turn_id(tokenizer)]
     input_ids = prompt + answer
     labels = [IGNORE_INDEX] * len(prompt) + answer
     if max_length is None or len(input_ids) <= max_length:
-        return EncodedExample(input_ids, labels, False)
-    return EncodedExample(input_ids[:max_length], labels[:max_length], True)
+        return EncodedExample(input_ids, labels, False, len(input_ids))
+    return EncodedExample(input_ids[:max_length], labels[:max_length], True, len(input_ids))
 
 
 def answer_labels(labels: Sequence[int], mask_ids, keep: Sequence[int] = ()) -> list[int]:

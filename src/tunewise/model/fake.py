@@ -24,7 +24,8 @@ class FakeBackend:
         self.max_new_tokens = max_new_tokens
         self.batches_run = 0
 
-    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None]) -> list[EncodedExample]:
+    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None],
+               sources: Sequence | None = None) -> list[EncodedExample]:
         encoded = []
         for prompt, response in zip(prompts, responses):
             text = "".join(f"<{turn['role']}>{turn['content']}" for turn in prompt) + "<assistant>"

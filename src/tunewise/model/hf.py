@@ -21,6 +21,7 @@ import numpy as np
 from tunewise.model.base import CONFIDENCE_NEW_TOKENS, EncodedExample, Generation, Messages, answer_confidence
 from tunewise.model.chat import (answer_mask_ids, encode_prompts, encode_responses, pad_batch, pad_token_id,
                                  stop_token_ids)
+from tunewise.model.lengths import context_length
 from tunewise.model.load import LoadedModel
 
 
@@ -52,6 +53,7 @@ class HFBackend:
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.max_new_tokens = max_new_tokens
+        self.context_length = context_length(self.model, self.tokenizer)
         self.max_batch_tokens = max_batch_tokens or (32768 if self.device.type == "cuda" else 4096)
         template = (self.tokenizer.chat_template or "").encode()
         self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
@@ -69,8 +71,11 @@ class HFBackend:
 
     # -- tokenisation (tunewise.model.chat) -----------------------------------------------------
 
-    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None]) -> list[EncodedExample]:
-        prompt_ids = encode_prompts(self.tokenizer, prompts)
+    def encode(self, prompts: Sequence[Messages], responses: Sequence[str | None],
+               sources: Sequence | None = None) -> list[EncodedExample]:
+        """Token ids of each rendered prompt and response; ``sources`` (the examples) name the
+        record in a chat-template error."""
+        prompt_ids = encode_prompts(self.tokenizer, prompts, sources)
         present = [r for r in responses if r is not None]
         response_ids = iter(encode_responses(self.tokenizer, present))
         return [

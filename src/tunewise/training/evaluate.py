@@ -1,15 +1,16 @@
-"""Evaluate a model by batched greedy generation, scored per task.
+"""Evaluate a model by batched greedy generation, or score predictions made elsewhere, per task.
 
-Metrics (the answer is the model's whole generation, decoded without special tokens):
+Metrics (the answer is the model's whole generation, decoded without special tokens; what each
+one reads and normalises is documented in :mod:`tunewise.training.metrics`):
 
-- ``exact_match``: equal after normalising both sides (strip, lower case, collapse whitespace,
-  drop a trailing period).
-- ``multiple_choice``: the first standalone letter A–J, or ``(A)``, in the answer equals the gold
-  letter.
-- ``gsm8k``: the final number: the number after ``####`` when there is one, else the last
-  number in the text; commas removed, compared as decimals (``72.0`` equals ``72``).
-- ``auto`` picks per task: ``gsm8k`` when every target has ``####``, ``multiple_choice`` when every
-  target is a lone letter, else ``exact_match``.
+- ``exact_match``: the normalised answer (or the text of its last "the answer is ..." statement,
+  or its leading clause when that is the gold) equals the normalised gold answer.
+- ``multiple_choice``: the choice label the answer picks (A–Z, or a number for numbered choices)
+  equals the gold label.
+- ``gsm8k``: the final number (after ``####``, ``\\boxed{}`` or "the answer is", else the last
+  number) equals the gold's, by value.
+- ``auto`` picks per task: ``gsm8k`` when every target is a number or has ``####``,
+  ``multiple_choice`` when every target is a lone choice label, else ``exact_match``.
 - ``log_likelihood`` generates nothing: it is the mean log-probability per token of the gold answer
   (and the end-of-turn token after it) given the prompt, exactly the tokens fine-tuning trains
   on, averaged over the task's examples (higher is better, at most 0). It moves with fine-tuning
@@ -24,25 +25,32 @@ Metrics (the answer is the model's whole generation, decoded without special tok
   gives ``chance``, the mean of 1 / number of choices.
 
 Results follow lm-evaluation-harness: ``{"results": {task: {metric: value, metric_stderr: value,
-"n": count, "metric": name}}, "average": macro mean over tasks, "config": {...}, "samples": [...]}``.
+"n": count, "metric": name}}, "average": macro mean over tasks, "config": {...}, "samples": [...]}``;
+every generated sample logs the raw ``prediction`` beside the ``extracted`` answer and the
+``target_extracted`` gold.
 """
 
 from __future__ import annotations
 
+import json
 import math
-import re
+import os
 import time
-from decimal import Decimal, InvalidOperation
-from typing import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Collection, Sequence
 
 from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompt, encode_prompts, pad_token_id, stop_token_ids
+from tunewise.model.chat import (IGNORE_INDEX, encode_example, encode_prompts, encode_responses,
+                                  pad_token_id, stop_token_ids)
+from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import LoadedModel
+from tunewise.training.metrics import LOG_LIKELIHOOD, detect_metric, extract_answer, extract_gold, is_correct
+from tunewise.training.metrics import METRICS as ANSWER_AND_LIKELIHOOD_METRICS
 
-METRICS = ("exact_match", "multiple_choice", "gsm8k", "log_likelihood", "choice")
-LOG_LIKELIHOOD = "log_likelihood"
 CHOICE = "choice"
+METRICS = (*ANSWER_AND_LIKELIHOOD_METRICS, CHOICE)
 # A task without a ``choices`` field is scored over its distinct gold answers only when they are
 # this few: a label set, not free text.
 MAX_LABEL_SET = 10
@@ -51,67 +59,6 @@ _UNLIMITED_LENGTH = 1 << 30
 DEFAULT_BATCH_TOKENS = 8192
 # Room the answer gets beyond the task's longest gold answer when max_new_tokens is not given.
 _ANSWER_MARGIN_TOKENS = 16
-_CHOICE = re.compile(r"\(([A-J])\)|\b([A-J])\b")
-_LONE_CHOICE = re.compile(r"\s*\(?([A-J])\)?\s*")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
-_FINAL_MARKER = "####"
-
-
-def normalise_answer(text: str) -> str:
-    """Exact-match form: stripped, lower case, single spaces, no trailing period."""
-    return " ".join(text.split()).lower().rstrip(".").strip()
-
-
-def extract_choice(text: str) -> str | None:
-    """The first standalone letter A–J (bare or in parentheses), or None."""
-    match = _CHOICE.search(text)
-    return None if match is None else match.group(1) or match.group(2)
-
-
-def extract_final_number(text: str) -> str | None:
-    """The number after ``####`` when present, else the last number; commas removed."""
-    if _FINAL_MARKER in text:
-        candidates = _NUMBER.findall(text.split(_FINAL_MARKER, 1)[1])[:1]
-    else:
-        candidates = _NUMBER.findall(text)[-1:]
-    if not candidates:
-        return None
-    return candidates[0].replace(",", "")
-
-
-def _same_number(left: str | None, right: str | None) -> bool:
-    if left is None or right is None:
-        return False
-    try:
-        return Decimal(left) == Decimal(right)
-    except InvalidOperation:
-        return False
-
-
-def extract_answer(metric: str, text: str) -> str | None:
-    """The part of ``text`` the metric compares: normalised text, a letter, or a number."""
-    if metric == "exact_match":
-        return normalise_answer(text)
-    if metric == "multiple_choice":
-        return extract_choice(text)
-    return extract_final_number(text)
-
-
-def is_correct(metric: str, prediction: str, target: str) -> bool:
-    """Whether ``prediction`` answers ``target`` under ``metric``."""
-    predicted, gold = extract_answer(metric, prediction), extract_answer(metric, target)
-    if metric == "gsm8k":
-        return _same_number(predicted, gold)
-    return predicted is not None and predicted == gold
-
-
-def detect_metric(targets: Sequence[str]) -> str:
-    """The metric ``auto`` chooses for a task with these gold answers."""
-    if targets and all(_FINAL_MARKER in t and extract_final_number(t) is not None for t in targets):
-        return "gsm8k"
-    if targets and all(_LONE_CHOICE.fullmatch(t) for t in targets):
-        return "multiple_choice"
-    return "exact_match"
 
 
 def generate_greedy(
@@ -188,19 +135,30 @@ def response_log_likelihoods(
     examples: Sequence,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int], None] | None = None,
+    truncate: bool = False,
 ) -> list[float]:
     """Per example, the mean log-probability per token of its response plus the end-of-turn token given its prompt.
 
     The tokens are the ones fine-tuning trains on (:func:`tunewise.model.chat.encode_example`),
     run without padding waste (:func:`tunewise.model.packed.sequence_logprobs`, batches of about
     ``batch_tokens``); only the response positions are projected onto the vocabulary. Results come
-    back in input order and do not depend on the batching.
+    back in input order and do not depend on the batching. A sequence longer than the model's
+    context is refused with its file and line, or with ``truncate`` loses the beginning of its prompt.
     """
     from tunewise.model.packed import sequence_logprobs
 
-    encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH) for example in examples]
+    encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH, source=example)
+               for example in examples]
+    context = context_length(model, tokenizer)
+    for position in check_fits([len(e.input_ids) for e in encoded], context, examples,
+                               what="prompt + gold answer", limit_name=f"the model's {context}-token context",
+                               truncate=truncate):
+        # The prompt loses its beginning, as lm-evaluation-harness cuts a long context.
+        cut = encoded[position]
+        encoded[position] = replace(cut, input_ids=cut.input_ids[-context:], labels=cut.labels[-context:],
+                                    truncated=True)
     starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in encoded]
-    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, tokenizer.pad_token_id,
+    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, pad_token_id(tokenizer),
                                  batch_tokens, progress=progress)
     return [float(values.mean(dtype="float64")) for values in logprobs]
 
@@ -219,6 +177,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int], None] | None = None,
+    truncate: bool = False,
 ) -> dict:
     """Answer every example greedily and score the answers per task.
 
@@ -240,6 +199,11 @@ def evaluate(
         Token budget of one batch (prompt plus answer room, summed over rows).
     progress:
         Called after every batch with ``(examples_done, examples_total)``.
+    truncate:
+        An example whose prompt plus answer room (or, for ``log_likelihood``, prompt plus gold
+        answer) exceeds the model's context is refused with its file and line; with ``truncate``
+        its prompt loses its beginning instead, the sample is marked ``truncated`` and the
+        config counts them.
 
     Returns the lm-evaluation-harness style results dict described in the module docstring.
     """
@@ -260,19 +224,11 @@ def evaluate(
 
     tasks = list(dict.fromkeys(example.task for example in examples))
     if metric == LOG_LIKELIHOOD:
-        return _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress)
+        return _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress, truncate)
     if metric == CHOICE:
         return _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress)
+    metrics = answer_metrics(examples, metric)
     targets_by_task = {task: [e.response for e in examples if e.task == task] for task in tasks}
-    metrics = {task: detect_metric(targets) if metric == "auto" else metric
-               for task, targets in targets_by_task.items()}
-    for example in examples:
-        if extract_answer(metrics[example.task], example.response) is None:
-            raise TunewiseError(
-                f"the gold answer of example {example.id} (task '{example.task}') has nothing the "
-                f"'{metrics[example.task]}' metric can read: {example.response[:80]!r}",
-                field="metric", fix="choose another --metric, or fix the gold answer",
-            )
     if max_new_tokens is None:
         limits = {
             task: max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in targets) + _ANSWER_MARGIN_TOKENS
@@ -282,12 +238,55 @@ def evaluate(
         limits = dict.fromkeys(tasks, max_new_tokens)
 
     started = time.perf_counter()
-    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples], examples)
+    truncated = fit_prompts(prompts, [limits[e.task] for e in examples], examples,
+                            context_length(model, tokenizer), truncate)
     continuations = generate_greedy(model, tokenizer, prompts, [limits[e.task] for e in examples],
                                     batch_tokens, progress)
+    predictions = [tokenizer.decode(continuation, skip_special_tokens=True) for continuation in continuations]
+    config = {
+        "metric": metric,
+        "metrics": metrics,
+        "max_new_tokens": limits,
+        "batch_tokens": batch_tokens,
+        "n_samples": len(examples),
+        "truncated": len(truncated),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return score_predictions(examples, predictions, metrics, config, truncated)
+
+
+def answer_metrics(examples: Sequence, metric: str = "auto") -> dict[str, str]:
+    """``{task: metric}`` for labelled ``examples`` (``auto`` chosen per task by
+    :func:`~tunewise.training.metrics.detect_metric`), refusing a gold answer the metric cannot
+    read: a wrong metric would otherwise score every answer 0 without saying why."""
+    tasks = list(dict.fromkeys(example.task for example in examples))
+    targets_by_task = {task: [e.response for e in examples if e.task == task] for task in tasks}
+    metrics = {task: detect_metric(targets) if metric == "auto" else metric
+               for task, targets in targets_by_task.items()}
+    for example in examples:
+        if extract_gold(metrics[example.task], example.response) is None:
+            raise TunewiseError(
+                f"the gold answer of example {example.id} (task '{example.task}') has nothing the "
+                f"'{metrics[example.task]}' metric can read: {example.response[:80]!r}",
+                field="metric", fix="choose another --metric, or fix the gold answer",
+            )
+    return metrics
+
+
+def score_predictions(examples: Sequence, predictions: Sequence[str], metrics: dict[str, str],
+                      config: dict, truncated: Collection[int] = ()) -> dict:
+    """Score one answer text per labelled example (in the same order) with each task's metric.
+
+    ``metrics`` comes from :func:`answer_metrics`; ``config`` is stored as the results' config.
+    Returns the results document of the module docstring; each sample holds the raw
+    ``prediction``, the ``extracted`` answer, the ``target_extracted`` gold and ``correct``;
+    the positions in ``truncated`` (prompts cut to fit the context) are marked ``truncated``.
+    """
+    if len(predictions) != len(examples):
+        raise ValueError("one prediction per example is needed")
     samples = []
-    for example, continuation in zip(examples, continuations):
-        prediction = tokenizer.decode(continuation, skip_special_tokens=True)
+    for position, (example, prediction) in enumerate(zip(examples, predictions)):
         task_metric = metrics[example.task]
         samples.append({
             "id": example.id,
@@ -295,20 +294,91 @@ def evaluate(
             "prompt": [dict(turn) for turn in example.prompt],
             "target": example.response,
             "prediction": prediction,
-            "extracted": extract_answer(task_metric, prediction),
+            "extracted": extract_answer(task_metric, prediction, example.response),
+            "target_extracted": extract_gold(task_metric, example.response),
             "correct": is_correct(task_metric, prediction, example.response),
+            "truncated": position in truncated,
         })
-
-    config = {
-        "metric": metric,
-        "metrics": metrics,
-        "max_new_tokens": limits,
-        "batch_tokens": batch_tokens,
-        "n_samples": len(samples),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
     return _results_document(samples, metrics, "correct",
                              lambda values: binomial_stderr(sum(values) / len(values), len(values)), config)
+
+
+def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
+    """The answers a predictions file gives the test ``examples``, in the examples' order.
+
+    The file is JSONL, one object per test item: ``{"id": ID, "prediction": TEXT}`` (the
+    example's content-hash id, as ``tunewise`` writes it in every output) or ``{"line": N,
+    "prediction": TEXT}`` (the 1-based line or record number of the item in the test file).
+    Refused with the line named: a line that is not a JSON object, a missing or non-text
+    ``prediction``, an id or line that is no test item, a second answer for one item, and a test
+    item without an answer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TunewiseError("no such predictions file", file=str(path), fix="check the --predictions path")
+    by_id = {example.id: position for position, example in enumerate(examples)}
+    by_line = {example.location[1]: position for position, example in enumerate(examples) if example.location}
+    answers: dict[int, tuple[str, int]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TunewiseError(f"not valid JSON ({error.msg})", file=str(path), line=line_number,
+                                    fix="write one JSON object per line") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prediction"), str):
+                raise TunewiseError("the record has no text 'prediction'", file=str(path), line=line_number,
+                                    field="prediction", fix='write {"id": ..., "prediction": "..."} per line')
+            if "id" in record:
+                position = by_id.get(str(record["id"]))
+                key = f"id {record['id']}"
+            elif isinstance(record.get("line"), int) and not isinstance(record.get("line"), bool):
+                position = by_line.get(record["line"])
+                key = f"line {record['line']}"
+            else:
+                raise TunewiseError("the record names no test item", file=str(path), line=line_number,
+                                    field="id", fix="give each prediction the test item's 'id' or its 'line' number")
+            if position is None:
+                raise TunewiseError(f"{key} is not an item of the test set", file=str(path), line=line_number,
+                                    field="id" if key.startswith("id") else "line",
+                                    fix="score the predictions against the test file (and --task-field, --limit) "
+                                        "they were made for")
+            if position in answers:
+                raise TunewiseError(f"a second prediction for {key} (the first is on line {answers[position][1]})",
+                                    file=str(path), line=line_number, fix="keep one prediction per test item")
+            answers[position] = (record["prediction"], line_number)
+    missing = [example for position, example in enumerate(examples) if position not in answers]
+    if missing:
+        from tunewise.model.lengths import listing
+
+        location = missing[0].location or (None, None)
+        raise TunewiseError(f"{len(missing)} of {len(examples)} test items have no prediction in {path}: "
+                            f"{listing(missing)}", file=location[0], line=location[1],
+                            fix="give every test item one prediction (by 'id' or 'line')")
+    return [answers[position][0] for position in range(len(examples))]
+
+
+def fit_prompts(prompts: list[list[int]], answer_room: Sequence[int], examples: Sequence, context: int | None,
+                truncate: bool) -> set[int]:
+    """Check every prompt plus its answer room against the model's ``context``.
+
+    Refuses a prompt that does not fit (file and line named), or with ``truncate`` cuts its
+    beginning in place, as lm-evaluation-harness cuts a long context from the left. Returns the
+    positions cut.
+    """
+    over = check_fits([len(p) + room for p, room in zip(prompts, answer_room)], context, examples,
+                      what="prompt + answer room of --max-new-tokens", truncate=truncate,
+                      limit_name=f"the model's {context}-token context")
+    for position in over:
+        keep = context - answer_room[position]
+        if keep < 1:
+            raise TunewiseError(f"the answer room alone ({answer_room[position]} tokens) fills the model's "
+                                f"{context}-token context", field="max_new_tokens",
+                                fix="pass a smaller --max-new-tokens")
+        prompts[position] = prompts[position][-keep:]
+    return set(over)
 
 
 def _results_document(samples: list[dict], metrics: dict[str, str], value_key: str,
@@ -324,17 +394,46 @@ def _results_document(samples: list[dict], metrics: dict[str, str], value_key: s
             "n": len(values),
             "metric": metric,
         }
-    return {
+    document = {
         "results": results,
         "average": sum(task_scores({"results": results}).values()) / len(results),
         "config": config,
         "samples": samples,
     }
+    return with_lm_eval_keys(document)
 
 
-def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress) -> dict:
+#: The version of tunewise's scoring of a task, in lm-evaluation-harness's ``versions`` table.
+RESULTS_VERSION = 1
+
+
+def with_lm_eval_keys(document: dict) -> dict:
+    """Add the keys lm-evaluation-harness's tools read to a results document (in place; returned).
+
+    Per task: ``alias`` and every numeric metric again as ``"<metric>,none"`` (lm-eval names a
+    value by metric and filter; tunewise applies no filter); top level: ``versions``,
+    ``n-samples`` (``original`` and ``effective`` counts) and ``higher_is_better``. tunewise's own
+    keys stay, so earlier readers keep working.
+    """
+    results = document["results"]
+    for task, entry in results.items():
+        entry["alias"] = task
+        for key, value in list(entry.items()):
+            if key not in ("n", "metric", "alias", "chance") and "," not in key and (
+                    value is None or isinstance(value, (int, float))) and not isinstance(value, bool):
+                entry[f"{key},none"] = value
+    document["versions"] = dict.fromkeys(results, RESULTS_VERSION)
+    document["n-samples"] = {task: {"original": entry["n"], "effective": entry["n"]}
+                             for task, entry in results.items()}
+    document["higher_is_better"] = {
+        task: {key.split(",")[0]: True for key in entry if key.endswith(",none") and "_stderr" not in key}
+        for task, entry in results.items()}
+    return document
+
+
+def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, progress, truncate) -> dict:
     started = time.perf_counter()
-    values = response_log_likelihoods(model, tokenizer, examples, batch_tokens, progress)
+    values = response_log_likelihoods(model, tokenizer, examples, batch_tokens, progress, truncate)
     samples = [
         {"id": example.id, "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
          "target": example.response, LOG_LIKELIHOOD: value}
@@ -419,14 +518,14 @@ def choice_log_likelihoods(
     """
     from tunewise.model.packed import shared_prefix_logprobs
 
-    tokenised: dict[str, list[int]] = {}
-    for text in {c for options in choices for c in options}:
-        tokenised[text] = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not tokenised[text]:
-            raise TunewiseError(f"the choice {text!r} has no tokens", field="choices", fix="drop empty choices")
-    items = [(encode_prompt(tokenizer, example.prompt), [tokenised[c] for c in options])
-             for example, options in zip(examples, choices)]
-    logprobs = shared_prefix_logprobs(model, items, tokenizer.pad_token_id, batch_tokens, progress)
+    texts = sorted({c for options in choices for c in options})
+    tokenised = dict(zip(texts, encode_responses(tokenizer, texts)))
+    empty = [text for text, ids in tokenised.items() if not ids]
+    if empty:
+        raise TunewiseError(f"the choice {empty[0]!r} has no tokens", field="choices", fix="drop empty choices")
+    prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
+    items = [(prompt, [tokenised[c] for c in options]) for prompt, options in zip(prompts, choices)]
+    logprobs = shared_prefix_logprobs(model, items, pad_token_id(tokenizer), batch_tokens, progress)
     return [[float(values.sum(dtype="float64")) for values in per_choice] for per_choice in logprobs]
 
 
@@ -464,7 +563,9 @@ def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) 
         entry["acc_norm"] = sum(normalised) / len(normalised)
         entry["acc_norm_stderr"] = stderr(normalised)
         entry["chance"] = sum(1 / len(s["choices"]) for s in samples if s["task"] == task) / len(normalised)
-    return document
+        # lm-evaluation-harness calls the multiple-choice accuracy "acc".
+        entry["acc,none"], entry["acc_stderr,none"] = entry[CHOICE], entry[f"{CHOICE}_stderr"]
+    return with_lm_eval_keys(document)
 
 
 def mean_stderr(values: Sequence[float]) -> float | None:
@@ -499,12 +600,10 @@ __all__ = [
     "generate_greedy",
     "mean_stderr",
     "response_log_likelihoods",
-    "detect_metric",
-    "extract_answer",
-    "extract_choice",
-    "extract_final_number",
-    "is_correct",
-    "normalise_answer",
+    "answer_metrics",
+    "fit_prompts",
+    "read_predictions",
+    "score_predictions",
     "task_scores",
     "binomial_stderr",
 ]

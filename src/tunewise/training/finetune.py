@@ -37,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.io import atomic_directory, check_output_folder, encode_json
-from tunewise.model.chat import IGNORE_INDEX, EncodedExample, encode_example, encode_prompts
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts
 
 ADAPTER_INFO_FILE = "tunewise_adapter.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -112,7 +112,12 @@ class FinetuneConfig:
         default=2, metadata={"help": "Forward passes per optimizer step (effective batch = product)."}
     )
     max_seq_length: int = field(
-        default=512, metadata={"help": "Tokens per example (prompt + response); longer ones are cut at the end."}
+        default=512, metadata={"help": "Tokens per example (prompt + response); a longer one is refused "
+                                       "(its line named) unless --truncate is given."}
+    )
+    truncate: bool = field(
+        default=False, metadata={"help": "Cut examples longer than --max-seq-length (or the model's context) "
+                                         "at the end instead of refusing them; they are counted in the log."}
     )
     batching: str = field(
         default="group_by_length",
@@ -300,6 +305,8 @@ class TrainingLog:
     truncated_examples: int = 0
     precision: str = "float32"
     best_step: int | None = None
+    # What fitting the examples to the sequence cap did (tunewise.model.lengths.TrainingLengths).
+    lengths: dict = field(default_factory=dict)
 
     @property
     def final_loss(self) -> float | None:
@@ -320,6 +327,7 @@ class TrainingLog:
             "tokens_seen": self.tokens_seen,
             "positions_seen": self.positions_seen,
             "truncated_examples": self.truncated_examples,
+            "lengths": self.lengths,
             "final_loss": self.final_loss,
             "steps_per_second": round(len(self.steps) / seconds, 4),
             "examples_per_second": round(self.examples_seen / seconds, 4),
@@ -369,6 +377,28 @@ def split_validation(examples: Sequence, fraction: float, seed: int) -> tuple[li
     order = random.Random(seed).sample(range(len(examples)), len(examples))
     held = max(1, int(fraction * len(examples)))
     return [examples[i] for i in sorted(order[held:])], [examples[i] for i in sorted(order[:held])]
+
+
+def encode_training_set(tokenizer, examples: Sequence, config: FinetuneConfig, context: int | None):
+    """Tokenise labelled examples for fine-tuning, fitted to ``config.max_seq_length`` and the
+    model's ``context``: a too-long example is refused unless ``config.truncate``; with it, the
+    examples cut before their response are left out and reported, and a set where none keeps a
+    response token is refused (:func:`tunewise.model.lengths.check_training_lengths`).
+
+    Returns ``(encoded, lengths)``: the examples that train, and the
+    :class:`~tunewise.model.lengths.TrainingLengths` report.
+    """
+    from tunewise.model.lengths import check_training_lengths
+
+    limit = config.max_seq_length if context is None else min(config.max_seq_length, context)
+    limit_name = (f"--max-seq-length {config.max_seq_length}" if limit == config.max_seq_length
+                  else f"the model's {context}-token context")
+    prompts = encode_prompts(tokenizer, [e.prompt for e in examples], examples)
+    encoded = [encode_example(tokenizer, e.prompt, e.response, limit, prompt_ids=p)
+               for e, p in zip(examples, prompts)]
+    lengths = check_training_lengths([e.full_length for e in encoded], [e.completion_tokens for e in encoded],
+                                     list(examples), limit, limit_name, config.truncate)
+    return [e for e in encoded if e.completion_tokens], lengths
 
 
 def finetune(
@@ -436,10 +466,13 @@ def finetune(
             cap = max(1, int(config.validation_fraction * len(train_examples)))
             order = random.Random(config.seed).sample(range(len(validation)), len(validation))
             valid_examples = [validation[i] for i in sorted(order[:cap])]
-    encoded = _encode_all(tokenizer, train_examples, config.max_seq_length, "examples")
-    valid_encoded = _encode_all(tokenizer, valid_examples, config.max_seq_length, "validation")
+    from tunewise.model.lengths import context_length
+
+    context = context_length(model, tokenizer)
+    encoded, fitted = encode_training_set(tokenizer, train_examples, config, context)
+    valid_encoded = encode_training_set(tokenizer, valid_examples, config, context)[0] if valid_examples else []
     log = TrainingLog(examples=len(train_examples), validation_examples=len(valid_examples),
-                      truncated_examples=sum(e.truncated for e in encoded), precision=precision)
+                      truncated_examples=len(fitted.truncated), precision=precision, lengths=fitted.to_dict())
 
     with _caller_random_state_kept(loaded_model.device), tempfile.TemporaryDirectory(prefix="tunewise-sft-") as work:
         restore = _attach_point(model)
@@ -487,24 +520,6 @@ def _check_labelled(examples: Sequence, name: str) -> None:
         raise TunewiseError(f"{len(unlabelled)} of {len(examples)} {name} have no response (first: {unlabelled[0]})",
                             field="response", fix="fine-tune on a labelled pool")
 
-
-def _encode_all(tokenizer, examples: Sequence, max_seq_length: int, name: str) -> list[EncodedExample]:
-    """Encode, refusing any example that keeps no response token under ``max_seq_length``."""
-    if not examples:
-        return []
-    prompts = encode_prompts(tokenizer, [e.prompt for e in examples])
-    encoded = [encode_example(tokenizer, e.prompt, e.response, max_seq_length, prompt_ids=p)
-               for e, p in zip(examples, prompts)]
-    empty = [example.id for example, tokens in zip(examples, encoded) if tokens.completion_tokens == 0]
-    if empty:
-        longest = max(len(p) for p in prompts)
-        raise TunewiseError(
-            f"{len(empty)} of {len(examples)} {name} keep no response token after truncation to "
-            f"{max_seq_length} tokens (first: {empty[0]}); they would train on nothing",
-            field="max_seq_length", fix=f"raise --max-seq-length above the longest prompt ({longest} tokens) "
-                                        "or drop those examples",
-        )
-    return encoded
 
 
 def _build_trainer(model, tokenizer, encoded, valid_encoded, config, precision, work, sft_overrides, log,
@@ -851,6 +866,7 @@ __all__ = [
     "PROFILES",
     "TrainingLog",
     "check_adapter_output",
+    "encode_training_set",
     "finetune",
     "load_adapter",
     "read_adapter_info",

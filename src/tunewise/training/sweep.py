@@ -224,7 +224,7 @@ def run_sweep(
 
     def evaluate_model(model) -> dict:
         return evaluate(model, loaded.tokenizer, test_examples, metric=metric,
-                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens)
+                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, truncate=finetune_config.truncate)
 
     test_tertiles = tertiles_by_answer_length(test_examples, loaded.tokenizer)
     if not zero_shot_path.exists():

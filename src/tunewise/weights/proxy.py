@@ -35,7 +35,7 @@ from tunewise.model.chat import encode_prompts, encode_responses, pad_batch, pad
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.data.pool import Example
 
-METRICS = ("loglik", "exact_match")
+METRICS = ("log_likelihood", "exact_match")
 # Rows of hidden states projected onto the vocabulary at once: bounds the logits block to
 # ~100 MiB for a 50k-token vocabulary.
 _PROJECTION_ROWS = 512
@@ -104,7 +104,8 @@ class ProxyModel:
 
     def context_ids(self, demonstrations: Sequence[Example], prompts: Sequence[Sequence[dict]]) -> list[list[int]]:
         """Each prompt's whole conversation, rendered with the chat template and tokenised."""
-        return encode_prompts(self.tokenizer, [in_context_conversation(demonstrations, prompt) for prompt in prompts])
+        return encode_prompts(self.tokenizer, [in_context_conversation(demonstrations, prompt) for prompt in prompts],
+                              ["an anchor after its demonstrations"] * len(prompts))
 
     def answer_ids(self, answers: Sequence[str]) -> list[list[int]]:
         return encode_responses(self.tokenizer, answers)
@@ -315,9 +316,10 @@ class InContextProxy:
     repeats, demos:
         R seeded draws of d demonstrations each (d strata).
     metric:
-        ``loglik`` (per-token mean log-likelihood of the gold answer) or ``exact_match``
-        (greedy answer judged as ``tunewise.training.evaluate`` judges it: the final number for GSM8K-style
-        answers, a letter for multiple choice, else normalised exact match).
+        ``log_likelihood`` (per-token mean log-likelihood of the gold answer; the deprecated name
+        ``loglik`` is accepted) or ``exact_match``
+        (greedy answer judged as :mod:`tunewise.training.metrics` judges it: the final number for
+        numeric or GSM8K-style answers, a choice label for multiple choice, else normalised exact match).
     naive:
         Score without the shared prefix cache (for checks and benchmarks).
     """
@@ -330,10 +332,13 @@ class InContextProxy:
         anchors: Anchors,
         repeats: int = 3,
         demos: int = 8,
-        metric: str = "loglik",
+        metric: str = "log_likelihood",
         seed: int = 0,
         naive: bool = False,
     ) -> None:
+        from tunewise.training.metrics import canonical_metric
+
+        metric = canonical_metric(metric)
         if metric not in METRICS:
             raise TunewiseError(f"unknown proxy metric '{metric}'", field="metric", fix=did_you_mean(metric, METRICS))
         if len(anchor_examples) != len(anchors):
@@ -352,7 +357,7 @@ class InContextProxy:
         self._priorities = [np.random.default_rng([seed, repeat]).random(len(self.pool)) for repeat in range(repeats)]
         self._memo: dict[tuple[int, ...], np.ndarray] = {}
         if metric == "exact_match":
-            from tunewise.training.evaluate import detect_metric
+            from tunewise.training.metrics import detect_metric
 
             tasks = {example.task for example in self.anchor_examples}
             self._answer_metric = {
@@ -380,10 +385,10 @@ class InContextProxy:
         key = tuple(int(p) for p in demonstration_positions)
         if key not in self._memo:
             shown = [self.pool[p] for p in key]
-            if self.metric == "loglik":
+            if self.metric == "log_likelihood":
                 values = self.model.answer_logliks(shown, self.anchor_examples, naive=self.naive)
             else:
-                from tunewise.training.evaluate import is_correct
+                from tunewise.training.metrics import is_correct
 
                 answers = self.model.greedy_answers(shown, self.anchor_examples, self._answer_limits, naive=self.naive)
                 values = np.array([

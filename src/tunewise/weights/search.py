@@ -32,6 +32,7 @@ import numpy as np
 
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.select.weighted import DIVERSITY_NEIGHBOURS, FeatureMatrix, selection_size
+from tunewise.training.metrics import canonical_metric
 
 SAMPLERS = ("tpe", "gp")
 STUDY_NAME = "tune-weights"
@@ -284,7 +285,7 @@ def tune_weights(
     sampler: str = "tpe",
     repeats: int = 3,
     demos: int = 8,
-    metric: str = "loglik",
+    metric: str = "log_likelihood",
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> TunedWeights:
@@ -320,6 +321,7 @@ def tune_weights(
     if size < 1:
         raise TunewiseError(f"a fraction of {fraction} of {len(features)} examples selects none", field="fraction",
                             fix="choose a larger --fraction")
+    metric = canonical_metric(metric)
     proxy = InContextProxy(model, pool, anchor_examples, anchors, repeats=repeats, demos=demos, metric=metric,
                            seed=seed)
     settings = {
