@@ -157,10 +157,22 @@ def markdown_table(summaries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def study_difficulty_runs(study: Path, runs: str):
+    """The same for study 4's BBH boolean_expressions grid (its GSM8K grid scored log-likelihood)."""
+    import study_difficulty
+
+    pool, test = study_difficulty.study_data("boolean_expressions", 300, 40, 0)
+    settings = json.loads((study / "sweep_config.json").read_text())
+    names = ["zero_shot"] + ([p.stem for p in sorted((study / "runs").glob("*__b*__s*.json"))] if runs == "all"
+                             else [])
+    for name in names:
+        yield "bbh_boolean_expressions", name, test, None, study / "runs" / f"{name}.json", pool, settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/out/rescore_answers"))
-    parser.add_argument("--studies", default="curves,budget")
+    parser.add_argument("--studies", default="curves,budget,difficulty")
     parser.add_argument("--runs", choices=("zero_shot", "all"), default="zero_shot")
     parser.add_argument("--rejudge", action="store_true",
                         help="Only judge the stored answers again with the current extraction.")
@@ -178,7 +190,8 @@ def main() -> None:
     old = old_metrics()
     loaded = load_model("smollm2", dtype="fp32")
     sources = {"curves": (REPOSITORY / "bench/out/study_curves", study_curves_runs),
-               "budget": (REPOSITORY / "bench/out/study_budget", study_budget_runs)}
+               "budget": (REPOSITORY / "bench/out/study_budget", study_budget_runs),
+               "difficulty": (REPOSITORY / "bench/out/study_difficulty", study_difficulty_runs)}
     for study_name in args.studies.split(","):
         study, runs = sources[study_name]
         for task, name, test, max_new_tokens, stored_path, pool, settings in runs(study, args.runs):

@@ -82,7 +82,7 @@ def lively_tiny_model():
     """tiny-random with larger seeded weights, so that greedy answers differ from prompt to prompt."""
     import torch
 
-    loaded = load_model("tiny-random")
+    loaded = load_model("tiny-random", dtype="fp32")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for parameter in loaded.model.parameters():

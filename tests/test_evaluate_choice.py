@@ -89,7 +89,7 @@ def test_acc_takes_the_most_likely_choice_and_acc_norm_the_most_likely_per_chara
 def tiny():
     from tunewise.model.load import load_model
 
-    return load_model("tiny-random")
+    return load_model("tiny-random", dtype="fp32")
 
 
 def naive_choice_log_likelihood(loaded, example_, choice):
@@ -141,7 +141,7 @@ def test_a_choice_the_model_is_forced_to_prefer_always_wins():
 
     from tunewise.model.load import load_model
 
-    forced = load_model("tiny-random")
+    forced = load_model("tiny-random", dtype="fp32")
     tokenizer = forced.tokenizer
     favourite = tokenizer("Q", add_special_tokens=False)["input_ids"]
     assert len(favourite) == 1

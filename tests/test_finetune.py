@@ -25,7 +25,7 @@ from tunewise.data.pool import parse_record
 
 @pytest.fixture(scope="module")
 def tiny():
-    return load_model("tiny-random")
+    return load_model("tiny-random", dtype="fp32")
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def test_packed_rows_hold_every_item_once_within_the_width():
 def lively():
     from tunewise.model.load import load_model
 
-    loaded = load_model("tiny-random")
+    loaded = load_model("tiny-random", dtype="fp32")
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for parameter in loaded.model.parameters():

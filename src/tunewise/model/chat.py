@@ -69,7 +69,7 @@ def render_chat(tokenizer, messages: Messages, add_generation_prompt: bool = Tru
         raise TunewiseError(
             f"{where}the model's chat template cannot render this conversation ({_roles(turns)}): "
             f"{type(error).__name__}: {error}",
-            file=file, line=line, field="messages", fix=_fix_for(turns, str(error)),
+            file=file, line=line, field="prompt", fix=_fix_for(turns, str(error)),
         ) from None
 
 
