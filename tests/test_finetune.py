@@ -232,8 +232,10 @@ def test_dtype_is_resolved_from_the_hardware():
     assert raised.value.field == "dtype" and "bfloat16" in raised.value.fix
 
 
-def test_training_precision_follows_dtype(tiny, sums):
+def test_training_precision_follows_dtype(sums):
     from tunewise.model.precision import cpu_runs_bf16
+
+    tiny = load_model("tiny-random", dtype="float32")  # fp32 weights, so bf16 autocast is the only difference
 
     with finetune(tiny, sums, FinetuneConfig(max_steps=1), dtype="float32") as fp32:
         assert fp32.log.precision == "float32"

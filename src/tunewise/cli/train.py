@@ -35,7 +35,8 @@ def finetune_settings(context: typer.Context, config: FinetuneConfig, profile: s
     if profile is not None:
         def given(name: str) -> bool:
             source = context.get_parameter_source(name)
-            return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+            # a flag typed, or a key of --config run.yaml (click's default map), wins over the profile
+            return source is not None and source.name != "DEFAULT"
 
         explicit = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                     if f.name in context.params and given(f.name)}
