@@ -109,3 +109,11 @@ def test_plan_and_score_take_the_column_flags(tmp_path):
     result = CliRunner().invoke(app, ["score", str(path), "-o", str(tmp_path / "s.parquet"), "--model", "tiny-random",
                                       "--indicators", "length", "--prompt-field", "ask", "--response-field", "reply"])
     assert result.exit_code == 0, result.output
+    from tunewise.data.table import read_scores
+
+    _, provenance = read_scores(tmp_path / "s.parquet")
+    assert provenance["columns"] == {"prompt_field": "ask", "response_field": "reply"}
+    result = CliRunner().invoke(app, ["evaluate", str(path), "-o", str(tmp_path / "r.json"), "--model", "tiny-random",
+                                      "--prompt-field", "ask", "--response-field", "reply", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["columns"]["prompt_field"] == "ask"

@@ -287,7 +287,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     with progress("scoring", "examples") as update:
         scores = score_pool(pool, model, indicators, cache_dir=config.cache_dir, progress=update,
                             max_batch_tokens=config.batch_tokens)
-    provenance = scores_provenance(model, indicators, pool.source)
+    provenance = scores_provenance(model, indicators, pool.source, pool.columns)
 
     measure = coefficients is not None if config.coslow is None else config.coslow
     log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),

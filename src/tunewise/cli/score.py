@@ -67,7 +67,8 @@ def score_command(
         backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                                max_batch_tokens=batch_tokens)
         with progress_bar("scoring") as update:
-            score_pool_streaming(batches, backend, names, output, scores_provenance(backend, names, str(pool)),
+            provenance = scores_provenance(backend, names, str(pool), columns.used())
+            score_pool_streaming(batches, backend, names, output, provenance,
                                  cache_dir=cache_dir, progress=update)
         scores, _ = read_scores(output)
     else:
@@ -87,7 +88,7 @@ def score_command(
             with progress_bar("scoring") as update:
                 scores = score_pool(examples, backend, names, cache_dir=cache_dir, progress=update,
                                     max_batch_tokens=batch_tokens)
-            provenance = scores_provenance(backend, names, str(pool))
+            provenance = scores_provenance(backend, names, str(pool), columns.used())
         write_scores(scores, output, provenance)
     seconds = time.perf_counter() - started
     if as_json:

@@ -14,6 +14,7 @@ from tunewise.cli.options import (CONFIG_FILE_OPTION, DEVICE_HELP, DTYPE_HELP, M
                                    check_sweep_output, model_input, parse_int_list, with_config_options)
 from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
+from tunewise.data.pool import Columns
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
 
@@ -54,6 +55,7 @@ def selected_examples(pool, selection_path: Path) -> list:
 
 
 @command("finetune")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 @with_config_options(FinetuneConfig, panel="Fine-tuning")
 def finetune_command(
     context: typer.Context,
@@ -70,6 +72,7 @@ def finetune_command(
     sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    columns: Columns = None,
 ) -> None:
     """Fine-tune a LoRA adapter (or the whole model) on a pool, or a selection of it, with TRL, and save it."""
     from tunewise.data.pool import read_pool
@@ -84,7 +87,7 @@ def finetune_command(
                                                "--sft-config": sft_config, **model_input(model)},
                               replaced_whole=True)
     check_adapter_output(output)
-    pool = read_pool(pool_path, task_field)
+    pool = read_pool(pool_path, task_field, columns=columns)
     examples = selected_examples(pool, selection) if selection is not None else pool.examples
     loaded = load_model(model, device=device, dtype=dtype)
     with progress_bar("fine-tuning", unit="steps") as bar:
@@ -120,6 +123,7 @@ def print_length_notes(lengths: dict) -> None:
 
 
 @command("evaluate")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 def evaluate_command(
     test_path: Path = typer.Argument(..., metavar="TEST", help="Labelled test file (the gold answer is the response)."),
     output: Path = typer.Option(..., "-o", "--output", help="Results JSON to write."),
@@ -139,6 +143,7 @@ def evaluate_command(
     truncate: bool = typer.Option(False, help="Cut the beginning of prompts too long for the model's context "
                                               "instead of refusing them (marked in the samples, counted in the "
                                               "config)."),
+    columns: Columns = None,
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
     from tunewise.data.pool import read_pool
@@ -152,7 +157,7 @@ def evaluate_command(
     refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter,
                                                "--predictions": predictions, **model_input(model)})
     check_output_file(output, example="-o results.json")
-    test = read_pool(test_path, task_field, limit=limit)
+    test = read_pool(test_path, task_field, limit=limit, columns=columns)
     if predictions is not None:
         if adapter is not None:
             raise TunewiseError("--adapter has no effect when --predictions gives the answers", field="adapter",
@@ -166,7 +171,7 @@ def evaluate_command(
                                max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
                                truncate=truncate)
         results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter))
-    results["config"].update(test=str(test_path), task_field=task_field, limit=limit)
+    results["config"].update(test=str(test_path), task_field=task_field, limit=limit, columns=test.columns)
     write_json(output, results)
     if as_json:
         print_json(results)
@@ -218,6 +223,7 @@ def results_table(results: dict) -> Table:
 
 
 @command("sweep")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def sweep_command(
     context: typer.Context,
@@ -243,6 +249,7 @@ def sweep_command(
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config_file: Optional[Path] = CONFIG_FILE_OPTION,
+    columns: Columns = None,
 ) -> None:
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
     gain over random with 95 % confidence intervals. ``--config run.yaml`` takes the flags from YAML."""
@@ -257,8 +264,8 @@ def sweep_command(
     check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(model)},
                        (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE))
     check_sweep_folder(output)
-    pool = read_pool(pool_path, task_field)
-    test_set = read_pool(test, task_field)
+    pool = read_pool(pool_path, task_field, columns=columns)
+    test_set = read_pool(test, task_field, columns=columns)
     with progress_bar("sweep", unit="runs") as update:
         summary = run_sweep(pool, test_set, budget_list, strategy_list, seed_list, model, output, config,
                             device=device, dtype=dtype, metric=metric, max_new_tokens=max_new_tokens,

@@ -171,13 +171,18 @@ def complete_scores(scores: pd.DataFrame, examples: Sequence[Example], backend: 
                      axis=1)
 
 
-def scores_provenance(backend: Backend, indicators: Sequence[str], source: str | None = None) -> dict:
-    """What the scores depend on, stored with them."""
+def scores_provenance(backend: Backend, indicators: Sequence[str], source: str | None = None,
+                      columns: dict | None = None) -> dict:
+    """What the scores depend on, stored with them; ``columns`` is the pool's field mapping
+    (:meth:`tunewise.data.pool.Columns.used`), recorded when one was given."""
     chosen = resolve_indicators(indicators)
-    return {
+    provenance = {
         "tunewise_version": __version__,
         "model_fingerprint": backend.fingerprint,
         "indicators": {indicator.name: indicator.version for indicator in chosen},
         "max_new_tokens": backend.max_new_tokens,
         "pool": source,
     }
+    if columns:
+        provenance["columns"] = dict(columns)
+    return provenance
