@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import (DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, METRIC_HELP, MODEL_HELP,
-                                   parse_int_list)
+from tunewise.cli.options import (DTYPE_HELP, parse_int_list)
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.options import with_config_options
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
+from tunewise.training.sweep import SweepRun
 
 
 @command("calibrate-difficulty")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
+@with_config_options(SweepRun, panel="Runs", name="run")
 def calibrate_difficulty_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
@@ -29,14 +29,9 @@ def calibrate_difficulty_command(
     seeds: str = typer.Option("0", help="Comma-separated seeds (selection and fine-tune)."),
     difficulty: str = typer.Option("length", help="What the windows rank by: length (response tokens, paper C's "
                                                   "chain-of-thought length), cot_length or loss."),
-    model: str = typer.Option("smollm2", help=MODEL_HELP),
-    task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and test)."),
-    metric: str = typer.Option("auto", help=METRIC_HELP),
-    max_new_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_NEW_TOKENS_HELP),
-    batch_tokens: int = typer.Option(8192, min=1, help="Token budget per generation batch."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     config: FinetuneConfig = None,
+    run: SweepRun = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Fine-tune on easy, medium and hard windows at each budget, find the best window per budget,
@@ -47,16 +42,16 @@ def calibrate_difficulty_command(
     from tunewise.training.sweep import CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder
 
     centres = _parse_windows(windows)
-    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(model)},
+    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(run.model)},
                        (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, CALIBRATION_FILE))
     check_sweep_folder(output)
-    pool = read_pool(pool_path, task_field)
-    test_set = read_pool(test, task_field)
+    pool = read_pool(pool_path, run.task_field)
+    test_set = read_pool(test, run.task_field)
     with progress_bar("sweep", unit="runs") as update:
         calibration = calibrate_difficulty(
-            pool, test_set, parse_int_list(budgets, "budgets"), model, output, centres,
-            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, device=device, dtype=dtype,
-            metric=metric, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
+            pool, test_set, parse_int_list(budgets, "budgets"), run.model, output, centres,
+            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, device=run.device, dtype=dtype,
+            metric=run.metric, max_new_tokens=run.max_new_tokens, batch_tokens=run.batch_tokens, progress=update,
         )
     if as_json:
         print_json(calibration)

@@ -16,6 +16,7 @@ from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
 from tunewise.data.pool import Columns
 from tunewise.errors import TunewiseError
+from tunewise.training.sweep import SweepRun
 from tunewise.training.finetune import FinetuneConfig
 
 _TRAIN_DTYPE_HELP = ("Compute type: auto (bf16 mixed precision where the hardware runs bf16: CUDA, CPUs with "
@@ -224,6 +225,7 @@ def results_table(results: dict) -> Table:
 
 @command("sweep")
 @with_config_options(Columns, panel="Pool fields", name="columns")
+@with_config_options(SweepRun, panel="Runs", name="run")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def sweep_command(
     context: typer.Context,
@@ -237,16 +239,11 @@ def sweep_command(
              "e.g. random,difficulty_bucket:bucket=hard,task_diversity:within=difficulty_window,c0=0.15.",
     ),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds (selection and fine-tune)."),
-    model: str = typer.Option("smollm2", help=MODEL_HELP),
-    task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and test)."),
-    metric: str = typer.Option("auto", help=METRIC_HELP),
-    max_new_tokens: Optional[int] = typer.Option(None, min=1, help=MAX_NEW_TOKENS_HELP),
-    batch_tokens: int = typer.Option(8192, min=1, help="Token budget per generation batch."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=_TRAIN_DTYPE_HELP),
     profile: Optional[str] = typer.Option(None, help=_PROFILE_HELP, rich_help_panel="Fine-tuning"),
     sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
+    run: SweepRun = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config_file: Optional[Path] = CONFIG_FILE_OPTION,
     columns: Columns = None,
@@ -261,15 +258,15 @@ def sweep_command(
     budget_list = parse_int_list(budgets, "budgets")
     seed_list = parse_int_list(seeds, "seeds")
     strategy_list = split_strategy_specs(strategies)
-    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(model)},
+    check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(run.model)},
                        (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE))
     check_sweep_folder(output)
-    pool = read_pool(pool_path, task_field, columns=columns)
-    test_set = read_pool(test, task_field, columns=columns)
+    pool = read_pool(pool_path, run.task_field, columns=columns)
+    test_set = read_pool(test, run.task_field, columns=columns)
     with progress_bar("sweep", unit="runs") as update:
-        summary = run_sweep(pool, test_set, budget_list, strategy_list, seed_list, model, output, config,
-                            device=device, dtype=dtype, metric=metric, max_new_tokens=max_new_tokens,
-                            batch_tokens=batch_tokens, progress=update, sft_overrides=sft_overrides)
+        summary = run_sweep(pool, test_set, budget_list, strategy_list, seed_list, run.model, output, config,
+                            device=run.device, dtype=dtype, metric=run.metric, max_new_tokens=run.max_new_tokens,
+                            batch_tokens=run.batch_tokens, progress=update, sft_overrides=sft_overrides)
     if as_json:
         print_json(summary)
         return

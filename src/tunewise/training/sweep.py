@@ -27,7 +27,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError
@@ -46,6 +46,31 @@ CONFIDENCE_LEVEL = 0.95
 
 # A strategy spec's ':' ',' '=' are not portable in file names; these stand in for them there.
 # Spec values may not hold them (see _SPEC_VALUE), so the mapping is one-to-one.
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    """How every run of a sweep loads its model and is evaluated (one declaration for ``sweep`` and
+    ``calibrate-difficulty``; its fields are their flags)."""
+
+    model: str = dataclasses.field(default="smollm2", metadata={
+        "help": "smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a model folder."})
+    task_field: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Record field holding the task name (pool and test)."})
+    metric: str = dataclasses.field(default="auto", metadata={
+        "help": "auto (per task), exact_match, multiple_choice, gsm8k, choice (log-likelihood of each choice, "
+                "nothing generated) or log_likelihood (mean log-probability per gold-answer token)."})
+    max_new_tokens: Optional[int] = dataclasses.field(default=None, metadata={
+        "help": "Longest answer (default: each task's longest gold answer + 16 tokens)."})
+    batch_tokens: int = dataclasses.field(default=8192, metadata={"help": "Token budget per generation batch."})
+    device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 …"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "batch_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise TunewiseError(f"--{name.replace('_', '-')} must be a whole number ≥ 1, got {value!r}",
+                                    field=name, fix=f"pass --{name.replace('_', '-')} 1 or more")
+
+
 _FILE_NAME_SAFE = str.maketrans({":": "@", ",": "+", "=": "~"})
 _SPEC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPEC_VALUE = re.compile(r"[A-Za-z0-9_.-]+")
