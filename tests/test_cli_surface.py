@@ -65,3 +65,10 @@ def test_cli_imports_no_private_library_names():
                 if node.module.startswith("tunewise.cli.") and node.module not in shared | {"tunewise.cli.tables"}:
                     problems.append(f"{path.name}: imports the command module {node.module}")
     assert not problems, problems
+
+
+def test_public_names_stay_functions_on_every_access():
+    """`tunewise.coslow` was a function on first access and a module on the second (issue 12)."""
+    for name in ("coslow", "finetune", "evaluate", "calibrate", "plan", "score"):
+        assert callable(getattr(tunewise, name)) and not isinstance(getattr(tunewise, name), type(tunewise))
+        assert not isinstance(getattr(tunewise, name), type(tunewise)), name
