@@ -70,5 +70,5 @@ def test_cli_imports_no_private_library_names():
 def test_public_names_stay_functions_on_every_access():
     """`tunewise.coslow` was a function on first access and a module on the second (issue 12)."""
     for name in ("coslow", "finetune", "evaluate", "calibrate", "plan", "score"):
-        assert callable(getattr(tunewise, name)) and not isinstance(getattr(tunewise, name), type(tunewise))
-        assert not isinstance(getattr(tunewise, name), type(tunewise)), name
+        first, second = getattr(tunewise, name), getattr(tunewise, name)
+        assert callable(first) and first is second and not isinstance(second, type(tunewise)), name
