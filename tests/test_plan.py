@@ -354,3 +354,29 @@ def test_shared_closing_sentence_only_when_every_reason_ends_with_it_and_keeps_m
     from tunewise.pipeline import shared_closing_sentence
 
     assert shared_closing_sentence(reasons) == shared
+
+
+def test_plan_scores_what_a_weights_file_needs(tmp_path):
+    """--weights with the diversity feature needs embeddings, which `plan`'s default indicators lack:
+    the plan computes them instead of stopping."""
+    import json as json_module
+
+    import tunewise as tw
+    from tunewise.model.fake import FakeBackend
+
+    weights = tmp_path / "weights.json"
+    weights.write_text(json_module.dumps({"weights": {"loss": 0.5, "diversity": 0.5}}))
+    config = tw.PlanConfig(budget=4, weights=weights, coslow=False)
+    assert "embedding" in config.indicator_names()
+    pool = tw.read_pool(_labelled_pool_file(tmp_path), task_field="task")
+    result = tw.plan(pool, FakeBackend(), config, tmp_path / "run")
+    assert len(result.selection.positions) == 4
+
+
+def _labelled_pool_file(folder):
+    import json as json_module
+
+    path = folder / "pool.jsonl"
+    path.write_text("".join(json_module.dumps({"question": f"q{i}", "answer": f"a{i}", "task": f"t{i % 2}"}) + "\n"
+                            for i in range(10)))
+    return path

@@ -122,14 +122,17 @@ class PlanConfig:
                                 f"{self.within}", field="within", fix="drop --within, or drop --weights / --dev")
 
     def indicator_names(self) -> list[str]:
-        """The indicators to score: the asked ones (default: ``tunewise score``'s), plus what --dev needs."""
-        from tunewise.indicators.registry import DEFAULT_INDICATORS
-        from tunewise.select.weighted import source_columns
+        """The indicators to score: the asked ones (default: ``tunewise score``'s), plus what --dev or
+        the --weights file's features need (the embedding, for diversity)."""
+        from tunewise.indicators.registry import DEFAULT_INDICATORS, INDICATORS
+        from tunewise.select.weighted import read_indicator_weights, source_columns
 
         names = list(self.indicators or DEFAULT_INDICATORS)
-        if self.dev is not None:
-            names = list(dict.fromkeys([*names, *source_columns()]))
-        return names
+        needed = list(source_columns()) if self.dev is not None else []
+        if self.weights is not None:
+            needed = list(source_columns(list(read_indicator_weights(self.weights)["weights"])))
+        indicators = [name for name, indicator in INDICATORS.items() if set(indicator.columns) & set(needed)]
+        return list(dict.fromkeys([*names, *indicators]))
 
 
 def resolve_coefficients(spec: str | None, model_name: str):
