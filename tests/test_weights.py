@@ -232,3 +232,23 @@ def test_set_diverse_weights_select_under_tune_weights_as_under_select(tmp_path)
     assert strategy.set_diversity
     picked = strategy.select(scores, document["selection_size"]).positions
     assert picked.tolist() == tuned.selection(document["weights"]).tolist()
+
+
+def test_weight_search_fit_returns_self_with_the_best_trial(tmp_path):
+    from tunewise.model import load_backend
+    from tunewise.weights.proxy import ProxyModel
+    from tunewise.weights.search import WeightSearch
+
+    pool = [make_example(f"{i} + {i % 3}?", f"{i + i % 3}") for i in range(24)]
+    dev = [make_example(f"{i} - 1?", f"{i - 1}") for i in range(4)]
+    scores = generated_scores(rows=24, ids=[example.id for example in pool])
+    matrix = indicator_features(scores, ["loss", "confidence", "diversity"])
+    anchors = Anchors(positions=np.arange(4), cluster_sizes=np.array([1, 1, 2, 1]))
+    search = WeightSearch(fraction=0.25, trials=3, repeats=2, demos=2, seed=2)
+    with pytest.raises(TunewiseError, match="not fitted"):
+        search.select()
+    model = ProxyModel(load_backend("tiny-random", device="cpu"))
+    assert search.fit(matrix, pool, dev, anchors, model, tmp_path / "run") is search
+    assert search.J_ == max(trial.value for trial in search.trials_)
+    assert search.weights_ == search.tuned_.document()["weights"]
+    assert search.select().tolist() == search.tuned_.selection(search.weights_).tolist()

@@ -20,6 +20,7 @@ _LAZY = {
     "curve_auc": "tunewise.efficiency.curve",
     "predict_auc": "tunewise.efficiency.predict",
     "CurvePredictor": "tunewise.efficiency.predict",
+    "WeightSearch": "tunewise.weights.search",
     "labels_needed": "tunewise.efficiency.predict",
     "coefficients_for": "tunewise.efficiency.predict",
     "calibrate": "tunewise.efficiency.predict",

@@ -478,8 +478,51 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+class WeightSearch:
+    """Indicator weights learned with the in-context proxy, in scikit-learn's shape.
+
+    ``__init__`` stores the search's settings only; :meth:`fit` runs :func:`tune_weights` and
+    returns ``self`` with the learned state in trailing-underscore attributes: ``weights_`` (the
+    best weights), ``orientation_``, ``J_`` (the best proxy score), ``trials_`` (every trial) and
+    ``tuned_`` (the whole :class:`TunedWeights`, whose ``document()`` is ``weights.json``).
+    """
+
+    def __init__(self, *, fraction: float = 0.3, trials: int = 30, timeout: float | None = None,
+                 sampler: str = "tpe", repeats: int = 3, demos: int = 8, metric: str = "log_likelihood",
+                 seed: int = 0) -> None:
+        self.fraction = fraction
+        self.trials = trials
+        self.timeout = timeout
+        self.sampler = sampler
+        self.repeats = repeats
+        self.demos = demos
+        self.metric = metric
+        self.seed = seed
+
+    def fit(self, features: FeatureMatrix, pool: Sequence, anchor_examples: Sequence, anchors, model,
+            run_dir: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> WeightSearch:
+        """Search the weights (arguments as :func:`tune_weights`); returns ``self``."""
+        self.tuned_ = tune_weights(features, pool, anchor_examples, anchors, model, run_dir,
+                                   fraction=self.fraction, trials=self.trials, timeout=self.timeout,
+                                   sampler=self.sampler, repeats=self.repeats, demos=self.demos,
+                                   metric=self.metric, seed=self.seed, progress=progress)
+        best = self.tuned_.best
+        self.weights_ = dict(best.weights)
+        self.orientation_ = dict(self.tuned_.features.orientation)
+        self.J_ = best.value
+        self.trials_ = tuple(self.tuned_.search.trials)
+        return self
+
+    def select(self, size: int | None = None):
+        """S(w) of the learned weights: pool positions, best first (``size`` defaults to ρ · N)."""
+        if not hasattr(self, "tuned_"):
+            raise TunewiseError("this WeightSearch is not fitted yet", fix="call fit(...) first")
+        return self.tuned_.features.top(self.weights_, size or self.tuned_.selection_size)
+
+
 __all__ = [
     "SAMPLERS",
+    "WeightSearch",
     "SearchResult",
     "TrialRecord",
     "TunedWeights",
