@@ -551,3 +551,13 @@ def test_set_diversity_covers_the_preferred_region_instead_of_crowding_one_clust
     best_eight = set(np.argsort(-scores["loss"].to_numpy(), kind="stable")[:8].tolist())
     assert set(diverse.positions.tolist()) <= best_eight
     assert "picked for coverage" in diverse.reasons[0]
+
+
+def test_window_centre_fit_returns_self_with_the_least_squares_line():
+    from tunewise.select import WindowCentreFit
+
+    fitted = WindowCentreFit(n0=100).fit([100, 1000, 10000], [0.2, 0.3, 0.4])
+    assert (fitted.c0_, fitted.beta_) == pytest.approx((0.2, 0.1))
+    assert fitted.predict(1000) == pytest.approx(0.3)
+    with pytest.raises(TunewiseError, match="not fitted"):
+        WindowCentreFit().predict(100)

@@ -33,7 +33,8 @@ from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.select.base import Selection, Strategy, build_strategy, rank_quantile, unknown_parameter
 from tunewise.select.baseline import RandomSelection, TopK, Uncertainty
 from tunewise.select.by_task import WITHIN_TASK, EfficiencyAllocation, TaskDiversity, WeightedTaskDiversity
-from tunewise.select.difficulty import DifficultyBucket, DifficultyWindow, WindowCentre, fit_window_centre
+from tunewise.select.difficulty import (DifficultyBucket, DifficultyWindow, WindowCentre, WindowCentreFit,
+                                       fit_window_centre)
 from tunewise.select.embedding import DeterminantalPointProcess, FacilityLocation, KCenter
 from tunewise.select.weighted import WeightedIndicators, read_indicator_weights
 
@@ -130,6 +131,7 @@ __all__ = [
     "WeightedIndicators",
     "WeightedTaskDiversity",
     "WindowCentre",
+    "WindowCentreFit",
     "available_strategies",
     "fit_window_centre",
     "get_strategy",

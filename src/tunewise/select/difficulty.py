@@ -74,6 +74,26 @@ def fit_window_centre(budgets, best_centres, n0: float = 100.0) -> WindowCentre:
     return WindowCentre(float(c0), float(beta), float(n0))
 
 
+class WindowCentreFit:
+    """The window centre's budget rule fitted from a calibration grid, in scikit-learn's shape:
+    ``fit(budgets, best_centres)`` returns ``self`` with ``c0_``, ``beta_`` and ``centre_`` (the
+    fitted :class:`WindowCentre`); :meth:`predict` gives the centre at budget(s) n."""
+
+    def __init__(self, n0: float = 100.0) -> None:
+        self.n0 = n0
+
+    def fit(self, budgets, best_centres) -> WindowCentreFit:
+        """Least squares of the best centres on log10(budget / n0) (:func:`fit_window_centre`)."""
+        self.centre_ = fit_window_centre(budgets, best_centres, self.n0)
+        self.c0_, self.beta_ = self.centre_.c0, self.centre_.beta
+        return self
+
+    def predict(self, n) -> np.ndarray:
+        if not hasattr(self, "centre_"):
+            raise TunewiseError("this WindowCentreFit is not fitted yet", fix="call fit(budgets, best_centres)")
+        return self.centre_.at(n)
+
+
 _DIFFICULTY_PARAM = choice("one of: " + ", ".join(map(repr, DIFFICULTY_COLUMNS)), DIFFICULTY_COLUMNS)
 
 
