@@ -22,10 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tunewise.data.pool import BOOKKEEPING
 from tunewise.errors import TunewiseError
 
 LABEL_FORMATS = ("tunewise", "label-studio", "argilla")
+#: Fields tunewise writes into files it asks people to fill in; read back, they are no user text.
+BOOKKEEPING = ("position", "pool_id")
 
 
 def to_label_file_name(label_format: str) -> str:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from tunewise.data.label import BOOKKEEPING, labelled_record
 from tunewise.errors import TunewiseError, did_you_mean
 
-#: Fields tunewise writes into files it asks people to fill in; read back, they are no user text.
-BOOKKEEPING = ("position", "pool_id")
 
 DEFAULT_TASK = "default"
 SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -611,8 +610,6 @@ def parse_record(record: Any, task_field: str | None = None, columns: Columns | 
     if not isinstance(record, dict):
         raise TunewiseError(f"a record must be an object, got {type(record).__name__}",
                             fix="write one JSON object per record")
-    from tunewise.data.label import labelled_record
-
     record = labelled_record(record) or record  # a Label Studio task or an Argilla record, filled in or not
     columns = columns or Columns()
     for name, value in columns.used().items():
