@@ -342,49 +342,32 @@ def iter_records(path, *, split: str | None = None, dataset_config: str | None =
         )
     if path.stat().st_size == 0:
         raise TunewiseError("the file is empty", file=str(path), fix="point at a file with records")
-    if compression is not None:
-        if suffix == ".parquet":
-            raise TunewiseError("a Parquet file is compressed inside already", file=str(path),
-                                fix="decompress it to a plain .parquet file")
-        path = _decompressed(path, compression)
-    if suffix == ".jsonl":
-        yield from _iter_jsonl(path)
-    elif suffix == ".json":
-        yield from _iter_json(path)
-    elif suffix == ".csv":
-        yield from _iter_csv(path)
-    else:
+    if compression is not None and suffix == ".parquet":
+        raise TunewiseError("a Parquet file is compressed inside already", file=str(path),
+                            fix="decompress it to a plain .parquet file")
+    if suffix == ".parquet":
         yield from _iter_parquet(path)
+        return
+    reader = {".jsonl": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv}[suffix]
+    yield from reader(path, _binary_opener(path, compression))
 
 
-class _Decompressed(type(Path())):
-    """A compressed file's path whose ``open``/``read_bytes`` give the decompressed bytes; errors name
-    the compressed file."""
+def _binary_opener(path: Path, compression: str | None):
+    """A function that opens ``path`` for reading bytes, decompressing ``.gz`` or ``.zst`` on the way
+    (errors still name the file as the user gave it)."""
+    if compression is None:
+        return lambda: open(path, "rb")
+    if compression == ".gz":
+        import gzip
 
-    _compression: str = ".gz"
-
-    def open(self, mode="rb", *args, **kwargs):
-        if self._compression == ".gz":
-            import gzip
-
-            return gzip.open(str(self), "rb")
-        try:
-            import zstandard
-        except ImportError:
-            raise TunewiseError("reading .zst files needs the zstandard package", file=str(self),
-                                fix="pip install 'tunewise[hub]' (zstandard), or decompress the file first") from None
-        # Buffered so that the JSONL reader can iterate it line by line.
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(str(self), "rb"), closefd=True))
-
-    def read_bytes(self):
-        with self.open() as handle:
-            return handle.read()
-
-
-def _decompressed(path: Path, compression: str) -> Path:
-    decompressed = _Decompressed(path)
-    decompressed._compression = compression
-    return decompressed
+        return lambda: gzip.open(path, "rb")
+    try:
+        import zstandard
+    except ImportError:
+        raise TunewiseError("reading .zst files needs the zstandard package", file=str(path),
+                            fix="pip install 'tunewise[hub]' (zstandard), or decompress the file first") from None
+    # Buffered so that the JSONL reader can iterate it line by line.
+    return lambda: io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
 
 
 def expand_sources(path) -> list:
@@ -467,8 +450,8 @@ def _parse_json(text: str):
         raise json.JSONDecodeError(str(error).split(":")[0], text, 0) from None
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
-    with path.open("rb") as handle:
+def _iter_jsonl(path: Path, open_binary) -> Iterator[tuple[int, Any]]:
+    with open_binary() as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 text = _decode(raw, path, number).strip()
@@ -484,8 +467,13 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                                          "fix or remove this line")
 
 
-def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
-    text = _decode(path.read_bytes(), path, 1)
+def _read_all(open_binary) -> bytes:
+    with open_binary() as handle:
+        return handle.read()
+
+
+def _iter_json(path: Path, open_binary) -> Iterator[tuple[int, Any]]:
+    text = _decode(_read_all(open_binary), path, 1)
     try:
         data = _parse_json(text)
     except json.JSONDecodeError as error:
@@ -503,8 +491,8 @@ def _iter_json(path: Path) -> Iterator[tuple[int, Any]]:
         yield number, record
 
 
-def _iter_csv(path: Path) -> Iterator[tuple[int, Any]]:
-    text = _decode(path.read_bytes(), path, 1)
+def _iter_csv(path: Path, open_binary) -> Iterator[tuple[int, Any]]:
+    text = _decode(_read_all(open_binary), path, 1)
     reader = csv.DictReader(io.StringIO(text, newline=""))
     # Long prompts are legitimate: lift the csv module's 128 KiB cell limit for this read only.
     previous_limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
