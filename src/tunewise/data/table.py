@@ -213,7 +213,3 @@ class ExampleTable:
         positions = [int(position) for position in positions]
         return ExampleTable(tuple(self.examples[p] for p in positions),
                             self.scores.iloc[positions].reset_index(drop=True), self.source)
-
-    def with_scores(self, scores: pd.DataFrame) -> ExampleTable:
-        """A new table over the same examples with another scores frame (same ids, same order)."""
-        return ExampleTable(self.examples, scores.reset_index(drop=True), self.source)
