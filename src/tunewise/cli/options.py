@@ -127,6 +127,11 @@ def parse_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
 
+def _holds_tuple(annotation) -> bool:
+    """``Optional[tuple[...]]``: a list the command line writes comma-separated."""
+    return tuple in (typing.get_origin(arg) for arg in typing.get_args(annotation))
+
+
 def _flag(field: dataclasses.Field, annotation, panel: str | None):
     flag = "--" + field.name.replace("_", "-")
     required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
@@ -134,8 +139,7 @@ def _flag(field: dataclasses.Field, annotation, panel: str | None):
     declarations = [flag, *field.metadata.get("flags", ())]
     if annotation == Optional[bool]:
         declarations = [f"{flag}/--no-{field.name.replace('_', '-')}"]
-    elif typing.get_origin(typing.Optional[annotation]) is typing.Union and tuple in (
-            typing.get_origin(arg) for arg in typing.get_args(annotation)):
+    elif _holds_tuple(annotation):
         annotation = Optional[str]
         default = None if default in (None, ...) else ",".join(default)
     option = typer.Option(default, *declarations, help=field.metadata.get("help"), rich_help_panel=panel)
@@ -151,7 +155,7 @@ def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str 
     """
     hints = typing.get_type_hints(config_class)
     fields = [f for f in dataclasses.fields(config_class) if f.name not in exclude]
-    tuple_fields = {f.name for f in fields if tuple in (typing.get_origin(a) for a in typing.get_args(hints[f.name]))}
+    tuple_fields = {f.name for f in fields if _holds_tuple(hints[f.name])}
 
     def decorate(func):
         signature = inspect.signature(func, eval_str=True)
