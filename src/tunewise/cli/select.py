@@ -176,14 +176,13 @@ def strategy_from_flags(strategy: str, given: dict):
 
 
 def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
-    """The chosen examples, re-read from the pool by id, in the requested training format."""
+    """The chosen examples, joined from the pool by id, in the requested training format."""
     from tunewise.data.pool import read_pool
     from tunewise.data.export import export_examples
+    from tunewise.data.table import ExampleTable
 
-    chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
-    chosen = read_pool(pool_path, task_field).examples_for(
-        chosen_ids, what="selected", fix="pass the same pool (and --task-field) that was scored")
-    return export_examples(chosen, export_format)
+    picked = ExampleTable.join(read_pool(pool_path, task_field), scores.iloc[selection.positions], what="selected")
+    return export_examples(picked.examples, export_format)
 
 
 def allocation_table(meta: dict) -> Table:

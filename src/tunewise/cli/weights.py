@@ -151,7 +151,7 @@ def tune_weights_command(
     """
     from tunewise.select.weighted import check_feature_names, indicator_features, resolve_orientation
     from tunewise.weights.proxy import METRICS
-    from tunewise.data.table import read_scores
+    from tunewise.data.table import ExampleTable, read_scores
     from tunewise.weights.search import SAMPLERS
 
     if not 0 < fraction <= 1:
@@ -187,8 +187,7 @@ def tune_weights_command(
     scores, provenance = read_scores(scores_path)
     orientations = parse_orientation(orientation)
     resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
-    pool_examples = read_labelled_pool(pool_path, task_field, "pool").examples_for(
-        scores["id"], what="scored", fix="pass the same pool (and --task-field) that was scored")
+    table = ExampleTable.join(read_labelled_pool(pool_path, task_field, "pool"), scores)
     dev = read_labelled_pool(dev_path, task_field, "dev")
 
     import optuna
@@ -201,19 +200,19 @@ def tune_weights_command(
 
     # Optuna's per-trial log lines would break the progress bar; its notices are not for the user.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    from tunewise.indicators.score import complete_scores
+    from tunewise.indicators.score import complete
     from tunewise.select.weighted import source_columns
 
     backend = load_backend(model, device=device, dtype=dtype)
     with progress_bar("scoring missing indicators") as update:
         needed = source_columns([*names, *(["diversity"] if set_diversity else [])])  # diversity: the embedding
-        scores = complete_scores(scores, pool_examples, backend, needed, progress=update)
-    matrix = indicator_features(scores, names, orientations, set_diversity=set_diversity)
+        table = complete(table, backend, needed, progress=update)
+    matrix = indicator_features(table.scores, names, orientations, set_diversity=set_diversity)
     chosen = embedding_stratified_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
     anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
     with progress_bar("tuning weights", unit="trials") as update:
         tuned = tune_weights(
-            matrix, pool_examples, anchor_examples, chosen, ProxyModel(backend, batch_tokens), run_dir,
+            matrix, table.examples, anchor_examples, chosen, ProxyModel(backend, batch_tokens), run_dir,
             fraction=fraction, trials=trials, timeout=timeout, sampler=sampler, repeats=repeats, demos=demos,
             metric=metric, seed=seed, progress=update,
         )
@@ -223,7 +222,7 @@ def tune_weights_command(
 
     validation = None
     if validate:
-        validation = validate_selections(backend, pool_examples, tuned, dev, validate, validate_steps, seed,
+        validation = validate_selections(backend, table.examples, tuned, dev, validate, validate_steps, seed,
                                          validate_metric)
 
     document = {

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.data.table import embedding_matrix
+from tunewise.data.table import ExampleTable, embedding_matrix, scores_of
 
 
 @dataclass(frozen=True, eq=False)
 class Selection:
-    """An ordered selection: row positions into the scores table, best first.
+    """An ordered selection: row positions into the table, best first.
 
     ``positions[k]`` is the row of the k-th pick and ``reasons[k]`` says why it was picked.
     ``notes`` are things the user should know about the run as a whole (e.g. the budget was
@@ -208,13 +208,15 @@ class Strategy:
         """Score columns this strategy reads; each must exist and hold no NaN."""
         return ()
 
-    def select(self, scores: pd.DataFrame, budget: int, seed: int = 0) -> Selection:
-        """Pick ``budget`` rows of ``scores``, best first.
+    def select(self, table: ExampleTable | pd.DataFrame, budget: int, seed: int = 0) -> Selection:
+        """Pick ``budget`` rows of ``table``, best first.
 
-        A budget larger than the pool selects every row (and says so in ``notes``); all
-        randomness comes from ``np.random.default_rng(seed)``, so the same inputs and seed give
-        the same selection.
+        ``table`` is an :class:`~tunewise.data.table.ExampleTable`, or a bare scores frame (a scores
+        file read without its pool); strategies read only its score columns. A budget larger than
+        the pool selects every row (and says so in ``notes``); all randomness comes from
+        ``np.random.default_rng(seed)``, so the same inputs and seed give the same selection.
         """
+        scores = scores_of(table)
         self.validate()
         if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
             raise TunewiseError(f"the budget must be a whole number ≥ 0, got {budget!r}", field="budget")
