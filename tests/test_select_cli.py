@@ -283,3 +283,45 @@ def test_export_refuses_unlabelled_examples_and_unknown_ids(tmp_path, pool_and_s
     )
     assert result.exit_code == 2 and "selected ids are not in the pool" in result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_every_strategy_parameter_with_a_flag_is_a_select_flag_with_its_help():
+    from tunewise.select import STRATEGIES
+
+    result = CliRunner().invoke(app, ["select", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    for strategy in STRATEGIES.values():
+        for name, param in strategy.parameters.items():
+            if param.flag is not None and strategy.command_line:
+                assert "--" + name.replace("_", "-") in result.output
+                assert param.help in result.output
+
+
+def test_a_new_strategy_gets_its_flags_without_command_line_code(monkeypatch):
+    import typer
+
+    from tunewise.cli.options import with_strategy_options
+    from tunewise.select import STRATEGIES
+    from tunewise.select.base import Param, Strategy, integer
+
+    class EveryNth(Strategy):
+        name = "every_nth"
+        parameters = {"step": Param("a whole number ≥ 1", integer(1), flag=int, help="take every step-th row.")}
+
+        def __init__(self, step: int = 2) -> None:
+            self.step = step
+
+    monkeypatch.setitem(STRATEGIES, EveryNth.name, EveryNth)
+    seen = {}
+    command = typer.Typer()
+
+    @command.command()
+    @with_strategy_options()
+    def pick(strategy_flags=None) -> None:
+        seen.update(strategy_flags.params())
+
+    help_text = CliRunner().invoke(command, ["--help"], env={"COLUMNS": "400"}).output
+    assert "every_nth: take every step-th row." in help_text
+    result = CliRunner().invoke(command, ["--step", "3", "--c0", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"step": (3, "--step"), "c0": (0.4, "--c0")}

@@ -138,7 +138,7 @@ def coslow_command(
     from tunewise.efficiency.coslow import (CONFIDENCE_METRICS, DEFAULT_K, coslow, lowest_confidence_prompts,
                                             random_prompts)
     from tunewise.data.pool import read_pool
-    from tunewise.indicators.score import score_pool
+    from tunewise.indicators.score import score
     from tunewise.io import RunFolder
 
     folder = RunFolder(output_dir)
@@ -161,18 +161,17 @@ def coslow_command(
                             fix="use --model smollm2, tiny-random or a model folder")
     indicators = sorted({"confidence", confidence_metric})
     with progress_bar("answering prompts", unit="prompts") as update:
-        scores = score_pool(pool_examples, backend, indicators, progress=update)
-    confidence = scores["confidence"].to_numpy(dtype=np.float64)
-    ranking = scores[confidence_metric].to_numpy(dtype=np.float64)
+        table = score(pool_examples, backend, indicators, progress=update)
+    confidence = table.scores["confidence"].to_numpy(dtype=np.float64)
+    ranking = table.scores[confidence_metric].to_numpy(dtype=np.float64)
     if labelled is None:
         low = lowest_confidence_prompts(ranking, k=DEFAULT_K, seed=seed, allow_small_pool=allow_small_pool,
                                         metric=confidence_metric)
         rand = random_prompts(len(pool_examples), k=DEFAULT_K, seed=seed) if random_sample else []
-        samples = {"low_confidence": [pool_examples[i] for i in low], "random": [pool_examples[i] for i in rand]}
+        samples = {"low_confidence": list(table.take(low).examples), "random": list(table.take(rand).examples)}
         if any(e.response is None for group in samples.values() for e in group):
             path = output_dir / TO_LABEL_FILE
-            folder.write({TO_LABEL_FILE: _to_label_records(pool_examples, ranking, low, rand, task_name,
-                                                           confidence_metric)})
+            folder.write({TO_LABEL_FILE: _to_label_records(table, confidence_metric, low, rand, task_name)})
             console.print(
                 f"wrote the prompts to label for task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
@@ -526,17 +525,18 @@ def _task_examples(pool, task: str | None, path: Path):
     return [e for e in pool.examples if e.task == task], task
 
 
-def _to_label_records(examples, ranking, low, rand, task: str, metric: str) -> bytes:
-    """One JSON line per prompt to label, in the pool reader's prompt/response shape: the
-    low-confidence sample first, then the random one; ``sample`` says which (or ``both``)."""
+def _to_label_records(table, metric: str, low, rand, task: str) -> bytes:
+    """One JSON line per prompt to label (rows of the scored ``table``), in the pool reader's
+    prompt/response shape, with its ``metric`` score: the low-confidence sample first, then the
+    random one; ``sample`` says which (or ``both``)."""
     membership = {position: "low_confidence" for position in low}
     for position in rand:
         membership[position] = "both" if position in membership else "random"
     records = []
     for position, sample in membership.items():
-        example = examples[position]
+        example = table.examples[position]
         single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
-        value = float(ranking[position])
+        value = float(table.scores[metric].iloc[position])
         records.append({
             "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
             "response": example.response,

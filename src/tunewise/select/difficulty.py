@@ -94,7 +94,9 @@ class WindowCentreFit:
         return self.centre_.at(n)
 
 
-_DIFFICULTY_PARAM = choice("one of: " + ", ".join(map(repr, DIFFICULTY_COLUMNS)), DIFFICULTY_COLUMNS)
+_DIFFICULTY_PARAM = choice("one of: " + ", ".join(map(repr, DIFFICULTY_COLUMNS)), DIFFICULTY_COLUMNS,
+                           help="length (response tokens, paper C's chain-of-thought length; the default), "
+                                "cot_length or loss.")
 
 
 class DifficultyWindow(GroupRanker, Strategy):
@@ -115,9 +117,13 @@ class DifficultyWindow(GroupRanker, Strategy):
     name = "difficulty_window"
     parameters = {
         "difficulty": _DIFFICULTY_PARAM,
-        "c0": Param("a number in [0, 1]", real(0.0, 1.0)),
-        "beta": Param("a finite number", real()),
-        "n0": Param("a number > 0", real(0.0, low_open=True)),
+        "c0": Param("a number in [0, 1]", real(0.0, 1.0), flag=float,
+                    help="centre at n0 picks, in [0, 1] (default 0.35)."),
+        "beta": Param("a finite number", real(), flag=float,
+                      help="centre shift per decade of budget (default 0: fixed; set it from "
+                           "`tunewise calibrate-difficulty`)."),
+        "n0": Param("a number > 0", real(0.0, low_open=True), flag=float,
+                    help="the budget where the centre is c0."),
     }
 
     def __init__(self, difficulty: str = DEFAULT_DIFFICULTY, c0: float = 0.35, beta: float = 0.0,
@@ -191,7 +197,7 @@ class DifficultyBucket(GroupRanker, Strategy):
 
     name = "difficulty_bucket"
     parameters = {
-        "bucket": choice("one of: 'easy', 'medium', 'hard'", BUCKETS),
+        "bucket": choice("one of: 'easy', 'medium', 'hard'", BUCKETS, help="easy, medium or hard third of each task."),
         "difficulty": _DIFFICULTY_PARAM,
     }
 
