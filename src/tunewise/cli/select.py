@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import StrategyFlags, with_strategy_options
+from tunewise.cli.options import StrategyFlags, flag_name, with_config_options, with_strategy_options
+from tunewise.data.pool import Columns
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
@@ -19,6 +20,7 @@ from tunewise.select import available_strategies
 
 @command("select")
 @with_strategy_options(panel="Strategy parameters")
+@with_config_options(Columns, panel="Pool fields (of --pool, for --export)", name="columns")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
@@ -34,6 +36,7 @@ def select_command(
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     strategy_flags: StrategyFlags = None,
+    columns: Columns = None,
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
@@ -56,6 +59,11 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
+    if columns.used() and export is None:
+        flags = ", ".join(flag_name(name) for name in columns.used())
+        raise TunewiseError(f"{flags} map{'s' if len(columns.used()) == 1 else ''} the fields of the --pool that "
+                            "--export reads, and without --export no pool is read",
+                            fix="add --export FORMAT --pool POOL, or drop the field flags")
 
     export_target = None if export is None else export_path or default_export_path(output, export)
     outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
@@ -85,10 +93,10 @@ def select_command(
 
     extra_files = {}
     if export is not None:
-        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export)
+        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export, columns)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
-    )
+    ) | columns.provenance()  # field flags come only with --export (checked above)
     written = write_selection(output, scores, selection, meta, extra_files)
 
     for note in selection.notes:
@@ -147,13 +155,16 @@ def strategy_from_flags(strategy: str, flags: StrategyFlags):
     return build_strategy(STRATEGIES[strategy], own)
 
 
-def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
-    """The chosen examples, joined from the pool by id, in the requested training format."""
+def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str,
+                    columns: Columns | None = None) -> bytes:
+    """The chosen examples, joined from the pool (read with ``columns``) by id, in the requested
+    training format."""
     from tunewise.data.pool import read_pool
     from tunewise.data.export import export_examples
     from tunewise.data.table import ExampleTable
 
-    picked = ExampleTable.join(read_pool(pool_path, task_field), scores.iloc[selection.positions], what="selected")
+    picked = ExampleTable.join(read_pool(pool_path, task_field, columns=columns), scores.iloc[selection.positions],
+                               what="selected")
     return export_examples(picked.examples, export_format)
 
 

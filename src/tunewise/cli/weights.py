@@ -13,9 +13,9 @@ from rich.table import Table
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
-from tunewise.cli.options import check_output_path, parse_list
+from tunewise.cli.options import check_output_path, parse_list, with_config_options
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.data.pool import read_labelled_pool
+from tunewise.data.pool import Columns, read_labelled_pool
 from tunewise.select.weighted import FEATURES
 
 
@@ -103,6 +103,7 @@ def parse_orientation(text: str | None) -> dict[str, str]:
 
 
 @command("tune-weights")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 def tune_weights_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file of the pool (`tunewise score`)."),
     pool_path: Path = typer.Option(..., "--pool", help="The labelled pool the scores came from."),
@@ -144,6 +145,7 @@ def tune_weights_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    columns: Columns = None,
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.
 
@@ -187,8 +189,8 @@ def tune_weights_command(
     scores, provenance = read_scores(scores_path)
     orientations = parse_orientation(orientation)
     resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
-    table = ExampleTable.join(read_labelled_pool(pool_path, task_field, "pool"), scores)
-    dev = read_labelled_pool(dev_path, task_field, "dev")
+    table = ExampleTable.join(read_labelled_pool(pool_path, task_field, "pool", columns), scores)
+    dev = read_labelled_pool(dev_path, task_field, "dev", columns)
 
     import optuna
 
@@ -233,6 +235,7 @@ def tune_weights_command(
         "dev": str(dev_path),
         "run_dir": str(run_dir),
         "validation": validation,
+        **columns.provenance(),
     }
     from tunewise.io import write_json
 
