@@ -365,7 +365,7 @@ def learn_weights(table, model, config: PlanConfig, output: Path, task_field: st
     with progress("scoring the dev set", "examples") as update:
         dev_table = score(dev, model, ["embedding"], progress=update)
     anchors = embedding_stratified_anchors(embedding_matrix(dev_table.scores), seed=config.seed)
-    anchor_examples = [dev.examples[int(position)] for position in anchors.positions]
+    anchor_examples = list(dev_table.take(anchors.positions).examples)
     with progress("learning indicator weights", "trials") as update:
         tuned = tune_weights(matrix, table.examples, anchor_examples, anchors, ProxyModel(model),
                              output / "weights.run", trials=config.trials, seed=config.seed, progress=update)

@@ -20,11 +20,12 @@ from tunewise.select.weighted import FEATURES
 
 
 def score_dev(backend, dev, outputs: list[str]):
-    """The dev set's scores table (``loss`` and/or ``embedding``), with a progress bar."""
-    from tunewise.indicators.score import score_pool
+    """The dev set as an :class:`~tunewise.data.table.ExampleTable` with ``outputs`` (``loss``
+    and/or ``embedding``), scored with a progress bar."""
+    from tunewise.indicators.score import score
 
     with progress_bar("scoring the dev set") as update:
-        return score_pool(dev.examples, backend, outputs, progress=update)
+        return score(dev, backend, outputs, progress=update)
 
 
 @command("anchors")
@@ -56,8 +57,8 @@ def anchors_command(
     dev = read_labelled_pool(dev_path, task_field, "dev")
     backend = load_backend(model, device=device, dtype=dtype)
     table = score_dev(backend, dev, ["loss", "embedding"])
-    logliks = -table["loss"].to_numpy()
-    embeddings = embedding_matrix(table)
+    logliks = -table.scores["loss"].to_numpy()
+    embeddings = embedding_matrix(table.scores)
     anchors = embedding_stratified_anchors(embeddings, count, seed)
     report = tracking_report(logliks, embeddings, count, seeds=range(seed, seed + check_seeds))
     write_anchors(output, dev.examples, anchors, logliks)
@@ -210,8 +211,9 @@ def tune_weights_command(
         needed = source_columns([*names, *(["diversity"] if set_diversity else [])])  # diversity: the embedding
         table = complete(table, backend, needed, progress=update)
     matrix = indicator_features(table.scores, names, orientations, set_diversity=set_diversity)
-    chosen = embedding_stratified_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
-    anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
+    dev_table = score_dev(backend, dev, ["embedding"])
+    chosen = embedding_stratified_anchors(embedding_matrix(dev_table.scores), anchors, seed)
+    anchor_examples = list(dev_table.take(chosen.positions).examples)
     with progress_bar("tuning weights", unit="trials") as update:
         tuned = tune_weights(
             matrix, table.examples, anchor_examples, chosen, ProxyModel(backend, batch_tokens), run_dir,
