@@ -295,6 +295,7 @@ def test_every_strategy_parameter_with_a_flag_is_a_select_flag_with_its_help():
             if param.flag is not None and strategy.command_line:
                 assert "--" + name.replace("_", "-") in result.output
                 assert param.help in result.output
+    assert "earlier [question, answer] pairs" in result.output  # help is plain text, not Rich markup
 
 
 def test_a_new_strategy_gets_its_flags_without_command_line_code(monkeypatch):

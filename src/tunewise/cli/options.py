@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from tunewise.errors import TunewiseError, did_you_mean
 
@@ -137,6 +138,12 @@ def flag_name(parameter: str) -> str:
     return "--" + parameter.replace("_", "-")
 
 
+def _plain(text: str | None) -> str | None:
+    """Help declared in the library is plain text: its brackets (``[question, answer]``) are shown,
+    not read as Rich markup."""
+    return None if text is None else escape(text)
+
+
 def _switch(name: str) -> str:
     """``set_diversity`` → ``--set-diversity/--no-set-diversity``."""
     return f"{flag_name(name)}/--no-{name.replace('_', '-')}"
@@ -152,7 +159,7 @@ def _flag(field: dataclasses.Field, annotation, panel: str | None):
     elif _holds_tuple(annotation):
         annotation = Optional[str]
         default = None if default in (None, ...) else ",".join(default)
-    option = typer.Option(default, *declarations, help=field.metadata.get("help"), rich_help_panel=panel)
+    option = typer.Option(default, *declarations, help=_plain(field.metadata.get("help")), rich_help_panel=panel)
     return option, annotation
 
 
@@ -256,7 +263,7 @@ def with_strategy_options(name: str = "strategy_flags", panel: str | None = None
         declarations = [_switch(key) if kind is bool else flag_name(key)]
         if load is not None:
             loaders[key] = load
-        options[key] = (Optional[kind], typer.Option(None, *declarations, help=f"{', '.join(names)}: {help_text}",
+        options[key] = (Optional[kind], typer.Option(None, *declarations, help=_plain(f"{', '.join(names)}: {help_text}"),
                                                       rich_help_panel=panel))
     return _with_options(options, lambda values: StrategyFlags(values, loaders), name)
 
