@@ -21,7 +21,7 @@ from tunewise.training.sweep import SweepRun
 @command("calibrate-difficulty")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 @with_config_options(SweepRun, panel="Runs", name="run")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_config_options(Columns, panel="Pool fields (pool and test)", name="columns")
 def calibrate_difficulty_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),

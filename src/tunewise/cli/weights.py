@@ -104,7 +104,7 @@ def parse_orientation(text: str | None) -> dict[str, str]:
 
 
 @command("tune-weights")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_config_options(Columns, panel="Pool fields (pool and dev)", name="columns")
 def tune_weights_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file of the pool (`tunewise score`)."),
     pool_path: Path = typer.Option(..., "--pool", help="The labelled pool the scores came from."),
