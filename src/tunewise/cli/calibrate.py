@@ -53,9 +53,9 @@ def calibrate_difficulty_command(
     with progress_bar("sweep", unit="runs") as update:
         calibration = calibrate_difficulty(
             pool, test_set, parse_int_list(budgets, "budgets"), run.model, output, centres,
-            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, device=run.device, dtype=dtype,
+            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, provenance=columns.provenance(),
+            device=run.device, dtype=dtype,
             metric=run.metric, max_new_tokens=run.max_new_tokens, batch_tokens=run.batch_tokens, progress=update,
-            provenance=columns.provenance(),
         )
     if as_json:
         print_json(calibration)

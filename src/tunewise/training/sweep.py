@@ -263,12 +263,12 @@ def run_sweep(
         if progress is not None:
             progress(done, total, f"scoring the pool {scored}/{to_score}")
 
-    table = _selection_table(pool_examples, [chosen[s] for s, _, _ in pending], loaded, scoring_progress)
+    scores = _selection_scores(pool_examples, [chosen[s] for s, _, _ in pending], loaded, scoring_progress)
     for strategy, budget, seed in pending:
         if progress is not None:
             progress(done, total, f"{strategy} b={budget} s={seed}")
-        selection = chosen[strategy].select(table, budget, seed)
-        selected = list(table.take(selection.positions).examples)
+        selection = chosen[strategy].select(scores, budget, seed)
+        selected = [pool_examples[position] for position in selection.positions]
         validation = None
         if finetune_config.eval_steps is not None:
             chosen_positions = set(selection.positions)
@@ -381,23 +381,21 @@ def _claim_run_dir(run_dir: Path, settings: dict) -> None:
     write_json(config_path, settings)
 
 
-def _selection_table(pool_examples, strategies, loaded, progress):
-    """The pool as the table the strategies need: id and task, plus any indicator they read (scored
+def _selection_scores(pool_examples, strategies, loaded, progress):
+    """The scores table the strategies need: id and task, plus any indicator they read (scored
     once, through the content-addressed cache)."""
     import pandas as pd
 
-    from tunewise.data.table import ExampleTable
     from tunewise.indicators.registry import INDICATORS
 
     needed = {column for strategy in strategies for column in strategy.required_columns()} - {"id", "task"}
     indicators = [name for name, indicator in INDICATORS.items() if needed & set(indicator.columns)]
     if not indicators:
-        return ExampleTable(tuple(pool_examples), pd.DataFrame({"id": [e.id for e in pool_examples],
-                                                                "task": [e.task for e in pool_examples]}))
+        return pd.DataFrame({"id": [e.id for e in pool_examples], "task": [e.task for e in pool_examples]})
     from tunewise.model.hf import HFBackend
-    from tunewise.indicators.score import score
+    from tunewise.indicators.score import score_pool
 
-    return score(pool_examples, HFBackend(loaded), indicators, progress=progress)
+    return score_pool(pool_examples, HFBackend(loaded), indicators, progress=progress)
 
 
 def _run_record(strategy: str, budget: int, seed: int | None, results: dict, test_tertiles: Mapping[str, str]) -> dict:
