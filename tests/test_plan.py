@@ -214,7 +214,8 @@ def test_make_plan_matches_tunewise_select_for_the_same_strategy_and_seed():
 
 def test_the_plan_reports_how_far_the_task_weights_spread():
     table = generated_table({"a": 30, "b": 30, "c": 30})
-    table.scores["confidence"] = np.where(table.scores["task"] == "a", 0.5, 0.6)  # nearly equal: weights 0.375/0.3125/0.3125
+    # Nearly equal: weights 0.375/0.3125/0.3125.
+    table.scores["confidence"] = np.where(table.scores["task"] == "a", 0.5, 0.6)
     plan = make_plan(table, 12, seed=0)
     spread = plan.document["task_weight_spread"]
     assert spread["ratio"] == pytest.approx(1.2) and spread["min"] == pytest.approx(0.3125)

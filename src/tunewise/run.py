@@ -331,8 +331,9 @@ def _no_progress(stage: str, unit: str):
 
 def coslow_per_task(table, model, model_name: str, seed: int, progress: Progress) -> dict:
     """CoS-Low of every task of ``table`` (the scored pool) with enough labelled examples
-    (:func:`tunewise.pipeline.measure_coslow`), on the model that scored it: its adapter is attached in place and removed, never on a second copy
-    (the gradients run in the model's dtype, as the paper's bf16 runs do, and accumulate in fp32)."""
+    (:func:`tunewise.pipeline.measure_coslow`), on the model that scored it: its adapter is
+    attached in place and removed, never on a second copy (the gradients run in the model's dtype,
+    as the paper's bf16 runs do, and accumulate in fp32)."""
     from tunewise.pipeline import measure_coslow
 
     loaded = getattr(model, "loaded", None)
@@ -346,8 +347,8 @@ def coslow_per_task(table, model, model_name: str, seed: int, progress: Progress
 def learn_weights(table, model, config: PlanConfig, output: Path, task_field: str | None,
                   progress: Progress) -> dict:
     """``--dev``: learn indicator weights for ``table`` (the scored pool) on a labelled dev set
-    (DESIGN.md §4), as ``tunewise tune-weights`` does with its defaults; returns the weights.json document (the search itself
-    resumes from RUN_DIR/weights.run)."""
+    (DESIGN.md §4), as ``tunewise tune-weights`` does with its defaults; returns the weights.json
+    document (the search itself resumes from RUN_DIR/weights.run)."""
     import optuna
 
     from tunewise.data.pool import read_labelled_pool
@@ -374,9 +375,10 @@ def learn_weights(table, model, config: PlanConfig, output: Path, task_field: st
 
 def write_run_folder(output: Path, table, result, provenance: dict, weights_content: bytes | None, *,
                      export: str | None = None, label_format: str = "tunewise", run_config: dict | None = None) -> None:
-    """The run folder of ``result``, a plan of ``table`` (the scored pool): scores.parquet, plan.json, selection.jsonl (+ meta), the picks to label when they lack labels,
-    train.<export> and dataset_info.json with ``export``, the weights used, config.yaml with
-    ``run_config``, then report.html.
+    """The run folder of ``result``, a plan of ``table`` (the scored pool): scores.parquet,
+    plan.json, selection.jsonl (+ meta), the picks to label when they lack labels, train.<export>
+    and dataset_info.json with ``export``, the weights used, config.yaml with ``run_config``, then
+    report.html.
 
     Written through :class:`~tunewise.io.RunFolder`: only files tunewise wrote there are replaced,
     and an earlier to-label file is removed only while it still holds what tunewise wrote (a

@@ -263,8 +263,8 @@ def with_strategy_options(name: str = "strategy_flags", panel: str | None = None
         declarations = [_switch(key) if kind is bool else flag_name(key)]
         if load is not None:
             loaders[key] = load
-        options[key] = (Optional[kind], typer.Option(None, *declarations, help=_plain(f"{', '.join(names)}: {help_text}"),
-                                                      rich_help_panel=panel))
+        help_text = _plain(f"{', '.join(names)}: {help_text}")
+        options[key] = (Optional[kind], typer.Option(None, *declarations, help=help_text, rich_help_panel=panel))
     return _with_options(options, lambda values: StrategyFlags(values, loaders), name)
 
 
@@ -302,4 +302,6 @@ def check_sweep_output(output: Path, inputs: dict, names) -> None:
     refuse_overwriting_inputs({"-o": output, **{name: output / name for name in names}}, inputs)
 
 
-__all__ = ["StrategyFlags", "with_strategy_options", "DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "check_output_path", "check_sweep_output", "model_input", "parse_int_list", "parse_list", "with_config_options"]
+__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "StrategyFlags",
+           "check_output_path", "check_sweep_output", "model_input", "parse_int_list", "parse_list",
+           "with_config_options", "with_strategy_options"]
