@@ -20,7 +20,7 @@ from tunewise.select import available_strategies
 
 @command("select")
 @with_strategy_options(panel="Strategy parameters")
-@with_config_options(Columns, panel="Pool fields (of --pool, for --export)", name="columns")
+@with_config_options(Columns, panel="Pool fields (of --pool)", name="columns")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
@@ -30,7 +30,8 @@ def select_command(
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
-    pool: Optional[Path] = typer.Option(None, help="The scored pool, to --export the chosen examples."),
+    pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
+                                                   "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
@@ -40,7 +41,7 @@ def select_command(
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
-    from tunewise.data.export import EXPORT_FORMATS, default_export_path
+    from tunewise.data.export import EXPORT_FORMATS, default_export_path, export_examples
     from tunewise.io import check_output_file, refuse_overwriting_inputs
     from tunewise.select.manifest import meta_path, selection_meta, write_selection
 
@@ -59,11 +60,11 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
-    if columns.used() and export is None:
+    if columns.used() and pool is None:
         flags = ", ".join(flag_name(name) for name in columns.used())
-        raise TunewiseError(f"{flags} map{'s' if len(columns.used()) == 1 else ''} the fields of the --pool that "
-                            "--export reads, and without --export no pool is read",
-                            fix="add --export FORMAT --pool POOL, or drop the field flags")
+        raise TunewiseError(f"{flags} map{'s' if len(columns.used()) == 1 else ''} the fields of the --pool, "
+                            "and without --pool no pool is read",
+                            fix="add --pool POOL (the pool that was scored), or drop the field flags")
 
     export_target = None if export is None else export_path or default_export_path(output, export)
     outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
@@ -91,13 +92,15 @@ def select_command(
     selection = chosen.select(scores, budget, seed)
     selection.notes.extend(starved_task_notes(scores, selection))
 
-    extra_files = {}
+    extra_files, picks = {}, None
+    if pool is not None:
+        picks = picked_examples(scores, selection, pool, task_field, columns)
     if export is not None:
-        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export, columns)
+        extra_files[export_target] = export_examples(picks, export)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
-    ) | columns.provenance()  # field flags come only with --export (checked above)
-    written = write_selection(output, scores, selection, meta, extra_files)
+    ) | columns.provenance()  # field flags come only with --pool (checked above)
+    written = write_selection(output, scores, selection, meta, extra_files, picks=picks)
 
     for note in selection.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -155,17 +158,18 @@ def strategy_from_flags(strategy: str, flags: StrategyFlags):
     return build_strategy(STRATEGIES[strategy], own)
 
 
-def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str,
-                    columns: Columns | None = None) -> bytes:
-    """The chosen examples, joined from the pool (read with ``columns``) by id, in the requested
-    training format."""
+def picked_examples(scores, selection, pool_path: Path, task_field: str | None,
+                    columns: Columns | None = None) -> tuple:
+    """The chosen examples, in pick order, joined from the pool (read with ``columns``) by id: what
+    the export holds and where the manifest's user ids and fields come from.
+
+    Raises TunewiseError when a pick is not in the pool (not the pool that was scored).
+    """
     from tunewise.data.pool import read_pool
-    from tunewise.data.export import export_examples
     from tunewise.data.table import ExampleTable
 
-    picked = ExampleTable.join(read_pool(pool_path, task_field, columns=columns), scores.iloc[selection.positions],
-                               what="selected")
-    return export_examples(picked.examples, export_format)
+    return ExampleTable.join(read_pool(pool_path, task_field, columns=columns), scores.iloc[selection.positions],
+                             what="selected").examples
 
 
 def allocation_table(meta: dict) -> Table:
