@@ -162,3 +162,23 @@ def test_finetune_refuses_bad_training_settings(tmp_path, files, extra, message)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_sweep_reads_renamed_fields_and_records_the_mapping(tmp_path):
+    """Issue 16: the column flags of `sweep` are recorded, under "columns", in sweep_config.json and
+    sweep.json."""
+    def renamed(numbers):
+        return [{"ask": r["question"], "reply": r["answer"], "ref": f"mine-{n}", "task": r["task"]}
+                for n, r in zip(numbers, sums(numbers))]
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", renamed([1, 2, 51, 52]))
+    test = write_jsonl(tmp_path / "test.jsonl", renamed([7, 77]))
+    run_dir = tmp_path / "sweep"
+    flags = ["--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref"]
+    result = invoke("sweep", pool, "--test", test, "--budgets", "2", "--strategies", "random", "--seeds", "0",
+                    *TINY, "--task-field", "task", *flags, "--max-new-tokens", 1, "--max-steps", 1, "-o", run_dir)
+    assert result.exit_code == 0, result.output
+    mapping = {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
+    assert json.loads((run_dir / "sweep_config.json").read_text())["columns"] == mapping
+    summary = json.loads((run_dir / "sweep.json").read_text())
+    assert summary["columns"] == mapping and "test_columns" not in summary["settings"]
