@@ -533,26 +533,22 @@ def _task_examples(pool, task: str | None, path: Path):
 
 
 def _to_label_records(table, metric: str, low, rand, task: str) -> bytes:
-    """One JSON line per prompt to label (rows of the scored ``table``), in the pool reader's
-    prompt/response shape, with its ``metric`` score: the low-confidence sample first, then the
-    random one; ``sample`` says which (or ``both``)."""
+    """One JSON line per prompt to label (rows of the scored ``table``): the to-label record of
+    :func:`tunewise.data.label.to_label_records` (prompt, task, the pool's content id, the user's
+    own id and fields), the response where the pool had one, ``sample`` (the low-confidence sample
+    first, then the random one; ``both`` for a prompt in both) and its ``metric`` score."""
+    from tunewise.data.label import to_label_records
+
     membership = {position: "low_confidence" for position in low}
     for position in rand:
         membership[position] = "both" if position in membership else "random"
+    examples = [table.examples[position] for position in membership]
     records = []
-    for position, sample in membership.items():
-        example = table.examples[position]
-        single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
+    for record, example, (position, sample) in zip(to_label_records(examples), examples, membership.items()):
         value = float(table.scores[metric].iloc[position])
-        records.append({
-            "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
-            "response": example.response,
-            "task": task,
-            "pool_id": example.id,
-            "sample": sample,
-            # NaN (no answer could be scored) is not JSON: written as null.
-            metric: value if math.isfinite(value) else None,
-        })
+        records.append({**record, "response": example.response, "sample": sample,
+                        # NaN (no answer could be scored) is not JSON: written as null.
+                        metric: value if math.isfinite(value) else None})
     return encode_jsonl(records)
 
 
