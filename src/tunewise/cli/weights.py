@@ -29,6 +29,7 @@ def score_dev(backend, dev, outputs: list[str]):
 
 
 @command("anchors")
+@with_config_options(Columns, panel="Dev set fields", name="columns")
 def anchors_command(
     dev_path: Path = typer.Argument(..., metavar="DEV", help="Labelled dev file (any pool format)."),
     output: Path = typer.Option(..., "-o", "--output", help="Anchors file to write (JSONL)."),
@@ -40,6 +41,7 @@ def anchors_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    columns: Columns = None,
 ) -> None:
     """Choose m weighted anchors of a dev set by embedding-stratified sampling (one per k-means
     cluster of the embeddings, weighted by the cluster's size; not tinyBenchmarks' IRT anchors) and
@@ -54,7 +56,7 @@ def anchors_command(
     from tunewise.data.table import embedding_matrix
 
     check_output_path(output, {"the dev set": dev_path}, example="-o anchors.jsonl")
-    dev = read_labelled_pool(dev_path, task_field, "dev")
+    dev = read_labelled_pool(dev_path, task_field, "dev", columns)
     backend = load_backend(model, device=device, dtype=dtype)
     table = score_dev(backend, dev, ["loss", "embedding"])
     logliks = -table.scores["loss"].to_numpy()
@@ -64,7 +66,8 @@ def anchors_command(
     write_anchors(output, dev.examples, anchors, logliks)
 
     if as_json:
-        print_json({**report, "anchors": len(anchors), "dev": len(dev), "output": str(output)})
+        print_json({**report, "anchors": len(anchors), "dev": len(dev), "output": str(output),
+                    **columns.provenance()})
         return
     stdout.print(tracking_table(report))
     if count >= len(dev):

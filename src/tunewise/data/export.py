@@ -49,7 +49,7 @@ def export_records(examples: Iterable, export_format: str) -> list[dict]:
     shape = {"messages": lambda e: {"messages": _messages(e)},
              "prompt_completion": lambda e: {"prompt": _messages(e)[:-1], "completion": _messages(e)[-1:]},
              "alpaca": _alpaca}[export_format]
-    return [{**shape(example), **_identity(example)} for example in examples]
+    return [{**shape(example), **example_identity(example)} for example in examples]
 
 
 def export_examples(examples: Iterable, export_format: str) -> bytes:
@@ -77,8 +77,11 @@ def llamafactory_dataset_info(name: str, file_name: str, export_format: str) -> 
                         field="export", fix="export with --export messages or alpaca for LLaMA-Factory")
 
 
-def _identity(example) -> dict:
-    """The example's ids, task and the user's other fields (which never overwrite the training shape)."""
+def example_identity(example) -> dict:
+    """The example's ids, task and the user's other fields, as every per-example file tunewise
+    writes for people and other tools carries them: ``id`` (the user's own id, else the content
+    hash), ``tunewise_id`` (the content hash), ``task``, then the record's other fields (never one
+    named like a training-shape key or an id)."""
     reserved = {"messages", "prompt", "completion", "instruction", "input", "output", "system", "history",
                 "id", "tunewise_id", "task"}
     fields = {key: value for key, value in example.metadata.items() if key not in reserved}
