@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import tunewise.cli
 from tunewise.cli.app import app
-from tunewise.data.pool import read_pool
+from tunewise.data.pool import Columns, read_pool
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -182,3 +182,22 @@ def test_sweep_reads_renamed_fields_and_records_the_mapping(tmp_path):
     assert json.loads((run_dir / "sweep_config.json").read_text())["columns"] == mapping
     summary = json.loads((run_dir / "sweep.json").read_text())
     assert summary["columns"] == mapping and "test_columns" not in summary["settings"]
+
+
+def test_evaluate_samples_keep_the_users_ids_and_the_mapping_is_recorded(tmp_path):
+    """Issue 16: with --id-field each sample carries the user's own id beside the content id, and
+    the column flags are in the results' config."""
+    test = write_jsonl(tmp_path / "test.jsonl", [{"ask": f"What is {n} + {n}?", "reply": str(2 * n), "ref": f"t{n}"}
+                                                 for n in (3, 4, 5)])
+    predictions = write_jsonl(tmp_path / "predictions.jsonl", [{"line": line, "prediction": answer}
+                                                               for line, answer in ((1, "6"), (2, "9"), (3, "10"))])
+    output = tmp_path / "results.json"
+    result = invoke("evaluate", test, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--predictions", predictions, "-o", output)
+    assert result.exit_code == 0, result.output
+    results = json.loads(output.read_text())
+    assert results["config"]["columns"] == {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
+    by_user_id = {e.user_id: e.id for e in read_pool(test, columns=Columns(
+        prompt_field="ask", response_field="reply", id_field="ref")).examples}
+    assert [(s["user_id"], s["id"], s["correct"]) for s in results["samples"]] == [
+        ("t3", by_user_id["t3"], True), ("t4", by_user_id["t4"], False), ("t5", by_user_id["t5"], True)]

@@ -289,7 +289,7 @@ def score_predictions(examples: Sequence, predictions: Sequence[str], metrics: d
     for position, (example, prediction) in enumerate(zip(examples, predictions)):
         task_metric = metrics[example.task]
         samples.append({
-            "id": example.id,
+            **_sample_ids(example),
             "task": example.task,
             "prompt": [dict(turn) for turn in example.prompt],
             "target": example.response,
@@ -301,6 +301,12 @@ def score_predictions(examples: Sequence, predictions: Sequence[str], metrics: d
         })
     return _results_document(samples, metrics, "correct",
                              lambda values: binomial_stderr(sum(values) / len(values), len(values)), config)
+
+
+def _sample_ids(example) -> dict:
+    """A sample's ids: ``id``, the content hash, and ``user_id``, the test set's own id
+    (``--id-field``) when it has one, so that samples join back to the user's data."""
+    return {"id": example.id, **({"user_id": example.user_id} if example.user_id is not None else {})}
 
 
 def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
@@ -435,7 +441,7 @@ def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, pr
     started = time.perf_counter()
     values = response_log_likelihoods(model, tokenizer, examples, batch_tokens, progress, truncate)
     samples = [
-        {"id": example.id, "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
+        {**_sample_ids(example), "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
          "target": example.response, LOG_LIKELIHOOD: value}
         for example, value in zip(examples, values)
     ]
@@ -540,7 +546,7 @@ def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) 
         best = max(range(len(options)), key=lambda i: (values[i], -i))
         best_norm = max(range(len(options)), key=lambda i: (values[i] / len(options[i]), -i))
         samples.append({
-            "id": example.id, "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
+            **_sample_ids(example), "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
             "target": example.response, "choices": list(options), "log_likelihoods": values,
             "prediction": options[best], "correct": best == gold,
             "prediction_norm": options[best_norm], "correct_norm": best_norm == gold,
