@@ -75,7 +75,10 @@ def test_finetune_on_a_selection_trains_on_the_picks_only(tmp_path, files):
     result = invoke("finetune", pool, *TINY, "--task-field", "task", "--selection", selection, "--epochs", 1,
                     "-o", adapter)
     assert result.exit_code == 0, result.output
-    assert json.loads((adapter / "tunewise_adapter.json").read_text())["training"]["examples"] == 3
+    info = json.loads((adapter / "tunewise_adapter.json").read_text())
+    assert info["training"]["examples"] == 3
+    assert (info["pool"], info["selection"], info["task_field"]) == (str(pool), str(selection), "task")
+    assert "columns" not in info
 
     write_jsonl(selection, [{"position": 0, "id": "not-in-the-pool", "task": "low", "scores": {}, "reason": "x"}])
     missing = invoke("finetune", pool, *TINY, "--task-field", "task", "--selection", selection, "-o", adapter)
@@ -201,3 +204,15 @@ def test_evaluate_samples_keep_the_users_ids_and_the_mapping_is_recorded(tmp_pat
         prompt_field="ask", response_field="reply", id_field="ref")).examples}
     assert [(s["user_id"], s["id"], s["correct"]) for s in results["samples"]] == [
         ("t3", by_user_id["t3"], True), ("t4", by_user_id["t4"], False), ("t5", by_user_id["t5"], True)]
+
+
+def test_finetune_records_the_pool_and_its_column_mapping_with_the_adapter(tmp_path):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"ask": f"What is {n} + {n}?", "reply": str(2 * n), "ref": f"p{n}"}
+                                                 for n in (1, 2, 3)])
+    adapter = tmp_path / "adapter"
+    result = invoke("finetune", pool, *TINY, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--max-steps", 1, "-o", adapter)
+    assert result.exit_code == 0, result.output
+    info = json.loads((adapter / "tunewise_adapter.json").read_text())
+    assert info["columns"] == {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
+    assert info["pool"] == str(pool) and info["selection"] is None
