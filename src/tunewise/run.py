@@ -394,6 +394,8 @@ def write_run_folder(output: Path, table, result, provenance: dict, weights_cont
     meta = selection_meta(table, result.selection, result.strategy, seed=result.document["seed"],
                           budget=result.document["budget"], scores_provenance=provenance,
                           scores_path=str(output / SCORES_FILE))
+    if "columns" in provenance:  # where `tunewise select --pool` records the field flags too
+        meta["columns"] = provenance["columns"]
     files = {
         SCORES_FILE: encode_scores(table.scores, provenance),
         PLAN_FILE: encode_json(result.document),
