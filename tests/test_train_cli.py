@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import tunewise.cli
 from tunewise.cli.app import app
 from tunewise.data.pool import Columns, read_pool
+from tunewise.training.sweep import run_file_name
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -185,6 +186,9 @@ def test_sweep_reads_renamed_fields_and_records_the_mapping(tmp_path):
     assert json.loads((run_dir / "sweep_config.json").read_text())["columns"] == mapping
     summary = json.loads((run_dir / "sweep.json").read_text())
     assert summary["columns"] == mapping and "test_columns" not in summary["settings"]
+    record = json.loads((run_dir / "runs" / run_file_name("random", 2, 0)).read_text())
+    by_id = {e.id: e.user_id for e in read_pool(pool, "task", columns=Columns(**mapping)).examples}
+    assert record["selected_user_ids"] == [by_id[i] for i in record["selected_ids"]]
 
 
 def test_evaluate_samples_keep_the_users_ids_and_the_mapping_is_recorded(tmp_path):

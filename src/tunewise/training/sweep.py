@@ -278,7 +278,7 @@ def run_sweep(
                       dtype=dtype, sft_overrides=sft_overrides) as trained:
             results = evaluate_model(trained.model)
         record = _run_record(strategy, budget, seed, results, test_tertiles)
-        record["selected_ids"] = [example.id for example in selected]
+        record.update(_selected_ids(selected))
         record["selection_notes"] = selection.notes
         record["selection_details"] = selection.details
         if strategy in strategy_parameters:
@@ -338,6 +338,15 @@ def _columns_provenance(pool, test) -> dict:
     differs = hasattr(test, "columns") and test_columns != pool_columns
     return {**({"columns": pool_columns} if pool_columns else {}),
             **({"test_columns": test_columns} if differs else {})}
+
+
+def _selected_ids(selected) -> dict:
+    """A run's picks: ``selected_ids`` (content hashes) and, when the pool has its own ids
+    (``--id-field``), ``selected_user_ids`` in the same order."""
+    ids = {"selected_ids": [example.id for example in selected]}
+    if any(example.user_id is not None for example in selected):
+        ids["selected_user_ids"] = [example.user_id for example in selected]
+    return ids
 
 
 def _ids_digest(examples) -> str:
