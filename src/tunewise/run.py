@@ -54,8 +54,8 @@ class PlanConfig:
     weights: Optional[Path] = field(default=None, metadata={
         "help": "Indicator weights (weights.json of `tunewise tune-weights`) to order examples within each task."})
     dev: Optional[Path] = field(default=None, metadata={
-        "help": "Labelled dev file: learn indicator weights on it with the in-context proxy (paper D) and order "
-                "examples within each task by them."})
+        "help": "Labelled dev file (read with the pool's field flags): learn indicator weights on it with the "
+                "in-context proxy (paper D) and order examples within each task by them."})
     trials: int = field(default=30, metadata={"help": "With --dev: trials of the weight search."})
     target: float = field(default=0.9, metadata={
         "help": "Normalised target for 'labels needed': fraction of the way from zero-shot to ceiling."})
@@ -300,7 +300,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
 
     within, weights_content = config.within, None
     if config.dev is not None:
-        learned = learn_weights(table, model, config, output, task_field, progress)
+        learned = learn_weights(table, model, config, output, task_field, progress, columns=pool.columns)
         within = WeightedIndicators(weights=learned["weights"], orientation=learned["orientation"])
         weights_content = encode_json(learned)
     elif config.weights is not None:
@@ -345,13 +345,15 @@ def coslow_per_task(table, model, model_name: str, seed: int, progress: Progress
 
 
 def learn_weights(table, model, config: PlanConfig, output: Path, task_field: str | None,
-                  progress: Progress) -> dict:
+                  progress: Progress, columns: dict | None = None) -> dict:
     """``--dev``: learn indicator weights for ``table`` (the scored pool) on a labelled dev set
     (DESIGN.md §4), as ``tunewise tune-weights`` does with its defaults; returns the weights.json
-    document (the search itself resumes from RUN_DIR/weights.run)."""
+    document (the search itself resumes from RUN_DIR/weights.run). The dev set is read with
+    ``task_field`` and ``columns`` (the pool's field mapping, :meth:`~tunewise.data.pool.Columns.used`),
+    as ``tune-weights`` reads it."""
     import optuna
 
-    from tunewise.data.pool import read_labelled_pool
+    from tunewise.data.pool import Columns, read_labelled_pool
     from tunewise.data.table import embedding_matrix
     from tunewise.indicators.score import score
     from tunewise.select.weighted import FEATURES, indicator_features
@@ -359,7 +361,7 @@ def learn_weights(table, model, config: PlanConfig, output: Path, task_field: st
     from tunewise.weights.proxy import ProxyModel
     from tunewise.weights.search import tune_weights
 
-    dev = read_labelled_pool(config.dev, task_field, "dev")
+    dev = read_labelled_pool(config.dev, task_field, "dev", Columns(**(columns or {})))
     matrix = indicator_features(table.scores, FEATURES)
     # Optuna's per-trial log lines would break a progress display.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -370,7 +372,7 @@ def learn_weights(table, model, config: PlanConfig, output: Path, task_field: st
     with progress("learning indicator weights", "trials") as update:
         tuned = tune_weights(matrix, table.examples, anchor_examples, anchors, ProxyModel(model),
                              output / "weights.run", trials=config.trials, seed=config.seed, progress=update)
-    return {**tuned.document(), "dev": str(config.dev)}
+    return {**tuned.document(), "dev": str(config.dev), **({"columns": dict(columns)} if columns else {})}
 
 
 def write_run_folder(output: Path, table, result, provenance: dict, weights_content: bytes | None, *,
