@@ -394,9 +394,31 @@ def test_select_with_the_pool_writes_the_users_ids_and_fields_as_plan_does(tmp_p
                     "--pool", pool_path, *flags, "-o", manifest_only)
     assert result.exit_code == 0, result.output
     assert manifest_only.read_text() == planned
+    as_scored = tmp_path / "as_scored.jsonl"  # no field flags: --pool is read as the scores record it was
+    result = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
+                    "--pool", pool_path, "--task-field", "task", "-o", as_scored)
+    assert result.exit_code == 0, result.output
+    assert as_scored.read_text() == planned
+    assert "scored with: --prompt-field ask --response-field reply --id-field ref" in " ".join(result.stderr.split())
+    other_tasks = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
+                         "--pool", pool_path, "-o", tmp_path / "other_tasks.jsonl")
+    assert other_tasks.exit_code == 2 and "another task in the pool than in the scores" in other_tasks.stderr
+    assert not (tmp_path / "other_tasks.jsonl").exists()
     without_pool = tmp_path / "without_pool.jsonl"
     result = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
                     "-o", without_pool)
     assert result.exit_code == 0, result.output
     assert [{k: v for k, v in row.items() if k not in ("user_id", "fields")} for row in rows] == [
         json.loads(line) for line in without_pool.read_text().splitlines()]
+
+
+def test_select_refuses_unreadable_field_flags_in_the_scores_provenance(tmp_path, pool_and_scores):
+    pool_path, pool, _ = pool_and_scores
+    scores_path = tmp_path / "edited.parquet"
+    frame = write_generated_scores(tmp_path / "plain.parquet", ids=[e.id for e in pool.examples],
+                                   tasks=[e.task for e in pool.examples])
+    write_scores(frame, scores_path, {**PROVENANCE, "columns": {"prompt_feld": "ask"}})
+    result = invoke(scores_path, "--budget", 2, "--strategy", "random", "--pool", pool_path, "--task-field", "task",
+                    "-o", tmp_path / "selection.jsonl")
+    assert result.exit_code == 2 and "unreadable field flags" in result.stderr
+    assert not (tmp_path / "selection.jsonl").exists()

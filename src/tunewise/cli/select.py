@@ -20,7 +20,7 @@ from tunewise.select import available_strategies
 
 @command("select")
 @with_strategy_options(panel="Strategy parameters")
-@with_config_options(Columns, panel="Pool fields (of --pool)", name="columns")
+@with_config_options(Columns, panel="Pool fields (of --pool; default: those it was scored with)", name="columns")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
@@ -94,6 +94,8 @@ def select_command(
 
     extra_files, picks = {}, None
     if pool is not None:
+        if not columns.used():
+            columns = scored_columns(provenance, scores_path)
         picks = picked_examples(scores, selection, pool, task_field, columns)
     if export is not None:
         extra_files[export_target] = export_examples(picks, export)
@@ -158,18 +160,45 @@ def strategy_from_flags(strategy: str, flags: StrategyFlags):
     return build_strategy(STRATEGIES[strategy], own)
 
 
+def scored_columns(provenance: dict, scores_path: Path) -> Columns:
+    """The field flags the scores were made with (their provenance's ``columns``), to read --pool
+    the same way when no field flag is given; refused when the provenance names no such flags."""
+    import dataclasses
+
+    recorded = provenance.get("columns") or {}
+    known = {field.name for field in dataclasses.fields(Columns)}
+    if not isinstance(recorded, dict) or set(recorded) - known or not all(isinstance(v, str) for v in recorded.values()):
+        raise TunewiseError(f"the scores' provenance holds unreadable field flags ({recorded!r})", file=scores_path,
+                            field="columns", fix="pass the field flags (--prompt-field …) the pool was scored with")
+    columns = Columns(**recorded)
+    if recorded:
+        flags = " ".join(f"{flag_name(name)} {value}" for name, value in columns.used().items())
+        console.print(f"[yellow]note:[/] reading --pool with the field flags it was scored with: {escape(flags)}",
+                      highlight=False)
+    return columns
+
+
 def picked_examples(scores, selection, pool_path: Path, task_field: str | None,
                     columns: Columns | None = None) -> tuple:
     """The chosen examples, in pick order, joined from the pool (read with ``columns``) by id: what
     the export holds and where the manifest's user ids and fields come from.
 
-    Raises TunewiseError when a pick is not in the pool (not the pool that was scored).
+    Raises TunewiseError when a pick is not in the pool (not the pool that was scored), or is
+    there under another task (the pool read with another --task-field than when scoring).
     """
     from tunewise.data.pool import read_pool
     from tunewise.data.table import ExampleTable
 
-    return ExampleTable.join(read_pool(pool_path, task_field, columns=columns), scores.iloc[selection.positions],
-                             what="selected").examples
+    rows = scores.iloc[selection.positions]
+    picks = ExampleTable.join(read_pool(pool_path, task_field, columns=columns), rows, what="selected").examples
+    tasks = rows["task"].astype(str).tolist()
+    differ = [(pick, task) for pick, task in zip(picks, tasks) if pick.task != task]
+    if differ:
+        pick, task = differ[0]
+        raise TunewiseError(f"{len(differ)} selected examples have another task in the pool than in the scores "
+                            f"(e.g. {pick.id}: '{pick.task}' in the pool, '{task}' in the scores)", file=pool_path,
+                            field="task-field", fix="pass the --task-field the pool was scored with")
+    return picks
 
 
 def allocation_table(meta: dict) -> Table:
