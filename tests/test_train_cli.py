@@ -209,6 +209,18 @@ def test_evaluate_samples_keep_the_users_ids_and_the_mapping_is_recorded(tmp_pat
     assert [(s["user_id"], s["id"], s["correct"]) for s in results["samples"]] == [
         ("t3", by_user_id["t3"], True), ("t4", by_user_id["t4"], False), ("t5", by_user_id["t5"], True)]
 
+    # Predictions may be keyed by the user's own ids (as the exports write "id"); a shared one is refused.
+    write_jsonl(predictions, [{"id": f"t{n}", "prediction": str(2 * n)} for n in (5, 3, 4)])
+    result = invoke("evaluate", test, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--predictions", predictions, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert [s["correct"] for s in json.loads(output.read_text())["samples"]] == [True, True, True]
+    write_jsonl(test, [{"ask": f"What is {n} + {n}?", "reply": str(2 * n), "ref": "same"} for n in (3, 4)])
+    write_jsonl(predictions, [{"id": "same", "prediction": "6"}, {"id": "same", "prediction": "8"}])
+    result = invoke("evaluate", test, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--predictions", predictions, "-o", tmp_path / "shared.json")
+    assert result.exit_code == 2 and "is the own id of 2 test items" in result.stderr
+
 
 def test_finetune_records_the_pool_and_its_column_mapping_with_the_adapter(tmp_path):
     pool = write_jsonl(tmp_path / "pool.jsonl", [{"ask": f"What is {n} + {n}?", "reply": str(2 * n), "ref": f"p{n}"}

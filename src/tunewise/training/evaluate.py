@@ -313,16 +313,21 @@ def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
     """The answers a predictions file gives the test ``examples``, in the examples' order.
 
     The file is JSONL, one object per test item: ``{"id": ID, "prediction": TEXT}`` (the
-    example's content-hash id, as ``tunewise`` writes it in every output) or ``{"line": N,
-    "prediction": TEXT}`` (the 1-based line or record number of the item in the test file).
-    Refused with the line named: a line that is not a JSON object, a missing or non-text
-    ``prediction``, an id or line that is no test item, a second answer for one item, and a test
-    item without an answer.
+    example's content-hash id, or the test set's own id when it was read with ``--id-field``,
+    as tunewise writes them in its outputs) or ``{"line": N, "prediction": TEXT}`` (the 1-based
+    line or record number of the item in the test file). Refused with the line named: a line
+    that is not a JSON object, a missing or non-text ``prediction``, an id or line that is no
+    test item, an own id that several test items share, a second answer for one item, and a
+    test item without an answer.
     """
     path = Path(path)
     if not path.is_file():
         raise TunewiseError("no such predictions file", file=str(path), fix="check the --predictions path")
     by_id = {example.id: position for position, example in enumerate(examples)}
+    by_user_id: dict[str, list[int]] = {}
+    for position, example in enumerate(examples):
+        if example.user_id is not None:
+            by_user_id.setdefault(example.user_id, []).append(position)
     by_line = {example.location[1]: position for position, example in enumerate(examples) if example.location}
     answers: dict[int, tuple[str, int]] = {}
     with path.open(encoding="utf-8") as handle:
@@ -338,8 +343,13 @@ def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
                 raise TunewiseError("the record has no text 'prediction'", file=str(path), line=line_number,
                                     field="prediction", fix='write {"id": ..., "prediction": "..."} per line')
             if "id" in record:
-                position = by_id.get(str(record["id"]))
                 key = f"id {record['id']}"
+                shared = by_user_id.get(str(record["id"]), [])
+                if str(record["id"]) not in by_id and len(shared) > 1:
+                    raise TunewiseError(f"{key} is the own id of {len(shared)} test items", file=str(path),
+                                        line=line_number, field="id",
+                                        fix="key these predictions by the content id or by 'line'")
+                position = by_id.get(str(record["id"]), shared[0] if shared else None)
             elif isinstance(record.get("line"), int) and not isinstance(record.get("line"), bool):
                 position = by_line.get(record["line"])
                 key = f"line {record['line']}"
