@@ -388,6 +388,7 @@ def test_select_with_the_pool_writes_the_users_ids_and_fields_as_plan_does(tmp_p
         (row["user_id"], row["id"], row["fields"]["source"], row["fields"]["grade"]) for row in rows]
     assert json.loads((tmp_path / "selection.meta.json").read_text())["columns"] == columns.used()
     assert json.loads((tmp_path / "run" / "selection.meta.json").read_text())["columns"] == columns.used()
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["provenance"]["columns"] == columns.used()
 
     manifest_only = tmp_path / "manifest_only.jsonl"  # --pool alone: the ids and fields, no export
     result = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,

@@ -84,9 +84,42 @@ def example_identity(example) -> dict:
     named like a training-shape key or an id)."""
     reserved = {"messages", "prompt", "completion", "instruction", "input", "output", "system", "history",
                 "id", "tunewise_id", "task"}
-    fields = {key: value for key, value in example.metadata.items() if key not in reserved}
     return {"id": example.user_id if example.user_id is not None else example.id, "tunewise_id": example.id,
-            "task": example.task, **fields}
+            "task": example.task, **user_fields(example, reserved)}
+
+
+def user_fields(example, reserved: Iterable[str] = ()) -> dict:
+    """The record's other fields (its ``metadata``, less ``reserved`` names) as JSON can carry
+    them, for every output that keeps them: dates and times as ISO 8601 text, decimals as text
+    (exact), NumPy values as plain numbers and lists, bytes as UTF-8 text (base64 when they are
+    not), NaN and infinity as null (missing, as pandas writes them); any other object as its text."""
+    reserved = set(reserved)
+    return {key: _json_value(value) for key, value in example.metadata.items() if key not in reserved}
+
+
+def _json_value(value):
+    import base64
+    import datetime
+    import math
+
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, (datetime.date, datetime.time)):  # a datetime is a date
+        return value.isoformat()
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays
+        return _json_value(value.tolist())
+    return str(value)  # Decimal (exact as text) and anything else
 
 
 def _messages(example) -> list[dict]:

@@ -29,6 +29,7 @@ import pandas as pd
 from tunewise import __version__
 from tunewise.errors import TunewiseError
 from tunewise.io import encode_json, encode_jsonl, write_files
+from tunewise.data.export import user_fields
 from tunewise.data.table import SCALAR_INDICATORS, ExampleTable, scores_of
 from tunewise.select import Selection, Strategy
 
@@ -68,7 +69,7 @@ def selection_records(table: ExampleTable | pd.DataFrame, selection: Selection,
             "task": str(tasks[k]),
             "scores": {name: _json_float(values[name][k]) for name in indicators},
             "reason": selection.reasons[k],
-            **({"fields": dict(picks[k].metadata)} if picks is not None and picks[k].metadata else {}),
+            **({"fields": user_fields(picks[k])} if picks is not None and picks[k].metadata else {}),
         }
         for k in range(len(positions))
     ]
