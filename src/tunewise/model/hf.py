@@ -21,6 +21,7 @@ Speed comes from doing less work rather than from a faster kernel:
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Sequence
 
 import numpy as np
@@ -66,6 +67,10 @@ class HFBackend:
         template = (self.tokenizer.chat_template or "").encode()
         self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
         self._decoder = self.model.get_decoder()
+        # transformers 5 renames the decoder's ``past_key_values`` argument to ``cache`` (the old
+        # name is deprecated); 4.x knows only the old one.
+        self._cache_argument = ("cache" if "cache" in inspect.signature(self._decoder.forward).parameters
+                                else "past_key_values")
         self._head = self.model.get_output_embeddings()
         self._pad_id = pad_token_id(self.tokenizer)
         stops = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
@@ -77,6 +82,10 @@ class HFBackend:
         self._start_id = self.tokenizer.bos_token_id
         if self._start_id is None:
             self._start_id = self.tokenizer.eos_token_id
+
+    def _cache(self, cache) -> dict:
+        """The keyword argument that hands ``cache`` to the decoder."""
+        return {self._cache_argument: cache}
 
     @classmethod
     def from_model(cls, model, tokenizer, **options) -> "HFBackend":
@@ -168,7 +177,7 @@ class HFBackend:
                 input_ids=response_ids,
                 attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
                 position_ids=positions,
-                past_key_values=cache,
+                **self._cache(cache),
                 use_cache=True,
             )
             cache.crop(-response_ids.shape[1])
@@ -221,7 +230,7 @@ class HFBackend:
                 alive = [alive[row] for row in keep]
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
             out = self._decoder(input_ids=chosen.unsqueeze(1), attention_mask=attention_mask,
-                                position_ids=next_positions.unsqueeze(1), past_key_values=cache, use_cache=True)
+                                position_ids=next_positions.unsqueeze(1), **self._cache(cache), use_cache=True)
             next_positions = next_positions + 1
             hidden = out.last_hidden_state[:, -1, :]
         return ([np.asarray(t, dtype=np.int64) for t in tokens],
@@ -314,7 +323,7 @@ class HFBackend:
             input_ids=ids,
             attention_mask=torch.cat([prefix_mask, mask], dim=1),
             position_ids=positions,
-            past_key_values=self._expanded_cache(prefix_cache, rows),
+            **self._cache(self._expanded_cache(prefix_cache, rows)),
             use_cache=True,
         ).last_hidden_state
 
@@ -376,7 +385,7 @@ class HFBackend:
                     attention = torch.cat([prefix_mask, mask], dim=1)
                     cache = self._expanded_cache(prefix_cache, len(batch))
                 prefill = self._decoder(input_ids=ids, attention_mask=attention, position_ids=positions,
-                                        past_key_values=cache, use_cache=True)
+                                        **self._cache(cache), use_cache=True)
                 tokens, probabilities = self._decode_greedily(
                     prefill.last_hidden_state[:, -1, :], prefill.past_key_values, attention, positions[:, -1] + 1,
                     [limits[i] for i in batch])
