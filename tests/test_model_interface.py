@@ -56,7 +56,7 @@ def test_the_scan_finds_the_forward_passes_it_forbids():
         "hidden = self._decoder(ids)\n"
         "text = loaded.model.generate(ids, max_new_tokens=4)\n"
     )
-    assert [line.split(":")[0] for line in direct_model_calls(offending)] == ["1", "2", "3", "3", "4", "5"]
+    assert sorted(int(line.split(":")[0]) for line in direct_model_calls(offending)) == [1, 2, 3, 3, 4, 5]
     allowed = ("answers = self.backend.generate(prompts, 8)\n"
                "cut = replace(encoded, input_ids=encoded.input_ids[-9:])\n"
                "values = backend.loglikelihood(requests, share='context')\n")
