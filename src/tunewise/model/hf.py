@@ -67,8 +67,8 @@ class HFBackend:
         template = (self.tokenizer.chat_template or "").encode()
         self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
         self._decoder = self.model.get_decoder()
-        # transformers 5 renames the decoder's ``past_key_values`` argument to ``cache`` (the old
-        # name is deprecated); 4.x knows only the old one.
+        # transformers 5 renames the decoder's ``past_key_values`` argument and output to ``cache``
+        # (the old names are deprecated); 4.x knows only the old ones.
         self._cache_argument = ("cache" if "cache" in inspect.signature(self._decoder.forward).parameters
                                 else "past_key_values")
         self._head = self.model.get_output_embeddings()
@@ -86,6 +86,10 @@ class HFBackend:
     def _cache(self, cache) -> dict:
         """The keyword argument that hands ``cache`` to the decoder."""
         return {self._cache_argument: cache}
+
+    def _cache_of(self, output):
+        """The KV cache a decoder pass returned."""
+        return getattr(output, self._cache_argument)
 
     @classmethod
     def from_model(cls, model, tokenizer, **options) -> "HFBackend":
@@ -162,7 +166,7 @@ class HFBackend:
         prefill = self._decoder(
             input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_positions, use_cache=True
         )
-        cache = prefill.past_key_values
+        cache = self._cache_of(prefill)
         prompt_hidden = prefill.last_hidden_state
         last_prompt_hidden = prompt_hidden[:, -1, :]
         embedding_sum = (prompt_hidden.float() * prompt_mask.unsqueeze(-1)).sum(dim=1)
@@ -298,7 +302,7 @@ class HFBackend:
         import torch
 
         ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
-        return self._decoder(input_ids=ids, use_cache=True).past_key_values
+        return self._cache_of(self._decoder(input_ids=ids, use_cache=True))
 
     def _expanded_cache(self, prefix_cache, rows: int):
         """A fresh cache holding the prefix once per row (the prefix itself stays untouched)."""
@@ -387,7 +391,7 @@ class HFBackend:
                 prefill = self._decoder(input_ids=ids, attention_mask=attention, position_ids=positions,
                                         **self._cache(cache), use_cache=True)
                 tokens, probabilities = self._decode_greedily(
-                    prefill.last_hidden_state[:, -1, :], prefill.past_key_values, attention, positions[:, -1] + 1,
+                    prefill.last_hidden_state[:, -1, :], self._cache_of(prefill), attention, positions[:, -1] + 1,
                     [limits[i] for i in batch])
                 for row, index in enumerate(batch):
                     results[index] = self._generation(tokens[row], probabilities[row])
