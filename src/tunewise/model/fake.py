@@ -16,7 +16,9 @@ def _unit_interval(*parts: object) -> float:
 
 
 class FakeBackend:
-    """Characters are tokens; loss, confidence and embeddings are stable functions of the text."""
+    """Characters are tokens; losses, log-likelihoods, confidences, generations, embeddings and
+    gradients are stable functions of the text, in the shapes :class:`~tunewise.model.hf.HFBackend`
+    gives (tests/test_model_interface.py holds the two to that)."""
 
     def __init__(self, fingerprint: str = "fake-v1", embedding_dim: int = 8, max_new_tokens: int = 8) -> None:
         self.fingerprint = fingerprint
