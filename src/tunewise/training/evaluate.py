@@ -40,10 +40,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Collection, Sequence
 
-from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.model.chat import (IGNORE_INDEX, encode_example, encode_prompts, encode_responses,
-                                  pad_token_id, stop_token_ids)
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts, encode_responses
 from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import LoadedModel
 from tunewise.training.metrics import LOG_LIKELIHOOD, detect_metric, extract_answer, extract_gold, is_correct
@@ -69,64 +67,18 @@ def generate_greedy(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of tokenised prompts, each cut at eos and at its own token limit.
+    """Greedy continuations of tokenised prompts, each cut at a stop token (left out) and at its
+    own token limit, in input order.
 
-    Prompts are sorted longest first (prompt plus limit) and packed into left-padded batches of
-    about ``batch_tokens`` (rows x longest prompt plus limit); results come back in input order.
-    Generation stops per row: a row that has produced a stop token or reached its own limit leaves
-    the batch (and its KV cache) at once, so no step is spent on finished answers. Cutting every row
-    at its own limit makes the output independent of how rows were batched.
+    The model interface's :meth:`~tunewise.model.base.Backend.generate_tokens` (``model`` is any
+    form :func:`tunewise.model.as_backend` takes): batches of about ``batch_tokens`` (rows x
+    longest prompt plus limit), per-row stopping, so the output does not depend on the batching.
     """
-    import torch
+    from tunewise.model import as_backend
 
-    device = next(model.parameters()).device
-    stops = torch.tensor(sorted(stop_token_ids(tokenizer, getattr(model, "generation_config", None))), device=device)
-    pad = pad_token_id(tokenizer)
-    batches = plan_batches([len(prompt) + limit for prompt, limit in zip(prompts, max_new_tokens)], batch_tokens)
-
-    continuations: list[list[int]] = [[] for _ in prompts]
-    done = 0
-    with torch.inference_mode():
-        for batch in batches:
-            width = max(len(prompts[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                length = len(prompts[index])
-                input_ids[row, width - length:] = torch.tensor(prompts[index])
-                attention_mask[row, width - length:] = 1
-            attention_mask = attention_mask.to(device)
-            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-            output = model(input_ids=input_ids.to(device), attention_mask=attention_mask, position_ids=positions,
-                           use_cache=True, logits_to_keep=1)
-            cache, next_positions = output.past_key_values, positions[:, -1] + 1
-            alive = list(batch)  # example positions still answering, in cache row order
-            while True:
-                tokens = output.logits[:, -1, :].argmax(dim=-1)
-                stopped = torch.isin(tokens, stops).tolist()
-                keep = []
-                for row, (index, token) in enumerate(zip(alive, tokens.tolist())):
-                    if stopped[row]:
-                        continue
-                    continuations[index].append(token)
-                    if len(continuations[index]) < max_new_tokens[index]:
-                        keep.append(row)
-                if not keep:
-                    break
-                if len(keep) < len(alive):
-                    selected = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(selected)
-                    attention_mask, next_positions, tokens = (
-                        attention_mask[selected], next_positions[selected], tokens[selected])
-                    alive = [alive[row] for row in keep]
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
-                output = model(input_ids=tokens.unsqueeze(1), attention_mask=attention_mask,
-                               position_ids=next_positions.unsqueeze(1), past_key_values=cache, use_cache=True)
-                next_positions = next_positions + 1
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(prompts))
-    return continuations
+    generations = as_backend(model, tokenizer).generate_tokens(prompts, list(max_new_tokens),
+                                                               max_batch_tokens=batch_tokens, progress=progress)
+    return [generation.answer_ids for generation in generations]
 
 
 def response_log_likelihoods(
@@ -140,12 +92,13 @@ def response_log_likelihoods(
     """Per example, the mean log-probability per token of its response plus the end-of-turn token given its prompt.
 
     The tokens are the ones fine-tuning trains on (:func:`tunewise.model.chat.encode_example`),
-    run without padding waste (:func:`tunewise.model.packed.sequence_logprobs`, batches of about
-    ``batch_tokens``); only the response positions are projected onto the vocabulary. Results come
-    back in input order and do not depend on the batching. A sequence longer than the model's
-    context is refused with its file and line, or with ``truncate`` loses the beginning of its prompt.
+    scored by the model interface's :meth:`~tunewise.model.base.Backend.loglikelihood`, each
+    sequence on its own (batches of about ``batch_tokens``, no padding waste); only the response
+    positions are projected onto the vocabulary. Results come back in input order and do not depend
+    on the batching. A sequence longer than the model's context is refused with its file and line,
+    or with ``truncate`` loses the beginning of its prompt.
     """
-    from tunewise.model.packed import sequence_logprobs
+    from tunewise.model import as_backend
 
     encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH, source=example)
                for example in examples]
@@ -158,8 +111,8 @@ def response_log_likelihoods(
         encoded[position] = replace(cut, input_ids=cut.input_ids[-context:], labels=cut.labels[-context:],
                                     truncated=True)
     starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in encoded]
-    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, pad_token_id(tokenizer),
-                                 batch_tokens, progress=progress)
+    requests = [(e.input_ids[:start], e.input_ids[start:]) for e, start in zip(encoded, starts)]
+    logprobs = as_backend(model, tokenizer).loglikelihood(requests, max_batch_tokens=batch_tokens, progress=progress)
     return [float(values.mean(dtype="float64")) for values in logprobs]
 
 
@@ -184,8 +137,10 @@ def evaluate(
     Parameters
     ----------
     model:
-        A :class:`~tunewise.model.load.LoadedModel` (then ``tokenizer`` may be None), or a causal LM
-        in eval mode such as the fine-tuned ``FinetuneResult.model``.
+        A :class:`~tunewise.model.hf.HFBackend` or :class:`~tunewise.model.load.LoadedModel` (then
+        ``tokenizer`` may be None), or a causal LM in eval mode such as the fine-tuned
+        ``FinetuneResult.model``; every forward pass goes through the model interface
+        (:func:`tunewise.model.as_backend`).
     examples:
         Labelled :class:`~tunewise.data.pool.Example` s; their ``response`` is the gold answer and
         their prompt is rendered with the chat template exactly as in fine-tuning.
@@ -207,9 +162,8 @@ def evaluate(
 
     Returns the lm-evaluation-harness style results dict described in the module docstring.
     """
-    if isinstance(model, LoadedModel):
+    if isinstance(model, LoadedModel) or hasattr(model, "generate_tokens"):
         tokenizer = tokenizer or model.tokenizer
-        model = model.model
     check_metric(metric)
     if not examples:
         raise TunewiseError("there are no examples to evaluate", fix="pass a non-empty test set")
@@ -529,10 +483,10 @@ def choice_log_likelihoods(
     The prompt is rendered with the chat template as in fine-tuning and a choice is tokenised on
     its own, as a response is: the assistant turn's header stands where lm-evaluation-harness puts
     its target delimiter, and no end-of-sequence token follows (lm-eval's ``loglikelihood``). Each
-    prompt runs once with all its choices beside it
-    (:func:`tunewise.model.packed.shared_prefix_logprobs`).
+    prompt runs once with all its choices beside it (the model interface's
+    :meth:`~tunewise.model.base.Backend.loglikelihood` with ``share="context"``).
     """
-    from tunewise.model.packed import shared_prefix_logprobs
+    from tunewise.model import as_backend
 
     texts = sorted({c for options in choices for c in options})
     tokenised = dict(zip(texts, encode_responses(tokenizer, texts)))
@@ -540,9 +494,10 @@ def choice_log_likelihoods(
     if empty:
         raise TunewiseError(f"the choice {empty[0]!r} has no tokens", field="choices", fix="drop empty choices")
     prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
-    items = [(prompt, [tokenised[c] for c in options]) for prompt, options in zip(prompts, choices)]
-    logprobs = shared_prefix_logprobs(model, items, pad_token_id(tokenizer), batch_tokens, progress)
-    return [[float(values.sum(dtype="float64")) for values in per_choice] for per_choice in logprobs]
+    requests = [(prompt, tokenised[c]) for prompt, options in zip(prompts, choices) for c in options]
+    logprobs = iter(as_backend(model, tokenizer).loglikelihood(requests, share="context",
+                                                               max_batch_tokens=batch_tokens, progress=progress))
+    return [[float(next(logprobs).sum(dtype="float64")) for _ in options] for options in choices]
 
 
 def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) -> dict:
