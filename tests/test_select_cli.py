@@ -352,7 +352,7 @@ def test_export_reads_a_renamed_field_pool_with_the_column_flags_and_records_the
     without_export = invoke(scores_path, "--budget", 4, "--strategy", "random", "--prompt-field", "ask",
                             "-o", tmp_path / "other.jsonl")
     assert without_export.exit_code == 2
-    assert "--prompt-field maps the fields of the --pool" in " ".join(without_export.output.split())
+    assert "--prompt-field says how to read the --pool" in " ".join(without_export.output.split())
 
 
 def test_select_with_the_pool_writes_the_users_ids_and_fields_as_plan_does(tmp_path):
@@ -423,3 +423,23 @@ def test_select_refuses_unreadable_field_flags_in_the_scores_provenance(tmp_path
                     "-o", tmp_path / "selection.jsonl")
     assert result.exit_code == 2 and "unreadable field flags" in result.stderr
     assert not (tmp_path / "selection.jsonl").exists()
+
+
+def test_select_reads_the_pool_with_kept_duplicates_as_it_was_scored(tmp_path):
+    from tunewise.data.pool import Columns
+
+    pool_path = tmp_path / "pool.jsonl"
+    records = [{"prompt": f"Say {i % 3}.", "response": str(i % 3), "ref": f"r{i}"} for i in range(4)]  # r3 repeats r0
+    pool_path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    pool = read_pool(pool_path, columns=Columns(id_field="ref"), keep_duplicates=True)
+    scores_path = tmp_path / "scores.parquet"
+    write_generated_scores(scores_path, ids=[e.id for e in pool.examples], tasks=[e.task for e in pool.examples])
+    common = [scores_path, "--budget", 4, "--strategy", "random", "--pool", pool_path, "--id-field", "ref"]
+    merged = invoke(*common, "-o", tmp_path / "merged.jsonl")
+    assert merged.exit_code == 2 and "selected ids are not in the pool" in merged.stderr
+    kept = invoke(*common, "--keep-duplicates", "-o", tmp_path / "kept.jsonl")
+    assert kept.exit_code == 0, kept.output
+    rows = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert sorted(row["user_id"] for row in rows) == ["r0", "r1", "r2", "r3"]
+    alone = invoke(scores_path, "--budget", 4, "--strategy", "random", "--split", "train", "-o", tmp_path / "x.jsonl")
+    assert alone.exit_code == 2 and "--split says how to read the --pool" in " ".join(alone.stderr.split())

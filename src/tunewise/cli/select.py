@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import StrategyFlags, flag_name, with_config_options, with_strategy_options
+from tunewise.cli.options import (DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, SPLIT_HELP, StrategyFlags, flag_name,
+                                   with_config_options, with_strategy_options)
 from tunewise.data.pool import Columns
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
@@ -33,6 +34,9 @@ def select_command(
     pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
                                                    "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
+    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP + " (Of --pool, as when scoring.)"),
+    split: Optional[str] = typer.Option(None, help=SPLIT_HELP + " (Of --pool, as when scoring.)"),
+    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP + " (Of --pool, as when scoring.)"),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -60,11 +64,15 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
-    if columns.used() and pool is None:
-        flags = ", ".join(flag_name(name) for name in columns.used())
-        raise TunewiseError(f"{flags} map{'s' if len(columns.used()) == 1 else ''} the fields of the --pool, "
+    pool_flags = {**columns.used(), **{name: value for name, value in (("keep_duplicates", keep_duplicates or None),
+                                                                      ("split", split),
+                                                                      ("dataset_config", dataset_config))
+                                       if value is not None}}
+    if pool_flags and pool is None:
+        flags = ", ".join(flag_name(name) for name in pool_flags)
+        raise TunewiseError(f"{flags} {'says' if len(pool_flags) == 1 else 'say'} how to read the --pool, "
                             "and without --pool no pool is read",
-                            fix="add --pool POOL (the pool that was scored), or drop the field flags")
+                            fix="add --pool POOL (the pool that was scored), or drop the flags")
 
     export_target = None if export is None else export_path or default_export_path(output, export)
     outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
@@ -96,7 +104,8 @@ def select_command(
     if pool is not None:
         if not columns.used():
             columns = scored_columns(provenance, scores_path)
-        picks = picked_examples(scores, selection, pool, task_field, columns)
+        picks = picked_examples(scores, selection, pool, task_field, columns, keep_duplicates=keep_duplicates,
+                                split=split, dataset_config=dataset_config)
     if export is not None:
         extra_files[export_target] = export_examples(picks, export)
     meta = selection_meta(
@@ -178,10 +187,11 @@ def scored_columns(provenance: dict, scores_path: Path) -> Columns:
     return columns
 
 
-def picked_examples(scores, selection, pool_path: Path, task_field: str | None,
-                    columns: Columns | None = None) -> tuple:
-    """The chosen examples, in pick order, joined from the pool (read with ``columns``) by id: what
-    the export holds and where the manifest's user ids and fields come from.
+def picked_examples(scores, selection, pool_path: Path, task_field: str | None, columns: Columns | None = None,
+                    **read_options) -> tuple:
+    """The chosen examples, in pick order, joined from the pool (read with ``columns`` and
+    ``read_options`` of :func:`~tunewise.data.pool.read_pool`) by id: what the export holds and
+    where the manifest's user ids and fields come from.
 
     Raises TunewiseError when a pick is not in the pool (not the pool that was scored), or is
     there under another task (the pool read with another --task-field than when scoring).
@@ -190,7 +200,8 @@ def picked_examples(scores, selection, pool_path: Path, task_field: str | None,
     from tunewise.data.table import ExampleTable
 
     rows = scores.iloc[selection.positions]
-    picks = ExampleTable.join(read_pool(pool_path, task_field, columns=columns), rows, what="selected").examples
+    picks = ExampleTable.join(read_pool(pool_path, task_field, columns=columns, **read_options), rows,
+                              what="selected").examples
     tasks = rows["task"].astype(str).tolist()
     differ = [(pick, task) for pick, task in zip(picks, tasks) if pick.task != task]
     if differ:
