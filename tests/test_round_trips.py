@@ -150,3 +150,13 @@ def test_user_fields_of_any_parquet_type_are_written_as_json(tmp_path):
     odd = Example("x", "t", ({"role": "user", "content": "q"},), "a",
                   {"n": float("nan"), "v": np.float32(0.5), "m": np.arange(2), "d": datetime.date(2021, 5, 6)})
     assert user_fields(odd) == {"n": None, "v": 0.5, "m": [0, 1], "d": "2021-05-06"}
+
+
+def test_a_records_own_id_field_is_the_exports_id_without_the_id_flag(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"id": f"row-{i}", "prompt": f"q{i}", "response": f"a{i}"}) + "\n"
+                            for i in range(3)) + json.dumps({"id": " ", "prompt": "q3", "response": "a3"}) + "\n")
+    pool = read_pool(path)
+    records = [json.loads(line) for line in export_examples(pool.examples, "messages").decode().splitlines()]
+    assert [r["id"] for r in records] == ["row-0", "row-1", "row-2", pool.examples[3].id]
+    assert [r["tunewise_id"] for r in records] == [e.id for e in pool.examples]

@@ -7,9 +7,9 @@
 - ``alpaca``: a JSON list of ``{"instruction", "input", "output"}`` (LLaMA-Factory's Alpaca, with
   ``system`` and ``history`` when the conversation has them).
 
-Every record keeps the example's id (``id``: the user's own id when the pool had one, else the
-content hash; ``tunewise_id``: the content hash), its task and the record's other fields, so an
-export can be joined back to the user's data. :func:`llamafactory_dataset_info` gives the entry
+Every record keeps the example's id (``id``: the user's own id when the pool had one, by
+``--id-field`` or an ``id`` field, else the content hash; ``tunewise_id``: the content hash), its
+task and the record's other fields, so an export can be joined back to the user's data. :func:`llamafactory_dataset_info` gives the entry
 LLaMA-Factory's ``dataset_info.json`` needs to read a file.
 """
 
@@ -79,13 +79,17 @@ def llamafactory_dataset_info(name: str, file_name: str, export_format: str) -> 
 
 def example_identity(example) -> dict:
     """The example's ids, task and the user's other fields, as every per-example file tunewise
-    writes for people and other tools carries them: ``id`` (the user's own id, else the content
-    hash), ``tunewise_id`` (the content hash), ``task``, then the record's other fields (never one
-    named like a training-shape key or an id)."""
+    writes for people and other tools carries them: ``id`` (the user's own id: the ``--id-field``,
+    else the record's own ``id`` field, else the content hash), ``tunewise_id`` (the content hash),
+    ``task``, then the record's other fields (never one named like a training-shape key)."""
     reserved = {"messages", "prompt", "completion", "instruction", "input", "output", "system", "history",
                 "id", "tunewise_id", "task"}
-    return {"id": example.user_id if example.user_id is not None else example.id, "tunewise_id": example.id,
-            "task": example.task, **user_fields(example, reserved)}
+    own = example.user_id
+    if own is None:  # a record's own "id" field is the user's id without --id-field too
+        own = _json_value(example.metadata.get("id"))
+        own = None if isinstance(own, str) and not own.strip() else own
+    return {"id": example.id if own is None else own, "tunewise_id": example.id, "task": example.task,
+            **user_fields(example, reserved)}
 
 
 def user_fields(example, reserved: Iterable[str] = ()) -> dict:
