@@ -37,7 +37,8 @@ def select_command(
     keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP + " (Of --pool, as when scoring.)"),
     split: Optional[str] = typer.Option(None, help=SPLIT_HELP + " (Of --pool, as when scoring.)"),
     dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP + " (Of --pool, as when scoring.)"),
-    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
+    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages, prompt_completion "
+                                                     "or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     strategy_flags: StrategyFlags = None,
@@ -64,10 +65,8 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
-    pool_flags = {**columns.used(), **{name: value for name, value in (("keep_duplicates", keep_duplicates or None),
-                                                                      ("split", split),
-                                                                      ("dataset_config", dataset_config))
-                                       if value is not None}}
+    read_flags = {"keep_duplicates": keep_duplicates or None, "split": split, "dataset_config": dataset_config}
+    pool_flags = [*columns.used(), *(name for name, value in read_flags.items() if value is not None)]
     if pool_flags and pool is None:
         flags = ", ".join(flag_name(name) for name in pool_flags)
         raise TunewiseError(f"{flags} {'says' if len(pool_flags) == 1 else 'say'} how to read the --pool, "
