@@ -36,13 +36,12 @@ import json
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Collection, Sequence
 
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts, encode_responses
-from tunewise.model.lengths import check_fits, context_length
+from tunewise.model.lengths import context_length, fit_prompts, fit_sequences
 from tunewise.model.load import LoadedModel
 from tunewise.training.metrics import LOG_LIKELIHOOD, detect_metric, extract_answer, extract_gold, is_correct
 from tunewise.training.metrics import METRICS as ANSWER_AND_LIKELIHOOD_METRICS
@@ -102,14 +101,7 @@ def response_log_likelihoods(
 
     encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH, source=example)
                for example in examples]
-    context = context_length(model, tokenizer)
-    for position in check_fits([len(e.input_ids) for e in encoded], context, examples,
-                               what="prompt + gold answer", limit_name=f"the model's {context}-token context",
-                               truncate=truncate):
-        # The prompt loses its beginning, as lm-evaluation-harness cuts a long context.
-        cut = encoded[position]
-        encoded[position] = replace(cut, input_ids=cut.input_ids[-context:], labels=cut.labels[-context:],
-                                    truncated=True)
+    fit_sequences(encoded, context_length(model, tokenizer), examples, truncate)
     starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in encoded]
     requests = [(e.input_ids[:start], e.input_ids[start:]) for e, start in zip(encoded, starts)]
     logprobs = as_backend(model, tokenizer).loglikelihood(requests, max_batch_tokens=batch_tokens, progress=progress)
@@ -328,27 +320,6 @@ def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
                             f"{listing(missing)}", file=location[0], line=location[1],
                             fix="give every test item one prediction (by 'id' or 'line')")
     return [answers[position][0] for position in range(len(examples))]
-
-
-def fit_prompts(prompts: list[list[int]], answer_room: Sequence[int], examples: Sequence, context: int | None,
-                truncate: bool) -> set[int]:
-    """Check every prompt plus its answer room against the model's ``context``.
-
-    Refuses a prompt that does not fit (file and line named), or with ``truncate`` cuts its
-    beginning in place, as lm-evaluation-harness cuts a long context from the left. Returns the
-    positions cut.
-    """
-    over = check_fits([len(p) + room for p, room in zip(prompts, answer_room)], context, examples,
-                      what="prompt + answer room of --max-new-tokens", truncate=truncate,
-                      limit_name=f"the model's {context}-token context")
-    for position in over:
-        keep = context - answer_room[position]
-        if keep < 1:
-            raise TunewiseError(f"the answer room alone ({answer_room[position]} tokens) fills the model's "
-                                f"{context}-token context", field="max_new_tokens",
-                                fix="pass a smaller --max-new-tokens")
-        prompts[position] = prompts[position][-keep:]
-    return set(over)
 
 
 def _results_document(samples: list[dict], metrics: dict[str, str], value_key: str,
@@ -573,7 +544,6 @@ __all__ = [
     "mean_stderr",
     "response_log_likelihoods",
     "answer_metrics",
-    "fit_prompts",
     "read_predictions",
     "score_predictions",
     "task_scores",
