@@ -11,9 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import (DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, SPLIT_HELP, StrategyFlags, flag_name,
-                                   with_config_options, with_strategy_options)
-from tunewise.data.pool import Columns
+from tunewise.cli.options import StrategyFlags, flag_name, with_pool_options, with_strategy_options
+from tunewise.data.pool import PoolReading
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
@@ -21,7 +20,7 @@ from tunewise.select import available_strategies
 
 @command("select")
 @with_strategy_options(panel="Strategy parameters")
-@with_config_options(Columns, panel="Pool fields (of --pool; default: those it was scored with)", name="columns")
+@with_pool_options(panel="Pool reading (of --pool; default: as it was scored)")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
@@ -34,15 +33,12 @@ def select_command(
     pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
                                                    "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
-    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP + " (Of --pool, as when scoring.)"),
-    split: Optional[str] = typer.Option(None, help=SPLIT_HELP + " (Of --pool, as when scoring.)"),
-    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP + " (Of --pool, as when scoring.)"),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages, prompt_completion "
                                                      "or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     strategy_flags: StrategyFlags = None,
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
@@ -65,8 +61,7 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
-    read_flags = {"keep_duplicates": keep_duplicates or None, "split": split, "dataset_config": dataset_config}
-    pool_flags = [*columns.used(), *(name for name, value in read_flags.items() if value is not None)]
+    pool_flags = list(reading.used())
     if pool_flags and pool is None:
         flags = ", ".join(flag_name(name) for name in pool_flags)
         raise TunewiseError(f"{flags} {'says' if len(pool_flags) == 1 else 'say'} how to read the --pool, "
@@ -101,15 +96,14 @@ def select_command(
 
     extra_files, picks = {}, None
     if pool is not None:
-        if not columns.used():
-            columns = scored_columns(provenance, scores_path)
-        picks = picked_examples(scores, selection, pool, task_field, columns, keep_duplicates=keep_duplicates,
-                                split=split, dataset_config=dataset_config)
+        if not pool_flags:
+            reading = scored_reading(provenance, scores_path)
+        picks = picked_examples(scores, selection, pool, task_field, reading)
     if export is not None:
         extra_files[export_target] = export_examples(picks, export)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
-    ) | columns.provenance()  # field flags come only with --pool (checked above)
+    ) | reading.provenance()  # pool-reading flags come only with --pool (checked above)
     written = write_selection(output, scores, selection, meta, extra_files, picks=picks)
 
     for note in selection.notes:
@@ -168,38 +162,34 @@ def strategy_from_flags(strategy: str, flags: StrategyFlags):
     return build_strategy(STRATEGIES[strategy], own)
 
 
-def scored_columns(provenance: dict, scores_path: Path) -> Columns:
-    """The field flags the scores were made with (their provenance's ``columns``), to read --pool
-    the same way when no field flag is given; refused when the provenance names no such flags."""
-    import dataclasses
-
-    recorded = provenance.get("columns") or {}
-    known = {field.name for field in dataclasses.fields(Columns)}
-    if not isinstance(recorded, dict) or set(recorded) - known or not all(isinstance(v, str) for v in recorded.values()):
-        raise TunewiseError(f"the scores' provenance holds unreadable field flags ({recorded!r})", file=scores_path,
-                            field="columns", fix="pass the field flags (--prompt-field …) the pool was scored with")
-    columns = Columns(**recorded)
-    if recorded:
-        flags = " ".join(f"{flag_name(name)} {value}" for name, value in columns.used().items())
-        console.print(f"[yellow]note:[/] reading --pool with the field flags it was scored with: {escape(flags)}",
-                      highlight=False)
-    return columns
+def scored_reading(provenance: dict, scores_path: Path) -> PoolReading:
+    """How the scored pool was read (the scores' provenance: ``columns``, ``split`` …), to read
+    --pool the same way when no pool-reading flag is given; refused when the provenance is unreadable."""
+    try:
+        reading = PoolReading.from_provenance(provenance)
+    except (TypeError, ValueError) as error:
+        raise TunewiseError(f"the scores' provenance holds unreadable pool-reading flags ({error})", file=scores_path,
+                            field="columns", fix="pass the flags (--prompt-field …, --split …) the pool was "
+                                                 "scored with") from None
+    if reading.used():
+        flags = " ".join(flag_name(name) + ("" if value is True else f" {value}")
+                         for name, value in reading.used().items())
+        console.print(f"[yellow]note:[/] reading --pool as it was scored: {escape(flags)}", highlight=False)
+    return reading
 
 
-def picked_examples(scores, selection, pool_path: Path, task_field: str | None, columns: Columns | None = None,
-                    **read_options) -> tuple:
-    """The chosen examples, in pick order, joined from the pool (read with ``columns`` and
-    ``read_options`` of :func:`~tunewise.data.pool.read_pool`) by id: what the export holds and
-    where the manifest's user ids and fields come from.
+def picked_examples(scores, selection, pool_path: Path, task_field: str | None,
+                    reading: PoolReading | None = None) -> tuple:
+    """The chosen examples, in pick order, joined from the pool (read as ``reading`` says) by id:
+    what the export holds and where the manifest's user ids and fields come from.
 
     Raises TunewiseError when a pick is not in the pool (not the pool that was scored), or is
     there under another task (the pool read with another --task-field than when scoring).
     """
-    from tunewise.data.pool import read_pool
     from tunewise.data.table import ExampleTable
 
     rows = scores.iloc[selection.positions]
-    picks = ExampleTable.join(read_pool(pool_path, task_field, columns=columns, **read_options), rows,
+    picks = ExampleTable.join((reading or PoolReading()).read(pool_path, task_field), rows,
                               what="selected").examples
     tasks = rows["task"].astype(str).tolist()
     differ = [(pick, task) for pick, task in zip(picks, tasks) if pick.task != task]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from tunewise import __version__
+from tunewise.data.pool import READING_PROVENANCE_KEYS
 from tunewise.errors import TunewiseError
 from tunewise.io import atomic_path, check_output_folder, write_json
 from tunewise.training.evaluate import DEFAULT_BATCH_TOKENS, evaluate, task_scores
@@ -331,13 +332,13 @@ def _check_examples(pool_examples, test_examples) -> None:
 
 
 def _columns_provenance(pool, test) -> dict:
-    """``{"columns": …}``: the field mapping the pool was read with (a :class:`~tunewise.data.pool.Pool`'s
-    ``columns``), and the test set's under ``test_columns`` when it was read with another; ``{}``
-    when neither used one (lists of examples have none)."""
-    pool_columns, test_columns = dict(getattr(pool, "columns", None) or {}), dict(getattr(test, "columns", None) or {})
-    differs = hasattr(test, "columns") and test_columns != pool_columns
-    return {**({"columns": pool_columns} if pool_columns else {}),
-            **({"test_columns": test_columns} if differs else {})}
+    """How the pool was read (a :class:`~tunewise.data.pool.Pool`'s ``provenance()``: ``columns``,
+    ``split``, ``dataset_config``, ``keep_duplicates``), and the test set's under ``test_reading``
+    when it was read another way; ``{}`` when neither says (lists of examples say nothing)."""
+    pool_reading = pool.provenance() if hasattr(pool, "provenance") else {}
+    test_reading = test.provenance() if hasattr(test, "provenance") else {}
+    differs = hasattr(test, "provenance") and test_reading != pool_reading
+    return {**pool_reading, **({"test_reading": test_reading} if differs else {})}
 
 
 def _selected_ids(selected) -> dict:
@@ -570,7 +571,7 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
     summary = {
         "tunewise_version": __version__,
         "settings": settings,
-        **({"columns": settings["columns"]} if settings and "columns" in settings else {}),
+        **{key: settings[key] for key in READING_PROVENANCE_KEYS if settings and key in settings},
         "budgets": budgets,
         "seeds": sorted({record["seed"] for record in records}),
         "baseline": BASELINE if BASELINE in per_seed else None,
