@@ -185,7 +185,7 @@ def test_sweep_reads_renamed_fields_and_records_the_mapping(tmp_path):
     mapping = {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
     assert json.loads((run_dir / "sweep_config.json").read_text())["columns"] == mapping
     summary = json.loads((run_dir / "sweep.json").read_text())
-    assert summary["columns"] == mapping and "test_columns" not in summary["settings"]
+    assert summary["columns"] == mapping and "test_reading" not in summary["settings"]
     record = json.loads((run_dir / "runs" / run_file_name("random", 2, 0)).read_text())
     by_id = {e.id: e.user_id for e in read_pool(pool, "task", columns=Columns(**mapping)).examples}
     assert record["selected_user_ids"] == [by_id[i] for i in record["selected_ids"]]
