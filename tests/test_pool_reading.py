@@ -189,7 +189,7 @@ def test_score_then_select_read_the_split_and_record_it(saved, tmp_path):
     # select --pool reads the pool as it was scored (its split from the scores' provenance) and exports the picks.
     result = invoke(*command_line("select", saved, tmp_path), "--export", "messages")
     assert result.exit_code == 0, result.output
-    assert "reading --pool as it was scored: --split train" in result.output
+    assert "it was scored with: --split train" in result.output
     meta = json.loads((tmp_path / "selection.meta.json").read_text())
     assert meta["split"] == "train"
     assert len((tmp_path / "selection.messages.jsonl").read_text().splitlines()) == 2

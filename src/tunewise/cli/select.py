@@ -96,8 +96,7 @@ def select_command(
 
     extra_files, picks = {}, None
     if pool is not None:
-        if not pool_flags:
-            reading = scored_reading(provenance, scores_path)
+        reading = scored_reading(reading, provenance, scores_path)
         picks = picked_examples(scores, selection, pool, task_field, reading)
     if export is not None:
         extra_files[export_target] = export_examples(picks, export)
@@ -162,19 +161,25 @@ def strategy_from_flags(strategy: str, flags: StrategyFlags):
     return build_strategy(STRATEGIES[strategy], own)
 
 
-def scored_reading(provenance: dict, scores_path: Path) -> PoolReading:
-    """How the scored pool was read (the scores' provenance: ``columns``, ``split`` …), to read
-    --pool the same way when no pool-reading flag is given; refused when the provenance is unreadable."""
+def scored_reading(given: PoolReading, provenance: dict, scores_path: Path) -> PoolReading:
+    """How to read --pool: the pool-reading flags ``given``, and for each one not given, what the
+    scores' provenance records (the field flags as a whole, ``split``, ``dataset_config``,
+    ``keep_duplicates``), so that the pool is read as it was scored; refused when the provenance
+    is unreadable."""
     try:
-        reading = PoolReading.from_provenance(provenance)
+        recorded = PoolReading.from_provenance(provenance)
     except (TypeError, ValueError) as error:
-        raise TunewiseError(f"the scores' provenance holds unreadable pool-reading flags ({error})", file=scores_path,
+        raise TunewiseError(f"the scores' provenance holds unreadable field flags ({error})", file=scores_path,
                             field="columns", fix="pass the flags (--prompt-field …, --split …) the pool was "
                                                  "scored with") from None
-    if reading.used():
-        flags = " ".join(flag_name(name) + ("" if value is True else f" {value}")
-                         for name, value in reading.used().items())
-        console.print(f"[yellow]note:[/] reading --pool as it was scored: {escape(flags)}", highlight=False)
+    reading = PoolReading(given.columns if given.columns.used() else recorded.columns,
+                          given.split or recorded.split, given.dataset_config or recorded.dataset_config,
+                          given.keep_duplicates or recorded.keep_duplicates)
+    taken = {name: value for name, value in reading.used().items() if name not in given.used()}
+    if taken:
+        flags = " ".join(flag_name(name) + ("" if value is True else f" {value}") for name, value in taken.items())
+        console.print(f"[yellow]note:[/] reading --pool with the flags it was scored with: {escape(flags)}",
+                      highlight=False)
     return reading
 
 
