@@ -109,6 +109,11 @@ def test_the_streaming_reader_refuses_a_repeated_user_id_too(tmp_path):
     with pytest.raises(TunewiseError, match="'same' is the id of line 1 too") as raised:
         list(iter_pool_batches(path, columns=Columns(id_field="ref"), batch_size=1))
     assert raised.value.line == 2
+    # Across the files of a glob as well.
+    write_jsonl(tmp_path / "part-1.jsonl", [{**sums([1])[0], "ref": "a"}])
+    write_jsonl(tmp_path / "part-2.jsonl", [{**sums([2])[0], "ref": "a"}])
+    with pytest.raises(TunewiseError, match="line 1 of .*part-1.jsonl"):
+        list(iter_pool_batches(str(tmp_path / "part-*.jsonl"), columns=Columns(id_field="ref")))
 
 
 # --- the command line: one declaration, every command ---------------------------------------------

@@ -54,8 +54,9 @@ class PlanConfig:
     weights: Optional[Path] = field(default=None, metadata={
         "help": "Indicator weights (weights.json of `tunewise tune-weights`) to order examples within each task."})
     dev: Optional[Path] = field(default=None, metadata={
-        "help": "Labelled dev file (read with the pool's field flags): learn indicator weights on it with the "
-                "in-context proxy (paper D) and order examples within each task by them."})
+        "help": "Labelled dev file (read as the pool is: field flags, --split, --dataset-config, --keep-duplicates): "
+                "learn indicator weights on it with the in-context proxy (paper D) and order examples within each "
+                "task by them."})
     trials: int = field(default=30, metadata={"help": "With --dev: trials of the weight search."})
     target: float = field(default=0.9, metadata={
         "help": "Normalised target for 'labels needed': fraction of the way from zero-shot to ceiling."})

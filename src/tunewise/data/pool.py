@@ -122,6 +122,8 @@ class PoolReading:
             raise ValueError(f"unreadable columns {columns!r}")
         if not all(isinstance(recorded.get(key, ""), str) for key in ("split", "dataset_config")):
             raise ValueError(f"unreadable split or dataset_config in {recorded!r}")
+        if not isinstance(recorded.get("keep_duplicates", False), bool):
+            raise ValueError(f"unreadable keep_duplicates {recorded['keep_duplicates']!r}")
         return cls(Columns(**columns), **recorded)
 
     def read(self, path, task_field: str | None = None, **options) -> "Pool":
@@ -329,8 +331,9 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
     for line, record in records:
         try:
             example = parse_record(record, task_field, columns)
-            # After parsing, the exact-repeat merge below comes first: a merged repeat is no id clash.
-            if example.user_id is not None and not (first_lines.get(example.id) is not None and not keep_duplicates):
+            # The exact-repeat merge below comes before the id check: a merged repeat is no id clash.
+            merged = not keep_duplicates and first_lines.get(example.id) is not None
+            if example.user_id is not None and not merged:
                 _check_new_user_id(example.user_id, path, line, first_ids, columns.id_field, keep_duplicates)
         except TunewiseError as error:
             if not skip_bad:
