@@ -219,7 +219,8 @@ def test_evaluate_samples_keep_the_users_ids_and_the_mapping_is_recorded(tmp_pat
     write_jsonl(predictions, [{"id": "same", "prediction": "6"}, {"id": "same", "prediction": "8"}])
     result = invoke("evaluate", test, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
                     "--predictions", predictions, "-o", tmp_path / "shared.json")
-    assert result.exit_code == 2 and "is the own id of 2 test items" in result.stderr
+    # A test set whose items share an id is refused when read, before any prediction is matched.
+    assert result.exit_code == 2 and "test.jsonl:2, field 'ref': the id 'same' is the id of line 1" in result.stderr
 
 
 def test_finetune_records_the_pool_and_its_column_mapping_with_the_adapter(tmp_path):
