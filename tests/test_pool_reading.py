@@ -221,3 +221,17 @@ def test_a_repeated_user_id_stops_a_command_with_exit_2(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "'same' is the id of line 1 too" in result.output and ":2" in result.output
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_plan_and_sweep_read_the_split_and_record_it(saved, tmp_path):
+    result = invoke(*command_line("plan", saved, tmp_path), "--split", "train")
+    assert result.exit_code == 0, result.output
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["provenance"]["split"] == "train" and plan["provenance"]["pool"] == f"{saved['pool']}[train]"
+    assert json.loads((tmp_path / "run" / "selection.meta.json").read_text())["split"] == "train"
+    # The test set is read with the same --split as the pool (its 'train' split here).
+    result = invoke(*command_line("sweep", saved, tmp_path), "--split", "train", "--max-new-tokens", 1)
+    assert result.exit_code == 0, result.output
+    settings = json.loads((tmp_path / "sweep" / "sweep_config.json").read_text())
+    assert settings["split"] == "train" and "test_reading" not in settings
+    assert settings["pool"]["examples"] == 8 and settings["test"]["examples"] == 2
