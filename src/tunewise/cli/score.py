@@ -77,7 +77,6 @@ def score_command(
                 scores, provenance = score_pool_ray(examples, model, names, device=device, dtype=dtype,
                                                     cache_dir=cache_dir, address=address, progress=update,
                                                     max_new_tokens=max_new_tokens, max_batch_tokens=batch_tokens)
-            provenance |= reading.provenance()
         else:
             backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                                    max_batch_tokens=batch_tokens)

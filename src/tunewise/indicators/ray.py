@@ -98,8 +98,8 @@ def score_pool_ray(
         if started_here:
             ray.shutdown()
     scores = score_pool(pool_examples, cached_model, indicators, cache_dir=cache_dir)
-    provenance = scores_provenance(cached_model, indicators, getattr(examples, "source", None),
-                                   getattr(examples, "columns", None))
+    provenance = scores_provenance(cached_model, indicators, getattr(examples, "source", None))
+    provenance |= examples.provenance() if hasattr(examples, "provenance") else {}  # how a Pool was read
     return scores, provenance
 
 
