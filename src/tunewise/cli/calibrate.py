@@ -52,6 +52,7 @@ def calibrate_difficulty_command(
             pool, test_set, parse_int_list(budgets, "budgets"), run.model, output, centres,
             parse_int_list(seeds, "seeds"), config, difficulty=difficulty, device=run.device, dtype=dtype,
             metric=run.metric, max_new_tokens=run.max_new_tokens, batch_tokens=run.batch_tokens, progress=update,
+            engine=run.engine, workers=run.workers,
         )
     if as_json:
         print_json(calibration)
