@@ -37,7 +37,7 @@ class DemoSize:
 # Sized from timings of SmolLM2 on a 2-core CPU, where the eight fine-tunes take most of the
 # time: three epochs in batches of 8 teach these tasks' answer format (zero-shot 0 % exact match,
 # about 45 % after 10 examples and 60 % after 40).
-FULL = DemoSize(pool_per_task=24, test_per_task=8, budgets=(10, 40), seeds=(0, 1), epochs=3, answer_tokens=8)
+FULL = DemoSize(pool_per_task=32, test_per_task=8, budgets=(10, 40), seeds=(0, 1), epochs=3, answer_tokens=8)
 QUICK = DemoSize(pool_per_task=8, test_per_task=4, budgets=(5, 15), seeds=(0,), epochs=1, answer_tokens=4)
 
 
@@ -67,8 +67,7 @@ def demo_command(
     size = QUICK if quick else FULL
     folder = RunFolder(out)
     pool_path, test_path = out / POOL_FILE, out / TEST_FILE
-    # CoS-Low costs about a minute per task on a CPU, more than the demo can spend.
-    plan_config = tw.PlanConfig(budget=size.budgets[1], strategy=DEMO_STRATEGY, seed=seed, coslow=False)
+    plan_config = tw.PlanConfig(budget=size.budgets[1], strategy=DEMO_STRATEGY, seed=seed)
     # Every file the demo writes is checked before any is: none may be the user's own.
     folder.check([POOL_FILE, TEST_FILE, *run_folder_names(plan_config, labelled=True, writes_weights=False)],
                  field="out")
