@@ -743,6 +743,8 @@ def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "ENGINES",
+    "RunInputs",
     "check_sweep_folder",
     "paired_gain",
     "parse_strategy_spec",
@@ -750,6 +752,7 @@ __all__ = [
     "read_runs",
     "read_settings",
     "run_file_name",
+    "run_one",
     "run_sweep",
     "split_strategy_specs",
     "strategy_from_spec",
