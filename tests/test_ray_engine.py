@@ -106,3 +106,15 @@ def test_ray_local_mode_gives_the_local_engines_scores_into_the_same_cache(tmp_p
 def test_a_model_the_actors_cannot_load_is_a_user_error(tmp_path, ray_session):
     with pytest.raises(TunewiseError, match="unknown model 'tiny-randm'"):
         score_pool_ray(make_examples(3), "tiny-randm", ["length"], device="cpu", cache_dir=tmp_path)
+
+
+@pytest.mark.integration
+def test_the_ray_engine_records_the_pools_column_mapping(tmp_path, ray_session):
+    from tunewise.data.pool import Columns, read_pool
+
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"ask": f"Question {i}?", "reply": str(i)}) + "\n" for i in range(4)))
+    pool = read_pool(path, columns=Columns(prompt_field="ask", response_field="reply"))
+    _, provenance = score_pool_ray(pool, "tiny-random", ["length"], device="cpu", cache_dir=tmp_path / "cache")
+    assert provenance["columns"] == {"prompt_field": "ask", "response_field": "reply"}
+    assert provenance["pool"] == pool.source

@@ -94,7 +94,10 @@ def finetune_command(
     with progress_bar("fine-tuning", unit="steps") as bar:
         update = lambda step, total, loss: bar(step, total, f"loss {loss:.4f}")  # noqa: E731
         result = finetune(loaded, examples, config, output_dir=output, progress=update, dtype=dtype,
-                          sft_overrides=sft_overrides)
+                          sft_overrides=sft_overrides,
+                          provenance={"pool": str(pool_path), "task_field": task_field,
+                                      "selection": None if selection is None else str(selection),
+                                      **columns.provenance()})
     result.release()
     log = result.log.to_dict()
     print_length_notes(log["lengths"])

@@ -55,7 +55,8 @@ def score_pool_ray(
     max_batch_tokens: int | None = None,
     cpu_actors: int = DEFAULT_CPU_ACTORS,
 ) -> tuple[pd.DataFrame, dict]:
-    """Score ``examples`` (a list or a ``Pool``) on Ray Data: the scores table and its provenance.
+    """Score ``examples`` (a list or a ``Pool``) on Ray Data: the scores table and its provenance
+    (a ``Pool``'s source file and field mapping included, as the local engine records them).
 
     Parameters
     ----------
@@ -97,7 +98,8 @@ def score_pool_ray(
         if started_here:
             ray.shutdown()
     scores = score_pool(pool_examples, cached_model, indicators, cache_dir=cache_dir)
-    provenance = scores_provenance(cached_model, indicators, getattr(examples, "source", None))
+    provenance = scores_provenance(cached_model, indicators, getattr(examples, "source", None),
+                                   getattr(examples, "columns", None))
     return scores, provenance
 
 

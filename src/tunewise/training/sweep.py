@@ -260,6 +260,7 @@ def run_sweep(
         "sft_overrides": dict(sft_overrides or {}),
         "metric": metric,
         "max_new_tokens": max_new_tokens,
+        **_columns_provenance(pool, test),
     }
     _claim_run_dir(run_dir, settings)
 
@@ -357,7 +358,7 @@ def run_one(loaded, inputs: RunInputs, strategy: str, budget: int, seed: int) ->
                   dtype=inputs.dtype, sft_overrides=inputs.sft_overrides) as trained:
         results = inputs.evaluate(loaded, trained.model)
     record = _run_record(strategy, budget, seed, results, inputs.test_tertiles)
-    record["selected_ids"] = [example.id for example in selected]
+    record.update(_selected_ids(selected))
     record["selection_notes"] = selection.notes
     record["selection_details"] = selection.details
     if strategy in inputs.strategy_parameters:
@@ -403,6 +404,25 @@ def _check_examples(pool_examples, test_examples) -> None:
     if leaked:
         raise TunewiseError(f"{len(leaked)} test examples also appear in the pool (e.g. {sorted(leaked)[0]})",
                             field="test", fix="remove them from the pool or the test set")
+
+
+def _columns_provenance(pool, test) -> dict:
+    """``{"columns": …}``: the field mapping the pool was read with (a :class:`~tunewise.data.pool.Pool`'s
+    ``columns``), and the test set's under ``test_columns`` when it was read with another; ``{}``
+    when neither used one (lists of examples have none)."""
+    pool_columns, test_columns = dict(getattr(pool, "columns", None) or {}), dict(getattr(test, "columns", None) or {})
+    differs = hasattr(test, "columns") and test_columns != pool_columns
+    return {**({"columns": pool_columns} if pool_columns else {}),
+            **({"test_columns": test_columns} if differs else {})}
+
+
+def _selected_ids(selected) -> dict:
+    """A run's picks: ``selected_ids`` (content hashes) and, when the pool has its own ids
+    (``--id-field``), ``selected_user_ids`` in the same order."""
+    ids = {"selected_ids": [example.id for example in selected]}
+    if any(example.user_id is not None for example in selected):
+        ids["selected_user_ids"] = [example.user_id for example in selected]
+    return ids
 
 
 def _ids_digest(examples) -> str:
@@ -622,9 +642,11 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
         summary_strategies[strategy] = entry
 
     config_path = run_dir / CONFIG_FILE
+    settings = read_settings(config_path) if config_path.exists() else None
     summary = {
         "tunewise_version": __version__,
-        "settings": read_settings(config_path) if config_path.exists() else None,
+        "settings": settings,
+        **({"columns": settings["columns"]} if settings and "columns" in settings else {}),
         "budgets": budgets,
         "seeds": sorted({record["seed"] for record in records}),
         "baseline": BASELINE if BASELINE in per_seed else None,
