@@ -55,6 +55,7 @@ def calibrate_difficulty_command(
             parse_int_list(seeds, "seeds"), config, difficulty=difficulty, provenance=reading.provenance(),
             device=run.device, dtype=dtype,
             metric=run.metric, max_new_tokens=run.max_new_tokens, batch_tokens=run.batch_tokens, progress=update,
+            engine=run.engine, workers=run.workers,
         )
     if as_json:
         print_json(calibration)

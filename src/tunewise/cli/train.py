@@ -267,7 +267,8 @@ def sweep_command(
     with progress_bar("sweep", unit="runs") as update:
         summary = run_sweep(pool, test_set, budget_list, strategy_list, seed_list, run.model, output, config,
                             device=run.device, dtype=dtype, metric=run.metric, max_new_tokens=run.max_new_tokens,
-                            batch_tokens=run.batch_tokens, progress=update, sft_overrides=sft_overrides)
+                            batch_tokens=run.batch_tokens, progress=update, sft_overrides=sft_overrides,
+                            engine=run.engine, workers=run.workers)
     if as_json:
         print_json(summary)
         return
