@@ -27,10 +27,13 @@ from tunewise.errors import TunewiseError
 _WORKER_MODEL: dict[tuple, object] = {}
 
 
-def import_ray():
-    """The ``ray`` module, or a :class:`TunewiseError` (field ``engine``) naming the extra to install."""
+def import_ray(data: bool = False):
+    """The ``ray`` module (with Ray Data when ``data``), or a :class:`TunewiseError` (field ``engine``)
+    naming the extra to install."""
     try:
         import ray
+        if data:
+            import ray.data  # noqa: F401  (fails when the [data] extra's dependencies are missing)
     except ImportError:
         raise TunewiseError("the Ray engine needs Ray, which is not installed here", field="engine",
                             fix="pip install 'tunewise[ray]', or use the local engine (--engine local)") from None
