@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -233,3 +234,22 @@ def test_finetune_records_the_pool_and_its_column_mapping_with_the_adapter(tmp_p
     info = json.loads((adapter / "tunewise_adapter.json").read_text())
     assert info["columns"] == {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
     assert info["pool"] == str(pool) and info["selection"] is None
+
+
+def test_quiet_finetune_on_tiny_random_prints_nothing_on_stderr(tmp_path, files):
+    """PEFT imports bitsandbytes, whose CPU backend warned about an optional kernel package on
+    stderr under -q; only a real process shows what reaches stderr (logging's last-resort handler)."""
+    import os
+    import subprocess
+    import sys
+
+    pool, _ = files
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(tunewise.cli.__file__).parents[2]),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    finished = subprocess.run(
+        [sys.executable, "-c", "from tunewise.cli import main; main()", "-q", "finetune", str(pool), *TINY,
+         "--max-steps", "1", "--batch-size", "4", "-o", str(tmp_path / "adapter")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stderr == ""
+    assert "fine-tuned on 8 examples" in finished.stdout

@@ -3,7 +3,23 @@ lazily by name so that importing tunewise never imports torch."""
 
 from __future__ import annotations
 
+import logging
+
 from tunewise.model.base import CONFIDENCE_NEW_TOKENS, Backend, EncodedExample, Generation, plan_batches
+
+
+# PEFT imports bitsandbytes whenever it is installed, and bitsandbytes' CPU backend then warns that
+# an optional fast 4-bit kernel package ("kernels") is missing (bitsandbytes/backends/cpu/ops.py).
+# It falls back to its own kernel, so the line is noise on every command that fine-tunes or loads
+# an adapter, even under -q; only that one message is dropped, any other bitsandbytes warning stays.
+_BITSANDBYTES_CPU_PROBE = "Failed to load CPU gemm_4bit_forward from kernels-community"
+
+
+def _not_the_cpu_kernel_probe(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_BITSANDBYTES_CPU_PROBE)
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_not_the_cpu_kernel_probe)
 
 
 def load_backend(
