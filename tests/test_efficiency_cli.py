@@ -398,3 +398,17 @@ def test_coslow_reads_renamed_fields_with_the_column_flags_and_records_them(tmp_
                            for r in records)
     # The printed next step reads the pool with the same fields.
     assert "--prompt-field ask --id-field key" in " ".join(first.stderr.split())
+
+
+@pytest.mark.parametrize("extra", [(), ("--target-accuracy", "0.8", "--zero-shot", "0.4", "--ceiling", "0.9")])
+def test_quiet_estimate_keeps_the_calibration_caveat_beside_the_labels_needed(extra):
+    """-q silences stderr; a labels-needed figure must still carry its caveat on stdout, and --json
+    keeps it as a field."""
+    from tunewise.efficiency.predict import SUPERSEDED
+
+    result = runner.invoke(app, ["-q", "estimate", "--coslow", "0.2", "--model", "smollm2", *extra])
+    assert result.exit_code == 0, result.output
+    assert "labels" in result.stdout
+    assert f"caveat: {SUPERSEDED}" in " ".join(result.stdout.split())
+    as_json = runner.invoke(app, ["-q", "estimate", "--coslow", "0.2", "--model", "smollm2", "--json", *extra])
+    assert json.loads(as_json.stdout)["coefficients"]["caveat"].startswith(SUPERSEDED)

@@ -398,3 +398,26 @@ def _labelled_pool_file(folder):
     path.write_text("".join(json_module.dumps({"question": f"q{i}", "answer": f"a{i}", "task": f"t{i % 2}"}) + "\n"
                             for i in range(10)))
     return path
+
+
+def test_quiet_plan_keeps_the_calibration_caveat_beside_the_labels_needed(capsys):
+    """-q silences stderr (the notes); the caveat of the coefficients behind a printed labels-needed
+    figure goes to stdout with it."""
+    from tunewise.cli.app import console
+    from tunewise.cli.plan import print_plan
+    from tunewise.efficiency.predict import SUPERSEDED, coefficients_for
+
+    coefficients = coefficients_for("smollm2")
+    assert coefficients.caveat.startswith(SUPERSEDED)
+    document = make_plan(generated_table({"a": 40, "b": 40}), 20, coefficients=coefficients,
+                         coslow_values={"a": 0.3, "b": 0.1}, target=0.9).document
+    assert document["coefficients"]["caveat"] == coefficients.caveat  # --json keeps it as a field
+    console.quiet = True
+    try:
+        print_plan(document)
+    finally:
+        console.quiet = False
+    captured = capsys.readouterr()
+    printed = " ".join(captured.out.split())
+    assert "labels reach 90%" in printed and f"caveat: About the predicted curves: {SUPERSEDED}" in printed
+    assert captured.err == ""

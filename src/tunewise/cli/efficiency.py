@@ -296,8 +296,6 @@ def estimate_command(
     if max_budget is not None and max_budget != chosen.max_budget:
         console.print(f"note: these coefficients were fitted on curves up to N = {chosen.max_budget}; predicting "
                       f"with N = {max_budget} stretches them beyond their calibration", markup=False, highlight=False)
-    if chosen.caveat:
-        console.print(f"note: {chosen.caveat}", markup=False, highlight=False)
     max_budget = chosen.max_budget if max_budget is None else max_budget
     auc = predict_auc(coslow_value, chosen)
     budgets = chosen.grid if grid is None else parse_grid(grid)
@@ -345,9 +343,13 @@ def estimate_command(
         for raw, tau in zip(raw_targets, tau_values):
             stdout.print(f"to reach a score of {raw:g} ({tau:.0%} of the way from zero-shot {zero_shot:g} to ceiling "
                          f"{ceiling:g}): about {math.ceil(needed[tau])} labels")
-        return
-    for tau, n in needed.items():
-        stdout.print(f"to reach {tau:.0%} of the way to the ceiling: about {math.ceil(n)} labels")
+    else:
+        for tau, n in needed.items():
+            stdout.print(f"to reach {tau:.0%} of the way to the ceiling: about {math.ceil(n)} labels")
+    if chosen.caveat:
+        # Beside the numbers it qualifies, on the same stream, so that -q (which silences stderr) or
+        # a redirect never leaves a labels-needed figure without it.
+        stdout.print(f"caveat: {chosen.caveat}", markup=False, highlight=False)
 
 
 @command("calibrate")

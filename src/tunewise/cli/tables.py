@@ -49,8 +49,15 @@ def print_plan(document: dict) -> None:
         stdout.print(f"[bold]{escape(task)}[/]: {escape(why)}", highlight=False)
     if shared:
         stdout.print(f"[bold]every task[/]: {escape(shared)}", highlight=False)
+    caveat = (document.get("coefficients") or {}).get("caveat")
+    predicted = any(entry["labels_needed"] is not None for entry in document["tasks"].values())
     for note in document["notes"]:
-        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
+        if predicted and caveat and note.endswith(caveat):
+            # The caveat qualifies the labels-needed figures just printed: it goes beside them on
+            # stdout, so that -q (which silences stderr) or a redirect never drops it.
+            stdout.print(f"[yellow]caveat:[/] {escape(note)}", highlight=False)
+        else:
+            console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 def curves_table(summary: dict) -> Table:
     """Mean score per budget (budget 0 = zero-shot) and the AUC, one row per strategy."""
     budgets = ["0", *map(str, summary["budgets"])]
