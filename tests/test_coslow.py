@@ -298,3 +298,17 @@ def test_the_end_token_is_left_out_unless_asked_and_the_gradient_norm_is_reporte
     assert answer_only["grad_norm"] > 0 and np.isfinite(answer_only["grad_norm"])
     with pytest.raises(TunewiseError, match="no answer token"):
         coslow(tiny.model, tiny.tokenizer, prompts[:2], ["3", "\n"])
+
+
+@pytest.mark.parametrize("allow_small_pool, given", [(True, 40), (False, 400)])
+def test_a_model_that_answers_nothing_is_named_as_the_cause_not_the_pool_size(allow_small_pool, given):
+    """tiny-random answers only whitespace: every confidence is 0. Enough prompts were given, so
+    the fix must not ask for more prompts but for a model that answers."""
+    with pytest.raises(TunewiseError) as raised:
+        lowest_confidence_prompts([0.0] * given, allow_small_pool=allow_small_pool)
+    message = str(raised.value)
+    assert f"{given} more were answered with no answer token" in message
+    assert f"{given} prompts were given, but the model gave no answer token" in message
+    assert "use a model that answers" in message and "give at least" not in message
+    with pytest.raises(TunewiseError, match="give at least 32 prompts"):
+        lowest_confidence_prompts([0.5] * 20, allow_small_pool=True)

@@ -421,3 +421,18 @@ def test_quiet_plan_keeps_the_calibration_caveat_beside_the_labels_needed(capsys
     printed = " ".join(captured.out.split())
     assert "labels reach 90%" in printed and f"caveat: About the predicted curves: {SUPERSEDED}" in printed
     assert captured.err == ""
+
+
+def test_a_task_the_model_never_answered_says_so_instead_of_asking_for_coslow():
+    """With --coslow, a task whose labelled examples all got no answer token (tiny-random) has no
+    CoS-Low: the reason is the model, not a missing flag."""
+    table = generated_table({"a": 40, "b": 40})
+    table.scores.loc[table.scores["task"] == "b", "confidence"] = 0.0
+    plan = make_plan(table, 20, coefficients=paper_coefficients("llama-3.1-8b"), coslow_values={"a": 0.3})
+    why = plan.tasks["b"]["why"]
+    assert "gave no answer token (only whitespace or end of text) for 40 of this task's 40" in why
+    assert "use a model that answers" in why and "run with --coslow" not in why
+    assert "run with --coslow" not in plan.tasks["a"]["why"]
+    with pytest.raises(TunewiseError, match="'b': CoS-Low draws 32 examples the model answered"):
+        make_plan(table, 20, strategy="efficiency", coefficients=paper_coefficients("llama-3.1-8b"),
+                  coslow_values={"a": 0.3})

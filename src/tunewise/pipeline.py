@@ -123,6 +123,7 @@ def make_plan(
     tasks = list(dict.fromkeys(e.task for e in examples))
     pool_sizes = Counter(e.task for e in examples)
     labelled = Counter(e.task for e in examples if e.response is not None)
+    answered = _answered_by_task(table)
     confidence = _mean_by_task(scores, "confidence")
 
     predicted = {}
@@ -130,7 +131,7 @@ def make_plan(
         predicted = {task: predict_auc(coslow_values[task], coefficients) for task in tasks if task in coslow_values}
 
     chosen = _build_strategy(strategy, within, strategy_params, predicted, tasks, coefficients, labelled,
-                             max_budget)
+                             max_budget, answered)
     strategy = chosen.name
     selection = chosen.select(table, int(budget), seed)
     picked = Counter(scores["task"].astype(str).to_numpy()[selection.positions].tolist())
@@ -165,7 +166,7 @@ def make_plan(
                 labels_needed=math.ceil(labels_needed(auc, target, max_budget)),
             )
         entry["why"] = _why(task, entry, strategy, confidence, len(tasks), len(selection), coefficients, target,
-                            max_budget)
+                            max_budget, answered.get(task))
         entries[task] = entry
 
     document = {
@@ -198,7 +199,7 @@ def make_plan(
 
 
 def _build_strategy(strategy, within, strategy_params, predicted, tasks, coefficients, labelled,
-                    max_budget) -> Strategy:
+                    max_budget, answered=None) -> Strategy:
     """The strategy object: ``strategy`` itself when it is one, else built by name."""
     within_given = within is not None and within != "random"
     if isinstance(strategy, Strategy):
@@ -217,7 +218,8 @@ def _build_strategy(strategy, within, strategy_params, predicted, tasks, coeffic
         return get_strategy(strategy, **params)
     missing = [task for task in tasks if task not in predicted]
     if missing:
-        reasons = "; ".join(f"'{task}': {_missing_prediction(coefficients, labelled[task])}" for task in missing[:5])
+        reasons = "; ".join(f"'{task}': {_missing_prediction(coefficients, labelled[task], (answered or {}).get(task))}"
+                            for task in missing[:5])
         raise TunewiseError(
             f"the efficiency strategy needs a predicted learning curve for every task, and "
             f"{len(missing)} of {len(tasks)} have none ({reasons})",
@@ -228,12 +230,30 @@ def _build_strategy(strategy, within, strategy_params, predicted, tasks, coeffic
     return get_strategy(EFFICIENCY, **params, predicted_auc=predicted, max_budget=max_budget)
 
 
-def _missing_prediction(coefficients, labelled: int) -> str:
-    """Why a task has no predicted curve."""
+def _answered_by_task(table: ExampleTable) -> dict[str, int]:
+    """Task → labelled examples the model answered with at least one answer token (confidence > 0),
+    the only ones CoS-Low draws from (:func:`measure_coslow`); empty when there is no confidence."""
+    if "confidence" not in table.scores.columns:
+        return {}
+    confidence = table.scores["confidence"].to_numpy(dtype=np.float64)
+    counts = Counter({e.task: 0 for e in table.examples})
+    counts.update(e.task for e, value in zip(table.examples, confidence)
+                  if e.response is not None and np.isfinite(value) and value > 0)
+    return dict(counts)
+
+
+def _missing_prediction(coefficients, labelled: int, answered: int | None = None) -> str:
+    """Why a task has no predicted curve; ``answered``: its labelled examples the model answered
+    with an answer token (None when unknown)."""
     if coefficients is None:
         return NO_CALIBRATION
     if labelled < COSLOW_K:
         return f"CoS-Low needs {COSLOW_K} labelled examples and this task has {labelled}"
+    if answered is not None and answered < COSLOW_K:
+        # Measuring (--coslow) cannot help here: the model itself gave nothing to draw from.
+        return (f"CoS-Low draws {COSLOW_K} examples the model answered, and it gave no answer token (only "
+                f"whitespace or end of text) for {labelled - answered} of this task's {labelled} labelled "
+                f"examples, leaving {answered}: use a model that answers (tiny-random does not)")
     return "CoS-Low was not measured (run with --coslow)"
 
 
@@ -261,7 +281,8 @@ def _spread_notes(strategy: str, spread: dict | None) -> list[str]:
             "to task_diversity's equal shares."]
 
 
-def _why(task, entry, strategy, confidence, task_count, selected, coefficients, target, max_budget) -> str:
+def _why(task, entry, strategy, confidence, task_count, selected, coefficients, target, max_budget,
+         answered=None) -> str:
     """One or two plain sentences: why this task gets its budget, and what the prediction says."""
     budget, pool_size = entry["budget"], entry["pool"]
     share = f"{budget} of {selected} labels"
@@ -290,7 +311,7 @@ def _why(task, entry, strategy, confidence, task_count, selected, coefficients, 
                      f"{entry['labels_needed']} labels reach {target:.0%} of the way from zero-shot to ceiling, "
                      f"and {budget} get about {entry['predicted_at_budget']:.0%}.")
     else:
-        sentence += f" No learning-curve prediction: {_missing_prediction(coefficients, entry['labelled'])}."
+        sentence += f" No learning-curve prediction: {_missing_prediction(coefficients, entry['labelled'], answered)}."
     return sentence
 
 

@@ -92,16 +92,26 @@ def lowest_confidence_prompts(
             f"{available}, {needed} needed: CoS-Low samples {k} prompts from the "
             f"least confident {fraction:.0%} of the pool",
             field="pool",
-            fix=f"add unlabelled prompts of this task (at least {needed}), or accept a smaller pool "
+            fix=_unanswered_fix(len(values), unscored, needed) if len(values) >= needed else
+            f"add unlabelled prompts of this task (at least {needed}), or accept a smaller pool "
             f"(--allow-small-pool) and sample from its {k} least confident prompts",
         )
     if len(scores) < k:
         raise TunewiseError(f"{available}, {k} requested", field="pool",
-                            fix=f"give at least {k} prompts")
+                            fix=_unanswered_fix(len(values), unscored, k) if len(values) >= k
+                            else f"give at least {k} prompts")
     segment_size = max(k, math.floor(fraction * len(scores) + 1e-9))
     least_confident = np.argsort(scores, kind="mergesort")[:segment_size]
     chosen = np.random.default_rng(seed).choice(segment_size, size=k, replace=False)
     return [int(scored[least_confident[i]]) for i in sorted(chosen)]
+
+
+def _unanswered_fix(given: int, unanswered: int, needed: int) -> str:
+    """The fix when enough prompts were given but too many got no answer token: more prompts of the
+    same kind would not help, a model that answers would."""
+    return (f"{given} prompts were given, but the model gave no answer token (only whitespace or end of "
+            f"text) for {unanswered} of them, and CoS-Low needs {needed} it answered: use a model that "
+            f"answers (e.g. smollm2 or your own; tiny-random does not)")
 
 
 def random_prompts(count: int, k: int = DEFAULT_K, seed: int = 0) -> list[int]:
