@@ -436,3 +436,39 @@ def test_a_task_the_model_never_answered_says_so_instead_of_asking_for_coslow():
     with pytest.raises(TunewiseError, match="'b': CoS-Low draws 32 examples the model answered"):
         make_plan(table, 20, strategy="efficiency", coefficients=paper_coefficients("llama-3.1-8b"),
                   coslow_values={"a": 0.3})
+
+
+def tied_table(tasks=("a", "b", "c"), size=10, confidence=0.5):
+    table = generated_table(dict.fromkeys(tasks, size))
+    table.scores["confidence"] = confidence
+    return table
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tied_confidences_are_called_tied_and_the_seed_named_for_the_leftover_labels(seed):
+    """Three tasks with equal mean confidence and a budget of 2: none is "the lowest"; the one left
+    without a label is told the seed decided."""
+    plan = make_plan(tied_table(), 2, seed=seed)
+    budgets = {task: entry["budget"] for task, entry in plan.tasks.items()}
+    assert sorted(budgets.values()) == [0, 1, 1]
+    for entry in plan.tasks.values():
+        why = entry["why"]
+        assert "(tied with all 3 tasks)" in why and "lowest" not in why and "highest" not in why
+        assert f"an order drawn from seed {seed} decided which of them got the leftover ones" in why
+    even = make_plan(tied_table(), 3, seed=seed)
+    assert all("leftover" not in entry["why"] for entry in even.tasks.values())
+
+
+def test_a_partial_tie_says_tied_for_its_place():
+    table = generated_table({"a": 10, "b": 10, "c": 10})
+    table.scores["confidence"] = table.scores["task"].map({"a": 0.3, "b": 0.3, "c": 0.8})
+    plan = make_plan(table, 9)
+    assert "(tied for the lowest of 3 tasks)" in plan.tasks["a"]["why"]
+    assert "(tied for the lowest of 3 tasks)" in plan.tasks["b"]["why"]
+    assert "(the highest of 3 tasks)" in plan.tasks["c"]["why"]
+
+
+def test_a_single_task_plan_has_no_weight_spread_note():
+    plan = make_plan(tied_table(tasks=("only",)), 5)
+    assert not any("barely differ" in note for note in plan.document["notes"])
+    assert any("barely differ" in note for note in make_plan(tied_table(), 6).document["notes"])

@@ -166,7 +166,7 @@ def make_plan(
                 labels_needed=math.ceil(labels_needed(auc, target, max_budget)),
             )
         entry["why"] = _why(task, entry, strategy, confidence, len(tasks), len(selection), coefficients, target,
-                            max_budget, answered.get(task))
+                            max_budget, answered.get(task), seed=seed, budgets=picked)
         entries[task] = entry
 
     document = {
@@ -190,7 +190,7 @@ def make_plan(
             "slope": coefficients.slope, "intercept": coefficients.intercept, "source": coefficients.source,
             "max_budget": coefficients.max_budget, "caveat": coefficients.caveat,
         },
-        "notes": list(selection.notes) + _spread_notes(strategy, spread)
+        "notes": list(selection.notes) + _spread_notes(strategy, spread if len(tasks) > 1 else None)
                  + ([f"About the predicted curves: {coefficients.caveat}"] if predicted and coefficients.caveat else []),
         "provenance": dict(provenance or {}),
         "tasks": entries,
@@ -282,19 +282,38 @@ def _spread_notes(strategy: str, spread: dict | None) -> list[str]:
 
 
 def _why(task, entry, strategy, confidence, task_count, selected, coefficients, target, max_budget,
-         answered=None) -> str:
-    """One or two plain sentences: why this task gets its budget, and what the prediction says."""
+         answered=None, *, seed=0, budgets=None) -> str:
+    """One or two plain sentences: why this task gets its budget, and what the prediction says.
+
+    Mean confidences are compared as printed (3 decimals): equal ones are called tied, never
+    ranked, and when tied tasks got different budgets the sentence says the seed decided
+    (``allocate_budget`` gives leftover labels among equal remainders and weights in a seeded order)."""
     budget, pool_size = entry["budget"], entry["pool"]
     share = f"{budget} of {selected} labels"
     if strategy in TASK_STRATEGIES and task_count == 1:
         sentence = f"It is the only task, so it gets {share}."
     elif strategy == "weighted_task_diversity" and task in confidence:
-        ranked = sorted(confidence, key=confidence.get)
-        position = ranked.index(task) + 1
-        standing = ("the lowest" if position == 1 else "the highest" if position == len(ranked)
-                    else f"the {_ordinal(position)} lowest")
-        sentence = (f"The model's mean confidence here is {confidence[task]:.3f} ({standing} of {len(ranked)} "
-                    f"tasks), so it gets weight {entry['weight']:.3f} and {share}.")
+        printed = {name: f"{value:.3f}" for name, value in confidence.items()}
+        tied = [name for name in confidence if printed[name] == printed[task]]
+        below = len({value for name, value in printed.items() if float(value) < float(printed[task])})
+        above = len({value for name, value in printed.items() if float(value) > float(printed[task])})
+        if len(tied) == len(confidence):
+            standing = f"tied with all {len(confidence)} tasks"
+        else:
+            place = ("the lowest" if below == 0 else "the highest" if above == 0
+                     else f"the {_ordinal(below + 1)} lowest")
+            standing = f"tied for {place}" if len(tied) > 1 else place
+            standing += f" of {len(confidence)} tasks"
+        sentence = (f"The model's mean confidence here is {confidence[task]:.3f} ({standing}), so it gets weight "
+                    f"{entry['weight']:.3f} and {share}.")
+        tied_budgets = {(budgets or {}).get(name, 0) for name in tied}
+        # Budgets one apart are the leftover labels of a largest-remainder split (larger gaps come
+        # from a pool too small for its share, which the sentence on its whole pool explains).
+        if len(tied) > 1 and len(tied_budgets) > 1 and max(tied_budgets) - min(tied_budgets) == 1:
+            cause = (f"an order drawn from seed {seed} decided" if len({confidence[name] for name in tied}) == 1
+                     else "decimals not printed here decided (the less confident first)")
+            sentence += (f" The {len(tied)} tied tasks could not split their labels evenly: {cause} which of them "
+                         "got the leftover ones.")
     elif strategy == "task_diversity":
         sentence = f"Every task weighs the same, so it gets {share}."
     elif strategy == EFFICIENCY:
