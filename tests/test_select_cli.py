@@ -443,3 +443,28 @@ def test_select_reads_the_pool_with_kept_duplicates_as_it_was_scored(tmp_path):
     assert sorted(row["user_id"] for row in rows) == ["r0", "r1", "r2", "r3"]
     alone = invoke(scores_path, "--budget", 4, "--strategy", "random", "--split", "train", "-o", tmp_path / "x.jsonl")
     assert alone.exit_code == 2 and "--split says how to read the --pool" in " ".join(alone.stderr.split())
+
+
+def test_weighted_indicators_without_weights_names_the_flag_and_the_file_format(tmp_path, scores_file):
+    result = invoke(scores_file, "--strategy", "weighted_indicators", "--budget", 5,
+                    "-o", tmp_path / "sel.jsonl")
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "invalid parameter weights=None" in output
+    assert 'fix: give weights (on the command line --weights FILE: JSON file such as {"weights": {"loss": 0.5' in output
+    assert not (tmp_path / "sel.jsonl").exists()
+
+
+def test_select_and_plan_offer_the_same_export_formats():
+    from tunewise.data.export import EXPORT_CHOICES, EXPORT_FORMATS
+    import dataclasses
+
+    from tunewise.run import PlanConfig
+
+    assert EXPORT_CHOICES == "messages, prompt_completion or alpaca" and len(EXPORT_FORMATS) == 3
+    plan_help = next(f for f in dataclasses.fields(PlanConfig) if f.name == "export").metadata["help"]
+    assert EXPORT_CHOICES in plan_help
+    select_help = " ".join(invoke("--help").output.replace("│", " ").split())
+    assert f"Also write the chosen examples: {EXPORT_CHOICES}." in select_help
+    plan_help_text = " ".join(CliRunner().invoke(app, ["plan", "--help"]).output.replace("│", " ").split())
+    assert EXPORT_CHOICES in plan_help_text

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tunewise.data.export import EXPORT_CHOICES
 from tunewise.errors import TunewiseError
 from tunewise.io import encode_json, encode_jsonl
 
@@ -74,7 +75,7 @@ class PlanConfig:
     batch_tokens: Optional[int] = field(default=None, metadata={"help": "Token budget per scoring batch."})
     cache_dir: Optional[Path] = field(default=None, metadata={"help": "Score cache folder (default: user cache)."})
     export: Optional[str] = field(default=None, metadata={
-        "help": "Also write the labelled picks as training data: messages, prompt_completion or alpaca "
+        "help": f"Also write the labelled picks as training data: {EXPORT_CHOICES} "
                 "(train.<format>.jsonl, with LLaMA-Factory's dataset_info.json beside it)."})
     label_format: str = field(default="tunewise", metadata={
         "help": "Shape of to_label.jsonl: tunewise (prompt/response records), label-studio (its task JSON) "

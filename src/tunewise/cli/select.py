@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import StrategyFlags, flag_name, with_pool_options, with_strategy_options
+from tunewise.data.export import EXPORT_CHOICES
 from tunewise.data.pool import PoolReading
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
@@ -33,8 +34,7 @@ def select_command(
     pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
                                                    "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
-    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages, prompt_completion "
-                                                     "or alpaca."),
+    export: Optional[str] = typer.Option(None, help=f"Also write the chosen examples: {EXPORT_CHOICES}."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     strategy_flags: StrategyFlags = None,
@@ -55,7 +55,7 @@ def select_command(
     if export is not None:
         if export not in EXPORT_FORMATS:
             raise TunewiseError(
-                f"unknown export format '{export}'", field="export", fix="use --export " + " or ".join(EXPORT_FORMATS)
+                f"unknown export format '{export}'", field="export", fix=f"use --export {EXPORT_CHOICES}"
             )
         if pool is None:
             raise TunewiseError(

@@ -22,6 +22,8 @@ from pathlib import Path
 from tunewise.errors import TunewiseError
 
 EXPORT_FORMATS = ("messages", "prompt_completion", "alpaca")
+# The one wording of the choices, for every --export help and error (select and plan alike).
+EXPORT_CHOICES = ", ".join(EXPORT_FORMATS[:-1]) + " or " + EXPORT_FORMATS[-1]
 
 
 def default_export_path(selection_path: str | os.PathLike, export_format: str) -> Path:

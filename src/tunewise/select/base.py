@@ -11,6 +11,7 @@ import difflib
 import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
@@ -78,12 +79,22 @@ class Param:
         return ParamCheck(False, self.explain(value) if self.explain is not None else "")
 
 
-def invalid_parameter(strategy: str, name: str, value: Any, expected: str, detail: str = "") -> TunewiseError:
+def invalid_parameter(strategy: str, name: str, value: Any, expected: str, detail: str = "",
+                      fix: str | None = None) -> TunewiseError:
     """The one error every invalid strategy parameter raises."""
     message = f"strategy '{strategy}': invalid parameter {name}={value!r}: expected {expected}"
     if detail:
         message += f" ({detail})"
-    return TunewiseError(message)
+    return TunewiseError(message, fix=fix)
+
+
+def missing_parameter_fix(name: str, param: Param) -> str:
+    """The fix for a required parameter left out: its flag (and, for a file, what the file holds)."""
+    flag = "--" + name.replace("_", "-")
+    if param.flag is None:
+        return f"give {name}"
+    shown = f"{flag} FILE" if param.flag is Path else flag
+    return f"give {name} (on the command line {shown}" + (f": {param.help.rstrip('.')}" if param.help else "") + ")"
 
 
 def real(low: float | None = None, high: float | None = None, *, low_open: bool = False) -> Callable[[Any], bool]:
@@ -206,7 +217,8 @@ class Strategy:
             value = getattr(self, key)
             valid, detail = param.check(value)
             if not valid:
-                raise invalid_parameter(self.name, key, value, param.expected, detail)
+                raise invalid_parameter(self.name, key, value, param.expected, detail,
+                                        fix=missing_parameter_fix(key, param) if value is None else None)
             if isinstance(value, Strategy):
                 value.validate()
         self._check_params()

@@ -338,7 +338,8 @@ class WeightedIndicators(GroupRanker, Strategy):
     parameters = {
         "weights": Param(_WEIGHTS_EXPECTED, lambda value: weights_problem(value) is None, weights_problem,
                          flag=Path, load=read_indicator_weights,
-                         help='JSON file {"weights": {...}} (with "orientation" and "set_diversity" if need be).'),
+                         help='JSON file such as {"weights": {"loss": 0.5, "ifd": 0.5}}, weights ≥ 0 summing to 1 '
+                              '(with "orientation" and "set_diversity" if need be; tune-weights writes one).'),
         "orientation": Param(_ORIENTATION_EXPECTED, lambda value: orientation_problem(value) is None,
                              orientation_problem),
         "set_diversity": Param("True or False", boolean, flag=bool,
