@@ -110,6 +110,8 @@ def test_sweep_prints_curves_and_gains(tmp_path, files):
         (("finetune", "{tmp}/missing.jsonl", *TINY, "-o", "{tmp}/a"), "no such file"),
         (("evaluate", "{test}", *TINY, "--metric", "accuracy", "-o", "{tmp}/r.json"), "unknown metric"),
         (("evaluate", "{test}", *TINY, "--adapter", "{tmp}", "-o", "{tmp}/r.json"), "not an adapter folder"),
+        (("evaluate", "{test}", *TINY, "--adapter", "{tmp}/o/nonexistent", "-o", "{tmp}/r.json"), "no such folder"),
+        (("evaluate", "{test}", "--adapter", "{tmp}/o/nonexistent", "-o", "{tmp}/r.json"), "no such folder"),
         (("evaluate", "{test}", *TINY, "-o", "{tmp}"), "is a folder"),
         (("evaluate", "{test}", *TINY, "--task-field", "task", "--metric", "choice", "-o", "{tmp}/r.json"),
          "distinct gold answer"),
@@ -253,3 +255,22 @@ def test_quiet_finetune_on_tiny_random_prints_nothing_on_stderr(tmp_path, files)
     assert finished.returncode == 0, finished.stderr
     assert finished.stderr == ""
     assert "fine-tuned on 8 examples" in finished.stdout
+
+
+def test_evaluate_uses_the_adapters_base_model_and_refuses_another(tmp_path, files):
+    """Without --model, evaluate loads the base model the adapter records (not smollm2); a different
+    --model is refused before any model loads, with a fix."""
+    pool, test = files
+    adapter = tmp_path / "adapter"
+    trained = invoke("finetune", pool, *TINY, "--max-steps", 1, "--batch-size", 4, "-o", adapter)
+    assert trained.exit_code == 0, trained.output
+    results_path = tmp_path / "results.json"
+    evaluated = invoke("evaluate", test, "--adapter", adapter, "--max-new-tokens", 2, "-o", results_path)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(results_path.read_text())["config"]["model"] == "tiny-random"
+    refused = invoke("evaluate", test, "--adapter", adapter, "--model", "smollm2", "-o", tmp_path / "other.json")
+    assert refused.exit_code == 2, refused.output
+    output = " ".join(refused.output.split())
+    assert "the adapter was trained on model 'tiny-random', not on 'smollm2'" in output
+    assert "fix: drop --model (the adapter's base model 'tiny-random' is then used), or pass --model tiny-random" in output
+    assert "loading" not in output and not (tmp_path / "other.json").exists()

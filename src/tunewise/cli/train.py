@@ -131,7 +131,8 @@ def print_length_notes(lengths: dict) -> None:
 def evaluate_command(
     test_path: Path = typer.Argument(..., metavar="TEST", help="Labelled test file (the gold answer is the response)."),
     output: Path = typer.Option(..., "-o", "--output", help="Results JSON to write."),
-    model: str = typer.Option("smollm2", help=MODEL_HELP),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP.rstrip(".") + " (default: the base model the --adapter "
+                                                  "records, else smollm2)."),
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder from `tunewise finetune`."),
     metric: str = typer.Option("auto", help=METRIC_HELP),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
@@ -155,8 +156,8 @@ def evaluate_command(
     from tunewise.training.evaluate import evaluate
     from tunewise.training.finetune import load_adapter, read_adapter_info
 
-    if adapter is not None:
-        read_adapter_info(adapter)  # a damaged adapter folder stops here, before the model loads
+    # A damaged adapter folder, or one trained on another model than --model, stops here before any model loads.
+    model = evaluated_model(model, read_adapter_info(adapter) if adapter is not None else None, adapter)
     refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter,
                                                "--predictions": predictions, **model_input(model)})
     check_output_file(output, example="-o results.json")
@@ -185,6 +186,23 @@ def evaluate_command(
                      "their beginning to fit the model's context (--truncate; 'truncated' in the samples)",
                      highlight=False)
     stdout.print(f"results → {escape(str(output))}", highlight=False)
+
+
+def evaluated_model(model: Optional[str], adapter_info: Optional[dict], adapter: Optional[Path]) -> str:
+    """The model ``evaluate`` loads: ``--model``, else the base model the adapter records, else smollm2.
+
+    Both given and both built-in names that differ: refused here, before loading; any other mismatch
+    (a folder) is refused by ``load_adapter`` on the loaded model's fingerprint."""
+    from tunewise.model.load import BUILTIN_MODELS
+
+    recorded = (adapter_info or {}).get("model")
+    if model is None:
+        return recorded if isinstance(recorded, str) and recorded else "smollm2"
+    if recorded in BUILTIN_MODELS and model in BUILTIN_MODELS and model != recorded:
+        raise TunewiseError(f"the adapter was trained on model '{recorded}', not on '{model}'", file=adapter,
+                            field="model", fix=f"drop --model (the adapter's base model '{recorded}' is then used), "
+                                               f"or pass --model {recorded}")
+    return model
 
 
 def score_prediction_file(examples, predictions: Path, metric: str) -> dict:

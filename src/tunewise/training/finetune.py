@@ -794,6 +794,8 @@ def read_adapter_info(adapter_dir: str | os.PathLike) -> dict:
     fix = "pass the folder given to `tunewise finetune -o` (train it again if it was damaged)"
     info_path = adapter_dir / ADAPTER_INFO_FILE
     config_path = adapter_dir / "adapter_config.json"
+    if not adapter_dir.exists():
+        raise TunewiseError("no such folder", file=str(adapter_dir), field="adapter", fix=fix)
     if not adapter_dir.is_dir() or not config_path.exists() or not info_path.exists():
         raise TunewiseError("not an adapter folder written by `tunewise finetune`", file=str(adapter_dir), fix=fix)
     if not (adapter_dir / ADAPTER_WEIGHTS_FILE).is_file():
@@ -839,7 +841,8 @@ def load_adapter(loaded_model, adapter_dir: str | os.PathLike):
         raise TunewiseError(
             f"the adapter was trained on model '{info.get('model')}' ({trained_on}), "
             f"not on '{loaded_model.name}' ({_base_fingerprint(loaded_model.fingerprint)})",
-            file=adapter_dir, field="model", fix=f"pass --model {info.get('model')}",
+            file=adapter_dir, field="model",
+            fix=f"drop --model (the adapter's recorded base model is then used), or pass --model {info.get('model')}",
         )
     try:
         with _peft_deprecation_silenced():
