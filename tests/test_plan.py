@@ -472,3 +472,22 @@ def test_a_single_task_plan_has_no_weight_spread_note():
     plan = make_plan(tied_table(tasks=("only",)), 5)
     assert not any("barely differ" in note for note in plan.document["notes"])
     assert any("barely differ" in note for note in make_plan(tied_table(), 6).document["notes"])
+
+
+def test_config_yaml_records_the_within_order_that_ran_and_replays_it(tmp_path, monkeypatch):
+    """--weights orders each task by the weights: config.yaml says weighted_indicators (as plan.json
+    does), and `plan --config RUN/config.yaml` picks the same examples."""
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "pool.jsonl", uneven_pool_records())
+    (tmp_path / "w.json").write_text(json.dumps({"weights": {"loss": 0.5, "ifd": 0.5}}))
+    first = invoke("plan", "pool.jsonl", "--task-field", "task", "--model", "fake", "--budget", 8,
+                   "--weights", "w.json", "--cache-dir", "cache", "-o", "run")
+    assert first.exit_code == 0, first.output
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert recorded["within"] == "weighted_indicators" == json.loads((tmp_path / "run" / "plan.json").read_text())["within"]
+    again = invoke("plan", "--config", "run/config.yaml", "-o", "again")
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again" / "selection.jsonl").read_bytes() == (tmp_path / "run" / "selection.jsonl").read_bytes()
+    assert yaml.safe_load((tmp_path / "again" / "config.yaml").read_text()) == {**recorded, "output": "again"}

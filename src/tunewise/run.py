@@ -309,6 +309,10 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         within = WeightedIndicators(**read_indicator_weights(config.weights))
         if _copies_weights(config, output):
             weights_content = Path(config.weights).read_bytes()
+    if run_config is not None and not isinstance(within, str):
+        # config.yaml records what ran: --weights / --dev order each task by the weights, whatever
+        # --within said (PlanConfig accepts only random or weighted_indicators beside them).
+        run_config = {**run_config, "within": within.name}
     # Scores may come from the cache, computed with other threads; the plan records this run's.
     result = make_plan(table, config.budget, strategy=config.strategy, within=within, target=config.target,
                        coefficients=coefficients,
