@@ -491,3 +491,25 @@ def test_config_yaml_records_the_within_order_that_ran_and_replays_it(tmp_path, 
     assert again.exit_code == 0, again.output
     assert (tmp_path / "again" / "selection.jsonl").read_bytes() == (tmp_path / "run" / "selection.jsonl").read_bytes()
     assert yaml.safe_load((tmp_path / "again" / "config.yaml").read_text()) == {**recorded, "output": "again"}
+
+
+@pytest.mark.integration
+def test_plan_dev_with_demonstrations_too_long_exits_2_leaving_nothing_and_demos_fixes_it(tmp_path):
+    """tiny-random has a 2048-token context (byte-level): eight 500-character demonstrations do not
+    fit. The fix names --demos, which plan has; the failed search leaves no run folder behind."""
+    def long_records(count, offset):
+        return [{"task": "long", "prompt": f"Question {offset + i}: " + "how many apples are there? " * 18,
+                 "response": str(i)} for i in range(count)]
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", long_records(12, 0))
+    dev = write_jsonl(tmp_path / "dev.jsonl", long_records(4, 100))
+    common = ("plan", pool, "--budget", 4, "--task-field", "task", "--model", "tiny-random", "--dev", dev,
+              "--trials", 1, "--max-new-tokens", 2)
+    failed = invoke(*common, "-o", tmp_path / "run")
+    assert failed.exit_code == 2, failed.output
+    assert "longer than the model's 2048-token context" in failed.output
+    assert "fix: use fewer demonstrations (--demos)" in failed.output
+    assert not (tmp_path / "run").exists()
+    fitted = invoke(*common, "--demos", 1, "-o", tmp_path / "run")
+    assert fitted.exit_code == 0, fitted.output
+    assert json.loads((tmp_path / "run" / "weights.json").read_text())["proxy"]["demos"] == 1

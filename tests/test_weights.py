@@ -252,3 +252,45 @@ def test_weight_search_fit_returns_self_with_the_best_trial(tmp_path):
     assert search.J_ == max(trial.value for trial in search.trials_)
     assert search.weights_ == search.tuned_.document()["weights"]
     assert search.select().tolist() == search.tuned_.selection(search.weights_).tolist()
+
+
+def test_a_search_stopped_before_its_first_trial_finished_leaves_nothing(tmp_path):
+    """E.g. demonstrations too long for the model's context: the error comes in trial 1, and no
+    optuna.db / trials.jsonl (nor the folders made for them) stay to look like a search to resume."""
+    def too_long(weights):
+        raise TunewiseError("a demonstrations + anchor conversation is too long", field="demos")
+
+    with pytest.raises(TunewiseError, match="too long"):
+        search_weights(too_long, list(TARGET), tmp_path / "run" / "weights.run", trials=2)
+    assert list(tmp_path.iterdir()) == []
+    existing = tmp_path / "given"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    with pytest.raises(TunewiseError, match="too long"):
+        search_weights(too_long, list(TARGET), existing, trials=2)
+    assert [path.name for path in existing.iterdir()] == ["notes.txt"]
+    # Once a trial finished the folder is a resumable search, kept on a later error.
+    search_weights(distance_to_target, list(TARGET), tmp_path / "kept", trials=1)
+    with pytest.raises(TunewiseError, match="too long"):
+        search_weights(too_long, list(TARGET), tmp_path / "kept", trials=3)
+    assert sorted(path.name for path in (tmp_path / "kept").iterdir()) == ["optuna.db", "trials.jsonl"]
+    assert len(search_weights(distance_to_target, list(TARGET), tmp_path / "kept", trials=2).trials) == 2
+
+
+def test_plan_and_tune_weights_share_the_demos_flag():
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    import tunewise.cli
+    from tunewise.cli.app import app
+    from tunewise.run import PlanConfig
+    from tunewise.weights import DEFAULT_DEMOS, DEMOS_HELP
+
+    tunewise.cli._register_commands()
+    demos = next(f for f in dataclasses.fields(PlanConfig) if f.name == "demos")
+    assert demos.default == DEFAULT_DEMOS and DEMOS_HELP in demos.metadata["help"]
+    for command in ("plan", "tune-weights"):
+        assert "--demos" in CliRunner().invoke(app, [command, "--help"]).output
+    with pytest.raises(TunewiseError, match="--demos must be at least 1"):
+        PlanConfig(budget=4, demos=0)

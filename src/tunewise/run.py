@@ -26,6 +26,7 @@ from typing import Optional
 
 from tunewise.data.export import EXPORT_CHOICES
 from tunewise.errors import TunewiseError
+from tunewise.weights import DEFAULT_DEMOS, DEMOS_HELP
 from tunewise.io import encode_json, encode_jsonl
 
 Progress = Callable[[str, str], contextlib.AbstractContextManager]
@@ -59,6 +60,7 @@ class PlanConfig:
                 "learn indicator weights on it with the in-context proxy (paper D) and order examples within each "
                 "task by them."})
     trials: int = field(default=30, metadata={"help": "With --dev: trials of the weight search."})
+    demos: int = field(default=DEFAULT_DEMOS, metadata={"help": f"With --dev: {DEMOS_HELP}"})
     target: float = field(default=0.9, metadata={
         "help": "Normalised target for 'labels needed': fraction of the way from zero-shot to ceiling."})
     coefficients: Optional[str] = field(default=None, metadata={
@@ -96,6 +98,8 @@ class PlanConfig:
         if not 0 < self.target <= 1:
             raise TunewiseError(f"--target must be in (0, 1], got {self.target}", field="target",
                                 fix="give a fraction of the way from zero-shot to ceiling, e.g. --target 0.9")
+        if self.demos < 1:
+            raise TunewiseError(f"--demos must be at least 1, got {self.demos}", field="demos", fix="pass e.g. --demos 4")
         if self.trials < 1:
             raise TunewiseError(f"--trials must be at least 1, got {self.trials}", field="trials",
                                 fix="pass e.g. --trials 30")
@@ -378,7 +382,8 @@ def learn_weights(table, model, config: PlanConfig, output: Path, task_field: st
     anchor_examples = list(dev_table.take(anchors.positions).examples)
     with progress("learning indicator weights", "trials") as update:
         tuned = tune_weights(matrix, table.examples, anchor_examples, anchors, ProxyModel(model),
-                             output / "weights.run", trials=config.trials, seed=config.seed, progress=update)
+                             output / "weights.run", trials=config.trials, demos=config.demos, seed=config.seed,
+                             progress=update)
     return {**tuned.document(), "dev": str(config.dev), **reading.provenance()}
 
 

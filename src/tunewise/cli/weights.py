@@ -17,6 +17,7 @@ from tunewise.cli.options import check_output_path, parse_list, with_pool_option
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.data.pool import PoolReading, read_labelled_pool
 from tunewise.select.weighted import FEATURES
+from tunewise.weights import DEFAULT_DEMOS, DEMOS_HELP
 
 
 def score_dev(backend, dev, outputs: list[str]):
@@ -128,9 +129,7 @@ def tune_weights_command(
     sampler: str = typer.Option("tpe", help="Optuna sampler: tpe or gp."),
     repeats: int = typer.Option(3, min=1, help="R: seeded demonstration draws per trial (J's spread over them is "
                                                "reported)."),
-    demos: int = typer.Option(8, min=1, help="d: demonstrations per draw, one from each of d rank strata of S(w) "
-                                             "(with the shared prefix cache, more demonstrations cost little: the "
-                                             "anchors' own tokens dominate)."),
+    demos: int = typer.Option(DEFAULT_DEMOS, min=1, help=DEMOS_HELP),
     anchors: int = typer.Option(64, min=1, help="m: anchor items of the tiny validation set, an embedding-stratified "
                                                 "sample of the dev set (one per k-means cluster)."),
     metric: str = typer.Option("log_likelihood", help="Proxy score: log_likelihood (gold answer; 'loglik' is its "

@@ -32,6 +32,7 @@ import numpy as np
 from tunewise.weights.anchors import Anchors, anchor_estimate
 from tunewise.model.chat import encode_prompts, encode_responses
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.weights import DEFAULT_DEMOS
 from tunewise.data.pool import Example
 
 METRICS = ("log_likelihood", "exact_match")
@@ -190,7 +191,7 @@ class InContextProxy:
         anchor_examples: Sequence[Example],
         anchors: Anchors,
         repeats: int = 3,
-        demos: int = 8,
+        demos: int = DEFAULT_DEMOS,
         metric: str = "log_likelihood",
         seed: int = 0,
         naive: bool = False,

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from tunewise.errors import TunewiseError, did_you_mean
+from tunewise.weights import DEFAULT_DEMOS
 from tunewise.select.weighted import DIVERSITY_NEIGHBOURS, FeatureMatrix, selection_size
 from tunewise.training.metrics import canonical_metric
 
@@ -177,11 +178,36 @@ def search_weights(
     interrupted runs), or until a trial ends after ``timeout`` seconds of this call (as Optuna's
     ``timeout``: the running trial is finished, so every call runs at least one trial when any
     is left). ``progress(finished, trials)`` is called after every trial.
+
+    A search that stops (an error, an interrupt) before its first trial finished leaves nothing:
+    the folders this call created are removed, so no half-made study is mistaken for one to resume.
+    Once a trial has finished, the run folder stays and a later call continues it.
     """
     if sampler not in SAMPLERS:
         raise TunewiseError(f"unknown sampler '{sampler}'", field="sampler", fix=did_you_mean(sampler, SAMPLERS))
+    run_dir = Path(run_dir)
+    created = next((folder for folder in reversed([run_dir, *run_dir.parents]) if not folder.exists()), None)
+    new_files = [run_dir / name for name in (STORAGE_FILE, TRIAL_LOG_FILE) if not (run_dir / name).exists()]
+    records: list[TrialRecord] = []
+    try:
+        return _search(objective, features, run_dir, trials, timeout, sampler, seed, settings, progress, records)
+    except BaseException:
+        if not records:
+            if created is not None:
+                import shutil
+
+                shutil.rmtree(created, ignore_errors=True)
+            for path in new_files:
+                path.unlink(missing_ok=True)
+        raise
+
+
+def _search(objective, features, run_dir, trials, timeout, sampler, seed, settings, progress,
+            finished: list) -> SearchResult:
+    """The loop of :func:`search_weights`; ``finished`` is kept equal to the finished trials' records."""
     study = open_study(run_dir, settings)
     records = _finished_records(study)
+    finished[:] = records
     resumed_from = len(records)
     write_trial_log(run_dir, records)  # a run killed between a trial's end and its log line
     started = time.monotonic()
@@ -201,6 +227,7 @@ def search_weights(
             trial.set_user_attr("demonstrations", _digest(",".join(map(str, draw)) for draw in result.draws))
         study.tell(trial, value)
         records = _finished_records(study)
+        finished[:] = records
         write_trial_log(run_dir, records)
         if progress is not None:
             progress(len(records), trials)
@@ -284,7 +311,7 @@ def tune_weights(
     timeout: float | None = None,
     sampler: str = "tpe",
     repeats: int = 3,
-    demos: int = 8,
+    demos: int = DEFAULT_DEMOS,
     metric: str = "log_likelihood",
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
