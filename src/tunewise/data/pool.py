@@ -451,7 +451,32 @@ def iter_records(path, *, split: str | None = None, dataset_config: str | None =
         yield from _iter_parquet(path)
         return
     reader = {".jsonl": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv}[suffix]
-    yield from reader(path, _binary_opener(path, compression))
+    if compression is None:
+        yield from reader(path, _binary_opener(path, compression))
+        return
+    _check_compressed_header(path, compression)
+    try:
+        yield from reader(path, _binary_opener(path, compression))
+    except TunewiseError:
+        raise
+    except Exception as error:  # gzip, zlib and zstandard raise unrelated types for a damaged stream
+        raise TunewiseError(f"the {compression} data is damaged or cut short ({type(error).__name__}: {error})",
+                            file=str(path), fix="compress the file again, or pass the uncompressed file") from None
+
+
+# The first bytes of a gzip member (RFC 1952) and of a zstd frame (RFC 8878).
+_MAGIC = {".gz": (b"\x1f\x8b", "gzip", "gzip"), ".zst": (b"\x28\xb5\x2f\xfd", "zstd", "zstd")}
+
+
+def _check_compressed_header(path: Path, compression: str) -> None:
+    """Refuse a ``.gz``/``.zst`` file whose first bytes are not that format's (a mis-named plain file)."""
+    magic, name, tool = _MAGIC[compression]
+    with open(path, "rb") as handle:
+        if handle.read(len(magic)) == magic:
+            return
+    plain = path.with_suffix("")
+    raise TunewiseError(f"not a {name} file, though its name ends in {compression}", file=str(path),
+                        fix=f"rename it to {plain.name} if it is not compressed, or compress it with {tool}")
 
 
 def _binary_opener(path: Path, compression: str | None):
