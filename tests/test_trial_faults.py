@@ -55,3 +55,71 @@ def test_a_cut_short_gzip_file_is_refused(tmp_path):
     with pytest.raises(TunewiseError, match="damaged or cut short") as error:
         read_pool(pool)
     assert error.value.fix
+
+
+# -- 2. the Python API: nested strategy objects, top-level names, read_pool options, a short repr ----
+
+
+def test_plan_config_takes_a_nested_strategy_object_and_names_only_by_did_you_mean():
+    import tunewise as tw
+
+    config = tw.PlanConfig(budget=20, strategy=tw.TaskDiversity(within=tw.DifficultyWindow(c0=0.4)))
+    assert config.strategy_name == "task_diversity"
+    with pytest.raises(TunewiseError, match="unknown strategy") as error:
+        tw.PlanConfig(budget=20, strategy="task_divrsity")
+    assert "did you mean 'task_diversity'" in error.value.fix
+    with pytest.raises(TunewiseError, match="got 3 \\(a int\\)"):
+        tw.PlanConfig(budget=20, strategy=3)
+    with pytest.raises(TunewiseError, match="carries its own within-task order"):
+        tw.PlanConfig(budget=20, strategy=tw.TaskDiversity(), within="difficulty_window")
+
+
+def test_a_plan_made_from_a_strategy_object_matches_the_plan_made_by_name(tmp_path):
+    import tunewise as tw
+    from tunewise.model.fake import FakeBackend
+
+    pool_file = tmp_path / "pool.jsonl"
+    pool_file.write_bytes(LINES)
+    pool = read_pool(pool_file, "task")
+    by_object = tw.plan(pool, FakeBackend(), tw.PlanConfig(budget=4, coslow=False, strategy=tw.TaskDiversity(
+        within=tw.DifficultyWindow())), tmp_path / "object", model_name="fake")
+    by_name = tw.plan(pool, FakeBackend(), tw.PlanConfig(budget=4, coslow=False, strategy="task_diversity",
+                                                         within="difficulty_window"), tmp_path / "name",
+                      model_name="fake")
+    assert by_object.document["strategy"] == by_name.document["strategy"] == "task_diversity"
+    assert list(by_object.selection.positions) == list(by_name.selection.positions)
+
+
+def test_the_selector_classes_are_top_level_names_and_import_tunewise_stays_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, tunewise as tw; assert 'torch' not in sys.modules; "
+            "[getattr(tw, n) for n in ('Columns', 'TaskDiversity', 'WeightedTaskDiversity', 'DifficultyWindow', "
+            "'DifficultyBucket', 'WeightedIndicators', 'RandomSelection', 'KCenter')]; "
+            "assert 'torch' not in sys.modules, 'a selector class imported torch'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_read_pool_points_a_column_keyword_at_columns():
+    import pandas as pd
+
+    frame = pd.DataFrame([{"question": "q", "answer": "a", "uid": "x1"}])
+    with pytest.raises(TunewiseError, match="the record fields go in columns") as error:
+        read_pool(frame, id_field="uid")
+    assert "columns=Columns(id_field='uid')" in error.value.fix
+    with pytest.raises(TunewiseError, match="no option 'skipbad'") as error:
+        read_pool(frame, skipbad=True)
+    assert "did you mean 'skip_bad'" in error.value.fix
+
+
+def test_an_example_table_repr_is_one_short_line():
+    import pandas as pd
+
+    from tunewise.data.table import ExampleTable
+
+    pool = read_pool(pd.DataFrame(RECORDS * 1), "task")
+    scores = pd.DataFrame({"id": [e.id for e in pool.examples], "task": [e.task for e in pool.examples],
+                           "loss": [1.0] * len(pool)})
+    text = repr(ExampleTable(tuple(pool.examples), scores, pool.source))
+    assert text == "ExampleTable(6 rows, 2 tasks, columns: loss, source='<DataFrame>')"

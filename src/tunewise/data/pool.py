@@ -250,6 +250,7 @@ def read_pool(
     keep_duplicates: bool = False,
     split: str | None = None,
     dataset_config: str | None = None,
+    **unknown,
 ) -> Pool:
     """Read a pool into a :class:`Pool`.
 
@@ -279,8 +280,12 @@ def read_pool(
     Raises :class:`~tunewise.errors.TunewiseError` (file, line, field, fix) for a bad record (unless
     ``skip_bad``), and for a ``columns.id_field`` id given to two examples: ids name examples in
     every output, so they must be unique. Exact repeats are merged before that check, so a repeat
-    that carries its original's id is no clash (with ``keep_duplicates`` it is one).
+    that carries its original's id is no clash (with ``keep_duplicates`` it is one). A field of
+    :class:`Columns` passed as a keyword of its own (``id_field=...``) is refused with the
+    ``columns=Columns(...)`` form to use instead.
     """
+    if unknown:
+        _refuse_unknown_options(unknown)
     source = describe_source(path, split)
     skipped: list[SkippedRecord] = []
     duplicates: list[tuple[int, int]] = []
@@ -300,6 +305,22 @@ def read_pool(
     reading = PoolReading(columns or Columns(), split, dataset_config, keep_duplicates)
     return Pool(source=str(source), examples=examples, skipped=skipped, duplicates=duplicates,
                 unused_fields=unused, columns=reading.columns.used(), read_options=reading.source_options())
+
+
+def _refuse_unknown_options(unknown: dict) -> None:
+    """A TypeError would not say that the field mapping goes in ``columns``: say it, with the call to write."""
+    import inspect
+    from dataclasses import fields
+
+    column_fields = [f.name for f in fields(Columns)]
+    name, value = next(iter(unknown.items()))
+    if name in column_fields:
+        given = ", ".join(f"{key}={val!r}" for key, val in unknown.items() if key in column_fields)
+        raise TunewiseError(f"read_pool has no option '{name}': the record fields go in columns", field=name,
+                            fix=f"pass columns=Columns({given}) (from tunewise import Columns)")
+    known = [p for p in inspect.signature(read_pool).parameters if p not in ("path", "unknown")]
+    raise TunewiseError(f"read_pool has no option '{name}'", field=name,
+                        fix=did_you_mean(name, known + column_fields))
 
 
 class _FirstLines(dict):

@@ -206,6 +206,14 @@ class ExampleTable:
     def __len__(self) -> int:
         return len(self.examples)
 
+    def __repr__(self) -> str:
+        # The dataclass repr would print every example (tens of KB for a small pool).
+        tasks = dict.fromkeys(example.task for example in self.examples)
+        columns = [name for name in self.scores.columns if name not in ("id", "task")]
+        shown = ", ".join(columns[:8]) + (f", … (+{len(columns) - 8})" if len(columns) > 8 else "")
+        return (f"ExampleTable({len(self)} rows, {len(tasks)} tasks, columns: {shown or 'none'}"
+                + (f", source={self.source!r})" if self.source else ")"))
+
     @property
     def columns(self) -> list[str]:
         return list(self.scores.columns)
