@@ -123,3 +123,35 @@ def test_an_example_table_repr_is_one_short_line():
                            "loss": [1.0] * len(pool)})
     text = repr(ExampleTable(tuple(pool.examples), scores, pool.source))
     assert text == "ExampleTable(6 rows, 2 tasks, columns: loss, source='<DataFrame>')"
+
+
+# -- 3. CSV pools: an open quote, a row with too many cells, a row with too few ----------------------
+
+
+@pytest.mark.parametrize("rows, line, fragment", [
+    ('q1,a1,t\n"What is 2,2,t\nq3,a3,t\n', 3, "a quote opened on line 3 is never closed"),
+    ("q1,a1,t\nq2,a2,t,extra\n", 3, "4 cells, more than the 3 columns"),
+    ("q1,a1,t\nq2,a2\n", 3, "2 cells, fewer than the 3 columns"),
+])
+def test_a_broken_csv_row_is_refused_with_its_line(tmp_path, rows, line, fragment):
+    pool = tmp_path / "pool.csv"
+    pool.write_text("question,answer,task\n" + rows, encoding="utf-8")
+    output = tmp_path / "scores.parquet"
+    result = run("score", pool, "-o", output, "--model", "tiny-random", "--indicators", "length")
+    assert_user_error(result, output, f"{pool}:{line}", fragment, "fix:")
+
+
+def test_csv_rows_keep_their_starting_line_across_quoted_line_breaks_and_blank_lines(tmp_path):
+    pool = tmp_path / "pool.csv"
+    pool.write_text('question,answer,task\n"multi\nline, ok",a1,t\n\nq2,a2,t\n', encoding="utf-8")
+    read = read_pool(pool, "task")
+    assert [e.location[1] for e in read.examples] == [2, 5]
+    assert read.examples[0].prompt[0]["content"] == "multi\nline, ok"
+    assert read_pool(pool.with_name("pool.csv"), "task", skip_bad=True).skipped == []
+
+
+def test_skip_bad_skips_a_short_csv_row_and_lists_it(tmp_path):
+    pool = tmp_path / "pool.csv"
+    pool.write_text("question,answer\nq1,a1\nq2\nq3,a3\n", encoding="utf-8")
+    read = read_pool(pool, skip_bad=True)
+    assert len(read) == 2 and [s.line for s in read.skipped] == [3]

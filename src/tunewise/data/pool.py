@@ -640,19 +640,43 @@ def _iter_json(path: Path, open_binary) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_csv(path: Path, open_binary) -> Iterator[tuple[int, Any]]:
+    """Records of a CSV file with a header row, numbered by the line each starts on.
+
+    A row with more or fewer cells than the header is a bad record (its cells would otherwise land
+    in the wrong fields or vanish); a quote left open swallows the rest of the file, so it stops the
+    read with the line it opened on.
+    """
     text = _decode(_read_all(open_binary), path, 1)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: a quote left open is an error at the end of the file, not one giant last cell.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     # Long prompts are legitimate: lift the csv module's 128 KiB cell limit for this read only.
     previous_limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    rows = []
+    start = 1
     try:
-        # line_num counts physical lines, so multi-line quoted cells still report the right place.
-        rows = [(reader.line_num, {k: v for k, v in record.items() if k is not None}) for record in reader]
+        # line_num counts physical lines, so a row starts one after where the last one ended.
+        for cells in reader:
+            rows.append((start, cells))
+            start = reader.line_num + 1
     except csv.Error as error:
-        raise TunewiseError(f"malformed CSV ({error})", file=str(path), line=reader.line_num,
-                            fix="check the quoting of this line, or write the pool as JSONL") from None
+        opened = f"a quote opened on line {start} is never closed" if "end of data" in str(error) else str(error)
+        raise TunewiseError(f"malformed CSV ({opened})", file=str(path), line=start,
+                            fix="close or double the quote (\"\") on this line, or write the pool as JSONL") from None
     finally:
         csv.field_size_limit(previous_limit)
-    yield from rows
+    rows = [(line, cells) for line, cells in rows if cells]  # blank lines hold no record
+    if not rows:
+        return
+    (_, header), *rows = rows
+    for line, cells in rows:
+        if len(cells) == len(header):
+            yield line, dict(zip(header, cells))
+        else:
+            kind = "more" if len(cells) > len(header) else "fewer"
+            yield line, _BadRecord(f"malformed CSV row: {len(cells)} cells, {kind} than the {len(header)} columns "
+                                   f"of the header ({', '.join(header)})",
+                                   "quote any cell holding a comma or line break, and give every row one cell per "
+                                   "column (an empty cell for a missing value)")
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
