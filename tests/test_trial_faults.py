@@ -155,3 +155,32 @@ def test_skip_bad_skips_a_short_csv_row_and_lists_it(tmp_path):
     pool.write_text("question,answer\nq1,a1\nq2\nq3,a3\n", encoding="utf-8")
     read = read_pool(pool, skip_bad=True)
     assert len(read) == 2 and [s.line for s in read.skipped] == [3]
+
+
+# -- 4. a missing local path is never taken for a Hub dataset id ------------------------------------
+
+
+@pytest.mark.parametrize("given", ["./d/typo", "../d/typo", "/nonexistent/typo", "~/typo", "d/typo.jsonl", "a/b/c"])
+def test_a_missing_local_looking_path_is_no_such_file(tmp_path, monkeypatch, given):
+    import datasets
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("went to the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_network)
+    monkeypatch.chdir(tmp_path)
+    output = tmp_path / "scores.parquet"
+    result = run("score", given, "-o", output, "--model", "tiny-random", "--split", "train")
+    assert_user_error(result, output, f"{given}: no such file or folder", "fix: check the path")
+
+
+@pytest.mark.parametrize("given", ["owner/name", "name"])
+def test_owner_name_and_bare_names_are_read_as_hub_ids(tmp_path, monkeypatch, given):
+    import datasets
+
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: asked.append(args) or
+                        datasets.Dataset.from_list(RECORDS))
+    monkeypatch.chdir(tmp_path)
+    assert len(read_pool(given, split="train")) == len(RECORDS)
+    assert asked == [(given, None)]

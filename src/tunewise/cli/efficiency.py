@@ -18,7 +18,7 @@ from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.efficiency.coslow import DEFAULT_DIMENSION as DEFAULT_PROJECTION_DIM
 from tunewise.cli.options import flag_name, with_pool_options
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.io import encode_json, encode_jsonl
 
@@ -99,7 +99,7 @@ def curve_command(
 @command("coslow")
 @with_pool_options()
 def coslow_command(
-    pool: Path = typer.Argument(..., help="Pool file of the task (unlabelled or labelled)."),
+    pool: Path = typer.Argument(..., parser=SourcePath, help="Pool file of the task (unlabelled or labelled)."),
     task: Optional[str] = typer.Option(None, help="Task to measure (needed when the pool has several)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a "

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from tunewise.cli.options import (POOL_HELP, check_output_path, parse_list, print_pool_notes, report_skipped,
                                   with_pool_options)
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
@@ -22,7 +22,7 @@ from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
 @command("score")
 @with_pool_options()
 def score_command(
-    pool: Path = typer.Argument(..., help=POOL_HELP),
+    pool: Path = typer.Argument(..., parser=SourcePath, help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Scores file to write (Parquet)."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     indicators: str = typer.Option(",".join(DEFAULT_INDICATORS), help="Comma-separated indicators."),

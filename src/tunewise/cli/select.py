@@ -12,7 +12,7 @@ from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import StrategyFlags, flag_name, with_pool_options, with_strategy_options
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
@@ -30,7 +30,7 @@ def select_command(
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
-    pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
+    pool: Optional[Path] = typer.Option(None, parser=SourcePath, help="The scored pool: the picks' own ids and fields go into the "
                                                    "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages, prompt_completion "

@@ -443,13 +443,14 @@ def iter_records(path, *, split: str | None = None, dataset_config: str | None =
     if not isinstance(path, (str, Path)):
         yield from _iter_object(path)
         return
-    text = str(path)
+    text = getattr(path, "given", None) or str(path)
     path = Path(path)
     if not path.exists():
         if _looks_like_hub_id(text):
             yield from _iter_hub(text, split, dataset_config)
             return
-        raise TunewiseError("no such file or folder", file=str(path), fix="check the path")
+        raise TunewiseError("no such file or folder", file=text,
+                            fix="check the path (a Hub dataset id has the shape owner/name)")
     if path.is_dir():
         yield from _iter_saved_dataset(path, split)
         return
@@ -531,9 +532,23 @@ def expand_sources(path) -> list:
     return files
 
 
+class SourcePath(type(Path())):
+    """A path that keeps the text it was typed as: ``Path("./d/typo")`` is ``d/typo``, which has the
+    shape of a Hub dataset id, while ``./d/typo`` is plainly a local path (the command line reads
+    pool arguments into one). Paths derived from it are plain paths."""
+
+    def __new__(cls, text):
+        self = super().__new__(cls, text)
+        self.given = str(text)
+        return self
+
+
 def _looks_like_hub_id(text: str) -> bool:
+    """``owner/name`` or a bare ``name``; never text that looks local: ``./``, ``../``, ``/`` or ``~``
+    at the start, a file suffix, or more than one ``/``."""
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not Path(text).suffix and not text.startswith((".", "~"))
+    return (len(parts) <= 2 and all(parts) and not Path(text).suffix
+            and not text.startswith((".", "~", "/")) and "\\" not in text)
 
 
 def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) -> Iterator[tuple[int, Any]]:
@@ -547,8 +562,9 @@ def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) ->
     offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes")
                   for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if split is None:
-        raise TunewiseError("a Hub dataset needs a split", file=dataset_id, field="split",
-                            fix="pass --split train (or the split you want)")
+        raise TunewiseError("no such file or folder; read as a Hugging Face Hub dataset id, it needs a split",
+                            file=dataset_id, field="split",
+                            fix="check the path, or for a Hub dataset pass --split train (or the split you want)")
     try:
         dataset = datasets.load_dataset(dataset_id, dataset_config, split=split)
     except Exception as error:  # the datasets library raises many types for a missing or unreadable dataset
