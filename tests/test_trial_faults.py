@@ -184,3 +184,24 @@ def test_owner_name_and_bare_names_are_read_as_hub_ids(tmp_path, monkeypatch, gi
     monkeypatch.chdir(tmp_path)
     assert len(read_pool(given, split="train")) == len(RECORDS)
     assert asked == [(given, None)]
+
+
+# -- 5. a record without the task field, when other records have it -------------------------------
+
+
+def test_a_record_missing_a_task_field_others_have_points_at_one_that_has_it(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"prompt": "a", "completion": "b", "task": "x"}) + "\n"
+                    + json.dumps({"prompt": "c", "completion": "d"}) + "\n", encoding="utf-8")
+    output = tmp_path / "scores.parquet"
+    result = run("score", pool, "-o", output, "--model", "tiny-random", "--task-field", "task")
+    assert_user_error(result, output, f"{pool}:2", "no task field 'task'", f"as {pool}:1 has", "--skip-bad")
+    assert "choose one of" not in result.output
+
+
+def test_a_misspelt_task_field_still_gets_did_you_mean(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(LINES)
+    with pytest.raises(TunewiseError) as error:
+        read_pool(pool, "tsak")
+    assert error.value.line == 1 and "did you mean 'task'" in error.value.fix

@@ -349,6 +349,7 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
     repeats: dict[str, int] = {}
     kept = skipped = 0
     saw_task_field = False
+    task_seen_at = None  # (file, line) of the first record with the task field
     for line, record in records:
         try:
             example = parse_record(record, task_field, columns)
@@ -358,8 +359,12 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
                 _check_new_user_id(example.user_id, path, line, first_ids, columns.id_field, keep_duplicates)
         except TunewiseError as error:
             if not skip_bad:
-                raise TunewiseError(error.message, file=str(path), line=line, field=error.field,
-                                    fix=error.fix) from None
+                fix = error.fix
+                if task_seen_at is not None and error.message == _no_task_field(task_field):
+                    # The name is right: other records have the field, this one lacks it.
+                    fix = (f"give this record a '{task_field}' as {task_seen_at[0]}:{task_seen_at[1]} has, or pass "
+                           "--skip-bad to skip the records without one")
+                raise TunewiseError(error.message, file=str(path), line=line, field=error.field, fix=fix) from None
             skipped += 1
             if on_skipped is not None:
                 on_skipped(SkippedRecord(str(path), line, str(error.message)))
@@ -377,6 +382,8 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
         # parse_record refuses a record without the task field, so any kept example had one
         # (for a Label Studio or Argilla record, inside its data or metadata).
         saw_task_field = task_field is not None
+        if saw_task_field and task_seen_at is None:
+            task_seen_at = (str(path), line)
         if unused is not None:
             for name, value in example.metadata.items():
                 if isinstance(value, str) and value.strip() and name != task_field and name not in BOOKKEEPING:
@@ -808,9 +815,10 @@ def parse_record(record: Any, task_field: str | None = None, columns: Columns | 
         task = DEFAULT_TASK
     else:
         if task_field not in record:
-            raise TunewiseError(f"the record has no task field '{task_field}'", field=task_field,
+            raise TunewiseError(_no_task_field(task_field), field=task_field,
                                 fix="name a field of the record with --task-field: "
-                                + did_you_mean(task_field, [str(key) for key in record]))
+                                + did_you_mean(task_field, [str(key) for key in record])
+                                + " (or pass --skip-bad to skip the records without it)")
         if _is_missing(record[task_field]):
             raise TunewiseError("the task is empty", field=task_field,
                                 fix="give every record a task, or drop --task-field")
@@ -831,6 +839,10 @@ def parse_record(record: Any, task_field: str | None = None, columns: Columns | 
         metadata=metadata,
         user_id=user_id,
     )
+
+
+def _no_task_field(task_field: str) -> str:
+    return f"the record has no task field '{task_field}'"
 
 
 def _is_missing(value: Any) -> bool:
