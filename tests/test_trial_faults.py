@@ -205,3 +205,33 @@ def test_a_misspelt_task_field_still_gets_did_you_mean(tmp_path):
     with pytest.raises(TunewiseError) as error:
         read_pool(pool, "tsak")
     assert error.value.line == 1 and "did you mean 'task'" in error.value.fix
+
+
+# -- 6. budgets: one check for plan and select --------------------------------------------------------
+
+
+def write_scored_pool(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(LINES)
+    scores = tmp_path / "scores.parquet"
+    assert run("score", pool, "-o", scores, "--model", "tiny-random", "--indicators", "length").exit_code == 0
+    return pool, scores
+
+
+@pytest.mark.parametrize("budget, message", [("0", "--budget 0 selects nothing"),
+                                             ("-1", "--budget must be ≥ 1, got -1")])
+def test_plan_and_select_refuse_the_same_bad_budget_the_same_way(tmp_path, budget, message):
+    pool, scores = write_scored_pool(tmp_path)
+    run_dir = tmp_path / "run"
+    planned = run("plan", pool, "--budget", budget, "--model", "tiny-random", "-o", run_dir)
+    assert_user_error(planned, run_dir, message, "fix: pass --budget 1 or more")
+    selection = tmp_path / "selection.jsonl"
+    selected = run("select", scores, "--budget", budget, "-s", "random", "-o", selection)
+    assert_user_error(selected, selection, message, "fix: pass --budget 1 or more")
+
+
+def test_a_budget_of_the_wrong_type_shows_its_repr_and_type():
+    import tunewise as tw
+
+    with pytest.raises(TunewiseError, match=r"got '10' \(a str\)"):
+        tw.PlanConfig(budget="10")

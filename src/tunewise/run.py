@@ -91,9 +91,9 @@ class PlanConfig:
         from tunewise.errors import did_you_mean
         from tunewise.select import WITHIN_TASK, available_strategies
 
-        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
-            raise TunewiseError(f"--budget must be a whole number ≥ 0, got {self.budget}", field="budget",
-                                fix="pass e.g. --budget 200")
+        from tunewise.select.base import check_label_budget
+
+        check_label_budget(self.budget)
         from tunewise.training.finetune import MAX_SEED
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
