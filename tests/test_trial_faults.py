@@ -235,3 +235,29 @@ def test_a_budget_of_the_wrong_type_shows_its_repr_and_type():
 
     with pytest.raises(TunewiseError, match=r"got '10' \(a str\)"):
         tw.PlanConfig(budget="10")
+
+
+# -- 7. output suffixes; -o for curve and estimate ----------------------------------------------------
+
+
+def test_score_refuses_a_scores_file_that_is_not_parquet(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_bytes(LINES)
+    output = tmp_path / "x.txt"
+    result = run("score", pool, "-o", output, "--model", "tiny-random", "--indicators", "length")
+    assert_user_error(result, output, "does not end in .parquet", f"fix: pass -o {tmp_path / 'x.parquet'}")
+
+
+def test_curve_and_estimate_write_their_json_result_with_o(tmp_path):
+    curve = tmp_path / "curve.json"
+    curve.write_text(json.dumps({"0": 0.3, "10": 0.5, "50": 0.6, "100": 0.7}), encoding="utf-8")
+    for args, name in [(["curve", curve, "--ceiling", "0.8"], "curve_result.json"),
+                       (["estimate", "--coslow", "0.3", "--coefficients", "paper:llama-3.1-8b"], "estimate.json")]:
+        printed = run(*args, "--json")
+        assert printed.exit_code == 0, printed.output
+        written = run(*args, "--json", "-o", tmp_path / name)
+        assert written.exit_code == 0, written.output
+        assert json.loads((tmp_path / name).read_text(encoding="utf-8")) == json.loads(printed.output)
+        refused = tmp_path / (name[:-5] + ".txt")
+        assert_user_error(run(*args, "-o", refused), refused, "does not end in .json", "fix: pass -o")
+    assert_user_error(run("curve", curve, "-o", curve), None, "would destroy that input")

@@ -42,12 +42,13 @@ def score_command(
 ) -> None:
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
     from tunewise.model import load_backend
-    from tunewise.data.table import read_scores, write_scores
+    from tunewise.data.table import check_scores_path, read_scores, write_scores
     from tunewise.indicators.score import score_pool, scores_provenance
     from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming, streamable
     from tunewise.io import remove_stale_temporaries
 
     check_output_path(output, {"the pool": pool})
+    check_scores_path(output)
     names = [i.name for i in resolve_indicators(parse_list(indicators))]
     if engine not in ("local", "ray"):
         raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
