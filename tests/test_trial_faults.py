@@ -261,3 +261,11 @@ def test_curve_and_estimate_write_their_json_result_with_o(tmp_path):
         refused = tmp_path / (name[:-5] + ".txt")
         assert_user_error(run(*args, "-o", refused), refused, "does not end in .json", "fix: pass -o")
     assert_user_error(run("curve", curve, "-o", curve), None, "would destroy that input")
+
+
+def test_plan_dev_keeps_a_local_looking_path_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pool.jsonl").write_bytes(LINES)
+    result = run("plan", "pool.jsonl", "--task-field", "task", "--budget", "2", "--model", "tiny-random",
+                 "--dev", "./d/typo", "-o", tmp_path / "run")
+    assert_user_error(result, tmp_path / "run", "./d/typo: no such file or folder")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tunewise.data.pool import SourcePath
 from tunewise.errors import TunewiseError
 from tunewise.io import encode_json, encode_jsonl
 
@@ -56,6 +57,7 @@ class PlanConfig:
     weights: Optional[Path] = field(default=None, metadata={
         "help": "Indicator weights (weights.json of `tunewise tune-weights`) to order examples within each task."})
     dev: Optional[Path] = field(default=None, metadata={
+        "parser": SourcePath,
         "help": "Labelled dev file (read as the pool is: field flags, --split, --dataset-config, --keep-duplicates): "
                 "learn indicator weights on it with the in-context proxy (paper D) and order examples within each "
                 "task by them."})
