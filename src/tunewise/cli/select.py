@@ -12,12 +12,8 @@ from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import StrategyFlags, flag_name, with_pool_options, with_strategy_options
-<<<<<<< HEAD
 from tunewise.data.export import EXPORT_CHOICES
-from tunewise.data.pool import PoolReading
-=======
 from tunewise.data.pool import PoolReading, SourcePath
->>>>>>> main
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
