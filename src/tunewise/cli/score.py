@@ -10,9 +10,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.options import (DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, check_output_path, parse_list, print_pool_notes,
-                                  report_skipped, with_config_options)
-from tunewise.data.pool import Columns
+from tunewise.cli.options import (POOL_HELP, check_output_path, parse_list, print_pool_notes, report_skipped,
+                                  with_pool_options)
+from tunewise.data.pool import PoolReading
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
@@ -20,7 +20,7 @@ from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
 
 
 @command("score")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_pool_options()
 def score_command(
     pool: Path = typer.Argument(..., help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Scores file to write (Parquet)."),
@@ -29,9 +29,6 @@ def score_command(
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N examples."),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
-    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
-    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
-    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, "
                                                         "else fp32), fp32, bf16."),
@@ -41,11 +38,10 @@ def score_command(
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
     from tunewise.model import load_backend
-    from tunewise.data.pool import read_pool
     from tunewise.data.table import read_scores, write_scores
     from tunewise.indicators.score import score_pool, scores_provenance
     from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming, streamable
@@ -57,23 +53,22 @@ def score_command(
         raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
     started = time.perf_counter()
     remove_stale_temporaries(output)  # left by a killed run of this command
-    if engine == "local" and streamable(names) and split is None:
+    if engine == "local" and streamable(names) and reading.split is None:
         # Model-free indicators: read, score and write in batches, so any pool size fits in memory.
         batches = iter_pool_batches(
-            pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped, columns=columns,
-            keep_duplicates=keep_duplicates,
+            pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped, columns=reading.columns,
+            keep_duplicates=reading.keep_duplicates,
             on_duplicate=lambda line, kept: console.print(
                 f"[yellow]note:[/] line {line} repeats line {kept} exactly and is merged into it", highlight=False))
         backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                                max_batch_tokens=batch_tokens)
         with progress_bar("scoring") as update:
-            provenance = scores_provenance(backend, names, str(pool), columns.used())
+            provenance = scores_provenance(backend, names, str(pool)) | reading.provenance()
             score_pool_streaming(batches, backend, names, output, provenance,
                                  cache_dir=cache_dir, progress=update)
         scores, _ = read_scores(output)
     else:
-        examples = read_pool(pool, task_field, skip_bad=skip_bad, limit=limit, columns=columns,
-                             keep_duplicates=keep_duplicates, split=split, dataset_config=dataset_config)
+        examples = reading.read(pool, task_field, skip_bad=skip_bad, limit=limit)
         print_pool_notes(examples)
         if engine == "ray":
             from tunewise.indicators.ray import score_pool_ray
@@ -88,7 +83,7 @@ def score_command(
             with progress_bar("scoring") as update:
                 scores = score_pool(examples, backend, names, cache_dir=cache_dir, progress=update,
                                     max_batch_tokens=batch_tokens)
-            provenance = scores_provenance(backend, names, str(pool), columns.used())
+            provenance = scores_provenance(backend, names, str(pool)) | reading.provenance()
         write_scores(scores, output, provenance)
     seconds = time.perf_counter() - started
     if as_json:

@@ -11,12 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.cli.options import StrategyFlags, flag_name, with_pool_options, with_strategy_options
+from tunewise.data.pool import PoolReading
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
 
 
 @command("select")
+@with_strategy_options(panel="Strategy parameters")
+@with_pool_options(panel="Pool reading (of --pool; default: as it was scored)")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
@@ -26,39 +30,20 @@ def select_command(
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
-    within: Optional[str] = typer.Option(
-        None, help="Order inside each task (task strategies): random, difficulty_window, difficulty_bucket, "
-                   "weighted_indicators; its flags below apply to it."
-    ),
-    indicator: Optional[str] = typer.Option(None, help="top_k: the score column to rank by."),
-    direction: Optional[str] = typer.Option(None, help="top_k: desc (highest first) or asc."),
-    weights: Optional[Path] = typer.Option(None, help='weighted_indicators: JSON file {"weights": {...}}.'),
-    gamma: Optional[float] = typer.Option(None, help="weighted_task_diversity: sharpness γ of (1/c̄)^γ."),
-    epsilon: Optional[float] = typer.Option(None, help="weighted_task_diversity: floor ε on mean confidence."),
-    confidence_column: Optional[str] = typer.Option(None, help="Column holding the model's confidence."),
-    difficulty: Optional[str] = typer.Option(
-        None, help="difficulty_window, difficulty_bucket: length (response tokens, paper C's chain-of-thought "
-                   "length; the default), cot_length or loss."),
-    c0: Optional[float] = typer.Option(None, help="difficulty_window: centre at n0 picks, in [0, 1] (default 0.35)."),
-    beta: Optional[float] = typer.Option(None, help="difficulty_window: centre shift per decade of budget (default 0: "
-                                                    "fixed; set it from `tunewise calibrate-difficulty`)."),
-    n0: Optional[float] = typer.Option(None, help="difficulty_window: the budget where the centre is c0."),
-    bucket: Optional[str] = typer.Option(None, help="difficulty_bucket: easy, medium or hard third of each task."),
-    set_diversity: Optional[bool] = typer.Option(
-        None, "--set-diversity/--no-set-diversity",
-        help="weighted_indicators: pick a diverse set among the 2n best (greedy facility location on embeddings)."),
-    reference_size: Optional[int] = typer.Option(None, help="facility_location: rows the coverage is measured on."),
-    pool: Optional[Path] = typer.Option(None, help="The scored pool, to --export the chosen examples."),
+    pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
+                                                   "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
-    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
+    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages, prompt_completion "
+                                                     "or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    strategy_flags: StrategyFlags = None,
+    reading: PoolReading = None,
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
-    from tunewise.data.export import EXPORT_FORMATS, default_export_path
+    from tunewise.data.export import EXPORT_FORMATS, default_export_path, export_examples
     from tunewise.io import check_output_file, refuse_overwriting_inputs
-    from tunewise.select import read_indicator_weights
     from tunewise.select.manifest import meta_path, selection_meta, write_selection
 
     if (budget is None) == (fraction is None):
@@ -76,23 +61,21 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
+    pool_flags = list(reading.used())
+    if pool_flags and pool is None:
+        flags = ", ".join(flag_name(name) for name in pool_flags)
+        raise TunewiseError(f"{flags} {'says' if len(pool_flags) == 1 else 'say'} how to read the --pool, "
+                            "and without --pool no pool is read",
+                            fix="add --pool POOL (the pool that was scored), or drop the flags")
 
     export_target = None if export is None else export_path or default_export_path(output, export)
     outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
-    refuse_overwriting_inputs(outputs, {"the scores": scores_path, "--pool": pool, "--weights": weights})
+    refuse_overwriting_inputs(outputs, {"the scores": scores_path, "--pool": pool, **strategy_flags.files})
     for name, path in outputs.items():
         if path is not None:
             check_output_file(path, field=name.lstrip("-"), example="-o selection.jsonl")
 
-    flags = {
-        "within": within, "indicator": indicator, "direction": direction, "gamma": gamma, "epsilon": epsilon,
-        "confidence_column": confidence_column, "difficulty": difficulty, "c0": c0, "beta": beta, "n0": n0,
-        "bucket": bucket, "set_diversity": set_diversity, "reference_size": reference_size,
-    }
-    given = {name: value for name, value in flags.items() if value is not None}
-    if weights is not None:
-        given = {**read_indicator_weights(weights), **given}
-    chosen = strategy_from_flags(strategy, given)
+    chosen = strategy_from_flags(strategy, strategy_flags)
 
     scores, provenance = read_scores(scores_path)
     if fraction is not None:
@@ -111,13 +94,16 @@ def select_command(
     selection = chosen.select(scores, budget, seed)
     selection.notes.extend(starved_task_notes(scores, selection))
 
-    extra_files = {}
+    extra_files, picks = {}, None
+    if pool is not None:
+        reading = scored_reading(reading, provenance, scores_path)
+        picks = picked_examples(scores, selection, pool, task_field, reading)
     if export is not None:
-        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export)
+        extra_files[export_target] = export_examples(picks, export)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
-    )
-    written = write_selection(output, scores, selection, meta, extra_files)
+    ) | reading.provenance()  # pool-reading flags come only with --pool (checked above)
+    written = write_selection(output, scores, selection, meta, extra_files, picks=picks)
 
     for note in selection.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -146,7 +132,7 @@ def starved_task_notes(scores, selection) -> list[str]:
             + (" (fewer picks than tasks)" if len(selection) < len(tasks) else "")]
 
 
-def strategy_from_flags(strategy: str, given: dict):
+def strategy_from_flags(strategy: str, flags: StrategyFlags):
     """The strategy object the flags describe: a task strategy gets its ``within`` strategy built as
     an object from the flags that belong to it; a flag that applies to neither is refused."""
     from tunewise.errors import did_you_mean
@@ -155,19 +141,19 @@ def strategy_from_flags(strategy: str, given: dict):
 
     if strategy not in STRATEGIES:
         raise TunewiseError(f"unknown strategy '{strategy}'", field="strategy", fix=did_you_mean(strategy, STRATEGIES))
-    if strategy == "efficiency":
-        raise TunewiseError("the efficiency strategy needs predicted learning curves, which `select` cannot make",
-                            field="strategy", fix="use `tunewise plan --strategy efficiency --coefficients ...`")
-    own, inner, rest = route_parameters(strategy, given)
+    if not STRATEGIES[strategy].command_line:
+        raise TunewiseError(f"the {strategy} strategy needs predicted learning curves, which `select` cannot make",
+                            field="strategy", fix=f"use `tunewise plan --strategy {strategy} --coefficients ...`")
+    given = flags.params()
+    values = {name: value for name, (value, _) in given.items()}
+    own, inner, rest = route_parameters(strategy, values)
     declared = STRATEGIES[strategy].parameters
     if rest:
-        flags = sorted(
-            {"--weights" if name in ("weights", "orientation") else "--" + name.replace("_", "-") for name in rest}
-        )
-        used_by = f"--strategy {strategy}" + (f" --within {given.get('within', 'random')}" if "within" in declared
+        names = sorted({given[name][1] for name in rest})
+        used_by = f"--strategy {strategy}" + (f" --within {values.get('within', 'random')}" if "within" in declared
                                               else "")
         raise TunewiseError(
-            f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {used_by}",
+            f"{', '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to {used_by}",
             fix="drop the flag, or choose a strategy that uses it",
         )
     if inner:
@@ -175,15 +161,49 @@ def strategy_from_flags(strategy: str, given: dict):
     return build_strategy(STRATEGIES[strategy], own)
 
 
-def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
-    """The chosen examples, re-read from the pool by id, in the requested training format."""
-    from tunewise.data.pool import read_pool
-    from tunewise.data.export import export_examples
+def scored_reading(given: PoolReading, provenance: dict, scores_path: Path) -> PoolReading:
+    """How to read --pool: the pool-reading flags ``given``, and for each one not given, what the
+    scores' provenance records (the field flags as a whole, ``split``, ``dataset_config``,
+    ``keep_duplicates``), so that the pool is read as it was scored; refused when the provenance
+    is unreadable."""
+    try:
+        recorded = PoolReading.from_provenance(provenance)
+    except (TypeError, ValueError) as error:
+        raise TunewiseError(f"the scores' provenance holds unreadable field flags ({error})", file=scores_path,
+                            field="columns", fix="pass the flags (--prompt-field …, --split …) the pool was "
+                                                 "scored with") from None
+    reading = PoolReading(given.columns if given.columns.used() else recorded.columns,
+                          given.split or recorded.split, given.dataset_config or recorded.dataset_config,
+                          given.keep_duplicates or recorded.keep_duplicates)
+    taken = {name: value for name, value in reading.used().items() if name not in given.used()}
+    if taken:
+        flags = " ".join(flag_name(name) + ("" if value is True else f" {value}") for name, value in taken.items())
+        console.print(f"[yellow]note:[/] reading --pool with the flags it was scored with: {escape(flags)}",
+                      highlight=False)
+    return reading
 
-    chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
-    chosen = read_pool(pool_path, task_field).examples_for(
-        chosen_ids, what="selected", fix="pass the same pool (and --task-field) that was scored")
-    return export_examples(chosen, export_format)
+
+def picked_examples(scores, selection, pool_path: Path, task_field: str | None,
+                    reading: PoolReading | None = None) -> tuple:
+    """The chosen examples, in pick order, joined from the pool (read as ``reading`` says) by id:
+    what the export holds and where the manifest's user ids and fields come from.
+
+    Raises TunewiseError when a pick is not in the pool (not the pool that was scored), or is
+    there under another task (the pool read with another --task-field than when scoring).
+    """
+    from tunewise.data.table import ExampleTable
+
+    rows = scores.iloc[selection.positions]
+    picks = ExampleTable.join((reading or PoolReading()).read(pool_path, task_field), rows,
+                              what="selected").examples
+    tasks = rows["task"].astype(str).tolist()
+    differ = [(pick, task) for pick, task in zip(picks, tasks) if pick.task != task]
+    if differ:
+        pick, task = differ[0]
+        raise TunewiseError(f"{len(differ)} selected examples have another task in the pool than in the scores "
+                            f"(e.g. {pick.id}: '{pick.task}' in the pool, '{task}' in the scores)", file=pool_path,
+                            field="task-field", fix="pass the --task-field the pool was scored with")
+    return picks
 
 
 def allocation_table(meta: dict) -> Table:

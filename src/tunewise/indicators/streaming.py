@@ -98,7 +98,7 @@ def iter_pool_batches(
     remaining = records if first is None else itertools.chain([first], records)
     return _batches(parts, remaining, task_field, batch_size, limit, dict(
         skip_bad=skip_bad, on_skipped=on_skipped, on_duplicate=on_duplicate, columns=columns,
-        keep_duplicates=keep_duplicates))
+        keep_duplicates=keep_duplicates, first_ids={}))
 
 
 def _batches(parts, first_records, task_field, batch_size, limit, options: dict) -> Iterator[list[Example]]:
