@@ -18,6 +18,7 @@ from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
 from tunewise.indicators.registry import DEFAULT_INDICATORS, resolve_indicators
+from tunewise.indicators.score import SCORING_WINDOW
 
 
 @command("score")
@@ -37,6 +38,8 @@ def score_command(
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, "
                                                         "else fp32), fp32, bf16."),
     batch_tokens: Optional[int] = typer.Option(None, min=64, help="Token budget per batch."),
+    chunk_size: int = typer.Option(SCORING_WINDOW, min=1, help="Examples read, scored and written at a time (memory "
+                                   "holds one chunk; a killed run resumes after the last finished one)."),
     max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer for confidence (paper A: 30)."),
     cache_dir: Optional[Path] = typer.Option(None, help="Score cache folder (default: user cache)."),
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
@@ -63,7 +66,7 @@ def score_command(
         # resumes after its last finished chunk.
         unused: dict[str, int] = {}
         batches = iter_pool_batches(
-            pool, task_field, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped, columns=columns,
+            pool, task_field, chunk_size, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped, columns=columns,
             keep_duplicates=keep_duplicates, unused=unused, split=split, dataset_config=dataset_config,
             on_duplicate=lambda line, kept: console.print(
                 f"[yellow]note:[/] line {line} repeats line {kept} exactly and is merged into it", highlight=False))
@@ -72,7 +75,7 @@ def score_command(
         with progress_bar("scoring") as update:
             provenance = scores_provenance(backend, names, describe_source(pool, split), columns.used())
             count = score_pool_streaming(batches, backend, names, output, provenance, cache_dir=cache_dir,
-                                         progress=update, max_batch_tokens=batch_tokens)
+                                         progress=update, max_batch_tokens=batch_tokens, window=chunk_size)
         # The reader's notes on fields it left unused, for the whole pool (repeats were noted as met).
         print_pool_notes(Pool(describe_source(pool, split), [], unused_fields=unused))
         means = summary_means_of_file(output)
