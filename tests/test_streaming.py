@@ -279,3 +279,27 @@ def test_the_cli_streams_model_indicators_to_the_in_memory_result(tmp_path):
     in_memory = in_memory_scores_file(pool, backend, tmp_path / "in_memory.parquet", tmp_path / "cache_lib",
                                       indicators.split(","))
     assert_same_scores_file(output, in_memory)
+
+
+def test_the_cli_keeps_finished_chunks_after_a_failure_and_finishes_them_on_the_next_run(tmp_path):
+    records = [json.dumps({"question": f"Question {i}?", "answer": f"Answer {i}.", "task": f"t{i % 2}",
+                           "source": "forum"}) for i in range(10)]
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join([*records, records[3], "{not json"]) + "\n", encoding="utf-8")
+    output = tmp_path / "scores.parquet"
+    command = ["score", str(pool), "-o", str(output), "--model", "fake", "--task-field", "task",
+               "--indicators", "loss,confidence,embedding", "--chunk-size", "4", "--cache-dir", str(tmp_path / "c")]
+
+    failed = CliRunner().invoke(app, command)
+    assert failed.exit_code == 2 and "pool.jsonl:12: malformed JSON" in failed.output
+    assert not output.exists()
+    assert len(list(parts_folder(output).glob("*.parquet"))) == 2  # the two full chunks before line 12
+
+    pool.write_text("\n".join([*records, records[3]]) + "\n", encoding="utf-8")
+    finished = CliRunner().invoke(app, command)
+    assert finished.exit_code == 0, finished.output
+    assert "line 11 repeats line 4" in finished.output
+    assert "the text field 'source' of 10 records" in finished.output
+    assert "10 examples scored" in finished.output
+    assert pq.ParquetFile(output).num_row_groups == 3
+    assert not parts_folder(output).exists()

@@ -158,7 +158,9 @@ def score(pool, backend: Backend, indicators: Sequence[str] = DEFAULT_INDICATORS
           cache_dir: str | None = None, progress: ProgressCallback | None = None,
           max_batch_tokens: int | None = None):
     """Score ``pool`` and return a new :class:`~tunewise.data.table.ExampleTable`: its examples
-    with one column per indicator column (see :func:`score_pool`, which this wraps)."""
+    with one column per indicator column (see :func:`score_pool`, which this wraps). The pool is
+    held in memory; :func:`tunewise.indicators.streaming.score_file` scores a pool file of any size
+    into a scores file chunk by chunk, with the same values."""
     from tunewise.data.table import ExampleTable
 
     examples = tuple(getattr(pool, "examples", pool))
