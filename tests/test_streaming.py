@@ -17,7 +17,8 @@ from tunewise.cli import _register_commands, app
 from tunewise.errors import TunewiseError
 from tunewise.data.pool import Example, read_pool
 from tunewise.data.table import read_scores, write_scores
-from tunewise.indicators.registry import INDICATORS
+from tunewise.indicators.cache import ScoreCache
+from tunewise.indicators.registry import INDICATORS, OUTPUT_VERSIONS
 from tunewise.indicators.score import score, score_pool, scores_provenance
 from tunewise.indicators.streaming import iter_pool_batches, parts_folder, score_file, score_pool_streaming
 
@@ -281,19 +282,22 @@ def test_the_cli_streams_model_indicators_to_the_in_memory_result(tmp_path):
     assert_same_scores_file(output, in_memory)
 
 
-def test_the_cli_keeps_finished_chunks_after_a_failure_and_finishes_them_on_the_next_run(tmp_path):
+def test_the_cli_leaves_nothing_after_a_refused_record_and_the_fixed_pool_scores_from_the_cache(tmp_path):
     records = [json.dumps({"question": f"Question {i}?", "answer": f"Answer {i}.", "task": f"t{i % 2}",
                            "source": "forum"}) for i in range(10)]
     pool = tmp_path / "pool.jsonl"
     pool.write_text("\n".join([*records, records[3], "{not json"]) + "\n", encoding="utf-8")
-    output = tmp_path / "scores.parquet"
+    output = tmp_path / "out" / "scores.parquet"
+    cache = tmp_path / "cache"
     command = ["score", str(pool), "-o", str(output), "--model", "fake", "--task-field", "task",
-               "--indicators", "loss,confidence,embedding", "--chunk-size", "4", "--cache-dir", str(tmp_path / "c")]
+               "--indicators", "loss,confidence,embedding", "--chunk-size", "4", "--cache-dir", str(cache)]
 
     failed = CliRunner().invoke(app, command)
     assert failed.exit_code == 2 and "pool.jsonl:12: malformed JSON" in failed.output
-    assert not output.exists()
-    assert len(list(parts_folder(output).glob("*.parquet"))) == 2  # the two full chunks before line 12
+    assert not output.parent.exists()  # neither the output nor the two finished chunks, nor the folder
+    with ScoreCache(cache) as kept:  # their values are cached
+        assert len(kept.get("fake-v1", "loss", OUTPUT_VERSIONS["loss"],
+                            [e.id for e in read_pool(pool, "task", skip_bad=True).examples])) == 8
 
     pool.write_text("\n".join([*records, records[3]]) + "\n", encoding="utf-8")
     finished = CliRunner().invoke(app, command)

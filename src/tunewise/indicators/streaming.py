@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from tunewise.model.base import Backend
 from tunewise.errors import TunewiseError
-from tunewise.io import atomic_path
+from tunewise.io import _parent_folders, atomic_path
 from tunewise.data.pool import (Columns, Example, SkippedRecord, describe_source, expand_sources, iter_examples,
                                 iter_records)
 from tunewise.data.table import _PROVENANCE_KEY, scores_arrow_table
@@ -154,14 +154,33 @@ def score_pool_streaming(
     the same values), in one row group per chunk. Each scored chunk is written to
     :func:`parts_folder` at once; a chunk whose part file is there already, with the same example ids
     and provenance, is read back instead of scored, so a killed run resumes after its last finished
-    chunk. Only when the last chunk is in is the scores file written (under a temporary name, then
-    renamed) and the parts removed. At most one chunk's examples, encodings and scores are held at
+    chunk (a refused record or a full disk removes them instead, as nothing half-written may stay;
+    the values scored so far stay in the cache). Only when the last chunk is in is the scores file
+    written (under a temporary name, then renamed) and the parts removed. At most one chunk's examples, encodings and scores are held at
     a time. ``progress(done, None)`` follows the model's work (the pool's size is not known in advance).
 
     Raises TunewiseError for a pool without examples, and whatever the reader or the scoring raise.
     """
+    output = Path(output)
     folder = parts_folder(output)
-    folder.mkdir(parents=True, exist_ok=True)
+    with _parent_folders(output):
+        try:
+            chunks, rows = _score_chunks(batches, backend, indicators, folder, provenance, cache_dir, progress,
+                                         max_batch_tokens, window)
+            _join_parts(folder, chunks, output, json.dumps(provenance, sort_keys=True).encode())
+        except TunewiseError:
+            # A refused record or a full disk: nothing half-written stays behind (the values scored so
+            # far are in the cache, so the next run does not compute them again). A crash or a kill
+            # keeps the finished chunks.
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+    shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def _score_chunks(batches, backend, indicators, folder: Path, provenance: dict, cache_dir, progress,
+                  max_batch_tokens, window) -> tuple[int, int]:
+    """Score every chunk not already kept in ``folder``; returns the chunk and row counts."""
     stamp = json.dumps(provenance, sort_keys=True).encode()
     rows = chunks = 0
     reported = [0]
@@ -191,9 +210,7 @@ def score_pool_streaming(
         report(rows)
     if chunks == 0:
         raise TunewiseError("the pool has no examples to score", fix="check the pool file")
-    _join_parts(folder, chunks, output, stamp)
-    shutil.rmtree(folder, ignore_errors=True)
-    return rows
+    return chunks, rows
 
 
 def _part_is_for(part: Path, ids: list[str], stamp: bytes) -> bool:
