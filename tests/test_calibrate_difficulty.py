@@ -101,3 +101,19 @@ def test_bad_grids_exit_2_before_any_run(files, tmp_path, flags, problem):
     assert result.exit_code == 2
     assert problem in " ".join(result.output.split())
     assert not (tmp_path / "run").exists()
+
+
+def test_renamed_fields_are_read_with_the_column_flags_and_recorded(tmp_path):
+    def write(path, numbers):
+        path.write_text("".join(json.dumps({"ask": f"What is {n} + {n}?", "reply": str(2 * n), "key": f"k{n}"})
+                                + "\n" for n in numbers))
+        return path
+
+    pool, test = write(tmp_path / "pool.jsonl", range(1, 7)), write(tmp_path / "test.jsonl", (77,))
+    result = invoke("calibrate-difficulty", pool, "--test", test, "--prompt-field", "ask", "--response-field", "reply",
+                    "--id-field", "key", "--budgets", "2,3", "--windows", "0.2,0.8", "--model", "tiny-random",
+                    "--epochs", 1, "--max-new-tokens", 2, "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((tmp_path / "run" / CALIBRATION_FILE).read_text())
+    assert calibration["columns"] == {"prompt_field": "ask", "response_field": "reply", "id_field": "key"}
+    assert calibration["budgets"] == [2, 3]

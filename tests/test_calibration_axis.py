@@ -16,7 +16,8 @@ from tunewise.efficiency.predict import (SUPERSEDED, Coefficients, calibrate, co
                                          predict_auc, read_calibration, write_calibration)
 from tunewise.errors import TunewiseError
 from tunewise.pipeline import make_plan
-from tunewise.data.pool import Pool, parse_record
+from tunewise.data.pool import parse_record
+from tunewise.data.table import ExampleTable
 
 SMALL_GRID = (8, 16, 32, 64)
 
@@ -52,7 +53,8 @@ def test_plan_predicts_on_the_calibration_axis():
                            "confidence": [0.5] * len(examples)})
     coefficients = Coefficients(1.0, 0.0, "test", 64, SMALL_GRID)
     coslow = {"fast": 0.7, "slow": 0.4}
-    plan = make_plan(Pool("generated", examples), scores, 150, strategy="efficiency", coefficients=coefficients,
+    table = ExampleTable(tuple(examples), scores, "generated")
+    plan = make_plan(table, 150, strategy="efficiency", coefficients=coefficients,
                      coslow_values=coslow, target=0.9)
     assert plan.document["max_budget"] == 64 and plan.strategy.max_budget == 64
     for task, entry in plan.tasks.items():
@@ -62,7 +64,7 @@ def test_plan_predicts_on_the_calibration_axis():
         assert entry["predicted_at_budget"] == entry["predicted_curve"][shown] <= 1
     assert max(entry["budget"] for entry in plan.tasks.values()) > 64
     # Without coefficients nothing is predicted, and the axis is DESIGN's.
-    assert make_plan(Pool("generated", examples), scores, 10).document["max_budget"] == DEFAULT_MAX_BUDGET
+    assert make_plan(table, 10).document["max_budget"] == DEFAULT_MAX_BUDGET
 
 
 def test_estimate_uses_the_calibration_axis_unless_told_otherwise(tmp_path):
@@ -103,11 +105,11 @@ def test_a_caveat_reaches_the_estimate_and_the_plan_notes_only_with_predictions(
 
     scores = pd.DataFrame({"id": [e.id for e in examples], "task": [e.task for e in examples],
                            "confidence": [0.5] * len(examples)})
-    pool = Pool("generated", examples)
-    predicted = make_plan(pool, scores, 20, coefficients=coefficients, coslow_values={"a": 0.2, "b": 0.4})
+    table = ExampleTable(tuple(examples), scores, "generated")
+    predicted = make_plan(table, 20, coefficients=coefficients, coslow_values={"a": 0.2, "b": 0.4})
     assert "About the predicted curves: fitted on three made-up tasks" in predicted.document["notes"]
     assert predicted.document["coefficients"]["caveat"] == "fitted on three made-up tasks"
-    unpredicted = make_plan(pool, scores, 20, coefficients=coefficients)
+    unpredicted = make_plan(table, 20, coefficients=coefficients)
     assert not any("made-up" in note for note in unpredicted.document["notes"])
     path.write_text(json.dumps({**document, "caveat": 3}))
     with pytest.raises(TunewiseError, match="not a text"):

@@ -373,3 +373,24 @@ def test_coslow_task_errors(tmp_path):
     assert several.exit_code == 2 and "--task" in several.stderr
     typo = invoke("coslow", pool, "--task-field", "task", "--task", "time", "--model", "tiny-random")
     assert typo.exit_code == 2 and "did you mean 'times'" in typo.stderr
+
+
+@pytest.mark.integration
+def test_coslow_reads_renamed_fields_with_the_column_flags_and_records_them(tmp_path, lively_model_dir):
+    mapping = {"prompt_field": "ask", "response_field": "reply", "id_field": "key"}
+    flags = ["--prompt-field", "ask", "--response-field", "reply", "--id-field", "key"]
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"ask": f"What is {i} times 3?", "reply": str(3 * i), "key": f"k{i}"})
+                                + "\n" for i in range(40)))
+    result = invoke("coslow", labelled, *flags, "--model", lively_model_dir, "--allow-small-pool", "--no-random",
+                    "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "coslow.json").read_text())["columns"] == mapping
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text("".join(json.dumps({"ask": f"What is {i} times 3?", "key": f"k{i}"}) + "\n"
+                                  for i in range(40)))
+    first = invoke("coslow", unlabelled, "--prompt-field", "ask", "--id-field", "key", "--model", lively_model_dir,
+                   "--allow-small-pool", "-o", tmp_path / "two_steps")
+    assert first.exit_code == 0, first.output
+    # The printed next step reads the pool with the same fields.
+    assert "--prompt-field ask --id-field key" in " ".join(first.stderr.split())

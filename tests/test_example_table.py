@@ -40,3 +40,26 @@ def test_join_by_id_and_a_clear_error_for_foreign_scores(tmp_path):
         tw.ExampleTable.join(other, shuffled)
     with pytest.raises(tw.TunewiseError, match="do not belong"):
         tw.ExampleTable(table.examples, shuffled)
+
+
+def test_a_selector_picks_the_same_rows_of_a_table_as_of_its_scores_frame(tmp_path):
+    from tunewise.select import get_strategy
+
+    table = tw.score(pool(), FakeBackend(), ["loss", "confidence"], cache_dir=tmp_path)
+    strategy = get_strategy("weighted_task_diversity", within="random")
+    assert (strategy.select(table, 4, seed=1).positions.tolist()
+            == strategy.select(table.scores, 4, seed=1).positions.tolist())
+
+
+def test_the_manifest_of_a_table_keeps_the_users_own_ids(tmp_path):
+    from tunewise.data.pool import Columns
+    from tunewise.select import get_strategy
+    from tunewise.select.manifest import selection_records
+
+    records = [{"question": f"q{i}", "answer": f"a{i}", "ref": f"mine-{i}"} for i in range(4)]
+    source = Pool("pool.jsonl", [parse_record(r, columns=Columns(id_field="ref")) for r in records])
+    table = tw.score(source, FakeBackend(), ["loss"], cache_dir=tmp_path)
+    selection = get_strategy("top_k", indicator="loss").select(table, 2)
+    rows = selection_records(table, selection)
+    assert [row["user_id"] for row in rows] == [f"mine-{p}" for p in selection.positions]
+    assert all("user_id" not in row for row in selection_records(table.scores, selection))

@@ -185,12 +185,13 @@ def test_efficiency_plan_with_coslow_end_to_end(tmp_path, lively_model_dir):
 # -- the library, on generated scores (no model) ---------------------------------------------------
 
 
-def generated_pool_and_scores(sizes: dict[str, int], seed: int = 0):
+def generated_table(sizes: dict[str, int], seed: int = 0):
     rng = np.random.default_rng(seed)
     records = []
     for task, size in sizes.items():
         records += [{"task": task, "prompt": f"{task} question {i}", "response": str(i)} for i in range(size)]
-    from tunewise.data.pool import Pool, parse_record
+    from tunewise.data.pool import parse_record
+    from tunewise.data.table import ExampleTable
 
     examples = [parse_record(record, "task") for record in records]
     scores = pd.DataFrame({
@@ -199,31 +200,32 @@ def generated_pool_and_scores(sizes: dict[str, int], seed: int = 0):
         "confidence": rng.uniform(0.2, 0.9, len(examples)),
         "loss": rng.uniform(0.5, 3.0, len(examples)),
     })
-    return Pool("generated", examples), scores
+    return ExampleTable(tuple(examples), scores, "generated")
 
 
 def test_make_plan_matches_tunewise_select_for_the_same_strategy_and_seed():
-    pool, scores = generated_pool_and_scores({"a": 30, "b": 10, "c": 50})
-    plan = make_plan(pool, scores, 25, strategy="weighted_task_diversity", seed=4)
-    expected = get_strategy("weighted_task_diversity", within="random").select(scores, 25, 4)
+    table = generated_table({"a": 30, "b": 10, "c": 50})
+    plan = make_plan(table, 25, strategy="weighted_task_diversity", seed=4)
+    expected = get_strategy("weighted_task_diversity", within="random").select(table, 25, 4)
     assert plan.selection.positions.tolist() == expected.positions.tolist()
     assert {t: e["budget"] for t, e in plan.tasks.items()} == expected.details["allocation"]
     assert plan.tasks["a"]["weight"] == pytest.approx(expected.details["task_weights"]["a"])
 
 
 def test_the_plan_reports_how_far_the_task_weights_spread():
-    pool, scores = generated_pool_and_scores({"a": 30, "b": 30, "c": 30})
-    scores["confidence"] = np.where(scores["task"] == "a", 0.5, 0.6)  # nearly equal: weights 0.375/0.3125/0.3125
-    plan = make_plan(pool, scores, 12, seed=0)
+    table = generated_table({"a": 30, "b": 30, "c": 30})
+    # Nearly equal: weights 0.375/0.3125/0.3125.
+    table.scores["confidence"] = np.where(table.scores["task"] == "a", 0.5, 0.6)
+    plan = make_plan(table, 12, seed=0)
     spread = plan.document["task_weight_spread"]
     assert spread["ratio"] == pytest.approx(1.2) and spread["min"] == pytest.approx(0.3125)
     assert 0.99 < spread["entropy_share"] < 1.0
     assert any("barely differ" in note for note in plan.document["notes"])
-    scores["confidence"] = np.where(scores["task"] == "a", 0.1, 0.9)
-    skewed = make_plan(pool, scores, 12, seed=0).document
+    table.scores["confidence"] = np.where(table.scores["task"] == "a", 0.1, 0.9)
+    skewed = make_plan(table, 12, seed=0).document
     assert skewed["task_weight_spread"]["ratio"] == pytest.approx(9.0)
     assert not any("barely differ" in note for note in skewed["notes"])
-    equal = make_plan(pool, scores, 12, strategy="task_diversity").document
+    equal = make_plan(table, 12, strategy="task_diversity").document
     assert equal["task_weight_spread"]["ratio"] == 1.0
     assert equal["task_weight_spread"]["entropy_share"] == pytest.approx(1.0)
 
@@ -231,21 +233,21 @@ def test_the_plan_reports_how_far_the_task_weights_spread():
 def test_make_plan_takes_strategy_and_within_objects():
     from tunewise.select import DifficultyWindow, TaskDiversity
 
-    pool, scores = generated_pool_and_scores({"a": 30, "b": 10})
-    by_object = make_plan(pool, scores, 12, strategy=TaskDiversity(within=DifficultyWindow(difficulty="loss")))
-    by_within = make_plan(pool, scores, 12, strategy="task_diversity", within=DifficultyWindow(difficulty="loss"))
+    table = generated_table({"a": 30, "b": 10})
+    by_object = make_plan(table, 12, strategy=TaskDiversity(within=DifficultyWindow(difficulty="loss")))
+    by_within = make_plan(table, 12, strategy="task_diversity", within=DifficultyWindow(difficulty="loss"))
     assert by_object.selection.positions.tolist() == by_within.selection.positions.tolist()
     assert by_object.document["within"] == "difficulty_window" == by_within.document["params"]["within"]["strategy"]
     with pytest.raises(TunewiseError, match="--within applies to the task strategies"):
-        make_plan(pool, scores, 12, strategy="uncertainty", within=DifficultyWindow())
+        make_plan(table, 12, strategy="uncertainty", within=DifficultyWindow())
 
 
 def test_predictions_need_both_coslow_and_coefficients_and_never_appear_otherwise():
-    pool, scores = generated_pool_and_scores({"a": 40, "b": 40})
-    without = make_plan(pool, scores, 20, coslow_values={"a": 0.3, "b": 0.1})
+    table = generated_table({"a": 40, "b": 40})
+    without = make_plan(table, 20, coslow_values={"a": 0.3, "b": 0.1})
     assert all(NO_CALIBRATION in entry["why"] and entry["predicted_auc"] is None for entry in without.tasks.values())
     coefficients = paper_coefficients("llama-3.1-8b")
-    partial = make_plan(pool, scores, 20, coefficients=coefficients, coslow_values={"a": 0.3}, target=0.8)
+    partial = make_plan(table, 20, coefficients=coefficients, coslow_values={"a": 0.3}, target=0.8)
     a, b = partial.tasks["a"], partial.tasks["b"]
     assert a["predicted_auc"] == pytest.approx(0.545 * 0.3 + 0.310)
     assert a["labels_needed"] >= 1 and "80% of the way" in a["why"]
@@ -255,25 +257,25 @@ def test_predictions_need_both_coslow_and_coefficients_and_never_appear_otherwis
 
 
 def test_efficiency_strategy_refuses_tasks_without_a_prediction():
-    pool, scores = generated_pool_and_scores({"a": 40, "b": 12})
+    table = generated_table({"a": 40, "b": 12})
     with pytest.raises(TunewiseError, match="needs a predicted learning curve for every task"):
-        make_plan(pool, scores, 20, strategy="efficiency", coefficients=Coefficients(0.5, 0.3, "test"),
+        make_plan(table, 20, strategy="efficiency", coefficients=Coefficients(0.5, 0.3, "test"),
                   coslow_values={"a": 0.3})
 
 
 def test_efficiency_plan_spends_early_labels_on_the_fast_task_and_equalises_marginal_gains():
-    pool, scores = generated_pool_and_scores({"fast": 200, "slow": 200})
+    table = generated_table({"fast": 200, "slow": 200})
     coefficients, coslow = Coefficients(1.0, 0.0, "test"), {"fast": 0.8, "slow": 0.4}
-    small = make_plan(pool, scores, 10, strategy="efficiency", coefficients=coefficients, coslow_values=coslow)
+    small = make_plan(table, 10, strategy="efficiency", coefficients=coefficients, coslow_values=coslow)
     assert small.tasks["fast"]["budget"] > small.tasks["slow"]["budget"]
-    large = make_plan(pool, scores, 100, strategy="efficiency", coefficients=coefficients, coslow_values=coslow,
+    large = make_plan(table, 100, strategy="efficiency", coefficients=coefficients, coslow_values=coslow,
                       seed=2)
     budgets = {task: entry["budget"] for task, entry in large.tasks.items()}
     assert sum(budgets.values()) == 100 and min(budgets.values()) > 2
     # Greedy optimality: no task's next label would gain more than the last label the other got.
     for task, other in (("fast", "slow"), ("slow", "fast")):
         assert next_label_gain(coslow[task], budgets[task]) <= next_label_gain(coslow[other], budgets[other] - 1)
-    rows = scores["task"].to_numpy()[large.selection.positions]
+    rows = table.scores["task"].to_numpy()[large.selection.positions]
     share = budgets["fast"] / 100
     assert abs(Counter(rows[:20].tolist())["fast"] - 20 * share) < 1  # every prefix keeps the proportions
 
@@ -315,8 +317,8 @@ def test_plan_with_a_dev_set_learns_weights_and_orders_within_tasks_by_them(tmp_
 
 
 def test_a_single_task_gets_the_whole_budget_and_says_so():
-    pool, scores = generated_pool_and_scores({"only": 12})
-    plan = make_plan(pool, scores, 5)
+    table = generated_table({"only": 12})
+    plan = make_plan(table, 5)
     assert plan.tasks["only"]["budget"] == 5 and plan.tasks["only"]["why"].startswith("It is the only task")
 
 
@@ -335,8 +337,8 @@ def test_a_pool_without_task_field_plans_one_task_in_the_singular(tmp_path, monk
 def test_print_plan_says_a_closing_sentence_all_tasks_share_once(capsys):
     from tunewise.cli.plan import print_plan
 
-    pool, scores = generated_pool_and_scores({"a": 12, "b": 8, "c": 5})
-    document = make_plan(pool, scores, 9).document
+    table = generated_table({"a": 12, "b": 8, "c": 5})
+    document = make_plan(table, 9).document
     print_plan(document)
     printed = " ".join(capsys.readouterr().out.split())
     assert printed.count(NO_CALIBRATION) == 1 and f"every task: No learning-curve prediction: {NO_CALIBRATION}" in printed

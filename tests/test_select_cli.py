@@ -283,3 +283,73 @@ def test_export_refuses_unlabelled_examples_and_unknown_ids(tmp_path, pool_and_s
     )
     assert result.exit_code == 2 and "selected ids are not in the pool" in result.stderr
     assert list(out.iterdir()) == []
+
+
+def test_every_strategy_parameter_with_a_flag_is_a_select_flag_with_its_help():
+    from tunewise.select import STRATEGIES
+
+    result = CliRunner().invoke(app, ["select", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    for strategy in STRATEGIES.values():
+        for name, param in strategy.parameters.items():
+            if param.flag is not None and strategy.command_line:
+                assert "--" + name.replace("_", "-") in result.output
+                assert param.help in result.output
+    assert "earlier [question, answer] pairs" in result.output  # help is plain text, not Rich markup
+
+
+def test_a_new_strategy_gets_its_flags_without_command_line_code(monkeypatch):
+    import typer
+
+    from tunewise.cli.options import with_strategy_options
+    from tunewise.select import STRATEGIES
+    from tunewise.select.base import Param, Strategy, integer
+
+    class EveryNth(Strategy):
+        name = "every_nth"
+        parameters = {"step": Param("a whole number ≥ 1", integer(1), flag=int, help="take every step-th row.")}
+
+        def __init__(self, step: int = 2) -> None:
+            self.step = step
+
+    monkeypatch.setitem(STRATEGIES, EveryNth.name, EveryNth)
+    seen = {}
+    command = typer.Typer()
+
+    @command.command()
+    @with_strategy_options()
+    def pick(strategy_flags=None) -> None:
+        seen.update(strategy_flags.params())
+
+    help_text = CliRunner().invoke(command, ["--help"], env={"COLUMNS": "400"}).output
+    assert "every_nth: take every step-th row." in help_text
+    result = CliRunner().invoke(command, ["--step", "3", "--c0", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"step": (3, "--step"), "c0": (0.4, "--c0")}
+
+
+def test_export_reads_a_renamed_field_pool_with_the_column_flags_and_records_them(tmp_path):
+    from tunewise.data.pool import Columns
+
+    mapping = {"prompt_field": "ask", "response_field": "reply", "id_field": "key"}
+    pool_path = tmp_path / "pool.jsonl"
+    pool_path.write_text("".join(json.dumps({"ask": f"Add {i} and {i}.", "reply": str(2 * i), "key": f"u{i}",
+                                             "task": ("a", "b")[i % 2]}) + "\n" for i in range(10)))
+    pool = read_pool(pool_path, task_field="task", columns=Columns(**mapping))
+    scores_path = tmp_path / "scores.parquet"
+    write_generated_scores(scores_path, ids=[e.id for e in pool.examples], tasks=[e.task for e in pool.examples])
+    output = tmp_path / "selection.jsonl"
+    flags = ["--prompt-field", "ask", "--response-field", "reply", "--id-field", "key"]
+    result = invoke(scores_path, "--budget", 4, "--strategy", "task_diversity", "--pool", pool_path, "--task-field",
+                    "task", *flags, "--export", "messages", "-o", output)
+    assert result.exit_code == 0, result.output
+    by_id = pool.by_id()
+    picks = [json.loads(line)["id"] for line in output.read_text().splitlines()]
+    exported = [json.loads(line) for line in (tmp_path / "selection.messages.jsonl").read_text().splitlines()]
+    assert [(r["messages"], r["id"], r["tunewise_id"]) for r in exported] == [
+        (by_id[i].messages, by_id[i].user_id, i) for i in picks]
+    assert json.loads((tmp_path / "selection.meta.json").read_text())["columns"] == mapping
+    without_export = invoke(scores_path, "--budget", 4, "--strategy", "random", "--prompt-field", "ask",
+                            "-o", tmp_path / "other.jsonl")
+    assert without_export.exit_code == 2
+    assert "--prompt-field maps the fields of the --pool" in " ".join(without_export.output.split())

@@ -123,6 +123,18 @@ def test_same_seed_gives_the_same_selection(case):
     assert (first.notes, first.details) == (second.notes, second.details)
 
 
+def test_a_table_and_its_scores_frame_give_the_same_selection(case):
+    from tunewise.data.pool import Example
+    from tunewise.data.table import ExampleTable
+
+    scores = make_scores()
+    examples = tuple(Example(example_id, task, ({"role": "user", "content": example_id},), "answer")
+                     for example_id, task in zip(scores["id"], scores["task"]))
+    on_table = build(case).select(ExampleTable(examples, scores), 13, seed=5)
+    on_frame = build(case).select(scores, 13, seed=5)
+    assert on_table.positions.tolist() == on_frame.positions.tolist() and on_table.reasons == on_frame.reasons
+
+
 @pytest.mark.parametrize("budget", [0, 1, 40, 45])
 def test_budgets_from_zero_to_beyond_the_pool(case, budget):
     scores = make_scores(rows=40)

@@ -156,3 +156,28 @@ def test_tune_weights_after_a_default_score_computes_the_embedding_it_needs(file
                     "--anchors", "3", "--repeats", "1", "--demos", "2")
     assert result.exit_code == 0, result.output
     assert "diversity" in json.loads((files["dir"] / "weights.json").read_text())["weights"]
+
+
+def test_tune_weights_reads_renamed_fields_with_the_column_flags_and_records_them(tmp_path):
+    from tunewise.data.pool import Columns
+
+    mapping = {"prompt_field": "ask", "response_field": "reply", "id_field": "key"}
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"ask": f"{i} + 1?", "reply": str(i + 1), "key": f"p{i}"}
+                                                  for i in range(12)])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"ask": f"{i} * 2?", "reply": str(2 * i), "key": f"d{i}"}
+                                                for i in range(4)])
+    ids = [example.id for example in read_pool(pool, columns=Columns(**mapping)).examples]
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({"id": ids, "task": "default"})
+    for name in ("loss", "ifd", "length", "cot_length", "confidence"):
+        frame[name] = rng.random(len(ids))
+    write_scores(frame, tmp_path / "scores.parquet", {"model_fingerprint": "generated"})
+    flags = ["--prompt-field", "ask", "--response-field", "reply", "--id-field", "key"]
+    result = invoke("tune-weights", tmp_path / "scores.parquet", "--pool", pool, "--dev", dev, *flags,
+                    "--features", "loss,length", "--model", "tiny-random", "--trials", 2, "--anchors", 2,
+                    "--repeats", 1, "--demos", 1, "-o", tmp_path / "weights.json", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "weights.json").read_text())["columns"] == mapping
+    unmapped = invoke("tune-weights", tmp_path / "scores.parquet", "--pool", pool, "--dev", dev, "--model",
+                      "tiny-random", "-o", tmp_path / "other.json")
+    assert unmapped.exit_code == 2 and "unrecognised record shape" in " ".join(unmapped.output.split())

@@ -1,6 +1,7 @@
 """The plan: how many labels each task gets, which examples they are, and why (DESIGN.md §2–3).
 
-:func:`make_plan` takes a pool, its scores table and a budget. Per task it reports the pool size,
+:func:`make_plan` takes an :class:`~tunewise.data.table.ExampleTable` (the examples and their
+scores together) and a budget. Per task it reports the pool size,
 the labelled count, the model's mean confidence, the task's weight and budget, and, where a
 CoS-Low value and coefficients for the model exist, the predicted learning curve and the labels
 needed to reach a target. It never invents coefficients: a task without a prediction says what
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from tunewise import __version__
+from tunewise.data.table import ExampleTable
 from tunewise.efficiency.coslow import DEFAULT_DIMENSION as COSLOW_DIMENSION
 from tunewise.efficiency.coslow import DEFAULT_K as COSLOW_K
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET, normalised_log_budget
@@ -47,7 +49,7 @@ NO_CALIBRATION = "no calibration for this model: run tunewise calibrate or pass 
 @dataclass(frozen=True)
 class Plan:
     """A plan: ``document`` is what ``plan.json`` holds; ``selection`` the ordered picks (rows of
-    the scores table) and ``strategy`` the strategy that made them, for the selection manifest."""
+    the table) and ``strategy`` the strategy that made them, for the selection manifest."""
 
     document: dict
     selection: Selection
@@ -60,8 +62,7 @@ class Plan:
 
 
 def make_plan(
-    pool,
-    scores: pd.DataFrame,
+    table: ExampleTable,
     budget: int,
     strategy: str | Strategy = DEFAULT_STRATEGY,
     within: str | Strategy | None = None,
@@ -74,16 +75,13 @@ def make_plan(
     max_budget: int | None = None,
     provenance: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """Split ``budget`` labels across the tasks of ``pool``, choose the examples, explain both.
+    """Split ``budget`` labels across the tasks of ``table``, choose the examples, explain both.
 
     Parameters
     ----------
-    pool:
-        The :class:`~tunewise.data.pool.Pool` (or list of examples) that ``scores`` were computed on,
-        one scores row per example in the same order.
-    scores:
-        The scores table; ``confidence`` is needed for per-task confidence and
-        ``weighted_task_diversity``, the difficulty column for a difficulty ``within``.
+    table:
+        The scored pool (:func:`tunewise.score`); its ``confidence`` column is needed for per-task
+        confidence and ``weighted_task_diversity``, the difficulty column for a difficulty ``within``.
     budget:
         Labels to spend in total (≥ 0); more than the pool selects everything.
     strategy:
@@ -111,10 +109,7 @@ def make_plan(
     provenance:
         Where the scores came from (model fingerprint, indicator versions …), copied into the plan.
     """
-    examples = list(getattr(pool, "examples", pool))
-    if len(examples) != len(scores) or [e.id for e in examples] != scores["id"].astype(str).tolist():
-        raise TunewiseError("the scores do not belong to this pool (ids or order differ)",
-                            fix="score this pool again, e.g. with `tunewise score POOL -o scores.parquet`")
+    examples, scores = table.examples, table.scores
     if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
         raise TunewiseError(f"the budget must be a whole number ≥ 0, got {budget!r}", field="budget",
                             fix="pass e.g. --budget 200")
@@ -137,7 +132,7 @@ def make_plan(
     chosen = _build_strategy(strategy, within, strategy_params, predicted, tasks, coefficients, labelled,
                              max_budget)
     strategy = chosen.name
-    selection = chosen.select(scores, int(budget), seed)
+    selection = chosen.select(table, int(budget), seed)
     picked = Counter(scores["task"].astype(str).to_numpy()[selection.positions].tolist())
     weights = _task_weights(strategy, selection, tasks)
     spread = weight_spread(weights) if weights else None
@@ -176,7 +171,7 @@ def make_plan(
     document = {
         "tunewise_version": __version__,
         "pool": {
-            "source": getattr(pool, "source", None),
+            "source": table.source,
             "examples": len(examples),
             "labelled": sum(labelled.values()),
             "tasks": len(tasks),
@@ -323,14 +318,14 @@ def _ordinal(number: int) -> str:
 
 
 def measure_coslow(
-    pool,
-    scores: pd.DataFrame,
+    table: ExampleTable,
     loaded_model,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     dimension: int | None = COSLOW_DIMENSION,
 ) -> dict[str, dict]:
-    """CoS-Low of every labelled task with at least 32 labelled examples.
+    """CoS-Low of every labelled task of ``table`` (a scored pool with a ``confidence`` column)
+    with at least 32 labelled examples.
 
     Per task: the 32 examples are sampled from the least confident 10 % of its labelled examples
     (from its 32 least confident when the task has fewer than 320, which departs from the paper's
@@ -342,11 +337,11 @@ def measure_coslow(
     """
     from tunewise.efficiency.coslow import coslow, lowest_confidence_prompts, minimum_pool_size
 
-    if "confidence" not in scores.columns:
+    if "confidence" not in table.columns:
         raise TunewiseError("CoS-Low picks the least confident examples, and the scores have no 'confidence'",
                             field="confidence", fix="score the pool with the confidence indicator")
-    examples = list(getattr(pool, "examples", pool))
-    confidence = scores["confidence"].to_numpy(dtype=np.float64)
+    examples = table.examples
+    confidence = table.scores["confidence"].to_numpy(dtype=np.float64)
     rows_by_task: dict[str, list[int]] = {}
     for row, example in enumerate(examples):
         # Confidence 0: answered with no answer token, which paper A's sample never draws.

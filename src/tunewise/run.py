@@ -273,7 +273,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         A precondition fails (checked before any model work; see :func:`check_plan_inputs`).
     """
     from tunewise.model.load import describe_model
-    from tunewise.indicators.score import score_pool, scores_provenance
+    from tunewise.indicators.score import score, scores_provenance
     from tunewise.pipeline import make_plan
 
     import torch
@@ -288,19 +288,19 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         run_config = None  # the run folder's own config.yaml was the --config input: it stays as it was
     indicators = config.indicator_names()
     with progress("scoring", "examples") as update:
-        scores = score_pool(pool, model, indicators, cache_dir=config.cache_dir, progress=update,
-                            max_batch_tokens=config.batch_tokens)
+        table = score(pool, model, indicators, cache_dir=config.cache_dir, progress=update,
+                      max_batch_tokens=config.batch_tokens)
     provenance = scores_provenance(model, indicators, pool.source, pool.columns)
 
     measure = coefficients is not None if config.coslow is None else config.coslow
     log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
              config.budget, config.strategy, "measured" if measure else "not measured")
-    coslow_results = coslow_per_task(pool, scores, model, name, config.seed, progress) if measure else {}
+    coslow_results = coslow_per_task(table, model, name, config.seed, progress) if measure else {}
     from tunewise.select import WeightedIndicators, read_indicator_weights
 
     within, weights_content = config.within, None
     if config.dev is not None:
-        learned = learn_weights(pool, scores, model, config, output, task_field, progress)
+        learned = learn_weights(table, model, config, output, task_field, progress)
         within = WeightedIndicators(weights=learned["weights"], orientation=learned["orientation"])
         weights_content = encode_json(learned)
     elif config.weights is not None:
@@ -308,7 +308,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
         if _copies_weights(config, output):
             weights_content = Path(config.weights).read_bytes()
     # Scores may come from the cache, computed with other threads; the plan records this run's.
-    result = make_plan(pool, scores, config.budget, strategy=config.strategy, within=within, target=config.target,
+    result = make_plan(table, config.budget, strategy=config.strategy, within=within, target=config.target,
                        coefficients=coefficients,
                        coslow_values={task: value["coslow"] for task, value in coslow_results.items()},
                        seed=config.seed,
@@ -316,10 +316,10 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
                                    "torch_threads": torch.get_num_threads()})
     if coslow_results:
         result.document["coslow"] = coslow_results
-    if config.export is not None and all(pool.examples[p].response is None for p in result.selection.positions):
+    if config.export is not None and all(e.response is None for e in table.take(result.selection.positions).examples):
         result.document["notes"].append(f"no pick has a label yet, so there is nothing to export as "
                                         f"{config.export}: label to_label first and plan the labelled file")
-    write_run_folder(output, pool, scores, result, provenance, weights_content, export=config.export,
+    write_run_folder(output, table, result, provenance, weights_content, export=config.export,
                      label_format=config.label_format, run_config=run_config)
     return result
 
@@ -329,10 +329,11 @@ def _no_progress(stage: str, unit: str):
     yield None
 
 
-def coslow_per_task(pool, scores, model, model_name: str, seed: int, progress: Progress) -> dict:
-    """CoS-Low of every task with enough labelled examples (:func:`tunewise.pipeline.measure_coslow`), on
-    the model that scored the pool: its adapter is attached in place and removed, never on a second copy
-    (the gradients run in the model's dtype, as the paper's bf16 runs do, and accumulate in fp32)."""
+def coslow_per_task(table, model, model_name: str, seed: int, progress: Progress) -> dict:
+    """CoS-Low of every task of ``table`` (the scored pool) with enough labelled examples
+    (:func:`tunewise.pipeline.measure_coslow`), on the model that scored it: its adapter is
+    attached in place and removed, never on a second copy (the gradients run in the model's dtype,
+    as the paper's bf16 runs do, and accumulate in fp32)."""
     from tunewise.pipeline import measure_coslow
 
     loaded = getattr(model, "loaded", None)
@@ -340,43 +341,44 @@ def coslow_per_task(pool, scores, model, model_name: str, seed: int, progress: P
         raise TunewiseError(f"CoS-Low needs the gradients of a real model, and '{model_name}' has none",
                             field="model", fix="use --no-coslow, or --model smollm2, tiny-random or a model folder")
     with progress("CoS-Low gradients", "examples") as update:
-        return measure_coslow(pool, scores, loaded, seed=seed, progress=update)
+        return measure_coslow(table, loaded, seed=seed, progress=update)
 
 
-def learn_weights(pool, scores, model, config: PlanConfig, output: Path, task_field: str | None,
+def learn_weights(table, model, config: PlanConfig, output: Path, task_field: str | None,
                   progress: Progress) -> dict:
-    """``--dev``: learn indicator weights on a labelled dev set (DESIGN.md §4), as ``tunewise
-    tune-weights`` does with its defaults; returns the weights.json document (the search itself
-    resumes from RUN_DIR/weights.run)."""
+    """``--dev``: learn indicator weights for ``table`` (the scored pool) on a labelled dev set
+    (DESIGN.md §4), as ``tunewise tune-weights`` does with its defaults; returns the weights.json
+    document (the search itself resumes from RUN_DIR/weights.run)."""
     import optuna
 
     from tunewise.data.pool import read_labelled_pool
     from tunewise.data.table import embedding_matrix
-    from tunewise.indicators.score import score_pool
+    from tunewise.indicators.score import score
     from tunewise.select.weighted import FEATURES, indicator_features
     from tunewise.weights.anchors import embedding_stratified_anchors
     from tunewise.weights.proxy import ProxyModel
     from tunewise.weights.search import tune_weights
 
     dev = read_labelled_pool(config.dev, task_field, "dev")
-    matrix = indicator_features(scores, FEATURES)
+    matrix = indicator_features(table.scores, FEATURES)
     # Optuna's per-trial log lines would break a progress display.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with progress("scoring the dev set", "examples") as update:
-        dev_scores = score_pool(dev.examples, model, ["embedding"], progress=update)
-    anchors = embedding_stratified_anchors(embedding_matrix(dev_scores), seed=config.seed)
-    anchor_examples = [dev.examples[int(position)] for position in anchors.positions]
+        dev_table = score(dev, model, ["embedding"], progress=update)
+    anchors = embedding_stratified_anchors(embedding_matrix(dev_table.scores), seed=config.seed)
+    anchor_examples = list(dev_table.take(anchors.positions).examples)
     with progress("learning indicator weights", "trials") as update:
-        tuned = tune_weights(matrix, pool.examples, anchor_examples, anchors, ProxyModel(model),
+        tuned = tune_weights(matrix, table.examples, anchor_examples, anchors, ProxyModel(model),
                              output / "weights.run", trials=config.trials, seed=config.seed, progress=update)
     return {**tuned.document(), "dev": str(config.dev)}
 
 
-def write_run_folder(output: Path, pool, scores, result, provenance: dict, weights_content: bytes | None, *,
+def write_run_folder(output: Path, table, result, provenance: dict, weights_content: bytes | None, *,
                      export: str | None = None, label_format: str = "tunewise", run_config: dict | None = None) -> None:
-    """scores.parquet, plan.json, selection.jsonl (+ meta), the picks to label when they lack labels,
-    train.<export> and dataset_info.json with ``export``, the weights used, config.yaml with
-    ``run_config``, then report.html.
+    """The run folder of ``result``, a plan of ``table`` (the scored pool): scores.parquet,
+    plan.json, selection.jsonl (+ meta), the picks to label when they lack labels, train.<export>
+    and dataset_info.json with ``export``, the weights used, config.yaml with ``run_config``, then
+    report.html.
 
     Written through :class:`~tunewise.io.RunFolder`: only files tunewise wrote there are replaced,
     and an earlier to-label file is removed only while it still holds what tunewise wrote (a
@@ -389,21 +391,20 @@ def write_run_folder(output: Path, pool, scores, result, provenance: dict, weigh
     from tunewise.report.html import build_report
     from tunewise.select.manifest import meta_path, selection_meta, selection_records
 
-    meta = selection_meta(scores, result.selection, result.strategy, seed=result.document["seed"],
+    meta = selection_meta(table, result.selection, result.strategy, seed=result.document["seed"],
                           budget=result.document["budget"], scores_provenance=provenance,
                           scores_path=str(output / SCORES_FILE))
     files = {
-        SCORES_FILE: encode_scores(scores, provenance),
+        SCORES_FILE: encode_scores(table.scores, provenance),
         PLAN_FILE: encode_json(result.document),
-        SELECTION_FILE: encode_jsonl(selection_records(scores, result.selection,
-                                                       [example.user_id for example in pool.examples])),
+        SELECTION_FILE: encode_jsonl(selection_records(table, result.selection)),
         meta_path(SELECTION_FILE).name: encode_json(meta),
     }
     if run_config is not None:
         import yaml
 
         files[CONFIG_FILE] = yaml.safe_dump(run_config, sort_keys=True, allow_unicode=True).encode("utf-8")
-    picks = [pool.examples[p] for p in result.selection.positions]
+    picks = table.take(result.selection.positions).examples
     unlabelled = [example for example in picks if example.response is None]
     if unlabelled:
         files[to_label_file_name(label_format)] = encode_to_label(unlabelled, label_format)

@@ -12,6 +12,7 @@ from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import (DTYPE_HELP, parse_int_list)
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.options import with_config_options
+from tunewise.data.pool import Columns
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
 from tunewise.training.sweep import SweepRun
@@ -20,6 +21,7 @@ from tunewise.training.sweep import SweepRun
 @command("calibrate-difficulty")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 @with_config_options(SweepRun, panel="Runs", name="run")
+@with_config_options(Columns, panel="Pool fields (pool and test)", name="columns")
 def calibrate_difficulty_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
@@ -33,6 +35,7 @@ def calibrate_difficulty_command(
     config: FinetuneConfig = None,
     run: SweepRun = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    columns: Columns = None,
 ) -> None:
     """Fine-tune on easy, medium and hard windows at each budget, find the best window per budget,
     and fit the c0 and β that `tunewise select --strategy difficulty_window` takes."""
@@ -45,12 +48,13 @@ def calibrate_difficulty_command(
     check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(run.model)},
                        (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, CALIBRATION_FILE))
     check_sweep_folder(output)
-    pool = read_pool(pool_path, run.task_field)
-    test_set = read_pool(test, run.task_field)
+    pool = read_pool(pool_path, run.task_field, columns=columns)
+    test_set = read_pool(test, run.task_field, columns=columns)
     with progress_bar("sweep", unit="runs") as update:
         calibration = calibrate_difficulty(
             pool, test_set, parse_int_list(budgets, "budgets"), run.model, output, centres,
-            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, device=run.device, dtype=dtype,
+            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, provenance=columns.provenance(),
+            device=run.device, dtype=dtype,
             metric=run.metric, max_new_tokens=run.max_new_tokens, batch_tokens=run.batch_tokens, progress=update,
         )
     if as_json:

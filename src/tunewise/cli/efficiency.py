@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,8 @@ from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.efficiency.coslow import DEFAULT_DIMENSION as DEFAULT_PROJECTION_DIM
+from tunewise.cli.options import flag_name, with_config_options
+from tunewise.data.pool import Columns
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.io import encode_json, encode_jsonl
 
@@ -94,6 +97,7 @@ def curve_command(
 
 
 @command("coslow")
+@with_config_options(Columns, panel="Pool fields", name="columns")
 def coslow_command(
     pool: Path = typer.Argument(..., help="Pool file of the task (unlabelled or labelled)."),
     task: Optional[str] = typer.Option(None, help="Task to measure (needed when the pool has several)."),
@@ -123,6 +127,7 @@ def coslow_command(
         DEFAULT_PROJECTION_DIM, min=0, help="Project each gradient to this many numbers (seeded); 0 keeps the full "
                                             "LoRA-B gradient (exact; memory grows with the model)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    columns: Columns = None,
 ) -> None:
     """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity.
 
@@ -138,7 +143,7 @@ def coslow_command(
     from tunewise.efficiency.coslow import (CONFIDENCE_METRICS, DEFAULT_K, coslow, lowest_confidence_prompts,
                                             random_prompts)
     from tunewise.data.pool import read_pool
-    from tunewise.indicators.score import score_pool
+    from tunewise.indicators.score import score
     from tunewise.io import RunFolder
 
     folder = RunFolder(output_dir)
@@ -148,7 +153,7 @@ def coslow_command(
     if confidence_metric not in CONFIDENCE_METRICS:
         raise TunewiseError(f"unknown confidence metric '{confidence_metric}'", field="confidence_metric",
                             fix=did_you_mean(confidence_metric, CONFIDENCE_METRICS))
-    pool_examples, task_name = _task_examples(read_pool(pool, task_field), task, pool)
+    pool_examples, task_name = _task_examples(read_pool(pool, task_field, columns=columns), task, pool)
     source = {"pool": str(pool)}
     if labelled is not None:
         samples = _read_labelled_samples(labelled)
@@ -161,22 +166,22 @@ def coslow_command(
                             fix="use --model smollm2, tiny-random or a model folder")
     indicators = sorted({"confidence", confidence_metric})
     with progress_bar("answering prompts", unit="prompts") as update:
-        scores = score_pool(pool_examples, backend, indicators, progress=update)
-    confidence = scores["confidence"].to_numpy(dtype=np.float64)
-    ranking = scores[confidence_metric].to_numpy(dtype=np.float64)
+        table = score(pool_examples, backend, indicators, progress=update)
+    confidence = table.scores["confidence"].to_numpy(dtype=np.float64)
+    ranking = table.scores[confidence_metric].to_numpy(dtype=np.float64)
     if labelled is None:
         low = lowest_confidence_prompts(ranking, k=DEFAULT_K, seed=seed, allow_small_pool=allow_small_pool,
                                         metric=confidence_metric)
         rand = random_prompts(len(pool_examples), k=DEFAULT_K, seed=seed) if random_sample else []
-        samples = {"low_confidence": [pool_examples[i] for i in low], "random": [pool_examples[i] for i in rand]}
+        samples = {"low_confidence": list(table.take(low).examples), "random": list(table.take(rand).examples)}
         if any(e.response is None for group in samples.values() for e in group):
             path = output_dir / TO_LABEL_FILE
-            folder.write({TO_LABEL_FILE: _to_label_records(pool_examples, ranking, low, rand, task_name,
-                                                           confidence_metric)})
+            folder.write({TO_LABEL_FILE: _to_label_records(table, confidence_metric, low, rand, task_name)})
+            field_flags = "".join(f" {flag_name(name)} {shlex.quote(value)}" for name, value in columns.used().items())
             console.print(
                 f"wrote the prompts to label for task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
-                f"  tunewise coslow {pool}{f' --task-field {task_field}' if task_field else ''}"
+                f"  tunewise coslow {pool}{f' --task-field {task_field}' if task_field else ''}{field_flags}"
                 f"{f' --task {task}' if task else ''} --labelled {path} --model {model} --seed {seed} -o {output_dir}",
                 markup=False,
                 highlight=False,
@@ -226,6 +231,7 @@ def coslow_command(
         "examples_random": [e.id for e in samples.get("random", [])] if "random" in results else None,
         "cosines": result["cosines"],
         **source,
+        **columns.provenance(),
         "tunewise_version": __version__,
     }
     path = output_dir / COSLOW_FILE
@@ -526,17 +532,18 @@ def _task_examples(pool, task: str | None, path: Path):
     return [e for e in pool.examples if e.task == task], task
 
 
-def _to_label_records(examples, ranking, low, rand, task: str, metric: str) -> bytes:
-    """One JSON line per prompt to label, in the pool reader's prompt/response shape: the
-    low-confidence sample first, then the random one; ``sample`` says which (or ``both``)."""
+def _to_label_records(table, metric: str, low, rand, task: str) -> bytes:
+    """One JSON line per prompt to label (rows of the scored ``table``), in the pool reader's
+    prompt/response shape, with its ``metric`` score: the low-confidence sample first, then the
+    random one; ``sample`` says which (or ``both``)."""
     membership = {position: "low_confidence" for position in low}
     for position in rand:
         membership[position] = "both" if position in membership else "random"
     records = []
     for position, sample in membership.items():
-        example = examples[position]
+        example = table.examples[position]
         single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
-        value = float(ranking[position])
+        value = float(table.scores[metric].iloc[position])
         records.append({
             "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
             "response": example.response,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from tunewise.errors import TunewiseError, did_you_mean
 
@@ -132,18 +133,55 @@ def _holds_tuple(annotation) -> bool:
     return tuple in (typing.get_origin(arg) for arg in typing.get_args(annotation))
 
 
+def flag_name(parameter: str) -> str:
+    """``set_diversity`` → ``--set-diversity``."""
+    return "--" + parameter.replace("_", "-")
+
+
+def _plain(text: str | None) -> str | None:
+    """Help declared in the library is plain text: its brackets (``[question, answer]``) are shown,
+    not read as Rich markup."""
+    return None if text is None else escape(text)
+
+
+def _switch(name: str) -> str:
+    """``set_diversity`` → ``--set-diversity/--no-set-diversity``."""
+    return f"{flag_name(name)}/--no-{name.replace('_', '-')}"
+
+
 def _flag(field: dataclasses.Field, annotation, panel: str | None):
-    flag = "--" + field.name.replace("_", "-")
+    flag = flag_name(field.name)
     required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
     default = ... if required else field.default
     declarations = [flag, *field.metadata.get("flags", ())]
     if annotation == Optional[bool]:
-        declarations = [f"{flag}/--no-{field.name.replace('_', '-')}"]
+        declarations = [_switch(field.name)]
     elif _holds_tuple(annotation):
         annotation = Optional[str]
         default = None if default in (None, ...) else ",".join(default)
-    option = typer.Option(default, *declarations, help=field.metadata.get("help"), rich_help_panel=panel)
+    option = typer.Option(default, *declarations, help=_plain(field.metadata.get("help")), rich_help_panel=panel)
     return option, annotation
+
+
+def _with_options(options: dict, build, name: str):
+    """Give a command the keyword ``options`` (parameter name → (annotation, ``typer.Option``)); the
+    command receives ``build(values)`` as ``name`` instead of the values themselves."""
+
+    def decorate(func):
+        signature = inspect.signature(func, eval_str=True)
+        parameters = [p for p in signature.parameters.values() if p.name != name]
+        parameters += [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
+                       for key, (annotation, option) in options.items()]
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            values = {key: kwargs.pop(key) for key in options}
+            return func(*args, **{name: build(values)}, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)
+        return wrapper
+
+    return decorate
 
 
 def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str | None = None,
@@ -156,31 +194,78 @@ def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str 
     hints = typing.get_type_hints(config_class)
     fields = [f for f in dataclasses.fields(config_class) if f.name not in exclude]
     tuple_fields = {f.name for f in fields if _holds_tuple(hints[f.name])}
+    options = {}
+    for field in fields:
+        option, annotation = _flag(field, hints[field.name], panel)
+        options[field.name] = (annotation, option)
 
-    def decorate(func):
-        signature = inspect.signature(func, eval_str=True)
-        parameters = [p for p in signature.parameters.values() if p.name != name]
-        for field in fields:
-            option, annotation = _flag(field, hints[field.name], panel)
-            parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                                annotation=annotation))
+    def build(values: dict):
+        for field_name in tuple_fields:
+            if values[field_name] is not None:
+                values[field_name] = tuple(parse_list(values[field_name])) or None
+        try:
+            return config_class(**values)
+        except (TypeError, ValueError) as error:
+            raise TunewiseError(str(error), fix="check the flags against --help") from None
 
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            values = {field.name: kwargs.pop(field.name) for field in fields}
-            for field_name in tuple_fields:
-                if values[field_name] is not None:
-                    values[field_name] = tuple(parse_list(values[field_name])) or None
-            try:
-                config = config_class(**values)
-            except (TypeError, ValueError) as error:
-                raise TunewiseError(str(error), fix="check the flags against --help") from None
-            return func(*args, **{name: config}, **kwargs)
+    return _with_options(options, build, name)
 
-        wrapper.__signature__ = signature.replace(parameters=parameters)
-        return wrapper
 
-    return decorate
+class StrategyFlags:
+    """The selector flags given on the command line (:func:`with_strategy_options`).
+
+    ``files`` maps a file flag (``--weights``) to its path, for the checks that no output
+    overwrites an input; :meth:`params` reads those files.
+    """
+
+    def __init__(self, values: dict, loaders: dict) -> None:
+        self._values = {key: value for key, value in values.items() if value is not None}
+        self._loaders = {key: loaders[key] for key in self._values if key in loaders}
+        self.files = {flag_name(key): self._values[key] for key in self._loaders}
+
+    def params(self) -> dict[str, tuple]:
+        """Parameter → (value, the flag that gave it): what each given file holds, then the flags
+        given (which win)."""
+        params = {}
+        for key, load in self._loaders.items():
+            params.update((name, (value, flag_name(key))) for name, value in load(self._values[key]).items())
+        params.update((key, (value, flag_name(key))) for key, value in self._values.items()
+                      if key not in self._loaders)
+        return params
+
+
+def strategy_flags() -> dict:
+    """Parameter name → (flag type, help, load, strategy names) over every registered strategy
+    the command line can build, in registry order; the help names the strategies that take it."""
+    from tunewise.select import STRATEGIES
+
+    flags: dict = {}
+    for strategy in STRATEGIES.values():
+        if not strategy.command_line:
+            continue
+        for key, param in strategy.parameters.items():
+            if param.flag is None:
+                continue
+            kind, help_text, load, names = flags.setdefault(key, (param.flag, param.help, param.load, []))
+            if kind is not param.flag:
+                raise TypeError(f"parameter '{key}' is a {kind.__name__} flag in one strategy and a "
+                                f"{param.flag.__name__} flag in '{strategy.name}'")
+            names.append(strategy.name)
+    return flags
+
+
+def with_strategy_options(name: str = "strategy_flags", panel: str | None = None):
+    """Give a command one ``--flag`` per parameter of the registered strategies (each
+    :class:`~tunewise.select.base.Param` with a ``flag``), passed in as a :class:`StrategyFlags`
+    called ``name``: a new strategy's parameters become flags with no command-line code."""
+    options, loaders = {}, {}
+    for key, (kind, help_text, load, names) in strategy_flags().items():
+        declarations = [_switch(key) if kind is bool else flag_name(key)]
+        if load is not None:
+            loaders[key] = load
+        help_text = _plain(f"{', '.join(names)}: {help_text}")
+        options[key] = (Optional[kind], typer.Option(None, *declarations, help=help_text, rich_help_panel=panel))
+    return _with_options(options, lambda values: StrategyFlags(values, loaders), name)
 
 
 def parse_int_list(text: str, name: str) -> list[int]:
@@ -217,4 +302,6 @@ def check_sweep_output(output: Path, inputs: dict, names) -> None:
     refuse_overwriting_inputs({"-o": output, **{name: output / name for name in names}}, inputs)
 
 
-__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "check_output_path", "check_sweep_output", "model_input", "parse_int_list", "parse_list", "with_config_options"]
+__all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "StrategyFlags",
+           "check_output_path", "check_sweep_output", "model_input", "parse_int_list", "parse_list",
+           "with_config_options", "with_strategy_options"]

@@ -11,12 +11,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
+from tunewise.cli.options import StrategyFlags, flag_name, with_config_options, with_strategy_options
+from tunewise.data.pool import Columns
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
 
 
 @command("select")
+@with_strategy_options(panel="Strategy parameters")
+@with_config_options(Columns, panel="Pool fields (of --pool, for --export)", name="columns")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
@@ -26,39 +30,18 @@ def select_command(
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
-    within: Optional[str] = typer.Option(
-        None, help="Order inside each task (task strategies): random, difficulty_window, difficulty_bucket, "
-                   "weighted_indicators; its flags below apply to it."
-    ),
-    indicator: Optional[str] = typer.Option(None, help="top_k: the score column to rank by."),
-    direction: Optional[str] = typer.Option(None, help="top_k: desc (highest first) or asc."),
-    weights: Optional[Path] = typer.Option(None, help='weighted_indicators: JSON file {"weights": {...}}.'),
-    gamma: Optional[float] = typer.Option(None, help="weighted_task_diversity: sharpness γ of (1/c̄)^γ."),
-    epsilon: Optional[float] = typer.Option(None, help="weighted_task_diversity: floor ε on mean confidence."),
-    confidence_column: Optional[str] = typer.Option(None, help="Column holding the model's confidence."),
-    difficulty: Optional[str] = typer.Option(
-        None, help="difficulty_window, difficulty_bucket: length (response tokens, paper C's chain-of-thought "
-                   "length; the default), cot_length or loss."),
-    c0: Optional[float] = typer.Option(None, help="difficulty_window: centre at n0 picks, in [0, 1] (default 0.35)."),
-    beta: Optional[float] = typer.Option(None, help="difficulty_window: centre shift per decade of budget (default 0: "
-                                                    "fixed; set it from `tunewise calibrate-difficulty`)."),
-    n0: Optional[float] = typer.Option(None, help="difficulty_window: the budget where the centre is c0."),
-    bucket: Optional[str] = typer.Option(None, help="difficulty_bucket: easy, medium or hard third of each task."),
-    set_diversity: Optional[bool] = typer.Option(
-        None, "--set-diversity/--no-set-diversity",
-        help="weighted_indicators: pick a diverse set among the 2n best (greedy facility location on embeddings)."),
-    reference_size: Optional[int] = typer.Option(None, help="facility_location: rows the coverage is measured on."),
     pool: Optional[Path] = typer.Option(None, help="The scored pool, to --export the chosen examples."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    strategy_flags: StrategyFlags = None,
+    columns: Columns = None,
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
     from tunewise.data.export import EXPORT_FORMATS, default_export_path
     from tunewise.io import check_output_file, refuse_overwriting_inputs
-    from tunewise.select import read_indicator_weights
     from tunewise.select.manifest import meta_path, selection_meta, write_selection
 
     if (budget is None) == (fraction is None):
@@ -76,23 +59,20 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
+    if columns.used() and export is None:
+        flags = ", ".join(flag_name(name) for name in columns.used())
+        raise TunewiseError(f"{flags} map{'s' if len(columns.used()) == 1 else ''} the fields of the --pool that "
+                            "--export reads, and without --export no pool is read",
+                            fix="add --export FORMAT --pool POOL, or drop the field flags")
 
     export_target = None if export is None else export_path or default_export_path(output, export)
     outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
-    refuse_overwriting_inputs(outputs, {"the scores": scores_path, "--pool": pool, "--weights": weights})
+    refuse_overwriting_inputs(outputs, {"the scores": scores_path, "--pool": pool, **strategy_flags.files})
     for name, path in outputs.items():
         if path is not None:
             check_output_file(path, field=name.lstrip("-"), example="-o selection.jsonl")
 
-    flags = {
-        "within": within, "indicator": indicator, "direction": direction, "gamma": gamma, "epsilon": epsilon,
-        "confidence_column": confidence_column, "difficulty": difficulty, "c0": c0, "beta": beta, "n0": n0,
-        "bucket": bucket, "set_diversity": set_diversity, "reference_size": reference_size,
-    }
-    given = {name: value for name, value in flags.items() if value is not None}
-    if weights is not None:
-        given = {**read_indicator_weights(weights), **given}
-    chosen = strategy_from_flags(strategy, given)
+    chosen = strategy_from_flags(strategy, strategy_flags)
 
     scores, provenance = read_scores(scores_path)
     if fraction is not None:
@@ -113,10 +93,10 @@ def select_command(
 
     extra_files = {}
     if export is not None:
-        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export)
+        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export, columns)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
-    )
+    ) | columns.provenance()  # field flags come only with --export (checked above)
     written = write_selection(output, scores, selection, meta, extra_files)
 
     for note in selection.notes:
@@ -146,7 +126,7 @@ def starved_task_notes(scores, selection) -> list[str]:
             + (" (fewer picks than tasks)" if len(selection) < len(tasks) else "")]
 
 
-def strategy_from_flags(strategy: str, given: dict):
+def strategy_from_flags(strategy: str, flags: StrategyFlags):
     """The strategy object the flags describe: a task strategy gets its ``within`` strategy built as
     an object from the flags that belong to it; a flag that applies to neither is refused."""
     from tunewise.errors import did_you_mean
@@ -155,19 +135,19 @@ def strategy_from_flags(strategy: str, given: dict):
 
     if strategy not in STRATEGIES:
         raise TunewiseError(f"unknown strategy '{strategy}'", field="strategy", fix=did_you_mean(strategy, STRATEGIES))
-    if strategy == "efficiency":
-        raise TunewiseError("the efficiency strategy needs predicted learning curves, which `select` cannot make",
-                            field="strategy", fix="use `tunewise plan --strategy efficiency --coefficients ...`")
-    own, inner, rest = route_parameters(strategy, given)
+    if not STRATEGIES[strategy].command_line:
+        raise TunewiseError(f"the {strategy} strategy needs predicted learning curves, which `select` cannot make",
+                            field="strategy", fix=f"use `tunewise plan --strategy {strategy} --coefficients ...`")
+    given = flags.params()
+    values = {name: value for name, (value, _) in given.items()}
+    own, inner, rest = route_parameters(strategy, values)
     declared = STRATEGIES[strategy].parameters
     if rest:
-        flags = sorted(
-            {"--weights" if name in ("weights", "orientation") else "--" + name.replace("_", "-") for name in rest}
-        )
-        used_by = f"--strategy {strategy}" + (f" --within {given.get('within', 'random')}" if "within" in declared
+        names = sorted({given[name][1] for name in rest})
+        used_by = f"--strategy {strategy}" + (f" --within {values.get('within', 'random')}" if "within" in declared
                                               else "")
         raise TunewiseError(
-            f"{', '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to {used_by}",
+            f"{', '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to {used_by}",
             fix="drop the flag, or choose a strategy that uses it",
         )
     if inner:
@@ -175,15 +155,17 @@ def strategy_from_flags(strategy: str, given: dict):
     return build_strategy(STRATEGIES[strategy], own)
 
 
-def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str) -> bytes:
-    """The chosen examples, re-read from the pool by id, in the requested training format."""
+def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str,
+                    columns: Columns | None = None) -> bytes:
+    """The chosen examples, joined from the pool (read with ``columns``) by id, in the requested
+    training format."""
     from tunewise.data.pool import read_pool
     from tunewise.data.export import export_examples
+    from tunewise.data.table import ExampleTable
 
-    chosen_ids = scores["id"].astype(str).to_numpy()[selection.positions].tolist()
-    chosen = read_pool(pool_path, task_field).examples_for(
-        chosen_ids, what="selected", fix="pass the same pool (and --task-field) that was scored")
-    return export_examples(chosen, export_format)
+    picked = ExampleTable.join(read_pool(pool_path, task_field, columns=columns), scores.iloc[selection.positions],
+                               what="selected")
+    return export_examples(picked.examples, export_format)
 
 
 def allocation_table(meta: dict) -> Table:

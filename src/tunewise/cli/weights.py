@@ -13,18 +13,19 @@ from rich.table import Table
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
-from tunewise.cli.options import check_output_path, parse_list
+from tunewise.cli.options import check_output_path, parse_list, with_config_options
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.data.pool import read_labelled_pool
+from tunewise.data.pool import Columns, read_labelled_pool
 from tunewise.select.weighted import FEATURES
 
 
 def score_dev(backend, dev, outputs: list[str]):
-    """The dev set's scores table (``loss`` and/or ``embedding``), with a progress bar."""
-    from tunewise.indicators.score import score_pool
+    """The dev set as an :class:`~tunewise.data.table.ExampleTable` with ``outputs`` (``loss``
+    and/or ``embedding``), scored with a progress bar."""
+    from tunewise.indicators.score import score
 
     with progress_bar("scoring the dev set") as update:
-        return score_pool(dev.examples, backend, outputs, progress=update)
+        return score(dev, backend, outputs, progress=update)
 
 
 @command("anchors")
@@ -56,8 +57,8 @@ def anchors_command(
     dev = read_labelled_pool(dev_path, task_field, "dev")
     backend = load_backend(model, device=device, dtype=dtype)
     table = score_dev(backend, dev, ["loss", "embedding"])
-    logliks = -table["loss"].to_numpy()
-    embeddings = embedding_matrix(table)
+    logliks = -table.scores["loss"].to_numpy()
+    embeddings = embedding_matrix(table.scores)
     anchors = embedding_stratified_anchors(embeddings, count, seed)
     report = tracking_report(logliks, embeddings, count, seeds=range(seed, seed + check_seeds))
     write_anchors(output, dev.examples, anchors, logliks)
@@ -103,6 +104,7 @@ def parse_orientation(text: str | None) -> dict[str, str]:
 
 
 @command("tune-weights")
+@with_config_options(Columns, panel="Pool fields (pool and dev)", name="columns")
 def tune_weights_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file of the pool (`tunewise score`)."),
     pool_path: Path = typer.Option(..., "--pool", help="The labelled pool the scores came from."),
@@ -144,6 +146,7 @@ def tune_weights_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    columns: Columns = None,
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.
 
@@ -151,7 +154,7 @@ def tune_weights_command(
     """
     from tunewise.select.weighted import check_feature_names, indicator_features, resolve_orientation
     from tunewise.weights.proxy import METRICS
-    from tunewise.data.table import read_scores
+    from tunewise.data.table import ExampleTable, read_scores
     from tunewise.weights.search import SAMPLERS
 
     if not 0 < fraction <= 1:
@@ -187,9 +190,8 @@ def tune_weights_command(
     scores, provenance = read_scores(scores_path)
     orientations = parse_orientation(orientation)
     resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
-    pool_examples = read_labelled_pool(pool_path, task_field, "pool").examples_for(
-        scores["id"], what="scored", fix="pass the same pool (and --task-field) that was scored")
-    dev = read_labelled_pool(dev_path, task_field, "dev")
+    table = ExampleTable.join(read_labelled_pool(pool_path, task_field, "pool", columns), scores)
+    dev = read_labelled_pool(dev_path, task_field, "dev", columns)
 
     import optuna
 
@@ -201,19 +203,20 @@ def tune_weights_command(
 
     # Optuna's per-trial log lines would break the progress bar; its notices are not for the user.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    from tunewise.indicators.score import complete_scores
+    from tunewise.indicators.score import complete
     from tunewise.select.weighted import source_columns
 
     backend = load_backend(model, device=device, dtype=dtype)
     with progress_bar("scoring missing indicators") as update:
         needed = source_columns([*names, *(["diversity"] if set_diversity else [])])  # diversity: the embedding
-        scores = complete_scores(scores, pool_examples, backend, needed, progress=update)
-    matrix = indicator_features(scores, names, orientations, set_diversity=set_diversity)
-    chosen = embedding_stratified_anchors(embedding_matrix(score_dev(backend, dev, ["embedding"])), anchors, seed)
-    anchor_examples = [dev.examples[int(position)] for position in chosen.positions]
+        table = complete(table, backend, needed, progress=update)
+    matrix = indicator_features(table.scores, names, orientations, set_diversity=set_diversity)
+    dev_table = score_dev(backend, dev, ["embedding"])
+    chosen = embedding_stratified_anchors(embedding_matrix(dev_table.scores), anchors, seed)
+    anchor_examples = list(dev_table.take(chosen.positions).examples)
     with progress_bar("tuning weights", unit="trials") as update:
         tuned = tune_weights(
-            matrix, pool_examples, anchor_examples, chosen, ProxyModel(backend, batch_tokens), run_dir,
+            matrix, table.examples, anchor_examples, chosen, ProxyModel(backend, batch_tokens), run_dir,
             fraction=fraction, trials=trials, timeout=timeout, sampler=sampler, repeats=repeats, demos=demos,
             metric=metric, seed=seed, progress=update,
         )
@@ -223,7 +226,7 @@ def tune_weights_command(
 
     validation = None
     if validate:
-        validation = validate_selections(backend, pool_examples, tuned, dev, validate, validate_steps, seed,
+        validation = validate_selections(backend, table.examples, tuned, dev, validate, validate_steps, seed,
                                          validate_metric)
 
     document = {
@@ -234,6 +237,7 @@ def tune_weights_command(
         "dev": str(dev_path),
         "run_dir": str(run_dir),
         "validation": validation,
+        **columns.provenance(),
     }
     from tunewise.io import write_json
 

@@ -69,6 +69,11 @@ class Columns:
         """The fields given, for provenance."""
         return {name: value for name, value in vars(self).items() if value is not None}
 
+    def provenance(self) -> dict[str, dict]:
+        """``{"columns": the fields given}`` for an output's provenance, or ``{}`` when none was."""
+        used = self.used()
+        return {"columns": used} if used else {}
+
 
 @dataclass(frozen=True)
 class Example:
@@ -282,9 +287,10 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
     check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)
 
 
-def read_labelled_pool(path: str | Path, task_field: str | None, role: str) -> Pool:
-    """Read a pool whose every example has a response; ``role`` (e.g. "dev") names it in the error."""
-    pool = read_pool(path, task_field)
+def read_labelled_pool(path: str | Path, task_field: str | None, role: str, columns: Columns | None = None) -> Pool:
+    """Read a pool whose every example has a response; ``role`` (e.g. "dev") names it in the error,
+    ``columns`` map its fields (:class:`Columns`)."""
+    pool = read_pool(path, task_field, columns=columns)
     unlabelled = [example.id for example in pool.examples if example.response is None]
     if unlabelled:
         raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "

@@ -200,9 +200,11 @@ class ExampleTable:
                                 file=self.source, fix="score this pool again, or pass the pool that was scored")
 
     @classmethod
-    def join(cls, pool, scores: pd.DataFrame, *, file=None) -> ExampleTable:
-        """The table of ``scores`` with each row's example looked up in ``pool`` by id."""
-        examples = pool.examples_for(scores["id"], what="scored", file=file,
+    def join(cls, pool, scores: pd.DataFrame, *, file=None, what: str = "scored") -> ExampleTable:
+        """The table of ``scores`` with each row's example looked up in ``pool`` by id: the one join,
+        for a scores file read apart from its pool. ``what`` names the rows in the error (e.g.
+        "selected" for the picked rows of a selection)."""
+        examples = pool.examples_for(scores["id"], what=what, file=file,
                                      fix="pass the same pool (and --task-field) that was scored")
         return cls(tuple(examples), scores.reset_index(drop=True), pool.source)
 
@@ -213,8 +215,19 @@ class ExampleTable:
     def columns(self) -> list[str]:
         return list(self.scores.columns)
 
+    @property
+    def user_ids(self) -> list[str | None]:
+        """Each row's own id from the pool (``--id-field``), None where it had none."""
+        return [example.user_id for example in self.examples]
+
     def take(self, positions) -> ExampleTable:
         """The rows at ``positions``, in that order (e.g. a :class:`~tunewise.select.Selection`'s)."""
         positions = [int(position) for position in positions]
         return ExampleTable(tuple(self.examples[p] for p in positions),
                             self.scores.iloc[positions].reset_index(drop=True), self.source)
+
+
+def scores_of(table: ExampleTable | pd.DataFrame) -> pd.DataFrame:
+    """The score columns of ``table``: an :class:`ExampleTable`'s, or a scores frame read on its own
+    (``tunewise select`` reads a scores file without its pool)."""
+    return table.scores if isinstance(table, ExampleTable) else table

@@ -100,6 +100,23 @@ def normalise_curve(
     6. x = log2(max(n, 1)) / log2(largest budget kept) (auc.py:133-135): the axis ends at the
        largest budget kept, which is N when N is measured or on the grid.
 
+    Parameters
+    ----------
+    points:
+        ``{budget: score}`` for one seed, or a list of them, one per seed (each seed's monotone
+        envelope is taken first, then their mean: auc.py:103-122). Budget 0 is the zero-shot
+        score. Scores are non-negative (accuracy, F1, exact match …), on any scale.
+    ceiling:
+        The human or target score; the ceiling is the larger of it and the best measured score.
+        Without it the best measured score is the ceiling, which is not paper A's normalisation
+        (it used published human scores) and inflates early gains; see
+        :mod:`tunewise.efficiency.ceilings` for the human scores tunewise ships.
+    max_budget:
+        N: budgets above it are ignored. The log-budget axis ends at the largest budget kept.
+    grid:
+        The budgets the curve was meant to be measured at; a missing one counts as the best
+        score at a smaller budget; budgets below the smallest are ignored (except 0).
+
     Raises
     ------
     TunewiseError
@@ -162,37 +179,11 @@ def normalise_curve(
     )
 
 
-def curve_auc(
-    points: Curve | Sequence[Curve],
-    ceiling: float | None = None,
-    max_budget: int = DEFAULT_MAX_BUDGET,
-    grid: Sequence[int] = DEFAULT_GRID,
-) -> float:
-    """Data efficiency of a learning curve: the area under its normalised envelope.
-
-    Parameters
-    ----------
-    points:
-        ``{budget: score}`` for one seed, or a list of them, one per seed (each seed's monotone
-        envelope is taken first, then their mean: auc.py:103-122). Budget 0 is the zero-shot
-        score. Scores are non-negative (accuracy, F1, exact match …), on any scale.
-    ceiling:
-        The human or target score; the ceiling is the larger of it and the best measured score.
-        Without it the best measured score is the ceiling, which is not paper A's normalisation
-        (it used published human scores) and inflates early gains; see
-        :mod:`tunewise.efficiency.ceilings` for the human scores tunewise ships.
-    max_budget:
-        N: budgets above it are ignored. The log-budget axis ends at the largest budget kept.
-    grid:
-        The budgets the curve was meant to be measured at; a missing one counts as the best
-        score at a smaller budget; budgets below the smallest are ignored (except 0).
-
-    Returns
-    -------
-    float
-        The AUC in [0, 1]; higher means the task learns from fewer examples.
-    """
-    return normalise_curve(points, ceiling=ceiling, max_budget=max_budget, grid=grid).auc
+def curve_auc(points: Curve | Sequence[Curve], **settings) -> float:
+    """Data efficiency of a learning curve: the area under its normalised envelope, in [0, 1];
+    higher means the task learns from fewer examples. ``settings`` are :func:`normalise_curve`'s
+    (``ceiling``, ``max_budget``, ``grid``)."""
+    return normalise_curve(points, **settings).auc
 
 
 def read_curve(path: str | os.PathLike) -> dict[int, float] | list[dict[int, float]]:

@@ -169,26 +169,27 @@ def score(pool, backend: Backend, indicators: Sequence[str] = DEFAULT_INDICATORS
     return ExampleTable(examples, scores, getattr(pool, "source", None))
 
 
-def complete_scores(scores: pd.DataFrame, examples: Sequence[Example], backend: Backend, columns: Sequence[str],
-                    cache_dir: str | None = None, progress: ProgressCallback | None = None,
-                    max_batch_tokens: int | None = None) -> pd.DataFrame:
-    """A new scores table with every column of ``columns`` present, the missing ones computed.
+def complete(table, backend: Backend, columns: Sequence[str], cache_dir: str | None = None,
+             progress: ProgressCallback | None = None, max_batch_tokens: int | None = None):
+    """A new :class:`~tunewise.data.table.ExampleTable` with every column of ``columns`` present,
+    the missing ones computed.
 
     A command that needs an indicator an earlier ``score`` did not ask for computes it here,
-    through the cache, instead of failing. ``examples`` are the scored examples in the table's
-    row order. The input table is not modified.
+    through the cache, instead of failing. The input table is not modified.
     """
+    import dataclasses
+
     from tunewise.indicators.registry import INDICATORS
 
     missing = [name for name, indicator in INDICATORS.items()
-               if any(column in columns and column not in scores.columns for column in indicator.columns)]
+               if any(column in columns and column not in table.columns for column in indicator.columns)]
     if not missing:
-        return scores
-    added = score_pool(list(examples), backend, missing, cache_dir=cache_dir, progress=progress,
+        return table
+    added = score_pool(table.examples, backend, missing, cache_dir=cache_dir, progress=progress,
                        max_batch_tokens=max_batch_tokens)
     extra = added.drop(columns=["id", "task"])
-    return pd.concat([scores.reset_index(drop=True), extra[[c for c in extra.columns if c not in scores.columns]]],
-                     axis=1)
+    scores = pd.concat([table.scores, extra[[c for c in extra.columns if c not in table.columns]]], axis=1)
+    return dataclasses.replace(table, scores=scores)
 
 
 def scores_provenance(backend: Backend, indicators: Sequence[str], source: str | None = None,

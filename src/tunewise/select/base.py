@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.data.table import embedding_matrix
+from tunewise.data.table import ExampleTable, embedding_matrix, scores_of
 
 
 @dataclass(frozen=True, eq=False)
 class Selection:
-    """An ordered selection: row positions into the scores table, best first.
+    """An ordered selection: row positions into the table, best first.
 
     ``positions[k]`` is the row of the k-th pick and ``reasons[k]`` says why it was picked.
     ``notes`` are things the user should know about the run as a whole (e.g. the budget was
@@ -56,12 +56,20 @@ class Param:
     caller passes by name (a string, a JSON mapping) into the value the strategy stores, or returns
     the value unchanged when it cannot, so that the test then refuses it with the uniform message
     (:func:`build_strategy` applies it; the constructor itself only stores).
+
+    ``flag`` is the parameter's type on the command line (``float``, ``int``, ``str``, ``bool``,
+    or ``Path`` for a file that ``load`` reads into parameters), None where no flag can give it
+    (e.g. a mapping); ``help`` is that flag's help. ``tunewise select`` generates one flag per
+    parameter name from these (:func:`tunewise.cli.options.with_strategy_options`).
     """
 
     expected: str
     accepts: Callable[[Any], bool]
     explain: Callable[[Any], str] | None = None
     convert: Callable[[Any], Any] | None = None
+    flag: type | None = None
+    help: str = ""
+    load: Callable[[Any], dict] | None = None
 
     def check(self, value: Any) -> ParamCheck:
         """``ParamCheck(True)`` for a valid value, else ``ParamCheck(False, detail)``."""
@@ -107,11 +115,12 @@ def near_miss(value: Any, choices) -> str:
     return f"did you mean '{close[0]}'?" if close else ""
 
 
-def choice(expected: str, choices) -> Param:
-    """A parameter that takes one of ``choices`` (strings); a near miss gets "did you mean"."""
+def choice(expected: str, choices, help: str = "") -> Param:
+    """A parameter that takes one of ``choices`` (strings), a ``--flag`` with ``help``; a near miss
+    gets "did you mean"."""
     choices = tuple(choices)
     return Param(expected, lambda value: isinstance(value, str) and value in choices,
-                 lambda value: near_miss(value, choices))
+                 lambda value: near_miss(value, choices), flag=str, help=help)
 
 
 def column_name(value: Any) -> bool:
@@ -132,6 +141,8 @@ class Strategy:
 
     name: ClassVar[str]
     parameters: ClassVar[dict[str, Param]] = {}
+    #: False for a strategy that needs inputs no flag can give (efficiency: predicted curves).
+    command_line: ClassVar[bool] = True
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The parameters as stored; with ``deep``, nested strategies' too, as ``outer__inner``."""
@@ -208,13 +219,15 @@ class Strategy:
         """Score columns this strategy reads; each must exist and hold no NaN."""
         return ()
 
-    def select(self, scores: pd.DataFrame, budget: int, seed: int = 0) -> Selection:
-        """Pick ``budget`` rows of ``scores``, best first.
+    def select(self, table: ExampleTable | pd.DataFrame, budget: int, seed: int = 0) -> Selection:
+        """Pick ``budget`` rows of ``table``, best first.
 
-        A budget larger than the pool selects every row (and says so in ``notes``); all
-        randomness comes from ``np.random.default_rng(seed)``, so the same inputs and seed give
-        the same selection.
+        ``table`` is an :class:`~tunewise.data.table.ExampleTable`, or a bare scores frame (a scores
+        file read without its pool); strategies read only its score columns. A budget larger than
+        the pool selects every row (and says so in ``notes``); all randomness comes from
+        ``np.random.default_rng(seed)``, so the same inputs and seed give the same selection.
         """
+        scores = scores_of(table)
         self.validate()
         if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
             raise TunewiseError(f"the budget must be a whole number ≥ 0, got {budget!r}", field="budget")

@@ -27,8 +27,9 @@ class TopK(Strategy):
 
     name = "top_k"
     parameters = {
-        "indicator": Param("the name of a score column", column_name),
-        "direction": choice("'asc' (lowest first) or 'desc' (highest first)", ("asc", "desc")),
+        "indicator": Param("the name of a score column", column_name, flag=str, help="the score column to rank by."),
+        "direction": choice("'asc' (lowest first) or 'desc' (highest first)", ("asc", "desc"),
+                            help="desc (highest first) or asc."),
     }
 
     def __init__(self, indicator: str = "loss", direction: str = "desc") -> None:
@@ -50,13 +51,15 @@ class TopK(Strategy):
         return picked, reasons, {}
 
 
+CONFIDENCE_COLUMN = Param("the name of a score column", column_name, flag=str,
+                          help="column holding the model's confidence.")
+
+
 class Uncertainty(Strategy):
     """Lowest model confidence first: the examples the model is least sure how to answer."""
 
     name = "uncertainty"
-    parameters = {
-        "confidence_column": Param("the name of a score column", column_name),
-    }
+    parameters = {"confidence_column": CONFIDENCE_COLUMN}
 
     def __init__(self, confidence_column: str = "confidence") -> None:
         self.confidence_column = confidence_column

@@ -29,13 +29,12 @@ from tunewise.select.base import (
     Param,
     Strategy,
     build_strategy,
-    column_name,
     integer,
     near_miss,
     real,
     task_codes,
 )
-from tunewise.select.baseline import RandomSelection
+from tunewise.select.baseline import CONFIDENCE_COLUMN, RandomSelection
 from tunewise.select.difficulty import DifficultyBucket, DifficultyWindow
 from tunewise.select.weighted import WeightedIndicators
 
@@ -65,6 +64,8 @@ WITHIN_PARAM = Param(
     _is_within_selector,
     lambda value: near_miss(value, WITHIN_TASK),
     within_selector,
+    flag=str,
+    help=f"order inside each task: {', '.join(WITHIN_TASK)}; its flags below apply to it.",
 )
 
 
@@ -137,9 +138,9 @@ class WeightedTaskDiversity(TaskDiversity):
     name = "weighted_task_diversity"
     parameters = {
         **TaskDiversity.parameters,
-        "gamma": Param("a number ≥ 0", real(0.0)),
-        "epsilon": Param("a number > 0", real(0.0, low_open=True)),
-        "confidence_column": Param("the name of a score column", column_name),
+        "gamma": Param("a number ≥ 0", real(0.0), flag=float, help="sharpness γ of (1/c̄)^γ."),
+        "epsilon": Param("a number > 0", real(0.0, low_open=True), flag=float, help="floor ε on mean confidence."),
+        "confidence_column": CONFIDENCE_COLUMN,
     }
 
     def __init__(
@@ -189,6 +190,7 @@ class EfficiencyAllocation(TaskDiversity):
     """
 
     name = "efficiency"
+    command_line = False
     parameters = {
         **TaskDiversity.parameters,
         "predicted_auc": Param("a non-empty mapping of task name → predicted AUC in (0, 1)", _predicted_auc_mapping),

@@ -94,10 +94,32 @@ class WindowCentreFit:
         return self.centre_.at(n)
 
 
-_DIFFICULTY_PARAM = choice("one of: " + ", ".join(map(repr, DIFFICULTY_COLUMNS)), DIFFICULTY_COLUMNS)
+_DIFFICULTY_PARAM = choice("one of: " + ", ".join(map(repr, DIFFICULTY_COLUMNS)), DIFFICULTY_COLUMNS,
+                           help="length (response tokens, paper C's chain-of-thought length; the default), "
+                                "cot_length or loss.")
 
 
-class DifficultyWindow(GroupRanker, Strategy):
+class _ByDifficulty(GroupRanker, Strategy):
+    """What the difficulty strategies share: they read the ``difficulty`` column and order each
+    group's rows by the keys of :meth:`_sort_keys`, then by an order drawn from the seed."""
+
+    difficulty: str
+
+    def required_columns(self):
+        return (self.difficulty,)
+
+    def rank_in_groups(self, scores, groups, group_budgets, rng):
+        tasks, _ = task_codes(scores)
+        keys, explain = self._sort_keys(scores[self.difficulty].to_numpy(), tasks, groups, group_budgets, rng)
+        return np.lexsort((rng.permutation(len(scores)), *keys, groups)), explain
+
+    def _sort_keys(self, values, tasks, groups, group_budgets, rng):
+        """Sort keys within a group, least significant first (as ``np.lexsort``), and the function
+        that explains a set of picked rows."""
+        raise NotImplementedError
+
+
+class DifficultyWindow(_ByDifficulty):
     """The n rows whose within-task difficulty quantile is nearest the centre c(n).
 
     Ties in distance go to the easier row, then to an order drawn from the seed. Used within tasks,
@@ -115,9 +137,13 @@ class DifficultyWindow(GroupRanker, Strategy):
     name = "difficulty_window"
     parameters = {
         "difficulty": _DIFFICULTY_PARAM,
-        "c0": Param("a number in [0, 1]", real(0.0, 1.0)),
-        "beta": Param("a finite number", real()),
-        "n0": Param("a number > 0", real(0.0, low_open=True)),
+        "c0": Param("a number in [0, 1]", real(0.0, 1.0), flag=float,
+                    help="centre at n0 picks, in [0, 1] (default 0.35)."),
+        "beta": Param("a finite number", real(), flag=float,
+                      help="centre shift per decade of budget (default 0: fixed; set it from "
+                           "`tunewise calibrate-difficulty`)."),
+        "n0": Param("a number > 0", real(0.0, low_open=True), flag=float,
+                    help="the budget where the centre is c0."),
     }
 
     def __init__(self, difficulty: str = DEFAULT_DIFFICULTY, c0: float = 0.35, beta: float = 0.0,
@@ -127,17 +153,12 @@ class DifficultyWindow(GroupRanker, Strategy):
         self.beta = beta
         self.n0 = n0
 
-    def required_columns(self):
-        return (self.difficulty,)
-
-    def rank_in_groups(self, scores, groups, group_budgets, rng):
-        tasks, _ = task_codes(scores)
-        quantile = rank_quantile(scores[self.difficulty].to_numpy(), tasks)
+    def _sort_keys(self, values, tasks, groups, group_budgets, rng):
+        quantile = rank_quantile(values, tasks)
         centres = WindowCentre(self.c0, self.beta, self.n0).at(group_budgets)
         # Rounded so that distances equal on paper (0.25 and 0.45 from 0.35) tie exactly and
         # the tie goes to the easier row rather than to floating-point noise.
         distance = np.round(np.abs(quantile - centres[groups]), 12)
-        order = np.lexsort((rng.permutation(len(scores)), quantile, distance, groups))
 
         def explain(picked: np.ndarray) -> list[str]:
             return [
@@ -147,7 +168,7 @@ class DifficultyWindow(GroupRanker, Strategy):
                 for row in picked
             ]
 
-        return order, explain
+        return (quantile, distance), explain
 
 
 def difficulty_tertiles(values, groups=None, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -172,7 +193,7 @@ def difficulty_tertiles(values, groups=None, rng: np.random.Generator | None = N
     return tertile
 
 
-class DifficultyBucket(GroupRanker, Strategy):
+class DifficultyBucket(_ByDifficulty):
     """Paper C's buckets: n rows drawn at random from the easy, medium or hard third of a task.
 
     Each task's rows are split into difficulty tertiles (:func:`difficulty_tertiles`, ties in a
@@ -191,7 +212,7 @@ class DifficultyBucket(GroupRanker, Strategy):
 
     name = "difficulty_bucket"
     parameters = {
-        "bucket": choice("one of: 'easy', 'medium', 'hard'", BUCKETS),
+        "bucket": choice("one of: 'easy', 'medium', 'hard'", BUCKETS, help="easy, medium or hard third of each task."),
         "difficulty": _DIFFICULTY_PARAM,
     }
 
@@ -199,16 +220,11 @@ class DifficultyBucket(GroupRanker, Strategy):
         self.bucket = bucket
         self.difficulty = difficulty
 
-    def required_columns(self):
-        return (self.difficulty,)
-
-    def rank_in_groups(self, scores, groups, group_budgets, rng):
-        tasks, _ = task_codes(scores)
-        tertile = difficulty_tertiles(scores[self.difficulty].to_numpy(), tasks, rng)
+    def _sort_keys(self, values, tasks, groups, group_budgets, rng):
+        tertile = difficulty_tertiles(values, tasks, rng)
         target = BUCKETS.index(self.bucket)
         # Other tertiles by distance from the chosen one, the easier first on equal distance.
         away = np.abs(tertile - target) * 2 + (tertile > target)
-        order = np.lexsort((rng.permutation(len(scores)), away, groups))
 
         def explain(picked: np.ndarray) -> list[str]:
             return [
@@ -219,4 +235,4 @@ class DifficultyBucket(GroupRanker, Strategy):
                 for row in picked
             ]
 
-        return order, explain
+        return (away,), explain

@@ -115,7 +115,8 @@ class FacilityLocation(Strategy):
 
     name = "facility_location"
     parameters = {
-        "reference_size": Param("a whole number ≥ 1", integer(1)),
+        "reference_size": Param("a whole number ≥ 1", integer(1), flag=int,
+                                help="rows the coverage is measured on."),
     }
 
     def __init__(self, reference_size: int = 2048) -> None:

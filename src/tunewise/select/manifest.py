@@ -24,9 +24,8 @@ import pandas as pd
 from tunewise import __version__
 from tunewise.errors import TunewiseError
 from tunewise.io import encode_json, encode_jsonl, write_files
-from tunewise.data.table import SCALAR_INDICATORS
+from tunewise.data.table import SCALAR_INDICATORS, ExampleTable, scores_of
 from tunewise.select import Selection, Strategy
-
 
 
 def meta_path(selection_path: str | os.PathLike) -> Path:
@@ -36,11 +35,13 @@ def meta_path(selection_path: str | os.PathLike) -> Path:
     return path.with_name(f"{stem}.meta.json")
 
 
-def selection_records(scores: pd.DataFrame, selection: Selection, user_ids=None) -> list[dict]:
-    """The manifest rows: position, id, the user's own id (``user_ids``, per scores row, when the pool
-    had an ``--id-field``), task, scalar scores (NaN and ±inf as null) and reason."""
+def selection_records(table: ExampleTable | pd.DataFrame, selection: Selection) -> list[dict]:
+    """The manifest rows: position, id, the user's own id (when ``table`` is an
+    :class:`~tunewise.data.table.ExampleTable` of a pool read with an ``--id-field``), task, scalar
+    scores (NaN and ±inf as null) and reason."""
     positions = selection.positions
-    user_ids = None if user_ids is None else [user_ids[int(p)] for p in positions]
+    scores = scores_of(table)
+    user_ids = table.take(positions).user_ids if isinstance(table, ExampleTable) else None
     indicators = [name for name in SCALAR_INDICATORS if name in scores.columns]
     values = {name: scores[name].to_numpy(dtype=np.float64)[positions].tolist() for name in indicators}
     ids = scores["id"].to_numpy()[positions].tolist()
@@ -59,7 +60,7 @@ def selection_records(scores: pd.DataFrame, selection: Selection, user_ids=None)
 
 
 def selection_meta(
-    scores: pd.DataFrame,
+    table: ExampleTable | pd.DataFrame,
     selection: Selection,
     strategy: Strategy,
     *,
@@ -69,6 +70,7 @@ def selection_meta(
     scores_path: str | None = None,
 ) -> dict:
     """The provenance written to ``selection.meta.json``."""
+    scores = scores_of(table)
     tasks = scores["task"].astype(str).to_numpy()
     pool_sizes = Counter(tasks.tolist())
     picked = Counter(tasks[selection.positions].tolist())
@@ -90,16 +92,16 @@ def selection_meta(
 
 def write_selection(
     path: str | os.PathLike,
-    scores: pd.DataFrame,
+    table: ExampleTable | pd.DataFrame,
     selection: Selection,
     meta: Mapping,
     extra_files: Mapping[Path, bytes] | None = None,
-    user_ids=None,
 ) -> list[Path]:
-    """Write the manifest, its meta file and any ``extra_files``, all or none; return the paths."""
+    """Write the manifest of ``selection`` (rows of ``table``), its meta file and any ``extra_files``,
+    all or none; return the paths."""
     path = Path(path)
     files = {
-        path: encode_jsonl(selection_records(scores, selection, user_ids)),
+        path: encode_jsonl(selection_records(table, selection)),
         meta_path(path): encode_json(meta),
         **(extra_files or {}),
     }

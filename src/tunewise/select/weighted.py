@@ -336,10 +336,13 @@ class WeightedIndicators(GroupRanker, Strategy):
 
     name = "weighted_indicators"
     parameters = {
-        "weights": Param(_WEIGHTS_EXPECTED, lambda value: weights_problem(value) is None, weights_problem),
+        "weights": Param(_WEIGHTS_EXPECTED, lambda value: weights_problem(value) is None, weights_problem,
+                         flag=Path, load=read_indicator_weights,
+                         help='JSON file {"weights": {...}} (with "orientation" and "set_diversity" if need be).'),
         "orientation": Param(_ORIENTATION_EXPECTED, lambda value: orientation_problem(value) is None,
                              orientation_problem),
-        "set_diversity": Param("True or False", boolean),
+        "set_diversity": Param("True or False", boolean, flag=bool,
+                               help="pick a diverse set among the 2n best (greedy facility location on embeddings)."),
     }
 
     def __init__(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from tunewise.errors import TunewiseError
 from tunewise.io import write_json
@@ -44,6 +44,7 @@ def calibrate_difficulty(
     finetune_config=None,
     *,
     difficulty: str = DEFAULT_DIFFICULTY,
+    provenance: Mapping | None = None,
     **sweep_options,
 ) -> dict:
     """Run the budgets × windows grid of fine-tunes and fit the difficulty window's c0 and β.
@@ -64,6 +65,9 @@ def calibrate_difficulty(
     difficulty:
         What the windows rank by: ``length`` (response tokens, paper C's measure), ``cot_length`` or
         ``loss``.
+    provenance:
+        Facts about the inputs recorded in the calibration as given (e.g. ``{"columns": ...}``, the
+        pool's field mapping).
     sweep_options:
         Passed to :func:`tunewise.training.sweep.run_sweep` (device, dtype, metric, max_new_tokens, …).
 
@@ -110,6 +114,7 @@ def calibrate_difficulty(
         "random": _scores_by_budget(random_runs, BASELINE, budgets, seeds) if random_runs else None,
         "zero_shot": None if zero_shot is None else zero_shot["score"],
         "select_command": select_command(fitted, difficulty),
+        **(provenance or {}),
     }
     write_json(Path(run_dir) / CALIBRATION_FILE, calibration)
     return calibration

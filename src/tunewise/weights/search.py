@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -478,34 +478,31 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+@dataclass(kw_only=True, eq=False)
 class WeightSearch:
     """Indicator weights learned with the in-context proxy, in scikit-learn's shape.
 
-    ``__init__`` stores the search's settings only; :meth:`fit` runs :func:`tune_weights` and
-    returns ``self`` with the learned state in trailing-underscore attributes: ``weights_`` (the
-    best weights), ``orientation_``, ``J_`` (the best proxy score), ``trials_`` (every trial) and
-    ``tuned_`` (the whole :class:`TunedWeights`, whose ``document()`` is ``weights.json``).
+    The constructor stores the search's settings only (keyword arguments, as :func:`tune_weights`
+    takes them); :meth:`fit` runs :func:`tune_weights` and returns ``self`` with the learned state
+    in trailing-underscore attributes: ``weights_`` (the best weights), ``orientation_``, ``J_``
+    (the best proxy score), ``trials_`` (every trial) and ``tuned_`` (the whole
+    :class:`TunedWeights`, whose ``document()`` is ``weights.json``).
     """
 
-    def __init__(self, *, fraction: float = 0.3, trials: int = 30, timeout: float | None = None,
-                 sampler: str = "tpe", repeats: int = 3, demos: int = 8, metric: str = "log_likelihood",
-                 seed: int = 0) -> None:
-        self.fraction = fraction
-        self.trials = trials
-        self.timeout = timeout
-        self.sampler = sampler
-        self.repeats = repeats
-        self.demos = demos
-        self.metric = metric
-        self.seed = seed
+    fraction: float = 0.3
+    trials: int = 30
+    timeout: float | None = None
+    sampler: str = "tpe"
+    repeats: int = 3
+    demos: int = 8
+    metric: str = "log_likelihood"
+    seed: int = 0
 
     def fit(self, features: FeatureMatrix, pool: Sequence, anchor_examples: Sequence, anchors, model,
             run_dir: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> WeightSearch:
         """Search the weights (arguments as :func:`tune_weights`); returns ``self``."""
-        self.tuned_ = tune_weights(features, pool, anchor_examples, anchors, model, run_dir,
-                                   fraction=self.fraction, trials=self.trials, timeout=self.timeout,
-                                   sampler=self.sampler, repeats=self.repeats, demos=self.demos,
-                                   metric=self.metric, seed=self.seed, progress=progress)
+        self.tuned_ = tune_weights(features, pool, anchor_examples, anchors, model, run_dir, progress=progress,
+                                   **asdict(self))
         best = self.tuned_.best
         self.weights_ = dict(best.weights)
         self.orientation_ = dict(self.tuned_.features.orientation)
