@@ -94,7 +94,8 @@ def iter_pool_batches(
     text fields no reader used are counted in ``unused`` (field → records) as they are read.
     A file that cannot be read at all (missing, empty, unsupported) is reported by this call,
     before the first batch is asked for. JSONL and Parquet are read incrementally; JSON and CSV
-    files are parsed whole by their readers first.
+    files are parsed whole by their readers first. ``path`` may be any source ``read_pool`` takes
+    (a Hub id or saved DatasetDict with ``split`` and ``dataset_config``, a ``datasets`` object).
     """
     if batch_size < 1:
         raise TunewiseError(f"batch_size must be at least 1, got {batch_size}", field="batch_size")
@@ -156,8 +157,9 @@ def score_pool_streaming(
     and provenance, is read back instead of scored, so a killed run resumes after its last finished
     chunk (a refused record or a full disk removes them instead, as nothing half-written may stay;
     the values scored so far stay in the cache). Only when the last chunk is in is the scores file
-    written (under a temporary name, then renamed) and the parts removed. At most one chunk's examples, encodings and scores are held at
-    a time. ``progress(done, None)`` follows the model's work (the pool's size is not known in advance).
+    written (under a temporary name, then renamed) and the parts removed. At most one chunk's
+    examples, encodings and scores are held at a time. ``progress(done, None)`` follows the model's
+    work (the pool's size is not known in advance).
 
     Raises TunewiseError for a pool without examples, and whatever the reader or the scoring raise.
     """
