@@ -4,7 +4,7 @@ For each task, 32 labelled examples (seeded sample; the projection's error does 
 they were chosen) go through the bundled model twice, one example at a time:
 
 - fp32: the full ``lora_B`` gradients are kept (the exact CoS-Low), and each is also projected at
-  several dimensions d with :func:`tunewise.efficiency.coslow.sketch_gradient`;
+  several dimensions d with :func:`tunewise.model.gradients.sketch_gradient`;
 - bf16 (the default dtype on a CPU with bf16 instructions): the full gradients again, and their
   projection at each d (what ``coslow`` computes by default).
 
@@ -41,24 +41,17 @@ def task_examples(seed: int) -> dict[str, list[tuple[list[dict], str]]]:
 
 
 def gradients(loaded, examples, seed: int) -> list[list]:
-    """Per example, the ``lora_B`` gradient blocks (fp32, CPU), as ``coslow`` takes them."""
-    import torch
+    """Per example, the ``lora_B`` gradient blocks (fp32, CPU), as ``coslow`` takes them: the
+    model interface's per-example gradients, unprojected, one block per adapted module."""
+    from tunewise.model import as_backend
 
-    from tunewise.efficiency.coslow import _attach_lora, gradient_example
-
-    model = loaded.model
-    peft_model, restore = _attach_lora(model, 64, 32, seed)
-    blocks = []
+    prompts, responses = zip(*examples)
+    vectors = as_backend(loaded).lora_gradients(list(prompts), list(responses), rank=64, alpha=32, seed=seed,
+                                                blocks=True)
     try:
-        lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
-        for prompt, response in examples:
-            input_ids, labels = (torch.tensor([ids]) for ids in gradient_example(loaded.tokenizer, prompt, response))
-            peft_model(input_ids=input_ids, labels=labels).loss.backward()
-            blocks.append([p.grad.float().cpu().clone() for p in lora_b])
-            peft_model.zero_grad(set_to_none=True)
+        return list(vectors)
     finally:
-        restore(peft_model)
-    return blocks
+        vectors.close()
 
 
 def cosines(examples: list[list]) -> list[float]:
@@ -84,7 +77,7 @@ def compare(exact: list[float], other: list[float]) -> dict:
 
 
 def main() -> None:
-    from tunewise.efficiency.coslow import sketch_gradient
+    from tunewise.model.gradients import sketch_gradient
     from tunewise.model.load import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

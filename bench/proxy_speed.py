@@ -25,7 +25,8 @@ import torch
 import realdata
 from tunewise.weights.anchors import Anchors
 from tunewise.model import load_backend
-from tunewise.weights.proxy import InContextProxy, ProxyModel, shared_prefix_length
+from tunewise.model.packed import shared_prefix_length
+from tunewise.weights.proxy import InContextProxy, ProxyModel
 
 
 def timed(function):

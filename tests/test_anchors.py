@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -89,3 +91,20 @@ def test_anchors_file_reads_back_as_a_pool_with_weights(tmp_path):
     assert [e.task for e in pool.examples] == ["qa", "arith"]
     assert [e.metadata["anchor_weight"] for e in pool.examples] == pytest.approx([4 / 6, 2 / 6])
     assert [e.metadata["dev_score"] for e in pool.examples] == [1.0, 4.0]
+
+
+def test_anchors_keep_the_users_ids_and_fields(tmp_path):
+    """Issue 16: an anchor record carries the user's own id and fields, as the exports do."""
+    from tunewise.data.pool import Columns
+
+    prompts = [({"role": "user", "content": f"q{i}"},) for i in range(4)]
+    dev = [Example(example_id(prompt, f"a{i}"), "qa", prompt, f"a{i}", {"source": f"sheet {i}"}, f"mine-{i}")
+           for i, prompt in enumerate(prompts)]
+    anchors = Anchors(positions=np.array([2, 0]), cluster_sizes=np.array([3, 1]))
+    path = write_anchors(tmp_path / "anchors.jsonl", dev, anchors)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["id"], r["tunewise_id"], r["source"]) for r in records] == [
+        ("mine-2", dev[2].id, "sheet 2"), ("mine-0", dev[0].id, "sheet 0")]
+    back = read_pool(path, task_field="task", columns=Columns(id_field="id"))
+    assert [(e.user_id, e.id, e.metadata["source"]) for e in back.examples] == [
+        ("mine-2", dev[2].id, "sheet 2"), ("mine-0", dev[0].id, "sheet 0")]

@@ -223,7 +223,7 @@ def test_loss_indicator_finetune_and_coslow_see_the_same_tokens():
     """The loss indicator scores the response tokens, the fine-tune learns them and the end token,
     CoS-Low's gradient takes them without the ids paper A masks: one encoding underneath."""
     pytest.importorskip("torch")
-    from tunewise.efficiency.coslow import gradient_example
+    from tunewise.model.chat import gradient_example
     from tunewise.model import load_backend
 
     backend = load_backend("tiny-random", device="cpu", dtype="fp32")

@@ -13,9 +13,9 @@ from tunewise.efficiency.coslow import (
     lora_gradient_vectors,
     lowest_confidence_prompts,
     minimum_pool_size,
-    sketch_gradient,
 )
 from tunewise.errors import TunewiseError
+from tunewise.model.gradients import sketch_gradient
 
 # -- which prompts to label ----------------------------------------------------------------------
 
@@ -265,7 +265,7 @@ def test_random_prompts_are_seeded_and_differ_from_the_low_confidence_draw():
 
 @pytest.mark.integration
 def test_lora_targets_are_every_linear_projection_of_the_blocks(tiny):
-    from tunewise.efficiency.coslow import lora_target_modules
+    from tunewise.model.gradients import lora_target_modules
 
     assert lora_target_modules(tiny.model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
                                                 "v_proj"]
@@ -276,7 +276,7 @@ def test_coslow_runs_on_an_architecture_without_llama_names():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tunewise.efficiency.coslow import lora_target_modules
+    from tunewise.model.gradients import lora_target_modules
     from tunewise.model.load import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()

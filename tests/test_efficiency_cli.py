@@ -387,10 +387,14 @@ def test_coslow_reads_renamed_fields_with_the_column_flags_and_records_them(tmp_
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out" / "coslow.json").read_text())["columns"] == mapping
     unlabelled = tmp_path / "unlabelled.jsonl"
-    unlabelled.write_text("".join(json.dumps({"ask": f"What is {i} times 3?", "key": f"k{i}"}) + "\n"
-                                  for i in range(40)))
+    unlabelled.write_text("".join(json.dumps({"ask": f"What is {i} times 3?", "key": f"k{i}", "note": f"row {i}"})
+                                  + "\n" for i in range(40)))
     first = invoke("coslow", unlabelled, "--prompt-field", "ask", "--id-field", "key", "--model", lively_model_dir,
                    "--allow-small-pool", "-o", tmp_path / "two_steps")
     assert first.exit_code == 0, first.output
+    # The prompts to label keep the user's own id and fields (issue 16).
+    records = [json.loads(line) for line in (tmp_path / "two_steps" / "to_label.jsonl").read_text().splitlines()]
+    assert records and all(r["id"] == f"k{r['prompt'].split()[2]}" and r["note"] == f"row {r['prompt'].split()[2]}"
+                           for r in records)
     # The printed next step reads the pool with the same fields.
     assert "--prompt-field ask --id-field key" in " ".join(first.stderr.split())

@@ -316,6 +316,22 @@ def test_plan_with_a_dev_set_learns_weights_and_orders_within_tasks_by_them(tmp_
     assert "Learned indicator weights" in (tmp_path / "run" / "report.html").read_text()
 
 
+@pytest.mark.integration
+def test_plan_reads_the_dev_set_with_the_pools_field_flags(tmp_path):
+    """Issue 16: --dev is read with the column flags the pool is read with, and weights.json records them."""
+    records, dev_records = demo_records(pool_per_task=4, test_per_task=2, seed=7)
+    renamed = [[{"ask": r["prompt"], "reply": r["response"], "kind": r["task"]} for r in rs]
+               for rs in (records, dev_records)]
+    pool = write_jsonl(tmp_path / "pool.jsonl", renamed[0])
+    dev = write_jsonl(tmp_path / "dev.jsonl", renamed[1])
+    result = invoke("plan", pool, "--budget", 6, "--task-field", "kind", "--prompt-field", "ask", "--response-field",
+                    "reply", "--model", "tiny-random", "--dev", dev, "--trials", 1, "--max-new-tokens", 2,
+                    "-o", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    weights = json.loads((tmp_path / "run" / "weights.json").read_text())
+    assert weights["columns"] == {"prompt_field": "ask", "response_field": "reply"}
+
+
 def test_a_single_task_gets_the_whole_budget_and_says_so():
     table = generated_table({"only": 12})
     plan = make_plan(table, 5)

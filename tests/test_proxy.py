@@ -9,7 +9,8 @@ import pytest
 
 from tunewise.weights.anchors import Anchors, anchor_estimate
 from tunewise.data.pool import Example, example_id, parse_record
-from tunewise.weights.proxy import InContextProxy, ProxyModel, in_context_conversation, shared_prefix_length
+from tunewise.model.packed import shared_prefix_length
+from tunewise.weights.proxy import InContextProxy, ProxyModel, in_context_conversation
 
 from conftest import require_shared_data, require_smollm2
 

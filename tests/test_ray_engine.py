@@ -15,7 +15,7 @@ from tunewise.cli import _register_commands, app
 from tunewise.indicators.ray import score_pool_ray
 from tunewise.errors import TunewiseError
 from tunewise.data.pool import Example, parse_record
-from tunewise.indicators.score import score_pool
+from tunewise.indicators.score import score_pool, scores_provenance
 
 _register_commands()
 
@@ -94,7 +94,8 @@ def test_ray_local_mode_gives_the_local_engines_scores_into_the_same_cache(tmp_p
     np.testing.assert_allclose(np.stack(distributed["embedding"]), np.stack(local["embedding"]), atol=1e-5)
     assert reported[-1] == (len(examples), len(examples))
     assert provenance["model_fingerprint"] == backend.fingerprint
-    assert provenance["indicators"] == {name: 1 for name in EVERY_INDICATOR}
+    # The local engine's indicator versions (confidence 2: answer tokens only).
+    assert provenance["indicators"] == scores_provenance(backend, EVERY_INDICATOR)["indicators"]
 
     # The local engine reads what the Ray engine cached, with no model work at all.
     from_cache = score_pool(examples, CacheOnly(backend.fingerprint, MAX_NEW_TOKENS), EVERY_INDICATOR,
@@ -106,3 +107,15 @@ def test_ray_local_mode_gives_the_local_engines_scores_into_the_same_cache(tmp_p
 def test_a_model_the_actors_cannot_load_is_a_user_error(tmp_path, ray_session):
     with pytest.raises(TunewiseError, match="unknown model 'tiny-randm'"):
         score_pool_ray(make_examples(3), "tiny-randm", ["length"], device="cpu", cache_dir=tmp_path)
+
+
+@pytest.mark.integration
+def test_the_ray_engine_records_the_pools_column_mapping(tmp_path, ray_session):
+    from tunewise.data.pool import Columns, read_pool
+
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"ask": f"Question {i}?", "reply": str(i)}) + "\n" for i in range(4)))
+    pool = read_pool(path, columns=Columns(prompt_field="ask", response_field="reply"))
+    _, provenance = score_pool_ray(pool, "tiny-random", ["length"], device="cpu", cache_dir=tmp_path / "cache")
+    assert provenance["columns"] == {"prompt_field": "ask", "response_field": "reply"}
+    assert provenance["pool"] == pool.source

@@ -109,3 +109,54 @@ def test_sweep_takes_its_flags_from_a_yaml_config(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "pool.jsonl", "--test", "t.jsonl", "-o", str(tmp_path / "s"),
                                       "--config", str(config)])
     assert result.exit_code == 2 and "'budgetz' is not a flag" in result.output and "did you mean 'budgets'" in result.output
+
+
+def test_user_fields_of_any_parquet_type_are_written_as_json(tmp_path):
+    """A Parquet pool's dates, decimals, binaries and lists survive into the manifest, the
+    to-label file and the export as JSON values (they used to stop the run with a TypeError)."""
+    import datetime
+    import decimal
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tunewise.data.export import user_fields
+    from tunewise.data.pool import Example
+
+    table = pa.table({
+        "prompt": [f"Add {i} and 1." for i in range(4)], "response": ["1", None, "3", None],
+        "when": [datetime.datetime(2020, 1, i + 1, 12, 30) for i in range(4)],
+        "price": pa.array([decimal.Decimal(f"{i}.10") for i in range(4)], pa.decimal128(5, 2)),
+        "raw": [b"ok", b"\xff\x00", b"ok", b"ok"], "tags": [[i, i + 1] for i in range(4)],
+    })
+    path = tmp_path / "pool.parquet"
+    pq.write_table(table, path)
+    pool = read_pool(path)
+    tw.plan(pool, FakeBackend(), tw.PlanConfig(budget=4, strategy="random", coslow=False, export="messages"),
+            tmp_path / "run")
+    expected = {f"Add {i} and 1.": {"when": f"2020-01-0{i + 1}T12:30:00", "price": f"{i}.10",
+                                    "raw": "ok" if i != 1 else "/wA=", "tags": [i, i + 1]} for i in range(4)}
+    run = tmp_path / "run"
+    prompts = {e.id: e.prompt[0]["content"] for e in pool.examples}
+    assert [len((run / name).read_text().splitlines()) for name in
+            ("selection.jsonl", "to_label.jsonl", "train.messages.jsonl")] == [4, 2, 2]
+    for row in map(json.loads, (run / "selection.jsonl").read_text().splitlines()):
+        assert row["fields"] == expected[prompts[row["id"]]]
+    for row in map(json.loads, (run / "to_label.jsonl").read_text().splitlines()):
+        assert {key: row[key] for key in ("when", "price", "raw", "tags")} == expected[row["prompt"]]
+    for row in map(json.loads, (run / "train.messages.jsonl").read_text().splitlines()):
+        assert {key: row[key] for key in ("when", "price", "raw", "tags")} == expected[row["messages"][0]["content"]]
+    odd = Example("x", "t", ({"role": "user", "content": "q"},), "a",
+                  {"n": float("nan"), "v": np.float32(0.5), "m": np.arange(2), "d": datetime.date(2021, 5, 6)})
+    assert user_fields(odd) == {"n": None, "v": 0.5, "m": [0, 1], "d": "2021-05-06"}
+
+
+def test_a_records_own_id_field_is_the_exports_id_without_the_id_flag(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"id": f"row-{i}", "prompt": f"q{i}", "response": f"a{i}"}) + "\n"
+                            for i in range(3)) + json.dumps({"id": " ", "prompt": "q3", "response": "a3"}) + "\n")
+    pool = read_pool(path)
+    records = [json.loads(line) for line in export_examples(pool.examples, "messages").decode().splitlines()]
+    assert [r["id"] for r in records] == ["row-0", "row-1", "row-2", pool.examples[3].id]
+    assert [r["tunewise_id"] for r in records] == [e.id for e in pool.examples]

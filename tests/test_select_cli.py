@@ -352,4 +352,94 @@ def test_export_reads_a_renamed_field_pool_with_the_column_flags_and_records_the
     without_export = invoke(scores_path, "--budget", 4, "--strategy", "random", "--prompt-field", "ask",
                             "-o", tmp_path / "other.jsonl")
     assert without_export.exit_code == 2
-    assert "--prompt-field maps the fields of the --pool" in " ".join(without_export.output.split())
+    assert "--prompt-field says how to read the --pool" in " ".join(without_export.output.split())
+
+
+def test_select_with_the_pool_writes_the_users_ids_and_fields_as_plan_does(tmp_path):
+    """Issue 16: `select --pool` writes the manifest rows `plan` writes (same code), the user's own id
+    and other fields included, and the export carries them too."""
+    import tunewise as tw
+    from tunewise.data.pool import Columns
+    from tunewise.model.fake import FakeBackend
+
+    pool_path = tmp_path / "pool.jsonl"
+    pool_path.write_text("".join(json.dumps({"ask": f"Add {i} and {i}.", "reply": str(2 * i), "ref": f"mine-{i}",
+                                             "source": f"sheet {i}", "grade": i % 4, "task": ("a", "b")[i % 2]})
+                                 + "\n" for i in range(10)))
+    columns = Columns(prompt_field="ask", response_field="reply", id_field="ref")
+    pool = read_pool(pool_path, task_field="task", columns=columns)
+    config = tw.PlanConfig(budget=4, strategy="random", coslow=False, seed=3)
+    tw.plan(pool, FakeBackend(), config, tmp_path / "run")
+    planned = (tmp_path / "run" / "selection.jsonl").read_text()
+
+    flags = ["--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref", "--task-field", "task"]
+    output = tmp_path / "selection.jsonl"
+    result = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
+                    "--pool", pool_path, *flags, "--export", "alpaca", "-o", output)
+    assert result.exit_code == 0, result.output
+    assert output.read_text() == planned
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    by_id = pool.by_id()
+    assert [(row["user_id"], row["fields"]) for row in rows] == [
+        (f"mine-{n}", {"source": f"sheet {n}", "grade": n % 4})
+        for n in (int(by_id[row["id"]].user_id.split("-")[1]) for row in rows)]
+    exported = json.loads((tmp_path / "selection.alpaca.json").read_text())
+    assert [(r["id"], r["tunewise_id"], r["source"], r["grade"]) for r in exported] == [
+        (row["user_id"], row["id"], row["fields"]["source"], row["fields"]["grade"]) for row in rows]
+    assert json.loads((tmp_path / "selection.meta.json").read_text())["columns"] == columns.used()
+    assert json.loads((tmp_path / "run" / "selection.meta.json").read_text())["columns"] == columns.used()
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["provenance"]["columns"] == columns.used()
+
+    manifest_only = tmp_path / "manifest_only.jsonl"  # --pool alone: the ids and fields, no export
+    result = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
+                    "--pool", pool_path, *flags, "-o", manifest_only)
+    assert result.exit_code == 0, result.output
+    assert manifest_only.read_text() == planned
+    as_scored = tmp_path / "as_scored.jsonl"  # no field flags: --pool is read as the scores record it was
+    result = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
+                    "--pool", pool_path, "--task-field", "task", "-o", as_scored)
+    assert result.exit_code == 0, result.output
+    assert as_scored.read_text() == planned
+    assert "scored with: --prompt-field ask --response-field reply --id-field ref" in " ".join(result.stderr.split())
+    other_tasks = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
+                         "--pool", pool_path, "-o", tmp_path / "other_tasks.jsonl")
+    assert other_tasks.exit_code == 2 and "another task in the pool than in the scores" in other_tasks.stderr
+    assert not (tmp_path / "other_tasks.jsonl").exists()
+    without_pool = tmp_path / "without_pool.jsonl"
+    result = invoke(tmp_path / "run" / "scores.parquet", "--budget", 4, "--strategy", "random", "--seed", 3,
+                    "-o", without_pool)
+    assert result.exit_code == 0, result.output
+    assert [{k: v for k, v in row.items() if k not in ("user_id", "fields")} for row in rows] == [
+        json.loads(line) for line in without_pool.read_text().splitlines()]
+
+
+def test_select_refuses_unreadable_field_flags_in_the_scores_provenance(tmp_path, pool_and_scores):
+    pool_path, pool, _ = pool_and_scores
+    scores_path = tmp_path / "edited.parquet"
+    frame = write_generated_scores(tmp_path / "plain.parquet", ids=[e.id for e in pool.examples],
+                                   tasks=[e.task for e in pool.examples])
+    write_scores(frame, scores_path, {**PROVENANCE, "columns": {"prompt_feld": "ask"}})
+    result = invoke(scores_path, "--budget", 2, "--strategy", "random", "--pool", pool_path, "--task-field", "task",
+                    "-o", tmp_path / "selection.jsonl")
+    assert result.exit_code == 2 and "unreadable field flags" in result.stderr
+    assert not (tmp_path / "selection.jsonl").exists()
+
+
+def test_select_reads_the_pool_with_kept_duplicates_as_it_was_scored(tmp_path):
+    from tunewise.data.pool import Columns
+
+    pool_path = tmp_path / "pool.jsonl"
+    records = [{"prompt": f"Say {i % 3}.", "response": str(i % 3), "ref": f"r{i}"} for i in range(4)]  # r3 repeats r0
+    pool_path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    pool = read_pool(pool_path, columns=Columns(id_field="ref"), keep_duplicates=True)
+    scores_path = tmp_path / "scores.parquet"
+    write_generated_scores(scores_path, ids=[e.id for e in pool.examples], tasks=[e.task for e in pool.examples])
+    common = [scores_path, "--budget", 4, "--strategy", "random", "--pool", pool_path, "--id-field", "ref"]
+    merged = invoke(*common, "-o", tmp_path / "merged.jsonl")
+    assert merged.exit_code == 2 and "selected ids are not in the pool" in merged.stderr
+    kept = invoke(*common, "--keep-duplicates", "-o", tmp_path / "kept.jsonl")
+    assert kept.exit_code == 0, kept.output
+    rows = [json.loads(line) for line in (tmp_path / "kept.jsonl").read_text().splitlines()]
+    assert sorted(row["user_id"] for row in rows) == ["r0", "r1", "r2", "r3"]
+    alone = invoke(scores_path, "--budget", 4, "--strategy", "random", "--split", "train", "-o", tmp_path / "x.jsonl")
+    assert alone.exit_code == 2 and "--split says how to read the --pool" in " ".join(alone.stderr.split())

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 import tunewise.cli
 from tunewise.cli.app import app
-from tunewise.data.pool import read_pool
+from tunewise.data.pool import Columns, read_pool
+from tunewise.training.sweep import run_file_name
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -75,7 +76,10 @@ def test_finetune_on_a_selection_trains_on_the_picks_only(tmp_path, files):
     result = invoke("finetune", pool, *TINY, "--task-field", "task", "--selection", selection, "--epochs", 1,
                     "-o", adapter)
     assert result.exit_code == 0, result.output
-    assert json.loads((adapter / "tunewise_adapter.json").read_text())["training"]["examples"] == 3
+    info = json.loads((adapter / "tunewise_adapter.json").read_text())
+    assert info["training"]["examples"] == 3
+    assert (info["pool"], info["selection"], info["task_field"]) == (str(pool), str(selection), "task")
+    assert "columns" not in info
 
     write_jsonl(selection, [{"position": 0, "id": "not-in-the-pool", "task": "low", "scores": {}, "reason": "x"}])
     missing = invoke("finetune", pool, *TINY, "--task-field", "task", "--selection", selection, "-o", adapter)
@@ -162,3 +166,70 @@ def test_finetune_refuses_bad_training_settings(tmp_path, files, extra, message)
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_sweep_reads_renamed_fields_and_records_the_mapping(tmp_path):
+    """Issue 16: the column flags of `sweep` are recorded, under "columns", in sweep_config.json and
+    sweep.json."""
+    def renamed(numbers):
+        return [{"ask": r["question"], "reply": r["answer"], "ref": f"mine-{n}", "task": r["task"]}
+                for n, r in zip(numbers, sums(numbers))]
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", renamed([1, 2, 51, 52]))
+    test = write_jsonl(tmp_path / "test.jsonl", renamed([7, 77]))
+    run_dir = tmp_path / "sweep"
+    flags = ["--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref"]
+    result = invoke("sweep", pool, "--test", test, "--budgets", "2", "--strategies", "random", "--seeds", "0",
+                    *TINY, "--task-field", "task", *flags, "--max-new-tokens", 1, "--max-steps", 1, "-o", run_dir)
+    assert result.exit_code == 0, result.output
+    mapping = {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
+    assert json.loads((run_dir / "sweep_config.json").read_text())["columns"] == mapping
+    summary = json.loads((run_dir / "sweep.json").read_text())
+    assert summary["columns"] == mapping and "test_reading" not in summary["settings"]
+    record = json.loads((run_dir / "runs" / run_file_name("random", 2, 0)).read_text())
+    by_id = {e.id: e.user_id for e in read_pool(pool, "task", columns=Columns(**mapping)).examples}
+    assert record["selected_user_ids"] == [by_id[i] for i in record["selected_ids"]]
+
+
+def test_evaluate_samples_keep_the_users_ids_and_the_mapping_is_recorded(tmp_path):
+    """Issue 16: with --id-field each sample carries the user's own id beside the content id, and
+    the column flags are in the results' config."""
+    test = write_jsonl(tmp_path / "test.jsonl", [{"ask": f"What is {n} + {n}?", "reply": str(2 * n), "ref": f"t{n}"}
+                                                 for n in (3, 4, 5)])
+    predictions = write_jsonl(tmp_path / "predictions.jsonl", [{"line": line, "prediction": answer}
+                                                               for line, answer in ((1, "6"), (2, "9"), (3, "10"))])
+    output = tmp_path / "results.json"
+    result = invoke("evaluate", test, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--predictions", predictions, "-o", output)
+    assert result.exit_code == 0, result.output
+    results = json.loads(output.read_text())
+    assert results["config"]["columns"] == {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
+    by_user_id = {e.user_id: e.id for e in read_pool(test, columns=Columns(
+        prompt_field="ask", response_field="reply", id_field="ref")).examples}
+    assert [(s["user_id"], s["id"], s["correct"]) for s in results["samples"]] == [
+        ("t3", by_user_id["t3"], True), ("t4", by_user_id["t4"], False), ("t5", by_user_id["t5"], True)]
+
+    # Predictions may be keyed by the user's own ids (as the exports write "id"); a shared one is refused.
+    write_jsonl(predictions, [{"id": f"t{n}", "prediction": str(2 * n)} for n in (5, 3, 4)])
+    result = invoke("evaluate", test, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--predictions", predictions, "-o", output)
+    assert result.exit_code == 0, result.output
+    assert [s["correct"] for s in json.loads(output.read_text())["samples"]] == [True, True, True]
+    write_jsonl(test, [{"ask": f"What is {n} + {n}?", "reply": str(2 * n), "ref": "same"} for n in (3, 4)])
+    write_jsonl(predictions, [{"id": "same", "prediction": "6"}, {"id": "same", "prediction": "8"}])
+    result = invoke("evaluate", test, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--predictions", predictions, "-o", tmp_path / "shared.json")
+    # A test set whose items share an id is refused when read, before any prediction is matched.
+    assert result.exit_code == 2 and "test.jsonl:2, field 'ref': the id 'same' is the id of line 1" in result.stderr
+
+
+def test_finetune_records_the_pool_and_its_column_mapping_with_the_adapter(tmp_path):
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"ask": f"What is {n} + {n}?", "reply": str(2 * n), "ref": f"p{n}"}
+                                                 for n in (1, 2, 3)])
+    adapter = tmp_path / "adapter"
+    result = invoke("finetune", pool, *TINY, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--max-steps", 1, "-o", adapter)
+    assert result.exit_code == 0, result.output
+    info = json.loads((adapter / "tunewise_adapter.json").read_text())
+    assert info["columns"] == {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
+    assert info["pool"] == str(pool) and info["selection"] is None

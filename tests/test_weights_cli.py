@@ -114,6 +114,19 @@ def test_anchors_writes_weighted_anchors_and_reports_tracking(files):
 
 
 @pytest.mark.integration
+def test_anchors_read_a_renamed_field_dev_set_and_keep_the_users_ids(tmp_path):
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"ask": f"{i} * 2?", "reply": str(2 * i), "ref": f"d{i}"}
+                                               for i in range(6)])
+    output = tmp_path / "anchors.jsonl"
+    result = invoke("anchors", dev, "--prompt-field", "ask", "--response-field", "reply", "--id-field", "ref",
+                    "--model", "tiny-random", "-m", 3, "--check-seeds", 1, "--json", "-o", output)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["columns"] == {"prompt_field": "ask", "response_field": "reply", "id_field": "ref"}
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert all(r["id"] == f"d{int(r['messages'][0]['content'].split()[0])}" for r in records) and len(records) == 3
+
+
+@pytest.mark.integration
 def test_tune_weights_then_select_with_the_learned_weights(files):
     run_dir = files["dir"] / "run"
     result = tune(files, "--model", "tiny-random", "--trials", 3, "--anchors", 3, "--repeats", 1, "--demos", 1,

@@ -13,6 +13,8 @@ _LAZY = {
     "TunewiseError": "tunewise.errors",
     "read_pool": "tunewise.data.pool",
     "Pool": "tunewise.data.pool",
+    "Columns": "tunewise.data.pool",
+    "PoolReading": "tunewise.data.pool",
     "load_backend": "tunewise.model",
     "score_pool": "tunewise.indicators.score",
     "score": "tunewise.indicators.score",

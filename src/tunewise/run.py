@@ -54,8 +54,9 @@ class PlanConfig:
     weights: Optional[Path] = field(default=None, metadata={
         "help": "Indicator weights (weights.json of `tunewise tune-weights`) to order examples within each task."})
     dev: Optional[Path] = field(default=None, metadata={
-        "help": "Labelled dev file: learn indicator weights on it with the in-context proxy (paper D) and order "
-                "examples within each task by them."})
+        "help": "Labelled dev file (read as the pool is: field flags, --split, --dataset-config, --keep-duplicates): "
+                "learn indicator weights on it with the in-context proxy (paper D) and order examples within each "
+                "task by them."})
     trials: int = field(default=30, metadata={"help": "With --dev: trials of the weight search."})
     target: float = field(default=0.9, metadata={
         "help": "Normalised target for 'labels needed': fraction of the way from zero-shot to ceiling."})
@@ -290,7 +291,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
     with progress("scoring", "examples") as update:
         table = score(pool, model, indicators, cache_dir=config.cache_dir, progress=update,
                       max_batch_tokens=config.batch_tokens)
-    provenance = scores_provenance(model, indicators, pool.source, pool.columns)
+    provenance = scores_provenance(model, indicators, pool.source) | pool.provenance()
 
     measure = coefficients is not None if config.coslow is None else config.coslow
     log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
@@ -300,7 +301,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
 
     within, weights_content = config.within, None
     if config.dev is not None:
-        learned = learn_weights(table, model, config, output, task_field, progress)
+        learned = learn_weights(table, model, config, output, task_field, progress, reading=pool.reading)
         within = WeightedIndicators(weights=learned["weights"], orientation=learned["orientation"])
         weights_content = encode_json(learned)
     elif config.weights is not None:
@@ -345,13 +346,15 @@ def coslow_per_task(table, model, model_name: str, seed: int, progress: Progress
 
 
 def learn_weights(table, model, config: PlanConfig, output: Path, task_field: str | None,
-                  progress: Progress) -> dict:
+                  progress: Progress, reading=None) -> dict:
     """``--dev``: learn indicator weights for ``table`` (the scored pool) on a labelled dev set
     (DESIGN.md §4), as ``tunewise tune-weights`` does with its defaults; returns the weights.json
-    document (the search itself resumes from RUN_DIR/weights.run)."""
+    document (the search itself resumes from RUN_DIR/weights.run). The dev set is read with
+    ``task_field`` and ``reading`` (a :class:`~tunewise.data.pool.PoolReading`: how the pool was
+    read), as ``tune-weights`` reads it."""
     import optuna
 
-    from tunewise.data.pool import read_labelled_pool
+    from tunewise.data.pool import PoolReading, read_labelled_pool
     from tunewise.data.table import embedding_matrix
     from tunewise.indicators.score import score
     from tunewise.select.weighted import FEATURES, indicator_features
@@ -359,7 +362,8 @@ def learn_weights(table, model, config: PlanConfig, output: Path, task_field: st
     from tunewise.weights.proxy import ProxyModel
     from tunewise.weights.search import tune_weights
 
-    dev = read_labelled_pool(config.dev, task_field, "dev")
+    reading = reading or PoolReading()
+    dev = read_labelled_pool(config.dev, task_field, "dev", reading)
     matrix = indicator_features(table.scores, FEATURES)
     # Optuna's per-trial log lines would break a progress display.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -370,7 +374,7 @@ def learn_weights(table, model, config: PlanConfig, output: Path, task_field: st
     with progress("learning indicator weights", "trials") as update:
         tuned = tune_weights(matrix, table.examples, anchor_examples, anchors, ProxyModel(model),
                              output / "weights.run", trials=config.trials, seed=config.seed, progress=update)
-    return {**tuned.document(), "dev": str(config.dev)}
+    return {**tuned.document(), "dev": str(config.dev), **reading.provenance()}
 
 
 def write_run_folder(output: Path, table, result, provenance: dict, weights_content: bytes | None, *,
@@ -385,6 +389,7 @@ def write_run_folder(output: Path, table, result, provenance: dict, weights_cont
     filled-in copy is the user's work and stays).
     """
     from tunewise.data.export import export_examples, llamafactory_dataset_info
+    from tunewise.data.pool import READING_PROVENANCE_KEYS
     from tunewise.data.label import LABEL_FORMATS, encode_to_label, to_label_file_name
     from tunewise.data.table import encode_scores
     from tunewise.io import RunFolder
@@ -394,6 +399,8 @@ def write_run_folder(output: Path, table, result, provenance: dict, weights_cont
     meta = selection_meta(table, result.selection, result.strategy, seed=result.document["seed"],
                           budget=result.document["budget"], scores_provenance=provenance,
                           scores_path=str(output / SCORES_FILE))
+    # where `tunewise select --pool` records how the pool was read too
+    meta.update({key: provenance[key] for key in READING_PROVENANCE_KEYS if key in provenance})
     files = {
         SCORES_FILE: encode_scores(table.scores, provenance),
         PLAN_FILE: encode_json(result.document),

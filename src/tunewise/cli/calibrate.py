@@ -11,8 +11,8 @@ from rich.table import Table
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import (DTYPE_HELP, parse_int_list)
 from tunewise.cli.progress import progress_bar
-from tunewise.cli.options import with_config_options
-from tunewise.data.pool import Columns
+from tunewise.cli.options import with_config_options, with_pool_options
+from tunewise.data.pool import PoolReading
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
 from tunewise.training.sweep import SweepRun
@@ -21,7 +21,7 @@ from tunewise.training.sweep import SweepRun
 @command("calibrate-difficulty")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 @with_config_options(SweepRun, panel="Runs", name="run")
-@with_config_options(Columns, panel="Pool fields (pool and test)", name="columns")
+@with_pool_options(panel="Pool reading (pool and --test)")
 def calibrate_difficulty_command(
     pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
@@ -35,12 +35,11 @@ def calibrate_difficulty_command(
     config: FinetuneConfig = None,
     run: SweepRun = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Fine-tune on easy, medium and hard windows at each budget, find the best window per budget,
     and fit the c0 and β that `tunewise select --strategy difficulty_window` takes."""
     from tunewise.cli.options import check_sweep_output, model_input
-    from tunewise.data.pool import read_pool
     from tunewise.training.difficulty import CALIBRATION_FILE, calibrate_difficulty
     from tunewise.training.sweep import CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder
 
@@ -48,14 +47,15 @@ def calibrate_difficulty_command(
     check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(run.model)},
                        (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, CALIBRATION_FILE))
     check_sweep_folder(output)
-    pool = read_pool(pool_path, run.task_field, columns=columns)
-    test_set = read_pool(test, run.task_field, columns=columns)
+    pool = reading.read(pool_path, run.task_field)
+    test_set = reading.read(test, run.task_field)
     with progress_bar("sweep", unit="runs") as update:
         calibration = calibrate_difficulty(
             pool, test_set, parse_int_list(budgets, "budgets"), run.model, output, centres,
-            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, provenance=columns.provenance(),
+            parse_int_list(seeds, "seeds"), config, difficulty=difficulty, provenance=reading.provenance(),
             device=run.device, dtype=dtype,
             metric=run.metric, max_new_tokens=run.max_new_tokens, batch_tokens=run.batch_tokens, progress=update,
+            engine=run.engine, workers=run.workers,
         )
     if as_json:
         print_json(calibration)

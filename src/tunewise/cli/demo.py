@@ -2,7 +2,9 @@
 
 score → plan → select → fine-tune at two budgets, the plan's strategy against random → report.
 The pool is generated in code (:mod:`tunewise.data.demo`), so the demo needs no data files; with
-the bundled SmolLM2 it is sized to finish within ten minutes on a 2-core CPU.
+the bundled SmolLM2 it is sized to finish within a few minutes on a 2-core CPU. Its pool gives
+every task CoS-Low's 32 labelled examples, so the plan shows the headline answer: the labels each
+task needs, predicted from CoS-Low, with the calibration's caveat beside it.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ class DemoSize:
     answer_tokens: int
 
 
-# Sized from timings of SmolLM2 on a 2-core CPU, where the eight fine-tunes take most of the
-# time: three epochs in batches of 8 teach these tasks' answer format (zero-shot 0 % exact match,
-# about 45 % after 10 examples and 60 % after 40).
-FULL = DemoSize(pool_per_task=24, test_per_task=8, budgets=(10, 40), seeds=(0, 1), epochs=3, answer_tokens=8)
+# Sized from timings of SmolLM2 on a 2-core CPU (BENCHMARKS.md, "The demo end to end"). 32 labelled
+# examples per task are CoS-Low's k, so the plan predicts every task's curve and the labels it
+# needs. CoS-Low's 160 gradients and the fine-tunes take most of the time, so one seed (each
+# budget compares the plan's picks with random once: a second seed doubled the fine-tunes and
+# gave an interval too wide to read anyway) and two epochs in batches of 8, which still teach
+# these tasks' answer format: zero-shot 10 % exact match, 33 % after 10 examples, 45–48 % after
+# 40 (three epochs: 55–60 %, for 15 % more CPU time).
+FULL = DemoSize(pool_per_task=32, test_per_task=8, budgets=(10, 40), seeds=(0,), epochs=2, answer_tokens=8)
 QUICK = DemoSize(pool_per_task=8, test_per_task=4, budgets=(5, 15), seeds=(0,), epochs=1, answer_tokens=4)
 
 
@@ -67,8 +73,7 @@ def demo_command(
     size = QUICK if quick else FULL
     folder = RunFolder(out)
     pool_path, test_path = out / POOL_FILE, out / TEST_FILE
-    # CoS-Low costs about a minute per task on a CPU, more than the demo can spend.
-    plan_config = tw.PlanConfig(budget=size.budgets[1], strategy=DEMO_STRATEGY, seed=seed, coslow=False)
+    plan_config = tw.PlanConfig(budget=size.budgets[1], strategy=DEMO_STRATEGY, seed=seed)
     # Every file the demo writes is checked before any is: none may be the user's own.
     folder.check([POOL_FILE, TEST_FILE, *run_folder_names(plan_config, labelled=True, writes_weights=False)],
                  field="out")

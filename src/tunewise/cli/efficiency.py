@@ -17,8 +17,8 @@ from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.efficiency.coslow import DEFAULT_DIMENSION as DEFAULT_PROJECTION_DIM
-from tunewise.cli.options import flag_name, with_config_options
-from tunewise.data.pool import Columns
+from tunewise.cli.options import flag_name, with_pool_options
+from tunewise.data.pool import PoolReading
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.io import encode_json, encode_jsonl
 
@@ -97,7 +97,7 @@ def curve_command(
 
 
 @command("coslow")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_pool_options()
 def coslow_command(
     pool: Path = typer.Argument(..., help="Pool file of the task (unlabelled or labelled)."),
     task: Optional[str] = typer.Option(None, help="Task to measure (needed when the pool has several)."),
@@ -127,7 +127,7 @@ def coslow_command(
         DEFAULT_PROJECTION_DIM, min=0, help="Project each gradient to this many numbers (seeded); 0 keeps the full "
                                             "LoRA-B gradient (exact; memory grows with the model)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """CoS-Low of a task: pick the 32 prompts to label, then measure their gradient similarity.
 
@@ -142,7 +142,6 @@ def coslow_command(
     from tunewise.cli.progress import progress_bar
     from tunewise.efficiency.coslow import (CONFIDENCE_METRICS, DEFAULT_K, coslow, lowest_confidence_prompts,
                                             random_prompts)
-    from tunewise.data.pool import read_pool
     from tunewise.indicators.score import score
     from tunewise.io import RunFolder
 
@@ -153,7 +152,7 @@ def coslow_command(
     if confidence_metric not in CONFIDENCE_METRICS:
         raise TunewiseError(f"unknown confidence metric '{confidence_metric}'", field="confidence_metric",
                             fix=did_you_mean(confidence_metric, CONFIDENCE_METRICS))
-    pool_examples, task_name = _task_examples(read_pool(pool, task_field, columns=columns), task, pool)
+    pool_examples, task_name = _task_examples(reading.read(pool, task_field), task, pool)
     source = {"pool": str(pool)}
     if labelled is not None:
         samples = _read_labelled_samples(labelled)
@@ -177,7 +176,8 @@ def coslow_command(
         if any(e.response is None for group in samples.values() for e in group):
             path = output_dir / TO_LABEL_FILE
             folder.write({TO_LABEL_FILE: _to_label_records(table, confidence_metric, low, rand, task_name)})
-            field_flags = "".join(f" {flag_name(name)} {shlex.quote(value)}" for name, value in columns.used().items())
+            field_flags = "".join(f" {flag_name(name)}" + ("" if value is True else f" {shlex.quote(value)}")
+                                  for name, value in reading.used().items())
             console.print(
                 f"wrote the prompts to label for task '{task_name}' → {path}\n"
                 "next: write the correct answer in the 'response' field of every line, then run\n"
@@ -231,7 +231,7 @@ def coslow_command(
         "examples_random": [e.id for e in samples.get("random", [])] if "random" in results else None,
         "cosines": result["cosines"],
         **source,
-        **columns.provenance(),
+        **reading.provenance(),
         "tunewise_version": __version__,
     }
     path = output_dir / COSLOW_FILE
@@ -533,26 +533,22 @@ def _task_examples(pool, task: str | None, path: Path):
 
 
 def _to_label_records(table, metric: str, low, rand, task: str) -> bytes:
-    """One JSON line per prompt to label (rows of the scored ``table``), in the pool reader's
-    prompt/response shape, with its ``metric`` score: the low-confidence sample first, then the
-    random one; ``sample`` says which (or ``both``)."""
+    """One JSON line per prompt to label (rows of the scored ``table``): the to-label record of
+    :func:`tunewise.data.label.to_label_records` (prompt, task, the pool's content id, the user's
+    own id and fields), the response where the pool had one, ``sample`` (the low-confidence sample
+    first, then the random one; ``both`` for a prompt in both) and its ``metric`` score."""
+    from tunewise.data.label import to_label_records
+
     membership = {position: "low_confidence" for position in low}
     for position in rand:
         membership[position] = "both" if position in membership else "random"
+    examples = [table.examples[position] for position in membership]
     records = []
-    for position, sample in membership.items():
-        example = table.examples[position]
-        single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
+    for record, example, (position, sample) in zip(to_label_records(examples), examples, membership.items()):
         value = float(table.scores[metric].iloc[position])
-        records.append({
-            "prompt": example.prompt[0]["content"] if single_user_turn else list(example.prompt),
-            "response": example.response,
-            "task": task,
-            "pool_id": example.id,
-            "sample": sample,
-            # NaN (no answer could be scored) is not JSON: written as null.
-            metric: value if math.isfinite(value) else None,
-        })
+        records.append({**record, "response": example.response, "sample": sample,
+                        # NaN (no answer could be scored) is not JSON: written as null.
+                        metric: value if math.isfinite(value) else None})
     return encode_jsonl(records)
 
 

@@ -30,14 +30,8 @@ METRIC_HELP = ("auto (per task), exact_match, multiple_choice, gsm8k, log_likeli
 MAX_NEW_TOKENS_HELP = "Longest answer (default: each task's longest gold answer + 16 tokens)."
 
 
-KEEP_DUPLICATES_HELP = ("Keep exact repeats (same prompt and answer) as examples of their own; by default each "
-                        "is merged into its first occurrence and listed.")
-
-
 POOL_HELP = ("Pool (labelled or not): a JSONL, JSON, CSV or Parquet file (.gz/.zst too), a quoted glob, a folder "
              "saved with save_to_disk, or a Hugging Face Hub dataset id with --split.")
-SPLIT_HELP = "Split of a Hub dataset or a saved DatasetDict (e.g. train)."
-DATASET_CONFIG_HELP = "Configuration (subset) name of a Hub dataset."
 
 
 def report_skipped(skipped) -> None:
@@ -191,6 +185,13 @@ def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str 
     Raises :class:`~tunewise.errors.TunewiseError` (exit 2 under ``@command``) when the config
     refuses the values.
     """
+    options, build = _config_options(config_class, exclude, panel)
+    return _with_options(options, build, name)
+
+
+def _config_options(config_class, exclude: tuple[str, ...], panel: str | None):
+    """The flags of ``config_class``'s fields (parameter name → (annotation, ``typer.Option``)), and
+    the function that builds the config from their values."""
     hints = typing.get_type_hints(config_class)
     fields = [f for f in dataclasses.fields(config_class) if f.name not in exclude]
     tuple_fields = {f.name for f in fields if _holds_tuple(hints[f.name])}
@@ -208,7 +209,25 @@ def with_config_options(config_class, exclude: tuple[str, ...] = (), panel: str 
         except (TypeError, ValueError) as error:
             raise TunewiseError(str(error), fix="check the flags against --help") from None
 
-    return _with_options(options, build, name)
+    return options, build
+
+
+def with_pool_options(panel: str = "Pool reading", name: str = "reading"):
+    """Give a command the pool-reading flags, passed in as one
+    :class:`~tunewise.data.pool.PoolReading` called ``name``: one flag per field of
+    :class:`~tunewise.data.pool.Columns` (``--prompt-field`` … ``--id-field``) and of
+    ``PoolReading`` (``--split``, ``--dataset-config``, ``--keep-duplicates``). Every command that
+    reads a pool, a test or a dev set takes them from here, so they read it the same way."""
+    from tunewise.data.pool import Columns, PoolReading
+
+    column_options, build_columns = _config_options(Columns, (), panel)
+    source_options, build_reading = _config_options(PoolReading, ("columns",), panel)
+
+    def build(values: dict):
+        columns = build_columns({key: values.pop(key) for key in column_options})
+        return dataclasses.replace(build_reading(values), columns=columns)
+
+    return _with_options({**column_options, **source_options}, build, name)
 
 
 class StrategyFlags:
@@ -304,4 +323,4 @@ def check_sweep_output(output: Path, inputs: dict, names) -> None:
 
 __all__ = ["DEVICE_HELP", "DTYPE_HELP", "MAX_NEW_TOKENS_HELP", "METRIC_HELP", "MODEL_HELP", "StrategyFlags",
            "check_output_path", "check_sweep_output", "model_input", "parse_int_list", "parse_list",
-           "with_config_options", "with_strategy_options"]
+           "with_config_options", "with_pool_options", "with_strategy_options"]

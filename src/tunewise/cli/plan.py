@@ -10,17 +10,17 @@ import typer
 from rich.markup import escape
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import (CONFIG_FILE_OPTION, resolved_config, DEVICE_HELP, DTYPE_HELP, DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, MODEL_HELP, print_pool_notes,
-                                  with_config_options)
+from tunewise.cli.options import (CONFIG_FILE_OPTION, DEVICE_HELP, DTYPE_HELP, MODEL_HELP, POOL_HELP,
+                                  print_pool_notes, resolved_config, with_config_options, with_pool_options)
 from tunewise.cli.progress import stage_progress
 from tunewise.cli.tables import print_plan
 from tunewise.errors import TunewiseError
-from tunewise.data.pool import Columns
+from tunewise.data.pool import PoolReading
 from tunewise.run import PlanConfig
 
 @command("plan")
 @with_config_options(PlanConfig, panel="Plan")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_pool_options()
 def plan_command(
     ctx: typer.Context,
     pool_path: Path = typer.Argument(..., metavar="POOL", help=POOL_HELP),
@@ -28,16 +28,13 @@ def plan_command(
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
-    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
-    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
-    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     max_new_tokens: int = typer.Option(30, min=1, help="Longest greedy answer when scoring confidence (paper A: 30)."),
     json_output: bool = typer.Option(False, "--json", help="Print the plan document as JSON on stdout."),
     config_file: Optional[Path] = CONFIG_FILE_OPTION,
     config: PlanConfig = None,
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Plan labels per task: how many each task needs, and which examples; writes a run folder and a report."""
     import tunewise as tw
@@ -46,8 +43,7 @@ def plan_command(
 
     started = time.perf_counter()
     check_output_folder(output)
-    pool = tw.read_pool(pool_path, task_field, skip_bad=skip_bad, columns=columns, keep_duplicates=keep_duplicates,
-                        split=split, dataset_config=dataset_config)
+    pool = reading.read(pool_path, task_field, skip_bad=skip_bad)
     tw.check_plan_inputs(pool, config, tw.resolve_coefficients(config.coefficients, model), source=pool_path,
                          output=output, config_file=config_file, writes_config=True)
     print_pool_notes(pool)

@@ -11,9 +11,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from tunewise.cli.options import (DATASET_CONFIG_HELP, KEEP_DUPLICATES_HELP, POOL_HELP, SPLIT_HELP, check_output_path, parse_list, print_pool_notes,
-                                  report_skipped, with_config_options)
-from tunewise.data.pool import Columns
+from tunewise.cli.options import (POOL_HELP, check_output_path, parse_list, print_pool_notes, report_skipped,
+                                  with_pool_options)
+from tunewise.data.pool import PoolReading
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
@@ -22,7 +22,7 @@ from tunewise.indicators.score import SCORING_WINDOW
 
 
 @command("score")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_pool_options()
 def score_command(
     pool: Path = typer.Argument(..., help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Scores file to write (Parquet)."),
@@ -31,9 +31,6 @@ def score_command(
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     limit: Optional[int] = typer.Option(None, min=1, help="Score only the first N examples."),
     skip_bad: bool = typer.Option(False, help="Skip malformed records (each is listed) instead of stopping."),
-    keep_duplicates: bool = typer.Option(False, help=KEEP_DUPLICATES_HELP),
-    split: Optional[str] = typer.Option(None, help=SPLIT_HELP),
-    dataset_config: Optional[str] = typer.Option(None, help=DATASET_CONFIG_HELP),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, "
                                                         "else fp32), fp32, bf16."),
@@ -45,11 +42,11 @@ def score_command(
     engine: str = typer.Option("local", help="local, or ray (needs the tunewise[ray] extra)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --engine ray)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
     from tunewise.model import load_backend
-    from tunewise.data.pool import Pool, describe_source, read_pool
+    from tunewise.data.pool import Pool
     from tunewise.data.table import write_scores
     from tunewise.indicators.score import scores_provenance
     from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming
@@ -66,24 +63,24 @@ def score_command(
         # resumes after its last finished chunk.
         unused: dict[str, int] = {}
         batches = iter_pool_batches(
-            pool, task_field, chunk_size, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped, columns=columns,
-            keep_duplicates=keep_duplicates, unused=unused, split=split, dataset_config=dataset_config,
+            pool, task_field, chunk_size, skip_bad=skip_bad, limit=limit, on_skipped=report_skipped,
+            columns=reading.columns, keep_duplicates=reading.keep_duplicates, unused=unused, split=reading.split,
+            dataset_config=reading.dataset_config,
             on_duplicate=lambda line, kept: console.print(
                 f"[yellow]note:[/] line {line} repeats line {kept} exactly and is merged into it", highlight=False))
         backend = load_backend(model, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
                                max_batch_tokens=batch_tokens)
         with progress_bar("scoring") as update:
-            provenance = scores_provenance(backend, names, describe_source(pool, split), columns.used())
+            provenance = scores_provenance(backend, names, str(pool)) | reading.provenance()
             count = score_pool_streaming(batches, backend, names, output, provenance, cache_dir=cache_dir,
                                          progress=update, max_batch_tokens=batch_tokens, window=chunk_size)
         # The reader's notes on fields it left unused, for the whole pool (repeats were noted as met).
-        print_pool_notes(Pool(describe_source(pool, split), [], unused_fields=unused))
+        print_pool_notes(Pool(str(pool), [], unused_fields=unused))
         means = summary_means_of_file(output)
     else:
         from tunewise.indicators.ray import score_pool_ray
 
-        examples = read_pool(pool, task_field, skip_bad=skip_bad, limit=limit, columns=columns,
-                             keep_duplicates=keep_duplicates, split=split, dataset_config=dataset_config)
+        examples = reading.read(pool, task_field, skip_bad=skip_bad, limit=limit)
         print_pool_notes(examples)
         with progress_bar("scoring") as update:
             scores, provenance = score_pool_ray(examples, model, names, device=device, dtype=dtype,

@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
-from tunewise.cli.options import StrategyFlags, flag_name, with_config_options, with_strategy_options
-from tunewise.data.pool import Columns
+from tunewise.cli.options import StrategyFlags, flag_name, with_pool_options, with_strategy_options
+from tunewise.data.pool import PoolReading
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
@@ -20,7 +20,7 @@ from tunewise.select import available_strategies
 
 @command("select")
 @with_strategy_options(panel="Strategy parameters")
-@with_config_options(Columns, panel="Pool fields (of --pool, for --export)", name="columns")
+@with_pool_options(panel="Pool reading (of --pool; default: as it was scored)")
 def select_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file written by `tunewise score`."),
     output: Path = typer.Option(..., "-o", "--output", help="Selection manifest to write (JSONL)."),
@@ -30,17 +30,19 @@ def select_command(
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
-    pool: Optional[Path] = typer.Option(None, help="The scored pool, to --export the chosen examples."),
+    pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
+                                                   "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
-    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages or alpaca."),
+    export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages, prompt_completion "
+                                                     "or alpaca."),
     export_path: Optional[Path] = typer.Option(None, help="Where --export writes (default: beside -o)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     strategy_flags: StrategyFlags = None,
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Select examples and write the manifest (one row per pick) and its .meta.json provenance."""
     from tunewise.data.table import read_scores
-    from tunewise.data.export import EXPORT_FORMATS, default_export_path
+    from tunewise.data.export import EXPORT_FORMATS, default_export_path, export_examples
     from tunewise.io import check_output_file, refuse_overwriting_inputs
     from tunewise.select.manifest import meta_path, selection_meta, write_selection
 
@@ -59,11 +61,12 @@ def select_command(
             raise TunewiseError(
                 "--export needs the pool the scores came from", fix="add --pool POOL (and --task-field)"
             )
-    if columns.used() and export is None:
-        flags = ", ".join(flag_name(name) for name in columns.used())
-        raise TunewiseError(f"{flags} map{'s' if len(columns.used()) == 1 else ''} the fields of the --pool that "
-                            "--export reads, and without --export no pool is read",
-                            fix="add --export FORMAT --pool POOL, or drop the field flags")
+    pool_flags = list(reading.used())
+    if pool_flags and pool is None:
+        flags = ", ".join(flag_name(name) for name in pool_flags)
+        raise TunewiseError(f"{flags} {'says' if len(pool_flags) == 1 else 'say'} how to read the --pool, "
+                            "and without --pool no pool is read",
+                            fix="add --pool POOL (the pool that was scored), or drop the flags")
 
     export_target = None if export is None else export_path or default_export_path(output, export)
     outputs = {"-o": output, "the selection's provenance file": meta_path(output), "--export-path": export_target}
@@ -91,13 +94,16 @@ def select_command(
     selection = chosen.select(scores, budget, seed)
     selection.notes.extend(starved_task_notes(scores, selection))
 
-    extra_files = {}
+    extra_files, picks = {}, None
+    if pool is not None:
+        reading = scored_reading(reading, provenance, scores_path)
+        picks = picked_examples(scores, selection, pool, task_field, reading)
     if export is not None:
-        extra_files[export_target] = export_selected(scores, selection, pool, task_field, export, columns)
+        extra_files[export_target] = export_examples(picks, export)
     meta = selection_meta(
         scores, selection, chosen, seed=seed, budget=budget, scores_provenance=provenance, scores_path=str(scores_path)
-    ) | columns.provenance()  # field flags come only with --export (checked above)
-    written = write_selection(output, scores, selection, meta, extra_files)
+    ) | reading.provenance()  # pool-reading flags come only with --pool (checked above)
+    written = write_selection(output, scores, selection, meta, extra_files, picks=picks)
 
     for note in selection.notes:
         console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
@@ -155,17 +161,49 @@ def strategy_from_flags(strategy: str, flags: StrategyFlags):
     return build_strategy(STRATEGIES[strategy], own)
 
 
-def export_selected(scores, selection, pool_path: Path, task_field: str | None, export_format: str,
-                    columns: Columns | None = None) -> bytes:
-    """The chosen examples, joined from the pool (read with ``columns``) by id, in the requested
-    training format."""
-    from tunewise.data.pool import read_pool
-    from tunewise.data.export import export_examples
+def scored_reading(given: PoolReading, provenance: dict, scores_path: Path) -> PoolReading:
+    """How to read --pool: the pool-reading flags ``given``, and for each one not given, what the
+    scores' provenance records (the field flags as a whole, ``split``, ``dataset_config``,
+    ``keep_duplicates``), so that the pool is read as it was scored; refused when the provenance
+    is unreadable."""
+    try:
+        recorded = PoolReading.from_provenance(provenance)
+    except (TypeError, ValueError) as error:
+        raise TunewiseError(f"the scores' provenance holds unreadable field flags ({error})", file=scores_path,
+                            field="columns", fix="pass the flags (--prompt-field …, --split …) the pool was "
+                                                 "scored with") from None
+    reading = PoolReading(given.columns if given.columns.used() else recorded.columns,
+                          given.split or recorded.split, given.dataset_config or recorded.dataset_config,
+                          given.keep_duplicates or recorded.keep_duplicates)
+    taken = {name: value for name, value in reading.used().items() if name not in given.used()}
+    if taken:
+        flags = " ".join(flag_name(name) + ("" if value is True else f" {value}") for name, value in taken.items())
+        console.print(f"[yellow]note:[/] reading --pool with the flags it was scored with: {escape(flags)}",
+                      highlight=False)
+    return reading
+
+
+def picked_examples(scores, selection, pool_path: Path, task_field: str | None,
+                    reading: PoolReading | None = None) -> tuple:
+    """The chosen examples, in pick order, joined from the pool (read as ``reading`` says) by id:
+    what the export holds and where the manifest's user ids and fields come from.
+
+    Raises TunewiseError when a pick is not in the pool (not the pool that was scored), or is
+    there under another task (the pool read with another --task-field than when scoring).
+    """
     from tunewise.data.table import ExampleTable
 
-    picked = ExampleTable.join(read_pool(pool_path, task_field, columns=columns), scores.iloc[selection.positions],
-                               what="selected")
-    return export_examples(picked.examples, export_format)
+    rows = scores.iloc[selection.positions]
+    picks = ExampleTable.join((reading or PoolReading()).read(pool_path, task_field), rows,
+                              what="selected").examples
+    tasks = rows["task"].astype(str).tolist()
+    differ = [(pick, task) for pick, task in zip(picks, tasks) if pick.task != task]
+    if differ:
+        pick, task = differ[0]
+        raise TunewiseError(f"{len(differ)} selected examples have another task in the pool than in the scores "
+                            f"(e.g. {pick.id}: '{pick.task}' in the pool, '{task}' in the scores)", file=pool_path,
+                            field="task-field", fix="pass the --task-field the pool was scored with")
+    return picks
 
 
 def allocation_table(meta: dict) -> Table:

@@ -11,10 +11,11 @@ from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import (CONFIG_FILE_OPTION, DEVICE_HELP, DTYPE_HELP, MAX_NEW_TOKENS_HELP, METRIC_HELP, MODEL_HELP,
-                                   check_sweep_output, model_input, parse_int_list, with_config_options)
+                                   check_sweep_output, model_input, parse_int_list, with_config_options,
+                                   with_pool_options)
 from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
-from tunewise.data.pool import Columns
+from tunewise.data.pool import PoolReading
 from tunewise.errors import TunewiseError
 from tunewise.training.sweep import SweepRun
 from tunewise.training.finetune import FinetuneConfig
@@ -56,7 +57,7 @@ def selected_examples(pool, selection_path: Path) -> list:
 
 
 @command("finetune")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_pool_options()
 @with_config_options(FinetuneConfig, panel="Fine-tuning")
 def finetune_command(
     context: typer.Context,
@@ -73,10 +74,9 @@ def finetune_command(
     sft_config: Optional[Path] = typer.Option(None, help=_SFT_CONFIG_HELP, rich_help_panel="Fine-tuning"),
     config: FinetuneConfig = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Fine-tune a LoRA adapter (or the whole model) on a pool, or a selection of it, with TRL, and save it."""
-    from tunewise.data.pool import read_pool
     from tunewise.io import refuse_overwriting_inputs
     from tunewise.model.load import load_model
     from tunewise.select.manifest import meta_path
@@ -88,13 +88,16 @@ def finetune_command(
                                                "--sft-config": sft_config, **model_input(model)},
                               replaced_whole=True)
     check_adapter_output(output)
-    pool = read_pool(pool_path, task_field, columns=columns)
+    pool = reading.read(pool_path, task_field)
     examples = selected_examples(pool, selection) if selection is not None else pool.examples
     loaded = load_model(model, device=device, dtype=dtype)
     with progress_bar("fine-tuning", unit="steps") as bar:
         update = lambda step, total, loss: bar(step, total, f"loss {loss:.4f}")  # noqa: E731
         result = finetune(loaded, examples, config, output_dir=output, progress=update, dtype=dtype,
-                          sft_overrides=sft_overrides)
+                          sft_overrides=sft_overrides,
+                          provenance={"pool": str(pool_path), "task_field": task_field,
+                                      "selection": None if selection is None else str(selection),
+                                      **reading.provenance()})
     result.release()
     log = result.log.to_dict()
     print_length_notes(log["lengths"])
@@ -124,7 +127,7 @@ def print_length_notes(lengths: dict) -> None:
 
 
 @command("evaluate")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_pool_options(panel="Test set reading")
 def evaluate_command(
     test_path: Path = typer.Argument(..., metavar="TEST", help="Labelled test file (the gold answer is the response)."),
     output: Path = typer.Option(..., "-o", "--output", help="Results JSON to write."),
@@ -144,10 +147,9 @@ def evaluate_command(
     truncate: bool = typer.Option(False, help="Cut the beginning of prompts too long for the model's context "
                                               "instead of refusing them (marked in the samples, counted in the "
                                               "config)."),
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Answer a test set greedily and score it per task (results JSON in lm-evaluation-harness style)."""
-    from tunewise.data.pool import read_pool
     from tunewise.io import check_output_file, refuse_overwriting_inputs, write_json
     from tunewise.model.load import load_model, model_summary
     from tunewise.training.evaluate import evaluate
@@ -158,7 +160,7 @@ def evaluate_command(
     refuse_overwriting_inputs({"-o": output}, {"the test set": test_path, "--adapter": adapter,
                                                "--predictions": predictions, **model_input(model)})
     check_output_file(output, example="-o results.json")
-    test = read_pool(test_path, task_field, limit=limit, columns=columns)
+    test = reading.read(test_path, task_field, limit=limit)
     if predictions is not None:
         if adapter is not None:
             raise TunewiseError("--adapter has no effect when --predictions gives the answers", field="adapter",
@@ -172,7 +174,7 @@ def evaluate_command(
                                max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, progress=update,
                                truncate=truncate)
         results["config"].update(model_summary(loaded), adapter=None if adapter is None else str(adapter))
-    results["config"].update(test=str(test_path), task_field=task_field, limit=limit, columns=test.columns)
+    results["config"].update(test=str(test_path), task_field=task_field, limit=limit, **test.provenance())
     write_json(output, results)
     if as_json:
         print_json(results)
@@ -224,7 +226,7 @@ def results_table(results: dict) -> Table:
 
 
 @command("sweep")
-@with_config_options(Columns, panel="Pool fields", name="columns")
+@with_pool_options(panel="Pool reading (pool and --test)")
 @with_config_options(SweepRun, panel="Runs", name="run")
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def sweep_command(
@@ -246,11 +248,10 @@ def sweep_command(
     run: SweepRun = None,
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     config_file: Optional[Path] = CONFIG_FILE_OPTION,
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Select → fine-tune → evaluate for every strategy x budget x seed; learning curves, AUC and
     gain over random with 95 % confidence intervals. ``--config run.yaml`` takes the flags from YAML."""
-    from tunewise.data.pool import read_pool
     from tunewise.training.sweep import (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, check_sweep_folder, run_sweep,
                                          split_strategy_specs)
 
@@ -261,12 +262,13 @@ def sweep_command(
     check_sweep_output(output, {"the pool": pool_path, "--test": test, **model_input(run.model)},
                        (CONFIG_FILE, PLOT_FILE, SUMMARY_FILE))
     check_sweep_folder(output)
-    pool = read_pool(pool_path, run.task_field, columns=columns)
-    test_set = read_pool(test, run.task_field, columns=columns)
+    pool = reading.read(pool_path, run.task_field)
+    test_set = reading.read(test, run.task_field)
     with progress_bar("sweep", unit="runs") as update:
         summary = run_sweep(pool, test_set, budget_list, strategy_list, seed_list, run.model, output, config,
                             device=run.device, dtype=dtype, metric=run.metric, max_new_tokens=run.max_new_tokens,
-                            batch_tokens=run.batch_tokens, progress=update, sft_overrides=sft_overrides)
+                            batch_tokens=run.batch_tokens, progress=update, sft_overrides=sft_overrides,
+                            engine=run.engine, workers=run.workers)
     if as_json:
         print_json(summary)
         return

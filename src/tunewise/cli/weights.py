@@ -13,9 +13,9 @@ from rich.table import Table
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
-from tunewise.cli.options import check_output_path, parse_list, with_config_options
+from tunewise.cli.options import check_output_path, parse_list, with_pool_options
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.data.pool import Columns, read_labelled_pool
+from tunewise.data.pool import PoolReading, read_labelled_pool
 from tunewise.select.weighted import FEATURES
 
 
@@ -29,6 +29,7 @@ def score_dev(backend, dev, outputs: list[str]):
 
 
 @command("anchors")
+@with_pool_options(panel="Dev set reading")
 def anchors_command(
     dev_path: Path = typer.Argument(..., metavar="DEV", help="Labelled dev file (any pool format)."),
     output: Path = typer.Option(..., "-o", "--output", help="Anchors file to write (JSONL)."),
@@ -40,6 +41,7 @@ def anchors_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    reading: PoolReading = None,
 ) -> None:
     """Choose m weighted anchors of a dev set by embedding-stratified sampling (one per k-means
     cluster of the embeddings, weighted by the cluster's size; not tinyBenchmarks' IRT anchors) and
@@ -54,7 +56,7 @@ def anchors_command(
     from tunewise.data.table import embedding_matrix
 
     check_output_path(output, {"the dev set": dev_path}, example="-o anchors.jsonl")
-    dev = read_labelled_pool(dev_path, task_field, "dev")
+    dev = read_labelled_pool(dev_path, task_field, "dev", reading)
     backend = load_backend(model, device=device, dtype=dtype)
     table = score_dev(backend, dev, ["loss", "embedding"])
     logliks = -table.scores["loss"].to_numpy()
@@ -64,7 +66,8 @@ def anchors_command(
     write_anchors(output, dev.examples, anchors, logliks)
 
     if as_json:
-        print_json({**report, "anchors": len(anchors), "dev": len(dev), "output": str(output)})
+        print_json({**report, "anchors": len(anchors), "dev": len(dev), "output": str(output),
+                    **reading.provenance()})
         return
     stdout.print(tracking_table(report))
     if count >= len(dev):
@@ -104,7 +107,7 @@ def parse_orientation(text: str | None) -> dict[str, str]:
 
 
 @command("tune-weights")
-@with_config_options(Columns, panel="Pool fields (pool and dev)", name="columns")
+@with_pool_options(panel="Pool reading (pool and dev)")
 def tune_weights_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file of the pool (`tunewise score`)."),
     pool_path: Path = typer.Option(..., "--pool", help="The labelled pool the scores came from."),
@@ -146,7 +149,7 @@ def tune_weights_command(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPUs and on CPUs with bf16 instructions, else fp32), fp32, bf16."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-    columns: Columns = None,
+    reading: PoolReading = None,
 ) -> None:
     """Learn indicator weights with an in-context proxy on a tiny validation set.
 
@@ -190,8 +193,8 @@ def tune_weights_command(
     scores, provenance = read_scores(scores_path)
     orientations = parse_orientation(orientation)
     resolve_orientation(names, orientations)  # refuse a bad --orientation before the model loads
-    table = ExampleTable.join(read_labelled_pool(pool_path, task_field, "pool", columns), scores)
-    dev = read_labelled_pool(dev_path, task_field, "dev", columns)
+    table = ExampleTable.join(read_labelled_pool(pool_path, task_field, "pool", reading), scores)
+    dev = read_labelled_pool(dev_path, task_field, "dev", reading)
 
     import optuna
 
@@ -237,7 +240,7 @@ def tune_weights_command(
         "dev": str(dev_path),
         "run_dir": str(run_dir),
         "validation": validation,
-        **columns.provenance(),
+        **reading.provenance(),
     }
     from tunewise.io import write_json
 

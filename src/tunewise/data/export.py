@@ -7,9 +7,9 @@
 - ``alpaca``: a JSON list of ``{"instruction", "input", "output"}`` (LLaMA-Factory's Alpaca, with
   ``system`` and ``history`` when the conversation has them).
 
-Every record keeps the example's id (``id``: the user's own id when the pool had one, else the
-content hash; ``tunewise_id``: the content hash), its task and the record's other fields, so an
-export can be joined back to the user's data. :func:`llamafactory_dataset_info` gives the entry
+Every record keeps the example's id (``id``: the user's own id when the pool had one, by
+``--id-field`` or an ``id`` field, else the content hash; ``tunewise_id``: the content hash), its
+task and the record's other fields, so an export can be joined back to the user's data. :func:`llamafactory_dataset_info` gives the entry
 LLaMA-Factory's ``dataset_info.json`` needs to read a file.
 """
 
@@ -49,7 +49,7 @@ def export_records(examples: Iterable, export_format: str) -> list[dict]:
     shape = {"messages": lambda e: {"messages": _messages(e)},
              "prompt_completion": lambda e: {"prompt": _messages(e)[:-1], "completion": _messages(e)[-1:]},
              "alpaca": _alpaca}[export_format]
-    return [{**shape(example), **_identity(example)} for example in examples]
+    return [{**shape(example), **example_identity(example)} for example in examples]
 
 
 def export_examples(examples: Iterable, export_format: str) -> bytes:
@@ -77,13 +77,53 @@ def llamafactory_dataset_info(name: str, file_name: str, export_format: str) -> 
                         field="export", fix="export with --export messages or alpaca for LLaMA-Factory")
 
 
-def _identity(example) -> dict:
-    """The example's ids, task and the user's other fields (which never overwrite the training shape)."""
+def example_identity(example) -> dict:
+    """The example's ids, task and the user's other fields, as every per-example file tunewise
+    writes for people and other tools carries them: ``id`` (the user's own id: the ``--id-field``,
+    else the record's own ``id`` field, else the content hash), ``tunewise_id`` (the content hash),
+    ``task``, then the record's other fields (never one named like a training-shape key)."""
     reserved = {"messages", "prompt", "completion", "instruction", "input", "output", "system", "history",
                 "id", "tunewise_id", "task"}
-    fields = {key: value for key, value in example.metadata.items() if key not in reserved}
-    return {"id": example.user_id if example.user_id is not None else example.id, "tunewise_id": example.id,
-            "task": example.task, **fields}
+    own = example.user_id
+    if own is None:  # a record's own "id" field is the user's id without --id-field too
+        own = _json_value(example.metadata.get("id"))
+        own = None if isinstance(own, str) and not own.strip() else own
+    return {"id": example.id if own is None else own, "tunewise_id": example.id, "task": example.task,
+            **user_fields(example, reserved)}
+
+
+def user_fields(example, reserved: Iterable[str] = ()) -> dict:
+    """The record's other fields (its ``metadata``, less ``reserved`` names) as JSON can carry
+    them, for every output that keeps them: dates and times as ISO 8601 text, decimals as text
+    (exact), NumPy values as plain numbers and lists, bytes as UTF-8 text (base64 when they are
+    not), NaN and infinity as null (missing, as pandas writes them); any other object as its text."""
+    reserved = set(reserved)
+    return {key: _json_value(value) for key, value in example.metadata.items() if key not in reserved}
+
+
+def _json_value(value):
+    import base64
+    import datetime
+    import math
+
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, (datetime.date, datetime.time)):  # a datetime is a date
+        return value.isoformat()
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays
+        return _json_value(value.tolist())
+    return str(value)  # Decimal (exact as text) and anything else
 
 
 def _messages(example) -> list[dict]:

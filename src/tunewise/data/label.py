@@ -37,12 +37,13 @@ def to_label_file_name(label_format: str) -> str:
 
 def to_label_records(examples: Iterable, label_format: str = "tunewise") -> list[dict]:
     """One record per example to label, in annotation order, in ``label_format``'s shape."""
+    from tunewise.data.export import user_fields
+
     records = []
     for position, example in enumerate(examples):
         single_user_turn = len(example.prompt) == 1 and example.prompt[0]["role"] == "user"
         prompt = example.prompt[0]["content"] if single_user_turn else [dict(t) for t in example.prompt]
-        user = {key: value for key, value in example.metadata.items()
-                if key not in ("prompt", "response", "task", *BOOKKEEPING)}
+        user = user_fields(example, ("prompt", "response", "task", *BOOKKEEPING))
         if example.user_id is not None:
             user["id"] = example.user_id
         base = {"position": position, "task": example.task, "pool_id": example.id, **user}

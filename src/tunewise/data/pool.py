@@ -75,6 +75,63 @@ class Columns:
         return {"columns": used} if used else {}
 
 
+SPLIT_HELP = "Split of a Hub dataset or a saved DatasetDict (e.g. train)."
+DATASET_CONFIG_HELP = "Configuration (subset) name of a Hub dataset."
+KEEP_DUPLICATES_HELP = ("Keep exact repeats (same prompt and answer) as examples of their own; by default each "
+                        "is merged into its first occurrence and listed.")
+
+
+#: The provenance keys :meth:`PoolReading.provenance` writes.
+READING_PROVENANCE_KEYS = ("columns", "split", "dataset_config", "keep_duplicates")
+
+
+@dataclass(frozen=True)
+class PoolReading:
+    """How to read a pool: its field mapping (:class:`Columns`), which split and configuration of
+    a Hub dataset or saved ``DatasetDict``, and whether exact repeats stay apart.
+
+    The one declaration of the pool-reading flags of every command (``--prompt-field`` …
+    ``--id-field``, ``--split``, ``--dataset-config``, ``--keep-duplicates``); :meth:`read` hands
+    them to :func:`read_pool` and :meth:`provenance` records them with every output.
+    """
+
+    columns: Columns = field(default_factory=Columns)
+    split: Optional[str] = field(default=None, metadata={"help": SPLIT_HELP})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": DATASET_CONFIG_HELP})
+    keep_duplicates: bool = field(default=False, metadata={"help": KEEP_DUPLICATES_HELP})
+
+    def source_options(self) -> dict:
+        """The options other than the columns that were given (not at their default)."""
+        return {name: value for name, value in (("split", self.split), ("dataset_config", self.dataset_config),
+                                                ("keep_duplicates", self.keep_duplicates)) if value}
+
+    def used(self) -> dict:
+        """Every option given, the fields of :class:`Columns` included (flag name → value)."""
+        return {**self.columns.used(), **self.source_options()}
+
+    def provenance(self) -> dict:
+        """``{"columns": …, "split": …, "dataset_config": …, "keep_duplicates": true}``, each only when given."""
+        return {**self.columns.provenance(), **self.source_options()}
+
+    @classmethod
+    def from_provenance(cls, provenance: dict) -> "PoolReading":
+        """The options recorded by :meth:`provenance` (TypeError or ValueError when unreadable)."""
+        recorded = {key: provenance[key] for key in READING_PROVENANCE_KEYS if key in provenance}
+        columns = recorded.pop("columns", None) or {}
+        if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
+            raise ValueError(f"unreadable columns {columns!r}")
+        if not all(isinstance(recorded.get(key, ""), str) for key in ("split", "dataset_config")):
+            raise ValueError(f"unreadable split or dataset_config in {recorded!r}")
+        if not isinstance(recorded.get("keep_duplicates", False), bool):
+            raise ValueError(f"unreadable keep_duplicates {recorded['keep_duplicates']!r}")
+        return cls(Columns(**columns), **recorded)
+
+    def read(self, path, task_field: str | None = None, **options) -> "Pool":
+        """:func:`read_pool` of ``path`` with these options (``options``: ``skip_bad``, ``limit``)."""
+        return read_pool(path, task_field, columns=self.columns, split=self.split,
+                         dataset_config=self.dataset_config, keep_duplicates=self.keep_duplicates, **options)
+
+
 @dataclass(frozen=True)
 class Example:
     """One candidate training example. ``response`` is None in an unlabelled pool."""
@@ -117,6 +174,17 @@ class Pool:
     #: Text fields no reader used, with how many records had them (reported, never dropped silently).
     unused_fields: dict[str, int] = field(default_factory=dict)
     columns: dict = field(default_factory=dict)
+    #: The read options other than the columns that were given (:meth:`PoolReading.source_options`).
+    read_options: dict = field(default_factory=dict)
+
+    @property
+    def reading(self) -> "PoolReading":
+        """How the pool was read: the same options read a test or dev set the same way."""
+        return PoolReading(Columns(**self.columns), **self.read_options)
+
+    def provenance(self) -> dict:
+        """How the pool was read, for an output's provenance (:meth:`PoolReading.provenance`)."""
+        return self.reading.provenance()
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -207,6 +275,11 @@ def read_pool(
         after the repeat's id. By default a repeat is merged into its first occurrence and listed in
         ``pool.duplicates``: real pools hold repeats, and a repeat would only be scored, counted and
         picked twice.
+
+    Raises :class:`~tunewise.errors.TunewiseError` (file, line, field, fix) for a bad record (unless
+    ``skip_bad``), and for a ``columns.id_field`` id given to two examples: ids name examples in
+    every output, so they must be unique. Exact repeats are merged before that check, so a repeat
+    that carries its original's id is no clash (with ``keep_duplicates`` it is one).
     """
     source = describe_source(path, split)
     skipped: list[SkippedRecord] = []
@@ -214,6 +287,7 @@ def read_pool(
     unused: dict[str, int] = {}
     examples: list[Example] = []
     first_lines = _FirstLines()
+    first_ids: dict = {}
     for part in expand_sources(path):
         left = None if limit is None else limit - len(examples)
         if left == 0:
@@ -221,10 +295,11 @@ def read_pool(
         records = iter_records(part, split=split, dataset_config=dataset_config)
         examples += iter_examples(describe_source(part, split), records, task_field, columns=columns,
                                   skip_bad=skip_bad, keep_duplicates=keep_duplicates, limit=left,
-                                  first_lines=first_lines, on_skipped=skipped.append,
+                                  first_lines=first_lines, first_ids=first_ids, on_skipped=skipped.append,
                                   on_duplicate=lambda line, kept: duplicates.append((line, kept)), unused=unused)
+    reading = PoolReading(columns or Columns(), split, dataset_config, keep_duplicates)
     return Pool(source=str(source), examples=examples, skipped=skipped, duplicates=duplicates,
-                unused_fields=unused, columns=(columns or Columns()).used())
+                unused_fields=unused, columns=reading.columns.used(), read_options=reading.source_options())
 
 
 class _FirstLines(dict):
@@ -236,22 +311,30 @@ class _FirstLines(dict):
 
 def iter_examples(path: Path, records, task_field: str | None = None, *, columns: Columns | None = None,
                   skip_bad: bool = False, keep_duplicates: bool = False, limit: int | None = None,
-                  first_lines=None, on_skipped=None, on_duplicate=None, unused: dict | None = None) -> Iterator[Example]:
+                  first_lines=None, first_ids: dict | None = None, on_skipped=None, on_duplicate=None,
+                  unused: dict | None = None) -> Iterator[Example]:
     """The examples of ``records`` (numbered raw records of ``path``), as :func:`read_pool` keeps them.
 
     The one read loop of the pool readers (in memory and streaming): each bad record is refused
     with its line, or with ``skip_bad`` passed to ``on_skipped``; an exact repeat goes to
     ``on_duplicate(line, first_line)`` (or is kept under a ``~N`` id with ``keep_duplicates``); text
     fields no reader used are counted in ``unused``. ``first_lines`` remembers where each id was
-    first seen (a dict by default). After the last record, a pool with no usable example is refused.
+    first seen (a dict by default), ``first_ids`` where each user id (``columns.id_field``) was: a
+    user id met again on a record that is no merged exact repeat is refused (or skipped with
+    ``skip_bad``). After the last record, a pool with no usable example is refused.
     """
     first_lines = _FirstLines() if first_lines is None else first_lines
+    first_ids = {} if first_ids is None else first_ids
     repeats: dict[str, int] = {}
     kept = skipped = 0
     saw_task_field = False
     for line, record in records:
         try:
             example = parse_record(record, task_field, columns)
+            # The exact-repeat merge below comes before the id check: a merged repeat is no id clash.
+            merged = not keep_duplicates and first_lines.get(example.id) is not None
+            if example.user_id is not None and not merged:
+                _check_new_user_id(example.user_id, path, line, first_ids, columns.id_field, keep_duplicates)
         except TunewiseError as error:
             if not skip_bad:
                 raise TunewiseError(error.message, file=str(path), line=line, field=error.field,
@@ -287,10 +370,23 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
     check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)
 
 
-def read_labelled_pool(path: str | Path, task_field: str | None, role: str, columns: Columns | None = None) -> Pool:
+def _check_new_user_id(user_id: str, path, line: int, first_ids: dict, id_field: str, keep_duplicates: bool) -> None:
+    """Remember where ``user_id`` was first read, or refuse it when another example had it."""
+    first = first_ids.get(user_id)
+    if first is None:
+        first_ids[user_id] = (str(path), line)
+        return
+    where = f"line {first[1]}" + ("" if first[0] == str(path) else f" of {first[0]}")
+    raise TunewiseError(f"the id '{user_id}' is the id of {where} too: ids must be unique in a pool",
+                        field=id_field, fix="give every record its own id" + (
+                            ", or drop --keep-duplicates to merge exact repeats" if keep_duplicates else
+                            " (exact repeats of a record may share its id: they are merged)"))
+
+
+def read_labelled_pool(path: str | Path, task_field: str | None, role: str, reading: PoolReading | None = None) -> Pool:
     """Read a pool whose every example has a response; ``role`` (e.g. "dev") names it in the error,
-    ``columns`` map its fields (:class:`Columns`)."""
-    pool = read_pool(path, task_field, columns=columns)
+    ``reading`` says how to read it (:class:`PoolReading`)."""
+    pool = (reading or PoolReading()).read(path, task_field)
     unlabelled = [example.id for example in pool.examples if example.response is None]
     if unlabelled:
         raise TunewiseError(f"{len(unlabelled)} of {len(pool)} {role} examples have no response "

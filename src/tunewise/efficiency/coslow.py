@@ -9,8 +9,10 @@ Line references are to paper A's released code, r-three/dataefficiency ``utils/c
    for CoS-Rand.
 3. :func:`coslow` takes the gradient of each labelled example's answer loss through a fresh LoRA
    adapter (B zero-initialised, A seeded; ``:210-220``) on every linear projection of the
-   attention and MLP blocks (:func:`lora_target_modules`). The loss covers the answer tokens only:
-   no end, padding, end-of-turn or bare-newline ids (``:226-232``; :func:`gradient_example`).
+   attention and MLP blocks (:func:`tunewise.model.gradients.lora_target_modules`), through the
+   model interface's :meth:`~tunewise.model.base.Backend.lora_gradients`. The loss covers the
+   answer tokens only: no end, padding, end-of-turn or bare-newline ids (``:226-232``;
+   :func:`tunewise.model.chat.gradient_example`).
    With B = 0 the ``lora_B`` gradient of a layer is its full weight gradient times the random
    matrix Aᵀ, i.e. a random projection of it; the gradients of all layers are concatenated into
    one vector per example (the global cosine of ``:91-115``).
@@ -19,9 +21,9 @@ Line references are to paper A's released code, r-three/dataefficiency ``utils/c
 
 Gradients are computed one example at a time in the model's own dtype (the LoRA adapter itself
 is float32, so every gradient accumulates in float32). Each is projected at once to ``dimension``
-numbers by a seeded random projection (:func:`sketch_gradient`; LESS and TRAK project gradients the
-same way), so memory does not grow with the model: 32 × 16,384 floats (2 MiB) where the full
-``lora_B`` gradients of an 8B Llama would take about 11 GB. ``dimension=None`` keeps the exact
+numbers by a seeded random projection (:func:`tunewise.model.gradients.sketch_gradient`; LESS and
+TRAK project gradients the same way), so memory does not grow with the model: 32 × 16,384 floats
+(2 MiB) where the full ``lora_B`` gradients of an 8B Llama would take about 11 GB. ``dimension=None`` keeps the exact
 vectors; bench/coslow_projection.py measures what the projection changes.
 """
 
@@ -29,13 +31,9 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from tunewise.errors import TunewiseError
-from tunewise.model.chat import IGNORE_INDEX
-from tunewise.model.lengths import check_fits, context_length
-from tunewise.model.load import gradients_through_4bit
 
 DEFAULT_K = 32
 DEFAULT_FRACTION = 0.1
@@ -139,8 +137,9 @@ def coslow(
     ----------
     model, tokenizer:
         A transformers causal LM in any dtype, quantised or not, on any device(s), and its
-        tokenizer, which needs a chat template. The adapter is attached in place and removed
-        afterwards: the model is left as it was found, and never copied.
+        tokenizer, which needs a chat template (or the model interface itself,
+        :func:`tunewise.model.as_backend`, with no tokenizer). The adapter is attached in place and
+        removed afterwards: the model is left as it was found, and never copied.
     prompts, responses:
         The k labelled examples: chat messages (``[{role, content}]``) and the answer to each.
     rank, alpha, seed:
@@ -152,7 +151,8 @@ def coslow(
         the answer tokens only (``calculate_coslow.py:226-232``); on, every example shares one
         more, nearly identical, loss term, which raises all cosines.
     dimension:
-        Project each gradient to this many numbers (:func:`sketch_gradient`, seeded by ``seed``);
+        Project each gradient to this many numbers (:func:`~tunewise.model.gradients.sketch_gradient`,
+        seeded by ``seed``);
         ``None`` keeps the full ``lora_B`` gradient (exact, but k × its length in memory).
 
     Returns
@@ -180,14 +180,17 @@ def coslow(
     if dimension is not None and dimension < 1:
         raise TunewiseError(f"the projection dimension must be a whole number >= 1, got {dimension}",
                             field="dimension", fix=f"use e.g. {DEFAULT_DIMENSION}, or no projection")
-    device = model.get_input_embeddings().weight.device
+    from tunewise.model import as_backend
+
+    backend = as_backend(model, tokenizer)
+    device = backend.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     count = len(prompts)
     unit_vectors = None
     gram = np.zeros((count, count))
-    vectors = lora_gradient_vectors(model, tokenizer, prompts, responses, rank, alpha, seed,
+    vectors = lora_gradient_vectors(backend, None, prompts, responses, rank, alpha, seed,
                                     include_eos=include_eos, dimension=dimension)
     try:
         for index, vector in enumerate(vectors):
@@ -216,7 +219,7 @@ def coslow(
         "rank": rank,
         "alpha": alpha,
         "include_eos": include_eos,
-        "target_modules": lora_target_modules(model),
+        "target_modules": vectors.target_modules,
         "dimension": stored,
         "gradient_dimension": vectors.gradient_dimension,
         "projected": dimension is not None,
@@ -228,197 +231,15 @@ def coslow(
 
 def lora_gradient_vectors(model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
                           rank: int = 64, alpha: int = 32, seed: int = 0, include_eos: bool = False,
-                          dimension: int | None = None) -> "LoraGradients":
-    """The examples' ``lora_B`` gradients, one at a time: see :class:`LoraGradients`."""
-    return LoraGradients(model, tokenizer, prompts, responses, rank, alpha, seed, include_eos, dimension)
+                          dimension: int | None = None):
+    """The examples' ``lora_B`` gradients, one at a time, from the model interface's
+    :meth:`~tunewise.model.base.Backend.lora_gradients` (``model`` and ``tokenizer`` as
+    :func:`tunewise.model.as_backend` takes them): see :class:`tunewise.model.gradients.LoraGradients`."""
+    from tunewise.model import as_backend
 
-
-class LoraGradients:
-    """Iterate, one example at a time, over the concatenated ``lora_B`` gradients as CPU fp32
-    vectors: full (``dimension=None``) or projected to ``dimension`` numbers (:func:`sketch_gradient`).
-
-    A fresh LoRA adapter is attached in place to every attention and MLP projection for the
-    duration and removed when the iteration finishes or :meth:`close` is called; the model's own
-    weights are never updated nor copied. The loss is over :func:`gradient_example`'s labels
-    (answer tokens only unless ``include_eos``). ``gradient_dimension`` is the full gradient's
-    length and ``norms`` the exact L2 norm of each full gradient so far (both filled as it goes).
-    """
-
-    def __init__(self, model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
-                 rank: int = 64, alpha: int = 32, seed: int = 0, include_eos: bool = False,
-                 dimension: int | None = None) -> None:
-        import torch
-
-        self.gradient_dimension = 0
-        self.norms: list[float] = []
-        encoded = []
-        for number, (prompt, response) in enumerate(zip(prompts, responses), start=1):
-            input_ids, labels = gradient_example(tokenizer, prompt, response, include_eos,
-                                                 source=f"CoS-Low example {number}")
-            if all(label == IGNORE_INDEX for label in labels):
-                raise TunewiseError(f"example {number} has no answer token (its response {response!r} is empty or "
-                                    "only newlines)", field="responses", fix="give it a real answer")
-            encoded.append((torch.tensor([input_ids]), torch.tensor([labels])))
-        context = context_length(model, tokenizer)
-        check_fits([ids.shape[1] for ids, _ in encoded], context,
-                   [f"CoS-Low example {i + 1}" for i in range(len(encoded))],
-                   what="prompt + response", limit_name=f"the model's {context}-token context")
-        self._iterator = self._vectors(model, encoded, rank, alpha, seed, dimension)
-
-    def __iter__(self) -> Iterator:
-        return self._iterator
-
-    def __next__(self):
-        return next(self._iterator)
-
-    def close(self) -> None:
-        self._iterator.close()
-
-    def _vectors(self, model, encoded, rank, alpha, seed, dimension):
-        device = model.get_input_embeddings().weight.device
-        peft_model, restore = _attach_lora(model, rank, alpha, seed)
-        try:
-            with gradients_through_4bit(peft_model):
-                yield from self._per_example(peft_model, encoded, device, seed, dimension)
-        finally:
-            restore(peft_model)
-
-    def _per_example(self, peft_model, encoded, device, seed, dimension):
-        import torch
-
-        lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
-        self.gradient_dimension = sum(p.numel() for p in lora_b)
-        for input_ids, labels in encoded:
-            output = peft_model(input_ids=input_ids.to(device), labels=labels.to(device))
-            output.loss.backward()
-            gradients = [parameter.grad for parameter in lora_b]
-            squares = sum(torch.linalg.vector_norm(g.float()).double() ** 2 for g in gradients)
-            self.norms.append(float(squares) ** 0.5)
-            if dimension is None:
-                vector = torch.cat([g.reshape(-1).float().cpu() for g in gradients])
-            else:
-                vector = sketch_gradient(gradients, dimension, seed)
-            peft_model.zero_grad(set_to_none=True)
-            del output, gradients
-            yield vector
-
-
-def sketch_gradient(blocks: Sequence, dimension: int, seed: int = 0):
-    """Project a gradient given as blocks (one tensor per module, in a fixed order) to ``dimension``
-    numbers with a seeded CountSketch; returns a CPU float32 vector of that length.
-
-    The projection is the sparse form of a Rademacher (Johnson–Lindenstrauss) matrix: each
-    coordinate of block b goes to one of ``dimension`` buckets with a random sign, both drawn from
-    a generator seeded by (``seed``, b), so every example of a run meets the same projection and
-    the d × P matrix is never formed (Charikar, Chen & Farach-Colton 2002; Clarkson & Woodruff
-    2013). For two vectors x, y the projected inner product is unbiased with variance
-    (‖x‖²‖y‖² + ⟨x, y⟩² − 2 Σᵢ xᵢ²yᵢ²)/d, no more than a dense Gaussian projection's
-    (‖x‖²‖y‖² + ⟨x, y⟩²)/d, at O(P) work per example instead of O(dP). LESS and TRAK project
-    their gradients to d = 8192 with a dense Rademacher matrix on a GPU (``fast_jl``); the
-    sparse form keeps CPU cost linear in the model. Buckets and signs are drawn on each block's
-    device, so the projection is the same for a seed on one kind of device.
-    """
-    import torch
-
-    sketch = None
-    for index, block in enumerate(blocks):
-        device = block.device
-        if sketch is None or sketch.device != device:
-            sketch = (torch.zeros(dimension, dtype=torch.float32, device=device) if sketch is None
-                      else sketch.to(device))
-        generator = torch.Generator(device=device)
-        generator.manual_seed(_block_seed(seed, index))
-        draws = torch.randint(0, 2 * dimension, (block.numel(),), generator=generator, device=device)
-        signs = (draws % 2).to(torch.float32).mul_(2).sub_(1)
-        sketch.index_add_(0, draws // 2, block.reshape(-1).to(torch.float32) * signs)
-        del draws, signs
-    if sketch is None:
-        raise TunewiseError("the gradient has no blocks to project", field="model",
-                            fix="check that the LoRA adapter reached the model's projections")
-    return sketch.cpu()
-
-
-def _block_seed(seed: int, index: int) -> int:
-    """One generator seed per (seed, block), spread so that nearby pairs give unrelated streams."""
-    return (seed * 1_000_003 + index * 7_919 + 0x5EED) % (2**63 - 1)
-
-
-def gradient_example(tokenizer, prompt: Sequence[dict], response: str,
-                     include_eos: bool = False, source=None) -> tuple[list[int], list[int]]:
-    """``(input_ids, labels)`` of one example's CoS-Low loss.
-
-    The tokens are the fine-tune's (:func:`tunewise.model.chat.encode_example`: prompt, response,
-    end-of-turn token); the labels keep the answer tokens only, masking every id of
-    :func:`tunewise.model.chat.answer_mask_ids` (end, padding, end-of-turn, bare newline), as paper
-    A's ``mask_non_answer_tokens`` does before the backward pass (``calculate_coslow.py:229-232``).
-    ``include_eos`` keeps the end-of-turn token. Paper A feeds no end token at all; one that is fed
-    but masked changes nothing, as no earlier position attends to it.
-    """
-    from tunewise.model.chat import answer_labels, answer_mask_ids, encode_example, end_of_turn_id
-
-    encoded = encode_example(tokenizer, prompt, response, source=source)
-    keep = (end_of_turn_id(tokenizer),) if include_eos else ()
-    return encoded.input_ids, answer_labels(encoded.labels, answer_mask_ids(tokenizer), keep=keep)
-
-
-def lora_target_modules(model) -> list[str]:
-    """Names of the linear projections inside the model's transformer blocks, whatever the
-    architecture calls them: every ``torch.nn.Linear`` (or GPT-2's ``Conv1D``) except the output
-    head. For Llama-style models these are exactly paper A's seven, ``q/k/v/o_proj`` and
-    ``gate/up/down_proj`` (``calculate_coslow.py:216``); GPT-2 gives ``c_attn, c_proj, c_fc``,
-    GPT-NeoX ``query_key_value, dense, dense_h_to_4h, dense_4h_to_h``.
-    """
-    import torch
-
-    linear_types: tuple[type, ...] = (torch.nn.Linear,)
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        linear_types += (Conv1D,)
-    except ImportError:  # pragma: no cover - every supported transformers has it
-        pass
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, linear_types) and module is not head and "lora_" not in name}
-    return sorted(names)
-
-
-def _attach_lora(model, rank: int, alpha: int, seed: int):
-    """Wrap ``model`` in a fresh LoRA adapter; return it and a function that undoes everything."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    was_training = model.training
-    requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        bias="none",
-        target_modules=lora_target_modules(model),
-        task_type="CAUSAL_LM",
-    )
-    device = model.get_input_embeddings().weight.device
-    # Seed A without touching the caller's global random state.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), warnings.catch_warnings():
-        torch.manual_seed(seed)
-        # peft probes a transformers attribute that transformers 5 deprecates; nothing to act on.
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        try:
-            peft_model = get_peft_model(model, config)
-        except ValueError as error:
-            raise TunewiseError(f"cannot attach a LoRA adapter to this model ({error})", field="model",
-                                fix="use a causal language model whose blocks are built of linear layers") from None
-    peft_model.eval()
-
-    def restore(wrapped) -> None:
-        wrapped.zero_grad(set_to_none=True)
-        base = wrapped.unload()
-        for name, parameter in base.named_parameters():
-            parameter.requires_grad_(requires_grad[name])
-        base.train(was_training)
-
-    return peft_model, restore
+    return as_backend(model, tokenizer).lora_gradients(
+        prompts, responses, rank=rank, alpha=alpha, seed=seed, include_eos=include_eos, dimension=dimension,
+        sources=[f"CoS-Low example {number}" for number in range(1, len(prompts) + 1)])
 
 
 def _peak_memory(device) -> dict:
@@ -433,6 +254,5 @@ def _peak_memory(device) -> dict:
             "peak_memory_kind": "process_max_rss"}
 
 
-__all__ = ["CONFIDENCE_METRICS", "DEFAULT_DIMENSION", "DEFAULT_FRACTION", "DEFAULT_K", "LoraGradients", "coslow",
-           "gradient_example", "lora_gradient_vectors", "lora_target_modules", "lowest_confidence_prompts",
-           "minimum_pool_size", "random_prompts", "sketch_gradient"]
+__all__ = ["CONFIDENCE_METRICS", "DEFAULT_DIMENSION", "DEFAULT_FRACTION", "DEFAULT_K", "coslow",
+           "lora_gradient_vectors", "lowest_confidence_prompts", "minimum_pool_size", "random_prompts"]

@@ -55,7 +55,8 @@ def score_pool_ray(
     max_batch_tokens: int | None = None,
     cpu_actors: int = DEFAULT_CPU_ACTORS,
 ) -> tuple[pd.DataFrame, dict]:
-    """Score ``examples`` (a list or a ``Pool``) on Ray Data: the scores table and its provenance.
+    """Score ``examples`` (a list or a ``Pool``) on Ray Data: the scores table and its provenance
+    (a ``Pool``'s source file and field mapping included, as the local engine records them).
 
     Parameters
     ----------
@@ -74,7 +75,9 @@ def score_pool_ray(
     cpu_actors:
         How many CPU actors share the cores when there is no GPU.
     """
-    ray = _import_ray()
+    from tunewise.training.ray_sweep import import_ray
+
+    ray = import_ray(data=True)
     pool_examples = list(getattr(examples, "examples", examples))
     outputs = required_outputs(indicators)
     started_here = not ray.is_initialized()
@@ -98,17 +101,8 @@ def score_pool_ray(
             ray.shutdown()
     scores = score_pool(pool_examples, cached_model, indicators, cache_dir=cache_dir)
     provenance = scores_provenance(cached_model, indicators, getattr(examples, "source", None))
+    provenance |= examples.provenance() if hasattr(examples, "provenance") else {}  # how a Pool was read
     return scores, provenance
-
-
-def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401  (fails when the [data] extra's dependencies are missing)
-    except ImportError:
-        raise TunewiseError("the Ray engine needs Ray, which is not installed here", field="engine",
-                            fix="pip install 'tunewise[ray]', or use the local engine (--engine local)") from None
-    return ray
 
 
 def _start_ray(ray, address: str | None) -> None:

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 from tunewise.model.base import Backend
 from tunewise.errors import TunewiseError
 from tunewise.io import _parent_folders, atomic_path
-from tunewise.data.pool import (Columns, Example, SkippedRecord, describe_source, expand_sources, iter_examples,
-                                iter_records)
+from tunewise.data.pool import (Columns, Example, PoolReading, SkippedRecord, describe_source, expand_sources,
+                                iter_examples, iter_records)
 from tunewise.data.table import _PROVENANCE_KEY, scores_arrow_table
 from tunewise.indicators.registry import DEFAULT_INDICATORS
 from tunewise.indicators.score import SCORING_WINDOW, score_pool, scores_provenance
@@ -105,7 +105,7 @@ def iter_pool_batches(
     remaining = records if first is None else itertools.chain([first], records)
     return _batches(parts, remaining, task_field, batch_size, limit, split, dict(
         skip_bad=skip_bad, on_skipped=on_skipped, on_duplicate=on_duplicate, columns=columns,
-        keep_duplicates=keep_duplicates, unused=unused))
+        keep_duplicates=keep_duplicates, unused=unused, first_ids={}))
 
 
 def _batches(parts, first_records, task_field, batch_size, limit, split, options: dict) -> Iterator[list[Example]]:
@@ -267,13 +267,15 @@ def score_file(
     (:func:`iter_pool_batches`) and scored chunk by chunk (:func:`score_pool_streaming`: resumable,
     batches planned within each chunk). With the default ``chunk_size`` the values are those of
     :func:`tunewise.indicators.score.score` on the pool read whole; with another, confidence and
-    embedding may differ from them in the last float bits (other batches, other padding). Read the result with :func:`tunewise.data.table.read_scores`, or a
-    column at a time with pyarrow. Raises TunewiseError as :func:`~tunewise.data.pool.read_pool` does.
+    embedding may differ from them in the last float bits (other batches, other padding). Read the
+    result with :func:`tunewise.data.table.read_scores`, or a column at a time with pyarrow. Raises
+    TunewiseError as :func:`~tunewise.data.pool.read_pool` does.
     """
-    batches = iter_pool_batches(pool, task_field, chunk_size, skip_bad=skip_bad, limit=limit, columns=columns,
+    reading = PoolReading(columns or Columns(), split, dataset_config, keep_duplicates)
+    batches = iter_pool_batches(pool, task_field, chunk_size, skip_bad=skip_bad, limit=limit, columns=reading.columns,
                                 keep_duplicates=keep_duplicates, split=split, dataset_config=dataset_config)
-    provenance = scores_provenance(backend, indicators, describe_source(pool, split),
-                                   columns.used() if columns is not None else None)
+    # Recorded as `tunewise score` records it: the pool as given, the reading options beside it.
+    provenance = scores_provenance(backend, indicators, describe_source(pool)) | reading.provenance()
     return score_pool_streaming(batches, backend, indicators, output, provenance, cache_dir=cache_dir,
                                 progress=progress, max_batch_tokens=max_batch_tokens,
                                 window=chunk_size)

@@ -1,4 +1,5 @@
-"""Model backends, loaded lazily by name so that importing tunewise never imports torch."""
+"""The model interface (:class:`~tunewise.model.base.Backend`) and its implementations, loaded
+lazily by name so that importing tunewise never imports torch."""
 
 from __future__ import annotations
 
@@ -22,6 +23,21 @@ def load_backend(
 
     _check_device(device)
     return HFBackend(load_model(model, device=device, dtype=dtype), max_new_tokens, max_batch_tokens)
+
+
+def as_backend(model, tokenizer=None) -> Backend:
+    """The model interface for ``model``: itself when it already is one (an ``HFBackend``, a
+    ``FakeBackend``), an :class:`~tunewise.model.hf.HFBackend` around a
+    :class:`~tunewise.model.load.LoadedModel`, or around a transformers causal LM in memory (a
+    fine-tuned or PEFT model) with its ``tokenizer``."""
+    if hasattr(model, "loglikelihood") and hasattr(model, "generate_tokens"):
+        return model
+    from tunewise.model.hf import HFBackend
+    from tunewise.model.load import LoadedModel
+
+    if isinstance(model, LoadedModel):
+        return HFBackend(model)
+    return HFBackend.from_model(model, tokenizer)
 
 
 def _check_device(device: str | None) -> None:
@@ -53,4 +69,4 @@ def _check_device(device: str | None) -> None:
         raise TunewiseError(f"unsupported device '{device}'", field="device", fix=fix)
 
 
-__all__ = ["Backend", "EncodedExample", "Generation", "load_backend", "plan_batches"]
+__all__ = ["Backend", "EncodedExample", "Generation", "as_backend", "load_backend", "plan_batches"]

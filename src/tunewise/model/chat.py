@@ -172,6 +172,22 @@ def answer_labels(labels: Sequence[int], mask_ids, keep: Sequence[int] = ()) -> 
     return [IGNORE_INDEX if label in dropped else label for label in labels]
 
 
+
+def gradient_example(tokenizer, prompt: Messages, response: str, include_eos: bool = False,
+                     source=None) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one example's CoS-Low loss (:mod:`tunewise.model.gradients`).
+
+    The tokens are the fine-tune's (:func:`encode_example`: prompt, response, end-of-turn token);
+    the labels keep the answer tokens only, masking every id of :func:`answer_mask_ids` (end,
+    padding, end-of-turn, bare newline), as paper A's ``mask_non_answer_tokens`` does before the
+    backward pass (r-three/dataefficiency ``utils/calculate_coslow.py:229-232``). ``include_eos``
+    keeps the end-of-turn token. Paper A feeds no end token at all; one that is fed but masked
+    changes nothing, as no earlier position attends to it.
+    """
+    encoded = encode_example(tokenizer, prompt, response, source=source)
+    keep = (end_of_turn_id(tokenizer),) if include_eos else ()
+    return encoded.input_ids, answer_labels(encoded.labels, answer_mask_ids(tokenizer), keep=keep)
+
 # -- special tokens -------------------------------------------------------------------------------
 
 
@@ -345,6 +361,7 @@ def pad_examples(encoded: Sequence[EncodedExample], pad_id: int, device=None):
 
 __all__ = [
     "IGNORE_INDEX", "EncodedExample", "answer_labels", "answer_mask_ids", "encode_example", "encode_prompt",
-    "encode_prompts", "encode_responses", "end_of_turn_id", "pad_batch", "pad_examples", "pad_token_id",
+    "encode_prompts", "encode_responses", "end_of_turn_id", "gradient_example", "pad_batch", "pad_examples",
+    "pad_token_id",
     "render_chat", "stop_token_ids",
 ]

@@ -133,3 +133,43 @@ def check_training_lengths(lengths: Sequence[int], response_tokens_kept: Sequenc
 
 
 __all__ = ["TrainingLengths", "check_fits", "check_training_lengths", "context_length", "describe", "listing"]
+
+
+def fit_prompts(prompts: list[list[int]], answer_room: Sequence[int], examples: Sequence, context: int | None,
+                truncate: bool) -> set[int]:
+    """Check every prompt plus its answer room against the model's ``context``.
+
+    Refuses a prompt that does not fit (file and line named), or with ``truncate`` cuts its
+    beginning in place, as lm-evaluation-harness cuts a long context from the left. Returns the
+    positions cut.
+    """
+    over = check_fits([len(p) + room for p, room in zip(prompts, answer_room)], context, examples,
+                      what="prompt + answer room of --max-new-tokens", truncate=truncate,
+                      limit_name=f"the model's {context}-token context")
+    for position in over:
+        keep = context - answer_room[position]
+        if keep < 1:
+            raise TunewiseError(f"the answer room alone ({answer_room[position]} tokens) fills the model's "
+                                f"{context}-token context", field="max_new_tokens",
+                                fix="pass a smaller --max-new-tokens")
+        prompts[position] = prompts[position][-keep:]
+    return set(over)
+
+
+def fit_sequences(encoded: list, context: int | None, examples: Sequence, truncate: bool) -> set[int]:
+    """Check every encoded prompt + gold answer (:class:`tunewise.model.chat.EncodedExample`:
+    ``input_ids``, ``labels``) against the model's ``context``.
+
+    Refuses one that does not fit (file and line named), or with ``truncate`` replaces it in place
+    by its last ``context`` tokens, marked ``truncated``: the prompt loses its beginning, as
+    lm-evaluation-harness cuts a long context. Returns the positions cut.
+    """
+    from dataclasses import replace
+
+    over = check_fits([len(e.input_ids) for e in encoded], context, examples, what="prompt + gold answer",
+                      limit_name=f"the model's {context}-token context", truncate=truncate)
+    for position in over:
+        cut = encoded[position]
+        encoded[position] = replace(cut, input_ids=cut.input_ids[-context:], labels=cut.labels[-context:],
+                                    truncated=True)
+    return set(over)

@@ -14,9 +14,15 @@ Two layouts, one per shape of work:
   context and to its own earlier tokens only. The context runs once whatever the number of
   choices, and items are packed first-fit into rows, so rows carry almost no padding.
 
-Both project onto the vocabulary only at the positions that predict a scored token, and take the
-log-softmax in float32. They take a causal LM from ``transformers`` (or a PEFT
-model around one) and return log-probabilities in input order.
+A third layout, many contexts that share one long token prefix (the in-context proxy's
+demonstrations), runs that prefix once and reuses its KV cache:
+:meth:`tunewise.model.hf.HFBackend.loglikelihood` with ``share="prefix"``, the prefix measured by
+:func:`shared_prefix_length`.
+
+Both functions here project onto the vocabulary only at the positions that predict a scored
+token, and take the log-softmax in float32. They take a causal LM from ``transformers`` (or a PEFT
+model around one) and return log-probabilities in input order. The model interface
+(:class:`tunewise.model.base.Backend`) is their one caller in the library.
 """
 
 from __future__ import annotations
@@ -225,6 +231,22 @@ def shared_prefix_logprobs(
     return results
 
 
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every sequence at least one own token.
+
+    The last context token of each sequence must run in its own row, since its hidden state
+    predicts the first continuation token. 0 for no sequences.
+    """
+    if not sequences:
+        return 0
+    limit = min(len(sequence) for sequence in sequences) - 1
+    first = sequences[0]
+    length = 0
+    while length < limit and all(sequence[length] == first[length] for sequence in sequences):
+        length += 1
+    return max(length, 0)
+
+
 def _attention_mask(model, allowed):
     """``allowed`` (rows × query × key, bool) as the 4-D mask the model's attention takes as is:
     boolean for SDPA, additive float (0 or the dtype's minimum) for the eager implementation."""
@@ -239,4 +261,4 @@ def _attention_mask(model, allowed):
 
 
 __all__ = ["MAX_PADDING", "padded_width", "padding_share", "plan_packed_rows", "plan_padded_chunks", "sequence_logprobs",
-           "shared_prefix_logprobs"]
+           "shared_prefix_length", "shared_prefix_logprobs"]

@@ -2,7 +2,12 @@
 
 ``selection.jsonl`` has one row per pick, in order::
 
-    {"position": 0, "id": "…", "task": "…", "scores": {"loss": 1.93, "ifd": null, …}, "reason": "…"}
+    {"position": 0, "id": "…", "user_id": "…", "task": "…", "scores": {"loss": 1.93, "ifd": null, …},
+     "reason": "…", "fields": {…}}
+
+``user_id`` (the pool's ``--id-field``) and ``fields`` (the record's other fields) are there when
+the manifest was written with the pool's examples (``tunewise plan``, ``tunewise select --pool``),
+so it joins back to the user's data.
 
 and ``selection.meta.json`` beside it holds the provenance: strategy and parameters, seed,
 budget, per-task pool sizes and picks, the scores' own provenance and the tunewise version.
@@ -15,7 +20,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,7 @@ import pandas as pd
 from tunewise import __version__
 from tunewise.errors import TunewiseError
 from tunewise.io import encode_json, encode_jsonl, write_files
+from tunewise.data.export import user_fields
 from tunewise.data.table import SCALAR_INDICATORS, ExampleTable, scores_of
 from tunewise.select import Selection, Strategy
 
@@ -35,13 +41,22 @@ def meta_path(selection_path: str | os.PathLike) -> Path:
     return path.with_name(f"{stem}.meta.json")
 
 
-def selection_records(table: ExampleTable | pd.DataFrame, selection: Selection) -> list[dict]:
-    """The manifest rows: position, id, the user's own id (when ``table`` is an
-    :class:`~tunewise.data.table.ExampleTable` of a pool read with an ``--id-field``), task, scalar
-    scores (NaN and ±inf as null) and reason."""
+def selection_records(table: ExampleTable | pd.DataFrame, selection: Selection,
+                      picks: Sequence | None = None) -> list[dict]:
+    """The manifest rows: position, id, the user's own id, task, scalar scores (NaN and ±inf as
+    null), reason and the user's other fields.
+
+    The user's id (``--id-field``) and fields come from the picked examples: ``picks`` (the
+    :class:`~tunewise.data.pool.Example` of each pick, in pick order, for a scores frame read apart
+    from its pool), else ``table``'s own when it is an :class:`~tunewise.data.table.ExampleTable`;
+    a scores frame alone gives rows without them.
+    """
     positions = selection.positions
     scores = scores_of(table)
-    user_ids = table.take(positions).user_ids if isinstance(table, ExampleTable) else None
+    if picks is None and isinstance(table, ExampleTable):
+        picks = table.take(positions).examples
+    if picks is not None and len(picks) != len(positions):
+        raise ValueError(f"{len(picks)} picked examples for {len(positions)} picks")
     indicators = [name for name in SCALAR_INDICATORS if name in scores.columns]
     values = {name: scores[name].to_numpy(dtype=np.float64)[positions].tolist() for name in indicators}
     ids = scores["id"].to_numpy()[positions].tolist()
@@ -50,10 +65,11 @@ def selection_records(table: ExampleTable | pd.DataFrame, selection: Selection) 
         {
             "position": k,
             "id": str(ids[k]),
-            **({"user_id": user_ids[k]} if user_ids is not None and user_ids[k] is not None else {}),
+            **({"user_id": picks[k].user_id} if picks is not None and picks[k].user_id is not None else {}),
             "task": str(tasks[k]),
             "scores": {name: _json_float(values[name][k]) for name in indicators},
             "reason": selection.reasons[k],
+            **({"fields": user_fields(picks[k])} if picks is not None and picks[k].metadata else {}),
         }
         for k in range(len(positions))
     ]
@@ -96,12 +112,13 @@ def write_selection(
     selection: Selection,
     meta: Mapping,
     extra_files: Mapping[Path, bytes] | None = None,
+    picks: Sequence | None = None,
 ) -> list[Path]:
-    """Write the manifest of ``selection`` (rows of ``table``), its meta file and any ``extra_files``,
-    all or none; return the paths."""
+    """Write the manifest of ``selection`` (rows of ``table``; ``picks`` as in
+    :func:`selection_records`), its meta file and any ``extra_files``, all or none; return the paths."""
     path = Path(path)
     files = {
-        path: encode_jsonl(selection_records(table, selection)),
+        path: encode_jsonl(selection_records(table, selection, picks)),
         meta_path(path): encode_json(meta),
         **(extra_files or {}),
     }

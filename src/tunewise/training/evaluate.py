@@ -36,15 +36,12 @@ import json
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Collection, Sequence
 
-from tunewise.model.base import plan_batches
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.model.chat import (IGNORE_INDEX, encode_example, encode_prompts, encode_responses,
-                                  pad_token_id, stop_token_ids)
-from tunewise.model.lengths import check_fits, context_length
+from tunewise.model.chat import IGNORE_INDEX, encode_example, encode_prompts, encode_responses
+from tunewise.model.lengths import context_length, fit_prompts, fit_sequences
 from tunewise.model.load import LoadedModel
 from tunewise.training.metrics import LOG_LIKELIHOOD, detect_metric, extract_answer, extract_gold, is_correct
 from tunewise.training.metrics import METRICS as ANSWER_AND_LIKELIHOOD_METRICS
@@ -69,64 +66,18 @@ def generate_greedy(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations of tokenised prompts, each cut at eos and at its own token limit.
+    """Greedy continuations of tokenised prompts, each cut at a stop token (left out) and at its
+    own token limit, in input order.
 
-    Prompts are sorted longest first (prompt plus limit) and packed into left-padded batches of
-    about ``batch_tokens`` (rows x longest prompt plus limit); results come back in input order.
-    Generation stops per row: a row that has produced a stop token or reached its own limit leaves
-    the batch (and its KV cache) at once, so no step is spent on finished answers. Cutting every row
-    at its own limit makes the output independent of how rows were batched.
+    The model interface's :meth:`~tunewise.model.base.Backend.generate_tokens` (``model`` is any
+    form :func:`tunewise.model.as_backend` takes): batches of about ``batch_tokens`` (rows x
+    longest prompt plus limit), per-row stopping, so the output does not depend on the batching.
     """
-    import torch
+    from tunewise.model import as_backend
 
-    device = next(model.parameters()).device
-    stops = torch.tensor(sorted(stop_token_ids(tokenizer, getattr(model, "generation_config", None))), device=device)
-    pad = pad_token_id(tokenizer)
-    batches = plan_batches([len(prompt) + limit for prompt, limit in zip(prompts, max_new_tokens)], batch_tokens)
-
-    continuations: list[list[int]] = [[] for _ in prompts]
-    done = 0
-    with torch.inference_mode():
-        for batch in batches:
-            width = max(len(prompts[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, index in enumerate(batch):
-                length = len(prompts[index])
-                input_ids[row, width - length:] = torch.tensor(prompts[index])
-                attention_mask[row, width - length:] = 1
-            attention_mask = attention_mask.to(device)
-            positions = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-            output = model(input_ids=input_ids.to(device), attention_mask=attention_mask, position_ids=positions,
-                           use_cache=True, logits_to_keep=1)
-            cache, next_positions = output.past_key_values, positions[:, -1] + 1
-            alive = list(batch)  # example positions still answering, in cache row order
-            while True:
-                tokens = output.logits[:, -1, :].argmax(dim=-1)
-                stopped = torch.isin(tokens, stops).tolist()
-                keep = []
-                for row, (index, token) in enumerate(zip(alive, tokens.tolist())):
-                    if stopped[row]:
-                        continue
-                    continuations[index].append(token)
-                    if len(continuations[index]) < max_new_tokens[index]:
-                        keep.append(row)
-                if not keep:
-                    break
-                if len(keep) < len(alive):
-                    selected = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(selected)
-                    attention_mask, next_positions, tokens = (
-                        attention_mask[selected], next_positions[selected], tokens[selected])
-                    alive = [alive[row] for row in keep]
-                attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(alive), 1))], dim=1)
-                output = model(input_ids=tokens.unsqueeze(1), attention_mask=attention_mask,
-                               position_ids=next_positions.unsqueeze(1), past_key_values=cache, use_cache=True)
-                next_positions = next_positions + 1
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(prompts))
-    return continuations
+    generations = as_backend(model, tokenizer).generate_tokens(prompts, list(max_new_tokens),
+                                                               max_batch_tokens=batch_tokens, progress=progress)
+    return [generation.answer_ids for generation in generations]
 
 
 def response_log_likelihoods(
@@ -140,26 +91,20 @@ def response_log_likelihoods(
     """Per example, the mean log-probability per token of its response plus the end-of-turn token given its prompt.
 
     The tokens are the ones fine-tuning trains on (:func:`tunewise.model.chat.encode_example`),
-    run without padding waste (:func:`tunewise.model.packed.sequence_logprobs`, batches of about
-    ``batch_tokens``); only the response positions are projected onto the vocabulary. Results come
-    back in input order and do not depend on the batching. A sequence longer than the model's
-    context is refused with its file and line, or with ``truncate`` loses the beginning of its prompt.
+    scored by the model interface's :meth:`~tunewise.model.base.Backend.loglikelihood`, each
+    sequence on its own (batches of about ``batch_tokens``, no padding waste); only the response
+    positions are projected onto the vocabulary. Results come back in input order and do not depend
+    on the batching. A sequence longer than the model's context is refused with its file and line,
+    or with ``truncate`` loses the beginning of its prompt.
     """
-    from tunewise.model.packed import sequence_logprobs
+    from tunewise.model import as_backend
 
     encoded = [encode_example(tokenizer, example.prompt, example.response, _UNLIMITED_LENGTH, source=example)
                for example in examples]
-    context = context_length(model, tokenizer)
-    for position in check_fits([len(e.input_ids) for e in encoded], context, examples,
-                               what="prompt + gold answer", limit_name=f"the model's {context}-token context",
-                               truncate=truncate):
-        # The prompt loses its beginning, as lm-evaluation-harness cuts a long context.
-        cut = encoded[position]
-        encoded[position] = replace(cut, input_ids=cut.input_ids[-context:], labels=cut.labels[-context:],
-                                    truncated=True)
+    fit_sequences(encoded, context_length(model, tokenizer), examples, truncate)
     starts = [next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX) for e in encoded]
-    logprobs = sequence_logprobs(model, [e.input_ids for e in encoded], starts, pad_token_id(tokenizer),
-                                 batch_tokens, progress=progress)
+    requests = [(e.input_ids[:start], e.input_ids[start:]) for e, start in zip(encoded, starts)]
+    logprobs = as_backend(model, tokenizer).loglikelihood(requests, max_batch_tokens=batch_tokens, progress=progress)
     return [float(values.mean(dtype="float64")) for values in logprobs]
 
 
@@ -184,8 +129,10 @@ def evaluate(
     Parameters
     ----------
     model:
-        A :class:`~tunewise.model.load.LoadedModel` (then ``tokenizer`` may be None), or a causal LM
-        in eval mode such as the fine-tuned ``FinetuneResult.model``.
+        A :class:`~tunewise.model.hf.HFBackend` or :class:`~tunewise.model.load.LoadedModel` (then
+        ``tokenizer`` may be None), or a causal LM in eval mode such as the fine-tuned
+        ``FinetuneResult.model``; every forward pass goes through the model interface
+        (:func:`tunewise.model.as_backend`).
     examples:
         Labelled :class:`~tunewise.data.pool.Example` s; their ``response`` is the gold answer and
         their prompt is rendered with the chat template exactly as in fine-tuning.
@@ -207,9 +154,8 @@ def evaluate(
 
     Returns the lm-evaluation-harness style results dict described in the module docstring.
     """
-    if isinstance(model, LoadedModel):
+    if isinstance(model, LoadedModel) or hasattr(model, "generate_tokens"):
         tokenizer = tokenizer or model.tokenizer
-        model = model.model
     check_metric(metric)
     if not examples:
         raise TunewiseError("there are no examples to evaluate", fix="pass a non-empty test set")
@@ -289,7 +235,7 @@ def score_predictions(examples: Sequence, predictions: Sequence[str], metrics: d
     for position, (example, prediction) in enumerate(zip(examples, predictions)):
         task_metric = metrics[example.task]
         samples.append({
-            "id": example.id,
+            **_sample_ids(example),
             "task": example.task,
             "prompt": [dict(turn) for turn in example.prompt],
             "target": example.response,
@@ -303,20 +249,31 @@ def score_predictions(examples: Sequence, predictions: Sequence[str], metrics: d
                              lambda values: binomial_stderr(sum(values) / len(values), len(values)), config)
 
 
+def _sample_ids(example) -> dict:
+    """A sample's ids: ``id``, the content hash, and ``user_id``, the test set's own id
+    (``--id-field``) when it has one, so that samples join back to the user's data."""
+    return {"id": example.id, **({"user_id": example.user_id} if example.user_id is not None else {})}
+
+
 def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
     """The answers a predictions file gives the test ``examples``, in the examples' order.
 
     The file is JSONL, one object per test item: ``{"id": ID, "prediction": TEXT}`` (the
-    example's content-hash id, as ``tunewise`` writes it in every output) or ``{"line": N,
-    "prediction": TEXT}`` (the 1-based line or record number of the item in the test file).
-    Refused with the line named: a line that is not a JSON object, a missing or non-text
-    ``prediction``, an id or line that is no test item, a second answer for one item, and a test
-    item without an answer.
+    example's content-hash id, or the test set's own id when it was read with ``--id-field``,
+    as tunewise writes them in its outputs) or ``{"line": N, "prediction": TEXT}`` (the 1-based
+    line or record number of the item in the test file). Refused with the line named: a line
+    that is not a JSON object, a missing or non-text ``prediction``, an id or line that is no
+    test item, an own id that several test items share, a second answer for one item, and a
+    test item without an answer.
     """
     path = Path(path)
     if not path.is_file():
         raise TunewiseError("no such predictions file", file=str(path), fix="check the --predictions path")
     by_id = {example.id: position for position, example in enumerate(examples)}
+    by_user_id: dict[str, list[int]] = {}
+    for position, example in enumerate(examples):
+        if example.user_id is not None:
+            by_user_id.setdefault(example.user_id, []).append(position)
     by_line = {example.location[1]: position for position, example in enumerate(examples) if example.location}
     answers: dict[int, tuple[str, int]] = {}
     with path.open(encoding="utf-8") as handle:
@@ -332,8 +289,13 @@ def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
                 raise TunewiseError("the record has no text 'prediction'", file=str(path), line=line_number,
                                     field="prediction", fix='write {"id": ..., "prediction": "..."} per line')
             if "id" in record:
-                position = by_id.get(str(record["id"]))
                 key = f"id {record['id']}"
+                shared = by_user_id.get(str(record["id"]), [])
+                if str(record["id"]) not in by_id and len(shared) > 1:
+                    raise TunewiseError(f"{key} is the own id of {len(shared)} test items", file=str(path),
+                                        line=line_number, field="id",
+                                        fix="key these predictions by the content id or by 'line'")
+                position = by_id.get(str(record["id"]), shared[0] if shared else None)
             elif isinstance(record.get("line"), int) and not isinstance(record.get("line"), bool):
                 position = by_line.get(record["line"])
                 key = f"line {record['line']}"
@@ -358,27 +320,6 @@ def read_predictions(path: str | os.PathLike, examples: Sequence) -> list[str]:
                             f"{listing(missing)}", file=location[0], line=location[1],
                             fix="give every test item one prediction (by 'id' or 'line')")
     return [answers[position][0] for position in range(len(examples))]
-
-
-def fit_prompts(prompts: list[list[int]], answer_room: Sequence[int], examples: Sequence, context: int | None,
-                truncate: bool) -> set[int]:
-    """Check every prompt plus its answer room against the model's ``context``.
-
-    Refuses a prompt that does not fit (file and line named), or with ``truncate`` cuts its
-    beginning in place, as lm-evaluation-harness cuts a long context from the left. Returns the
-    positions cut.
-    """
-    over = check_fits([len(p) + room for p, room in zip(prompts, answer_room)], context, examples,
-                      what="prompt + answer room of --max-new-tokens", truncate=truncate,
-                      limit_name=f"the model's {context}-token context")
-    for position in over:
-        keep = context - answer_room[position]
-        if keep < 1:
-            raise TunewiseError(f"the answer room alone ({answer_room[position]} tokens) fills the model's "
-                                f"{context}-token context", field="max_new_tokens",
-                                fix="pass a smaller --max-new-tokens")
-        prompts[position] = prompts[position][-keep:]
-    return set(over)
 
 
 def _results_document(samples: list[dict], metrics: dict[str, str], value_key: str,
@@ -435,7 +376,7 @@ def _evaluate_log_likelihood(model, tokenizer, examples, tasks, batch_tokens, pr
     started = time.perf_counter()
     values = response_log_likelihoods(model, tokenizer, examples, batch_tokens, progress, truncate)
     samples = [
-        {"id": example.id, "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
+        {**_sample_ids(example), "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
          "target": example.response, LOG_LIKELIHOOD: value}
         for example, value in zip(examples, values)
     ]
@@ -513,10 +454,10 @@ def choice_log_likelihoods(
     The prompt is rendered with the chat template as in fine-tuning and a choice is tokenised on
     its own, as a response is: the assistant turn's header stands where lm-evaluation-harness puts
     its target delimiter, and no end-of-sequence token follows (lm-eval's ``loglikelihood``). Each
-    prompt runs once with all its choices beside it
-    (:func:`tunewise.model.packed.shared_prefix_logprobs`).
+    prompt runs once with all its choices beside it (the model interface's
+    :meth:`~tunewise.model.base.Backend.loglikelihood` with ``share="context"``).
     """
-    from tunewise.model.packed import shared_prefix_logprobs
+    from tunewise.model import as_backend
 
     texts = sorted({c for options in choices for c in options})
     tokenised = dict(zip(texts, encode_responses(tokenizer, texts)))
@@ -524,9 +465,10 @@ def choice_log_likelihoods(
     if empty:
         raise TunewiseError(f"the choice {empty[0]!r} has no tokens", field="choices", fix="drop empty choices")
     prompts = encode_prompts(tokenizer, [example.prompt for example in examples])
-    items = [(prompt, [tokenised[c] for c in options]) for prompt, options in zip(prompts, choices)]
-    logprobs = shared_prefix_logprobs(model, items, pad_token_id(tokenizer), batch_tokens, progress)
-    return [[float(values.sum(dtype="float64")) for values in per_choice] for per_choice in logprobs]
+    requests = [(prompt, tokenised[c]) for prompt, options in zip(prompts, choices) for c in options]
+    logprobs = iter(as_backend(model, tokenizer).loglikelihood(requests, share="context",
+                                                               max_batch_tokens=batch_tokens, progress=progress))
+    return [[float(next(logprobs).sum(dtype="float64")) for _ in options] for options in choices]
 
 
 def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) -> dict:
@@ -540,7 +482,7 @@ def _evaluate_choice(model, tokenizer, examples, tasks, batch_tokens, progress) 
         best = max(range(len(options)), key=lambda i: (values[i], -i))
         best_norm = max(range(len(options)), key=lambda i: (values[i] / len(options[i]), -i))
         samples.append({
-            "id": example.id, "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
+            **_sample_ids(example), "task": example.task, "prompt": [dict(turn) for turn in example.prompt],
             "target": example.response, "choices": list(options), "log_likelihoods": values,
             "prediction": options[best], "correct": best == gold,
             "prediction_norm": options[best_norm], "correct_norm": best_norm == gold,
@@ -602,7 +544,6 @@ __all__ = [
     "mean_stderr",
     "response_log_likelihoods",
     "answer_metrics",
-    "fit_prompts",
     "read_predictions",
     "score_predictions",
     "task_scores",

@@ -412,6 +412,7 @@ def finetune(
     dtype: str | None = "auto",
     sft_overrides: Mapping[str, Any] | None = None,
     quantization_hook: Callable[[Any], Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``loaded_model`` on ``examples`` (labelled :class:`~tunewise.data.pool.Example` s) with TRL.
 
@@ -438,6 +439,9 @@ def finetune(
     quantization_hook:
         Called with the model before the adapter is attached (e.g. PEFT's
         ``prepare_model_for_kbit_training`` for a 4-bit model); returns the model to train.
+    provenance:
+        Facts about the inputs written as given into the saved ``tunewise_adapter.json`` (e.g.
+        the pool file and ``{"columns": ...}``, its field mapping).
 
     Raises :class:`~tunewise.errors.TunewiseError` for no examples, unlabelled examples, an example
     with no response token left after truncation, adapters that cannot attach, a model that already
@@ -501,7 +505,7 @@ def finetune(
             del trainer
             adapter_dir = None
             if output_dir is not None:
-                adapter_dir = save_adapter(trained, output_dir, loaded_model, config, log)
+                adapter_dir = save_adapter(trained, output_dir, loaded_model, config, log, provenance)
         except BaseException:
             restore(trained)
             raise
@@ -755,9 +759,10 @@ def check_adapter_output(output_dir: str | os.PathLike) -> None:
                             fix="move those files out of the folder, or pass a new folder with -o")
 
 
-def save_adapter(trained, output_dir: str | os.PathLike, loaded_model, config: FinetuneConfig, log: TrainingLog) -> Path:
+def save_adapter(trained, output_dir: str | os.PathLike, loaded_model, config: FinetuneConfig, log: TrainingLog,
+                 provenance: Mapping[str, Any] | None = None) -> Path:
     """Write the adapter (the whole model and its tokenizer for full fine-tuning) with its provenance
-    into ``output_dir``, replacing it whole or not at all."""
+    (``provenance`` added as given) into ``output_dir``, replacing it whole or not at all."""
     from tunewise import __version__
     from tunewise.model.load import model_summary
 
@@ -767,6 +772,7 @@ def save_adapter(trained, output_dir: str | os.PathLike, loaded_model, config: F
         **model_summary(loaded_model),
         "finetune_config": asdict(config),
         "training": log.to_dict(),
+        **(provenance or {}),
     }
     with atomic_directory(output_dir) as staging:
         with _peft_deprecation_silenced():

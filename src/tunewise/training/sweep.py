@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 from tunewise import __version__
+from tunewise.data.pool import READING_PROVENANCE_KEYS
 from tunewise.errors import TunewiseError
 from tunewise.io import atomic_path, check_output_folder, write_json
 from tunewise.training.evaluate import DEFAULT_BATCH_TOKENS, evaluate, task_scores
@@ -42,6 +43,8 @@ SUMMARY_FILE = "sweep.json"
 PLOT_FILE = "curves.png"
 RUNS_FOLDER = "runs"
 CONFIDENCE_LEVEL = 0.95
+ENGINES = ("local", "ray")
+DEFAULT_WORKERS = 2
 
 
 # A strategy spec's ':' ',' '=' are not portable in file names; these stand in for them there.
@@ -62,8 +65,14 @@ class SweepRun:
         "help": "Longest answer (default: each task's longest gold answer + 16 tokens)."})
     batch_tokens: int = dataclasses.field(default=8192, metadata={"help": "Token budget per generation batch."})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 …"})
+    engine: str = dataclasses.field(default="local", metadata={
+        "help": "local (one run after another, in this process) or ray (each run a Ray task: one GPU each on "
+                "CUDA, else --workers at a time sharing the CPU threads; needs the tunewise[ray] extra)."})
+    workers: int = dataclasses.field(default=DEFAULT_WORKERS, metadata={
+        "help": "With --engine ray on the CPU: runs at a time, each on cores / workers threads."})
 
     def __post_init__(self) -> None:
+        _check_engine(self.engine, self.workers)
         for name in ("max_new_tokens", "batch_tokens"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -172,6 +181,8 @@ def run_sweep(
     progress: Callable[[int, int, str], None] | None = None,
     strategy_parameters: Mapping[str, Mapping] | None = None,
     sft_overrides: Mapping | None = None,
+    engine: str = "local",
+    workers: int = DEFAULT_WORKERS,
 ) -> dict:
     """Run every missing (strategy, budget, seed) and the zero-shot baseline, then summarise.
 
@@ -200,8 +211,15 @@ def run_sweep(
     metric, max_new_tokens, batch_tokens:
         Passed to :func:`tunewise.training.evaluate.evaluate`.
     progress:
-        Called with ``(runs_done, runs_total, label)`` before each run starts and once at the end;
-        finished runs found on disk count as done.
+        Called with ``(runs_done, runs_total, label)`` before each run starts (with ``engine="ray"``:
+        once when the runs are handed to Ray, then as each finishes) and once at the end; finished
+        runs found on disk count as done.
+    engine, workers:
+        ``"local"`` runs the fine-tunes one after another in this process, on the model loaded
+        here. ``"ray"`` runs each as a Ray task with its own resources
+        (:func:`tunewise.training.ray_sweep.run_on_ray`): one GPU each on a CUDA device, otherwise
+        ``workers`` tasks at a time sharing the CPU threads. Both write the same records to the
+        same folder, and both skip finished runs. Ray is an optional extra (``tunewise[ray]``).
     strategy_parameters:
         Spec → parameters its text cannot carry (:func:`strategy_from_spec`), e.g.
         ``{"efficiency": {"predicted_auc": {...}, "max_budget": 16}}``; each run of that spec
@@ -216,6 +234,7 @@ def run_sweep(
     test_examples = list(getattr(test, "examples", test))
     finetune_config = finetune_config or FinetuneConfig()
     budgets, strategies, seeds = _check_grid(budgets, strategies, seeds, len(pool_examples))
+    _check_engine(engine, workers)
     strategy_parameters = {spec: dict(parameters) for spec, parameters in (strategy_parameters or {}).items()}
     unknown = sorted(set(strategy_parameters) - set(strategies))
     if unknown:
@@ -223,6 +242,10 @@ def run_sweep(
                             field="strategies", fix="key the extra parameters by a swept strategy spec")
     chosen = {spec: strategy_from_spec(spec, strategy_parameters.get(spec)) for spec in strategies}
     _check_examples(pool_examples, test_examples)
+    if engine == "ray":
+        from tunewise.training.ray_sweep import import_ray
+
+        import_ray()  # before any model work: a missing extra is the user's to fix, not a crash later
 
     run_dir = Path(run_dir)
     runs = run_dir / RUNS_FOLDER
@@ -238,6 +261,7 @@ def run_sweep(
         "sft_overrides": dict(sft_overrides or {}),
         "metric": metric,
         "max_new_tokens": max_new_tokens,
+        **_columns_provenance(pool, test),
     }
     _claim_run_dir(run_dir, settings)
 
@@ -247,16 +271,14 @@ def run_sweep(
     total = len(planned) + 1
     done = total - len(pending) - (0 if zero_shot_path.exists() else 1)
 
-    def evaluate_model(model) -> dict:
-        return evaluate(model, loaded.tokenizer, test_examples, metric=metric,
-                        max_new_tokens=max_new_tokens, batch_tokens=batch_tokens, truncate=finetune_config.truncate)
-
-    test_tertiles = tertiles_by_answer_length(test_examples, loaded.tokenizer)
+    inputs = RunInputs(pool_examples, test_examples, None, chosen, strategy_parameters, finetune_config,
+                       tertiles_by_answer_length(test_examples, loaded.tokenizer), dtype, metric, max_new_tokens,
+                       batch_tokens, sft_overrides)
     if not zero_shot_path.exists():
         if progress is not None:
             progress(done, total, "zero-shot")
-        results = evaluate_model(loaded.model)
-        write_json(zero_shot_path, _run_record(ZERO_SHOT, 0, None, results, test_tertiles))
+        results = inputs.evaluate(loaded, loaded.model)
+        write_json(zero_shot_path, _run_record(ZERO_SHOT, 0, None, results, inputs.test_tertiles))
         done += 1
 
     def scoring_progress(scored: int, to_score: int) -> None:
@@ -264,30 +286,86 @@ def run_sweep(
             progress(done, total, f"scoring the pool {scored}/{to_score}")
 
     scores = _selection_scores(pool_examples, [chosen[s] for s, _, _ in pending], loaded, scoring_progress)
-    for strategy, budget, seed in pending:
-        if progress is not None:
-            progress(done, total, f"{strategy} b={budget} s={seed}")
-        selection = chosen[strategy].select(scores, budget, seed)
-        selected = [pool_examples[position] for position in selection.positions]
-        validation = None
-        if finetune_config.eval_steps is not None:
-            chosen_positions = set(selection.positions)
-            validation = [e for k, e in enumerate(pool_examples) if k not in chosen_positions] or None
-        with finetune(loaded, selected, dataclasses.replace(finetune_config, seed=seed), validation=validation,
-                      dtype=dtype, sft_overrides=sft_overrides) as trained:
-            results = evaluate_model(trained.model)
-        record = _run_record(strategy, budget, seed, results, test_tertiles)
-        record["selected_ids"] = [example.id for example in selected]
-        record["selection_notes"] = selection.notes
-        record["selection_details"] = selection.details
-        if strategy in strategy_parameters:
-            record["strategy_parameters"] = strategy_parameters[strategy]
-        record["training"] = trained.log.to_dict()
-        write_json(runs / run_file_name(strategy, budget, seed), record)
+    inputs = dataclasses.replace(inputs, scores=scores)
+
+    def finished(run: tuple[str, int, int], record: dict) -> None:
+        nonlocal done
+        write_json(runs / run_file_name(*run), record)
         done += 1
+
+    if engine == "ray" and pending:
+        from tunewise.training.ray_sweep import run_on_ray
+
+        device_type = loaded.device.type
+        del loaded  # the Ray tasks load their own; on a GPU this one would only take their memory
+        run_on_ray(pending, inputs, model_name, device_type, workers, finished,
+                   progress=None if progress is None else lambda label: progress(done, total, label))
+    else:
+        for run in pending:
+            if progress is not None:
+                progress(done, total, f"{run[0]} b={run[1]} s={run[2]}")
+            finished(run, run_one(loaded, inputs, *run))
     if progress is not None:
         progress(done, total, "done")
     return summarise_sweep(run_dir)
+
+
+def _check_engine(engine: str, workers: int) -> None:
+    if engine not in ENGINES:
+        raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise TunewiseError(f"--workers must be a whole number ≥ 1, got {workers!r}", field="workers",
+                            fix="pass e.g. --workers 2")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInputs:
+    """Everything one run of a sweep needs besides its (strategy, budget, seed) and the model: what
+    the local engine shares between its runs, and what the Ray engine sends to every task."""
+
+    pool_examples: list
+    test_examples: list
+    scores: object  # the strategies' scores table (pandas), None until the pool is scored
+    strategies: Mapping  # spec → Strategy
+    strategy_parameters: Mapping[str, Mapping]
+    finetune_config: FinetuneConfig
+    test_tertiles: Mapping[str, str]
+    dtype: str | None
+    metric: str
+    max_new_tokens: int | None
+    batch_tokens: int
+    sft_overrides: Mapping | None
+
+    def evaluate(self, loaded, model) -> dict:
+        return evaluate(model, loaded.tokenizer, self.test_examples, metric=self.metric,
+                        max_new_tokens=self.max_new_tokens, batch_tokens=self.batch_tokens,
+                        truncate=self.finetune_config.truncate)
+
+
+def run_one(loaded, inputs: RunInputs, strategy: str, budget: int, seed: int) -> dict:
+    """Select, fine-tune on ``loaded`` (its adapter removed afterwards) and evaluate one run: its record.
+
+    The record depends only on the run's (strategy, budget, seed), the inputs and the model, so
+    either engine, in any process, writes the same one.
+    """
+    pool_examples = inputs.pool_examples
+    selection = inputs.strategies[strategy].select(inputs.scores, budget, seed)
+    selected = [pool_examples[position] for position in selection.positions]
+    validation = None
+    if inputs.finetune_config.eval_steps is not None:
+        chosen_positions = set(selection.positions)
+        validation = [e for k, e in enumerate(pool_examples) if k not in chosen_positions] or None
+    with finetune(loaded, selected, dataclasses.replace(inputs.finetune_config, seed=seed), validation=validation,
+                  dtype=inputs.dtype, sft_overrides=inputs.sft_overrides) as trained:
+        results = inputs.evaluate(loaded, trained.model)
+    record = _run_record(strategy, budget, seed, results, inputs.test_tertiles)
+    record.update(_selected_ids(selected))
+    record["selection_notes"] = selection.notes
+    record["selection_details"] = selection.details
+    if strategy in inputs.strategy_parameters:
+        record["strategy_parameters"] = inputs.strategy_parameters[strategy]
+    record["training"] = trained.log.to_dict()
+    return record
 
 
 def _check_grid(budgets, strategies, seeds, pool_size: int):
@@ -327,6 +405,25 @@ def _check_examples(pool_examples, test_examples) -> None:
     if leaked:
         raise TunewiseError(f"{len(leaked)} test examples also appear in the pool (e.g. {sorted(leaked)[0]})",
                             field="test", fix="remove them from the pool or the test set")
+
+
+def _columns_provenance(pool, test) -> dict:
+    """How the pool was read (a :class:`~tunewise.data.pool.Pool`'s ``provenance()``: ``columns``,
+    ``split``, ``dataset_config``, ``keep_duplicates``), and the test set's under ``test_reading``
+    when it was read another way; ``{}`` when neither says (lists of examples say nothing)."""
+    pool_reading = pool.provenance() if hasattr(pool, "provenance") else {}
+    test_reading = test.provenance() if hasattr(test, "provenance") else {}
+    differs = hasattr(test, "provenance") and test_reading != pool_reading
+    return {**pool_reading, **({"test_reading": test_reading} if differs else {})}
+
+
+def _selected_ids(selected) -> dict:
+    """A run's picks: ``selected_ids`` (content hashes) and, when the pool has its own ids
+    (``--id-field``), ``selected_user_ids`` in the same order."""
+    ids = {"selected_ids": [example.id for example in selected]}
+    if any(example.user_id is not None for example in selected):
+        ids["selected_user_ids"] = [example.user_id for example in selected]
+    return ids
 
 
 def _ids_digest(examples) -> str:
@@ -546,9 +643,11 @@ def summarise_sweep(run_dir: str | os.PathLike, ceiling: float | None = None) ->
         summary_strategies[strategy] = entry
 
     config_path = run_dir / CONFIG_FILE
+    settings = read_settings(config_path) if config_path.exists() else None
     summary = {
         "tunewise_version": __version__,
-        "settings": read_settings(config_path) if config_path.exists() else None,
+        "settings": settings,
+        **{key: settings[key] for key in READING_PROVENANCE_KEYS if settings and key in settings},
         "budgets": budgets,
         "seeds": sorted({record["seed"] for record in records}),
         "baseline": BASELINE if BASELINE in per_seed else None,
@@ -667,6 +766,8 @@ def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "ENGINES",
+    "RunInputs",
     "check_sweep_folder",
     "paired_gain",
     "parse_strategy_spec",
@@ -674,6 +775,7 @@ __all__ = [
     "read_runs",
     "read_settings",
     "run_file_name",
+    "run_one",
     "run_sweep",
     "split_strategy_specs",
     "strategy_from_spec",

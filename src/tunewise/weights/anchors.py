@@ -128,16 +128,18 @@ def tracking_report(dev_scores: Sequence[float], embeddings: np.ndarray, count: 
 
 
 def anchor_records(dev: Sequence[Example], anchors: Anchors, dev_scores: Sequence[float] | None = None) -> list[dict]:
-    """One JSON-ready record per anchor: the example in ``messages`` form, its task, weight and
-    cluster size (and its dev score when given). The file reads back as a pool with
-    ``--task-field task``."""
+    """One JSON-ready record per anchor: the example in ``messages`` form, its ids, task and the
+    user's other fields (:func:`tunewise.data.export.example_identity`), weight and cluster size
+    (and its dev score when given). The file reads back as a pool with ``--task-field task``
+    (and ``--id-field id`` for the user's ids)."""
+    from tunewise.data.export import example_identity
+
     records = []
     for index, position in enumerate(anchors.positions):
         example = dev[int(position)]
         record = {
-            "id": example.id,
-            "task": example.task,
             "messages": example.messages,
+            **example_identity(example),
             "anchor_weight": float(anchors.weights[index]),
             "cluster_size": int(anchors.cluster_sizes[index]),
         }

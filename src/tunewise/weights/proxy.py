@@ -16,10 +16,10 @@ draw, the score and R, d are tunewise's.
 Every anchor of a repeat sees the same demonstrations, so their rendered conversations share a
 long token prefix (the chat template's system prompt, then the demonstrations). The cached
 implementation runs that prefix through the model once per repeat and reuses its KV cache for
-every anchor: the cache is expanded across a batch of anchors, each anchor's remaining tokens are
-padded behind it with a matching attention mask and position ids, and the vocabulary projection
-runs only where an answer token is predicted. The naive implementation runs every anchor's full
-conversation on its own; it exists to check the cached one and to measure the saving.
+every anchor (the model interface's :meth:`~tunewise.model.base.Backend.loglikelihood` with
+``share="prefix"`` and :meth:`~tunewise.model.base.Backend.generate_tokens` with ``share_prefix``).
+The naive implementation runs every anchor's full conversation on its own; it exists to check the
+cached one and to measure the saving.
 """
 
 from __future__ import annotations
@@ -30,15 +30,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from tunewise.weights.anchors import Anchors, anchor_estimate
-from tunewise.model.base import plan_batches
-from tunewise.model.chat import encode_prompts, encode_responses, pad_batch, pad_token_id, stop_token_ids
+from tunewise.model.chat import encode_prompts, encode_responses
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.data.pool import Example
 
 METRICS = ("log_likelihood", "exact_match")
-# Rows of hidden states projected onto the vocabulary at once: bounds the logits block to
-# ~100 MiB for a 50k-token vocabulary.
-_PROJECTION_ROWS = 512
 # Room the greedy answer gets beyond the anchor's gold answer length (as tunewise.training.evaluate).
 _ANSWER_MARGIN_TOKENS = 16
 
@@ -58,29 +54,13 @@ def in_context_conversation(demonstrations: Sequence[Example], prompt: Sequence[
     return system + turns + [dict(turn) for turn in prompt if turn["role"] != "system"]
 
 
-def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common token prefix, leaving every sequence at least one own token.
-
-    The last context token of each sequence must run in its own row, since its hidden state
-    predicts the first answer token.
-    """
-    if not sequences:
-        return 0
-    limit = min(len(sequence) for sequence in sequences) - 1
-    first = sequences[0]
-    length = 0
-    while length < limit and all(sequence[length] == first[length] for sequence in sequences):
-        length += 1
-    return max(length, 0)
-
-
 class ProxyModel:
     """Scores anchors' gold answers after demonstrations, with a shared prefix cache or naively.
 
     Parameters
     ----------
     backend:
-        The :class:`~tunewise.model.hf.HFBackend` of the model (its tokenizer must have a chat
+        The model interface (:class:`~tunewise.model.hf.HFBackend`; its tokenizer must have a chat
         template); its fingerprint identifies the model in the results.
     max_batch_tokens:
         Budget of one batch: rows × (shared prefix + longest own part) tokens, which bounds the
@@ -88,17 +68,11 @@ class ProxyModel:
     """
 
     def __init__(self, backend, max_batch_tokens: int | None = None) -> None:
-        loaded = backend.loaded
+        self.backend = backend
         self.fingerprint = backend.fingerprint
-        self.model = loaded.model
-        self.tokenizer = loaded.tokenizer
-        self.device = loaded.device
-        self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 8192)
-        self._decoder = self.model.get_decoder()
-        self._head = self.model.get_output_embeddings()
-        self._pad_id = pad_token_id(self.tokenizer)
-        self._stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
-        self._max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.tokenizer = backend.tokenizer
+        self.max_batch_tokens = max_batch_tokens or (65536 if backend.device.type == "cuda" else 8192)
+        self._max_positions = getattr(backend.model.config, "max_position_embeddings", None)
 
     # -- tokenisation -------------------------------------------------------------------------
 
@@ -124,82 +98,18 @@ class ProxyModel:
     def answer_logliks(
         self, demonstrations: Sequence[Example], anchors: Sequence[Example], naive: bool = False
     ) -> np.ndarray:
-        """Per-token mean log-likelihood of each anchor's gold answer after the demonstrations.
+        """Per-token mean log-likelihood of each anchor's gold answer after the demonstrations
+        (0 for an empty answer).
 
-        ``naive=True`` runs every anchor's full conversation without any shared cache; the two
-        agree to float rounding.
+        ``naive=True`` runs every anchor's full conversation on its own, without any shared
+        cache; the two agree to float rounding.
         """
-        import torch
-
         contexts = self.context_ids(demonstrations, [anchor.prompt for anchor in anchors])
         answers = self.answer_ids([anchor.response for anchor in anchors])
-        sequences = [context + answer for context, answer in zip(contexts, answers)]
-        self._check_lengths([len(sequence) for sequence in sequences])
-        prefix_length = 0 if naive else shared_prefix_length(contexts)
-        logliks = np.zeros(len(anchors))
-        with torch.inference_mode():
-            prefix_cache = self._prefill(sequences[0][:prefix_length]) if prefix_length else None
-            for batch in plan_batches([len(s) for s in sequences], self.max_batch_tokens):
-                own = [sequences[i][prefix_length:] for i in batch]
-                ids, mask = self._right_padded(own)
-                hidden = self._forward(ids, mask, prefix_cache, prefix_length)
-                # Answer token j of a row is predicted at the row position just before it.
-                starts = torch.tensor([len(contexts[i]) - prefix_length - 1 for i in batch], device=self.device)
-                lengths = torch.tensor([len(answers[i]) for i in batch], device=self.device)
-                sums = self._span_logprob_sums(hidden, ids, starts, lengths)
-                logliks[batch] = (sums / lengths.clamp(min=1)).cpu().numpy()
-        return logliks
-
-    def _prefill(self, prefix: Sequence[int]):
-        import torch
-
-        ids = torch.tensor([list(prefix)], dtype=torch.long, device=self.device)
-        return self._decoder(input_ids=ids, use_cache=True).past_key_values
-
-    def _expanded_cache(self, prefix_cache, rows: int):
-        """A fresh cache holding the prefix once per row (the prefix itself stays untouched)."""
-        from transformers import DynamicCache
-
-        layers = [(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
-                  for layer in prefix_cache.layers]
-        return DynamicCache(ddp_cache_data=layers, config=self.model.config)
-
-    def _forward(self, ids, mask, prefix_cache, prefix_length: int):
-        """Last hidden states of rows that continue the cached prefix (or start from scratch)."""
-        import torch
-
-        rows, width = ids.shape
-        positions = prefix_length + torch.arange(width, device=self.device).expand(rows, -1)
-        if prefix_cache is None:
-            return self._decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                 use_cache=False).last_hidden_state
-        prefix_mask = torch.ones((rows, prefix_length), dtype=mask.dtype, device=self.device)
-        return self._decoder(
-            input_ids=ids,
-            attention_mask=torch.cat([prefix_mask, mask], dim=1),
-            position_ids=positions,
-            past_key_values=self._expanded_cache(prefix_cache, rows),
-            use_cache=True,
-        ).last_hidden_state
-
-    def _span_logprob_sums(self, hidden, ids, starts, lengths):
-        """Σ log p(next token) over each row's predictor positions [start, start + length)."""
-        import torch
-
-        offsets = torch.arange(ids.shape[1], device=self.device)
-        predicts = (offsets >= starts.unsqueeze(1)) & (offsets < (starts + lengths).unsqueeze(1))
-        targets = torch.roll(ids, shifts=-1, dims=1)[predicts]
-        predictors = hidden[predicts]
-        logprobs = torch.cat([
-            torch.log_softmax(self._head(predictors[i:i + _PROJECTION_ROWS]).float(), dim=-1)
-            .gather(-1, targets[i:i + _PROJECTION_ROWS].unsqueeze(-1)).squeeze(-1)
-            for i in range(0, len(predictors), _PROJECTION_ROWS)
-        ]) if len(predictors) else torch.zeros(0, device=self.device)
-        rows_of = predicts.nonzero()[:, 0]
-        return torch.zeros(ids.shape[0], device=self.device).index_add_(0, rows_of, logprobs)
-
-    def _right_padded(self, sequences: Sequence[Sequence[int]]):
-        return pad_batch(sequences, self._pad_id, "right", self.device)
+        self._check_lengths([len(context) + len(answer) for context, answer in zip(contexts, answers)])
+        logprobs = self.backend.loglikelihood(list(zip(contexts, answers)), share="none" if naive else "prefix",
+                                              max_batch_tokens=self.max_batch_tokens)
+        return np.array([float(values.mean(dtype=np.float64)) if len(values) else 0.0 for values in logprobs])
 
     # -- greedy answers ------------------------------------------------------------------------
 
@@ -212,65 +122,14 @@ class ProxyModel:
     ) -> list[str]:
         """Each anchor's greedy answer after the demonstrations (cut at a stop token and its own limit).
 
-        ``naive=True`` generates from every full conversation with ``tunewise.training.evaluate``'s
-        batched ``generate``; the cached path decodes on top of the shared prefix cache.
+        The cached path decodes on top of the shared prefix cache; ``naive=True`` generates from
+        every full conversation.
         """
-        import torch
-
-        from tunewise.training.evaluate import generate_greedy
-
         contexts = self.context_ids(demonstrations, [anchor.prompt for anchor in anchors])
         self._check_lengths([len(c) + limit for c, limit in zip(contexts, max_new_tokens)])
-        if naive:
-            tokens = generate_greedy(self.model, self.tokenizer, contexts, list(max_new_tokens), self.max_batch_tokens)
-        else:
-            prefix_length = shared_prefix_length(contexts)
-            tokens = [[] for _ in anchors]
-            with torch.inference_mode():
-                prefix_cache = self._prefill(contexts[0][:prefix_length]) if prefix_length else None
-                lengths = [len(c) + limit for c, limit in zip(contexts, max_new_tokens)]
-                for batch in plan_batches(lengths, self.max_batch_tokens):
-                    generated = self._greedy_after_prefix(
-                        [contexts[i][prefix_length:] for i in batch], [max_new_tokens[i] for i in batch],
-                        prefix_cache, prefix_length,
-                    )
-                    for row, index in enumerate(batch):
-                        tokens[index] = generated[row]
-        return [self.tokenizer.decode(answer, skip_special_tokens=True) for answer in tokens]
-
-    def _greedy_after_prefix(self, own_parts, limits, prefix_cache, prefix_length: int) -> list[list[int]]:
-        """Greedy decoding of rows that continue the prefix; each row's own part is padded on its
-        left (between the prefix and the row's tokens) so that every row ends at the same column."""
-        import torch
-
-        rows = len(own_parts)
-        ids, mask = pad_batch(own_parts, self._pad_id, "left", self.device)
-        positions = prefix_length + (mask.cumsum(dim=1) - 1).clamp(min=0)
-        attention = torch.cat([torch.ones((rows, prefix_length), dtype=mask.dtype, device=self.device), mask], dim=1)
-        cache = self._expanded_cache(prefix_cache, rows) if prefix_cache is not None else None
-        out = self._decoder(input_ids=ids, attention_mask=attention, position_ids=positions,
-                            past_key_values=cache, use_cache=True)
-        next_position = prefix_length + mask.sum(dim=1)
-        finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
-        stops = torch.tensor(sorted(self._stop_ids), device=self.device)
-        chosen = []
-        for step in range(max(limits)):
-            token = self._head(out.last_hidden_state[:, -1, :]).argmax(dim=-1)
-            chosen.append(token)
-            finished |= torch.isin(token, stops)
-            if step == max(limits) - 1 or bool(finished.all()):
-                break
-            attention = torch.cat([attention, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
-            out = self._decoder(input_ids=token.unsqueeze(1), attention_mask=attention,
-                                position_ids=(next_position + step).unsqueeze(1),
-                                past_key_values=out.past_key_values, use_cache=True)
-        generated = torch.stack(chosen, dim=1).tolist()
-        answers = []
-        for row, limit in enumerate(limits):
-            answer = generated[row][:limit]
-            end = next((position for position, token in enumerate(answer) if token in self._stop_ids), len(answer))
-            answers.append(answer[:end])
-        return answers
+        generations = self.backend.generate_tokens(contexts, list(max_new_tokens), share_prefix=not naive,
+                                                   max_batch_tokens=self.max_batch_tokens)
+        return [generation.text for generation in generations]
 
 
 @dataclass(frozen=True)
@@ -413,5 +272,4 @@ class InContextProxy:
         return self.evaluate(selection).value
 
 
-__all__ = ["METRICS", "InContextProxy", "ProxyModel", "ProxyValue", "in_context_conversation",
-           "shared_prefix_length"]
+__all__ = ["METRICS", "InContextProxy", "ProxyModel", "ProxyValue", "in_context_conversation"]
