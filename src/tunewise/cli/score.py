@@ -13,7 +13,7 @@ from rich.table import Table
 
 from tunewise.cli.options import (POOL_HELP, check_output_path, parse_list, print_pool_notes, report_skipped,
                                   with_pool_options)
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.progress import progress_bar
 from tunewise.errors import TunewiseError
@@ -24,7 +24,7 @@ from tunewise.indicators.score import SCORING_WINDOW
 @command("score")
 @with_pool_options()
 def score_command(
-    pool: Path = typer.Argument(..., help=POOL_HELP),
+    pool: Path = typer.Argument(..., parser=SourcePath, help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Scores file to write (Parquet)."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
     indicators: str = typer.Option(",".join(DEFAULT_INDICATORS), help="Comma-separated indicators."),
@@ -47,12 +47,13 @@ def score_command(
     """Score a pool with the model: loss/ppl, IFD, confidence, length, CoT length, embeddings."""
     from tunewise.model import load_backend
     from tunewise.data.pool import Pool
-    from tunewise.data.table import write_scores
+    from tunewise.data.table import check_scores_path, write_scores
     from tunewise.indicators.score import scores_provenance
     from tunewise.indicators.streaming import iter_pool_batches, score_pool_streaming
     from tunewise.io import remove_stale_temporaries
 
     check_output_path(output, {"the pool": pool})
+    check_scores_path(output)
     names = [i.name for i in resolve_indicators(parse_list(indicators))]
     if engine not in ("local", "ray"):
         raise TunewiseError(f"unknown engine '{engine}'", field="engine", fix="use --engine local or ray")
