@@ -18,6 +18,7 @@ _LAZY = {
     "load_backend": "tunewise.model",
     "score_pool": "tunewise.indicators.score",
     "score": "tunewise.indicators.score",
+    "score_file": "tunewise.indicators.streaming",
     "ExampleTable": "tunewise.data.table",
     "curve_auc": "tunewise.efficiency.curve",
     "predict_auc": "tunewise.efficiency.predict",
@@ -29,6 +30,11 @@ _LAZY = {
     "coslow": "tunewise.efficiency.coslow",
     "allocate_budget": "tunewise.select.allocation",
     "get_strategy": "tunewise.select",
+    # The selector classes, which nest as objects: TaskDiversity(within=DifficultyWindow(c0=0.4)).
+    **{name: "tunewise.select" for name in (
+        "Strategy", "Selection", "RandomSelection", "TopK", "Uncertainty", "TaskDiversity", "WeightedTaskDiversity",
+        "EfficiencyAllocation", "DifficultyWindow", "DifficultyBucket", "KCenter", "FacilityLocation",
+        "DeterminantalPointProcess", "WeightedIndicators")},
     "FinetuneConfig": "tunewise.training.finetune",
     "finetune": "tunewise.training.finetune",
     "evaluate": "tunewise.training.evaluate",

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from tunewise.data.pool import SourcePath
 from tunewise.errors import TunewiseError
 from tunewise.io import encode_json, encode_jsonl
 
@@ -48,12 +49,15 @@ class PlanConfig:
     strategy: str = field(default="weighted_task_diversity", metadata={
         "help": "weighted_task_diversity (default), task_diversity, efficiency (needs predictions), "
                 "or any `tunewise select` strategy (random, uncertainty …)."})
+    # From Python, ``strategy`` may also be a strategy object (``TaskDiversity(within=DifficultyWindow(c0=0.4))``),
+    # which carries its own within-task order; the flag takes a name.
     within: str = field(default="random", metadata={
         "help": "Order inside each task: random, difficulty_window, difficulty_bucket, weighted_indicators (with "
                 "its defaults; `tunewise select` sets their parameters)."})
     weights: Optional[Path] = field(default=None, metadata={
         "help": "Indicator weights (weights.json of `tunewise tune-weights`) to order examples within each task."})
     dev: Optional[Path] = field(default=None, metadata={
+        "parser": SourcePath,
         "help": "Labelled dev file (read as the pool is: field flags, --split, --dataset-config, --keep-duplicates): "
                 "learn indicator weights on it with the in-context proxy (paper D) and order examples within each "
                 "task by them."})
@@ -80,13 +84,18 @@ class PlanConfig:
         "help": "Shape of to_label.jsonl: tunewise (prompt/response records), label-studio (its task JSON) "
                 "or argilla (its record shape); a filled-in file of any of them reads back as a pool."})
 
+    @property
+    def strategy_name(self) -> str:
+        """The strategy's registered name, whether it was given by name or as an object."""
+        return self.strategy if isinstance(self.strategy, str) else self.strategy.name
+
     def __post_init__(self) -> None:
         from tunewise.errors import did_you_mean
         from tunewise.select import WITHIN_TASK, available_strategies
 
-        if isinstance(self.budget, bool) or not isinstance(self.budget, int) or self.budget < 0:
-            raise TunewiseError(f"--budget must be a whole number ≥ 0, got {self.budget}", field="budget",
-                                fix="pass e.g. --budget 200")
+        from tunewise.select.base import check_label_budget
+
+        check_label_budget(self.budget)
         from tunewise.training.finetune import MAX_SEED
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
@@ -98,8 +107,21 @@ class PlanConfig:
         if self.trials < 1:
             raise TunewiseError(f"--trials must be at least 1, got {self.trials}", field="trials",
                                 fix="pass e.g. --trials 30")
-        known = available_strategies()
-        if self.strategy not in known:
+        from tunewise.select import Strategy
+
+        if isinstance(self.strategy, Strategy):
+            # From Python a strategy nests as an object (TaskDiversity(within=DifficultyWindow(c0=0.4)))
+            # and carries its own within-task order.
+            if self.within != "random" or self.weights is not None or self.dev is not None:
+                raise TunewiseError("a strategy object carries its own within-task order, so within, weights and "
+                                    "dev do not apply to it", field="strategy",
+                                    fix="set the order on the object, e.g. TaskDiversity(within=DifficultyWindow("
+                                        "c0=0.4)), or give the strategy by name")
+        elif not isinstance(self.strategy, str):
+            raise TunewiseError(f"strategy must be a name or a strategy object, got {self.strategy!r} (a "
+                                f"{type(self.strategy).__name__})", field="strategy",
+                                fix="pass e.g. strategy='task_diversity' or strategy=tw.TaskDiversity()")
+        elif self.strategy not in (known := available_strategies()):
             raise TunewiseError(f"unknown strategy '{self.strategy}'", field="strategy",
                                 fix=did_you_mean(self.strategy, known))
         if self.within not in WITHIN_TASK:
@@ -162,7 +184,7 @@ def check_plan_inputs(pool, config: PlanConfig, coefficients, *, source=None, ou
     from tunewise.select.base import check_budget_fits_pool
 
     check_budget_fits_pool(config.budget, len(pool), source, config.cap_to_pool)
-    if config.strategy == EFFICIENCY:
+    if config.strategy_name == EFFICIENCY:
         if coefficients is None:
             raise TunewiseError(f"the efficiency strategy needs predicted learning curves, and there is "
                                 f"{NO_CALIBRATION}", field="strategy",
@@ -295,7 +317,7 @@ def plan(pool, model, config: PlanConfig, output: str | Path, *, model_name: str
 
     measure = coefficients is not None if config.coslow is None else config.coslow
     log.info("plan of %d examples in %d tasks, budget %d, strategy %s; CoS-Low %s", len(pool), len(pool.tasks),
-             config.budget, config.strategy, "measured" if measure else "not measured")
+             config.budget, config.strategy_name, "measured" if measure else "not measured")
     coslow_results = coslow_per_task(table, model, name, config.seed, progress) if measure else {}
     from tunewise.select import WeightedIndicators, read_indicator_weights
 

@@ -12,7 +12,7 @@ from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import (DTYPE_HELP, parse_int_list)
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.options import with_config_options, with_pool_options
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.errors import TunewiseError
 from tunewise.training.finetune import FinetuneConfig
 from tunewise.training.sweep import SweepRun
@@ -23,7 +23,7 @@ from tunewise.training.sweep import SweepRun
 @with_config_options(SweepRun, panel="Runs", name="run")
 @with_pool_options(panel="Pool reading (pool and --test)")
 def calibrate_difficulty_command(
-    pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
+    pool_path: Path = typer.Argument(..., parser=SourcePath, metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder (a sweep; resumed when it exists)."),
     budgets: str = typer.Option("100,300,1000", help="Three (at least two) comma-separated budgets."),

@@ -18,7 +18,7 @@ from tunewise.training.finetune import MAX_SEED
 from tunewise.efficiency.curve import DEFAULT_GRID, DEFAULT_MAX_BUDGET
 from tunewise.efficiency.coslow import DEFAULT_DIMENSION as DEFAULT_PROJECTION_DIM
 from tunewise.cli.options import flag_name, with_pool_options
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.errors import TunewiseError, did_you_mean
 from tunewise.io import encode_json, encode_jsonl
 
@@ -26,6 +26,7 @@ TO_LABEL_FILE, COSLOW_FILE = "to_label.jsonl", "coslow.json"
 _GRID_TEXT = ",".join(map(str, DEFAULT_GRID))
 NO_CEILING = "best measured score (no human or target ceiling)"
 _TARGETS_TEXT = "0.5,0.8,0.9"
+_OUTPUT_HELP = "Also write the result as JSON (what --json prints) to this file."
 
 
 @command("curve")
@@ -41,6 +42,7 @@ def curve_command(
     grid: str = typer.Option(_GRID_TEXT, help="Budgets the curve should have been measured at."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (key 'auc') and nothing else."),
     plot: Optional[Path] = typer.Option(None, metavar="PNG", help="Also draw the normalised curve to this file."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help=_OUTPUT_HELP),
 ) -> None:
     """Data-efficiency AUC of a measured learning curve (paper A's metric).
 
@@ -54,6 +56,7 @@ def curve_command(
 
         refuse_overwriting_inputs({"--plot": plot}, {"the curve file": curve_file})
         check_output_file(plot, field="plot", example="--plot curve.png")
+    _check_json_output(output, {"the curve file": curve_file, "--plot": plot})
     points = read_curve(curve_file)
     budgets = parse_grid(grid)
     ceiling, ceiling_source = _resolve_ceiling(ceiling, task)
@@ -65,8 +68,7 @@ def curve_command(
     if plot is not None:
         plot_curve(points, plot, ceiling=ceiling, max_budget=max_budget, grid=budgets, title=curve_file.stem)
         console.print(f"plot → {plot}", markup=False, highlight=False)
-    if as_json:
-        stdout.print_json(json.dumps({
+    result = {
             "auc": curve.auc,
             "floor": curve.floor,
             "ceiling": curve.ceiling,
@@ -78,7 +80,10 @@ def curve_command(
             "budgets": list(curve.budgets),
             "envelope": list(curve.envelope),
             "normalised": list(curve.y),
-        }))
+    }
+    _write_json_output(output, result)
+    if as_json:
+        stdout.print_json(json.dumps(result))
         return
     seeds = [points] if isinstance(points, dict) else points
     table = Table(title=f"{escape(curve_file.name)}: floor {curve.floor:.4g}, ceiling {curve.ceiling:.4g} ({ceiling_source})"
@@ -99,7 +104,7 @@ def curve_command(
 @command("coslow")
 @with_pool_options()
 def coslow_command(
-    pool: Path = typer.Argument(..., help="Pool file of the task (unlabelled or labelled)."),
+    pool: Path = typer.Argument(..., parser=SourcePath, help="Pool file of the task (unlabelled or labelled)."),
     task: Optional[str] = typer.Option(None, help="Task to measure (needed when the pool has several)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled SmolLM2-135M-Instruct Q4_1), tiny-random, or a "
@@ -269,6 +274,7 @@ def estimate_command(
     grid: Optional[str] = typer.Option(None, help="Budgets at which to show the predicted curve (default: the "
                                                   "coefficients' grid)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object and nothing else."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help=_OUTPUT_HELP),
 ) -> None:
     """Predicted AUC, learning curve and labels needed for a task, from its CoS-Low."""
     from tunewise.efficiency.curve import normalised_log_budget, parse_grid
@@ -278,6 +284,7 @@ def estimate_command(
     if (coslow_value is None) == (coslow_file is None):
         raise TunewiseError("give exactly one of --coslow and --coslow-file", field="coslow",
                             fix="e.g. --coslow-file coslow.json")
+    _check_json_output(output, {"--coslow-file": coslow_file, "--coefficients": coefficients})
     if coslow_file is not None:
         measured = _read_coslow_file(coslow_file)
         coslow_value = measured["coslow"]
@@ -318,8 +325,7 @@ def estimate_command(
         tau_values = _parse_targets(targets or _TARGETS_TEXT)
     curve = {n: float(predicted_curve(auc, normalised_log_budget(n, max_budget))) for n in budgets if n <= max_budget}
     needed = {tau: labels_needed(auc, tau, max_budget) for tau in tau_values}
-    if as_json:
-        stdout.print_json(json.dumps({
+    result = {
             "coslow": coslow_value,
             "predicted_auc": auc,
             "coefficients": {"slope": chosen.slope, "intercept": chosen.intercept, "source": chosen.source,
@@ -330,7 +336,10 @@ def estimate_command(
             **({} if raw_targets is None else {"target_accuracy": {
                 str(raw): {"tau": tau, "labels_needed": math.ceil(needed[tau])}
                 for raw, tau in zip(raw_targets, tau_values)}, "zero_shot": zero_shot, "ceiling": ceiling}),
-        }))
+    }
+    _write_json_output(output, result)
+    if as_json:
+        stdout.print_json(json.dumps(result))
         return
     stdout.print(f"coefficients: AUC' = {chosen.slope:g} · CoS-Low + {chosen.intercept:g}   [{chosen.source}]",
                  markup=False, highlight=False)
@@ -482,6 +491,30 @@ def calibrate_command(
             labels.add_row(escape(row["task"]), f"{row['target']:.0%}", str(row["predicted_labels"]),
                            "not reached" if row["observed_labels"] is None else str(row["observed_labels"]), schedule)
         stdout.print(labels)
+
+
+def _check_json_output(output: Path | None, inputs: dict) -> None:
+    """Before any work: ``-o`` ends in .json, can be written, and is none of the ``inputs``."""
+    if output is None:
+        return
+    from tunewise.io import check_output_file, refuse_overwriting_inputs
+
+    if output.suffix.lower() != ".json":
+        raise TunewiseError(f"-o writes the result as JSON, and '{output.name}' does not end in .json",
+                            file=str(output), field="output", fix=f"pass -o {output.with_suffix('.json')}")
+    refuse_overwriting_inputs({"-o": output}, {name: path for name, path in inputs.items()
+                                               if path is not None and Path(path).exists()})
+    check_output_file(output, example="-o result.json")
+
+
+def _write_json_output(output: Path | None, result: dict) -> None:
+    """Write ``result`` atomically to ``-o`` when one was given (the one JSON that ``--json`` prints)."""
+    if output is None:
+        return
+    from tunewise.io import write_json
+
+    write_json(output, result)
+    console.print(f"result → {output}", markup=False, highlight=False)
 
 
 def _resolve_ceiling(ceiling: float | None, task: str | None) -> tuple[float | None, str]:

@@ -3,7 +3,7 @@
 A config dataclass declares each setting once: its type, default and ``metadata["help"]``.
 :func:`with_config_options` turns every field into a ``--flag`` of a Typer command and hands the
 command one validated config object, so the flag, its default and its help cannot drift from the
-library. Field metadata may add ``flags`` (extra spellings such as ``-n``); a field typed
+library. Field metadata may add ``flags`` (extra spellings such as ``-n``) and ``parser``; a field typed
 ``Optional[bool]`` becomes ``--name/--no-name``; a tuple of strings is written comma-separated.
 """
 
@@ -153,7 +153,9 @@ def _flag(field: dataclasses.Field, annotation, panel: str | None):
     elif _holds_tuple(annotation):
         annotation = Optional[str]
         default = None if default in (None, ...) else ",".join(default)
-    option = typer.Option(default, *declarations, help=_plain(field.metadata.get("help")), rich_help_panel=panel)
+    # metadata "parser": a function of the flag's text (e.g. SourcePath, which keeps "./" of a pool path).
+    option = typer.Option(default, *declarations, help=_plain(field.metadata.get("help")), rich_help_panel=panel,
+                          parser=field.metadata.get("parser"))
     return option, annotation
 
 

@@ -15,7 +15,7 @@ from tunewise.cli.options import (CONFIG_FILE_OPTION, DEVICE_HELP, DTYPE_HELP, M
 from tunewise.cli.progress import stage_progress
 from tunewise.cli.tables import print_plan
 from tunewise.errors import TunewiseError
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.run import PlanConfig
 
 @command("plan")
@@ -23,7 +23,7 @@ from tunewise.run import PlanConfig
 @with_pool_options()
 def plan_command(
     ctx: typer.Context,
-    pool_path: Path = typer.Argument(..., metavar="POOL", help=POOL_HELP),
+    pool_path: Path = typer.Argument(..., parser=SourcePath, metavar="POOL", help=POOL_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Run folder to write (created if needed)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),

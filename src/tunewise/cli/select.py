@@ -12,7 +12,7 @@ from rich.table import Table
 
 from tunewise.cli.app import JSON_HELP, command, console, print_json, stdout
 from tunewise.cli.options import StrategyFlags, flag_name, with_pool_options, with_strategy_options
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.training.finetune import MAX_SEED
 from tunewise.errors import TunewiseError
 from tunewise.select import available_strategies
@@ -30,7 +30,7 @@ def select_command(
     cap_to_pool: bool = typer.Option(False, "--cap-to-pool",
                                      help="Let a budget above the pool select the whole pool instead of stopping."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed for every random choice."),
-    pool: Optional[Path] = typer.Option(None, help="The scored pool: the picks' own ids and fields go into the "
+    pool: Optional[Path] = typer.Option(None, parser=SourcePath, help="The scored pool: the picks' own ids and fields go into the "
                                                    "manifest, and --export writes them as training data."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (as when scoring)."),
     export: Optional[str] = typer.Option(None, help="Also write the chosen examples: messages, prompt_completion "
@@ -44,12 +44,13 @@ def select_command(
     from tunewise.data.table import read_scores
     from tunewise.data.export import EXPORT_FORMATS, default_export_path, export_examples
     from tunewise.io import check_output_file, refuse_overwriting_inputs
+    from tunewise.select.base import check_label_budget
     from tunewise.select.manifest import meta_path, selection_meta, write_selection
 
     if (budget is None) == (fraction is None):
         raise TunewiseError("give exactly one of --budget and --fraction", fix="e.g. --budget 500 or --fraction 0.1")
-    if budget is not None and budget < 0:
-        raise TunewiseError(f"--budget must be ≥ 0, got {budget}", field="budget")
+    if budget is not None:
+        check_label_budget(budget)
     if fraction is not None and not 0 < fraction <= 1:
         raise TunewiseError(f"--fraction must be in (0, 1], got {fraction}", field="fraction")
     if export is not None:
@@ -86,8 +87,6 @@ def select_command(
                 f"({fraction * len(scores):.3g} rounds to 0)",
                 field="fraction", fix=f"pass --fraction {0.5 / len(scores):.3g} or more, or --budget 1 or more",
             )
-    if budget == 0:
-        raise TunewiseError("--budget 0 selects nothing", field="budget", fix="pass --budget 1 or more")
     from tunewise.select.base import check_budget_fits_pool
 
     check_budget_fits_pool(budget, len(scores), scores_path, cap_to_pool)

@@ -15,7 +15,7 @@ from tunewise.cli.options import (CONFIG_FILE_OPTION, DEVICE_HELP, DTYPE_HELP, M
                                    with_pool_options)
 from tunewise.cli.tables import curves_table, gains_table
 from tunewise.cli.progress import progress_bar
-from tunewise.data.pool import PoolReading
+from tunewise.data.pool import PoolReading, SourcePath
 from tunewise.errors import TunewiseError
 from tunewise.training.sweep import SweepRun
 from tunewise.training.finetune import FinetuneConfig
@@ -61,7 +61,7 @@ def selected_examples(pool, selection_path: Path) -> list:
 @with_config_options(FinetuneConfig, panel="Fine-tuning")
 def finetune_command(
     context: typer.Context,
-    pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool file (or saved HF dataset folder)."),
+    pool_path: Path = typer.Argument(..., parser=SourcePath, metavar="POOL", help="Labelled pool file (or saved HF dataset folder)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder to write the LoRA adapter to."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     selection: Optional[Path] = typer.Option(
@@ -129,7 +129,7 @@ def print_length_notes(lengths: dict) -> None:
 @command("evaluate")
 @with_pool_options(panel="Test set reading")
 def evaluate_command(
-    test_path: Path = typer.Argument(..., metavar="TEST", help="Labelled test file (the gold answer is the response)."),
+    test_path: Path = typer.Argument(..., parser=SourcePath, metavar="TEST", help="Labelled test file (the gold answer is the response)."),
     output: Path = typer.Option(..., "-o", "--output", help="Results JSON to write."),
     model: str = typer.Option("smollm2", help=MODEL_HELP),
     adapter: Optional[Path] = typer.Option(None, help="LoRA adapter folder from `tunewise finetune`."),
@@ -231,7 +231,7 @@ def results_table(results: dict) -> Table:
 @with_config_options(FinetuneConfig, exclude=("seed",), panel="Fine-tuning")
 def sweep_command(
     context: typer.Context,
-    pool_path: Path = typer.Argument(..., metavar="POOL", help="Labelled pool to select from."),
+    pool_path: Path = typer.Argument(..., parser=SourcePath, metavar="POOL", help="Labelled pool to select from."),
     test: Path = typer.Option(..., help="Labelled held-out test file every run is evaluated on."),
     output: Path = typer.Option(..., "-o", "--output", help="Sweep folder (resumed when it exists)."),
     budgets: str = typer.Option(..., help="Comma-separated training budgets, e.g. 50,100,200."),

@@ -15,7 +15,7 @@ from tunewise.training.finetune import MAX_SEED
 from tunewise.cli.progress import progress_bar
 from tunewise.cli.options import check_output_path, parse_list, with_pool_options
 from tunewise.errors import TunewiseError, did_you_mean
-from tunewise.data.pool import PoolReading, read_labelled_pool
+from tunewise.data.pool import PoolReading, SourcePath, read_labelled_pool
 from tunewise.select.weighted import FEATURES
 
 
@@ -31,7 +31,7 @@ def score_dev(backend, dev, outputs: list[str]):
 @command("anchors")
 @with_pool_options(panel="Dev set reading")
 def anchors_command(
-    dev_path: Path = typer.Argument(..., metavar="DEV", help="Labelled dev file (any pool format)."),
+    dev_path: Path = typer.Argument(..., parser=SourcePath, metavar="DEV", help="Labelled dev file (any pool format)."),
     output: Path = typer.Option(..., "-o", "--output", help="Anchors file to write (JSONL)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name."),
     model: str = typer.Option("smollm2", help="smollm2 (bundled), tiny-random, or a model folder."),
@@ -110,7 +110,7 @@ def parse_orientation(text: str | None) -> dict[str, str]:
 @with_pool_options(panel="Pool reading (pool and dev)")
 def tune_weights_command(
     scores_path: Path = typer.Argument(..., metavar="SCORES", help="Scores file of the pool (`tunewise score`)."),
-    pool_path: Path = typer.Option(..., "--pool", help="The labelled pool the scores came from."),
+    pool_path: Path = typer.Option(..., "--pool", parser=SourcePath, help="The labelled pool the scores came from."),
     dev_path: Path = typer.Option(..., "--dev", help="Labelled dev set the anchors are chosen from."),
     output: Path = typer.Option(..., "-o", "--output", help="Weights file to write (JSON)."),
     task_field: Optional[str] = typer.Option(None, help="Record field holding the task name (pool and dev)."),

@@ -250,6 +250,7 @@ def read_pool(
     keep_duplicates: bool = False,
     split: str | None = None,
     dataset_config: str | None = None,
+    **unknown,
 ) -> Pool:
     """Read a pool into a :class:`Pool`.
 
@@ -279,8 +280,12 @@ def read_pool(
     Raises :class:`~tunewise.errors.TunewiseError` (file, line, field, fix) for a bad record (unless
     ``skip_bad``), and for a ``columns.id_field`` id given to two examples: ids name examples in
     every output, so they must be unique. Exact repeats are merged before that check, so a repeat
-    that carries its original's id is no clash (with ``keep_duplicates`` it is one).
+    that carries its original's id is no clash (with ``keep_duplicates`` it is one). A field of
+    :class:`Columns` passed as a keyword of its own (``id_field=...``) is refused with the
+    ``columns=Columns(...)`` form to use instead.
     """
+    if unknown:
+        _refuse_unknown_options(unknown)
     source = describe_source(path, split)
     skipped: list[SkippedRecord] = []
     duplicates: list[tuple[int, int]] = []
@@ -300,6 +305,22 @@ def read_pool(
     reading = PoolReading(columns or Columns(), split, dataset_config, keep_duplicates)
     return Pool(source=str(source), examples=examples, skipped=skipped, duplicates=duplicates,
                 unused_fields=unused, columns=reading.columns.used(), read_options=reading.source_options())
+
+
+def _refuse_unknown_options(unknown: dict) -> None:
+    """A TypeError would not say that the field mapping goes in ``columns``: say it, with the call to write."""
+    import inspect
+    from dataclasses import fields
+
+    column_fields = [f.name for f in fields(Columns)]
+    name, value = next(iter(unknown.items()))
+    if name in column_fields:
+        given = ", ".join(f"{key}={val!r}" for key, val in unknown.items() if key in column_fields)
+        raise TunewiseError(f"read_pool has no option '{name}': the record fields go in columns", field=name,
+                            fix=f"pass columns=Columns({given}) (from tunewise import Columns)")
+    known = [p for p in inspect.signature(read_pool).parameters if p not in ("path", "unknown")]
+    raise TunewiseError(f"read_pool has no option '{name}'", field=name,
+                        fix=did_you_mean(name, known + column_fields))
 
 
 class _FirstLines(dict):
@@ -328,6 +349,7 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
     repeats: dict[str, int] = {}
     kept = skipped = 0
     saw_task_field = False
+    task_seen_at = None  # (file, line) of the first record with the task field
     for line, record in records:
         try:
             example = parse_record(record, task_field, columns)
@@ -337,8 +359,12 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
                 _check_new_user_id(example.user_id, path, line, first_ids, columns.id_field, keep_duplicates)
         except TunewiseError as error:
             if not skip_bad:
-                raise TunewiseError(error.message, file=str(path), line=line, field=error.field,
-                                    fix=error.fix) from None
+                fix = error.fix
+                if task_seen_at is not None and error.message == _no_task_field(task_field):
+                    # The name is right: other records have the field, this one lacks it.
+                    fix = (f"give this record a '{task_field}' as {task_seen_at[0]}:{task_seen_at[1]} has, or pass "
+                           "--skip-bad to skip the records without one")
+                raise TunewiseError(error.message, file=str(path), line=line, field=error.field, fix=fix) from None
             skipped += 1
             if on_skipped is not None:
                 on_skipped(SkippedRecord(str(path), line, str(error.message)))
@@ -356,12 +382,17 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
         # parse_record refuses a record without the task field, so any kept example had one
         # (for a Label Studio or Argilla record, inside its data or metadata).
         saw_task_field = task_field is not None
+        if saw_task_field and task_seen_at is None:
+            task_seen_at = (str(path), line)
         if unused is not None:
             for name, value in example.metadata.items():
                 if isinstance(value, str) and value.strip() and name != task_field and name not in BOOKKEEPING:
                     unused[name] = unused.get(name, 0) + 1
         kept += 1
-        yield replace(example, location=(str(path), line))
+        # Rebound, not yielded as a temporary: while the caller holds the example, this frame holds
+        # the same object, never a second copy (the streaming reader counts what it holds).
+        example = replace(example, location=(str(path), line))
+        yield example
         if limit is not None and kept >= limit:
             break
     check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)
@@ -422,13 +453,14 @@ def iter_records(path, *, split: str | None = None, dataset_config: str | None =
     if not isinstance(path, (str, Path)):
         yield from _iter_object(path)
         return
-    text = str(path)
+    text = getattr(path, "given", None) or str(path)
     path = Path(path)
     if not path.exists():
         if _looks_like_hub_id(text):
             yield from _iter_hub(text, split, dataset_config)
             return
-        raise TunewiseError("no such file or folder", file=str(path), fix="check the path")
+        raise TunewiseError("no such file or folder", file=text,
+                            fix="check the path (a Hub dataset id has the shape owner/name)")
     if path.is_dir():
         yield from _iter_saved_dataset(path, split)
         return
@@ -451,7 +483,32 @@ def iter_records(path, *, split: str | None = None, dataset_config: str | None =
         yield from _iter_parquet(path)
         return
     reader = {".jsonl": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv}[suffix]
-    yield from reader(path, _binary_opener(path, compression))
+    if compression is None:
+        yield from reader(path, _binary_opener(path, compression))
+        return
+    _check_compressed_header(path, compression)
+    try:
+        yield from reader(path, _binary_opener(path, compression))
+    except TunewiseError:
+        raise
+    except Exception as error:  # gzip, zlib and zstandard raise unrelated types for a damaged stream
+        raise TunewiseError(f"the {compression} data is damaged or cut short ({type(error).__name__}: {error})",
+                            file=str(path), fix="compress the file again, or pass the uncompressed file") from None
+
+
+# The first bytes of a gzip member (RFC 1952) and of a zstd frame (RFC 8878).
+_MAGIC = {".gz": (b"\x1f\x8b", "gzip", "gzip"), ".zst": (b"\x28\xb5\x2f\xfd", "zstd", "zstd")}
+
+
+def _check_compressed_header(path: Path, compression: str) -> None:
+    """Refuse a ``.gz``/``.zst`` file whose first bytes are not that format's (a mis-named plain file)."""
+    magic, name, tool = _MAGIC[compression]
+    with open(path, "rb") as handle:
+        if handle.read(len(magic)) == magic:
+            return
+    plain = path.with_suffix("")
+    raise TunewiseError(f"not a {name} file, though its name ends in {compression}", file=str(path),
+                        fix=f"rename it to {plain.name} if it is not compressed, or compress it with {tool}")
 
 
 def _binary_opener(path: Path, compression: str | None):
@@ -485,9 +542,23 @@ def expand_sources(path) -> list:
     return files
 
 
+class SourcePath(type(Path())):
+    """A path that keeps the text it was typed as: ``Path("./d/typo")`` is ``d/typo``, which has the
+    shape of a Hub dataset id, while ``./d/typo`` is plainly a local path (the command line reads
+    pool arguments into one). Paths derived from it are plain paths."""
+
+    def __new__(cls, text):
+        self = super().__new__(cls, text)
+        self.given = str(text)
+        return self
+
+
 def _looks_like_hub_id(text: str) -> bool:
+    """``owner/name`` or a bare ``name``; never text that looks local: ``./``, ``../``, ``/`` or ``~``
+    at the start, a file suffix, or more than one ``/``."""
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not Path(text).suffix and not text.startswith((".", "~"))
+    return (len(parts) <= 2 and all(parts) and not Path(text).suffix
+            and not text.startswith((".", "~", "/")) and "\\" not in text)
 
 
 def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) -> Iterator[tuple[int, Any]]:
@@ -501,8 +572,9 @@ def _iter_hub(dataset_id: str, split: str | None, dataset_config: str | None) ->
     offline = any(os.environ.get(name, "").lower() in ("1", "true", "yes")
                   for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
     if split is None:
-        raise TunewiseError("a Hub dataset needs a split", file=dataset_id, field="split",
-                            fix="pass --split train (or the split you want)")
+        raise TunewiseError("no such file or folder; read as a Hugging Face Hub dataset id, it needs a split",
+                            file=dataset_id, field="split",
+                            fix="check the path, or for a Hub dataset pass --split train (or the split you want)")
     try:
         dataset = datasets.load_dataset(dataset_id, dataset_config, split=split)
     except Exception as error:  # the datasets library raises many types for a missing or unreadable dataset
@@ -594,19 +666,43 @@ def _iter_json(path: Path, open_binary) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_csv(path: Path, open_binary) -> Iterator[tuple[int, Any]]:
+    """Records of a CSV file with a header row, numbered by the line each starts on.
+
+    A row with more or fewer cells than the header is a bad record (its cells would otherwise land
+    in the wrong fields or vanish); a quote left open swallows the rest of the file, so it stops the
+    read with the line it opened on.
+    """
     text = _decode(_read_all(open_binary), path, 1)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: a quote left open is an error at the end of the file, not one giant last cell.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     # Long prompts are legitimate: lift the csv module's 128 KiB cell limit for this read only.
     previous_limit = csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    rows = []
+    start = 1
     try:
-        # line_num counts physical lines, so multi-line quoted cells still report the right place.
-        rows = [(reader.line_num, {k: v for k, v in record.items() if k is not None}) for record in reader]
+        # line_num counts physical lines, so a row starts one after where the last one ended.
+        for cells in reader:
+            rows.append((start, cells))
+            start = reader.line_num + 1
     except csv.Error as error:
-        raise TunewiseError(f"malformed CSV ({error})", file=str(path), line=reader.line_num,
-                            fix="check the quoting of this line, or write the pool as JSONL") from None
+        opened = f"a quote opened on line {start} is never closed" if "end of data" in str(error) else str(error)
+        raise TunewiseError(f"malformed CSV ({opened})", file=str(path), line=start,
+                            fix="close or double the quote (\"\") on this line, or write the pool as JSONL") from None
     finally:
         csv.field_size_limit(previous_limit)
-    yield from rows
+    rows = [(line, cells) for line, cells in rows if cells]  # blank lines hold no record
+    if not rows:
+        return
+    (_, header), *rows = rows
+    for line, cells in rows:
+        if len(cells) == len(header):
+            yield line, dict(zip(header, cells))
+        else:
+            kind = "more" if len(cells) > len(header) else "fewer"
+            yield line, _BadRecord(f"malformed CSV row: {len(cells)} cells, {kind} than the {len(header)} columns "
+                                   f"of the header ({', '.join(header)})",
+                                   "quote any cell holding a comma or line break, and give every row one cell per "
+                                   "column (an empty cell for a missing value)")
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, Any]]:
@@ -722,9 +818,10 @@ def parse_record(record: Any, task_field: str | None = None, columns: Columns | 
         task = DEFAULT_TASK
     else:
         if task_field not in record:
-            raise TunewiseError(f"the record has no task field '{task_field}'", field=task_field,
+            raise TunewiseError(_no_task_field(task_field), field=task_field,
                                 fix="name a field of the record with --task-field: "
-                                + did_you_mean(task_field, [str(key) for key in record]))
+                                + did_you_mean(task_field, [str(key) for key in record])
+                                + " (or pass --skip-bad to skip the records without it)")
         if _is_missing(record[task_field]):
             raise TunewiseError("the task is empty", field=task_field,
                                 fix="give every record a task, or drop --task-field")
@@ -745,6 +842,10 @@ def parse_record(record: Any, task_field: str | None = None, columns: Columns | 
         metadata=metadata,
         user_id=user_id,
     )
+
+
+def _no_task_field(task_field: str) -> str:
+    return f"the record has no task field '{task_field}'"
 
 
 def _is_missing(value: Any) -> bool:

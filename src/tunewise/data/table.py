@@ -45,6 +45,17 @@ def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
 
 def encode_scores(scores: pd.DataFrame, provenance: dict) -> bytes:
     """The scores table as the bytes of a Parquet file, its provenance in the schema metadata."""
+    table = scores_arrow_table(scores).replace_schema_metadata(
+        {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def scores_arrow_table(scores: pd.DataFrame) -> pa.Table:
+    """The scores table as Arrow, without metadata: scalars column by column, an embedding as a
+    fixed-size list of float32 (what :func:`encode_scores` writes and the streaming writer appends)."""
     columns = {}
     for name in scores.columns:
         values = scores[name]
@@ -54,17 +65,21 @@ def encode_scores(scores: pd.DataFrame, provenance: dict) -> bytes:
             columns[name] = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
         else:
             columns[name] = pa.array(values.to_numpy())
-    table = pa.table(columns)
-    table = table.replace_schema_metadata(
-        {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
+    return pa.table(columns)
+
+
+def check_scores_path(path: str | os.PathLike) -> None:
+    """Refuse a scores file name that does not end in ``.parquet``: the file is Parquet whatever its
+    name, and ``scores.txt`` or ``scores.csv`` would mislead whoever opens it."""
+    if Path(path).suffix.lower() != ".parquet":
+        raise TunewiseError(f"a scores file is written as Parquet, and '{Path(path).name}' does not end in .parquet",
+                            file=str(path), field="output", fix=f"pass -o {Path(path).with_suffix('.parquet')}")
 
 
 def write_scores(scores: pd.DataFrame, path: str | os.PathLike, provenance: dict) -> None:
-    """Write :func:`encode_scores` atomically: a temporary file in the same folder, then a rename."""
+    """Write :func:`encode_scores` atomically: a temporary file in the same folder, then a rename.
+    A ``path`` not ending in ``.parquet`` is refused (:func:`check_scores_path`)."""
+    check_scores_path(path)
     write_bytes(path, encode_scores(scores, provenance))
 
 
@@ -205,6 +220,14 @@ class ExampleTable:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print every example (tens of KB for a small pool).
+        tasks = dict.fromkeys(example.task for example in self.examples)
+        columns = [name for name in self.scores.columns if name not in ("id", "task")]
+        shown = ", ".join(columns[:8]) + (f", … (+{len(columns) - 8})" if len(columns) > 8 else "")
+        return (f"ExampleTable({len(self)} rows, {len(tasks)} tasks, columns: {shown or 'none'}"
+                + (f", source={self.source!r})" if self.source else ")"))
 
     @property
     def columns(self) -> list[str]:

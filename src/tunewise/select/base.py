@@ -367,6 +367,19 @@ class GroupRanker:
         return picked, explain(picked), {}
 
 
+def check_label_budget(budget) -> None:
+    """The one check of a ``--budget`` of labels (``plan`` and ``select``): a whole number ≥ 1.
+
+    A budget of 0 would write an empty plan or selection, which is never what was meant.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int):
+        raise TunewiseError(f"--budget must be a whole number ≥ 1, got {budget!r} (a {type(budget).__name__})",
+                            field="budget", fix="pass a whole number of labels, e.g. --budget 200")
+    if budget < 1:
+        raise TunewiseError(f"--budget {budget} selects nothing" if budget == 0 else
+                            f"--budget must be ≥ 1, got {budget}", field="budget", fix="pass --budget 1 or more")
+
+
 def check_budget_fits_pool(budget: int, pool_size: int, path, cap_to_pool: bool) -> None:
     """Stop on a budget above the pool, usually a typo or the wrong file, unless --cap-to-pool."""
     if budget > pool_size and not cap_to_pool:
