@@ -18,6 +18,7 @@ _LAZY = {
     "load_backend": "tunewise.model",
     "score_pool": "tunewise.indicators.score",
     "score": "tunewise.indicators.score",
+    "score_file": "tunewise.indicators.streaming",
     "ExampleTable": "tunewise.data.table",
     "curve_auc": "tunewise.efficiency.curve",
     "predict_auc": "tunewise.efficiency.predict",

@@ -389,7 +389,10 @@ def iter_examples(path: Path, records, task_field: str | None = None, *, columns
                 if isinstance(value, str) and value.strip() and name != task_field and name not in BOOKKEEPING:
                     unused[name] = unused.get(name, 0) + 1
         kept += 1
-        yield replace(example, location=(str(path), line))
+        # Rebound, not yielded as a temporary: while the caller holds the example, this frame holds
+        # the same object, never a second copy (the streaming reader counts what it holds).
+        example = replace(example, location=(str(path), line))
+        yield example
         if limit is not None and kept >= limit:
             break
     check_pool_was_usable(path, kept, skipped, task_field, saw_task_field)

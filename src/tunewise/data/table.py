@@ -45,6 +45,17 @@ def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
 
 def encode_scores(scores: pd.DataFrame, provenance: dict) -> bytes:
     """The scores table as the bytes of a Parquet file, its provenance in the schema metadata."""
+    table = scores_arrow_table(scores).replace_schema_metadata(
+        {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def scores_arrow_table(scores: pd.DataFrame) -> pa.Table:
+    """The scores table as Arrow, without metadata: scalars column by column, an embedding as a
+    fixed-size list of float32 (what :func:`encode_scores` writes and the streaming writer appends)."""
     columns = {}
     for name in scores.columns:
         values = scores[name]
@@ -54,13 +65,7 @@ def encode_scores(scores: pd.DataFrame, provenance: dict) -> bytes:
             columns[name] = pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])
         else:
             columns[name] = pa.array(values.to_numpy())
-    table = pa.table(columns)
-    table = table.replace_schema_metadata(
-        {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()
+    return pa.table(columns)
 
 
 def check_scores_path(path: str | os.PathLike) -> None:

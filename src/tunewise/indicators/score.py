@@ -2,7 +2,9 @@
 
 Model work happens only for examples whose values are not cached yet, in token-budgeted batches,
 and each finished batch is committed to the cache at once, so a killed run resumes where it
-stopped.
+stopped. Batches are planned within consecutive windows of :data:`SCORING_WINDOW` examples in
+pool order, so a pool scored whole and the same pool scored window by window
+(:mod:`tunewise.indicators.streaming`) run the same batches and get the same values.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from tunewise import __version__
+from tunewise.errors import TunewiseError
 from tunewise.model.base import Backend, EncodedExample, plan_batches
 from tunewise.indicators.cache import ScoreCache
 from tunewise.indicators.registry import DEFAULT_INDICATORS, OUTPUT_VERSIONS, TOKEN_COUNTS, resolve_indicators
@@ -21,6 +24,11 @@ from tunewise.data.pool import Example
 
 # Outputs read off the model's greedy answer: they need room to generate and depend on its length.
 GENERATED_OUTPUTS = ("confidence", "confidence_ppl")
+
+#: Examples per batch-planning window (and per streamed chunk): large enough that sorting by length
+#: within it keeps padding as small as over the whole pool, small enough that one window's encodings
+#: fit in memory whatever the pool's size.
+SCORING_WINDOW = 4096
 
 ProgressCallback = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -46,11 +54,15 @@ def score_pool(
     cache_dir: str | None = None,
     progress: ProgressCallback | None = None,
     max_batch_tokens: int | None = None,
+    window: int = SCORING_WINDOW,
 ) -> pd.DataFrame:
     """The scores table (see :mod:`tunewise.data.table`) for ``examples`` (a list or a ``Pool``).
 
     ``progress(done, total)`` is called after every batch of model work with the number of
-    examples finished out of those in batches that needed the model.
+    examples finished out of those in batches that needed the model. Batches are planned within
+    each ``window`` consecutive examples: a value of a model whose output depends on its batch's
+    padding (the left-padded prompt pass of confidence and embedding) is then the same whether the
+    pool is scored whole or in chunks of ``window`` examples.
     """
     examples = list(getattr(examples, "examples", examples))
     chosen = resolve_indicators(indicators)
@@ -66,19 +78,25 @@ def score_pool(
         log.info("scoring %d examples (%s): %d from the cache, %d need the model", len(ids),
                  ", ".join(model_outputs) or "no model outputs", len(ids) - len(missing), len(missing))
         if missing:
-            _compute_missing(examples, missing, model_outputs, backend, cache, values, progress, max_batch_tokens)
+            _compute_missing(examples, missing, model_outputs, backend, cache, values, progress, max_batch_tokens,
+                             window)
     finally:
         cache.close()
     return _assemble(examples, chosen, values)
 
 
-def _compute_missing(examples, missing, outputs, backend, cache, values, progress, max_batch_tokens) -> None:
-    # Batches are planned over the whole pool, and a batch with any missing example is run whole:
-    # a float depends slightly on its batch's padding and shape, so a resumed run must see the
-    # same batches as an uninterrupted one to give identical scores.
+def _compute_missing(examples, missing, outputs, backend, cache, values, progress, max_batch_tokens,
+                     window) -> None:
+    # Batches are planned window by window, and a batch with any missing example is run whole:
+    # a float depends slightly on its batch's padding and shape, so a resumed (or streamed) run
+    # must see the same batches as an uninterrupted in-memory one to give identical scores.
+    if window < 1:
+        raise TunewiseError(f"the scoring window must be at least 1 example, got {window}", field="window")
     encoded = backend.encode([e.prompt for e in examples], [e.response for e in examples], sources=examples)
     check_context(backend, encoded, outputs, examples)
-    planned = plan_scoring_batches(backend, encoded, outputs, max_batch_tokens)
+    planned = [[start + p for p in batch]
+               for start in range(0, len(encoded), window)
+               for batch in plan_scoring_batches(backend, encoded[start:start + window], outputs, max_batch_tokens)]
     batches = [batch for batch in planned if not missing.isdisjoint(batch)]
     total = sum(len(batch) for batch in batches)
     done = 0
@@ -140,7 +158,9 @@ def score(pool, backend: Backend, indicators: Sequence[str] = DEFAULT_INDICATORS
           cache_dir: str | None = None, progress: ProgressCallback | None = None,
           max_batch_tokens: int | None = None):
     """Score ``pool`` and return a new :class:`~tunewise.data.table.ExampleTable`: its examples
-    with one column per indicator column (see :func:`score_pool`, which this wraps)."""
+    with one column per indicator column (see :func:`score_pool`, which this wraps). The pool is
+    held in memory; :func:`tunewise.indicators.streaming.score_file` scores a pool file of any size
+    into a scores file chunk by chunk, with the same values."""
     from tunewise.data.table import ExampleTable
 
     examples = tuple(getattr(pool, "examples", pool))

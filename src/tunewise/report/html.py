@@ -30,8 +30,9 @@ WEIGHTS_FILE = "weights.json"
 # A sweep run by `tunewise demo` lives in its own folder beside the plan (a sweep folder must be
 # new or a sweep's own), so both places are looked at.
 SWEEP_FILES = ("sweep.json", "sweep/sweep.json")
-# Beyond this many tasks the per-task plots show the tasks with the largest budgets only.
-MAX_PLOTTED_TASKS = 30
+# Beyond this many tasks the per-task plots show the tasks with the largest budgets only (T0's 34
+# tasks all fit, one row each).
+MAX_PLOTTED_TASKS = 40
 
 _CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d2430;
@@ -344,7 +345,9 @@ def _distributions_section(plan: dict, scores, selected_ids: set[str]) -> str:
         axes.set_yticks(positions, [_plain(task) for task in tasks])
         axes.set_title(label, fontsize=10)
         if selected_ids:
-            axes.legend(loc="best", fontsize=8)
+            # Below the axes: inside, "best" still lands on a box or dot when every corner is taken.
+            axes.legend(loc="upper center", bbox_to_anchor=(0.5, 0), bbox_transform=axes.transAxes,
+                        borderaxespad=2.6, fontsize=8)
     figure.tight_layout()
     caption = ("Per task: the pool's distribution (box: quartiles, whiskers: 1.5 IQR) and the selected examples "
                "(blue dots).")

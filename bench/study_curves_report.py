@@ -1,0 +1,252 @@
+"""Report of study 1 (bench/study_curves.py): whatever of its grid has finished, said plainly.
+
+Reads ``OUT/plan.json`` (every planned cell), ``OUT/tasks/<task>/coslow.json`` (the predictors) and
+``OUT/tasks/<task>/sweep/runs/*.json`` (zero-shot and fine-tuned ``choice`` accuracy) and writes
+``OUT/report.json`` and ``OUT/report.md``:
+
+- how many cells finished, of how many planned (zero-shot evaluations, predictor measurements,
+  fine-tunes);
+- per task: zero-shot and per-budget accuracy (mean over the seeds done), chance, the predictors
+  (CoS-Low, CoS-Rand, gradient norm, mean confidence) and the AUC (paper A's normalisation,
+  :func:`tunewise.efficiency.curve.curve_auc`, ceiling from :mod:`tunewise.efficiency.ceilings` or the
+  stated target in the plan) on two axes:
+  * ``AUC@N0``: zero-shot to the smallest budget N0 (16) for every task that has both, a common
+    axis the first pass of the study fills;
+  * ``AUC``: the task's whole planned grid, N = its largest budget (256 on the large tasks, 32 on
+    BBH: paper A's axis ends at the largest budget kept, auc.py:133-135), complete curves only;
+- per axis, once at least ``--min-tasks`` (4) tasks have an AUC and the predictors: the
+  leave-one-task-out absolute error (AUC points) of each predictor against predicting the other
+  tasks' mean AUC, and each predictor's Pearson and Spearman correlation with the AUC, from
+  :class:`tunewise.efficiency.predict.CurvePredictor` (paper A's ``run_leave_one_out``).
+
+No model runs; it takes a second and may run while the study does.
+
+    python bench/study_curves_report.py bench/out/study_curves_v2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from tunewise.efficiency.curve import curve_auc
+from tunewise.efficiency.predict import PREDICTORS, CurvePredictor, calibration_summary
+from tunewise.errors import TunewiseError
+from tunewise.io import write_json
+from tunewise.training.sweep import BASELINE, RUNS_FOLDER, ZERO_SHOT, run_file_name
+
+PLAN_FILE = "plan.json"
+PREDICTORS_FILE = "coslow.json"
+PREDICTOR_NAMES = {"coslow": "CoS-Low", "coslow_random": "CoS-Rand", "grad_norm": "gradient norm",
+                   "mean_confidence": "mean confidence"}
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def load_task(out: Path, planned: dict) -> dict:
+    """One task's finished cells: zero-shot record, fine-tune records by (budget, seed), predictors."""
+    folder = out / "tasks" / planned["task"]
+    runs = folder / "sweep" / RUNS_FOLDER
+    finetunes = {}
+    for budget in planned["budgets"]:
+        for seed in planned["seeds"]:
+            record = _read(runs / run_file_name(BASELINE, budget, seed))
+            if record is not None:
+                finetunes[(budget, seed)] = record
+    return {"plan": planned, "zero_shot": _read(runs / f"{ZERO_SHOT}.json"), "finetunes": finetunes,
+            "predictors": _read(folder / PREDICTORS_FILE)}
+
+
+def seed_curves(task: dict, budgets: list[int]) -> list[dict[int, float]] | None:
+    """One curve per planned seed, {0: zero-shot, budget: accuracy} over ``budgets``; None unless
+    every one of those cells has finished."""
+    if task["zero_shot"] is None:
+        return None
+    curves = []
+    for seed in task["plan"]["seeds"]:
+        if any((budget, seed) not in task["finetunes"] for budget in budgets):
+            return None
+        curves.append({0: task["zero_shot"]["score"],
+                       **{budget: task["finetunes"][(budget, seed)]["score"] for budget in budgets}})
+    return curves
+
+
+def auc_or_note(curves, ceiling: float, budgets: list[int]) -> tuple[float | None, str | None]:
+    try:
+        return curve_auc(curves, ceiling=ceiling, max_budget=max(budgets), grid=budgets), None
+    except TunewiseError as error:
+        return None, error.message if hasattr(error, "message") else str(error)
+
+
+def task_row(task: dict, first_budget: int) -> dict:
+    """Scores, predictors and AUCs of one task (None where not finished)."""
+    planned = task["plan"]
+    name, zero_shot = planned["task"], task["zero_shot"]
+    row = {"task": name, "test": planned["test"], "pool": planned["pool"], "budgets": planned["budgets"],
+           "ceiling": planned["ceiling"], "ceiling_source": planned["ceiling_source"],
+           "zero_shot": None if zero_shot is None else zero_shot["score"],
+           "chance": None if zero_shot is None else zero_shot["results"][name].get("chance"),
+           "scores": {}, "seeds_done": {}}
+    for budget in planned["budgets"]:
+        done = [task["finetunes"][(budget, seed)]["score"] for seed in planned["seeds"]
+                if (budget, seed) in task["finetunes"]]
+        row["scores"][budget] = statistics.fmean(done) if done else None
+        row["seeds_done"][budget] = len(done)
+    predictors = task["predictors"] or {}
+    row.update({name_: predictors.get(name_) for name_ in PREDICTORS})
+    row["auc_first"] = row["auc_first_note"] = None
+    if first_budget in planned["budgets"]:
+        curves = seed_curves(task, [first_budget])
+        if curves is not None:
+            row["auc_first"], row["auc_first_note"] = auc_or_note(curves, planned["ceiling"], [first_budget])
+    row["auc"] = row["auc_note"] = None
+    curves = seed_curves(task, planned["budgets"])
+    if curves is not None:
+        row["auc"], row["auc_note"] = auc_or_note(curves, planned["ceiling"], planned["budgets"])
+    return row
+
+
+def compare(rows: list[dict], key: str, max_budget: int, grid: list[int], min_tasks: int) -> dict:
+    """Leave-one-task-out errors and correlations of every predictor against the AUC in ``key``,
+    over the tasks that have it and every predictor; a note instead below ``min_tasks`` tasks."""
+    usable = [row for row in rows if row[key] is not None and all(row[p] is not None for p in PREDICTORS)]
+    result = {"tasks": [row["task"] for row in usable], "max_budget": max_budget, "grid": grid}
+    if len(usable) < min_tasks:
+        result["note"] = f"{len(usable)} task(s) with this AUC and every predictor; {min_tasks} needed"
+        return result
+    points = [{"task": row["task"], "auc": row[key], **{p: row[p] for p in PREDICTORS}} for row in usable]
+    try:
+        predictor = CurvePredictor(max_budget=max_budget, grid=grid, source="bench/study_curves.py").fit(points)
+    except TunewiseError as error:
+        result["note"] = str(error)
+        return result
+    result["fit"] = calibration_summary(predictor.calibration_)
+    result["loto"] = [{"task": fit.task, "measured_auc": fit.measured_auc, "predicted_auc": fit.loto_predicted_auc,
+                       "mean_of_others": fit.loto_mean_auc} for fit in predictor.calibration_.tasks]
+    return result
+
+
+def cell_counts(tasks: list[dict]) -> dict:
+    planned = {"zero_shot": len(tasks), "predictors": len(tasks),
+               "finetunes": sum(len(t["plan"]["budgets"]) * len(t["plan"]["seeds"]) for t in tasks)}
+    finished = {"zero_shot": sum(t["zero_shot"] is not None for t in tasks),
+                "predictors": sum(t["predictors"] is not None for t in tasks),
+                "finetunes": sum(len(t["finetunes"]) for t in tasks)}
+    return {"planned": planned, "finished": finished,
+            "planned_total": sum(planned.values()), "finished_total": sum(finished.values())}
+
+
+def costs(tasks: list[dict]) -> dict:
+    """Median seconds of each kind of finished cell (the cost model of STUDIES.md, measured)."""
+    training = [r["training"]["seconds"] for t in tasks for r in t["finetunes"].values() if "training" in r]
+    evaluation = [r["evaluation_seconds"] for t in tasks for r in t["finetunes"].values()]
+    zero_shot = [t["zero_shot"]["evaluation_seconds"] for t in tasks if t["zero_shot"] is not None]
+    predictors = [t["predictors"]["confidence_seconds"] + t["predictors"]["gradient_seconds"]
+                  for t in tasks if t["predictors"] is not None]
+    best = [r["training"].get("best_step") for t in tasks for r in t["finetunes"].values() if "training" in r]
+
+    def median(values):
+        return statistics.median(values) if values else None
+
+    return {"finetune_training_seconds": median(training), "finetune_evaluation_seconds": median(evaluation),
+            "zero_shot_seconds": median(zero_shot), "predictor_seconds": median(predictors),
+            "best_steps": best}
+
+
+def build_report(out: Path, min_tasks: int = 4) -> dict:
+    plan = _read(out / PLAN_FILE)
+    if plan is None:
+        raise SystemExit(f"{out / PLAN_FILE} does not exist: run bench/study_curves.py --out {out} first")
+    order = plan.get("order", list(plan["tasks"]))
+    tasks = [load_task(out, plan["tasks"][name]) for name in order]
+    first_budget = min(min(t["plan"]["budgets"]) for t in tasks)
+    rows = [task_row(task, first_budget) for task in tasks]
+    complete = [row for row in rows if row["auc"] is not None]
+    full_grid = sorted({b for row in complete for b in row["budgets"]}) or [first_budget]
+    return {
+        "out": str(out),
+        "commit": (out / "commit").read_text().strip() if (out / "commit").exists() else None,
+        "settings": plan["settings"],
+        "skipped": plan["skipped"],
+        "cells": cell_counts(tasks),
+        "costs": costs(tasks),
+        "first_budget": first_budget,
+        "tasks": rows,
+        "comparisons": {
+            f"auc@{first_budget}": compare(rows, "auc_first", first_budget, [first_budget], min_tasks),
+            "auc (own grid)": compare(rows, "auc", max(full_grid), full_grid, min_tasks),
+        },
+    }
+
+
+def _number(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict) -> str:
+    cells = report["cells"]
+    done, planned = cells["finished"], cells["planned"]
+    lines = [(f"**{cells['finished_total']} of {cells['planned_total']} cells finished**: "
+             f"{done['zero_shot']}/{planned['zero_shot']} zero-shot evaluations, "
+             f"{done['predictors']}/{planned['predictors']} predictor measurements, "
+             f"{done['finetunes']}/{planned['finetunes']} fine-tunes"
+             f" (study commit {(report['commit'] or 'unknown')[:12]})."), ""]
+    budgets = sorted({b for row in report["tasks"] for b in row["budgets"]})
+    first = report["first_budget"]
+    lines.append("| task | test | ceiling | chance | zero-shot | " + " | ".join(f"n = {b}" for b in budgets)
+                 + f" | AUC@{first} | AUC (N) | CoS-Low | CoS-Rand | grad norm | mean conf. |")
+    lines.append("|---|---:|---:|---:|---:|" + "---:|" * len(budgets) + "---:|---:|---:|---:|---:|---:|")
+    for row in report["tasks"]:
+        scores = [("" if b not in row["budgets"] else _number(row["scores"][b])) for b in budgets]
+        auc = _number(row["auc"]) + f" ({max(row['budgets'])})" if row["auc"] is not None else "–"
+        lines.append("| " + " | ".join([
+            row["task"], str(row["test"]), _number(row["ceiling"]), _number(row["chance"]), _number(row["zero_shot"]),
+            *scores, _number(row["auc_first"]), auc, _number(row["coslow"], 4), _number(row["coslow_random"], 4),
+            _number(row["grad_norm"], 2), _number(row["mean_confidence"])]) + " |")
+    if report["skipped"]:
+        lines += ["", "Skipped: " + "; ".join(f"{task} ({why.splitlines()[0][:90]})"
+                                              for task, why in report["skipped"].items())]
+    for axis, comparison in report["comparisons"].items():
+        lines += ["", (f"**Predictors against {axis}** ({len(comparison['tasks'])} tasks"
+                  f"{': ' + ', '.join(comparison['tasks']) if comparison['tasks'] else ''})")]
+        if "fit" not in comparison:
+            lines.append(f"not compared: {comparison['note']}.")
+            continue
+        fit = comparison["fit"]
+        lines += [f"CoS-Low fit AUC' = {fit['slope']:.3f} · CoS-Low + {fit['intercept']:.3f}.", "",
+                  "| predictor | LOTO abs. error (AUC points) | mean predictor's error | Pearson r (p) | Spearman ρ (p) |",
+                  "|---|---:|---:|---:|---:|"]
+        for entry in fit["predictors"]:
+            lines.append(f"| {PREDICTOR_NAMES.get(entry['predictor'], entry['predictor'])} | "
+                         f"{_number(None if entry['loto_mae'] is None else 100 * entry['loto_mae'], 1)} | "
+                         f"{_number(None if entry['mean_mae'] is None else 100 * entry['mean_mae'], 1)} | "
+                         f"{_number(entry['pearson'], 2)} ({_number(entry['pearson_p'], 2)}) | "
+                         f"{_number(entry['spearman'], 2)} ({_number(entry['spearman_p'], 2)}) |")
+    spent = report["costs"]
+    lines += ["", "Median seconds per cell: fine-tune training " + _number(spent["finetune_training_seconds"], 0)
+              + ", its evaluation " + _number(spent["finetune_evaluation_seconds"], 0)
+              + ", zero-shot evaluation " + _number(spent["zero_shot_seconds"], 0)
+              + ", predictors " + _number(spent["predictor_seconds"], 0) + "."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="The study folder (bench/study_curves.py --out).")
+    parser.add_argument("--min-tasks", type=int, default=4,
+                        help="Compare the predictors once this many tasks have an AUC and every predictor.")
+    args = parser.parse_args(argv)
+    report = build_report(args.out, args.min_tasks)
+    text = markdown(report)
+    write_json(args.out / "report.json", report)
+    (args.out / "report.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
