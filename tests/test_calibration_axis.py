@@ -97,7 +97,7 @@ def test_a_caveat_reaches_the_estimate_and_the_plan_notes_only_with_predictions(
     document = json.loads(path.read_text())
     path.write_text(json.dumps({**document, "caveat": "fitted on three made-up tasks"}))
     result = CliRunner().invoke(app, ["estimate", "--coslow", "0.3", "--coefficients", str(path)])
-    assert result.exit_code == 0 and "note: fitted on three made-up tasks" in result.output
+    assert result.exit_code == 0 and "caveat: fitted on three made-up tasks" in result.output
     coefficients = read_calibration(path)
     examples = [parse_record({"task": task, "prompt": f"{task} {i}", "response": str(i)}, "task")
                 for task in ("a", "b") for i in range(40)]
@@ -126,7 +126,7 @@ def test_shipped_smollm2_calibration_is_marked_superseded_with_like_for_like_err
     assert f"{100 * refit.loto_mae:.1f} AUC points against {100 * refit.mean_mae:.1f}" in coefficients.caveat
     assert "%" not in coefficients.caveat
     result = CliRunner().invoke(app, ["estimate", "--coslow", "0.3", "--model", "smollm2"])
-    assert result.exit_code == 0 and f"note: {SUPERSEDED}" in result.output
+    assert result.exit_code == 0 and f"caveat: {SUPERSEDED}" in result.output
 
 
 def test_a_superseded_file_always_says_so(tmp_path):

@@ -140,9 +140,10 @@ class RecordingBackend(FakeBackend):
     """The fake model, noting the ids it scores and the most examples alive while it works, and
     failing at its ``fail_at``-th batch (a crash mid-way)."""
 
-    def __init__(self, fail_at: int | None = None) -> None:
+    def __init__(self, fail_at: int | None = None, source: str | None = None) -> None:
         super().__init__()
         self.fail_at = fail_at
+        self.source = source
         self.scored: list[bytes] = []
         self.most_alive = 0
 
@@ -150,13 +151,16 @@ class RecordingBackend(FakeBackend):
         if self.fail_at is not None and self.batches_run + 1 == self.fail_at:
             raise RuntimeError("killed")
         self.scored.extend(example.prompt_ids for example in batch)
-        self.most_alive = max(self.most_alive, examples_alive())
+        self.most_alive = max(self.most_alive, examples_alive(self.source))
         return super().score_batch(batch, wanted)
 
 
-def examples_alive() -> int:
+def examples_alive(source: str | None = None) -> int:
+    """Live :class:`Example` objects, only those read from ``source`` when given: other tests in
+    the same process may keep examples of their own alive (fixtures, caches)."""
     gc.collect()
-    return sum(1 for thing in gc.get_objects() if isinstance(thing, Example))
+    return sum(1 for thing in gc.get_objects() if isinstance(thing, Example)
+               and (source is None or (thing.location or ("",))[0] == source))
 
 
 def test_every_indicator_streams_to_the_in_memory_scores(tmp_path):
@@ -239,10 +243,10 @@ def test_streaming_holds_at_most_one_chunk_of_examples(tmp_path):
 
     def watched(chunks):
         for chunk in chunks:
-            held.append(examples_alive())
+            held.append(examples_alive(str(pool)))
             yield chunk
 
-    backend = RecordingBackend()
+    backend = RecordingBackend(source=str(pool))
     rows = score_pool_streaming(watched(iter_pool_batches(pool, "task", batch_size=chunk_size)), backend,
                                 EVERY_INDICATOR, tmp_path / "scores.parquet",
                                 scores_provenance(backend, EVERY_INDICATOR, str(pool)), cache_dir=tmp_path / "cache")
