@@ -128,7 +128,7 @@ def user_fixable_os_errors(path: str | os.PathLike) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _parent_folders(path: Path) -> Iterator[None]:
+def parent_folders(path: Path) -> Iterator[None]:
     """Create ``path``'s missing parent folders; remove those still empty if the block fails."""
     missing = []
     for folder in path.parents:
@@ -153,7 +153,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     ``path`` is untouched. Missing parent folders are created, and removed again on error.
     """
     path = Path(path)
-    with user_fixable_os_errors(path), _parent_folders(path):
+    with user_fixable_os_errors(path), parent_folders(path):
         remove_stale_temporaries(path)
         temporary = temporary_path(path)
         try:
@@ -192,7 +192,7 @@ def write_files(files: Mapping[str | os.PathLike, bytes]) -> list[Path]:
         for path, content in files.items():
             path = Path(path)
             with user_fixable_os_errors(path):
-                folders.enter_context(_parent_folders(path))
+                folders.enter_context(parent_folders(path))
                 remove_stale_temporaries(path)
                 temporary = temporary_path(path)
                 temporaries[temporary] = path
@@ -217,7 +217,7 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     then deleted; on error the staging folder is deleted and ``target`` is untouched.
     """
     target = Path(target)
-    with user_fixable_os_errors(target), _parent_folders(target):
+    with user_fixable_os_errors(target), parent_folders(target):
         remove_stale_temporaries(target)
         staging = temporary_path(target)
         retired = temporary_path(target, "old")

@@ -29,7 +29,7 @@ from tunewise.io import write_bytes
 SCALAR_INDICATORS = SCALAR_COLUMNS
 VECTOR_INDICATORS = tuple(column for indicator in INDICATORS.values() if indicator.is_vector
                           for column in indicator.columns)
-_PROVENANCE_KEY = b"tunewise"
+PROVENANCE_KEY = b"tunewise"
 
 
 def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
@@ -46,7 +46,7 @@ def embedding_matrix(scores: pd.DataFrame) -> np.ndarray:
 def encode_scores(scores: pd.DataFrame, provenance: dict) -> bytes:
     """The scores table as the bytes of a Parquet file, its provenance in the schema metadata."""
     table = scores_arrow_table(scores).replace_schema_metadata(
-        {_PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
+        {PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()}
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -115,7 +115,7 @@ def read_scores(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
 
 def _read_provenance(metadata: dict, path: Path) -> dict:
     """The provenance JSON object in the schema metadata; ``{}`` when there is none."""
-    raw = metadata.get(_PROVENANCE_KEY)
+    raw = metadata.get(PROVENANCE_KEY)
     if raw is None:
         return {}
     try:

@@ -32,10 +32,10 @@ import pyarrow.parquet as pq
 
 from tunewise.model.base import Backend
 from tunewise.errors import TunewiseError
-from tunewise.io import _parent_folders, atomic_path
+from tunewise.io import parent_folders, atomic_path
 from tunewise.data.pool import (Columns, Example, PoolReading, SkippedRecord, describe_source, expand_sources,
                                 iter_examples, iter_records)
-from tunewise.data.table import _PROVENANCE_KEY, scores_arrow_table
+from tunewise.data.table import PROVENANCE_KEY, scores_arrow_table
 from tunewise.indicators.registry import DEFAULT_INDICATORS
 from tunewise.indicators.score import SCORING_WINDOW, score_pool, scores_provenance
 
@@ -165,7 +165,7 @@ def score_pool_streaming(
     """
     output = Path(output)
     folder = parts_folder(output)
-    with _parent_folders(output):
+    with parent_folders(output):
         try:
             chunks, rows = _score_chunks(batches, backend, indicators, folder, provenance, cache_dir, progress,
                                          max_batch_tokens, window)
@@ -201,7 +201,7 @@ def _score_chunks(batches, backend, indicators, folder: Path, provenance: dict, 
             done_before = rows
             scores = score_pool(chunk, backend, indicators, cache_dir=cache_dir, max_batch_tokens=max_batch_tokens,
                                 window=window, progress=lambda done, total: report(done_before + done))
-            table = scores_arrow_table(scores).replace_schema_metadata({_PROVENANCE_KEY: stamp})
+            table = scores_arrow_table(scores).replace_schema_metadata({PROVENANCE_KEY: stamp})
             del scores
             with atomic_path(part) as temporary:
                 pq.write_table(table, temporary)
@@ -224,7 +224,7 @@ def _part_is_for(part: Path, ids: list[str], stamp: bytes) -> bool:
         stored = pq.read_table(part, columns=["id"]).column("id").to_pylist()
     except (pa.ArrowException, OSError):
         return False
-    return (schema.metadata or {}).get(_PROVENANCE_KEY) == stamp and stored == ids
+    return (schema.metadata or {}).get(PROVENANCE_KEY) == stamp and stored == ids
 
 
 def _join_parts(folder: Path, chunks: int, output: str | os.PathLike, stamp: bytes) -> None:
@@ -234,7 +234,7 @@ def _join_parts(folder: Path, chunks: int, output: str | os.PathLike, stamp: byt
             for index in range(chunks):
                 table = pq.read_table(folder / f"{index:06d}.parquet")
                 if writer is None:
-                    writer = pq.ParquetWriter(temporary, table.schema.with_metadata({_PROVENANCE_KEY: stamp}))
+                    writer = pq.ParquetWriter(temporary, table.schema.with_metadata({PROVENANCE_KEY: stamp}))
                 writer.write_table(table.cast(writer.schema))
         finally:
             if writer is not None:
