@@ -177,10 +177,21 @@ def test_a_killed_streaming_score_leaves_a_temporary_the_next_run_removes(tmp_pa
     folder = tmp_path / "resumed"
     output = folder / "scores.parquet"
     resumed = command(output, tmp_path / "cache")
-    kill_points = [lambda: bool(temporaries(folder)),  # the writer has opened its temporary
-                   lambda: any(p.stat().st_size > 50_000 for p in temporaries(folder))]  # and written to it
-    for ready in kill_points:
-        assert run_and_kill_when(resumed, ready), "the run finished before the kill point"
+    # First kill: the writer has opened its temporary.
+    assert run_and_kill_when(resumed, lambda: bool(temporaries(folder))), "the run finished before the kill point"
+    # Second kill: the next run has written to a temporary of its own. The first run's stale
+    # temporary (told apart by its inode) must not trigger it: the second run removes that one
+    # first, and a kill in between would leave no temporary at all.
+    stale = {(path, path.stat().st_ino) for path in temporaries(folder)}
+
+    def written_by_the_second_run() -> bool:
+        try:
+            return any((path, path.stat().st_ino) not in stale and path.stat().st_size > 50_000
+                       for path in temporaries(folder))
+        except FileNotFoundError:  # removed between the listing and the stat
+            return False
+
+    assert run_and_kill_when(resumed, written_by_the_second_run), "the run finished before the kill point"
     assert temporaries(folder) and not output.exists()  # what the kills left: temporaries, no scores file
 
     run_to_completion(resumed)
