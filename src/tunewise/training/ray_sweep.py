@@ -43,6 +43,7 @@ def import_ray(data: bool = False):
 def run_on_ray(
     pending: Sequence[tuple[str, int, int]],
     inputs,
+    run_one: Callable[..., dict],
     model_name: str,
     device_type: str,
     workers: int,
@@ -53,6 +54,10 @@ def run_on_ray(
 
     Parameters
     ----------
+    run_one:
+        The sweep's one run, ``run_one(model, inputs, strategy, budget, seed) -> record``
+        (:func:`tunewise.training.sweep.run_one`), passed in so that this module does not import
+        the sweep that imports it.
     inputs:
         The sweep's :class:`~tunewise.training.sweep.RunInputs` (the pool's scores included), put
         in Ray's object store once for all tasks.
@@ -82,7 +87,7 @@ def run_on_ray(
         remote_run = ray.remote(max_retries=0, **resources)(_run_task)
         shared = ray.put(inputs)
         options = LoadOptions.from_environment()
-        in_flight = {remote_run.remote(shared, model_name, device, options, threads, *run): run for run in pending}
+        in_flight = {remote_run.remote(shared, run_one, model_name, device, options, threads, *run): run for run in pending}
         if progress is not None:
             progress(f"Ray: {len(pending)} to run, {_describe(resources, workers)}")
         while in_flight:
@@ -127,13 +132,12 @@ def _describe(resources: dict, workers: int) -> str:
     return f"{workers} at a time, {resources['num_cpus']:g} CPUs each"
 
 
-def _run_task(inputs, model_name: str, device: str, options, threads: int | None, strategy: str, budget: int,
-              seed: int) -> dict:
+def _run_task(inputs, run_one: Callable[..., dict], model_name: str, device: str, options, threads: int | None,
+              strategy: str, budget: int, seed: int) -> dict:
     """One run inside a Ray worker: the model (loaded once per worker process), then the local run."""
     import torch
 
     from tunewise.model.load import apply_thread_setting, load_model
-    from tunewise.training.sweep import run_one
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -298,7 +298,7 @@ def run_sweep(
 
         device_type = loaded.device.type
         del loaded  # the Ray tasks load their own; on a GPU this one would only take their memory
-        run_on_ray(pending, inputs, model_name, device_type, workers, finished,
+        run_on_ray(pending, inputs, run_one, model_name, device_type, workers, finished,
                    progress=None if progress is None else lambda label: progress(done, total, label))
     else:
         for run in pending:
