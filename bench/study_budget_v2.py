@@ -98,6 +98,9 @@ POOL_TASKS_FILE = "pool_tasks.json"  # pool example id → task, for the report'
 # STUDIES.md's cost model (one core): LoRA training and forward (scoring) tokens per second.
 COST_MODEL = {"bf16": {"train_tokens_per_s": 165, "forward_tokens_per_s": 460},
               "fp32": {"train_tokens_per_s": 90, "forward_tokens_per_s": 170}}
+# Answer-only confidence (one greedy answer per pool prompt, up to 30 tokens), bf16, one thread: this
+# script's smoke run answered 106 pool prompts in 36 s of wall time on the 2-core machine at load 5.
+CONFIDENCE_SECONDS_PER_PROMPT = 0.34
 _ANSWER_FORMAT = re.compile(r"^Answer format:\s*(\S+)\s*$", re.MULTILINE)
 
 
@@ -266,6 +269,15 @@ def projected_hours(passes, arms: list[str], train_tokens_per_example: float, ep
     return rows
 
 
+def setup_hours(pool_size: int, eval_tokens_per_run: float, rates: dict[str, float], confidence: bool) -> dict:
+    """The CPU-hours before the first fine-tune: the zero-shot evaluation, and with ``confidence``
+    (weighted_task_diversity) one answer per pool prompt at ``CONFIDENCE_SECONDS_PER_PROMPT``."""
+    eval_h = eval_tokens_per_run / rates["forward_tokens_per_s"] / 3600
+    eval_h += pool_size * CONFIDENCE_SECONDS_PER_PROMPT / 3600 if confidence else 0.0
+    return {"pass": "setup: zero-shot" + (" + pool confidence" if confidence else ""), "runs": 0,
+            "train_h": 0.0, "eval_h": eval_h, "total_h": eval_h}
+
+
 # --- data and model work ------------------------------------------------------------------------
 
 def load_tasks(names: list[str] | None) -> tuple[dict[str, TaskRows], dict[str, str]]:
@@ -349,7 +361,8 @@ def build_plan(args, tokenizer, config: FinetuneConfig) -> tuple[Assembly, list,
     dtype = "bf16" if args.dtype in ("auto", "bf16") else "fp32"
     arms = args.arms.split(",")
     passes = study_passes(args.budgets, args.seeds)
-    cost = projected_hours(passes, arms, train_tokens, config.epochs, eval_tokens, COST_MODEL[dtype])
+    cost = [setup_hours(len(assembly.pool), eval_tokens, COST_MODEL[dtype], "weighted_task_diversity" in arms),
+            *projected_hours(passes, arms, train_tokens, config.epochs, eval_tokens, COST_MODEL[dtype])]
     document = {
         "settings": {"model": args.model, "dtype": args.dtype, "metric": CHOICE, "split_seed": args.split_seed,
                      "test_per_task": args.test_per_task, "benchmark_size": args.benchmark_size,

@@ -124,6 +124,14 @@ def test_projected_hours_follow_the_cost_model():
                      "eval_h": pytest.approx(4 * 100 / 3600), "total_h": pytest.approx((768 + 400) / 3600)}]
 
 
+def test_setup_hours_add_the_pool_confidence_only_for_weighted_task_diversity():
+    rates = {"train_tokens_per_s": 165, "forward_tokens_per_s": 460}
+    plain = study.setup_hours(1000, 460 * 3600, rates, confidence=False)
+    assert plain["total_h"] == pytest.approx(1.0) and plain["pass"] == "setup: zero-shot"
+    weighted = study.setup_hours(1000, 460 * 3600, rates, confidence=True)
+    assert weighted["total_h"] == pytest.approx(1.0 + 1000 * study.CONFIDENCE_SECONDS_PER_PROMPT / 3600)
+
+
 def test_report_on_a_partial_study_counts_cells_and_says_not_enough_seeds(tmp_path):
     passes = study.study_passes([64, 256], [0, 1, 2])
     plan = {"settings": {}, "grid": {"arms": ["random", "task_diversity"], "budgets": [64, 256], "seeds": [0, 1, 2],
