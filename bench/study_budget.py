@@ -1,5 +1,9 @@
 """Study 2, reduced for CPU: does splitting the budget across tasks beat random selection?
 
+Superseded for evidence v2 (issue 14) by ``bench/study_budget_v2.py`` (13 T0 tasks' classification
+templates plus ARC/BoolQ/OpenBookQA, budgets 64/256, ``choice`` accuracy); kept, with its defaults,
+to reproduce BENCHMARKS.md's "Study 2" table, and v2 reads its MMLU/BBH and ``llm_adapters`` loaders.
+
 A multi-task pool (short-answer T0 tasks plus the ARC-Challenge, ARC-Easy, BoolQ and OpenBookQA
 train splits) keeps the tasks' natural imbalance: each task contributes the same fraction of its
 rows, so BoolQ holds about a third of the pool and random selection spends its budget the same way.
