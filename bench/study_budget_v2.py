@@ -68,9 +68,8 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from realdata import _examples, t0, with_choices  # noqa: E402
-from study_budget import (  # noqa: E402
-    BBH_TASKS,
+from realdata import _examples, t0, with_choices
+from study_budget import (
     MULTIPLE_CHOICE_TASKS,
     bbh_rows,
     llm_adapters_split,
@@ -78,10 +77,16 @@ from study_budget import (  # noqa: E402
     predicted_aucs,
 )
 
-from tunewise.io import write_json  # noqa: E402
-from tunewise.training.evaluate import CHOICE  # noqa: E402
-from tunewise.training.finetune import FinetuneConfig  # noqa: E402
-from tunewise.training.sweep import BASELINE, ZERO_SHOT, paired_gain, read_runs, run_file_name  # noqa: E402
+from tunewise.io import write_json
+from tunewise.training.evaluate import CHOICE
+from tunewise.training.finetune import FinetuneConfig
+from tunewise.training.sweep import (
+    BASELINE,
+    ZERO_SHOT,
+    paired_gain,
+    read_runs,
+    run_file_name,
+)
 
 MAX_T0_LABELS = 10
 ARMS = ("random", "task_diversity", "weighted_task_diversity")
@@ -465,9 +470,9 @@ def report_markdown(report: dict) -> str:
     lines += ["| pass | finished / planned runs |", "|---|---:|"]
     lines += [f"| {p['pass']} | {p['finished']} / {p['planned']} |" for p in report["passes"]]
     plan = report["plan"]
-    lines += ["", f"Pool {plan['pool']['examples']} examples over {len(plan['pool']['per_task'])} tasks; "
+    lines += ["", (f"Pool {plan['pool']['examples']} examples over {len(plan['pool']['per_task'])} tasks; "
               f"test {plan['test']['examples']} items ({plan['tokens']['eval_forward_per_run']:,} forward tokens "
-              "per evaluation). Intervals are 95 % Student-t over seeds; gains are paired per seed."]
+              "per evaluation). Intervals are 95 % Student-t over seeds; gains are paired per seed.")]
     for part in (SAME_TASK, MMLU_BBH):
         for measure in MEASURES:
             lines += ["", f"## {PART_NAMES[part]}, {measure}", "",
@@ -490,8 +495,8 @@ def report_markdown(report: dict) -> str:
     lines += [f"| {c['pass']} | {c['runs']} | {c['train_h']:.2f} | {c['eval_h']:.2f} | {c['total_h']:.2f} |"
               for c in plan["projected_cpu_hours"]]
     if measured is not None:
-        lines += ["", f"Measured: median evaluation {measured['evaluation_seconds_median']:.0f} s over "
-                  f"{measured['evaluations']} evaluations ({measured['forward_tokens_per_s']:.0f} forward tokens/s)."]
+        lines += ["", (f"Measured: median evaluation {measured['evaluation_seconds_median']:.0f} s over "
+                  f"{measured['evaluations']} evaluations ({measured['forward_tokens_per_s']:.0f} forward tokens/s).")]
     return "\n".join(lines) + "\n"
 
 
