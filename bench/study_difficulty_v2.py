@@ -26,9 +26,11 @@ Every run, and the base model once (zero-shot), is scored on the held-out items 
 - **accuracy** (``--accuracy-items``, a subset drawn evenly from the three test tertiles): greedy
   generation of at most ``--max-new-tokens`` (256; 95 % of GSM8K's reference solutions are shorter
   than 230 tokens), scored by tunewise's ``gsm8k`` metric (the final number, after ``####``, ``\\boxed{}``
-  or "the answer is", else the last number, equal by value). Generation costs per item about 20 times
-  what a log-likelihood does on this CPU, so the default (100) is what a run can afford next to its
-  fine-tune; ``--accuracy-items 0`` leaves accuracy out, ``--accuracy-items 200`` scores every item.
+  or "the answer is", else the last number, equal by value). Generation costs about 1.7 s per item on
+  one core of this CPU, six times a log-likelihood item (0.3 s; smoke run, SmolLM2 bf16). The
+  default, 100 items, adds 1.2 CPU-hours (37 %) to the 64 + 256 grid's 3.2; all 200 would add 2.4
+  (74 %) for a standard error that only shrinks from about 0.02 to 0.015 at SmolLM2's 5 % accuracy.
+  ``--accuracy-items 0`` leaves accuracy out, ``--accuracy-items 200`` scores every item.
 
 Both are reported overall and per test-difficulty tertile: the held-out items split into easy,
 medium and hard thirds by their own reference solution's length in tokens
@@ -84,9 +86,12 @@ PROFILE = "paper-a"
 CPU_PROFILE = {"method": "lora", "learning_rate": 2e-4, "max_steps": None, "epochs": 2, "batch_size": 2,
                "gradient_accumulation_steps": 2, "eval_steps": None, "early_stopping_patience": None,
                "max_seq_length": 640}
-# STUDIES.md's cost model, one thread, bf16 (fp32 in brackets there): training and forward tokens/s.
+# The projection's rates, one thread, bf16: training tokens/s is STUDIES.md's cost model (study 1's
+# TRL fine-tunes reach 150-170 when they have a core, median 109 on the shared machine); seconds per
+# test item were measured by the smoke run (SmolLM2, 10 items, load 1.5; about twice that at load 6).
 TRAIN_TOKENS_PER_SECOND = 165.0
-FORWARD_TOKENS_PER_SECOND = 460.0
+LOG_LIKELIHOOD_SECONDS_PER_ITEM = 0.3
+ACCURACY_SECONDS_PER_ITEM = 1.7
 
 
 def arm_spec(arm: str) -> str:
@@ -204,10 +209,12 @@ def best_bucket(cells: list[dict], metric: str, budget: int, tertile: str | None
         return None
     means = {arm: statistics.fmean(scores[arm][seed] for seed in common) for arm in BUCKETS}
     ranked = sorted(BUCKETS, key=lambda arm: (-means[arm], BUCKETS.index(arm)))
+    top = [arm for arm in ranked if math.isclose(means[arm], means[ranked[0]], rel_tol=0, abs_tol=1e-12)]
     best, runner_up = ranked[0], ranked[1]
     lead = paired_gain({s: scores[best][s] for s in common}, {s: scores[runner_up][s] for s in common})
-    return {"best": best, "runner_up": runner_up, "means": means, "seeds": sorted(common),
-            "lead_over_runner_up": lead, "clear": lead["ci_low"] is not None and lead["ci_low"] > 0}
+    return {"best": "/".join(top) if len(top) > 1 else best, "tied": len(top) > 1, "runner_up": runner_up,
+            "means": means, "seeds": sorted(common), "lead_over_runner_up": lead,
+            "clear": bool(lead["ci_low"] is not None and lead["ci_low"] > 0)}
 
 
 def shift_contrast(cells: list[dict], metric: str, low_budget: int, high_budget: int) -> dict:
@@ -234,7 +241,7 @@ def verdict(cells: list[dict], metric: str, min_seeds: int = MIN_SEEDS_FOR_VERDI
     best = {budget: best_bucket(cells, metric, budget) for budget in budgets}
     measured = [budget for budget in budgets if best[budget] is not None]
     result = {"metric": metric, "best": {str(b): v for b, v in best.items()}, "contrast": None}
-    path = ", ".join(f"{best[b]['best']} at {b}" for b in measured)
+    path = ", ".join(f"{'a tie of ' * best[b]['tied']}{best[b]['best']} at {b}" for b in measured)
     if len(measured) < 2:
         result["answer"] = "not enough budgets yet: every bucket needs a finished seed at two budgets."
         return result
@@ -244,6 +251,10 @@ def verdict(cells: list[dict], metric: str, min_seeds: int = MIN_SEEDS_FOR_VERDI
         result["answer"] = (f"not enough seeds yet ({contrast['n']} of the {min_seeds} needed for an interval); "
                             f"so far the best bucket is {path}, and hard − easy changes by "
                             f"{contrast['mean']:+.4f} from {measured[0]} to {measured[-1]} (no interval).")
+        return result
+    scores = {cell_value(c, metric) for c in cells if c["arm"] in BUCKETS and c["budget"] in measured}
+    if len(scores) == 1:
+        result["answer"] = f"cannot tell: every bucket's fine-tune scores {scores.pop():.4f} at every budget."
         return result
     interval = f"{contrast['mean']:+.4f} [{contrast['ci_low']:+.4f}, {contrast['ci_high']:+.4f}]"
     change = f"hard − easy changes by {interval} from budget {measured[0]} to {measured[-1]} ({contrast['n']} seeds)"
@@ -320,6 +331,7 @@ def build_report(out: Path) -> dict:
         "cells_planned": len(planned),
         "cells_done": len(done),
         "cells_missing": [list(cell) for cell in planned if cell not in done],
+        "zero_shot_done": zero_shot is not None,
         "zero_shot": None if zero_shot is None else {metric: zero_shot["metrics"].get(metric) and
                                                     {k: zero_shot["metrics"][metric][k] for k in ("score", "tertiles", "n")}
                                                     for metric in METRICS},
@@ -332,7 +344,8 @@ def build_report(out: Path) -> dict:
 def report_markdown(report: dict) -> str:
     settings = report["settings"] or {}
     lines = ["# Study 3 (evidence v2): difficulty, paper C's way", "",
-             f"{report['cells_done']} of {report['cells_planned']} planned fine-tunes finished"
+             f"{report['cells_done']} of {report['cells_planned']} planned fine-tunes finished, zero-shot "
+             f"{'done' if report['zero_shot_done'] else 'not yet'}"
              f" (model {settings.get('model')}, pool {settings.get('pool_examples')}, "
              f"{settings.get('test_size')} test items for log-likelihood, {settings.get('accuracy_items')} for accuracy).", ""]
     for metric in METRICS:
@@ -356,7 +369,9 @@ def report_markdown(report: dict) -> str:
                 gain = (entry.get("overall") or {}).get("gain_over_random")
                 lines.append(f"| {arm} | {_interval(entry.get('overall'))} | {_interval(gain, signed=True)} | "
                              + " | ".join(_interval(entry.get(t)) for t in TERTILES) + " |")
-            if best:
+            if best and best["tied"]:
+                lines += ["", f"Best bucket: a tie of {best['best']}."]
+            elif best:
                 lead = best["lead_over_runner_up"]
                 lines += ["", f"Best bucket: **{best['best']}** ({'clearly' if best['clear'] else 'not clearly'} "
                           f"ahead of {best['runner_up']}: {_interval(lead, signed=True)})."]
@@ -454,22 +469,18 @@ def tertile_ranges(lengths, tertiles) -> dict:
     for index, name in enumerate(TERTILES):
         inside = [float(length) for length, t in zip(lengths, tertiles) if t == index]
         ranges[name] = {"min": min(inside), "max": max(inside), "count": len(inside),
-                        "mean": statistics.fmean(inside)} if inside else None
+                        "mean": round(statistics.fmean(inside), 1)} if inside else None
     return ranges
 
 
-def projected_hours(passes, mean_tokens: dict[str, float], epochs: int, test_tokens: float,
-                    accuracy_seconds_per_item: float, accuracy_items: int) -> list[float]:
-    """CPU-hours per pass from STUDIES.md's cost model: training tokens (2 epochs × budget × the
-    arm's mean example length) at TRAIN_TOKENS_PER_SECOND, the log-likelihood pass over the test
-    tokens at FORWARD_TOKENS_PER_SECOND, and accuracy at the given seconds per item."""
-    hours = []
-    for cells in passes:
-        seconds = sum(epochs * budget * mean_tokens[arm] / TRAIN_TOKENS_PER_SECOND
-                      + test_tokens / FORWARD_TOKENS_PER_SECOND + accuracy_items * accuracy_seconds_per_item
-                      for arm, budget, _ in cells)
-        hours.append(round(seconds / 3600, 2))
-    return hours
+def projected_hours(passes, mean_tokens: dict[str, float], epochs: int, test_items: int,
+                    accuracy_items: int) -> list[float]:
+    """CPU-hours of one core per pass: training tokens (``epochs`` × budget × the arm's mean
+    example length in tokens) at TRAIN_TOKENS_PER_SECOND, plus both evaluations at their measured
+    seconds per item. Wall time on the shared machine has been 1.5-3 times this."""
+    evaluation = test_items * LOG_LIKELIHOOD_SECONDS_PER_ITEM + accuracy_items * ACCURACY_SECONDS_PER_ITEM
+    return [round(sum(epochs * budget * mean_tokens[arm] / TRAIN_TOKENS_PER_SECOND + evaluation
+                      for arm, budget, _ in cells) / 3600, 2) for cells in passes]
 
 
 def claim(out: Path, settings: dict, plan_extra: dict, command: str) -> None:
@@ -505,6 +516,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="Of those, how many are answered by generation for accuracy (even over the test "
                              "tertiles; 0: no accuracy).")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="Longest generated answer.")
+    parser.add_argument("--max-seq-length", type=int, default=CPU_PROFILE["max_seq_length"],
+                        help="Tokens per training example (640 holds every GSM8K example in SmolLM2's tokens; "
+                             "the byte-level tiny-random model needs about 1,200).")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on a CPU with bf16 instructions), fp32, bf16.")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--model", default="smollm2")
@@ -523,6 +537,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tunewise.indicators.score import score_pool
     from tunewise.io import write_json
+    from tunewise.model.chat import encode_prompts, encode_responses
     from tunewise.model.hf import HFBackend
     from tunewise.model.load import load_model
     from tunewise.select.difficulty import difficulty_tertiles
@@ -531,7 +546,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # On a shared 2-core machine one thread is several times faster than two.
     torch.set_num_threads(args.threads)
-    config = FinetuneConfig.from_profile(PROFILE, **CPU_PROFILE)
+    config = FinetuneConfig.from_profile(PROFILE, **{**CPU_PROFILE, "max_seq_length": args.max_seq_length})
     pool = gsm8k("train", limit=args.pool_size, seed=args.split_seed)
     test = gsm8k("test", limit=args.test_size, seed=args.split_seed)
     loaded = load_model(args.model, dtype=args.dtype)
@@ -545,14 +560,11 @@ def main(argv: list[str] | None = None) -> None:
     test_tertiles = tertiles_by_answer_length(test, loaded.tokenizer)
     accuracy_ids = set(stratified_subset([e.id for e in test], test_tertiles, args.accuracy_items))
     accuracy_test = [e for e in test if e.id in accuracy_ids]
-    test_lengths = [len(ids) for ids in loaded.tokenizer([e.response for e in test], add_special_tokens=False)["input_ids"]]
-    from tunewise.model.chat import encode_prompts
-
+    test_lengths = [len(ids) for ids in encode_responses(loaded.tokenizer, [e.response for e in test])]
     prompt_lengths = np.array([len(p) for p in encode_prompts(loaded.tokenizer, [e.prompt for e in pool], pool)])
     example_tokens = prompt_lengths + lengths + 1  # + the end-of-turn token fine-tuning learns
     mean_tokens = {"random": float(example_tokens.mean()),
                    **{b: float(example_tokens[pool_tertiles == i].mean()) for i, b in enumerate(BUCKETS)}}
-    test_prompt_tokens = sum(len(p) for p in encode_prompts(loaded.tokenizer, [e.prompt for e in test], test))
     passes = plan_passes(budgets, args.seeds)
     settings = {"model": args.model, "model_fingerprint": loaded.fingerprint, "dtype": args.dtype,
                 "split_seed": args.split_seed, "pool_examples": len(pool), "pool_ids_sha256": _digest(pool),
@@ -560,21 +572,20 @@ def main(argv: list[str] | None = None) -> None:
                 "max_new_tokens": args.max_new_tokens, "answer_metric": ANSWER_METRIC,
                 "arms": {arm: arm_spec(arm) for arm in ARMS}, "profile": PROFILE, "profile_overrides": CPU_PROFILE,
                 "finetune": {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"}}
-    # Generation's cost per item is measured by the smoke run (BENCHMARKS.md); 20 × a log-likelihood item.
-    accuracy_seconds = 20 * (test_prompt_tokens + sum(test_lengths)) / len(test) / FORWARD_TOKENS_PER_SECOND
     plan_extra = {
         "budgets": budgets, "seeds": args.seeds,
-        "cells": [[ZERO_SHOT, 0, None]] + [list(cell) for cells in passes for cell in cells],
+        "cells": [list(cell) for cells in passes for cell in cells],
         "passes": [[list(cell) for cell in cells] for cells in passes],
         "pool_tertiles_by_length": tertile_ranges(lengths, pool_tertiles),
         "mean_example_tokens": mean_tokens,
         "test_tertiles_by_length": tertile_ranges(test_lengths, [TERTILES.index(test_tertiles[e.id]) for e in test]),
-        "projected_cpu_hours_per_pass": projected_hours(passes, mean_tokens, config.epochs,
-                                                        test_prompt_tokens + sum(test_lengths), accuracy_seconds,
+        "projected_cpu_hours_per_pass": projected_hours(passes, mean_tokens, config.epochs, len(test),
                                                         len(accuracy_test)),
+        "projected_cpu_hours_zero_shot": round((len(test) * LOG_LIKELIHOOD_SECONDS_PER_ITEM
+                                                + len(accuracy_test) * ACCURACY_SECONDS_PER_ITEM) / 3600, 2),
         "projection_rates": {"train_tokens_per_second": TRAIN_TOKENS_PER_SECOND,
-                             "forward_tokens_per_second": FORWARD_TOKENS_PER_SECOND,
-                             "accuracy_seconds_per_item": accuracy_seconds},
+                             "log_likelihood_seconds_per_item": LOG_LIKELIHOOD_SECONDS_PER_ITEM,
+                             "accuracy_seconds_per_item": ACCURACY_SECONDS_PER_ITEM},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     claim(args.out, settings, plan_extra, command)
