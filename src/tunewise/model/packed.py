@@ -80,9 +80,9 @@ def _decoder_and_head(model):
 # Bytes of one float32 logits block: the rows of hidden states projected onto the vocabulary at once.
 # Unbounded, a 4,096-token chunk of a 128,256-token vocabulary (Llama 3) would hold 2 GiB of float32
 # logits and 2 GiB more of their log-softmax (8 times that at a GPU's 32,768-token chunks), more
-# than a 1B model's weights; in blocks of 128 MiB it is 261 rows at a time there and 682 for
-# SmolLM2's 49,152 tokens.
-LOGITS_BLOCK_BYTES = 128 * 2**20
+# than a 1B model's weights. Blocks of 32 MiB are 65 rows there and 170 for SmolLM2's 49,152 tokens:
+# still large enough for the projection to run at the matmul's speed.
+LOGITS_BLOCK_BYTES = 32 * 2**20
 
 
 def target_logprobs(head, hidden, targets, block_bytes: int = LOGITS_BLOCK_BYTES):
