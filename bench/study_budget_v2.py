@@ -465,6 +465,21 @@ def build_report(out: Path) -> dict:
             "arms": arms, "budgets": budgets, "seeds": seeds}
 
 
+def allocation_table(report: dict) -> str:
+    """Markdown: the pool's examples per task, then per budget and arm the examples each task got."""
+    tasks = list(report["plan"]["pool"]["per_task"])
+    lines = ["| budget | arm | " + " | ".join(tasks) + " |", "|---:|---|" + "---:|" * len(tasks),
+             "| pool | — | " + " | ".join(str(report["plan"]["pool"]["per_task"][t]) for t in tasks) + " |"]
+    for budget in report["budgets"]:
+        for arm in report["arms"]:
+            picks = [run["examples_per_task"] for run in report["runs"]
+                     if run["budget"] == budget and run["strategy"] == arm]
+            if picks:
+                means = [statistics.fmean(p.get(task, 0) for p in picks) for task in tasks]
+                lines.append(f"| {budget} | {arm} | " + " | ".join(f"{m:.3g}" for m in means) + " |")
+    return "\n".join(lines)
+
+
 def report_markdown(report: dict) -> str:
     lines = ["# Study 2 v2: budget across tasks (bench/study_budget_v2.py)", ""]
     lines += ["| pass | finished / planned runs |", "|---|---:|"]
@@ -489,6 +504,7 @@ def report_markdown(report: dict) -> str:
                     gain = cell.get("gain_over_random")
                     gain_text = "—" if gain is None else _interval(gain, signed=True)
                     lines.append(f"| {budget} | {arm} | {cell['n']} | {_interval(cell)} | {gain_text} |")
+    lines += ["", "## Examples per task (mean over the seeds done)", "", allocation_table(report)]
     measured = report["measured_evaluation"]
     lines += ["", "## Cost", "", "| pass | runs | training h | evaluation h | CPU-h (projected) |",
               "|---|---:|---:|---:|---:|"]
