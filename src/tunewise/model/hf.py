@@ -30,6 +30,7 @@ from tunewise.model.base import (CONFIDENCE_NEW_TOKENS, SHARE_MODES, EncodedExam
                                  answer_confidence, plan_batches)
 from tunewise.model.chat import (answer_mask_ids, encode_prompts, encode_responses, pad_batch, pad_token_id,
                                  stop_token_ids)
+from tunewise.model.host_memory import release_freed_memory
 from tunewise.model.lengths import context_length
 from tunewise.model.load import LoadedModel
 from tunewise.model.packed import target_logprobs
@@ -121,6 +122,7 @@ class HFBackend:
                 self._loss_pass(batch, wanted, outputs)
             if wanted & {"confidence", "confidence_ppl", "embedding"}:
                 self._prompt_pass(batch, wanted, outputs)
+        release_freed_memory()
         return outputs
 
     def _loss_pass(self, batch, wanted, outputs) -> None:
