@@ -100,15 +100,16 @@ def test_an_example_gets_the_same_gradient_alone_and_in_a_batch(tiny):
 
 
 def test_bf16_batched_gradients_stay_close_to_the_per_example_ones():
-    """bf16 rounds the activations differently at another shape; measured relative error ~3e-3."""
+    """In bf16 a padded batch could round differently from one example alone; measured here: 0 for
+    the full gradients, 8e-8 relative for the projected ones (the sketch's summation order)."""
     from tunewise.model.load import load_model
 
     bf16 = load_model("tiny-random", device="cpu", dtype="bf16")
     prompts, responses = mixed_examples()
     reference, expected = gradients(bf16.model, bf16.tokenizer, prompts, responses, batched=False)
     batched, got = gradients(bf16.model, bf16.tokenizer, prompts, responses)
-    assert max(relative_errors(got, expected)) <= 2e-2
-    assert batched.norms == pytest.approx(reference.norms, rel=2e-2)
+    assert max(relative_errors(got, expected)) <= 1e-3
+    assert batched.norms == pytest.approx(reference.norms, rel=1e-3)
     assert all(p.dtype.is_floating_point and p.dtype.itemsize == 2 for p in bf16.model.parameters())
 
 

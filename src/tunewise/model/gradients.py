@@ -36,9 +36,12 @@ from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import gradients_through_4bit
 
 # Tokens (rows × padded width) per batched backward pass when none is given. Activations for the
-# backward pass take about 1.5 MB a token in SmolLM2-135M (fp32), so 1,024 tokens hold ~1.5 GB on
-# a CPU; on a GPU the bigger budget keeps the device busy (BENCHMARKS.md, "CoS-Low's gradients, batched").
-DEFAULT_BATCH_TOKENS = {"cpu": 1024, "cuda": 8192}
+# backward pass take about 1.3 MB a token in SmolLM2-135M (fp32): on a CPU 512 tokens run as fast
+# as 2,048 with less memory (BENCHMARKS.md, "CoS-Low's gradients in batches"). The GPU budget is
+# not measured: ~10 MB a token for Qwen2.5-14B in bf16 makes 2,048 tokens ~20 GB beside its weights.
+DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 2048}
+# The fewest rows the output head runs on in a batched pass (see LoraGradients._batched).
+MIN_HEAD_ROWS = 8
 
 
 class LoraGradients:
@@ -185,6 +188,13 @@ class LoraGradients:
                     predictors += [t - 1 for t in answer]
                     targets += [labels[t] for t in answer]
                     weights += [1.0 / len(answer)] * len(answer)
+                # A product of fewer than 4 rows goes to BLAS's matrix-vector kernel, which rounds
+                # the head's input gradient differently from the per-example path's whole-sequence
+                # head: 9e-5 relative error of a SmolLM2 gradient against fp64 instead of 1.4e-5.
+                # Zero-weight copies of a row keep the matrix kernel, and the rows agree to the bit.
+                padding = max(0, MIN_HEAD_ROWS - len(rows))
+                rows, predictors = rows + rows[:1] * padding, predictors + predictors[:1] * padding
+                targets, weights = targets + targets[:1] * padding, weights + [0.0] * padding
                 capture.start(mask.to(device), len(modules))
                 # No attention mask: causal attention never lets a real token see the right padding,
                 # and padding feeds no loss, so its gradients are zero (the capture masks it anyway).
