@@ -116,7 +116,8 @@ def main() -> None:
         variants.append(("fp32_reference", 0))
     common = ["--task", args.task, "--count", str(args.count), "--seed", str(args.seed), "--dtype", args.dtype,
               "--dimension", str(args.dimension)]
-    results: dict = {"task": args.task if args.task == "demo" else f"bbh/{args.task}", "count": args.count, "dtype": args.dtype,
+    results: dict = {"task": args.task if args.task == "demo" else f"bbh/{args.task}", "count": args.count,
+                     "dtype": args.dtype,
                      "dimension": args.dimension or None, "threads": os.environ.get("TUNEWISE_THREADS"),
                      "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "variants": {}}

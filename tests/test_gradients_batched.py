@@ -66,7 +66,7 @@ def test_batched_full_gradients_and_norms_equal_the_per_example_ones_in_fp32(tin
 def test_batched_projected_gradients_and_blocks_equal_the_per_example_ones(tiny):
     prompts, responses = mixed_examples()
     _, expected = gradients(tiny.model, tiny.tokenizer, prompts, responses, batched=False, dimension=512)
-    batched, got = gradients(tiny.model, tiny.tokenizer, prompts, responses, dimension=512)
+    _, got = gradients(tiny.model, tiny.tokenizer, prompts, responses, dimension=512)
     assert [v.shape for v in got] == [(512,)] * len(prompts)
     assert max(relative_errors(got, expected)) <= 1e-5
     _, expected_blocks = gradients(tiny.model, tiny.tokenizer, prompts, responses, batched=False, blocks=True)
@@ -95,7 +95,8 @@ def test_an_example_gets_the_same_gradient_alone_and_in_a_batch(tiny):
     prompts, responses = mixed_examples()
     _, together = gradients(tiny.model, tiny.tokenizer, prompts, responses)
     for position in (0, 4):
-        _, alone = gradients(tiny.model, tiny.tokenizer, prompts[position:position + 1], responses[position:position + 1])
+        _, alone = gradients(tiny.model, tiny.tokenizer, prompts[position:position + 1],
+                             responses[position:position + 1])
         assert relative_errors(alone, together[position:position + 1])[0] <= 1e-6
 
 

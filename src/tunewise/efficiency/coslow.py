@@ -20,9 +20,9 @@ Line references are to paper A's released code, r-three/dataefficiency ``utils/c
    :func:`coslow` reports the mean gradient norm, one of the predictors paper A compares with.
 
 Gradients are computed in the model's own dtype (the LoRA adapter itself is float32, so every
-gradient accumulates in float32), several examples per forward and backward pass (each example's
-own loss and gradient all the same: :class:`tunewise.model.gradients.LoraGradients`). Each is projected at once to ``dimension``
-numbers by a seeded random projection (:func:`tunewise.model.gradients.sketch_gradient`; LESS and
+gradient accumulates in float32), several examples per forward and backward pass, each example
+with its own loss and gradient all the same (:class:`tunewise.model.gradients.LoraGradients`).
+Each is projected at once to ``dimension`` numbers by a seeded random projection (:func:`tunewise.model.gradients.sketch_gradient`; LESS and
 TRAK project gradients the same way), so memory does not grow with the model: 32 × 16,384 floats
 (2 MiB) where the full ``lora_B`` gradients of an 8B Llama would take about 11 GB. ``dimension=None`` keeps the exact
 vectors; bench/coslow_projection.py measures what the projection changes.
@@ -255,7 +255,8 @@ def lora_gradient_vectors(model, tokenizer, prompts: Sequence[Sequence[dict]], r
 
     return as_backend(model, tokenizer).lora_gradients(
         prompts, responses, rank=rank, alpha=alpha, seed=seed, include_eos=include_eos, dimension=dimension,
-        max_batch_tokens=max_batch_tokens, sources=[f"CoS-Low example {number}" for number in range(1, len(prompts) + 1)])
+        max_batch_tokens=max_batch_tokens,
+        sources=[f"CoS-Low example {number}" for number in range(1, len(prompts) + 1)])
 
 
 def _peak_memory(device) -> dict:

@@ -40,7 +40,7 @@ from tunewise.model.load import gradients_through_4bit
 # as 2,048 with less memory (BENCHMARKS.md, "CoS-Low's gradients in batches"). The GPU budget is
 # not measured: ~10 MB a token for Qwen2.5-14B in bf16 makes 2,048 tokens ~20 GB beside its weights.
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 2048}
-# The fewest rows the output head runs on in a batched pass (see LoraGradients._batched).
+# The fewest rows the output head runs on in a batched pass (see _batch_inputs).
 MIN_HEAD_ROWS = 8
 
 
@@ -80,10 +80,10 @@ class LoraGradients:
                  rank: int = 64, alpha: int = 32, seed: int = 0, include_eos: bool = False,
                  dimension: int | None = None, blocks: bool = False, sources: Sequence[str] | None = None,
                  max_batch_tokens: int | None = None, batched: bool = True) -> None:
-        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int)
-                                             or max_batch_tokens < 1):
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool)
+                                             or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
             raise TunewiseError(f"the gradient batch must hold at least 1 token, got {max_batch_tokens!r}",
-                                field="max_batch_tokens", fix="give a whole number of tokens, e.g. 1024, or leave it out")
+                                field="max_batch_tokens", fix="give a whole number of tokens, e.g. 512, or leave it out")
         self.gradient_dimension = 0
         self.norms: list[float] = []
         self.target_modules = lora_target_modules(model)
@@ -166,56 +166,68 @@ class LoraGradients:
         for parameter in peft_model.parameters():
             parameter.requires_grad_(False)
         capture = _PerExampleCapture(dimension, seed, keep_full=dimension is None or blocks)
-        handles = [module.register_forward_hook(functools.partial(capture.forward_hook, index))
-                   for index, module in enumerate(modules)]
         decoder, head = peft_model.get_decoder(), peft_model.get_output_embeddings()
         lengths = [len(input_ids) for input_ids, _ in encoded]
         # Batches in order of their first example, so the examples leave in input order soon.
         chunks = sorted(plan_padded_chunks(lengths, budget), key=lambda chunk: min(chunk[1]))
         waiting: dict[int, tuple[float, object]] = {}
-        try:
-            for width, positions in chunks:
-                ids = torch.full((len(positions), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(positions), width), dtype=torch.bool)
-                rows, predictors, targets, weights = [], [], [], []
-                for row, position in enumerate(positions):
-                    input_ids, labels = encoded[position]
-                    ids[row, :len(input_ids)] = torch.tensor(input_ids)
-                    mask[row, :len(input_ids)] = True
-                    # Token t's label is predicted at t - 1 (transformers shifts the same way).
-                    answer = [t for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX]
-                    rows += [row] * len(answer)
-                    predictors += [t - 1 for t in answer]
-                    targets += [labels[t] for t in answer]
-                    weights += [1.0 / len(answer)] * len(answer)
-                # A product of fewer than 4 rows goes to BLAS's matrix-vector kernel, which rounds
-                # the head's input gradient differently from the per-example path's whole-sequence
-                # head: 9e-5 relative error of a SmolLM2 gradient against fp64 instead of 1.4e-5.
-                # Zero-weight copies of a row keep the matrix kernel, and the rows agree to the bit.
-                padding = max(0, MIN_HEAD_ROWS - len(rows))
-                rows, predictors = rows + rows[:1] * padding, predictors + predictors[:1] * padding
-                targets, weights = targets + targets[:1] * padding, weights + [0.0] * padding
-                capture.start(mask.to(device), len(modules))
-                # No attention mask: causal attention never lets a real token see the right padding,
-                # and padding feeds no loss, so its gradients are zero (the capture masks it anyway).
+        for width, positions in chunks:
+            ids, mask, rows, predictors, targets, weights = _batch_inputs(encoded, positions, width, pad_id)
+            capture.start(mask.to(device), len(modules))
+            # The hooks live for this batch's passes only: never while the caller holds the model.
+            handles = [module.register_forward_hook(functools.partial(capture.forward_hook, index))
+                       for index, module in enumerate(modules)]
+            try:
+                # No attention mask: causal attention never lets a real token see the right
+                # padding, and padding feeds no loss, so its gradients are zero (masked anyway).
                 hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
-                picked = hidden[torch.tensor(rows, device=device), torch.tensor(predictors, device=device)]
+                last = hidden.device  # the decoder's last block may sit on another device
+                picked = hidden[torch.tensor(rows, device=last), torch.tensor(predictors, device=last)]
                 logits = head(picked).float()
                 logprobs = torch.log_softmax(logits, dim=-1).gather(
-                    -1, torch.tensor(targets, device=device).unsqueeze(-1)).squeeze(-1)
+                    -1, torch.tensor(targets, device=logits.device).unsqueeze(-1)).squeeze(-1)
                 # The sum of the examples' own mean losses: its gradient splits into theirs.
-                loss = -(logprobs * torch.tensor(weights, device=device)).sum()
+                loss = -(logprobs * torch.tensor(weights, device=logits.device)).sum()
                 loss.backward()
                 del hidden, picked, logits, logprobs, loss
-                for position, norm, vector in zip(positions, *capture.finish(blocks)):
-                    waiting[position] = (norm, vector)
-                while len(self.norms) in waiting:
-                    norm, vector = waiting.pop(len(self.norms))
-                    self.norms.append(norm)
-                    yield vector
-        finally:
-            for handle in handles:
-                handle.remove()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for position, norm, vector in zip(positions, *capture.finish(blocks)):
+                waiting[position] = (norm, vector)
+            while len(self.norms) in waiting:
+                norm, vector = waiting.pop(len(self.norms))
+                self.norms.append(norm)
+                yield vector
+
+
+def _batch_inputs(encoded, positions, width, pad_id):
+    """One batch of :meth:`LoraGradients._batched`: the right-padded ``ids`` and real-token
+    ``mask`` (rows × ``width``), and per answer token its row, the position that predicts it, its
+    id and its loss weight (1 / the example's answer tokens)."""
+    import torch
+
+    ids = torch.full((len(positions), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(positions), width), dtype=torch.bool)
+    rows, predictors, targets, weights = [], [], [], []
+    for row, position in enumerate(positions):
+        input_ids, labels = encoded[position]
+        ids[row, :len(input_ids)] = torch.tensor(input_ids)
+        mask[row, :len(input_ids)] = True
+        # Token t's label is predicted at t - 1 (transformers shifts the same way).
+        answer = [t for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX]
+        rows += [row] * len(answer)
+        predictors += [t - 1 for t in answer]
+        targets += [labels[t] for t in answer]
+        weights += [1.0 / len(answer)] * len(answer)
+    # A product of fewer than 4 rows goes to BLAS's matrix-vector kernel, which rounds the head's
+    # input gradient differently from the per-example path's whole-sequence head: 9e-5 relative
+    # error of a SmolLM2 gradient against fp64 instead of 1.4e-5. Zero-weight copies of a row keep
+    # the matrix kernel, and the rows agree with the per-example path to the bit.
+    padding = max(0, MIN_HEAD_ROWS - len(rows))
+    rows, predictors = rows + rows[:1] * padding, predictors + predictors[:1] * padding
+    targets, weights = targets + targets[:1] * padding, weights + [0.0] * padding
+    return ids, mask, rows, predictors, targets, weights
 
 
 class _PerExampleCapture:
@@ -228,6 +240,10 @@ class _PerExampleCapture:
         self.dimension = dimension
         self.seed = seed
         self.keep_full = keep_full
+        self.mask = None  # batch rows × width, True on real tokens
+        self.squares = None  # per example, the squared norm so far (float64, CPU)
+        self.sketch = None  # rows × dimension, when projecting
+        self.blocks: list = []  # per module, rows × out × r on the CPU, when keeping the full gradient
 
     def start(self, mask, modules: int) -> None:
         import torch
@@ -235,7 +251,7 @@ class _PerExampleCapture:
         self.mask = mask
         self.squares = torch.zeros(mask.shape[0], dtype=torch.float64)
         self.sketch = None
-        self.blocks: list = [None] * modules
+        self.blocks = [None] * modules
 
     def forward_hook(self, index, module, args, output):
         # lora_B's output (zero, B = 0) is replaced by a leaf of the same value: the backward pass
