@@ -146,3 +146,16 @@ def test_a_batch_of_no_tokens_is_refused(tiny, budget):
     prompts, responses = mixed_examples(2)
     with pytest.raises(TunewiseError, match="at least 1 token"):
         LoraGradients(tiny.model, tiny.tokenizer, prompts, responses, max_batch_tokens=budget)
+
+
+def test_no_hook_stays_on_the_model_between_examples_and_the_adapter_goes_at_close(tiny):
+    from tunewise.model.gradients import LoraGradients
+
+    prompts, responses = mixed_examples(4)
+    iterator = LoraGradients(tiny.model, tiny.tokenizer, prompts, responses, rank=8, max_batch_tokens=60)
+    next(iterator)
+    lora_b = [module for name, module in tiny.model.named_modules() if name.endswith("lora_B.default")]
+    assert lora_b and not any(module._forward_hooks for module in lora_b)
+    iterator.close()
+    assert not any("lora_" in name for name, _ in tiny.model.named_parameters())
+    assert all(p.requires_grad for p in tiny.model.parameters())
