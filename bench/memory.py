@@ -20,6 +20,10 @@ before and after.
     python bench/memory.py run --shape 1b --label before --src /tmp/before/src --steps score
     python bench/memory.py table --shape 1b                      # markdown, ratios to the weights' bytes
 
+``--shape llama1b`` is Llama-3.2-1B whole, its 128,256-token vocabulary included, with a pool of
+GSM8K-length answers: the shape on which the vocabulary projection's logits weigh what they weigh
+in a real run (the ``1b`` shape's 260-token vocabulary hides them).
+
 Run the 1B steps one at a time on a small shared machine: each holds the model in memory.
 """
 
@@ -47,7 +51,13 @@ SHAPES = {
                num_key_value_heads=8),
     "8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=8),
+    # Llama-3.2-1B whole: its 128,256-token vocabulary too (1.24 B parameters, 2.3 GiB of bf16), with
+    # GSM8K-length answers, so the vocabulary projection's logits are as large as a real run's.
+    "llama1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                    num_key_value_heads=8, vocab_size=128_256),
 }
+# Shapes whose pool has long answers (~150 tokens each: the scored tokens of a real pool).
+LONG_ANSWERS = {"llama1b"}
 
 # Runs the CLI in this process and, on a GPU, leaves its peak allocation behind for the parent.
 CHILD = """
@@ -68,6 +78,16 @@ def model_dir(shape: str) -> Path:
     return OUT / f"model-{shape}"
 
 
+def pool_file(shape: str) -> Path:
+    return model_dir(shape) / "pool.jsonl" if shape in LONG_ANSWERS else OUT / "pool.jsonl"
+
+
+def worked_answer(a: int) -> str:
+    """A GSM8K-length worked answer (~150 byte-level tokens)."""
+    return (f"We start from {a} and add {a + 7}. Adding the tens first gives {a // 10 * 10 + (a + 7) // 10 * 10}, "
+            f"then the units give {a % 10 + (a + 7) % 10}, so the total is {2 * a + 7}. #### {2 * a + 7}")
+
+
 def build(shape: str, device: str) -> None:
     """Build the random model in bf16 directly (never an fp32 copy) and save it with a pool."""
     import torch
@@ -78,9 +98,9 @@ def build(shape: str, device: str) -> None:
 
     target = model_dir(shape)
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    config = LlamaConfig(**{"vocab_size": len(tokenizer), **SHAPES[shape]}, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -94,15 +114,16 @@ def build(shape: str, device: str) -> None:
     tokenizer.save_pretrained(target)
     del model
     # One task of 32 labelled examples: CoS-Low's k, so `plan --coslow` measures it.
-    lines = [json.dumps({"task": "addition", "prompt": f"What is {a} plus {a + 7}?", "response": str(2 * a + 7)})
+    lines = [json.dumps({"task": "addition", "prompt": f"What is {a} plus {a + 7}?",
+                         "response": worked_answer(a) if shape in LONG_ANSWERS else str(2 * a + 7)})
              for a in range(32)]
-    (OUT / "pool.jsonl").write_text("\n".join(lines) + "\n")
+    pool_file(shape).write_text("\n".join(lines) + "\n")
     weights = sum(p.stat().st_size for p in target.glob("*.safetensors"))
     print(f"built {target}: {weights / 2**30:.2f} GiB of bf16 weights")
 
 
-def step_arguments(step: str, model: Path, work: Path, device: str) -> list[str]:
-    pool = str(OUT / "pool.jsonl")
+def step_arguments(step: str, shape: str, work: Path, device: str) -> list[str]:
+    model, pool = model_dir(shape), str(pool_file(shape))
     common = ["--model", str(model), "--device", device]
     if step == "score":
         return ["score", pool, *common, "--indicators", "loss,confidence", "--max-new-tokens", "4",
@@ -124,7 +145,7 @@ def run_step(step: str, shape: str, label: str, src: Path, device: str, timeout:
     report = work / "cuda.json"
     env = {**os.environ, "PYTHONPATH": str(src), "MEMORY_BENCH_REPORT": str(report),
            "TUNEWISE_CACHE": str(work / "tunewise-cache")}
-    arguments = step_arguments(step, model_dir(shape), work, device)
+    arguments = step_arguments(step, shape, work, device)
     started = time.perf_counter()
     with open(work / "log.txt", "w") as log:
         child = subprocess.Popen([sys.executable, "-c", CHILD, *arguments], env=env, stdout=log,

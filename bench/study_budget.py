@@ -1,5 +1,9 @@
 """Study 2, reduced for CPU: does splitting the budget across tasks beat random selection?
 
+Superseded for evidence v2 (issue 14) by ``bench/study_budget_v2.py`` (13 T0 tasks' classification
+templates plus ARC/BoolQ/OpenBookQA, budgets 64/256, ``choice`` accuracy); kept, with its defaults,
+to reproduce BENCHMARKS.md's "Study 2" table, and v2 reads its MMLU/BBH and ``llm_adapters`` loaders.
+
 A multi-task pool (short-answer T0 tasks plus the ARC-Challenge, ARC-Easy, BoolQ and OpenBookQA
 train splits) keeps the tasks' natural imbalance: each task contributes the same fraction of its
 rows, so BoolQ holds about a third of the pool and random selection spends its budget the same way.
@@ -74,8 +78,8 @@ def llm_adapters_split(folder: str, split: str) -> list[dict]:
             for r in records]
 
 
-def mmlu_sample(size: int, seed: int) -> list[dict]:
-    """``size`` MMLU test questions drawn with ``seed`` over all subjects, answered by letter."""
+def mmlu_rows() -> list[dict]:
+    """Every MMLU test question (all subjects, in file order), answered by letter."""
     rows = []
     for path in sorted(require_data("mmlu", "test").glob("*_test.csv")):
         subject = path.name.removesuffix("_test.csv").replace("_", " ")
@@ -85,16 +89,26 @@ def mmlu_sample(size: int, seed: int) -> list[dict]:
                 prompt = (f"The following is a multiple choice question about {subject}.\n\n{row['question']}\n"
                           f"{choices}\nAnswer with the letter of the correct choice.")
                 rows.append({"prompt": prompt, "completion": "ABCD"[int(row["answer"])], "task": "mmlu"})
-    return random.Random(f"{seed}:mmlu").sample(rows, size)
+    return rows
 
 
-def bbh_sample(size: int, seed: int) -> list[dict]:
-    """``size`` questions drawn with ``seed`` from the multiple-choice BBH tasks in ``BBH_TASKS``."""
+def mmlu_sample(size: int, seed: int) -> list[dict]:
+    """``size`` MMLU test questions drawn with ``seed`` over all subjects, answered by letter."""
+    return random.Random(f"{seed}:mmlu").sample(mmlu_rows(), size)
+
+
+def bbh_rows() -> list[dict]:
+    """Every question of the multiple-choice BBH tasks in ``BBH_TASKS``, in file order."""
     rows = []
     for task in BBH_TASKS:
         data = json.loads(require_data("bbh", "tasks", f"{task}.json").read_text())
         rows.extend({"prompt": e["input"], "completion": e["target"], "task": "bbh"} for e in data["examples"])
-    return random.Random(f"{seed}:bbh").sample(rows, size)
+    return rows
+
+
+def bbh_sample(size: int, seed: int) -> list[dict]:
+    """``size`` questions drawn with ``seed`` from the multiple-choice BBH tasks in ``BBH_TASKS``."""
+    return random.Random(f"{seed}:bbh").sample(bbh_rows(), size)
 
 
 def build_study_data(pool_fraction: float, test_per_task: int, benchmark_size: int, seed: int):

@@ -13,7 +13,8 @@ Reads ``OUT/plan.json`` (every planned cell), ``OUT/tasks/<task>/coslow.json`` (
   * ``AUC@N0``: zero-shot to the smallest budget N0 (16) for every task that has both, a common
     axis the first pass of the study fills;
   * ``AUC``: the task's whole planned grid, N = its largest budget (256 on the large tasks, 32 on
-    BBH: paper A's axis ends at the largest budget kept, auc.py:133-135), complete curves only;
+    BBH: paper A's axis ends at the largest budget kept, auc.py:133-135), complete curves only,
+    compared among the tasks planned on the same grid;
 - per axis, once at least ``--min-tasks`` (4) tasks have an AUC and the predictors: the
   leave-one-task-out absolute error (AUC points) of each predictor against predicting the other
   tasks' mean AUC, and each predictor's Pearson and Spearman correlation with the AUC, from
@@ -165,8 +166,14 @@ def build_report(out: Path, min_tasks: int = 4) -> dict:
     tasks = [load_task(out, plan["tasks"][name]) for name in order]
     first_budget = min(min(t["plan"]["budgets"]) for t in tasks)
     rows = [task_row(task, first_budget) for task in tasks]
-    complete = [row for row in rows if row["auc"] is not None]
-    full_grid = sorted({b for row in complete for b in row["budgets"]}) or [first_budget]
+    # Paper A compares AUCs on one grid: tasks are grouped by their planned grid (the large tasks'
+    # 16/64/256, BBH's 16/32), each group compared on its own.
+    grids = sorted({tuple(row["budgets"]) for row in rows}, key=lambda grid: (-len(grid), grid))
+    by_grid = {
+        f"auc@{grid[-1]} ({'/'.join(map(str, grid))})": compare(
+            [row for row in rows if tuple(row["budgets"]) == grid], "auc", grid[-1], list(grid), min_tasks)
+        for grid in grids
+    }
     return {
         "out": str(out),
         "commit": (out / "commit").read_text().strip() if (out / "commit").exists() else None,
@@ -178,7 +185,7 @@ def build_report(out: Path, min_tasks: int = 4) -> dict:
         "tasks": rows,
         "comparisons": {
             f"auc@{first_budget}": compare(rows, "auc_first", first_budget, [first_budget], min_tasks),
-            "auc (own grid)": compare(rows, "auc", max(full_grid), full_grid, min_tasks),
+            **by_grid,
         },
     }
 

@@ -256,3 +256,46 @@ def test_a_4bit_model_fine_tunes_end_to_end(small_folder, tmp_path):
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert "Linear4bit" in {type(m).__name__ for m in loaded.model.modules()}
+
+
+@pytest.mark.integration
+@needs_bitsandbytes
+def test_an_8bit_model_scores_and_fine_tunes(small_folder, tmp_path):
+    import math
+
+    from tunewise.data.pool import parse_record
+    from tunewise.model.hf import HFBackend
+    from tunewise.model.load import load_model
+    from tunewise.training.finetune import FinetuneConfig, finetune
+
+    loaded = load_model(str(small_folder), device="cpu", dtype="bf16", options=LoadOptions(quantization="8bit"))
+    assert "Linear8bitLt" in {type(m).__name__ for m in loaded.model.modules()}
+    assert loaded.fingerprint.endswith(":bfloat16:8bit")
+    backend = HFBackend(loaded, max_new_tokens=4)
+    scored = backend.score_batch(backend.encode([[{"role": "user", "content": "What is 1 plus 2?"}]], ["3"]), {"loss"})
+    assert math.isfinite(scored["loss"][0]) and scored["loss"][0] > 0
+    examples = [parse_record({"prompt": f"What is {i} plus 2?", "response": str(i + 2)}) for i in range(6)]
+    result = finetune(loaded, examples, FinetuneConfig(max_steps=2, batch_size=2), output_dir=tmp_path / "adapter")
+    assert all(math.isfinite(step["loss"]) for step in result.log.to_dict()["steps"])
+    result.release()
+    assert not any("lora_" in name for name, _ in loaded.model.named_parameters())
+    assert "Linear8bitLt" in {type(m).__name__ for m in loaded.model.modules()}
+
+
+@pytest.mark.integration
+def test_device_map_auto_places_every_weight_and_gives_the_same_scores(small_folder):
+    """``--device-map auto`` (accelerate's placement) on a machine with one device puts every weight
+    there and scores exactly as the plain load does."""
+    import torch
+
+    from tunewise.model.hf import HFBackend
+    from tunewise.model.load import load_model
+
+    def loss_of(options):
+        loaded = load_model(str(small_folder), device="cpu", dtype="fp32", options=options)
+        assert {p.device for p in loaded.model.parameters()} == {torch.device("cpu")}
+        backend = HFBackend(loaded, max_new_tokens=4)
+        encoded = backend.encode([[{"role": "user", "content": "What is 1 plus 2?"}]], ["3"])
+        return backend.score_batch(encoded, {"loss"})["loss"][0]
+
+    assert loss_of(LoadOptions(device_map="auto")) == loss_of(LoadOptions())

@@ -127,3 +127,24 @@ def test_passes_refuse_empty_segments(lively):
         shared_prefix_logprobs(lively.model, [([1, 2], [[3], []])], 0)
     with pytest.raises(ValueError):
         sequence_logprobs(lively.model, [[1, 2]], [0], 0)
+
+
+@pytest.mark.integration
+def test_target_logprobs_bounds_its_logits_block_without_changing_a_value(lively, monkeypatch):
+    """The float32 logits are formed a block of rows at a time (a 128k vocabulary would otherwise
+    need gigabytes per chunk); every value is the one the whole projection gives."""
+    from tunewise.model import packed
+
+    head = lively.model.get_output_embeddings()
+    hidden = torch.randn(50, head.in_features, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, head.out_features, (50,), generator=torch.Generator().manual_seed(1))
+    whole = torch.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    widths = []
+    real_linear = torch.nn.functional.linear
+    monkeypatch.setattr(torch.nn.functional, "linear",
+                        lambda x, *rest: widths.append(len(x)) or real_linear(x, *rest))
+    block = 7 * 4 * head.out_features
+    with torch.no_grad():
+        blocked = packed.target_logprobs(head, hidden, targets, block_bytes=block)
+    assert max(widths) == 7 and sum(widths) == 50
+    torch.testing.assert_close(blocked, whole, rtol=0, atol=0)

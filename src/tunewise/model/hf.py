@@ -32,18 +32,7 @@ from tunewise.model.chat import (answer_mask_ids, encode_prompts, encode_respons
                                  stop_token_ids)
 from tunewise.model.lengths import context_length
 from tunewise.model.load import LoadedModel
-
-# Rows of hidden states projected onto the vocabulary at once in the prefix-cached pass: bounds
-# the logits block to ~100 MiB for a 50k-token vocabulary.
-_PROJECTION_ROWS = 512
-
-
-def token_logprobs(head, hidden, targets):
-    """log p(target) from hidden states, projecting only these rows onto the vocabulary with ``head``."""
-    import torch
-
-    logits = head(hidden).float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+from tunewise.model.packed import target_logprobs
 
 
 class HFBackend:
@@ -63,7 +52,10 @@ class HFBackend:
         self.device = loaded.device
         self.max_new_tokens = max_new_tokens
         self.context_length = context_length(self.model, self.tokenizer)
-        self.max_batch_tokens = max_batch_tokens or (32768 if self.device.type == "cuda" else 4096)
+        # A CPU runs a 2,048-token batch as fast as a larger one (its matmuls are roof-sized at a few
+        # hundred rows) and each 1,000 tokens of batch hold ~100 MB of a 1B model's activations and
+        # cache; a GPU needs large batches to be busy.
+        self.max_batch_tokens = max_batch_tokens or (32768 if self.device.type == "cuda" else 2048)
         template = (self.tokenizer.chat_template or "").encode()
         self.fingerprint = f"{loaded.fingerprint}:tpl-{hashlib.sha256(template).hexdigest()[:8]}"
         self._decoder = self.model.get_decoder()
@@ -341,10 +333,8 @@ class HFBackend:
         predicts = (offsets >= start.unsqueeze(1)) & (offsets < (start + length).unsqueeze(1))
         targets = torch.roll(ids, shifts=-1, dims=1)[predicts]
         predictors = hidden[predicts]
-        logprobs = torch.cat([
-            token_logprobs(self._head, predictors[i:i + _PROJECTION_ROWS], targets[i:i + _PROJECTION_ROWS])
-            for i in range(0, len(predictors), _PROJECTION_ROWS)
-        ]) if len(predictors) else torch.zeros(0, device=self.device)
+        logprobs = target_logprobs(self._head, predictors, targets) if len(predictors) else torch.zeros(
+            0, device=self.device)
         # ``predicts`` is taken in row-major order, so each row's values are one consecutive run.
         return [values.cpu().numpy() for values in torch.split(logprobs, list(lengths))]
 

@@ -20,7 +20,7 @@ demonstrations), runs that prefix once and reuses its KV cache:
 :func:`shared_prefix_length`.
 
 Both functions here project onto the vocabulary only at the positions that predict a scored
-token, and take the log-softmax in float32. They take a causal LM from ``transformers`` (or a PEFT
+token, in blocks of bounded size (:func:`target_logprobs`), and take the log-softmax in float32. They take a causal LM from ``transformers`` (or a PEFT
 model around one) and return log-probabilities in input order. The model interface
 (:class:`tunewise.model.base.Backend`) is their one caller in the library.
 """
@@ -77,12 +77,29 @@ def _decoder_and_head(model):
     return model.get_decoder(), model.get_output_embeddings()
 
 
-def _target_logprobs(head, hidden, targets):
-    """log p(target): the vocabulary projection in the model's dtype, the log-softmax in float32."""
+# Bytes of one float32 logits block: the rows of hidden states projected onto the vocabulary at once.
+# Unbounded, a 4,096-token chunk of a 128,256-token vocabulary (Llama 3) would hold 2 GiB of float32
+# logits and 2 GiB more of their log-softmax (8 times that at a GPU's 32,768-token chunks), more
+# than a 1B model's weights. Blocks of 32 MiB are 65 rows there and 170 for SmolLM2's 49,152 tokens:
+# still large enough for the projection to run at the matmul's speed.
+LOGITS_BLOCK_BYTES = 32 * 2**20
+
+
+def target_logprobs(head, hidden, targets, block_bytes: int = LOGITS_BLOCK_BYTES):
+    """log p(target) for each row of ``hidden`` (``[n, hidden_size]`` → float32 ``[n]``).
+
+    The vocabulary projection runs in the model's dtype and the log-softmax in float32, a block of
+    rows at a time so that the float32 logits never exceed ``block_bytes`` (each row is computed
+    alone, so the values do not depend on the block size).
+    """
     import torch
 
-    logits = head(hidden).float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    vocabulary = getattr(head, "out_features", None) or head.weight.shape[0]
+    rows = max(1, block_bytes // (4 * vocabulary))
+    if len(hidden) <= rows:
+        return torch.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.cat([target_logprobs(head, hidden[i:i + rows], targets[i:i + rows], block_bytes)
+                      for i in range(0, len(hidden), rows)])
 
 
 def sequence_logprobs(
@@ -126,7 +143,7 @@ def sequence_logprobs(
                 counts.append(end - start)
             row_index = torch.cat(rows).to(device)
             position_index = torch.cat(predictors).to(device)
-            logprobs = _target_logprobs(head, hidden[row_index, position_index], torch.cat(targets).to(device))
+            logprobs = target_logprobs(head, hidden[row_index, position_index], torch.cat(targets).to(device))
             for index, values in zip(chunk, torch.split(logprobs, counts)):
                 results[index] = values.cpu().numpy()
             done += len(chunk)
@@ -221,7 +238,7 @@ def shared_prefix_logprobs(
             rows = torch.cat([torch.full((len(p),), row, dtype=torch.long) for _, _, row, p, _ in scored])
             predictor_index = torch.cat([p for *_, p, _ in scored])
             target_index = torch.cat([t for *_, t in scored])
-            logprobs = _target_logprobs(head, hidden[rows.to(device), predictor_index.to(device)],
+            logprobs = target_logprobs(head, hidden[rows.to(device), predictor_index.to(device)],
                                        ids[rows, target_index].to(device))
             for (item, j, *_), values in zip(scored, torch.split(logprobs, [len(t) for *_, t in scored])):
                 results[item].append(values.cpu().numpy())
