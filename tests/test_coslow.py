@@ -119,7 +119,7 @@ def test_the_model_is_left_as_it_was(tiny):
 
 @pytest.mark.integration
 def test_gradients_are_streamed_one_example_at_a_time(tiny):
-    """Each example's gradient leaves the model before the next one is computed."""
+    """Vectors come one example at a time, and no gradient stays in the model between them."""
     config = tiny.model.config
     head_dim = config.hidden_size // config.num_attention_heads
     outputs_per_layer = (

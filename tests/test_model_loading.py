@@ -182,6 +182,14 @@ def test_a_4bit_model_scores_and_gives_coslow_gradients(small_folder):
     prompts = [[{"role": "user", "content": f"What is {i} plus 2?"}] for i in range(4)]
     result = coslow(loaded.model, loaded.tokenizer, prompts, [str(i + 2) for i in range(4)], dimension=1024)
     assert -1 <= result["coslow"] <= 1 and result["dimension"] == 1024
+    # Batched gradients run through the 4-bit layers too, and agree with one example per pass.
+    from tunewise.model.gradients import LoraGradients
+
+    answers = [str(i + 2) + " ok" * (i % 2) for i in range(4)]
+    batched = LoraGradients(loaded.model, loaded.tokenizer, prompts, answers, dimension=256)
+    one_by_one = LoraGradients(loaded.model, loaded.tokenizer, prompts, answers, dimension=256, batched=False)
+    assert batched.per_example_reason is None
+    assert all(float((b - o).norm() / o.norm()) <= 1e-5 for b, o in zip(list(batched), list(one_by_one)))
     assert "Linear4bit" in {type(m).__name__ for m in loaded.model.modules()}
     assert not any("lora_" in name for name, _ in loaded.model.named_parameters())
     assert all(p.dtype in (torch.bfloat16, torch.uint8) for p in loaded.model.parameters())

@@ -131,6 +131,9 @@ def coslow_command(
     projection_dim: int = typer.Option(
         DEFAULT_PROJECTION_DIM, min=0, help="Project each gradient to this many numbers (seeded); 0 keeps the full "
                                             "LoRA-B gradient (exact; memory grows with the model)."),
+    gradient_batch_tokens: int = typer.Option(
+        0, min=0, help="Tokens per shared forward/backward pass of the gradients (0: 512 on a CPU, 2048 on a GPU); "
+                       "more is faster until memory runs out, the values do not change."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     reading: PoolReading = None,
 ) -> None:
@@ -199,7 +202,7 @@ def coslow_command(
         with progress_bar(f"gradients ({name.replace('_', ' ')})") as update:
             results[name] = coslow(backend.loaded.model, backend.loaded.tokenizer, [list(e.prompt) for e in group],
                                    [e.response for e in group], seed=seed, include_eos=include_eos,
-                                   dimension=projection_dim or None,
+                                   dimension=projection_dim or None, max_batch_tokens=gradient_batch_tokens or None,
                                    progress=lambda done, total=len(group): update(done, total))
     for result in results.values():
         if not all(math.isfinite(value) for value in [result["coslow"], *result["cosines"]]):

@@ -19,9 +19,10 @@ Line references are to paper A's released code, r-three/dataefficiency ``utils/c
 4. CoS-Low is the median cosine similarity over the k(k − 1)/2 pairs (``:118-138``). Beside it
    :func:`coslow` reports the mean gradient norm, one of the predictors paper A compares with.
 
-Gradients are computed one example at a time in the model's own dtype (the LoRA adapter itself
-is float32, so every gradient accumulates in float32). Each is projected at once to ``dimension``
-numbers by a seeded random projection (:func:`tunewise.model.gradients.sketch_gradient`; LESS and
+Gradients are computed in the model's own dtype (the LoRA adapter itself is float32, so every
+gradient accumulates in float32), several examples per forward and backward pass, each example
+with its own loss and gradient all the same (:class:`tunewise.model.gradients.LoraGradients`).
+Each is projected at once to ``dimension`` numbers by a seeded random projection (:func:`tunewise.model.gradients.sketch_gradient`; LESS and
 TRAK project gradients the same way), so memory does not grow with the model: 32 × 16,384 floats
 (2 MiB) where the full ``lora_B`` gradients of an 8B Llama would take about 11 GB. ``dimension=None`` keeps the exact
 vectors; bench/coslow_projection.py measures what the projection changes.
@@ -140,6 +141,7 @@ def coslow(
     progress: Callable[[int], None] | None = None,
     include_eos: bool = False,
     dimension: int | None = DEFAULT_DIMENSION,
+    max_batch_tokens: int | None = None,
 ) -> dict:
     """CoS-Low of labelled examples: the median pairwise cosine of their LoRA-B gradients.
 
@@ -164,6 +166,10 @@ def coslow(
         Project each gradient to this many numbers (:func:`~tunewise.model.gradients.sketch_gradient`,
         seeded by ``seed``);
         ``None`` keeps the full ``lora_B`` gradient (exact, but k × its length in memory).
+    max_batch_tokens:
+        Tokens per shared forward and backward pass (None: the device's default,
+        :data:`tunewise.model.gradients.DEFAULT_BATCH_TOKENS`); memory grows with it, the values
+        do not change beyond float rounding.
 
     Returns
     -------
@@ -201,7 +207,7 @@ def coslow(
     unit_vectors = None
     gram = np.zeros((count, count))
     vectors = lora_gradient_vectors(backend, None, prompts, responses, rank, alpha, seed,
-                                    include_eos=include_eos, dimension=dimension)
+                                    include_eos=include_eos, dimension=dimension, max_batch_tokens=max_batch_tokens)
     try:
         for index, vector in enumerate(vectors):
             norm = torch.linalg.vector_norm(vector)
@@ -241,7 +247,7 @@ def coslow(
 
 def lora_gradient_vectors(model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
                           rank: int = 64, alpha: int = 32, seed: int = 0, include_eos: bool = False,
-                          dimension: int | None = None):
+                          dimension: int | None = None, max_batch_tokens: int | None = None):
     """The examples' ``lora_B`` gradients, one at a time, from the model interface's
     :meth:`~tunewise.model.base.Backend.lora_gradients` (``model`` and ``tokenizer`` as
     :func:`tunewise.model.as_backend` takes them): see :class:`tunewise.model.gradients.LoraGradients`."""
@@ -249,6 +255,7 @@ def lora_gradient_vectors(model, tokenizer, prompts: Sequence[Sequence[dict]], r
 
     return as_backend(model, tokenizer).lora_gradients(
         prompts, responses, rank=rank, alpha=alpha, seed=seed, include_eos=include_eos, dimension=dimension,
+        max_batch_tokens=max_batch_tokens,
         sources=[f"CoS-Low example {number}" for number in range(1, len(prompts) + 1)])
 
 

@@ -172,14 +172,17 @@ class Backend(Protocol):
 
     def lora_gradients(self, prompts: Sequence[Messages], responses: Sequence[str], *, rank: int = 64,
                        alpha: int = 32, seed: int = 0, include_eos: bool = False, dimension: int | None = None,
-                       blocks: bool = False, sources: Sequence[str] | None = None):
+                       blocks: bool = False, sources: Sequence[str] | None = None,
+                       max_batch_tokens: int | None = None):
         """Per example, the gradient of its answer loss (mean cross-entropy over the answer
         tokens, :func:`tunewise.model.chat.gradient_example`) with respect to the ``lora_B``
         matrices of a fresh, seeded LoRA adapter (rank, alpha; B = 0): an iterator, one example at
         a time, of float32 CPU vectors (the full concatenated gradient, or with ``dimension`` its
         seeded projection to that many numbers), closed with ``close()``. It also carries
         ``norms`` (exact L2 norm of each full gradient), ``gradient_dimension`` and
-        ``target_modules``; see :class:`tunewise.model.gradients.LoraGradients`. The model is
+        ``target_modules``; see :class:`tunewise.model.gradients.LoraGradients`. Examples may
+        share forward and backward passes of about ``max_batch_tokens`` tokens (None: the
+        backend's default); the values do not depend on it beyond float rounding. The model is
         left as it was found."""
 
 

@@ -94,7 +94,7 @@ class FakeBackend:
 
     def lora_gradients(self, prompts, responses, *, rank: int = 64, alpha: int = 32, seed: int = 0,
                        include_eos: bool = False, dimension: int | None = None, blocks: bool = False,
-                       sources=None) -> "FakeGradients":
+                       sources=None, max_batch_tokens: int | None = None) -> "FakeGradients":
         return FakeGradients([(str(p), r, rank, alpha, seed, include_eos) for p, r in zip(prompts, responses)],
                              rank, dimension, blocks)
 

@@ -12,24 +12,44 @@ gradients of all layers are concatenated into one vector per example. Gradients 
 model's own dtype (the adapter itself is float32, so every gradient accumulates in float32); each is
 projected at once to ``dimension`` numbers by :func:`sketch_gradient`, so memory does not grow with
 the model.
+
+Paper A takes one example per backward pass. Here a batch of examples shares one: the ``lora_B``
+gradient of example i is Σₜ gᵢₜ ⊗ aᵢₜ over its tokens t, where a is the input of ``lora_B`` (the
+``lora_A`` output) and g the gradient of the loss with respect to the ``lora_B`` output, and the
+gradient of a sum of per-example losses with respect to example i's activations is that of its own
+loss. So the batch's loss is the sum of each example's own mean cross-entropy, hooks on every
+``lora_B`` keep a and catch g during the backward pass, and one einsum per module gives every
+example's gradient, projected (or moved to the CPU) before the next module's arrives. This is the
+per-example gradient trick of Goodfellow (2015, "Efficient per-example gradient computations") that
+Opacus and TRAK use for linear layers.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator, Sequence
 
 from tunewise.errors import TunewiseError
-from tunewise.model.chat import IGNORE_INDEX, gradient_example
+from tunewise.model.chat import IGNORE_INDEX, gradient_example, pad_token_id
 from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import gradients_through_4bit
 
+# Tokens (rows × padded width) per batched backward pass when none is given. Activations for the
+# backward pass take about 1.3 MB a token in SmolLM2-135M (fp32): on a CPU 512 tokens run as fast
+# as 2,048 with less memory (BENCHMARKS.md, "CoS-Low's gradients in batches"). The GPU budget is
+# not measured: ~10 MB a token for Qwen2.5-14B in bf16 makes 2,048 tokens ~20 GB beside its weights.
+DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 2048}
+# The fewest rows the output head runs on in a batched pass (see _batch_inputs).
+MIN_HEAD_ROWS = 8
+
 
 class LoraGradients:
-    """Iterate, one example at a time, over the concatenated ``lora_B`` gradients as CPU fp32
-    vectors: full (``dimension=None``, length ``gradient_dimension``) or projected to ``dimension``
-    numbers (:func:`sketch_gradient`); with ``blocks=True``, the full gradient as one CPU fp32
-    tensor per adapted module instead (in a fixed order, the order :func:`sketch_gradient` seeds by).
+    """Iterate, one example at a time in input order, over the concatenated ``lora_B`` gradients as
+    CPU fp32 vectors: full (``dimension=None``, length ``gradient_dimension``) or projected to
+    ``dimension`` numbers (:func:`sketch_gradient`); with ``blocks=True``, the full gradient as one
+    CPU fp32 tensor per adapted module instead (in a fixed order, the order :func:`sketch_gradient`
+    seeds by).
 
     A fresh LoRA adapter is attached in place to every attention and MLP projection for the
     duration and removed when the iteration finishes or :meth:`close` is called; the model's own
@@ -39,15 +59,31 @@ class LoraGradients:
     L2 norm of each full gradient so far (both filled as it goes); ``target_modules`` names the
     adapted projections.
 
-    Raises :class:`TunewiseError` (before any gradient) for an example with no answer token or one
-    longer than the model's context; ``sources`` name the examples in these errors.
+    With ``batched`` (the default) examples run in length-sorted batches of about
+    ``max_batch_tokens`` tokens (rows × padded width, :func:`tunewise.model.packed.plan_padded_chunks`:
+    at most 5 % padding, each example at the same width whatever shares its batch; default
+    :data:`DEFAULT_BATCH_TOKENS` for the device), one forward and backward pass each (see the
+    module docstring). An example computed before its turn waits until the ones before it are
+    out: d floats each when projected, its full gradient otherwise (at most all of them, which a
+    caller of the full gradients keeps anyway). ``batched=False`` runs paper A's one example per
+    pass; so does a model whose own forward rescales its logits (``final_logit_softcapping``,
+    ``logit_scale``), which the batched loss, taken from the output head alone, would miss.
+    ``per_example_reason`` says why the one-at-a-time path runs (None when batched). The two agree
+    to float rounding (tests/test_gradients_batched.py).
+
+    Raises :class:`TunewiseError` (before any gradient) for an example with no answer token, one
+    longer than the model's context, or a ``max_batch_tokens`` below 1; ``sources`` name the
+    examples in these errors.
     """
 
     def __init__(self, model, tokenizer, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
                  rank: int = 64, alpha: int = 32, seed: int = 0, include_eos: bool = False,
-                 dimension: int | None = None, blocks: bool = False, sources: Sequence[str] | None = None) -> None:
-        import torch
-
+                 dimension: int | None = None, blocks: bool = False, sources: Sequence[str] | None = None,
+                 max_batch_tokens: int | None = None, batched: bool = True) -> None:
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool)
+                                             or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+            raise TunewiseError(f"the gradient batch must hold at least 1 token, got {max_batch_tokens!r}",
+                                field="max_batch_tokens", fix="give a whole number of tokens, e.g. 512, or leave it out")
         self.gradient_dimension = 0
         self.norms: list[float] = []
         self.target_modules = lora_target_modules(model)
@@ -58,11 +94,20 @@ class LoraGradients:
             if all(label == IGNORE_INDEX for label in labels):
                 raise TunewiseError(f"{name} has no answer token (its response {response!r} is empty or "
                                     "only newlines)", field="responses", fix="give it a real answer")
-            encoded.append((torch.tensor([input_ids]), torch.tensor([labels])))
+            encoded.append((input_ids, labels))
         context = context_length(model, tokenizer)
-        check_fits([ids.shape[1] for ids, _ in encoded], context, names,
+        check_fits([len(ids) for ids, _ in encoded], context, names,
                    what="prompt + response", limit_name=f"the model's {context}-token context")
-        self._iterator = self._vectors(model, encoded, rank, alpha, seed, dimension, blocks)
+        self.per_example_reason = None if batched else "asked for (batched=False)"
+        rescaled = [name for name in ("final_logit_softcapping", "logit_scale")
+                    if getattr(getattr(model, "config", None), name, None) not in (None, 1, 1.0)]
+        if batched and rescaled:
+            self.per_example_reason = (f"the model's forward rescales its logits ({rescaled[0]}), which the "
+                                       "batched loss, taken from the output head, would miss")
+        device = model.get_input_embeddings().weight.device
+        budget = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
+        self._iterator = self._vectors(model, encoded, rank, alpha, seed, dimension, blocks, budget,
+                                       pad_token_id(tokenizer))
 
     def __iter__(self) -> Iterator:
         return self._iterator
@@ -73,12 +118,15 @@ class LoraGradients:
     def close(self) -> None:
         self._iterator.close()
 
-    def _vectors(self, model, encoded, rank, alpha, seed, dimension, blocks):
+    def _vectors(self, model, encoded, rank, alpha, seed, dimension, blocks, budget, pad_id):
         device = model.get_input_embeddings().weight.device
         peft_model, restore = attach_lora(model, rank, alpha, seed)
         try:
             with gradients_through_4bit(peft_model):
-                yield from self._per_example(peft_model, encoded, device, seed, dimension, blocks)
+                if self.per_example_reason is None:
+                    yield from self._batched(peft_model, encoded, device, seed, dimension, blocks, budget, pad_id)
+                else:
+                    yield from self._per_example(peft_model, encoded, device, seed, dimension, blocks)
         finally:
             restore(peft_model)
 
@@ -88,7 +136,8 @@ class LoraGradients:
         lora_b = [p for name, p in peft_model.named_parameters() if "lora_B" in name]
         self.gradient_dimension = sum(p.numel() for p in lora_b)
         for input_ids, labels in encoded:
-            output = peft_model(input_ids=input_ids.to(device), labels=labels.to(device))
+            output = peft_model(input_ids=torch.tensor([input_ids], device=device),
+                                labels=torch.tensor([labels], device=device))
             output.loss.backward()
             gradients = [parameter.grad for parameter in lora_b]
             squares = sum(torch.linalg.vector_norm(g.float()).double() ** 2 for g in gradients)
@@ -102,6 +151,146 @@ class LoraGradients:
             peft_model.zero_grad(set_to_none=True)
             del output, gradients
             yield vector
+
+    def _batched(self, peft_model, encoded, device, seed, dimension, blocks, budget, pad_id):
+        import torch
+
+        from tunewise.model.packed import plan_padded_chunks
+
+        # One lora_B module per gradient block, in the order of the per-example path's parameters.
+        modules = [peft_model.get_submodule(name.rsplit(".", 1)[0])
+                   for name, _ in peft_model.named_parameters() if "lora_B" in name]
+        self.gradient_dimension = sum(module.weight.numel() for module in modules)
+        # The hooks' probes are the only tensors that need a gradient: no weight gradient is formed
+        # (restore() gives the model's own parameters their flags back; the adapter's go with it).
+        for parameter in peft_model.parameters():
+            parameter.requires_grad_(False)
+        capture = _PerExampleCapture(dimension, seed, keep_full=dimension is None or blocks)
+        decoder, head = peft_model.get_decoder(), peft_model.get_output_embeddings()
+        lengths = [len(input_ids) for input_ids, _ in encoded]
+        # Batches in order of their first example, so the examples leave in input order soon.
+        chunks = sorted(plan_padded_chunks(lengths, budget), key=lambda chunk: min(chunk[1]))
+        waiting: dict[int, tuple[float, object]] = {}
+        for width, positions in chunks:
+            ids, mask, rows, predictors, targets, weights = _batch_inputs(encoded, positions, width, pad_id)
+            capture.start(mask.to(device), len(modules))
+            # The hooks live for this batch's passes only: never while the caller holds the model.
+            handles = [module.register_forward_hook(functools.partial(capture.forward_hook, index))
+                       for index, module in enumerate(modules)]
+            try:
+                # No attention mask: causal attention never lets a real token see the right
+                # padding, and padding feeds no loss, so its gradients are zero (masked anyway).
+                hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
+                last = hidden.device  # the decoder's last block may sit on another device
+                picked = hidden[torch.tensor(rows, device=last), torch.tensor(predictors, device=last)]
+                logits = head(picked).float()
+                logprobs = torch.log_softmax(logits, dim=-1).gather(
+                    -1, torch.tensor(targets, device=logits.device).unsqueeze(-1)).squeeze(-1)
+                # The sum of the examples' own mean losses: its gradient splits into theirs.
+                loss = -(logprobs * torch.tensor(weights, device=logits.device)).sum()
+                loss.backward()
+                del hidden, picked, logits, logprobs, loss
+            finally:
+                for handle in handles:
+                    handle.remove()
+            for position, norm, vector in zip(positions, *capture.finish(blocks)):
+                waiting[position] = (norm, vector)
+            while len(self.norms) in waiting:
+                norm, vector = waiting.pop(len(self.norms))
+                self.norms.append(norm)
+                yield vector
+
+
+def _batch_inputs(encoded, positions, width, pad_id):
+    """One batch of :meth:`LoraGradients._batched`: the right-padded ``ids`` and real-token
+    ``mask`` (rows × ``width``), and per answer token its row, the position that predicts it, its
+    id and its loss weight (1 / the example's answer tokens)."""
+    import torch
+
+    ids = torch.full((len(positions), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(positions), width), dtype=torch.bool)
+    rows, predictors, targets, weights = [], [], [], []
+    for row, position in enumerate(positions):
+        input_ids, labels = encoded[position]
+        ids[row, :len(input_ids)] = torch.tensor(input_ids)
+        mask[row, :len(input_ids)] = True
+        # Token t's label is predicted at t - 1 (transformers shifts the same way).
+        answer = [t for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX]
+        rows += [row] * len(answer)
+        predictors += [t - 1 for t in answer]
+        targets += [labels[t] for t in answer]
+        weights += [1.0 / len(answer)] * len(answer)
+    # A product of fewer than 4 rows goes to BLAS's matrix-vector kernel, which rounds the head's
+    # input gradient differently from the per-example path's whole-sequence head: 9e-5 relative
+    # error of a SmolLM2 gradient against fp64 instead of 1.4e-5. Zero-weight copies of a row keep
+    # the matrix kernel, and the rows agree with the per-example path to the bit.
+    padding = max(0, MIN_HEAD_ROWS - len(rows))
+    rows, predictors = rows + rows[:1] * padding, predictors + predictors[:1] * padding
+    targets, weights = targets + targets[:1] * padding, weights + [0.0] * padding
+    return ids, mask, rows, predictors, targets, weights
+
+
+class _PerExampleCapture:
+    """The hooks of :meth:`LoraGradients._batched`: for one batch, every ``lora_B`` module's input
+    (masked to the real tokens) from the forward pass, and from the backward pass the gradient
+    with respect to its output, turned at once into per-example gradients that are projected
+    (``dimension``) or kept on the CPU (``keep_full``)."""
+
+    def __init__(self, dimension: int | None, seed: int, keep_full: bool) -> None:
+        self.dimension = dimension
+        self.seed = seed
+        self.keep_full = keep_full
+        self.mask = None  # batch rows × width, True on real tokens
+        self.squares = None  # per example, the squared norm so far (float64, CPU)
+        self.sketch = None  # rows × dimension, when projecting
+        self.blocks: list = []  # per module, rows × out × r on the CPU, when keeping the full gradient
+
+    def start(self, mask, modules: int) -> None:
+        import torch
+
+        self.mask = mask
+        self.squares = torch.zeros(mask.shape[0], dtype=torch.float64)
+        self.sketch = None
+        self.blocks = [None] * modules
+
+    def forward_hook(self, index, module, args, output):
+        # lora_B's output (zero, B = 0) is replaced by a leaf of the same value: the backward pass
+        # stops there, so neither the adapter's weights nor lora_A's input need a gradient.
+        inputs = args[0].detach() * self.mask.to(args[0].device).unsqueeze(-1).to(args[0].dtype)
+        probe = output.detach().requires_grad_(True)
+        probe.register_post_accumulate_grad_hook(functools.partial(self._gradient, index, inputs))
+        return probe
+
+    def _gradient(self, index, inputs, probe) -> None:
+        import torch
+
+        # Per example, Σ over its tokens of (dL/d output) ⊗ input: lora_B.weight's gradient, out × r.
+        per_example = torch.einsum("nto,ntr->nor", probe.grad.float(), inputs.float())
+        probe.grad = None
+        self.squares += torch.linalg.vector_norm(per_example, dim=(1, 2)).double().cpu() ** 2
+        if self.keep_full:
+            self.blocks[index] = per_example.cpu()
+            return
+        device = per_example.device
+        if self.sketch is None or self.sketch.device != device:
+            self.sketch = (torch.zeros((per_example.shape[0], self.dimension), dtype=torch.float32, device=device)
+                           if self.sketch is None else self.sketch.to(device))
+        buckets, signs = _block_projection(per_example[0].numel(), self.dimension, self.seed, index, device)
+        self.sketch.index_add_(1, buckets, per_example.reshape(per_example.shape[0], -1) * signs)
+
+    def finish(self, blocks: bool):
+        """Per example of the batch, in row order: its exact norm and what the caller asked for."""
+        import torch
+
+        norms = [float(square) ** 0.5 for square in self.squares]
+        if not self.keep_full:
+            vectors = list(self.sketch.cpu())
+        elif blocks:
+            vectors = [list(example) for example in zip(*(block.unbind(0) for block in self.blocks))]
+        else:
+            vectors = list(torch.cat([block.reshape(block.shape[0], -1) for block in self.blocks], dim=1))
+        self.blocks, self.sketch, self.mask = [], None, None
+        return norms, vectors
 
 
 def sketch_gradient(blocks: Sequence, dimension: int, seed: int = 0):
@@ -127,16 +316,26 @@ def sketch_gradient(blocks: Sequence, dimension: int, seed: int = 0):
         if sketch is None or sketch.device != device:
             sketch = (torch.zeros(dimension, dtype=torch.float32, device=device) if sketch is None
                       else sketch.to(device))
-        generator = torch.Generator(device=device)
-        generator.manual_seed(_block_seed(seed, index))
-        draws = torch.randint(0, 2 * dimension, (block.numel(),), generator=generator, device=device)
-        signs = (draws % 2).to(torch.float32).mul_(2).sub_(1)
-        sketch.index_add_(0, draws // 2, block.reshape(-1).to(torch.float32) * signs)
-        del draws, signs
+        buckets, signs = _block_projection(block.numel(), dimension, seed, index, device)
+        sketch.index_add_(0, buckets, block.reshape(-1).to(torch.float32) * signs)
+        del buckets, signs
     if sketch is None:
         raise TunewiseError("the gradient has no blocks to project", field="model",
                             fix="check that the LoRA adapter reached the model's projections")
     return sketch.cpu()
+
+
+def _block_projection(numel: int, dimension: int, seed: int, index: int, device):
+    """Bucket (long) and sign (float32 ±1) of each of block ``index``'s ``numel`` coordinates,
+    drawn on ``device`` from a generator seeded by (``seed``, ``index``): the one definition of the
+    projection, shared by :func:`sketch_gradient` and the batched gradients."""
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_block_seed(seed, index))
+    draws = torch.randint(0, 2 * dimension, (numel,), generator=generator, device=device)
+    # draws >> 1 and draws & 1 are draws // 2 and draws % 2 (draws ≥ 0), in half the time.
+    return draws >> 1, (draws & 1).to(torch.float32).mul_(2).sub_(1)
 
 
 def _block_seed(seed: int, index: int) -> int:
@@ -205,4 +404,4 @@ def attach_lora(model, rank: int, alpha: int, seed: int):
     return peft_model, restore
 
 
-__all__ = ["LoraGradients", "attach_lora", "lora_target_modules", "sketch_gradient"]
+__all__ = ["DEFAULT_BATCH_TOKENS", "LoraGradients", "attach_lora", "lora_target_modules", "sketch_gradient"]

@@ -402,13 +402,14 @@ class HFBackend:
 
     def lora_gradients(self, prompts, responses, *, rank: int = 64, alpha: int = 32, seed: int = 0,
                        include_eos: bool = False, dimension: int | None = None, blocks: bool = False,
-                       sources: Sequence[str] | None = None):
-        """Per-example ``lora_B`` gradients through a fresh seeded adapter, one example at a time:
+                       sources: Sequence[str] | None = None, max_batch_tokens: int | None = None):
+        """Per-example ``lora_B`` gradients through a fresh seeded adapter, yielded one example at a
+        time, computed in batches of about ``max_batch_tokens`` tokens:
         :class:`tunewise.model.gradients.LoraGradients`."""
         from tunewise.model.gradients import LoraGradients
 
         return LoraGradients(self.model, self.tokenizer, prompts, responses, rank, alpha, seed, include_eos,
-                             dimension, blocks, sources)
+                             dimension, blocks, sources, max_batch_tokens=max_batch_tokens)
 
     # -- embeddings ----------------------------------------------------------------------------
 
