@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 from tunewise.errors import TunewiseError
+from tunewise.model.host_memory import release_freed_memory
 from tunewise.model.chat import IGNORE_INDEX, gradient_example, pad_token_id
 from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import gradients_through_4bit
@@ -195,6 +196,7 @@ class LoraGradients:
                     handle.remove()
             for position, norm, vector in zip(positions, *capture.finish(blocks)):
                 waiting[position] = (norm, vector)
+            release_freed_memory()
             while len(self.norms) in waiting:
                 norm, vector = waiting.pop(len(self.norms))
                 self.norms.append(norm)

@@ -613,6 +613,8 @@ _STEP_LOG_CLASS = None
 def _make_step_log():
     from transformers import TrainerCallback
 
+    from tunewise.model.host_memory import release_freed_memory
+
     class StepLog(TrainerCallback):
         """Records each optimizer step (exact loss, learning rate, completion tokens) and each
         evaluation; raises on a non-finite loss, so training stops and nothing is saved."""
@@ -634,6 +636,8 @@ def _make_step_log():
             })
             if self.progress is not None:
                 self.progress(state.global_step, state.max_steps, loss)
+            # Each step's activations are freed by now; glibc would keep their pages (host_memory).
+            release_freed_memory()
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
