@@ -1,11 +1,12 @@
 """Give the memory freed by a batch back to the system (glibc's ``malloc_trim``).
 
 glibc serves freed blocks below its mmap threshold (which it raises up to 32 MiB as large blocks
-are freed) from a heap that fragments and rarely shrinks: activations and logits of a few MiB per
-batch leave free pages the process keeps. Scoring a 1B model with a 128k vocabulary
-(``bench/memory.py --shape llama1b``) peaked at 1.53× its bf16 weights; trimming after every batch
-brings it to 1.26×, at no measured cost in CPU time (41.5 against 40.8–41.2 CPU-s), where fixing
-the mmap threshold instead cost 16 % (BENCHMARKS.md, "Real models at their real size").
+are freed) from a heap that fragments and rarely shrinks: the activations and logits of each batch
+leave free pages the process keeps. Scoring Llama-3.2-1B's shape with its 128k vocabulary in one
+process (``bench/memory.py --shape llama1b``'s pool) peaked at 3.60 and 3.69 GiB without trimming
+and 2.98 GiB with it, at the same CPU time (41.5 against 40.8 and 41.2 CPU-s); whole ``tunewise
+score`` runs still vary between 3.05 and 3.57 GiB (BENCHMARKS.md, "Real models at their real
+size"). Pinning the mmap threshold instead gave a steady 2.99 GiB but cost 13–20 % CPU time.
 """
 
 from __future__ import annotations
