@@ -3,10 +3,10 @@
 glibc serves freed blocks below its mmap threshold (which it raises up to 32 MiB as large blocks
 are freed) from a heap that fragments and rarely shrinks: the activations and logits of each batch
 leave free pages the process keeps. Scoring Llama-3.2-1B's shape with its 128k vocabulary in one
-process (``bench/memory.py --shape llama1b``'s pool) peaked at 3.60 and 3.69 GiB without trimming
-and 2.98 GiB with it, at the same CPU time (41.5 against 40.8 and 41.2 CPU-s); whole ``tunewise
+process (``bench/memory.py --shape llama1b``'s pool) peaked at 3.51 and 3.60 GiB without trimming
+and 2.91 GiB with it, at the same CPU time (41.5 against 40.8 and 41.2 CPU-s); whole ``tunewise
 score`` runs still vary between 3.05 and 3.57 GiB (BENCHMARKS.md, "Real models at their real
-size"). Pinning the mmap threshold instead gave a steady 2.99 GiB but cost 13–20 % CPU time.
+size"). Pinning the mmap threshold instead gave a steady 2.92 GiB but cost 13–20 % CPU time.
 """
 
 from __future__ import annotations
