@@ -13,8 +13,9 @@
 #   commit is refused (exit 2), so one study's results never mix two versions of the code.
 # - COMMAND runs in the worktree with `nice` (NICE, default 10), one thread (OMP/MKL/torch and
 #   TUNEWISE_THREADS=1), PYTHONPATH on the worktree's src/ and bench/, and `python` on PATH being
-#   PYTHON's (default: this checkout's .venv). Each run appends one JSON line to
-#   bench/out/STUDY/runs.jsonl: commit, command, start, wall seconds, exit code, host; its output
+#   PYTHON's (default: this checkout's .venv). Each run appends a JSON line to
+#   bench/out/STUDY/runs.jsonl when it starts and again when it ends: commit, command, start, wall
+#   seconds and exit code (null in the start line), host; its output
 #   goes to bench/out/STUDY/run.log as well as the terminal.
 set -euo pipefail
 
@@ -65,8 +66,25 @@ python=${PYTHON:-$repo/.venv/bin/python}
 venv=$(dirname "$(dirname "$python")")
 [[ -e $tree/.venv ]] || ln -s "$venv" "$tree/.venv"
 
+# One JSON line when the run starts (wall_seconds and exit_code null) and one when it ends: a run
+# killed with its session (it never reaches the end) still leaves its command and commit behind.
+record() {
+  "$python" - "$out/runs.jsonl" "$study" "$sha" "$tree" "$started" "$1" "$2" "${command[@]}" <<'PY'
+import json, platform, shlex, sys
+
+path, study, sha, tree, started, wall, status, *command = sys.argv[1:]
+record = {"study": study, "commit": sha, "worktree": tree, "command": shlex.join(command), "started": started,
+          "wall_seconds": int(wall) if wall else None, "exit_code": int(status) if status else None,
+          "host": platform.node()}
+with open(path, "a", encoding="utf-8") as handle:
+    handle.write(json.dumps(record) + "\n")
+PY
+}
+
+command=("$@")
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 start_seconds=$(date +%s)
+record "" ""
 set +e
 (
   cd "$tree"
@@ -78,14 +96,6 @@ status=${PIPESTATUS[0]}
 set -e
 wall=$(($(date +%s) - start_seconds))
 
-"$python" - "$out/runs.jsonl" "$study" "$sha" "$tree" "$started" "$wall" "$status" "$@" <<'PY'
-import json, platform, shlex, sys
-
-path, study, sha, tree, started, wall, status, *command = sys.argv[1:]
-record = {"study": study, "commit": sha, "worktree": tree, "command": shlex.join(command), "started": started,
-          "wall_seconds": int(wall), "exit_code": int(status), "host": platform.node()}
-with open(path, "a", encoding="utf-8") as handle:
-    handle.write(json.dumps(record) + "\n")
-PY
+record "$wall" "$status"
 echo "run_study: $study at ${sha:0:12}: exit $status after ${wall} s (recorded in $out/runs.jsonl)" >&2
 exit "$status"
