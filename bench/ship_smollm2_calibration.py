@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--axis", help="auc@16, auc@32, auc@256, ... (default: the largest N with enough tasks)")
     parser.add_argument("--min-tasks", type=int, default=6)
     parser.add_argument("--output", type=Path, default=SHIPPED)
+    parser.add_argument("--study-command", help="the study's launch line, where OUT/runs.jsonl has none (a run "
+                                                "killed with its session before run_study.sh recorded starts)")
     args = parser.parse_args(argv)
     report = json.loads((args.study / "report.json").read_text())
     found = axes(report)
@@ -114,8 +116,18 @@ def main(argv: list[str] | None = None) -> None:
     document.pop("superseded", None)
     document.pop("superseded_reason", None)
     document["model"] = "smollm2"
+    fingerprints = {json.loads((args.study / "tasks" / row["task"] / "coslow.json").read_text()).get(
+        "model_fingerprint") for row in axis["rows"]}
+    if len(fingerprints) != 1:
+        raise SystemExit(f"the tasks' CoS-Low were measured on different models: {sorted(map(str, fingerprints))}")
+    document["model_fingerprint"] = fingerprints.pop()
     document["source"] = "tunewise shipped calibration for smollm2 (study 1 v2, bench/study_curves.py)"
+    runs = args.study / "runs.jsonl"
+    recorded = [json.loads(line)["command"] for line in runs.read_text().splitlines()] if runs.exists() else []
+    if not (recorded or args.study_command):
+        raise SystemExit(f"{runs} records no run: pass the launch line with --study-command")
     document["how_it_was_made"] = {
+        "command": args.study_command or recorded[0],
         "study": "bench/study_curves.py (issue 14, study 1 v2), run through bench/run_study.sh",
         "study_commit": report.get("commit"),
         "study_settings": report["settings"],

@@ -60,7 +60,7 @@ def test_the_full_demo_pool_is_large_enough_for_cos_low():
 def test_the_demo_plan_gives_labels_needed_per_task_with_the_calibrations_caveat(tmp_path, monkeypatch,
                                                                                  lively_model_dir):
     """With a calibration for its model, the demo's plan predicts every task's curve from CoS-Low and says
-    beside it what the calibration is worth: the shipped SmolLM2 one is marked superseded."""
+    beside it what the calibration is worth (the shipped SmolLM2 one's caveat)."""
     import tunewise.cli.demo as demo
     import tunewise.efficiency.predict as predict
 
@@ -77,7 +77,7 @@ def test_the_demo_plan_gives_labels_needed_per_task_with_the_calibrations_caveat
     for task, entry in plan["tasks"].items():
         assert entry["coslow"] == plan["coslow"][task]["coslow"] and entry["labels_needed"] >= 1, task
         assert "No learning-curve prediction" not in entry["why"], task
-    assert plan["coefficients"]["caveat"].startswith(predict.SUPERSEDED)
-    assert f"About the predicted curves: {predict.SUPERSEDED}" in " ".join(result.output.split())
+    assert plan["coefficients"]["caveat"] == shipped.caveat
+    assert f"About the predicted curves: {shipped.caveat[:40]}" in " ".join(result.output.split())
     page = (out / "report.html").read_text()
-    assert predict.SUPERSEDED in page and "No learning-curve prediction" not in page
+    assert shipped.caveat[:40] in page and "No learning-curve prediction" not in page
