@@ -184,11 +184,13 @@ class LoraGradients:
                 hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
                 last = hidden.device  # the decoder's last block may sit on another device
                 picked = hidden[torch.tensor(rows, device=last), torch.tensor(predictors, device=last)]
+                logits = head(picked).float()
+                logprobs = torch.log_softmax(logits, dim=-1).gather(
+                    -1, torch.tensor(targets, device=logits.device).unsqueeze(-1)).squeeze(-1)
                 # The sum of the examples' own mean losses: its gradient splits into theirs.
-                loss = _answer_loss(head, picked, torch.tensor(targets, device=last),
-                                    torch.tensor(weights, device=last))
+                loss = -(logprobs * torch.tensor(weights, device=logits.device)).sum()
                 loss.backward()
-                del hidden, picked, loss
+                del hidden, picked, logits, logprobs, loss
             finally:
                 for handle in handles:
                     handle.remove()
@@ -199,34 +201,6 @@ class LoraGradients:
                 norm, vector = waiting.pop(len(self.norms))
                 self.norms.append(norm)
                 yield vector
-
-
-def _answer_loss(head, hidden, targets, weights):
-    """−Σ weight · log p(target) over the rows of ``hidden`` (``[n, hidden_size]``), the vocabulary
-    projection in blocks of at most :data:`tunewise.model.packed.LOGITS_BLOCK_BYTES` of float32 logits
-    (and at least :data:`MIN_HEAD_ROWS` rows), each recomputed in the backward pass
-    (``torch.utils.checkpoint``) rather than kept: for a 128k vocabulary the logits and log-softmax
-    of 512 answer tokens would otherwise hold 512 MB until the backward pass.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    from tunewise.model.packed import LOGITS_BLOCK_BYTES
-
-    vocabulary = getattr(head, "out_features", None) or head.weight.shape[0]
-    step = max(MIN_HEAD_ROWS, LOGITS_BLOCK_BYTES // (4 * vocabulary))
-    starts = list(range(0, len(hidden), step))
-    if len(starts) > 1 and len(hidden) - starts[-1] < MIN_HEAD_ROWS:
-        starts.pop()  # the last block joins the one before: no block runs on fewer rows
-    ends = starts[1:] + [len(hidden)]
-    return sum(checkpoint(_block_loss, head, hidden[a:b], targets[a:b], weights[a:b], use_reentrant=False)
-               for a, b in zip(starts, ends))
-
-
-def _block_loss(head, hidden, targets, weights):
-    import torch
-
-    logprobs = torch.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return -(logprobs * weights).sum()
 
 
 def _batch_inputs(encoded, positions, width, pad_id):
