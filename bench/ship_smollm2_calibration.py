@@ -82,6 +82,8 @@ def caveat(fit: dict, n_tasks: int, axis_name: str, budgets: list[int]) -> str:
         # Paper A's slopes are positive (0.53-0.80) with r = 0.675: a higher CoS-Low, a faster curve.
         verdict += "; the slope is negative, against paper A's positive slopes: do not read it as paper A's effect"
     r = f"; Pearson r(CoS-Low, AUC) = {pearson:.2f}" if pearson is not None else ""
+    verdict += (f"; its axis ends at N = {budgets[-1]} labels, so no labels-needed figure it gives goes beyond "
+                f"{budgets[-1]}" + (" and its predicted curve has one point" if len(budgets) == 1 else ""))
     return (f"fitted on {n_tasks} tasks of study 1 v2 (SmolLM2-135M, LoRA on CPU, choice accuracy on 200 test "
             f"items, budgets {'/'.join(map(str, budgets))}, N = {budgets[-1]}, one seed on most tasks): "
             f"leave-one-task-out absolute error {loto:.1f} AUC points against {mean:.1f} for predicting the mean "
