@@ -20,8 +20,9 @@ demonstrations), runs that prefix once and reuses its KV cache:
 :func:`shared_prefix_length`.
 
 Both functions here project onto the vocabulary only at the positions that predict a scored
-token, in blocks of bounded size (:func:`target_logprobs`), and take the log-softmax in float32. They take a causal LM from ``transformers`` (or a PEFT
-model around one) and return log-probabilities in input order. The model interface
+token, in blocks of bounded size (:func:`target_logprobs`), and take the log-softmax in float32.
+They take a causal LM from ``transformers`` (or a PEFT model around one) and return
+log-probabilities in input order. The model interface
 (:class:`tunewise.model.base.Backend`) is their one caller in the library.
 """
 
@@ -96,10 +97,12 @@ def target_logprobs(head, hidden, targets, block_bytes: int = LOGITS_BLOCK_BYTES
 
     vocabulary = getattr(head, "out_features", None) or head.weight.shape[0]
     rows = max(1, block_bytes // (4 * vocabulary))
-    if len(hidden) <= rows:
-        return torch.log_softmax(head(hidden).float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return torch.cat([target_logprobs(head, hidden[i:i + rows], targets[i:i + rows], block_bytes)
-                      for i in range(0, len(hidden), rows)])
+    # max(…, 1): an empty ``hidden`` still makes one (empty) block, of the right dtype and device.
+    return torch.cat([
+        torch.log_softmax(head(hidden[i:i + rows]).float(), dim=-1).gather(-1, targets[i:i + rows].unsqueeze(-1))
+        .squeeze(-1)
+        for i in range(0, max(len(hidden), 1), rows)
+    ])
 
 
 def sequence_logprobs(
