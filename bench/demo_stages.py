@@ -35,6 +35,13 @@ def _cpu() -> float:
 
 
 STAGES: dict[str, dict] = {}
+WORKERS: list[float] = []
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
@@ -91,6 +98,19 @@ def main() -> None:
     wrap(sweep_module.RunInputs, "evaluate", "sweep: evaluate")
     wrap(sweep_module, "summarise_sweep", "sweep: summarise + plot")
     wrap(report_module, "build_report", "report")
+    wrap(sweep_module, "start_sweep", "sweep: start (processes engine)")
+    wrap(sweep_module.StartedSweep, "finish", "sweep: finish (wait for / run the runs)")
+    import tunewise.training.process_sweep as process_module
+
+    close = process_module.RunWorkers.close
+
+    def close_and_count(self):
+        # Each worker's own CPU seconds, read before it exits: the longest is the chain no
+        # second core can shorten.
+        WORKERS.extend(_process_cpu(process.pid) for process in self._executor._processes.values())
+        return close(self)
+
+    process_module.RunWorkers.close = close_and_count
 
     started = time.perf_counter()
     try:
@@ -112,6 +132,7 @@ def main() -> None:
             "system_s": round(usage.ru_stime + children.ru_stime, 2),
             "peak_rss_gb_self": round(usage.ru_maxrss / 2**20, 3),
             "peak_rss_gb_largest_child": round(children.ru_maxrss / 2**20, 3),
+            "worker_cpu_s": [round(value, 2) for value in WORKERS],
             "stages": {name: {k: round(v, 2) for k, v in entry.items()} for name, entry in STAGES.items()},
         }
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -371,6 +371,8 @@ class StartedSweep:
     def start_processes(self) -> None:
         from tunewise.training.process_sweep import RunWorkers
 
+        if not self.pending and not self.zero_shot_pending:
+            return  # a finished sweep resumed: no worker to start
         # Longest first (a run's fine-tune grows with its budget; zero-shot only evaluates), so
         # that no long run starts last and keeps one worker busy while the others idle.
         work = sorted(self.pending, key=lambda run: -run[1])
