@@ -67,6 +67,10 @@ def wrap(owner, attribute: str, name: str) -> None:
 
 
 def main() -> None:
+    # What the CLI's callback sets (tunewise.cli.app.prefer_passive_openmp_waits), here before torch
+    # is imported below: OpenMP reads it once, and spinning threads on shared cores cost several times
+    # the CPU (this script's first runs, without it, took 7x the CPU seconds of a free-core demo).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", type=Path, required=True)
     parser.add_argument("cli", nargs=argparse.REMAINDER)
@@ -94,7 +98,7 @@ def main() -> None:
     wrap(load_module, "load_model", "load_model (any)")
     wrap(sweep_module, "tertiles_by_answer_length", "sweep: test tertiles")
     wrap(sweep_module, "_selection_scores", "sweep: selection scores")
-    wrap(sweep_module, "run_one", "sweep: run_one (fine-tune + evaluate)")
+    # Not run_one: the processes engine sends it to its workers by reference, and a wrapper does not pickle.
     wrap(sweep_module.RunInputs, "evaluate", "sweep: evaluate")
     wrap(sweep_module, "summarise_sweep", "sweep: summarise + plot")
     wrap(report_module, "build_report", "report")
