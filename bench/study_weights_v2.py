@@ -99,6 +99,10 @@ REDUCED = {"epochs": 1, "trials": 20, "anchors": 32}
 # The paired gains each arm reports: over random (the baseline), and tuned over all (the paper's claim).
 GAINS = {TUNED: (RANDOM, ALL), RANDOM: (), ALL: (RANDOM,)}
 FORWARD_TOKENS_PER_SECOND = COST_MODEL["bf16"]["forward_tokens_per_s"]
+# The proxy runs slower per token than plain scoring (every anchor attends over the cached
+# demonstrations): this script's smoke run (SmolLM2 bf16, 16 anchors after 8 demonstrations, 5,336
+# tokens per draw) took 15 s of CPU per draw, 350 tokens per CPU second, at load 10 on the 2 cores.
+PROXY_TOKENS_PER_SECOND = 350.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,12 +166,13 @@ def setup_hours(pool_forward_tokens: float, pool_size: int, dev_forward_tokens: 
     """CPU-hours before the first fine-tune: zero-shot (both metrics), the pool's indicators
     (forward passes at the cost model's rate, plus one greedy answer per prompt for confidence),
     the dev set's embeddings, and the search (``trials`` × ``repeats`` proxy draws of ``draw_tokens``
-    forward tokens each: an upper bound, as draws repeated between trials are memoised)."""
+    tokens each at PROXY_TOKENS_PER_SECOND: an upper bound, as draws repeated between trials are
+    memoised)."""
     parts = {
         "zero_shot": test_items * LOG_LIKELIHOOD_SECONDS_PER_ITEM + accuracy_items * ACCURACY_SECONDS_PER_ITEM,
         "pool_scoring": pool_forward_tokens / FORWARD_TOKENS_PER_SECOND + pool_size * CONFIDENCE_SECONDS_PER_PROMPT,
         "dev_embedding": dev_forward_tokens / FORWARD_TOKENS_PER_SECOND,
-        "search": trials * repeats * draw_tokens / FORWARD_TOKENS_PER_SECOND,
+        "search": trials * repeats * draw_tokens / PROXY_TOKENS_PER_SECOND,
     }
     hours = {name: seconds / 3600 for name, seconds in parts.items()}
     return {"pass": "setup: zero-shot, pool scoring, search", "runs": 0, "parts_h": hours, "train_h": 0.0,
@@ -310,9 +315,9 @@ def build_report(out: Path) -> dict:
 def report_markdown(report: dict) -> str:
     settings = report["settings"] or {}
     lines = ["# Study 4 (evidence v2): learned indicator weights, paper D's way", "",
-             f"Pool {settings.get('pool_examples')} GSM8K train examples, ρ = {settings.get('fraction')}; "
+             (f"Pool {settings.get('pool_examples')} GSM8K train examples, ρ = {settings.get('fraction')}; "
              f"{settings.get('test_size')} test items for log-likelihood, {settings.get('accuracy_items')} for accuracy. "
-             "Intervals are 95 % Student-t over seeds; gains are paired per seed.", "",
+             "Intervals are 95 % Student-t over seeds; gains are paired per seed."), "",
              "| pass | finished / planned runs |", "|---|---:|"]
     lines += [f"| {p['pass']} | {p['finished']} / {p['planned']} |" for p in report["passes"]]
     for metric in METRICS:
@@ -342,17 +347,20 @@ def report_markdown(report: dict) -> str:
     search = report["search"]
     if search:
         weights = ", ".join(f"{k} {v:.2f}" for k, v in sorted(search["best_weights"].items(), key=lambda kv: -kv[1]))
-        lines += ["", f"Best weights (trial {search['best_trial']} of {search['trials']}, J {search['best_J']:.4f}): "
-                      f"{weights}. Distinct: {search['distinct']}."]
+        lines += ["", (f"Best weights (trial {search['best_trial']} of {search['trials']}, J {search['best_J']:.4f}): "
+                      f"{weights}. Distinct: {search['distinct']}.")]
     lines += ["", "## Cost", "", "| pass | runs | training h | evaluation h | CPU-h (projected) |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {c['pass']} | {c['runs']} | {c['train_h']:.2f} | {c['eval_h']:.2f} | {c['total_h']:.2f} |"
               for c in report["projected_cpu_hours"] or []]
+    if report["projected_cpu_hours"]:
+        lines.append(f"| **all** | | | | **{sum(c['total_h'] for c in report['projected_cpu_hours']):.2f}** |")
     measured = report["measured"]
     rate = measured["train_tokens_per_second_median"]
     lines += ["", "Measured: training " + ("–" if rate is None else f"{rate:.0f}") + " tokens/s (median); seconds per "
               "test item " + ", ".join(f"{m} {'–' if v is None else f'{v:.2f}'}"
                                        for m, v in measured["evaluation_seconds_per_item_median"].items())
-              + f"; setup seconds {measured['setup']}."]
+              + "; setup " + (", ".join(f"{part.replace('_', ' ')} {t['cpu']:.0f} s CPU ({t['wall']:.0f} s wall)"
+                                        for part, t in measured["setup"].items()) if measured["setup"] else "–") + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -394,7 +402,7 @@ def _timed(function):
     return result, {"wall": round(time.perf_counter() - wall, 1), "cpu": round(time.process_time() - cpu, 1)}
 
 
-def search_weights(args, loaded, pool, dev, out: Path):
+def run_search(args, loaded, pool, dev, out: Path):
     """Score the pool and the dev set (cached in OUT/scores), choose the anchors and run (or resume)
     the search in OUT/search: (scores table, :class:`~tunewise.weights.search.TunedWeights`, seconds)."""
     import optuna
@@ -583,6 +591,10 @@ def main(argv: list[str] | None = None) -> None:
                                      len(test), len(accuracy_test))
         claim(out, settings, {
             "seeds": args.seeds,
+            "data": {"source": "../shared/data/gsm8k: train.jsonl shuffled with the split seed (pool first, then dev); "
+                               "test.jsonl shuffled with the split seed",
+                     "pool_ids": [e.id for e in pool], "dev_ids": [e.id for e in dev], "test_ids": [e.id for e in test],
+                     "accuracy_ids": [e.id for e in accuracy_test]},
             "passes": [{"pass": label, "cells": [list(cell) for cell in cells]} for label, cells in passes],
             "weight_settings": {
                 "search_space": f"the simplex over {', '.join(FEATURES)} (default orientations)",
@@ -599,10 +611,11 @@ def main(argv: list[str] | None = None) -> None:
                 c["total_h"] for c in if_longest),
             "cost_model": {"train_tokens_per_second": TRAIN_TOKENS_PER_SECOND,
                            "forward_tokens_per_second": FORWARD_TOKENS_PER_SECOND,
+                           "proxy_tokens_per_second": PROXY_TOKENS_PER_SECOND,
                            "log_likelihood_seconds_per_item": LOG_LIKELIHOOD_SECONDS_PER_ITEM,
                            "accuracy_seconds_per_item": ACCURACY_SECONDS_PER_ITEM,
                            "confidence_seconds_per_prompt": CONFIDENCE_SECONDS_PER_PROMPT,
-                           "source": "bench/STUDIES.md's cost model; study 3 v2's and study 2 v2's smoke runs"},
+                           "source": "bench/STUDIES.md's cost model; the smoke runs of studies 2, 3 and 4 v2"},
         }, command)
         return passes
 
@@ -629,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(cells / cell_name(ZERO_SHOT), {"arm": ZERO_SHOT, "seed": None, "metrics": metrics,
                                                   "seconds": seconds["wall"]})
     print("[setup] pool scoring and the weight search", flush=True)
-    scores, tuned, seconds = search_weights(args, loaded, pool, dev, out)
+    scores, tuned, seconds = run_search(args, loaded, pool, dev, out)
     write_json(out / WEIGHTS_FILE, tuned.document())
     if not (out / SETUP_FILE).exists():
         write_json(out / SETUP_FILE, setup_document(tuned, args, pool_tokens, seconds))

@@ -66,7 +66,7 @@ def test_setup_hours_add_scoring_and_the_search():
     parts = row["parts_h"]
     assert parts["pool_scoring"] == pytest.approx((1000 + 1000 * study.CONFIDENCE_SECONDS_PER_PROMPT) / 3600)
     assert parts["dev_embedding"] == pytest.approx(100 / 3600)
-    assert parts["search"] == pytest.approx(30 * 3 * 10 / 3600)
+    assert parts["search"] == pytest.approx(30 * 3 * 4_600 / study.PROXY_TOKENS_PER_SECOND / 3600)
     assert row["total_h"] == pytest.approx(sum(parts.values()))
 
 
