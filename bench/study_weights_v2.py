@@ -90,7 +90,7 @@ METRICS = (LOG_LIKELIHOOD, ACCURACY)
 ANSWER_METRIC = "gsm8k"
 CELLS_FOLDER, SEARCH_FOLDER, SCORES_FOLDER = "cells", "search", "scores"
 PLAN_FILE, SETUP_FILE, WEIGHTS_FILE = "plan.json", "setup.json", "weights.json"
-REPORT_JSON, REPORT_MD = "report.json", "report.md"
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
 NOT_ENOUGH = "not enough seeds yet"
 # The issue asks for the rank correlation over at least eight weight settings.
 MIN_CHECK_POINTS = 8
@@ -364,12 +364,52 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_report(report: dict, path: Path) -> None:
+    """The study's figure: per metric each arm's mean over seeds with its 95 % interval (where two
+    seeds or more finished) and zero-shot as a line; then the proxy check, J against the fine-tuned
+    log-likelihood (the tuned arm's point marked)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(1, len(METRICS) + 1, figsize=(4.5 * (len(METRICS) + 1), 3.8), squeeze=False)
+    for panel, metric in zip(panels[0], METRICS):
+        summary = report["summary"][metric]
+        arms = [arm for arm in ARMS if arm in summary]
+        means = [summary[arm]["mean"] for arm in arms]
+        errors = [0.0 if summary[arm]["ci_low"] is None else summary[arm]["mean"] - summary[arm]["ci_low"] for arm in arms]
+        panel.errorbar(range(len(arms)), means, yerr=errors, marker="o", capsize=4, linestyle="none")
+        panel.set_xticks(range(len(arms)), [f"{arm}\n(n={summary[arm]['n']})" for arm in arms])
+        zero = (report["zero_shot"] or {}).get(metric)
+        if zero is not None:
+            panel.axhline(zero, color="grey", linestyle="--", label="zero-shot")
+            panel.legend(fontsize=7)
+        panel.set(title="log-likelihood per gold token" if metric == LOG_LIKELIHOOD else "accuracy (gsm8k)")
+    panel = panels[0][-1]
+    points = report["proxy_check"]["fine_tunes"]
+    for marked, label in ((False, "check"), (True, "tuned (best J)")):
+        chosen = [p for p in points if p["run"].startswith(TUNED) == marked]
+        if chosen:
+            panel.scatter([p["J"] for p in chosen], [p["score"] for p in chosen], label=label,
+                          marker="*" if marked else "o", s=120 if marked else 36)
+    rho = report["proxy_check"]["spearman"]
+    panel.set(title=f"proxy check: Spearman {'–' if rho is None else f'{rho:+.2f}'} ({len(points)} settings)",
+              xlabel="J (proxy)", ylabel="fine-tuned log-likelihood")
+    if points:
+        panel.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def write_report(out: Path) -> dict:
     from tunewise.io import write_json
 
     report = build_report(out)
     write_json(out / REPORT_JSON, report)
     (out / REPORT_MD).write_text(report_markdown(report), encoding="utf-8")
+    plot_report(report, out / REPORT_PNG)
     return report
 
 

@@ -158,6 +158,7 @@ def test_report_of_a_partial_study_folder(tmp_path):
     assert "| 3 | -0.9000 | 0.0000 | -1.1000 | tuned__s0.json |" in text
     assert json.loads((tmp_path / "report.json").read_text())["answers"]["accuracy"]["tuned_vs_all"].startswith(
         "not enough seeds")
+    assert (tmp_path / "report.png").stat().st_size > 10_000  # the figure, drawn from the same report
 
 
 def test_a_tiny_study_runs_resumes_and_reports(tmp_path):
