@@ -57,11 +57,11 @@ def profile_once(loaded, examples, dtype: str, loss: str, steps: int, batching: 
     config = FinetuneConfig(lora_rank=8, lora_alpha=16.0, batch_size=2, gradient_accumulation_steps=2,
                             max_steps=steps, seed=0, batching=batching)
     activities = [torch.profiler.ProfilerActivity.CPU]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with torch.profiler.profile(activities=activities) as prof:
         with finetune(loaded, examples, config, dtype=dtype) as result:
             log = result.log.to_dict()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     events = prof.key_averages()
     ops = sorted(({"op": e.key, "self_s": e.self_cpu_time_total / 1e6, "total_s": e.cpu_time_total / 1e6,
                    "calls": e.count} for e in events), key=lambda r: -r["self_s"])
@@ -72,6 +72,7 @@ def profile_once(loaded, examples, dtype: str, loss: str, steps: int, batching: 
     inclusive = {r["op"]: r["total_s"] for r in ops
                  if any(k in r["op"] for k in ("ChunkedLogProb", "Optimizer.step", "autograd::engine::evaluate_function: ChunkedLogProb"))}
     return {"dtype": dtype, "loss": loss, "batching": batching, "steps": steps, "wall_s": round(wall, 2),
+            "cpu_s": round(cpu, 2),
             "train_s": log["seconds"], "tokens_seen": log["tokens_seen"], "positions_seen": log["positions_seen"],
             "tokens_per_s": round(log["tokens_seen"] / log["seconds"], 2), "losses": [s["loss"] for s in log["steps"]],
             "self_s_total": round(sum(r["self_s"] for r in ops), 3),
@@ -103,7 +104,7 @@ def main() -> None:
             run = profile_once(loaded, examples, dtype, loss, args.steps, args.batching)
             run["load"] = os.getloadavg()[0]
             report["runs"].append(run)
-            print(json.dumps({k: run[k] for k in ("dtype", "loss", "train_s", "tokens_per_s", "groups", "inclusive")}),
+            print(json.dumps({k: run[k] for k in ("dtype", "loss", "train_s", "cpu_s", "tokens_per_s", "groups", "inclusive")}),
                   flush=True)
             args.output.write_text(json.dumps(report, indent=2) + "\n")
 
