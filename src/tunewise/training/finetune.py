@@ -14,6 +14,8 @@ completion tokens, clipping, mixed precision, gradient checkpointing, evaluation
   random state (torch, numpy, ``random``) is left as it was.
 - **Precision**: ``dtype="auto"`` trains in bf16 mixed precision wherever the hardware runs bf16
   (see :mod:`tunewise.model.precision`), fp32 otherwise or when asked.
+- **The loss on the CPU** is TRL's completion-only loss computed with the head on the completion
+  positions only (:func:`completion_loss`): TRL's fused head scores every position there.
 - **Refusals**: an example whose response is cut away entirely by ``max_seq_length`` is refused
   (it would train on nothing and report loss 0); a loss that turns non-finite stops training with
   a :class:`~tunewise.errors.TunewiseError`, and nothing is saved.
@@ -611,7 +613,8 @@ def _completion_loss_applies(trainer) -> bool:
     TRL 1.16's fused head scores only the completion positions where Triton runs (CUDA, XPU); elsewhere it
     scores every position, prompt and padding included, and folds entropy and top-1 statistics over the
     whole vocabulary into each step in fp32 (``trl/trainer/utils.py``, ``add_fused_lm_head``). On
-    this CPU that was 31 % of a bf16 step (BENCHMARKS.md, "Fine-tuning on TRL").
+    this CPU that was 25–31 % of a bf16 step's time, and bf16 training ran 1.50× fp32 where it now runs
+    1.75× (BENCHMARKS.md, "Fine-tuning on TRL", issue 15's profile).
     """
     args = trainer.args
     return (args.device.type == "cpu" and trainer.compute_loss_func is None and trainer.label_smoother is None
@@ -926,6 +929,7 @@ __all__ = [
     "PROFILES",
     "TrainingLog",
     "check_adapter_output",
+    "completion_loss",
     "encode_training_set",
     "finetune",
     "load_adapter",
