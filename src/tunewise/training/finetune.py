@@ -631,7 +631,7 @@ def completion_loss(model, inputs: Mapping[str, Any], num_items_in_batch=None):
     without it, by this batch's count: the loss TRL's ``SFTTrainer`` computes, to float rounding.
 
     The model's own forward computes the logits (so any logit scaling or soft-capping it applies
-    holds) for the positions some row learns from (``logits_to_keep`` as positions, transformers >= 4.50),
+    holds) for the positions some row learns from (``logits_to_keep`` as a 1-D tensor of positions),
     in the autocast dtype; only the label rows are upcast to fp32 for the log-softmax.
     """
     import torch
