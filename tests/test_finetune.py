@@ -364,14 +364,18 @@ def test_fp32_fine_tune_losses_are_trls_own(tiny, sums, monkeypatch):
 def test_trls_loss_is_kept_where_ours_would_differ(tiny, sums):
     from tunewise.training.finetune import _completion_loss_applies
 
+    from types import SimpleNamespace
+
     class Trainer:
         compute_loss_func, label_smoother, aux_loss_enabled = None, None, False
 
-        def __init__(self, **args):
+        def __init__(self, processes=1, **args):
             self.args = FinetuneConfig().to_sft_config("unused", bf16=False, use_cpu=True, overrides=args)
+            self.accelerator = SimpleNamespace(num_processes=processes)
 
     assert _completion_loss_applies(Trainer())
     assert not _completion_loss_applies(Trainer(loss_type="dft"))
+    assert not _completion_loss_applies(Trainer(processes=2))
     smoothed = Trainer()
     smoothed.label_smoother = object()
     assert not _completion_loss_applies(smoothed)

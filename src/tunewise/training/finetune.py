@@ -607,7 +607,7 @@ def _counting_trainer_class(base):
 
 
 def _completion_loss_applies(trainer) -> bool:
-    """Whether :func:`completion_loss` replaces TRL's loss: on the CPU, for the plain
+    """Whether :func:`completion_loss` replaces TRL's loss: on the CPU in one process, for the plain
     negative log-likelihood (no ``compute_loss_func``, label smoothing, DFT or MoE auxiliary loss).
 
     TRL 1.16's fused head scores only the completion positions where Triton runs (CUDA, XPU); elsewhere it
@@ -617,7 +617,9 @@ def _completion_loss_applies(trainer) -> bool:
     1.75× (BENCHMARKS.md, "Fine-tuning on TRL", issue 15's profile).
     """
     args = trainer.args
-    return (args.device.type == "cpu" and trainer.compute_loss_func is None and trainer.label_smoother is None
+    # Several processes would need TRL's scaling of the loss across ranks; leave those to TRL.
+    return (args.device.type == "cpu" and trainer.accelerator.num_processes == 1
+            and trainer.compute_loss_func is None and trainer.label_smoother is None
             and args.loss_type == "nll" and not getattr(trainer, "aux_loss_enabled", False))
 
 
