@@ -613,8 +613,8 @@ def _completion_loss_applies(trainer) -> bool:
     TRL 1.16's fused head scores only the completion positions where Triton runs (CUDA, XPU); elsewhere it
     scores every position, prompt and padding included, and folds entropy and top-1 statistics over the
     whole vocabulary into each step in fp32 (``trl/trainer/utils.py``, ``add_fused_lm_head``). On
-    this CPU that was 25–31 % of a bf16 step's time, and bf16 training ran 1.50× fp32 where it now runs
-    1.75× (BENCHMARKS.md, "Fine-tuning on TRL", issue 15's profile).
+    this CPU that was 25–31 % of a bf16 step's time, and bf16 training ran 1.45× fp32 where it now runs
+    1.70× (BENCHMARKS.md, "Fine-tuning on TRL", issue 15's profile).
     """
     args = trainer.args
     # Several processes would need TRL's scaling of the loss across ranks; leave those to TRL.
