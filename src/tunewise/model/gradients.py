@@ -184,13 +184,11 @@ class LoraGradients:
                 hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
                 last = hidden.device  # the decoder's last block may sit on another device
                 picked = hidden[torch.tensor(rows, device=last), torch.tensor(predictors, device=last)]
-                logits = head(picked).float()
-                logprobs = torch.log_softmax(logits, dim=-1).gather(
-                    -1, torch.tensor(targets, device=logits.device).unsqueeze(-1)).squeeze(-1)
+                del hidden  # the graph keeps what the backward pass needs of it
                 # The sum of the examples' own mean losses: its gradient splits into theirs.
-                loss = -(logprobs * torch.tensor(weights, device=logits.device)).sum()
-                loss.backward()
-                del hidden, picked, logits, logprobs, loss
+                picked.backward(_answer_loss_gradient(head, picked.detach(), torch.tensor(targets),
+                                                      torch.tensor(weights)))
+                del picked
             finally:
                 for handle in handles:
                     handle.remove()
@@ -201,6 +199,40 @@ class LoraGradients:
                 norm, vector = waiting.pop(len(self.norms))
                 self.norms.append(norm)
                 yield vector
+
+
+def _answer_loss_gradient(head, picked, targets, weights):
+    """The gradient of −Σ weight · log p(target) with respect to ``picked`` (the hidden states
+    that predict the answer tokens, ``[n, hidden_size]``), for the backward pass into the decoder.
+
+    The vocabulary projection and its own backward pass run a block of rows at a time, at most
+    :data:`tunewise.model.packed.LOGITS_BLOCK_BYTES` of float32 logits (and at least
+    :data:`MIN_HEAD_ROWS` rows) per block, so no more than one block's logits, log-softmax and
+    their gradients exist at once: for a 128k vocabulary all of them, for 400 answer tokens, would
+    take about 0.8 GB. Each row's value and gradient are computed by the same operations as in one
+    pass over all rows (the ones a loss over ``head(picked)`` would run). ``targets`` (ids) and
+    ``weights`` are CPU tensors of ``n`` values; the gradient is on ``picked``'s device.
+    """
+    import torch
+
+    from tunewise.model.packed import LOGITS_BLOCK_BYTES
+
+    vocabulary = getattr(head, "out_features", None) or head.weight.shape[0]
+    step = max(MIN_HEAD_ROWS, LOGITS_BLOCK_BYTES // (4 * vocabulary))
+    starts = list(range(0, len(picked), step))
+    if len(starts) > 1 and len(picked) - starts[-1] < MIN_HEAD_ROWS:
+        starts.pop()  # the last block joins the one before: no block runs on fewer rows (see _batch_inputs)
+    gradient = torch.empty_like(picked)
+    with torch.enable_grad():
+        for start, end in zip(starts, starts[1:] + [len(picked)]):
+            block = picked[start:end].requires_grad_(True)
+            logits = head(block).float()  # on the head's device, which may not be the decoder's last
+            logprobs = torch.log_softmax(logits, dim=-1).gather(
+                -1, targets[start:end].to(logits.device).unsqueeze(-1)).squeeze(-1)
+            loss = -(logprobs * weights[start:end].to(logits.device)).sum()
+            del logits
+            gradient[start:end] = torch.autograd.grad(loss, block)[0]
+    return gradient
 
 
 def _batch_inputs(encoded, positions, width, pad_id):
@@ -257,9 +289,12 @@ class _PerExampleCapture:
 
     def forward_hook(self, index, module, args, output):
         # lora_B's output (zero, B = 0) is replaced by a leaf of the same value: the backward pass
-        # stops there, so neither the adapter's weights nor lora_A's input need a gradient.
+        # stops there, so neither the adapter's weights nor lora_A's input need a gradient. The leaf
+        # is one zero expanded to the output's shape, not the output itself: the autograd graph
+        # holds every leaf until the backward pass, and 112 float32 outputs of Llama-3.2-1B's shape
+        # (23,552 numbers per token and layer) would hold 1.5 MB per token of the batch.
         inputs = args[0].detach() * self.mask.to(args[0].device).unsqueeze(-1).to(args[0].dtype)
-        probe = output.detach().requires_grad_(True)
+        probe = output.new_zeros(()).expand(output.shape).requires_grad_(True)
         probe.register_post_accumulate_grad_hook(functools.partial(self._gradient, index, inputs))
         return probe
 
