@@ -36,11 +36,17 @@ from tunewise.model.chat import IGNORE_INDEX, gradient_example, pad_token_id
 from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import gradients_through_4bit
 
-# Tokens (rows × padded width) per batched backward pass when none is given. Activations for the
-# backward pass take about 1.3 MB a token in SmolLM2-135M (fp32): on a CPU 512 tokens run as fast
-# as 2,048 with less memory (BENCHMARKS.md, "CoS-Low's gradients in batches"). The GPU budget is
-# not measured: ~10 MB a token for Qwen2.5-14B in bf16 makes 2,048 tokens ~20 GB beside its weights.
+# Most tokens (rows × padded width) per batched backward pass when none is given: on a CPU 512
+# tokens run as fast as 2,048 with less memory (BENCHMARKS.md, "CoS-Low's gradients in batches").
+# The GPU budget is not measured. Fewer for a model whose activations would outweigh the budget below.
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 2048}
+# The activations a pass keeps for its backward pass (activation_bytes_per_token × tokens) stay under
+# the larger of these: 1/8 of the weights' bytes, or 512 MiB (as much as Python, torch and
+# transformers take anyway, and what SmolLM2's 512 tokens take in fp32: its batches are unchanged).
+# Llama-3.2-1B's shape (1.47 MB a token in bf16) gets 365 tokens instead of 512; an 8B Llama
+# (5.1 MB a token, 16 GB of bf16 weights) 392 (BENCHMARKS.md, "A 1B model with its real vocabulary").
+ACTIVATION_SHARE_OF_WEIGHTS = 1 / 8
+ACTIVATION_FLOOR_BYTES = 512 * 2**20
 # The fewest rows the output head runs on in a batched pass (see _batch_inputs).
 MIN_HEAD_ROWS = 8
 
@@ -105,8 +111,7 @@ class LoraGradients:
         if batched and rescaled:
             self.per_example_reason = (f"the model's forward rescales its logits ({rescaled[0]}), which the "
                                        "batched loss, taken from the output head, would miss")
-        device = model.get_input_embeddings().weight.device
-        budget = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
+        budget = max_batch_tokens or default_batch_tokens(model)
         self._iterator = self._vectors(model, encoded, rank, alpha, seed, dimension, blocks, budget,
                                        pad_token_id(tokenizer))
 
@@ -185,10 +190,12 @@ class LoraGradients:
                 last = hidden.device  # the decoder's last block may sit on another device
                 picked = hidden[torch.tensor(rows, device=last), torch.tensor(predictors, device=last)]
                 del hidden  # the graph keeps what the backward pass needs of it
+                release_freed_memory()
                 # The sum of the examples' own mean losses: its gradient splits into theirs.
-                picked.backward(_answer_loss_gradient(head, picked.detach(), torch.tensor(targets),
-                                                      torch.tensor(weights)))
-                del picked
+                gradient = _answer_loss_gradient(head, picked.detach(), torch.tensor(targets), torch.tensor(weights))
+                release_freed_memory()
+                picked.backward(gradient)
+                del picked, gradient
             finally:
                 for handle in handles:
                     handle.remove()
@@ -199,6 +206,46 @@ class LoraGradients:
                 norm, vector = waiting.pop(len(self.norms))
                 self.norms.append(norm)
                 yield vector
+
+
+def activation_bytes_per_token(config, dtype_bytes: int) -> int | None:
+    """Bytes a transformer decoder keeps per token for the backward pass of
+    :meth:`LoraGradients._batched` (an estimate from its config; None when the config does not
+    name its sizes the usual way).
+
+    Per layer: the gated MLP's three ``intermediate_size`` tensors (its input to the activation,
+    the activation's output and the up projection's), the two RMSNorms' float32 inputs and scaled
+    outputs (4 × ``hidden_size`` × 4 bytes) and attention's queries, keys, values and output, in
+    ``dtype_bytes`` each but the norms'. Measured for Llama-3.2-1B's shape in bf16 with
+    ``torch.autograd.graph.saved_tensors_hooks``: 1.47 MB a token, as estimated. The adapter's own
+    saved inputs (rank × 4 bytes per projection) are left out.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None)
+    hidden = getattr(text, "hidden_size", None)
+    heads = getattr(text, "num_attention_heads", None)
+    if not (layers and hidden and heads):
+        return None
+    intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    return layers * (3 * intermediate * dtype_bytes + 16 * hidden + 2 * (heads + kv_heads) * head_dim * dtype_bytes)
+
+
+def default_batch_tokens(model) -> int:
+    """Tokens per batched pass when none is given: :data:`DEFAULT_BATCH_TOKENS` for the model's
+    device, fewer where :func:`activation_bytes_per_token` times that would exceed the larger of
+    :data:`ACTIVATION_SHARE_OF_WEIGHTS` of the weights' bytes and :data:`ACTIVATION_FLOOR_BYTES`
+    (at least 1: a batch never splits an example, so that is one example per pass)."""
+    device = model.get_input_embeddings().weight.device
+    most = DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
+    dtype = getattr(model, "dtype", None)
+    per_token = activation_bytes_per_token(model.config, dtype.itemsize) if dtype is not None else None
+    if not per_token:
+        return most
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = max(ACTIVATION_FLOOR_BYTES, weights * ACTIVATION_SHARE_OF_WEIGHTS)
+    return max(1, min(most, int(budget // per_token)))
 
 
 def _answer_loss_gradient(head, picked, targets, weights):
@@ -441,4 +488,5 @@ def attach_lora(model, rank: int, alpha: int, seed: int):
     return peft_model, restore
 
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "LoraGradients", "attach_lora", "lora_target_modules", "sketch_gradient"]
+__all__ = ["ACTIVATION_FLOOR_BYTES", "ACTIVATION_SHARE_OF_WEIGHTS", "DEFAULT_BATCH_TOKENS", "LoraGradients",
+           "activation_bytes_per_token", "default_batch_tokens", "attach_lora", "lora_target_modules", "sketch_gradient"]
