@@ -22,6 +22,14 @@ loss. So the batch's loss is the sum of each example's own mean cross-entropy, h
 example's gradient, projected (or moved to the CPU) before the next module's arrives. This is the
 per-example gradient trick of Goodfellow (2015, "Efficient per-example gradient computations") that
 Opacus and TRAK use for linear layers.
+
+Memory of a batched pass, beyond the weights: the activations the decoder keeps for its backward
+pass (:func:`activation_bytes_per_token` per token; the batch's size follows them,
+:func:`default_batch_tokens`), one block of the output head's logits at a time
+(:func:`_answer_loss_gradient`) and one number per adapted module for the leaf that stands in for
+its output. Freed memory goes back to the system after the forward pass, after the output head and
+after the backward pass (:mod:`tunewise.model.host_memory`): glibc otherwise keeps the freed
+activations of one phase resident through the next.
 """
 
 from __future__ import annotations
@@ -69,7 +77,7 @@ class LoraGradients:
     With ``batched`` (the default) examples run in length-sorted batches of about
     ``max_batch_tokens`` tokens (rows × padded width, :func:`tunewise.model.packed.plan_padded_chunks`:
     at most 5 % padding, each example at the same width whatever shares its batch; default
-    :data:`DEFAULT_BATCH_TOKENS` for the device), one forward and backward pass each (see the
+    :func:`default_batch_tokens`), one forward and backward pass each (see the
     module docstring). An example computed before its turn waits until the ones before it are
     out: d floats each when projected, its full gradient otherwise (at most all of them, which a
     caller of the full gradients keeps anyway). ``batched=False`` runs paper A's one example per
@@ -190,10 +198,10 @@ class LoraGradients:
                 last = hidden.device  # the decoder's last block may sit on another device
                 picked = hidden[torch.tensor(rows, device=last), torch.tensor(predictors, device=last)]
                 del hidden  # the graph keeps what the backward pass needs of it
-                release_freed_memory()
+                release_freed_memory()  # the forward pass's freed intermediates (~0.3 GB for a 1B model)
                 # The sum of the examples' own mean losses: its gradient splits into theirs.
                 gradient = _answer_loss_gradient(head, picked.detach(), torch.tensor(targets), torch.tensor(weights))
-                release_freed_memory()
+                release_freed_memory()  # the logits blocks'
                 picked.backward(gradient)
                 del picked, gradient
             finally:
