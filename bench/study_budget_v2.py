@@ -99,6 +99,7 @@ MEASURES = ("acc", "acc_norm")
 NOT_ENOUGH = "not enough seeds yet"
 CONFIDENCE_LEVEL = 0.95
 PLAN_FILE, REPORT_JSON, REPORT_MD, SWEEP_FOLDER = "plan.json", "report.json", "report.md", "sweep"
+REPORT_PNG = "report.png"
 POOL_TASKS_FILE = "pool_tasks.json"  # pool example id → task, for the report's allocations
 # STUDIES.md's cost model (one core): LoRA training and forward (scoring) tokens per second.
 COST_MODEL = {"bf16": {"train_tokens_per_s": 165, "forward_tokens_per_s": 460},
@@ -516,10 +517,45 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_report(report: dict, path: Path) -> None:
+    """The study's figure: one panel per test part and measure; each arm's mean over seeds against
+    the budget with its 95 % interval (where two seeds or more finished), zero-shot as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    views = [(part, measure) for part in (SAME_TASK, MMLU_BBH) for measure in MEASURES]
+    figure, panels = plt.subplots(1, len(views), figsize=(4.5 * len(views), 3.8), squeeze=False)
+    for panel, (part, measure) in zip(panels[0], views):
+        cells = report["table"].get(part, {}).get(measure, {})
+        for offset, arm in enumerate(report["arms"]):
+            points = [(budget, cells[str(budget)][arm]) for budget in report["budgets"]
+                      if arm in cells.get(str(budget), {})]
+            if not points:
+                continue
+            # Arms side by side at each budget so their intervals do not hide each other.
+            xs = [budget * (1 + 0.04 * (offset - len(report["arms"]) / 2)) for budget, _ in points]
+            errors = [0.0 if cell.get("ci_low") is None else cell["mean"] - cell["ci_low"] for _, cell in points]
+            panel.errorbar(xs, [cell["mean"] for _, cell in points], yerr=errors, marker="o", capsize=3,
+                           linestyle="none", label=arm)
+        zero = report["zero_shot"] and report["zero_shot"][part][measure]
+        if zero is not None:
+            panel.axhline(zero, color="grey", linestyle="--", label="zero-shot")
+        panel.set_xscale("log")
+        panel.set_xticks(report["budgets"], [str(b) for b in report["budgets"]])
+        panel.set(title=f"{PART_NAMES[part]}, {measure}", xlabel="labelled examples")
+        panel.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def write_report(out: Path) -> dict:
     report = build_report(out)
     write_json(out / REPORT_JSON, report)
     (out / REPORT_MD).write_text(report_markdown(report), encoding="utf-8")
+    plot_report(report, out / REPORT_PNG)
     return report
 
 

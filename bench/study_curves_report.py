@@ -20,7 +20,9 @@ Reads ``OUT/plan.json`` (every planned cell), ``OUT/tasks/<task>/coslow.json`` (
   tasks' mean AUC, and each predictor's Pearson and Spearman correlation with the AUC, from
   :class:`tunewise.efficiency.predict.CurvePredictor` (paper A's ``run_leave_one_out``).
 
-No model runs; it takes a second and may run while the study does.
+It also draws ``OUT/report.png``: each task's learning curve (zero-shot at 0), one panel per planned
+grid, and CoS-Low against the AUC on every compared axis with the fitted line. No model runs; it
+takes a second and may run while the study does.
 
     python bench/study_curves_report.py bench/out/study_curves_v2
 """
@@ -63,17 +65,16 @@ def load_task(out: Path, planned: dict) -> dict:
 
 
 def seed_curves(task: dict, budgets: list[int]) -> list[dict[int, float]] | None:
-    """One curve per planned seed, {0: zero-shot, budget: accuracy} over ``budgets``; None unless
-    every one of those cells has finished."""
+    """One curve per seed whose cells over ``budgets`` have all finished, {0: zero-shot, budget:
+    accuracy}; None if no seed's curve is complete yet (a task planned on more seeds is compared on
+    the seeds done so far, and the report says how many)."""
     if task["zero_shot"] is None:
         return None
-    curves = []
-    for seed in task["plan"]["seeds"]:
-        if any((budget, seed) not in task["finetunes"] for budget in budgets):
-            return None
-        curves.append({0: task["zero_shot"]["score"],
-                       **{budget: task["finetunes"][(budget, seed)]["score"] for budget in budgets}})
-    return curves
+    curves = [{0: task["zero_shot"]["score"],
+               **{budget: task["finetunes"][(budget, seed)]["score"] for budget in budgets}}
+              for seed in task["plan"]["seeds"]
+              if all((budget, seed) in task["finetunes"] for budget in budgets)]
+    return curves or None
 
 
 def auc_or_note(curves, ceiling: float, budgets: list[int]) -> tuple[float | None, str | None]:
@@ -106,8 +107,13 @@ def task_row(task: dict, first_budget: int) -> dict:
             row["auc_first"], row["auc_first_note"] = auc_or_note(curves, planned["ceiling"], [first_budget])
     row["auc"] = row["auc_note"] = None
     curves = seed_curves(task, planned["budgets"])
+    row["auc_seeds"], row["auc_per_seed"] = 0, []
     if curves is not None:
         row["auc"], row["auc_note"] = auc_or_note(curves, planned["ceiling"], planned["budgets"])
+        row["auc_seeds"] = len(curves)
+        if len(curves) > 1:
+            row["auc_per_seed"] = [auc_or_note([curve], planned["ceiling"], planned["budgets"])[0]
+                                   for curve in curves]
     return row
 
 
@@ -209,7 +215,9 @@ def markdown(report: dict) -> str:
     lines.append("|---|---:|---:|---:|---:|" + "---:|" * len(budgets) + "---:|---:|---:|---:|---:|---:|")
     for row in report["tasks"]:
         scores = [("" if b not in row["budgets"] else _number(row["scores"][b])) for b in budgets]
-        auc = _number(row["auc"]) + f" ({max(row['budgets'])})" if row["auc"] is not None else "–"
+        auc = (_number(row["auc"]) + f" ({max(row['budgets'])}"
+               + (f", {row['auc_seeds']} seeds" if row["auc_seeds"] > 1 else "") + ")"
+               if row["auc"] is not None else "–")
         lines.append("| " + " | ".join([
             row["task"], str(row["test"]), _number(row["ceiling"]), _number(row["chance"]), _number(row["zero_shot"]),
             *scores, _number(row["auc_first"]), auc, _number(row["coslow"], 4), _number(row["coslow_random"], 4),
@@ -233,12 +241,63 @@ def markdown(report: dict) -> str:
                          f"{_number(None if entry['mean_mae'] is None else 100 * entry['mean_mae'], 1)} | "
                          f"{_number(entry['pearson'], 2)} ({_number(entry['pearson_p'], 2)}) | "
                          f"{_number(entry['spearman'], 2)} ({_number(entry['spearman_p'], 2)}) |")
+    spread = [row for row in report["tasks"] if len(row["auc_per_seed"]) > 1
+              and None not in row["auc_per_seed"]]
+    if spread:
+        lines += ["", "**The AUC's seed-to-seed spread** (tasks with more than one finished seed; the AUC above "
+                  "is the AUC of the seeds' mean curve):", "",
+                  "| task | seeds | AUC per seed | standard deviation (AUC points) |", "|---|---:|---|---:|"]
+        for row in spread:
+            lines.append(f"| {row['task']} | {len(row['auc_per_seed'])} | "
+                         + ", ".join(_number(value) for value in row["auc_per_seed"])
+                         + f" | {100 * statistics.stdev(row['auc_per_seed']):.1f} |")
     spent = report["costs"]
     lines += ["", "Median seconds per cell: fine-tune training " + _number(spent["finetune_training_seconds"], 0)
               + ", its evaluation " + _number(spent["finetune_evaluation_seconds"], 0)
               + ", zero-shot evaluation " + _number(spent["zero_shot_seconds"], 0)
               + ", predictors " + _number(spent["predictor_seconds"], 0) + "."]
     return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Write the study's figure: learning curves per grid (top row), CoS-Low against AUC per axis
+    with its fitted line (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grids = sorted({tuple(row["budgets"]) for row in report["tasks"]}, key=lambda grid: (-len(grid), grid))
+    axes_compared = [(name, c) for name, c in report["comparisons"].items() if "fit" in c]
+    columns = max(len(grids), len(axes_compared), 1)
+    figure, panels = plt.subplots(2, columns, figsize=(5 * columns, 8), squeeze=False)
+    for panel, grid in zip(panels[0], grids):
+        for row in (r for r in report["tasks"] if tuple(r["budgets"]) == grid):
+            points = [(0, row["zero_shot"])] + [(b, row["scores"][b]) for b in grid if row["scores"][b] is not None]
+            panel.plot([b for b, _ in points], [s for _, s in points], marker="o", label=row["task"])
+        panel.set_xscale("symlog", linthresh=16)
+        panel.set_xticks([0, *grid], [str(b) for b in (0, *grid)])
+        panel.set(title=f"learning curves, grid {'/'.join(map(str, grid))}", xlabel="labelled examples",
+                  ylabel="choice accuracy")
+        panel.legend(fontsize=6)
+    for panel, (name, comparison) in zip(panels[1], axes_compared):
+        key = "auc_first" if name == f"auc@{report['first_budget']}" else "auc"
+        rows = [r for r in report["tasks"] if r["task"] in comparison["tasks"]]
+        xs, ys = [r["coslow"] for r in rows], [r[key] for r in rows]
+        panel.scatter(xs, ys)
+        for row, x, y in zip(rows, xs, ys):
+            panel.annotate(row["task"], (x, y), fontsize=6)
+        fit = comparison["fit"]
+        line = [min(xs), max(xs)]
+        panel.plot(line, [fit["slope"] * x + fit["intercept"] for x in line], color="grey",
+                   label=f"AUC' = {fit['slope']:.3f} · CoS-Low + {fit['intercept']:.3f}")
+        panel.set(title=f"CoS-Low against {name}", xlabel="CoS-Low", ylabel="AUC (ceiling-normalised)")
+        panel.legend(fontsize=7)
+    for panel in [*panels[0][len(grids):], *panels[1][len(axes_compared):]]:
+        panel.set_visible(False)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -251,6 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     text = markdown(report)
     write_json(args.out / "report.json", report)
     (args.out / "report.md").write_text(text + "\n", encoding="utf-8")
+    plot(report, args.out / "report.png")
     print(text)
     return report
 

@@ -77,6 +77,7 @@ CELLS_FOLDER = "cells"
 PLAN_FILE = "plan.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+REPORT_PNG = "report.png"
 CONFIDENCE_LEVEL = 0.95
 # The study plans three seeds; fewer give an interval so wide (t = 12.7 at two) that no answer is honest.
 MIN_SEEDS_FOR_VERDICT = 3
@@ -387,12 +388,51 @@ def report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_report(report: dict, path: Path) -> None:
+    """The study's figure: one row per metric, one column per test part (overall, then each test
+    tertile); each arm's mean over seeds against the budget (zero-shot at 0), with its 95 % interval
+    where two seeds or more have finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = ("overall", *TERTILES)
+    figure, panels = plt.subplots(len(METRICS), len(parts), figsize=(4.2 * len(parts), 3.6 * len(METRICS)),
+                                  squeeze=False)
+    for row, metric in zip(panels, METRICS):
+        zero = (report["zero_shot"] or {}).get(metric)
+        summary = report["summary"][metric]
+        for panel, part in zip(row, parts):
+            zero_value = None if not zero else (zero["score"] if part == "overall" else zero["tertiles"].get(part))
+            for arm in ARMS:
+                points = [(int(budget), arms[arm][part]) for budget, arms in summary.items()
+                          if part in arms.get(arm, {})]
+                if not points:
+                    continue
+                xs = [0] * (zero_value is not None) + [budget for budget, _ in points]
+                ys = [zero_value] * (zero_value is not None) + [block["mean"] for _, block in points]
+                low = [0.0] * (zero_value is not None) + [
+                    0.0 if block["ci_low"] is None else block["mean"] - block["ci_low"] for _, block in points]
+                panel.errorbar(xs, ys, yerr=low, marker="o", capsize=3, label=arm)
+            panel.set_xscale("symlog", linthresh=64)
+            ticks = [0, *sorted(int(budget) for budget in summary)]
+            panel.set_xticks(ticks, [str(tick) for tick in ticks])
+            panel.set(title=f"{'log-likelihood' if metric == LOG_LIKELIHOOD else 'accuracy'}, {part} test",
+                      xlabel="labelled examples")
+            panel.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def write_report(out: Path) -> dict:
     from tunewise.io import write_json
 
     report = build_report(out)
     write_json(out / REPORT_JSON, report)
     (out / REPORT_MD).write_text(report_markdown(report), encoding="utf-8")
+    plot_report(report, out / REPORT_PNG)
     return report
 
 

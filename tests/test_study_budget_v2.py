@@ -159,3 +159,5 @@ def test_report_on_a_partial_study_counts_cells_and_says_not_enough_seeds(tmp_pa
     assert "| 64 | task_diversity | 1 | 0.600 (not enough seeds yet) | +0.100 (not enough seeds yet) |" in text
     assert "| 0 | zero-shot | — | 0.400 | — |" in text
     assert "| pool | — | 10 |" in text and "| 64 | random | 1 |" in text  # examples per task
+    study.write_report(tmp_path)
+    assert (tmp_path / "report.png").stat().st_size > 10_000  # the figure, from the same report

@@ -78,3 +78,33 @@ def test_predictors_are_compared_from_the_fourth_task_with_the_library_calibrati
 def test_a_folder_without_a_plan_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="plan.json"):
         study_curves_report.build_report(tmp_path)
+
+
+def test_a_task_planned_on_more_seeds_is_compared_on_the_seeds_done_and_reports_their_spread(tmp_path):
+    make_study(tmp_path, {"t0": {0: 0.5, 16: 0.6, 64: 0.7}})
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan["tasks"]["t0"]["seeds"] = [0, 1, 2]
+    _write(tmp_path / "plan.json", plan)
+    runs = tmp_path / "tasks" / "t0" / "sweep" / "runs"
+    _write(runs / "random__b16__s1.json", _record("t0", 16, 0.8))  # seed 1 at 64 not finished yet
+    row = study_curves_report.build_report(tmp_path)["tasks"][0]
+    assert row["auc_seeds"] == 1 and row["auc_per_seed"] == []
+    assert row["auc"] == pytest.approx(curve_auc({0: 0.5, 16: 0.6, 64: 0.7}, ceiling=0.9, max_budget=64, grid=[16, 64]))
+
+    _write(runs / "random__b64__s1.json", _record("t0", 64, 0.6))
+    report = study_curves_report.build_report(tmp_path)
+    row = report["tasks"][0]
+    seed_curves = [{0: 0.5, 16: 0.6, 64: 0.7}, {0: 0.5, 16: 0.8, 64: 0.6}]
+    assert row["auc_seeds"] == 2
+    assert row["auc"] == pytest.approx(curve_auc(seed_curves, ceiling=0.9, max_budget=64, grid=[16, 64]))
+    assert row["auc_per_seed"] == pytest.approx([curve_auc(curve, ceiling=0.9, max_budget=64, grid=[16, 64])
+                                                 for curve in seed_curves])
+    text = study_curves_report.markdown(report)
+    assert "seed-to-seed spread" in text and "(64, 2 seeds)" in text
+
+
+def test_the_report_draws_its_figure(tmp_path):
+    scores = [0.58, 0.62, 0.75, 0.66, 0.80]
+    make_study(tmp_path, {f"t{i}": {0: 0.5, 16: score, 64: score + 0.05} for i, score in enumerate(scores)})
+    study_curves_report.main([str(tmp_path)])
+    assert (tmp_path / "report.png").stat().st_size > 10_000

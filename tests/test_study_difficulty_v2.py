@@ -147,6 +147,7 @@ def test_report_of_a_partial_study_folder(tmp_path):
     assert "| easy | -1.0000 [-1.0000, -1.0000] (n=3) | +0.0400" in text
     assert "no fine-tune has finished" not in text.lower().split("## accuracy")[0]
     assert json.loads((tmp_path / "report.json").read_text())["verdict"]["accuracy"]["answer"].startswith("not enough budgets")
+    assert (tmp_path / "report.png").stat().st_size > 10_000  # the figure, drawn from the same report
 
 
 def test_a_tiny_study_runs_resumes_and_reports(tmp_path):
