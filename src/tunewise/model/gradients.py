@@ -51,8 +51,8 @@ DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 2048}
 # The activations a pass keeps for its backward pass (activation_bytes_per_token × tokens) stay under
 # the larger of these: 1/8 of the weights' bytes, or 512 MiB (as much as Python, torch and
 # transformers take anyway, and what SmolLM2's 512 tokens take in fp32: its batches are unchanged).
-# Llama-3.2-1B's shape (1.47 MB a token in bf16) gets 365 tokens instead of 512; an 8B Llama
-# (5.1 MB a token, 16 GB of bf16 weights) 392 (BENCHMARKS.md, "A 1B model with its real vocabulary").
+# Llama-3.2-1B's shape (1.47 MB a token in bf16) gets 364 tokens instead of 512; an 8B Llama
+# (5.5 MB a token, 16 GB of bf16 weights) 364 (BENCHMARKS.md, "A 1B model with its real vocabulary").
 ACTIVATION_SHARE_OF_WEIGHTS = 1 / 8
 ACTIVATION_FLOOR_BYTES = 512 * 2**20
 # The fewest rows the output head runs on in a batched pass (see _batch_inputs).
