@@ -9,6 +9,8 @@ differs). Reported per variant, side by side in one run:
 - achieved FLOP/s: the useful training FLOPs (analytic, below) per second, against a dense
   ``torch.matmul`` roof of the variant's compute dtype timed in the same run (before and after the
   variants, to show drift on shared cores);
+- CPU time: the process's CPU-seconds (all threads) in training, against a matmul roof timed in
+  CPU-seconds too; on shared cores it counts the work done rather than the time spent waiting;
 - padding share: padded positions / all positions the model ran on;
 - final training loss (mean over the last optimiser step) and the evaluation score.
 
@@ -42,6 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
 
 from tunewise.model.load import load_model  # noqa: E402
+from tunewise.training import finetune as _finetune_module  # noqa: E402
+
+# The loss a TRL variant trains with: tunewise's completion-positions loss where it applies, or TRL's own.
+LOSSES = {"tunewise": _finetune_module._completion_loss_applies, "trl": lambda trainer: False}
 from tunewise.training.evaluate import evaluate  # noqa: E402
 
 LEGACY_COMMIT = "f6913f3"
@@ -53,18 +59,30 @@ VARIANTS = {
     "trl-bf16": ("trl", {"dtype": "bfloat16", "batching": "random"}),
     "trl-bf16-grouped": ("trl", {"dtype": "bfloat16", "batching": "group_by_length"}),
     "trl-bf16-padding-free": ("trl", {"dtype": "bfloat16", "batching": "padding_free"}),
+    # Before issue 15's profile: TRL's own fused head, which on the CPU scores every position (prompt
+    # and padding too) and folds entropy and top-1 statistics over the vocabulary into every step.
+    "trl-fp32-fullhead": ("trl", {"dtype": "float32", "batching": "random", "loss": "trl"}),
+    "trl-bf16-fullhead": ("trl", {"dtype": "bfloat16", "batching": "random", "loss": "trl"}),
+    # What the LoRA dropout (0.05, the default) costs: its Bernoulli masks do not get faster in bf16.
+    "trl-fp32-nodropout": ("trl", {"dtype": "float32", "batching": "random", "lora_dropout": 0.0}),
+    "trl-bf16-nodropout": ("trl", {"dtype": "bfloat16", "batching": "random", "lora_dropout": 0.0}),
 }
 
 
-def matmul_roof(dtype, size: int = 2048, repeats: int = 8) -> float:
-    """Dense matmul FLOP/s of ``dtype``: the practical roof on this machine, now."""
+def matmul_roof(dtype, size: int = 2048, repeats: int = 8, clock=time.perf_counter) -> float:
+    """Dense matmul FLOP/s of ``dtype``: the practical roof on this machine, now. With
+    ``clock=time.process_time`` it is FLOPs per CPU-second (all threads together)."""
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     a @ b
-    start = time.perf_counter()
+    start = clock()
     for _ in range(repeats):
         a @ b
-    return 2 * size**3 * repeats / (time.perf_counter() - start)
+    return 2 * size**3 * repeats / (clock() - start)
+
+
+def roofs(clock=time.perf_counter) -> dict:
+    return {"float32": matmul_roof(torch.float32, clock=clock), "bfloat16": matmul_roof(torch.bfloat16, clock=clock)}
 
 
 def useful_flops(model, lengths: list[tuple[int, int]]) -> float:
@@ -108,18 +126,26 @@ def run_variant(name, loaded, train, test, seed, legacy, args) -> dict:
                   gradient_accumulation_steps=args.accumulation, max_seq_length=args.max_seq_length, seed=seed)
     started = time.perf_counter()
     if kind == "legacy":
+        cpu_started = time.process_time()
         result = legacy.finetune(loaded, train, legacy.FinetuneConfig(**common))
+        cpu_seconds = time.process_time() - cpu_started
         log = result.log.to_dict()
         model = result.model
         train_seconds, positions = log["seconds"], None
         final_loss = log["final_loss"]
         cleanup = None
     else:
+        import tunewise.training.finetune as finetune_module
         from tunewise.training.finetune import FinetuneConfig, finetune
 
         settings = dict(overrides)
         dtype = settings.pop("dtype")
+        loss = settings.pop("loss", "tunewise")
+        finetune_module._completion_loss_applies = LOSSES[loss]
+        cpu_started = time.process_time()
         result = finetune(loaded, train, FinetuneConfig(**common, **settings), dtype=dtype)
+        cpu_seconds = time.process_time() - cpu_started
+        finetune_module._completion_loss_applies = LOSSES["tunewise"]
         log = result.log.to_dict()
         model = result.model
         train_seconds, positions = log["seconds"], log.get("positions_seen")
@@ -130,6 +156,7 @@ def run_variant(name, loaded, train, test, seed, legacy, args) -> dict:
     if cleanup is not None:
         cleanup()
     return {"variant": name, "seed": seed, "train_seconds": train_seconds, "wall_seconds": round(wall, 2),
+            "cpu_seconds": round(cpu_seconds, 2),
             "positions_seen": positions, "final_loss": final_loss, "eval_log_likelihood": scores["average"],
             "steps": len(log["steps"])}
 
@@ -166,7 +193,7 @@ def main() -> None:
               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "load_before": os.getloadavg(),
               "examples": len(train), "eval_examples": len(test), "tokens_per_epoch": tokens,
               "useful_flops_per_epoch": flops, "legacy_commit": args.legacy_commit,
-              "roof_before": {"float32": matmul_roof(torch.float32), "bfloat16": matmul_roof(torch.bfloat16)},
+              "roof_before": roofs(), "cpu_roof_before": roofs(time.process_time),
               "runs": []}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
@@ -179,7 +206,8 @@ def main() -> None:
             report["runs"].append(run)
             # The roof again after every run, and the report so far: on shared cores a long run may
             # have to be stopped, and its finished variants still count.
-            report["roof_after"] = {"float32": matmul_roof(torch.float32), "bfloat16": matmul_roof(torch.bfloat16)}
+            report["roof_after"] = roofs()
+            report["cpu_roof_after"] = roofs(time.process_time)
             report["load_after"] = os.getloadavg()
             report["summary"] = summarise(report, variants)
             args.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -196,6 +224,7 @@ def summarise(report: dict, variants: list[str]) -> dict:
         dtype = "float32" if "fp32" in name else "bfloat16"
         roof = max(report["roof_before"][dtype], report["roof_after"][dtype])
         seconds = sum(r["train_seconds"] for r in runs) / len(runs)
+        cpu = [r["cpu_seconds"] for r in runs if r.get("cpu_seconds")]
         evals = [r["eval_log_likelihood"] for r in runs]
         entry = {
             "runs": len(runs),
@@ -207,6 +236,14 @@ def summarise(report: dict, variants: list[str]) -> dict:
             "eval_log_likelihood": evals,
             "eval_spread": max(evals) - min(evals),
         }
+        if cpu:
+            # Process CPU time (all threads): on shared cores it counts the work, not the waiting.
+            cpu_mean = sum(cpu) / len(cpu)
+            entry["cpu_seconds"] = cpu_mean
+            entry["tokens_per_cpu_second"] = report["tokens_per_epoch"] / cpu_mean
+            cpu_roof = max(report["cpu_roof_before"][dtype], report["cpu_roof_after"][dtype])
+            entry["cpu_roof_flops_per_cpu_second"] = cpu_roof
+            entry["fraction_of_roof_by_cpu_time"] = report["useful_flops_per_epoch"] / cpu_mean / cpu_roof
         positions = [r["positions_seen"] for r in runs if r["positions_seen"]]
         if positions:
             entry["padding_share"] = 1 - report["tokens_per_epoch"] / (sum(positions) / len(positions))
@@ -215,6 +252,8 @@ def summarise(report: dict, variants: list[str]) -> dict:
     for entry in summary.values():
         if base:
             entry["speed_vs_fp32_baseline"] = entry["tokens_per_second"] / base["tokens_per_second"]
+            if "tokens_per_cpu_second" in entry and "tokens_per_cpu_second" in base:
+                entry["cpu_speed_vs_fp32_baseline"] = entry["tokens_per_cpu_second"] / base["tokens_per_cpu_second"]
     return summary
 
 

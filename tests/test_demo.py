@@ -81,3 +81,57 @@ def test_the_demo_plan_gives_labels_needed_per_task_with_the_calibrations_caveat
     assert f"About the predicted curves: {shipped.caveat[:40]}" in " ".join(result.output.split())
     page = (out / "report.html").read_text()
     assert shipped.caveat[:40] in page and "No learning-curve prediction" not in page
+
+
+@pytest.mark.integration
+def test_the_demo_in_worker_processes_writes_what_it_writes_in_one_process(tmp_path, monkeypatch, lively_model_dir):
+    """``--workers 2`` (fine-tunes in two worker processes while this one measures CoS-Low) against
+    ``--workers 1`` (one step after another), both on one thread (conftest): the same bytes in
+    every file, wall-clock fields aside."""
+    import tunewise.cli.demo as demo
+    import tunewise.efficiency.predict as predict
+    from test_sweep_ray import without_timings
+
+    shipped = predict.coefficients_for("smollm2")
+    monkeypatch.setattr(predict, "coefficients_for", lambda name, calibration_file=None: shipped)
+    monkeypatch.setattr(demo, "QUICK", dataclasses.replace(demo.QUICK, pool_per_task=demo.FULL.pool_per_task))
+    tunewise.cli._register_commands()
+    # Both into the same folder (the files record its path), the first moved aside before the second.
+    parallel, serial = tmp_path / "demo", tmp_path / "serial"
+    for workers in (1, 2):
+        result = CliRunner().invoke(app, ["demo", "--model", str(lively_model_dir), "--quick", "--out", str(parallel),
+                                          "--workers", str(workers)])
+        assert result.exit_code == 0, result.output
+        if workers == 1:
+            parallel.rename(serial)
+    assert ("in 2 worker processes" in " ".join(result.output.split())) and "Plan:" in result.stdout
+    # The report shows and the ledger hashes files that hold wall-clock fields; every other file is compared.
+    files = sorted(p.relative_to(serial) for p in serial.rglob("*")
+                   if p.is_file() and p.suffix != ".html" and p.name != ".tunewise-files.json")
+    assert files == sorted(p.relative_to(parallel) for p in parallel.rglob("*")
+                           if p.is_file() and p.suffix != ".html" and p.name != ".tunewise-files.json")
+    assert len([f for f in files if f.parts[:2] == ("sweep", "runs")]) == 5  # zero-shot and 2 strategies x 2 budgets
+    plan = json.loads((parallel / "plan.json").read_text())
+    assert set(plan["coslow"]) == set(DEMO_TASKS) and plan["provenance"]["torch_threads"] == 1
+    for name in files:
+        if name.suffix == ".json":
+            assert without_timings(json.loads((parallel / name).read_text())) == \
+                without_timings(json.loads((serial / name).read_text())), name
+        else:
+            assert (parallel / name).read_bytes() == (serial / name).read_bytes(), name
+
+
+def test_the_demo_runs_in_two_worker_processes_on_a_cpu_and_in_one_on_a_gpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from tunewise.cli.demo import demo_workers
+    from tunewise.errors import TunewiseError
+
+    cpu, gpu = SimpleNamespace(device=SimpleNamespace(type="cpu")), SimpleNamespace(device=SimpleNamespace(type="cuda"))
+    for cores, expected in ((1, 1), (2, 2), (16, 2)):
+        monkeypatch.setattr("tunewise.training.process_sweep.cpu_cores", lambda cores=cores: cores)
+        assert demo_workers(None, cpu) == expected
+    assert demo_workers(3, cpu) == 3 and demo_workers(None, gpu) == 1 and demo_workers(1, gpu) == 1
+    with pytest.raises(TunewiseError) as caught:
+        demo_workers(2, gpu)
+    assert caught.value.field == "workers"

@@ -312,3 +312,70 @@ def test_sft_config_fields_pass_through_from_yaml(tiny, sums, tmp_path):
     path.write_text("output_dir: elsewhere\n")
     with pytest.raises(TunewiseError, match="managed by tunewise"):
         read_sft_overrides(path)
+
+
+def test_completion_loss_is_the_full_logits_loss_with_the_head_on_completion_positions_only(tiny, sums):
+    import torch
+
+    from tunewise.training.finetune import completion_loss
+
+    encoded = [encode_example(tiny.tokenizer, e.prompt, e.response, 512) for e in sums[:5]]
+    input_ids, attention_mask, labels = pad_examples(encoded, tiny.tokenizer.pad_token_id, tiny.device)
+    rows = []
+    hook = tiny.model.get_output_embeddings().register_forward_hook(lambda m, args, out: rows.append(args[0].shape))
+    try:
+        with torch.no_grad():
+            full = tiny.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.item()
+            rows.clear()
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            ours = completion_loss(tiny.model, batch).item()
+            kept = rows[0][1]
+            halved = completion_loss(tiny.model, batch, num_items_in_batch=2 * sum(e.completion_tokens
+                                                                                   for e in encoded)).item()
+            # One row, as padding-free batches and single examples come: the head sees its completion positions.
+            rows.clear()
+            one = encoded[0]
+            alone = completion_loss(tiny.model, {"input_ids": torch.tensor([one.input_ids]),
+                                                 "labels": torch.tensor([one.labels])}).item()
+    finally:
+        hook.remove()
+    assert ours == pytest.approx(full, rel=1e-5)
+    assert halved == pytest.approx(full / 2, rel=1e-5)
+    # The positions some row learns from, never the whole padded length.
+    assert kept < input_ids.shape[1] - 1
+    assert rows[0][:2] == (1, one.completion_tokens)
+    assert alone > 0
+
+
+def test_fp32_fine_tune_losses_are_trls_own(tiny, sums, monkeypatch):
+    """The completion-positions loss replaces TRL's fused head on the CPU: the same losses, step by step."""
+    import tunewise.training.finetune as finetune_module
+
+    config = FinetuneConfig(batch_size=3, gradient_accumulation_steps=2, epochs=2, learning_rate=1e-2)
+    losses = {}
+    for name, applies in (("trl", lambda trainer: False), ("tunewise", finetune_module._completion_loss_applies)):
+        monkeypatch.setattr(finetune_module, "_completion_loss_applies", applies)
+        with finetune(tiny, sums, config, dtype="float32") as result:
+            losses[name] = [step["loss"] for step in result.log.steps]
+    assert len(losses["trl"]) == 4
+    assert losses["tunewise"] == pytest.approx(losses["trl"], abs=1e-5)
+
+
+def test_trls_loss_is_kept_where_ours_would_differ(tiny, sums):
+    from tunewise.training.finetune import _completion_loss_applies
+
+    from types import SimpleNamespace
+
+    class Trainer:
+        compute_loss_func, label_smoother, aux_loss_enabled = None, None, False
+
+        def __init__(self, processes=1, **args):
+            self.args = FinetuneConfig().to_sft_config("unused", bf16=False, use_cpu=True, overrides=args)
+            self.accelerator = SimpleNamespace(num_processes=processes)
+
+    assert _completion_loss_applies(Trainer())
+    assert not _completion_loss_applies(Trainer(loss_type="dft"))
+    assert not _completion_loss_applies(Trainer(processes=2))
+    smoothed = Trainer()
+    smoothed.label_smoother = object()
+    assert not _completion_loss_applies(smoothed)

@@ -9,9 +9,11 @@ task needs, predicted from CoS-Low, with the calibration's caveat beside it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -54,6 +56,10 @@ def demo_command(
     quick: bool = typer.Option(False, help="A smaller pool, one seed and one epoch of fine-tuning (a smoke test)."),
     seed: int = typer.Option(0, min=0, max=MAX_SEED, help="Seed of the generated pool and of the plan."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:1 …"),
+    workers: Optional[int] = typer.Option(None, min=1, help="Worker processes that fine-tune and evaluate while "
+                                          "this one measures CoS-Low, each on cores / workers threads (default: 2 on "
+                                          "a CPU of 2 or more cores; 1: everything in this process, one step after "
+                                          "another, as on a GPU)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Run score → plan → select → fine-tune vs random → report on a built-in multi-task pool."""
@@ -67,7 +73,8 @@ def demo_command(
     from tunewise.training.finetune import FinetuneConfig
     from tunewise.data.pool import read_pool
     from tunewise.report.html import build_report
-    from tunewise.training.sweep import run_sweep
+    from tunewise.training.process_sweep import threads_per_worker
+    from tunewise.training.sweep import run_sweep, start_sweep
 
     started = time.perf_counter()
     size = QUICK if quick else FULL
@@ -85,17 +92,36 @@ def demo_command(
                   f"({', '.join(pool.tasks)}), budget {size.budgets[1]}", highlight=False)
     console.print(f"loading {escape(model)} …", highlight=False)
     backend = tw.load_backend(model, device=device, dtype="auto", max_new_tokens=30)
-    plan = tw.plan(pool, backend, plan_config, out, model_name=model, progress=stage_progress)
-
-    console.print(f"[bold]2/3[/] fine-tune at budgets {size.budgets[0]} and {size.budgets[1]}: {DEMO_STRATEGY} "
-                  f"against random, seeds {', '.join(map(str, size.seeds))}, evaluated on {len(test)} held-out "
-                  "examples", highlight=False)
+    loaded = getattr(backend, "loaded", None)
+    workers = demo_workers(workers, loaded)
     config = FinetuneConfig(epochs=size.epochs, batch_size=8, gradient_accumulation_steps=1, learning_rate=1e-3,
                             warmup_ratio=0.0)
-    with progress_bar("fine-tune and evaluate", unit="runs") as update:
-        summary = run_sweep(pool, test, list(size.budgets), [DEMO_STRATEGY, "random"], list(size.seeds), model,
-                            out / SWEEP_FOLDER, config, device=device, metric="exact_match",
-                            max_new_tokens=size.answer_tokens, progress=lambda done, total, _: update(done, total))
+    runs_description = (f"{DEMO_STRATEGY} against random at budgets {size.budgets[0]} and {size.budgets[1]}, seeds "
+                        f"{', '.join(map(str, size.seeds))}, evaluated on {len(test)} held-out examples")
+    sweep_args = (pool, test, list(size.budgets), [DEMO_STRATEGY, "random"], list(size.seeds), model,
+                  out / SWEEP_FOLDER, config)
+    sweep_options = dict(device=device, metric="exact_match", max_new_tokens=size.answer_tokens, loaded=loaded)
+    progress_runs = progress_bar("fine-tune and evaluate", unit="runs")
+    if workers == 1:
+        plan = tw.plan(pool, backend, plan_config, out, model_name=model, progress=stage_progress)
+        console.print(f"[bold]2/3[/] fine-tune: {runs_description}", highlight=False)
+        with progress_runs as update:
+            summary = run_sweep(*sweep_args, **sweep_options, progress=lambda done, total, _: update(done, total))
+    else:
+        # The runs need the pool's scores (the plan's strategy weighs the tasks by confidence), not
+        # CoS-Low: score, hand the runs to the worker processes, then measure CoS-Low here, on
+        # fewer threads, while they fine-tune (BENCHMARKS.md, "The demo in two worker processes").
+        # The plan reads the scores back from the cache.
+        with stage_progress("scoring", "examples") as update:
+            tw.score(pool, backend, plan_config.indicator_names(), cache_dir=plan_config.cache_dir, progress=update,
+                     max_batch_tokens=plan_config.batch_tokens)
+        with start_sweep(*sweep_args, **sweep_options, engine="processes", workers=workers) as sweep:
+            console.print(f"fine-tuning meanwhile in {workers} worker processes: {runs_description}", highlight=False)
+            with _torch_threads(threads_per_worker(workers)):
+                plan = tw.plan(pool, backend, plan_config, out, model_name=model, progress=stage_progress)
+            console.print("[bold]2/3[/] fine-tune: waiting for the worker processes", highlight=False)
+            with progress_runs as update:
+                summary = sweep.finish(progress=lambda done, total, _: update(done, total))
 
     console.print("[bold]3/3[/] report", highlight=False)
     report = build_report(out)
@@ -108,6 +134,38 @@ def demo_command(
         stdout.print(gains_table(summary))
     stdout.print(f"demo finished in {time.perf_counter() - started:.0f} s; report → {escape(str(report))}",
                  highlight=False, soft_wrap=True)
+
+
+def demo_workers(requested: int | None, loaded) -> int:
+    """Worker processes for the demo's runs on ``loaded`` (a :class:`~tunewise.model.load.LoadedModel`):
+    as asked, else 2 on a CPU of two or more cores and 1 elsewhere (a GPU runs them one after
+    another). More than one is refused on a GPU."""
+    from tunewise.errors import TunewiseError
+    from tunewise.training.process_sweep import cpu_cores
+
+    device = getattr(loaded, "device", None)
+    if device is None or device.type != "cpu":
+        if requested is not None and requested > 1:
+            raise TunewiseError(f"worker processes run on the CPU, and the model is on {device}", field="workers",
+                                fix="drop --workers (a GPU runs the fine-tunes one after another)")
+        return 1
+    return requested if requested is not None else min(2, cpu_cores())
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int):
+    """This process on ``threads`` torch threads for the block (``--threads`` wins), then back."""
+    import torch
+
+    from tunewise.model.load import apply_thread_setting
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    apply_thread_setting()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 __all__ = ["demo_command"]

@@ -43,7 +43,7 @@ SUMMARY_FILE = "sweep.json"
 PLOT_FILE = "curves.png"
 RUNS_FOLDER = "runs"
 CONFIDENCE_LEVEL = 0.95
-ENGINES = ("local", "ray")
+ENGINES = ("local", "processes", "ray")
 DEFAULT_WORKERS = 2
 
 
@@ -66,10 +66,11 @@ class SweepRun:
     batch_tokens: int = dataclasses.field(default=8192, metadata={"help": "Token budget per generation batch."})
     device: str = dataclasses.field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:1 …"})
     engine: str = dataclasses.field(default="local", metadata={
-        "help": "local (one run after another, in this process) or ray (each run a Ray task: one GPU each on "
-                "CUDA, else --workers at a time sharing the CPU threads; needs the tunewise[ray] extra)."})
+        "help": "local (one run after another, in this process), processes (--workers runs at a time in worker "
+                "processes on this CPU, no Ray) or ray (each run a Ray task: one GPU each on CUDA, else --workers "
+                "at a time sharing the CPU threads; needs the tunewise[ray] extra)."})
     workers: int = dataclasses.field(default=DEFAULT_WORKERS, metadata={
-        "help": "With --engine ray on the CPU: runs at a time, each on cores / workers threads."})
+        "help": "With --engine processes, or ray on the CPU: runs at a time, each on cores / workers threads."})
 
     def __post_init__(self) -> None:
         _check_engine(self.engine, self.workers)
@@ -183,6 +184,7 @@ def run_sweep(
     sft_overrides: Mapping | None = None,
     engine: str = "local",
     workers: int = DEFAULT_WORKERS,
+    loaded=None,
 ) -> dict:
     """Run every missing (strategy, budget, seed) and the zero-shot baseline, then summarise.
 
@@ -211,21 +213,66 @@ def run_sweep(
     metric, max_new_tokens, batch_tokens:
         Passed to :func:`tunewise.training.evaluate.evaluate`.
     progress:
-        Called with ``(runs_done, runs_total, label)`` before each run starts (with ``engine="ray"``:
-        once when the runs are handed to Ray, then as each finishes) and once at the end; finished
-        runs found on disk count as done.
+        Called with ``(runs_done, runs_total, label)`` before each run starts (with ``engine="ray"``
+        or ``"processes"``: once when the runs are handed out, then as each finishes) and once at
+        the end; finished runs found on disk count as done.
     engine, workers:
         ``"local"`` runs the fine-tunes one after another in this process, on the model loaded
-        here. ``"ray"`` runs each as a Ray task with its own resources
-        (:func:`tunewise.training.ray_sweep.run_on_ray`): one GPU each on a CUDA device, otherwise
-        ``workers`` tasks at a time sharing the CPU threads. Both write the same records to the
-        same folder, and both skip finished runs. Ray is an optional extra (``tunewise[ray]``).
+        here. ``"processes"`` runs ``workers`` at a time in worker processes on this CPU, each
+        with ``cores / workers`` torch threads and its own copy of the model, the zero-shot
+        evaluation among them (:mod:`tunewise.training.process_sweep`; no extra needed). ``"ray"``
+        runs each as a Ray task with its own resources (:func:`tunewise.training.ray_sweep.run_on_ray`):
+        one GPU each on a CUDA device, otherwise ``workers`` tasks at a time sharing the CPU
+        threads. All three write the same records to the same folder, and all skip finished runs.
+        Ray is an optional extra (``tunewise[ray]``).
     strategy_parameters:
         Spec → parameters its text cannot carry (:func:`strategy_from_spec`), e.g.
         ``{"efficiency": {"predicted_auc": {...}, "max_budget": 16}}``; each run of that spec
         records them.
+    loaded:
+        The :class:`~tunewise.model.load.LoadedModel` of ``model_name`` when the caller already
+        has it (loaded with this ``device`` and ``dtype``), instead of a second load here; the
+        local engine fine-tunes on it (each adapter is removed after its run).
 
     Returns the summary that :func:`summarise_sweep` writes to ``RUN_DIR/sweep.json``.
+    """
+    with start_sweep(pool, test, budgets, strategies, seeds, model_name, run_dir, finetune_config, device=device,
+                     dtype=dtype, metric=metric, max_new_tokens=max_new_tokens, batch_tokens=batch_tokens,
+                     progress=progress, strategy_parameters=strategy_parameters, sft_overrides=sft_overrides,
+                     engine=engine, workers=workers, loaded=loaded) as sweep:
+        return sweep.finish(progress)
+
+
+def start_sweep(
+    pool,
+    test,
+    budgets: Sequence[int],
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    model_name: str,
+    run_dir: str | os.PathLike,
+    finetune_config: FinetuneConfig | None = None,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    metric: str = "auto",
+    max_new_tokens: int | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: Callable[[int, int, str], None] | None = None,
+    strategy_parameters: Mapping[str, Mapping] | None = None,
+    sft_overrides: Mapping | None = None,
+    engine: str = "local",
+    workers: int = DEFAULT_WORKERS,
+    loaded=None,
+) -> "StartedSweep":
+    """:func:`run_sweep` in two halves: everything up to the runs, then :meth:`StartedSweep.finish`.
+
+    Takes :func:`run_sweep`'s arguments. It checks them, claims the folder, scores the pool for
+    the strategies and (local and Ray engines) evaluates zero-shot; with ``engine="processes"``
+    it also hands every pending run, zero-shot included, to the worker processes, which start
+    on them at once. The caller may then use this process for other work (``tunewise demo``
+    measures CoS-Low meanwhile) before ``finish`` collects the runs and summarises. Use it as a
+    context manager: leaving the block unfinished stops the workers.
     """
     from tunewise.model.load import load_model
     from tunewise.model.precision import resolve_dtype
@@ -250,7 +297,12 @@ def run_sweep(
     run_dir = Path(run_dir)
     runs = run_dir / RUNS_FOLDER
     check_sweep_folder(run_dir)
-    loaded = load_model(model_name, device=device, dtype=dtype)
+    if loaded is None:
+        loaded = load_model(model_name, device=device, dtype=dtype)
+    if engine == "processes":
+        from tunewise.training.process_sweep import check_device
+
+        check_device(loaded.device)
     settings = {
         "model": model_name,
         "model_fingerprint": loaded.fingerprint,
@@ -268,46 +320,114 @@ def run_sweep(
     planned = [(strategy, budget, seed) for seed in seeds for budget in budgets for strategy in strategies]
     pending = [run for run in planned if not (runs / run_file_name(*run)).exists()]
     zero_shot_path = runs / f"{ZERO_SHOT}.json"
-    total = len(planned) + 1
-    done = total - len(pending) - (0 if zero_shot_path.exists() else 1)
+    sweep = StartedSweep(runs, model_name, engine, workers, pending, not zero_shot_path.exists(),
+                         total=len(planned) + 1, loaded=loaded)
+    sweep.done = sweep.total - len(pending) - (1 if sweep.zero_shot_pending else 0)
 
     inputs = RunInputs(pool_examples, test_examples, None, chosen, strategy_parameters, finetune_config,
                        tertiles_by_answer_length(test_examples, loaded.tokenizer), dtype, metric, max_new_tokens,
                        batch_tokens, sft_overrides)
-    if not zero_shot_path.exists():
+    if sweep.zero_shot_pending and engine != "processes":
         if progress is not None:
-            progress(done, total, "zero-shot")
-        results = inputs.evaluate(loaded, loaded.model)
-        write_json(zero_shot_path, _run_record(ZERO_SHOT, 0, None, results, inputs.test_tertiles))
-        done += 1
+            progress(sweep.done, sweep.total, "zero-shot")
+        sweep.record(ZERO_SHOT, zero_shot_record(loaded, inputs))
 
     def scoring_progress(scored: int, to_score: int) -> None:
         if progress is not None:
-            progress(done, total, f"scoring the pool {scored}/{to_score}")
+            progress(sweep.done, sweep.total, f"scoring the pool {scored}/{to_score}")
 
     scores = _selection_scores(pool_examples, [chosen[s] for s, _, _ in pending], loaded, scoring_progress)
-    inputs = dataclasses.replace(inputs, scores=scores)
+    sweep.inputs = dataclasses.replace(inputs, scores=scores)
+    if engine == "processes":
+        sweep.start_processes()
+    return sweep
 
-    def finished(run: tuple[str, int, int], record: dict) -> None:
-        nonlocal done
-        write_json(runs / run_file_name(*run), record)
-        done += 1
 
-    if engine == "ray" and pending:
-        from tunewise.training.ray_sweep import run_on_ray
+@dataclasses.dataclass(eq=False)
+class StartedSweep:
+    """A sweep whose folder is claimed and whose pool is scored (:func:`start_sweep`): the runs
+    still to do, and with ``engine="processes"`` the worker processes doing them."""
 
-        device_type = loaded.device.type
-        del loaded  # the Ray tasks load their own; on a GPU this one would only take their memory
-        run_on_ray(pending, inputs, run_one, model_name, device_type, workers, finished,
-                   progress=None if progress is None else lambda label: progress(done, total, label))
-    else:
-        for run in pending:
+    runs_folder: Path
+    model_name: str
+    engine: str
+    workers: int
+    pending: list
+    zero_shot_pending: bool
+    total: int
+    loaded: object = None
+    inputs: RunInputs | None = None
+    done: int = 0
+    _workers: object = None
+
+    def record(self, run: tuple[str, int, int] | str, record: dict) -> None:
+        """Write one finished run's record (``ZERO_SHOT`` for the zero-shot one) and count it."""
+        name = f"{ZERO_SHOT}.json" if run == ZERO_SHOT else run_file_name(*run)
+        write_json(self.runs_folder / name, record)
+        if run == ZERO_SHOT:
+            self.zero_shot_pending = False
+        self.done += 1
+
+    def start_processes(self) -> None:
+        from tunewise.training.process_sweep import RunWorkers
+
+        if not self.pending and not self.zero_shot_pending:
+            return  # a finished sweep resumed: no worker to start
+        # Longest first (a run's fine-tune grows with its budget; zero-shot only evaluates), so
+        # that no long run starts last and keeps one worker busy while the others idle.
+        work = sorted(self.pending, key=lambda run: -run[1])
+        device = self.loaded.device
+        self.loaded = None  # the workers load their own; this process may free its copy
+        self._workers = RunWorkers(self.inputs, self.model_name, device, self.workers)
+        for run in work:
+            self._workers.submit(run, run_one, *run)
+        if self.zero_shot_pending:
+            self._workers.submit(ZERO_SHOT, zero_shot_record)
+
+    def finish(self, progress: Callable[[int, int, str], None] | None = None) -> dict:
+        """Run (or collect) every pending run, writing each record as it finishes; then summarise."""
+        if self._workers is not None:
             if progress is not None:
-                progress(done, total, f"{run[0]} b={run[1]} s={run[2]}")
-            finished(run, run_one(loaded, inputs, *run))
-    if progress is not None:
-        progress(done, total, "done")
-    return summarise_sweep(run_dir)
+                progress(self.done, self.total, self._workers.describe())
+            for run, record in self._workers.finished():
+                self.record(run, record)
+                if progress is not None:
+                    label = "zero-shot" if run == ZERO_SHOT else f"{run[0]} b={run[1]} s={run[2]}"
+                    progress(self.done, self.total, f"{label} finished")
+            self._workers.close()
+            self._workers = None
+        elif self.engine == "ray" and self.pending:
+            from tunewise.training.ray_sweep import run_on_ray
+
+            device_type, self.loaded = self.loaded.device.type, None  # the Ray tasks load their own
+            run_on_ray(self.pending, self.inputs, run_one, self.model_name, device_type, self.workers, self.record,
+                       progress=None if progress is None else lambda label: progress(self.done, self.total, label))
+        else:
+            for run in self.pending:
+                if progress is not None:
+                    progress(self.done, self.total, f"{run[0]} b={run[1]} s={run[2]}")
+                self.record(run, run_one(self.loaded, self.inputs, *run))
+        self.pending = []
+        if progress is not None:
+            progress(self.done, self.total, "done")
+        return summarise_sweep(self.runs_folder.parent)
+
+    def close(self) -> None:
+        """Stop the worker processes, if any are still running (records already written stay)."""
+        if self._workers is not None:
+            self._workers.terminate()
+            self._workers = None
+
+    def __enter__(self) -> "StartedSweep":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def zero_shot_record(loaded, inputs: "RunInputs") -> dict:
+    """The base model's record on the test set (the curves' budget 0)."""
+    return _run_record(ZERO_SHOT, 0, None, inputs.evaluate(loaded, loaded.model), inputs.test_tertiles)
 
 
 def _check_engine(engine: str, workers: int) -> None:
@@ -768,6 +888,7 @@ def plot_sweep(summary: dict, path: str | os.PathLike) -> Path:
 __all__ = [
     "ENGINES",
     "RunInputs",
+    "StartedSweep",
     "check_sweep_folder",
     "paired_gain",
     "parse_strategy_spec",
@@ -778,8 +899,10 @@ __all__ = [
     "run_one",
     "run_sweep",
     "split_strategy_specs",
+    "start_sweep",
     "strategy_from_spec",
     "summarise_sweep",
     "tertile_scores",
     "tertiles_by_answer_length",
+    "zero_shot_record",
 ]
