@@ -159,3 +159,100 @@ def test_no_hook_stays_on_the_model_between_examples_and_the_adapter_goes_at_clo
     iterator.close()
     assert not any("lora_" in name for name, _ in tiny.model.named_parameters())
     assert all(p.requires_grad for p in tiny.model.parameters())
+
+
+def test_the_answer_loss_in_blocks_of_rows_gives_the_gradients_of_one_block_to_the_bit(tiny, monkeypatch):
+    """The vocabulary projection and its backward pass run a block of rows at a time
+    (``_answer_loss_gradient``); blocks of 8 rows give what one block of all rows gives."""
+    import torch
+
+    from tunewise.model import packed
+
+    prompts, responses = mixed_examples()
+    _, whole = gradients(tiny.model, tiny.tokenizer, prompts, responses, max_batch_tokens=4096)
+    vocabulary = tiny.model.get_output_embeddings().out_features
+    monkeypatch.setattr(packed, "LOGITS_BLOCK_BYTES", 4 * vocabulary * 8)
+    blocked, got = gradients(tiny.model, tiny.tokenizer, prompts, responses, max_batch_tokens=4096)
+    assert all(torch.equal(g, w) for g, w in zip(got, whole)) and len(got) == len(whole)
+
+
+def test_the_probe_on_each_adapter_output_holds_one_number():
+    """The leaf that replaces lora_B's output is one zero expanded to its shape: the autograd graph
+    keeps every leaf until the backward pass, and a full-size one per adapted module cost 1.5 MB
+    per token of Llama-3.2-1B's shape."""
+    import torch
+
+    from tunewise.model.gradients import _PerExampleCapture
+
+    capture = _PerExampleCapture(dimension=16, seed=0, keep_full=False)
+    capture.start(torch.ones((2, 5), dtype=torch.bool), modules=1)
+    output = torch.randn(2, 5, 12)
+    probe = capture.forward_hook(0, None, (torch.randn(2, 5, 3),), torch.zeros(2, 5, 12))
+    assert probe.shape == output.shape and probe.is_leaf and probe.requires_grad
+    assert probe.untyped_storage().nbytes() == 4 and torch.equal(probe, torch.zeros_like(output))
+
+
+class _Shaped(__import__("torch").nn.Module):
+    """A stand-in with a model's config, dtype and weights' bytes, for the batch budget."""
+
+    def __init__(self, config, dtype, weight_bytes: int):
+        import torch
+
+        super().__init__()
+        self.config = config
+        self.dtype = dtype
+        self.embed = torch.nn.Embedding(1, 1)
+        self.weight_bytes = weight_bytes
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def parameters(self, recurse: bool = True):
+        import torch
+
+        yield torch.empty(self.weight_bytes // 2, dtype=torch.bfloat16, device="meta")
+
+
+def test_the_default_batch_follows_the_activations_against_the_weights():
+    import torch
+    from transformers import LlamaConfig
+
+    from tunewise.model.gradients import DEFAULT_BATCH_TOKENS, activation_bytes_per_token, default_batch_tokens
+
+    llama1b = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                          num_key_value_heads=8, vocab_size=128_256)
+    # 1.47 MB a token, as torch.autograd.graph.saved_tensors_hooks counts it (BENCHMARKS.md).
+    assert activation_bytes_per_token(llama1b, 2) == 1_474_560
+    assert default_batch_tokens(_Shaped(llama1b, torch.bfloat16, 2_471_000_000)) == 364
+    # SmolLM2-135M's shape keeps the CPU default in fp32 (and so its values: the batches do not change).
+    smollm2 = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                          num_key_value_heads=3, vocab_size=49_152)
+    assert default_batch_tokens(_Shaped(smollm2, torch.float32, 538_060_032)) == DEFAULT_BATCH_TOKENS["cpu"]
+    # An 8B Llama: 1/8 of its 16 GB of weights, not the floor, bounds the batch.
+    llama8b = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=8, vocab_size=128_256)
+    assert default_batch_tokens(_Shaped(llama8b, torch.bfloat16, 16_060_000_000)) == 364
+    # A config that does not name its sizes the usual way keeps the device default.
+    assert default_batch_tokens(_Shaped(__import__("types").SimpleNamespace(), torch.bfloat16, 10**9)) == 512
+
+
+def test_the_default_batch_reaches_the_gradients(tiny, monkeypatch):
+    """With no floor the tiny model's budget is a few tokens: one example per pass, the same
+    gradients as its batches of 512 tokens."""
+    from tunewise.model import gradients as module
+    from tunewise.model import packed
+
+    prompts, responses = mixed_examples(4)
+    _, batched = gradients(tiny.model, tiny.tokenizer, prompts, responses)
+    monkeypatch.setattr(module, "ACTIVATION_FLOOR_BYTES", 1)
+    budget = module.default_batch_tokens(tiny.model)
+    seen, plan = [], packed.plan_padded_chunks
+
+    def spy(lengths, tokens, *args, **kwargs):
+        seen.append(tokens)
+        return plan(lengths, tokens, *args, **kwargs)
+
+    monkeypatch.setattr(packed, "plan_padded_chunks", spy)
+    _, alone = gradients(tiny.model, tiny.tokenizer, prompts, responses)
+    assert seen == [budget] and 1 <= budget < 20
+    assert max(relative_errors(alone, batched)) <= 1e-6

@@ -132,7 +132,8 @@ def coslow_command(
         DEFAULT_PROJECTION_DIM, min=0, help="Project each gradient to this many numbers (seeded); 0 keeps the full "
                                             "LoRA-B gradient (exact; memory grows with the model)."),
     gradient_batch_tokens: int = typer.Option(
-        0, min=0, help="Tokens per shared forward/backward pass of the gradients (0: 512 on a CPU, 2048 on a GPU); "
+        0, min=0, help="Tokens per shared forward/backward pass of the gradients (0: 512 on a CPU, 2048 on a GPU, "
+                       "fewer where the activations would outweigh 1/8 of the weights); "
                        "more is faster until memory runs out, the values do not change."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
     reading: PoolReading = None,

@@ -167,8 +167,9 @@ def coslow(
         seeded by ``seed``);
         ``None`` keeps the full ``lora_B`` gradient (exact, but k × its length in memory).
     max_batch_tokens:
-        Tokens per shared forward and backward pass (None: the device's default,
-        :data:`tunewise.model.gradients.DEFAULT_BATCH_TOKENS`); memory grows with it, the values
+        Tokens per shared forward and backward pass (None: the device's default, fewer for a model
+        whose activations would outweigh an eighth of its weights;
+        :func:`tunewise.model.gradients.default_batch_tokens`); memory grows with it, the values
         do not change beyond float rounding.
 
     Returns

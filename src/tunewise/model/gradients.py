@@ -22,6 +22,14 @@ loss. So the batch's loss is the sum of each example's own mean cross-entropy, h
 example's gradient, projected (or moved to the CPU) before the next module's arrives. This is the
 per-example gradient trick of Goodfellow (2015, "Efficient per-example gradient computations") that
 Opacus and TRAK use for linear layers.
+
+Memory of a batched pass, beyond the weights: the activations the decoder keeps for its backward
+pass (:func:`activation_bytes_per_token` per token; the batch's size follows them,
+:func:`default_batch_tokens`), one block of the output head's logits at a time
+(:func:`_answer_loss_gradient`) and one number per adapted module for the leaf that stands in for
+its output. Freed memory goes back to the system after the forward pass, after the output head and
+after the backward pass (:mod:`tunewise.model.host_memory`): glibc otherwise keeps the freed
+activations of one phase resident through the next.
 """
 
 from __future__ import annotations
@@ -36,11 +44,17 @@ from tunewise.model.chat import IGNORE_INDEX, gradient_example, pad_token_id
 from tunewise.model.lengths import check_fits, context_length
 from tunewise.model.load import gradients_through_4bit
 
-# Tokens (rows × padded width) per batched backward pass when none is given. Activations for the
-# backward pass take about 1.3 MB a token in SmolLM2-135M (fp32): on a CPU 512 tokens run as fast
-# as 2,048 with less memory (BENCHMARKS.md, "CoS-Low's gradients in batches"). The GPU budget is
-# not measured: ~10 MB a token for Qwen2.5-14B in bf16 makes 2,048 tokens ~20 GB beside its weights.
+# Most tokens (rows × padded width) per batched backward pass when none is given: on a CPU 512
+# tokens run as fast as 2,048 with less memory (BENCHMARKS.md, "CoS-Low's gradients in batches").
+# The GPU budget is not measured. Fewer for a model whose activations would outweigh the budget below.
 DEFAULT_BATCH_TOKENS = {"cpu": 512, "cuda": 2048}
+# The activations a pass keeps for its backward pass (activation_bytes_per_token × tokens) stay under
+# the larger of these: 1/8 of the weights' bytes, or 512 MiB (as much as Python, torch and
+# transformers take anyway, and what SmolLM2's 512 tokens take in fp32: its batches are unchanged).
+# Llama-3.2-1B's shape (1.47 MB a token in bf16) gets 364 tokens instead of 512; an 8B Llama
+# (5.5 MB a token, 16 GB of bf16 weights) 364 (BENCHMARKS.md, "A 1B model with its real vocabulary").
+ACTIVATION_SHARE_OF_WEIGHTS = 1 / 8
+ACTIVATION_FLOOR_BYTES = 512 * 2**20
 # The fewest rows the output head runs on in a batched pass (see _batch_inputs).
 MIN_HEAD_ROWS = 8
 
@@ -63,7 +77,7 @@ class LoraGradients:
     With ``batched`` (the default) examples run in length-sorted batches of about
     ``max_batch_tokens`` tokens (rows × padded width, :func:`tunewise.model.packed.plan_padded_chunks`:
     at most 5 % padding, each example at the same width whatever shares its batch; default
-    :data:`DEFAULT_BATCH_TOKENS` for the device), one forward and backward pass each (see the
+    :func:`default_batch_tokens`), one forward and backward pass each (see the
     module docstring). An example computed before its turn waits until the ones before it are
     out: d floats each when projected, its full gradient otherwise (at most all of them, which a
     caller of the full gradients keeps anyway). ``batched=False`` runs paper A's one example per
@@ -105,8 +119,7 @@ class LoraGradients:
         if batched and rescaled:
             self.per_example_reason = (f"the model's forward rescales its logits ({rescaled[0]}), which the "
                                        "batched loss, taken from the output head, would miss")
-        device = model.get_input_embeddings().weight.device
-        budget = max_batch_tokens or DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
+        budget = max_batch_tokens or default_batch_tokens(model)
         self._iterator = self._vectors(model, encoded, rank, alpha, seed, dimension, blocks, budget,
                                        pad_token_id(tokenizer))
 
@@ -184,13 +197,13 @@ class LoraGradients:
                 hidden = decoder(input_ids=ids.to(device), use_cache=False).last_hidden_state
                 last = hidden.device  # the decoder's last block may sit on another device
                 picked = hidden[torch.tensor(rows, device=last), torch.tensor(predictors, device=last)]
-                logits = head(picked).float()
-                logprobs = torch.log_softmax(logits, dim=-1).gather(
-                    -1, torch.tensor(targets, device=logits.device).unsqueeze(-1)).squeeze(-1)
+                del hidden  # the graph keeps what the backward pass needs of it
+                release_freed_memory()  # the forward pass's freed intermediates (~0.3 GB for a 1B model)
                 # The sum of the examples' own mean losses: its gradient splits into theirs.
-                loss = -(logprobs * torch.tensor(weights, device=logits.device)).sum()
-                loss.backward()
-                del hidden, picked, logits, logprobs, loss
+                gradient = _answer_loss_gradient(head, picked.detach(), torch.tensor(targets), torch.tensor(weights))
+                release_freed_memory()  # the logits blocks'
+                picked.backward(gradient)
+                del picked, gradient
             finally:
                 for handle in handles:
                     handle.remove()
@@ -201,6 +214,80 @@ class LoraGradients:
                 norm, vector = waiting.pop(len(self.norms))
                 self.norms.append(norm)
                 yield vector
+
+
+def activation_bytes_per_token(config, dtype_bytes: int) -> int | None:
+    """Bytes a transformer decoder keeps per token for the backward pass of
+    :meth:`LoraGradients._batched` (an estimate from its config; None when the config does not
+    name its sizes the usual way).
+
+    Per layer: the gated MLP's three ``intermediate_size`` tensors (its input to the activation,
+    the activation's output and the up projection's), the two RMSNorms' float32 inputs and scaled
+    outputs (4 × ``hidden_size`` × 4 bytes) and attention's queries, keys, values and output, in
+    ``dtype_bytes`` each but the norms'. Measured for Llama-3.2-1B's shape in bf16 with
+    ``torch.autograd.graph.saved_tensors_hooks``: 1.47 MB a token, as estimated. The adapter's own
+    saved inputs (rank × 4 bytes per projection) are left out.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layers = getattr(text, "num_hidden_layers", None)
+    hidden = getattr(text, "hidden_size", None)
+    heads = getattr(text, "num_attention_heads", None)
+    if not (layers and hidden and heads):
+        return None
+    intermediate = getattr(text, "intermediate_size", None) or 4 * hidden
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    return layers * (3 * intermediate * dtype_bytes + 16 * hidden + 2 * (heads + kv_heads) * head_dim * dtype_bytes)
+
+
+def default_batch_tokens(model) -> int:
+    """Tokens per batched pass when none is given: :data:`DEFAULT_BATCH_TOKENS` for the model's
+    device, fewer where :func:`activation_bytes_per_token` times that would exceed the larger of
+    :data:`ACTIVATION_SHARE_OF_WEIGHTS` of the weights' bytes and :data:`ACTIVATION_FLOOR_BYTES`
+    (at least 1: a batch never splits an example, so that is one example per pass)."""
+    device = model.get_input_embeddings().weight.device
+    most = DEFAULT_BATCH_TOKENS.get(device.type, DEFAULT_BATCH_TOKENS["cpu"])
+    dtype = getattr(model, "dtype", None)
+    per_token = activation_bytes_per_token(model.config, dtype.itemsize) if dtype is not None else None
+    if not per_token:
+        return most
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = max(ACTIVATION_FLOOR_BYTES, weights * ACTIVATION_SHARE_OF_WEIGHTS)
+    return max(1, min(most, int(budget // per_token)))
+
+
+def _answer_loss_gradient(head, picked, targets, weights):
+    """The gradient of −Σ weight · log p(target) with respect to ``picked`` (the hidden states
+    that predict the answer tokens, ``[n, hidden_size]``), for the backward pass into the decoder.
+
+    The vocabulary projection and its own backward pass run a block of rows at a time, at most
+    :data:`tunewise.model.packed.LOGITS_BLOCK_BYTES` of float32 logits (and at least
+    :data:`MIN_HEAD_ROWS` rows) per block, so no more than one block's logits, log-softmax and
+    their gradients exist at once: for a 128k vocabulary all of them, for 400 answer tokens, would
+    take about 0.8 GB. Each row's value and gradient are computed by the same operations as in one
+    pass over all rows (the ones a loss over ``head(picked)`` would run). ``targets`` (ids) and
+    ``weights`` are CPU tensors of ``n`` values; the gradient is on ``picked``'s device.
+    """
+    import torch
+
+    from tunewise.model.packed import LOGITS_BLOCK_BYTES
+
+    vocabulary = getattr(head, "out_features", None) or head.weight.shape[0]
+    step = max(MIN_HEAD_ROWS, LOGITS_BLOCK_BYTES // (4 * vocabulary))
+    starts = list(range(0, len(picked), step))
+    if len(starts) > 1 and len(picked) - starts[-1] < MIN_HEAD_ROWS:
+        starts.pop()  # the last block joins the one before: no block runs on fewer rows (see _batch_inputs)
+    gradient = torch.empty_like(picked)
+    with torch.enable_grad():
+        for start, end in zip(starts, starts[1:] + [len(picked)]):
+            block = picked[start:end].requires_grad_(True)
+            logits = head(block).float()  # on the head's device, which may not be the decoder's last
+            logprobs = torch.log_softmax(logits, dim=-1).gather(
+                -1, targets[start:end].to(logits.device).unsqueeze(-1)).squeeze(-1)
+            loss = -(logprobs * weights[start:end].to(logits.device)).sum()
+            del logits
+            gradient[start:end] = torch.autograd.grad(loss, block)[0]
+    return gradient
 
 
 def _batch_inputs(encoded, positions, width, pad_id):
@@ -257,9 +344,12 @@ class _PerExampleCapture:
 
     def forward_hook(self, index, module, args, output):
         # lora_B's output (zero, B = 0) is replaced by a leaf of the same value: the backward pass
-        # stops there, so neither the adapter's weights nor lora_A's input need a gradient.
+        # stops there, so neither the adapter's weights nor lora_A's input need a gradient. The leaf
+        # is one zero expanded to the output's shape, not the output itself: the autograd graph
+        # holds every leaf until the backward pass, and 112 float32 outputs of Llama-3.2-1B's shape
+        # (23,552 numbers per token and layer) would hold 1.5 MB per token of the batch.
         inputs = args[0].detach() * self.mask.to(args[0].device).unsqueeze(-1).to(args[0].dtype)
-        probe = output.detach().requires_grad_(True)
+        probe = output.new_zeros(()).expand(output.shape).requires_grad_(True)
         probe.register_post_accumulate_grad_hook(functools.partial(self._gradient, index, inputs))
         return probe
 
@@ -406,4 +496,5 @@ def attach_lora(model, rank: int, alpha: int, seed: int):
     return peft_model, restore
 
 
-__all__ = ["DEFAULT_BATCH_TOKENS", "LoraGradients", "attach_lora", "lora_target_modules", "sketch_gradient"]
+__all__ = ["ACTIVATION_FLOOR_BYTES", "ACTIVATION_SHARE_OF_WEIGHTS", "DEFAULT_BATCH_TOKENS", "LoraGradients",
+           "activation_bytes_per_token", "default_batch_tokens", "attach_lora", "lora_target_modules", "sketch_gradient"]
