@@ -317,7 +317,7 @@ def test_sft_config_fields_pass_through_from_yaml(tiny, sums, tmp_path):
 def test_completion_loss_is_the_full_logits_loss_with_the_head_on_completion_positions_only(tiny, sums):
     import torch
 
-    from tunewise.training.finetune import completion_loss
+    from tunewise.model.training_loss import completion_loss
 
     encoded = [encode_example(tiny.tokenizer, e.prompt, e.response, 512) for e in sums[:5]]
     input_ids, attention_mask, labels = pad_examples(encoded, tiny.tokenizer.pad_token_id, tiny.device)

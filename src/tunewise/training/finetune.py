@@ -15,7 +15,7 @@ completion tokens, clipping, mixed precision, gradient checkpointing, evaluation
 - **Precision**: ``dtype="auto"`` trains in bf16 mixed precision wherever the hardware runs bf16
   (see :mod:`tunewise.model.precision`), fp32 otherwise or when asked.
 - **The loss on the CPU** is TRL's completion-only loss computed with the head on the completion
-  positions only (:func:`completion_loss`): TRL's fused head scores every position there.
+  positions only (:func:`tunewise.model.training_loss.completion_loss`): TRL's fused head scores every position there.
 - **Refusals**: an example whose response is cut away entirely by ``max_seq_length`` is refused
   (it would train on nothing and report loss 0); a loss that turns non-finite stops training with
   a :class:`~tunewise.errors.TunewiseError`, and nothing is saved.
@@ -601,13 +601,15 @@ def _counting_trainer_class(base):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if return_outputs or not _completion_loss_applies(self):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            from tunewise.model.training_loss import completion_loss
+
             return completion_loss(model, inputs, num_items_in_batch)
 
     return CountingSFTTrainer
 
 
 def _completion_loss_applies(trainer) -> bool:
-    """Whether :func:`completion_loss` replaces TRL's loss: on the CPU in one process, for the plain
+    """Whether :func:`tunewise.model.training_loss.completion_loss` replaces TRL's loss: on the CPU in one process, for the plain
     negative log-likelihood (no ``compute_loss_func``, label smoothing, DFT or MoE auxiliary loss).
 
     TRL 1.16's fused head scores only the completion positions where Triton runs (CUDA, XPU); elsewhere it
@@ -621,34 +623,6 @@ def _completion_loss_applies(trainer) -> bool:
     return (args.device.type == "cpu" and trainer.accelerator.num_processes == 1
             and trainer.compute_loss_func is None and trainer.label_smoother is None
             and args.loss_type == "nll" and not getattr(trainer, "aux_loss_enabled", False))
-
-
-def completion_loss(model, inputs: Mapping[str, Any], num_items_in_batch=None):
-    """The completion-only loss of one micro-batch, with the head run on the completion positions only.
-
-    ``inputs`` is a collated batch (``input_ids``, ``labels`` of shape (B, L) with ``IGNORE_INDEX``
-    on prompt and padding, and ``attention_mask`` or padding-free ``position_ids``). Returns the summed
-    negative log-likelihood (nats) of every label token given its prefix, divided by
-    ``num_items_in_batch`` (the trainer's count of label tokens over the accumulated micro-batches) or,
-    without it, by this batch's count: the loss TRL's ``SFTTrainer`` computes, to float rounding.
-
-    The model's own forward computes the logits (so any logit scaling or soft-capping it applies
-    holds) for the positions some row learns from (``logits_to_keep`` as a 1-D tensor of positions),
-    in the autocast dtype; only the label rows are upcast to fp32 for the log-softmax.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    labels = inputs["labels"]
-    targets = labels[:, 1:]
-    keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
-    features = {key: value for key, value in inputs.items() if key != "labels"}
-    logits = model(**features, use_cache=False, logits_to_keep=keep).logits
-    kept = targets[:, keep]
-    learned = kept != IGNORE_INDEX
-    loss = F.cross_entropy(logits[learned].float(), kept[learned], reduction="sum")
-    count = learned.sum() if num_items_in_batch is None else num_items_in_batch
-    return loss / torch.as_tensor(count, device=loss.device).clamp(min=1)
 
 
 def _step_log(log: TrainingLog, progress):
@@ -931,7 +905,6 @@ __all__ = [
     "PROFILES",
     "TrainingLog",
     "check_adapter_output",
-    "completion_loss",
     "encode_training_set",
     "finetune",
     "load_adapter",
