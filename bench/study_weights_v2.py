@@ -79,6 +79,7 @@ from study_difficulty_v2 import (
     claim,
     int_list,
     mean_interval,
+    read_cells,
     stratified_subset,
 )
 
@@ -263,18 +264,6 @@ def answers(summary: dict) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------
-
-
-def read_cells(out: Path) -> tuple[dict | None, list[dict]]:
-    """The zero-shot run (None when missing) and every finished run of a study folder."""
-    zero_shot, cells = None, []
-    for path in sorted((out / CELLS_FOLDER).glob("*.json")):
-        cell = json.loads(path.read_text(encoding="utf-8"))
-        if cell["arm"] == ZERO_SHOT:
-            zero_shot = cell
-        else:
-            cells.append(cell)
-    return zero_shot, cells
 
 
 def _read(path: Path) -> dict:
